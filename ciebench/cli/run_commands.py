@@ -1,0 +1,1 @@
+"""Commands of the scoring and running layers (added as those layers land)."""

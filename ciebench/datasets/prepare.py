@@ -1,0 +1,62 @@
+"""`ciebench data prepare`: any source (dataset spec, archive file or URL) -> an HF dataset on disk."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..io import atomic_write_text
+from . import LoadedDataset, read_dataset
+from .release import download, locate_release, unpack
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def prepare(source: str, out: Path, *, fmt: str = "arrow", verify: bool = True) -> LoadedDataset:
+    """Convert `source` and write it to `out` (`save_to_disk` folder, or `data.parquet` with fmt="parquet").
+    The folder is written beside `out` and renamed into place, so `out` is whole or absent."""
+    out = Path(out)
+    if fmt not in ("arrow", "parquet"):
+        raise ValueError(f"format must be 'arrow' or 'parquet', not {fmt!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = _read_any(source, Path(tmp), verify)
+        staging = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}-"))
+        try:
+            if fmt == "arrow":
+                loaded.dataset.save_to_disk(str(staging))
+            else:
+                loaded.dataset.to_parquet(str(staging / "data.parquet"))
+            atomic_write_text(staging / "ciebench_card.json", json.dumps({
+                "source": source, "kind": loaded.kind, "revision": loaded.revision, "n_samples": len(loaded.dataset),
+                "problems": [str(p) for p in loaded.problems], "format": fmt,
+            }, indent=2))
+            if out.exists():
+                shutil.rmtree(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return loaded
+
+
+def _read_any(source: str, tmp: Path, verify: bool) -> LoadedDataset:
+    is_url = source.startswith(("http://", "https://", "file://"))
+    if is_url or (Path(source).is_file() and source.endswith(ARCHIVE_SUFFIXES)):
+        archive = tmp / "archive"
+        if is_url:
+            download(source, archive)
+        else:
+            shutil.copyfile(source, archive)
+        unpack(archive, tmp / "tree")
+        root = locate_release(tmp / "tree", None) or _single_top(tmp / "tree")
+        loaded = read_dataset(str(root), verify=verify)
+        loaded.spec = source
+        return loaded
+    return read_dataset(source, verify=verify)
+
+
+def _single_top(tree: Path) -> Path:
+    children = [p for p in tree.iterdir() if p.is_dir()]
+    return children[0] if len(children) == 1 and not any(p.is_file() for p in tree.iterdir()) else tree

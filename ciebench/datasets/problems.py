@@ -1,0 +1,29 @@
+"""Problems found while reading a dataset: one line each, naming the sample and the file."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class DatasetError(Exception):
+    """A dataset cannot be used as asked (unknown spec, unreadable annotation file, strict load)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: str  # "error": the sample is unusable and skipped; "warning": usable, but look
+    sample_id: str | None
+    file: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = []
+        if self.sample_id is not None:
+            where.append(f"sample {self.sample_id}")
+        if self.file:
+            where.append(self.file)
+        prefix = f"{self.severity.upper()}: " + (": ".join(where) + ": " if where else "")
+        return prefix + self.message
+
+
+def errors(problems: list[Problem]) -> list[Problem]:
+    return [p for p in problems if p.severity == "error"]
