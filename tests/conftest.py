@@ -1,0 +1,32 @@
+"""Test session setup: an empty, offline model hub and dataset cache in a temporary folder.
+
+The environment is set at import time, before any Hugging Face library reads it."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(tempfile.mkdtemp(prefix="ciebench-tests-"))
+os.environ["HF_HOME"] = str(_ROOT / "hf")
+os.environ["HF_HUB_CACHE"] = str(_ROOT / "hf" / "hub")
+os.environ["HF_DATASETS_CACHE"] = str(_ROOT / "hf" / "datasets")
+os.environ["TORCH_HOME"] = str(_ROOT / "torch")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+Path(os.environ["HF_HUB_CACHE"]).mkdir(parents=True, exist_ok=True)
+
+SHARED_CIEBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "ciebench"
+
+
+@pytest.fixture(scope="session")
+def ciebench_root() -> Path:
+    """The real CIEBench release beside the checkout (../shared/ciebench); tests skip cleanly without it."""
+    if not (SHARED_CIEBENCH / "updated_data.json").exists():
+        pytest.skip(f"the real CIEBench release is not at {SHARED_CIEBENCH}")
+    return SHARED_CIEBENCH
