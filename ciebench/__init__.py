@@ -14,6 +14,10 @@ _EXPORTS = {
     "DatasetError": "ciebench.datasets",
     "EditSample": "ciebench.schema",
     "FEATURES": "ciebench.schema",
+    "Editor": "ciebench.editor",
+    "EditRequest": "ciebench.editor",
+    "EditResult": "ciebench.editor",
+    "EditorConfig": "ciebench.editor",
 }
 
 

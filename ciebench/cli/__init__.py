@@ -17,16 +17,14 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 
 
-def _register_optional_commands() -> None:
-    # Commands of later layers register themselves here; importing them stays cheap (no torch).
-    from . import run_commands  # noqa: F401
-
-
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
 def main() -> None:
-    _register_optional_commands()
     app()
+
+
+# Command modules register on `app`; each imports its heavy dependencies only when its command runs.
+from . import run_commands  # noqa: E402,F401

@@ -1,1 +1,176 @@
-"""Commands of the scoring and running layers (added as those layers land)."""
+"""`ciebench evaluate | score | editors | metrics`: running editors and scoring predictions."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+from .data import DATASET_HELP
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--seeds takes comma-separated integers, not {text!r}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise typer.BadParameter("--seeds needs distinct integers, e.g. 0,1,2")
+    return seeds
+
+
+def _metrics(text: Optional[str]) -> Optional[tuple[str, ...]]:
+    return tuple(m.strip() for m in text.split(",") if m.strip()) if text else None
+
+
+def _load(dataset: str, ignore_checksums: bool):
+    from ..datasets import DatasetError, read_dataset
+
+    try:
+        loaded = read_dataset(dataset, verify=not ignore_checksums)
+    except DatasetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    for problem in loaded.problems:
+        typer.echo(str(problem), err=True)
+    return loaded
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    typer.echo(f"\nresults in {out}/ (samples.csv, summary.json)")
+    for name, m in summary["metrics"].items():
+        ci = m["ci95"]
+        typer.echo(f"  {name:<20} {_fmt(m['mean'])}  [{_fmt(ci[0])}, {_fmt(ci[1])}]  n={m['n']}  coverage={m['coverage']:.0%}")
+    counts = ", ".join(f"{k}: {v}" for k, v in summary["status_counts"].items())
+    typer.echo(f"  statuses: {counts}")
+
+
+def _fmt(v) -> str:
+    return f"{v:8.4f}" if isinstance(v, float) else f"{str(v):>8}"
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    editor: str = typer.Option(..., "--editor", "-e", help="Registered editor name (see `ciebench editors`) or package.module:Class."),
+    dataset: str = typer.Option("mini", "--dataset", "-d", help=DATASET_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (created; an existing one with the same spec is resumed)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N samples."),
+    seeds: str = typer.Option("0", "--seeds", help="Comma-separated run seeds, e.g. 0,1,2."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", "-p", help="cielr | smartedit | exact (default: the dataset's)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default: all region metrics, + idcs with --judge)."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="IDCS judge preset (qwen, openai, local) or config file; omit for no IDCS."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", help="Editor batch size (scoring batches separately)."),
+    editor_arg: list[str] = typer.Option([], "--editor-arg", help="Editor option key=value (repeatable), typed by the editor's config."),
+    editor_config: Optional[Path] = typer.Option(None, "--editor-config", help="YAML file of editor options."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Named editor preset (e.g. lite)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run with a different spec in --out."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo samples that failed in an earlier attempt."),
+    backend: str = typer.Option("local", "--backend", help="local (ray: see `ciebench evaluate --help` once installed)."),
+    ignore_checksums: bool = typer.Option(False, "--ignore-checksums"),
+) -> None:
+    """Run an editor on a dataset into a resumable run directory, then score it."""
+    from ..editor_config import EditorConfigError, build_editor
+    from ..registry import RegistryError
+    from ..runner import RunError, RunOptions, run
+    from ..scoring import ScoreOptions
+
+    if backend != "local":
+        raise typer.BadParameter(f"unknown backend {backend!r}; available: local")
+    loaded = _load(dataset, ignore_checksums)
+    try:
+        ed = build_editor(editor, editor_arg, editor_config, preset)
+    except (RegistryError, EditorConfigError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    options = RunOptions(
+        seeds=_seeds(seeds), limit=limit, batch_size=batch_size, device=device, overwrite=overwrite,
+        retry_failed=retry_failed,
+        score=ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device),
+    )
+    try:
+        stats, result = run(ed, loaded, out, options)
+    except RunError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: finished samples are kept in {out}; rerun the same command to resume.", err=True)
+        raise typer.Exit(130)
+    finally:
+        ed.close()
+    typer.echo(f"generated {stats.generated}, resumed {stats.skipped}, failed {stats.failed}")
+    _print_summary(result.summary, out)
+
+
+@app.command("score")
+def score_cmd(
+    dataset: str = typer.Option(..., "--dataset", "-d", help=DATASET_HELP),
+    predictions: Path = typer.Option(..., "--predictions", help="Folder of <id>.png|jpg|webp edited images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for samples.csv and summary.json."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", "-p", help="cielr | smartedit | exact (default: the dataset's)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default: all region metrics, + idcs with --judge)."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="IDCS judge preset (qwen, openai, local) or config file."),
+    device: str = typer.Option("cpu", "--device"),
+    batch_size: int = typer.Option(8, "--batch-size", "-b"),
+    limit: Optional[int] = typer.Option(None, "--limit"),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Exit 0 even when predictions are missing or unreadable."),
+    ignore_checksums: bool = typer.Option(False, "--ignore-checksums"),
+) -> None:
+    """Score a folder of edited images against a dataset."""
+    from ..io import atomic_write_json
+    from ..scoring import ScoreOptions, find_predictions, score
+
+    if not predictions.is_dir():
+        typer.echo(f"error: --predictions {predictions} is not a folder", err=True)
+        raise typer.Exit(2)
+    loaded = _load(dataset, ignore_checksums)
+    ids = loaded.dataset["id"][: limit if limit is not None else None]
+    options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device, batch_size=batch_size)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "spec.json", {"editor": None, "predictions": str(predictions.resolve()),
+                                          "dataset": {"spec": dataset, "revision": loaded.revision, "n": len(ids)},
+                                          "score_options": options.__dict__})
+    try:
+        result = score(loaded, find_predictions(predictions, ids), out, options)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    _print_summary(result.summary, out)
+    bad = [r for r in result.rows if r["status"] != "ok"]
+    for row in bad:
+        typer.echo(f"  {row['status']}: sample {row['sample_id']}: {row['error']}", err=True)
+    if bad and not allow_missing:
+        typer.echo(f"{len(bad)} prediction(s) missing or unusable (pass --allow-missing to accept)", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("editors")
+def editors_cmd() -> None:
+    """List registered editors and what they need."""
+    from ..registry import EDITORS, RegistryError, load_object
+
+    for name, target in EDITORS.names().items():
+        try:
+            cls = load_object(target, "editor")
+            needs = ", ".join(cls.requires) or "-"
+            extra = "  [oracle mask: not comparable with reasoning editors]" if cls.oracle_mask else ""
+            presets = ", ".join(cls.presets) or "-"
+            typer.echo(f"{name:<16} needs: {needs:<28} presets: {presets:<14} {target}{extra}")
+        except RegistryError as exc:
+            typer.echo(f"{name:<16} unavailable: {exc}")
+
+
+@app.command("metrics")
+def metrics_cmd() -> None:
+    """List metrics and protocols."""
+    from ..metrics.protocols import PROTOCOLS
+    from ..metrics.region import METRIC_INFO
+
+    typer.echo("metrics (column: higher is better):")
+    for name, higher in METRIC_INFO.items():
+        typer.echo(f"  {name:<20} {'higher' if higher else 'lower'} is better")
+    typer.echo(f"  {'idcs':<20} higher is better (needs --judge)")
+    typer.echo("protocols:")
+    for name, proto in PROTOCOLS.items():
+        typer.echo(f"  {name:<10} hash {proto.hash}")

@@ -158,7 +158,11 @@ def _load_release(verify: bool, sources: list[str] | None) -> LoadedDataset:
         rows, problems = read_authors_folder(root)
         dataset = datasets.Dataset.from_list(rows, features=FEATURES)
         tmp = Path(tempfile.mkdtemp(dir=converted.parent, prefix=".dataset-"))
-        dataset.save_to_disk(str(tmp))
+        datasets.disable_progress_bars()
+        try:
+            dataset.save_to_disk(str(tmp))
+        finally:
+            datasets.enable_progress_bars()
         if converted.exists():
             shutil.rmtree(converted)
         tmp.rename(converted)  # the converted copy appears whole or not at all

@@ -61,7 +61,7 @@ def decode_image(data: bytes, name: str, sample_id: str, role: str, problems: li
         image = Image.open(io.BytesIO(data))
         image.load()
     except Image.DecompressionBombError as exc:
-        problems.append(Problem("error", sample_id, name, f"{role} rejected as a decompression bomb: {exc}"))
+        problems.append(Problem("error", sample_id, name, f"{role} rejected by the decompression-bomb limit ({exc})"))
         return None
     except Exception as exc:  # PIL raises many types for corrupt files
         problems.append(Problem("error", sample_id, name, f"{role} is unreadable ({type(exc).__name__}: {exc})"))

@@ -1,0 +1,13 @@
+"""`identity`: returns the source unchanged. The preservation upper bound and the reasoning lower
+bound that every leaderboard should show."""
+from __future__ import annotations
+
+from ciebench.editor import EditRequest, EditResult, Editor
+
+
+class IdentityEditor(Editor):
+    name = "identity"
+    version = "1"
+
+    def edit(self, requests: list[EditRequest]) -> list[EditResult]:
+        return [EditResult(image=r.image.copy()) for r in requests]

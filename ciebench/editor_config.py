@@ -1,0 +1,87 @@
+"""Building an editor from the command line: name or module:Class, preset, YAML file, key=value args.
+
+Values are typed by the editor's `Config` dataclass, so `--editor-arg steps=20` becomes an int and a
+misspelt key is an error that lists the valid ones."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .editor import Editor
+from .registry import get_editor_class
+
+
+class EditorConfigError(ValueError):
+    pass
+
+
+def build_editor(name: str, args: list[str] | None = None, config_file: str | Path | None = None,
+                 preset: str | None = None) -> Editor:
+    cls = get_editor_class(name)
+    options: dict[str, Any] = {}
+    if preset:
+        if preset not in cls.presets:
+            raise EditorConfigError(f"editor {name!r} has no preset {preset!r}; presets: {', '.join(cls.presets) or 'none'}")
+        options.update(cls.presets[preset])
+    if config_file:
+        loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise EditorConfigError(f"{config_file}: expected a mapping of option: value")
+        options.update(loaded)
+    for pair in args or []:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise EditorConfigError(f"--editor-arg {pair!r}: expected key=value")
+        options[key.strip()] = raw
+    return cls(**typed_options(cls, options)) if options else cls()
+
+
+def typed_options(cls: type[Editor], options: dict[str, Any]) -> dict[str, Any]:
+    config_cls = cls.Config
+    if not dataclasses.is_dataclass(config_cls):
+        raise EditorConfigError(f"editor {cls.__name__} takes no options (it has no Config dataclass)")
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    hints = typing.get_type_hints(config_cls)
+    typed = {}
+    for key, value in options.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            raise EditorConfigError(f"{cls.__name__} has no option {key!r}." + (f" Did you mean {close[0]!r}?" if close else "")
+                                    + f" Options: {', '.join(fields)}")
+        typed[key] = coerce(value, hints[key], key) if isinstance(value, str) else value
+    return typed
+
+
+def coerce(text: str, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(text, arg, key)
+            except EditorConfigError:
+                continue
+        raise EditorConfigError(f"option {key}: cannot read {text!r} as {hint}")
+    if origin in (tuple, list):
+        inner = args[0] if args else str
+        parts = [coerce(p.strip(), inner, key) for p in text.split(",") if p.strip()]
+        return tuple(parts) if origin is tuple else parts
+    try:
+        if hint is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if hint in (int, float, str):
+            return hint(text)
+    except ValueError as exc:
+        raise EditorConfigError(f"option {key}: cannot read {text!r} as {hint.__name__}") from exc
+    return yaml.safe_load(text)

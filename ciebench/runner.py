@@ -1,0 +1,274 @@
+"""Generate with an editor into a resumable run directory, then score.
+
+Layout: `spec.json` (written first), `images/<id>__s<seed>.png`, `traces/<id>__s<seed>.json` (+ files an
+editor returns as trace artifacts, under `traces/<id>__s<seed>/`), `records/<id>__s<seed>.json` (the
+done-marker: status, error, image sha256, timings), then `samples.csv`, `samples.jsonl`, `summary.json`.
+Every file is written atomically; a record is written last, so a sample counts as done only when its
+record exists and its image still has the recorded hash.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import __version__
+from .datasets import LoadedDataset, iter_samples
+from .editor import EditRequest, EditResult, Editor
+from .io import atomic_save_png, atomic_write_json, sha256_file
+from .schema import EditSample
+from .scoring import Prediction, ScoreOptions, ScoreResult, resolve_metrics, score
+from .spec import RunSpec, derive_seed
+
+log = logging.getLogger(__name__)
+
+
+class RunError(Exception):
+    pass
+
+
+@dataclass
+class RunOptions:
+    seeds: tuple[int, ...] = (0,)
+    limit: int | None = None
+    batch_size: int = 1
+    device: str = "cpu"
+    overwrite: bool = False
+    retry_failed: bool = False
+    progress: bool = True
+    score: ScoreOptions = field(default_factory=ScoreOptions)
+
+
+@dataclass
+class RunStats:
+    generated: int = 0
+    skipped: int = 0
+    failed: int = 0
+    editor_calls: int = 0  # calls of Editor.edit (a batch counts once)
+
+
+def file_stem(sample_id: str, seed: int) -> str:
+    """A file-name-safe, collision-free stem: ids may contain '/' (Reason-Edit) or other characters."""
+    return f"{urllib.parse.quote(sample_id, safe='-_.')}__s{seed}"
+
+
+def build_spec(editor: Editor, loaded: LoadedDataset, options: RunOptions) -> RunSpec:
+    from .metrics.protocols import get_protocol
+
+    protocol = get_protocol(options.score.protocol or loaded.default_protocol)
+    region, use_idcs = resolve_metrics(options.score)
+    judge = None
+    if use_idcs:
+        from .metrics.idcs import get_judge_config
+
+        cfg = get_judge_config(options.score.judge)
+        judge = {**cfg.to_dict(), "hash": cfg.hash}
+    n = len(loaded.dataset) if options.limit is None else min(options.limit, len(loaded.dataset))
+    return RunSpec(
+        editor=editor.describe(),
+        dataset={"spec": loaded.spec, "kind": loaded.kind, "revision": loaded.revision, "n": n},
+        seeds=tuple(options.seeds),
+        protocol={**protocol.to_dict(), "hash": protocol.hash},
+        metrics=tuple(region + (["idcs"] if use_idcs else [])),
+        judge=judge,
+        limit=options.limit,
+        ciebench_version=__version__,
+        notes={"device": options.device, "batch_size": options.batch_size},
+    )
+
+
+def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
+    """Write spec.json, or check that an existing run has the same spec (resume)."""
+    spec_path = out / "spec.json"
+    if spec_path.exists():
+        existing = json.loads(spec_path.read_text())
+        if existing.get("spec_hash") == spec.spec_hash:
+            return
+        if not overwrite:
+            raise RunError(
+                f"{out} holds a run with a different spec (spec_hash {existing.get('spec_hash')} != {spec.spec_hash}). "
+                "Use another --out, or pass --overwrite to discard it.")
+        for sub in ("images", "traces", "records"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for name in ("samples.csv", "samples.jsonl", "summary.json"):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(spec_path, spec.to_dict())
+
+
+def is_done(out: Path, stem: str, retry_failed: bool) -> bool:
+    record_path = out / "records" / f"{stem}.json"
+    if not record_path.exists():
+        return False
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if record.get("status") != "ok":
+        return not retry_failed
+    image = out / "images" / f"{stem}.png"
+    return image.is_file() and sha256_file(image) == record.get("image_sha256")
+
+
+def run(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOptions,
+        backend: Callable[..., None] | None = None) -> tuple[RunStats, ScoreResult]:
+    """Generate every missing (sample, seed), then score the whole run. `backend` replaces the local
+    generation loop (same arguments as `generate_local`) for distributed execution."""
+    out = Path(out)
+    spec = build_spec(editor, loaded, options)
+    prepare_run_dir(out, spec, options.overwrite)
+    stats = RunStats()
+    todo = [(s, seed) for s in iter_samples(loaded.dataset, options.limit) for seed in options.seeds]
+    pending = []
+    for sample, seed in todo:
+        if is_done(out, file_stem(sample.id, seed), options.retry_failed):
+            stats.skipped += 1
+        else:
+            pending.append((sample, seed))
+    (backend or generate_local)(editor, pending, out, options, stats)
+    result = score(loaded, collect_predictions(out, todo), out, options.score,
+                   header={"run": {"spec_hash": spec.spec_hash, "editor": spec.editor, "seeds": list(options.seeds),
+                                   "editor_config_hash": spec.editor_config_hash,
+                                   "generation": {"generated": stats.generated, "skipped": stats.skipped,
+                                                  "failed": stats.failed, "editor_calls": stats.editor_calls}}},
+                   progress=options.progress)
+    return stats, result
+
+
+def generate_local(editor: Editor, pending: list[tuple[EditSample, int]], out: Path, options: RunOptions,
+                   stats: RunStats) -> None:
+    editor.to(options.device)
+    bar = tqdm(total=len(pending), desc=f"editing ({editor.display_name()})", unit="img", disable=not options.progress)
+    try:
+        for batch in _batches(pending, options.batch_size):
+            requests = [make_request(editor, sample, seed) for sample, seed in batch]
+            for (sample, seed), result in zip(batch, edit_isolated(editor, requests, stats)):
+                ok = write_result(out, sample, seed, result)
+                stats.generated += ok
+                stats.failed += not ok
+                bar.update(1)
+    finally:
+        bar.close()
+
+
+def make_request(editor: Editor, sample: EditSample, seed: int) -> EditRequest:
+    return EditRequest(sample_id=sample.id, image=sample.image.convert("RGB"), instruction=sample.instruction,
+                       seed=derive_seed(sample.id, seed), mask=sample.aligned_mask() if editor.oracle_mask else None,
+                       meta={"run_seed": seed, "edit_type": sample.edit_type})
+
+
+def edit_isolated(editor: Editor, requests: list[EditRequest], stats: RunStats) -> list[EditResult]:
+    """Call the editor on a batch; if the batch fails, call it per request so one bad sample fails alone."""
+    started = time.perf_counter()
+    try:
+        stats.editor_calls += 1
+        results = editor.edit(requests)
+        if len(results) != len(requests):
+            raise RuntimeError(f"editor returned {len(results)} results for {len(requests)} requests")
+        elapsed = (time.perf_counter() - started) / max(1, len(requests))
+        for r in results:
+            r.timings.setdefault("edit_seconds", elapsed)
+        return results
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 (OOM and library errors must not end the run)
+        if len(requests) == 1:
+            return [EditResult.failure(f"{type(exc).__name__}: {exc}")]
+        log.warning("batch of %d failed (%s); retrying one by one", len(requests), exc)
+        _free_memory()
+        return [edit_isolated(editor, [r], stats)[0] for r in requests]
+
+
+def write_result(out: Path, sample: EditSample, seed: int, result: EditResult) -> bool:
+    """Validate and persist one result; the record is written last. Returns True when usable."""
+    stem = file_stem(sample.id, seed)
+    record: dict[str, Any] = {"sample_id": sample.id, "seed": seed, "timings": result.timings,
+                              "status": result.status, "error": result.error, "image_sha256": None}
+    if result.status == "ok":
+        image, problem = to_image(result.image, sample.image.size)
+        if problem:
+            record.update(status="invalid", error=problem)
+        else:
+            record["image_sha256"] = atomic_save_png(out / "images" / f"{stem}.png", image)
+    elif not record["error"]:
+        record["error"] = "editor reported failure without a message"
+    if result.trace is not None:
+        write_trace(out, stem, result.trace)
+    atomic_write_json(out / "records" / f"{stem}.json", record)
+    return record["status"] == "ok"
+
+
+def to_image(value: Any, size: tuple[int, int]) -> tuple[Image.Image | None, str | None]:
+    """Accept a PIL image or an HxWx3 array (uint8, or float in [0, 1]); reject NaN and wrong sizes."""
+    if value is None:
+        return None, "editor returned no image"
+    if not isinstance(value, Image.Image):
+        array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
+        if array.dtype.kind == "f":
+            if not np.isfinite(array).all():
+                return None, "editor returned an image with NaN or inf values"
+            array = np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8)
+        if array.ndim != 3 or array.shape[2] not in (3, 4):
+            return None, f"editor returned an array of shape {array.shape}, expected HxWx3"
+        value = Image.fromarray(array.astype(np.uint8)[..., :3])
+    if value.size != size:
+        return None, f"editor returned {value.size[0]}x{value.size[1]}, the source is {size[0]}x{size[1]}"
+    return value.convert("RGB"), None
+
+
+def write_trace(out: Path, stem: str, trace: dict[str, Any]) -> None:
+    """The trace as JSON; images under trace["artifacts"] (name -> PIL image) go to traces/<stem>/."""
+    trace = dict(trace)
+    artifacts = trace.pop("artifacts", None) or {}
+    names = {}
+    for name, image in artifacts.items():
+        safe = urllib.parse.quote(str(name), safe="-_.")
+        atomic_save_png(out / "traces" / stem / safe, image)
+        names[name] = f"{stem}/{safe}"
+    if names:
+        trace["artifacts"] = names
+    atomic_write_json(out / "traces" / f"{stem}.json", trace)
+
+
+def collect_predictions(out: Path, todo: list[tuple[EditSample, int]]) -> list[Prediction]:
+    preds = []
+    for sample, seed in todo:
+        stem = file_stem(sample.id, seed)
+        record_path = out / "records" / f"{stem}.json"
+        record = json.loads(record_path.read_text()) if record_path.exists() else None
+        if record is None:
+            preds.append(Prediction(sample.id, seed, None, "missing", "not generated (interrupted run?)"))
+            continue
+        extra = {"edit_seconds": (record.get("timings") or {}).get("edit_seconds", math.nan)}
+        if record["status"] == "ok":
+            preds.append(Prediction(sample.id, seed, out / "images" / f"{stem}.png", extra=extra))
+        else:
+            status = "invalid" if record["status"] == "invalid" else "edit_error"
+            preds.append(Prediction(sample.id, seed, None, status, record.get("error"), extra=extra))
+    return preds
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    size = max(1, size)
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _free_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass

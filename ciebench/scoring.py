@@ -1,0 +1,221 @@
+"""Scoring: predictions + dataset -> samples.csv, samples.jsonl, summary.json.
+
+Used by `ciebench score` (a folder of predictions) and by the runner after generation. Region
+metrics run through `ciebench.metrics.region.RegionScorer` (models loaded once, batched), IDCS
+through `ciebench.metrics.idcs.IDCSJudge` (cached verdicts: re-scoring costs no model calls).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from tqdm.auto import tqdm
+
+from .datasets import LoadedDataset
+from .datasets.files import decode_image
+from .datasets.problems import Problem
+from .io import atomic_write_json, sha256_bytes, stable_hash
+from .results import OK, summarize, write_samples
+from .schema import EditSample
+from .versions import package_versions
+
+log = logging.getLogger(__name__)
+
+PREDICTION_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+DEFAULT_CACHE = Path(os.environ.get("CIEBENCH_CACHE", Path.home() / ".cache" / "ciebench"))
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Everything that decides a score. `judge` is a preset name or config path, or None for no IDCS."""
+
+    protocol: str | None = None  # None: the dataset's default protocol
+    metrics: tuple[str, ...] | None = None  # None: every region metric (+ idcs when a judge is given)
+    judge: str | None = None
+    device: str = "cpu"
+    batch_size: int = 8
+    cache_dir: str | None = None  # judge cache; default $CIEBENCH_CACHE or ~/.cache/ciebench
+
+
+@dataclass
+class Prediction:
+    """One (sample, seed) to score. `path` is None when nothing was produced; `status`/`error` carry an
+    upstream failure (an editor error) that scoring keeps as is."""
+
+    sample_id: str
+    seed: int = 0
+    path: Path | None = None
+    status: str = OK
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. edit_seconds, kept in the row
+
+
+@dataclass
+class ScoreResult:
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    n_missing: int
+
+
+def find_predictions(directory: Path, sample_ids: Iterable[str], seeds: Iterable[int] = (0,)) -> list[Prediction]:
+    """`<id>.png|jpg|jpeg|webp` (or `<id>__s<seed>.<ext>` from multi-seed runs) for each sample."""
+    directory = Path(directory)
+    found = []
+    seeds = list(seeds)
+    for sample_id in sample_ids:
+        for seed in seeds:
+            stems = [f"{sample_id}__s{seed}"] + ([sample_id] if len(seeds) == 1 else [])
+            path = next((directory / (stem + ext) for stem in stems for ext in PREDICTION_SUFFIXES
+                         if (directory / (stem + ext)).is_file()), None)
+            if path is None:
+                found.append(Prediction(sample_id, seed, None, "missing",
+                                        f"no prediction {sample_id}.png|jpg|webp in {directory}"))
+            else:
+                found.append(Prediction(sample_id, seed, path))
+    return found
+
+
+def resolve_metrics(options: ScoreOptions) -> tuple[list[str], bool]:
+    """(region metric names, whether IDCS is scored)."""
+    from .metrics.region import METRIC_INFO
+
+    region_all = list(METRIC_INFO)
+    if options.metrics is None:
+        return region_all, options.judge is not None
+    wanted = list(options.metrics)
+    use_idcs = "idcs" in wanted
+    region = []
+    for name in wanted:
+        if name == "idcs":
+            continue
+        if name == "locality":
+            region += [m for m in region_all if m.startswith("locality_")]
+        elif name in METRIC_INFO:
+            region.append(name)
+        else:
+            import difflib
+
+            close = difflib.get_close_matches(name, region_all + ["locality", "idcs"], n=1)
+            raise ValueError(f"unknown metric {name!r}." + (f" Did you mean {close[0]!r}?" if close else "")
+                             + f" Known: {', '.join(region_all + ['locality', 'idcs'])}")
+    if use_idcs and options.judge is None:
+        raise ValueError("metric 'idcs' needs a judge: pass --judge (e.g. qwen, openai, local, or a config file)")
+    return region, use_idcs
+
+
+def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, options: ScoreOptions,
+          header: dict[str, Any] | None = None, progress: bool = True) -> ScoreResult:
+    """Score `predictions` against `loaded` and write samples.csv/jsonl and summary.json into `out`."""
+    from .metrics.protocols import get_protocol
+    from .metrics.region import METRIC_INFO, RegionScorer, ScoreItem
+
+    out = Path(out)
+    protocol = get_protocol(options.protocol or loaded.default_protocol)
+    region_metrics, use_idcs = resolve_metrics(options)
+    samples = _samples_by_id(loaded, {p.sample_id for p in predictions})
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    decoded: dict[tuple[str, int], Any] = {}
+    for pred in predictions:
+        sample = samples.get(pred.sample_id)
+        row = {"sample_id": pred.sample_id, "seed": pred.seed, "edit_type": sample.edit_type if sample else "",
+               "status": pred.status, "error": pred.error, "prediction": None, "prediction_sha256": None}
+        row.update(pred.extra)
+        rows[(pred.sample_id, pred.seed)] = row
+        if sample is None:
+            row.update(status="unknown_sample", error=f"prediction for {pred.sample_id!r}, which is not in the dataset")
+            continue
+        if pred.path is None or pred.status != OK:
+            continue
+        data = pred.path.read_bytes()
+        row["prediction"] = _relative(pred.path, out)
+        row["prediction_sha256"] = sha256_bytes(data)
+        problems: list[Problem] = []
+        image = decode_image(data, str(pred.path), pred.sample_id, "prediction", problems)
+        if image is None:
+            row.update(status="corrupt", error=problems[0].message if problems else "unreadable prediction")
+            continue
+        decoded[(pred.sample_id, pred.seed)] = image.image
+
+    scorer = RegionScorer(protocol, metrics=region_metrics, device=options.device, batch_size=options.batch_size)
+    keys = list(decoded)
+    items = (ScoreItem(sample_id=k[0], source=samples[k[0]].image, mask=samples[k[0]].mask,
+                       prediction=decoded[k], clip_text=samples[k[0]].clip_text) for k in keys)
+    started = time.perf_counter()
+    bar = tqdm(total=len(keys), desc="scoring", unit="img", disable=not progress)
+    for key, (sample_id, values) in zip(keys, scorer.score(items)):
+        assert sample_id == key[0]
+        error = values.pop("error", None)
+        rows[key].update({m: values.get(m, math.nan) for m in region_metrics})
+        if error:
+            rows[key].update(status="metric_error", error=error)
+        bar.update(1)
+    bar.close()
+    models = dict(scorer.model_ids())
+
+    judge_info = None
+    if use_idcs:
+        judge_info, judge_models = _judge(keys, samples, decoded, rows, options, progress)
+        models.update(judge_models)
+    for row in rows.values():
+        for m in region_metrics + (["idcs"] if use_idcs else []):
+            row.setdefault(m, math.nan)
+
+    metric_dirs = {m: METRIC_INFO[m] for m in region_metrics}
+    if use_idcs:
+        metric_dirs["idcs"] = True
+    columns = region_metrics + (["idcs", "idcs_status", "idcs_error", "idcs_sentence"] if use_idcs else [])
+    ordered = list(rows.values())
+    write_samples(out, ordered, columns)
+    from .results import read_samples
+
+    summary = summarize(read_samples(out), metric_dirs, best_of="idcs" if use_idcs else None)
+    summary.update({
+        "protocol": {**protocol.to_dict(), "hash": protocol.hash},
+        "dataset": {"spec": loaded.spec, "kind": loaded.kind, "revision": loaded.revision},
+        "judge": judge_info,
+        "models": models,
+        "versions": package_versions(),
+        "scoring_seconds": round(time.perf_counter() - started, 3),
+        "score_options_hash": stable_hash({"protocol": protocol.hash, "metrics": region_metrics, "judge": judge_info}),
+    })
+    if header:
+        summary.update(header)
+    atomic_write_json(out / "summary.json", summary)
+    n_missing = sum(r["status"] == "missing" for r in ordered)
+    return ScoreResult(rows=ordered, summary=summary, n_missing=n_missing)
+
+
+def _judge(keys, samples, decoded, rows, options: ScoreOptions, progress: bool):
+    from .metrics.idcs import IDCSJudge, JudgeItem, get_judge_config
+
+    config = get_judge_config(options.judge)
+    cache = Path(options.cache_dir) if options.cache_dir else DEFAULT_CACHE / "llm"
+    judge = IDCSJudge(config, cache_dir=cache)
+    items = [JudgeItem(sample_id=k[0], source=samples[k[0]].image, edited=decoded[k].convert("RGB"),
+                       instruction=samples[k[0]].instruction) for k in keys]
+    verdicts = judge.judge(items)
+    for key, verdict in zip(keys, verdicts):
+        rows[key].update({"idcs": float(verdict.score) if verdict.score is not None else math.nan,
+                          "idcs_status": verdict.status, "idcs_error": verdict.error, "idcs_sentence": verdict.sentence})
+    for key, row in rows.items():
+        if key not in decoded:
+            row.update({"idcs_status": "not_judged", "idcs_error": "no usable prediction"})
+    info = {**config.to_dict(), "hash": config.hash, "stats": judge.stats}
+    return info, judge.model_ids()
+
+
+def _samples_by_id(loaded: LoadedDataset, wanted: set[str]) -> dict[str, EditSample]:
+    ids = loaded.dataset["id"]
+    return {sid: EditSample.from_row(loaded.dataset[i]) for i, sid in enumerate(ids) if sid in wanted}
+
+
+def _relative(path: Path, out: Path) -> str:
+    try:
+        return str(Path(os.path.relpath(path.resolve(), out.resolve())))
+    except ValueError:
+        return str(path.resolve())

@@ -1,0 +1,44 @@
+"""The frozen run spec: everything that decides a run's results, written to `spec.json` before any
+work starts. Two runs with the same `spec_hash` must give the same numbers."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .io import stable_hash
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    editor: dict[str, Any]  # Editor.describe(): name, class, version, config, oracle_mask
+    dataset: dict[str, Any]  # spec, kind, revision, n
+    seeds: tuple[int, ...]
+    protocol: dict[str, Any]  # name, hash and every field
+    metrics: tuple[str, ...]
+    judge: dict[str, Any] | None
+    limit: int | None = None
+    ciebench_version: str = ""
+    notes: dict[str, Any] = field(default_factory=dict)  # recorded, not hashed (device, backend)
+
+    @property
+    def editor_config_hash(self) -> str:
+        return stable_hash({k: self.editor.get(k) for k in ("class", "version", "config")})
+
+    @property
+    def spec_hash(self) -> str:
+        return stable_hash({k: v for k, v in asdict(self).items() if k != "notes"})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seeds"] = list(self.seeds)
+        d["metrics"] = list(self.metrics)
+        d["spec_hash"] = self.spec_hash
+        d["editor_config_hash"] = self.editor_config_hash
+        return d
+
+
+def derive_seed(sample_id: str, seed: int) -> int:
+    """The generation seed for (sample, run seed): independent of batch order, backend and resume."""
+    digest = hashlib.sha256(f"{sample_id}\x00{seed}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
