@@ -258,6 +258,10 @@ class LLMClient:
                     outcome = self._backend.generate(request, temperature, seed)
                 except Exception as exc:  # a back-end bug or a local model failure: never raise
                     outcome = _Outcome(error=f"{type(exc).__name__}: {exc}", kind="fatal")
+            if outcome.text:  # a server that echoes the key must not get it into caches or traces
+                outcome.text = self._redact(outcome.text)
+            if outcome.served_model:
+                outcome.served_model = self._redact(outcome.served_model)
             self._account(outcome, usage)
             served = outcome.served_model or served
             if outcome.error is not None:
@@ -383,7 +387,7 @@ class LLMClient:
             errors = sorted(self._validator(schema).iter_errors(parsed), key=lambda e: list(e.path))
             if errors:
                 e = errors[0]
-                where = "/".join(str(p) for p in e.path) or "(root)"
+                where = "/" + "/".join(str(p) for p in e.path) if e.path else "the top level"
                 return None, f"does not match the schema at {where}: {e.message}"
         if validate is not None:
             try:

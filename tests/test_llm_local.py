@@ -1,0 +1,69 @@
+"""The local transformers back end, through the real from_pretrained path with HF_HUB_OFFLINE=1 and a
+tiny random-weight Qwen2.5-VL from the temporary hub cache (tests/tiny_qwen.py)."""
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from ciebench.llm import LLMConfig, PromptTemplate, make_client
+from ciebench.llm import client as client_mod
+from .tiny_qwen import ANSWER, publish_tiny_qwen
+
+SCHEMA = {"type": "object", "properties": {"score": {"type": "integer", "enum": [1, 2, 3, 4, 5]}},
+          "required": ["score"], "additionalProperties": False}
+T = PromptTemplate("local_probe", 1, "Compare the images. {{note}}", system="Be brief.")
+
+
+@pytest.fixture(scope="module")
+def tiny_repo():
+    pytest.importorskip("transformers")
+    return publish_tiny_qwen()
+
+
+def local(repo, **kw) -> LLMConfig:
+    return LLMConfig(**{"backend": "transformers", "model": repo, "device": "cpu", "max_retries": 1, **kw})
+
+
+def test_local_backend_generates_validates_caches_and_loads_once(tiny_repo, tmp_path):
+    client_mod.release_local_models()
+    images = [Image.new("RGB", (90, 70), "red"), Image.new("RGB", (60, 60), "blue")]
+    text = make_client(local(tiny_repo, max_tokens=2), tmp_path)
+    r = text.complete(T, {"note": "text"}, images=images)
+    assert r.ok and r.text == ANSWER * 2 and r.attempts == 1  # greedy: deterministic
+    assert r.usage["prompt_tokens"] > 20 and r.usage["completion_tokens"] == 2
+    assert text.served_models and text.served_models[0].startswith(tiny_repo + "@")
+
+    structured = make_client(local(tiny_repo, max_tokens=1), tmp_path)
+    r = structured.complete(T, {"note": "json"}, images=images, schema=SCHEMA)
+    assert r.ok and r.parsed == {"score": 3}
+    assert len(client_mod._LOCAL_MODELS) == 1  # both clients share one loaded model
+
+    # the same schema call, cached: no generation at all
+    again = make_client(local(tiny_repo, max_tokens=1), tmp_path)
+    r2 = again.complete(T, {"note": "json"}, images=images, schema=SCHEMA)
+    assert r2.cached and r2.parsed == {"score": 3} and again.stats["requests"] == 0
+
+    # invalid structured output (two JSON objects glued together) is retried, then an error
+    bad = make_client(local(tiny_repo, max_tokens=2), tmp_path)
+    r3 = bad.complete(T, {"note": "bad json"}, images=images, schema=SCHEMA)
+    assert r3.status == "error" and r3.attempts == 2 and "not valid JSON" in r3.error
+    assert bad.stats["invalid_replies"] == 2 and bad.stats["requests"] == 2
+
+
+def test_local_backend_missing_model_is_an_error_not_a_crash(tmp_path):
+    client = make_client(LLMConfig(backend="transformers", model="ciebench-tests/not-published", device="cpu"),
+                         tmp_path)
+    r = client.complete(T, {"note": "x"})
+    assert r.status == "error" and "could not load local model" in r.error and r.attempts == 1
+
+
+def test_idcs_judge_with_the_local_backend(tiny_repo, tmp_path):
+    from ciebench.metrics.idcs import IDCSJudge, JudgeConfig, JudgeItem
+
+    cfg = JudgeConfig(name="tiny-local", vlm=local(tiny_repo, max_tokens=1, concurrency=1),
+                      llm=local(tiny_repo, max_tokens=1, concurrency=1))
+    judge = IDCSJudge(cfg, cache_dir=tmp_path)
+    (v,) = judge.judge([JudgeItem("7", Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "green"),
+                                  "Remove the red thing.")])
+    assert v.status == "ok" and v.score == 3 and v.sentence == ANSWER and v.calls == 2
+    assert judge.model_ids()["vlm"] == f"transformers:{tiny_repo}"
