@@ -1,0 +1,3 @@
+from ciebench.cli import main
+
+main()
