@@ -55,7 +55,7 @@ class InstructPix2PixEditor(Editor):
             dtype = {"auto": torch.float16 if self.device.startswith("cuda") else torch.float32,
                      "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
             pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-                cfg.model_id, revision=cfg.revision, torch_dtype=dtype, safety_checker=None,
+                cfg.model_id, revision=cfg.revision, dtype=dtype, safety_checker=None,
                 requires_safety_checker=False, use_safetensors=None)
             if cfg.scheduler == "euler_ancestral":
                 pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
