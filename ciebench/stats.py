@@ -8,6 +8,7 @@ import numpy as np
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # fixed: the same scores always give the same interval
+_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,9 @@ def bootstrap_mean_ci(values, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 
     if n == 1 or not np.isfinite(x).all():
         return MeanCI(mean, mean, mean, n)
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(resamples, n))
-    means = x[idx].mean(axis=1)
+    # chunked so memory stays ~CHUNK*n indices whatever the dataset size (same draws as one block)
+    means = np.concatenate([x[rng.integers(0, n, size=(min(_CHUNK, resamples - i), n))].mean(axis=1)
+                            for i in range(0, resamples, _CHUNK)])
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return MeanCI(mean, float(low), float(high), n)

@@ -1,0 +1,52 @@
+"""`ciebench leaderboard RUN [RUN ...] --out DIR`: tables, significance, plots and the HTML gallery."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def leaderboard_cmd(
+    runs: List[Path] = typer.Argument(..., help="Run directories (each with samples.csv; spec.json and summary.json when present)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (created; files in it are replaced)."),
+    primary: Optional[str] = typer.Option(None, "--primary", help="Sort metric (default: idcs, else the first of clip, locality_f1, psnr, ssim, lpips, mse with values)."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level for the Holm-adjusted paired tests."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG and SVG plots."),
+    gallery: bool = typer.Option(True, "--gallery/--no-gallery", help="Write gallery/index.html."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset for the gallery's source images and masks (default: each run's dataset spec)."),
+    full_images: bool = typer.Option(True, "--full-images/--thumbnails-only", help="Copy full-size PNGs into the gallery (thumbnails link to them)."),
+    page_size: int = typer.Option(20, "--page-size", help="Gallery samples per page."),
+) -> None:
+    """Compare runs: tables with 95% CIs, paired significance, plots and an HTML gallery.
+
+    Writes leaderboard.csv/.md, by_edit_type.csv, significance.csv, plots/ and gallery/index.html
+    into --out. Runs under different protocols or datasets go to separate tables (see
+    docs/leaderboard.md)."""
+    from ..leaderboard import RunError, write_leaderboard
+
+    if not 0 < alpha < 1:
+        raise typer.BadParameter("--alpha must lie between 0 and 1")
+    if page_size < 1:
+        raise typer.BadParameter("--page-size must be at least 1")
+    for run in runs:
+        if not run.is_dir():
+            typer.echo(f"error: {run} is not a folder", err=True)
+            raise typer.Exit(2)
+    try:
+        result = write_leaderboard(runs, out, primary=primary, alpha=alpha, plots=plots, gallery=gallery,
+                                   dataset=dataset, full_images=full_images, page_size=page_size)
+    except (RunError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    for table in result.tables:
+        lb = table.leaderboard
+        typer.echo(f"\n{table.title}: {len(lb)} run(s), sorted by {table.primary or '-'}")
+        for _, row in lb.iterrows():
+            rank = "-" if row["rank"] is None or str(row["rank"]) == "<NA>" else str(row["rank"])
+            value = row[table.primary] if table.primary else float("nan")
+            tied = row["tied_with_best"]
+            mark = " (≈ best)" if str(tied) == "True" and rank != "1" else ""
+            typer.echo(f"  {rank:>3}  {row['run']:<32} {table.primary or ''} {value:.4g}{mark}")
+    typer.echo(f"\nwrote {out}/leaderboard.md, leaderboard.csv, by_edit_type.csv, significance.csv"
+               + (", plots/" if plots else "") + (", gallery/index.html" if gallery else ""))

@@ -1,0 +1,295 @@
+"""Reading run directories for the leaderboard: spec, summary and samples table, metric directions,
+display labels, and the grouping into comparable tables (same protocol, same dataset)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from ..results import BASE_COLUMNS, read_samples, summarize
+
+log = logging.getLogger(__name__)
+
+# Direction of the metrics ciebench knows; a run's summary.json ("higher_is_better") takes precedence.
+HIGHER_IS_BETTER = {
+    "idcs": True, "clip": True, "psnr": True, "ssim": True,
+    "locality_f1": True, "locality_precision": True, "locality_recall": True,
+    "lpips": False, "mse": False,
+}
+# Display order of metric columns; unknown metrics follow alphabetically.
+METRIC_ORDER = ["idcs", "clip", "psnr", "ssim", "lpips", "mse", "locality_f1", "locality_precision", "locality_recall"]
+# The primary (sort) metric of a table is the first of these that any of its runs has: instruction
+# success first (IDCS, then CLIP), then locality, then preservation.
+PRIMARY_ORDER = ["idcs", "clip", "locality_f1", "psnr", "ssim", "lpips", "mse"]
+# Scatter axes: preservation (x) against instruction success (y), first available of each list.
+PRESERVATION_METRICS = ["psnr", "ssim", "lpips", "mse"]
+SUCCESS_METRICS = ["idcs", "clip"]
+METRIC_TITLES = {"idcs": "IDCS", "clip": "CLIP score", "psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS",
+                 "mse": "MSE", "locality_f1": "Locality F1", "locality_precision": "Locality precision",
+                 "locality_recall": "Locality recall"}
+_NON_METRIC_SUFFIXES = ("_status", "_error", "_sentence", "_seconds", "_sha256")
+
+
+class RunError(ValueError):
+    """A path that is not a readable run directory."""
+
+
+def metric_title(metric: str) -> str:
+    return METRIC_TITLES.get(metric, metric)
+
+
+def order_metrics(names: Iterable[str]) -> list[str]:
+    names = list(dict.fromkeys(names))
+    known = [m for m in METRIC_ORDER if m in names]
+    return known + sorted(m for m in names if m not in METRIC_ORDER)
+
+
+@dataclass
+class Run:
+    """One run directory, read once. `metrics` maps each metric column to higher_is_better."""
+
+    path: Path
+    spec: dict[str, Any]
+    summary: dict[str, Any]
+    samples: pd.DataFrame
+    metrics: dict[str, bool]
+    label: str = ""
+    _summaries: dict = field(default_factory=dict, repr=False)
+
+    # -- identity of the run ------------------------------------------------------------------------
+    @property
+    def editor(self) -> dict[str, Any]:
+        """spec.json's editor; null there means a `ciebench score` run (no editor). Without spec.json,
+        summary.json's editor (top level or under "run")."""
+        if "editor" in self.spec:
+            return self.spec.get("editor") or {}
+        run_header = self.summary.get("run") if isinstance(self.summary.get("run"), dict) else {}
+        return self.summary.get("editor") or run_header.get("editor") or {}
+
+    @property
+    def editor_name(self) -> str:
+        return str(self.editor.get("name") or self.path.name)
+
+    @property
+    def config_hash(self) -> str:
+        if not self.editor:
+            return ""
+        run_header = self.summary.get("run") if isinstance(self.summary.get("run"), dict) else {}
+        return str(self.spec.get("editor_config_hash") or run_header.get("editor_config_hash")
+                   or self.editor.get("config_hash") or "")
+
+    @property
+    def protocol(self) -> dict[str, Any]:
+        return self.spec.get("protocol") or self.summary.get("protocol") or {}
+
+    @property
+    def protocol_name(self) -> str:
+        return str(self.protocol.get("name") or "unknown")
+
+    @property
+    def protocol_hash(self) -> str:
+        return str(self.protocol.get("hash") or "")
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        return self.spec.get("dataset") or self.summary.get("dataset") or {}
+
+    @property
+    def dataset_spec(self) -> str:
+        return str(self.dataset.get("spec") or "unknown")
+
+    @property
+    def dataset_revision(self) -> str:
+        return str(self.dataset.get("revision") or "")
+
+    @property
+    def dataset_n(self) -> int | None:
+        n = self.dataset.get("n")
+        return int(n) if isinstance(n, (int, float)) and not (isinstance(n, float) and math.isnan(n)) else None
+
+    @property
+    def judge(self) -> str:
+        judge = self.spec.get("judge")
+        if not judge:
+            return ""
+        if isinstance(judge, dict):
+            return str(judge.get("model") or judge.get("name") or json.dumps(judge, sort_keys=True))
+        return str(judge)
+
+    @property
+    def seeds(self) -> list[int]:
+        if len(self.samples):
+            return sorted(int(s) for s in self.samples["seed"].dropna().unique())
+        return [int(s) for s in self.spec.get("seeds") or []]
+
+    def group_key(self) -> tuple[str, str, str, str]:
+        """Runs are comparable only with the same protocol (name and hash) on the same dataset
+        (spec and revision)."""
+        return (self.protocol_name, self.protocol_hash, self.dataset_spec, self.dataset_revision)
+
+    # -- statistics ---------------------------------------------------------------------------------
+    def summarize(self, metrics: dict[str, bool] | None = None) -> dict[str, Any]:
+        """`ciebench.results.summarize` of this run's samples (memoised), for the given metrics."""
+        metrics = dict(self.metrics if metrics is None else metrics)
+        key = tuple(sorted(metrics.items()))
+        if key not in self._summaries:
+            present = {m: h for m, h in metrics.items() if m in self.samples.columns}
+            self._summaries[key] = summarize(self.samples, present)
+        return self._summaries[key]
+
+    def per_sample(self, metric: str) -> pd.Series:
+        """Per-sample score (mean over seeds, NaN dropped), as `summarize` computes it, indexed by sample_id."""
+        from ..results import _seed_mean
+
+        if metric not in self.samples.columns or not len(self.samples):
+            return pd.Series(dtype=float)
+        return self.samples.groupby("sample_id")[metric].apply(_seed_mean)
+
+    def n_ok_samples(self) -> int:
+        """Samples all of whose rows (seeds) have status ok."""
+        if not len(self.samples):
+            return 0
+        ok = self.samples["status"].astype(str).eq("ok").groupby(self.samples["sample_id"]).all()
+        return int(ok.sum())
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    if not (path / "samples.csv").is_file():
+        raise RunError(f"{path}: not a run directory (no samples.csv); score it first with `ciebench evaluate` or `ciebench score`")
+    spec = _read_json(path / "spec.json")
+    summary = _read_json(path / "summary.json")
+    samples = read_samples(path)
+    for col in ("sample_id", "seed", "edit_type", "status"):
+        if col not in samples.columns:
+            raise RunError(f"{path / 'samples.csv'}: missing column {col!r}")
+    samples["edit_type"] = samples["edit_type"].fillna("other")
+    metrics = _metric_directions(samples, summary, path)
+    for m in metrics:  # "inf" strings are read as floats by pandas; anything else non-numeric is an error
+        samples[m] = pd.to_numeric(samples[m], errors="coerce")
+    return Run(path=path, spec=spec, summary=summary, samples=samples, metrics=metrics)
+
+
+def load_runs(paths: Iterable[str | Path | Run]) -> list[Run]:
+    """Read run directories (or pass `Run`s through), drop duplicates of the same directory, and
+    give every run a display label (see `assign_labels`)."""
+    if isinstance(paths, (str, Path, Run)):
+        paths = [paths]
+    runs: list[Run] = []
+    seen: set[Path] = set()
+    for p in paths:
+        run = p if isinstance(p, Run) else load_run(p)
+        resolved = run.path.resolve()
+        if resolved in seen:
+            log.warning("%s given twice; using it once", run.path)
+            continue
+        seen.add(resolved)
+        runs.append(run)
+    if not runs:
+        raise RunError("no run directories given")
+    assign_labels(runs)
+    return runs
+
+
+def assign_labels(runs: list[Run]) -> None:
+    """Label = editor name; editors whose name is shared by runs with different configs get the config
+    hash appended; runs still sharing a label inside one table get their directory name appended.
+    The same editor and config keep the same label (and colour) across tables."""
+    by_name: dict[str, set[str]] = {}
+    for run in runs:
+        by_name.setdefault(run.editor_name, set()).add(run.config_hash)
+    for run in runs:
+        label = run.editor_name
+        if len(by_name[label]) > 1 and run.config_hash:
+            label = f"{label} [{run.config_hash[:7]}]"
+        run.label = label
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group_key(), []).append(run)
+    for members in groups.values():
+        counts: dict[str, int] = {}
+        for run in members:
+            counts[run.label] = counts.get(run.label, 0) + 1
+        for run in members:
+            if counts[run.label] > 1:
+                run.label = f"{run.label} ({run.path.name})"
+    # Last resort (same editor, config and directory name in one table): number them.
+    for members in groups.values():
+        seen: dict[str, int] = {}
+        for run in members:
+            if run.label in seen:
+                seen[run.label] += 1
+                run.label = f"{run.label} #{seen[run.label]}"
+            else:
+                seen[run.label] = 1
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path}: unreadable JSON ({exc})") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _metric_directions(samples: pd.DataFrame, summary: dict[str, Any], path: Path) -> dict[str, bool]:
+    """Metric columns and their direction. summary.json's metric list is authoritative when present;
+    otherwise every numeric column outside BASE_COLUMNS that is not a status/error/text column."""
+    declared = (summary.get("metrics") or {}) if isinstance(summary.get("metrics"), dict) else {}
+    out: dict[str, bool] = {}
+    if declared:
+        for m, block in declared.items():
+            if m not in samples.columns:
+                continue
+            hib = block.get("higher_is_better") if isinstance(block, dict) else None
+            out[m] = bool(hib) if hib is not None else HIGHER_IS_BETTER.get(m, True)
+    else:
+        for col in samples.columns:
+            if col in BASE_COLUMNS or col.endswith(_NON_METRIC_SUFFIXES):
+                continue
+            values = pd.to_numeric(samples[col], errors="coerce")
+            if samples[col].notna().sum() and values.notna().sum() < samples[col].notna().sum():
+                continue  # text column
+            if col not in HIGHER_IS_BETTER:
+                log.warning("%s: metric %r has no known direction; treating higher as better", path, col)
+            out[col] = HIGHER_IS_BETTER.get(col, True)
+    return {m: out[m] for m in order_metrics(out)}
+
+
+def slugify(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return slug or "x"
+
+
+def dataset_short_name(spec: str) -> str:
+    """'mini' -> 'mini', '/data/CIEBench/' -> 'CIEBench', 'hf:org/name@rev' -> 'name'."""
+    if spec.startswith("hf:"):
+        return spec[3:].split("@")[0].rstrip("/").split("/")[-1] or spec
+    return Path(spec.rstrip("/")).name or spec
+
+
+def json_value(v: Any) -> Any:
+    """A metric value for JSON: None for NaN, "inf"/"-inf" strings for infinities."""
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    if math.isnan(f):
+        return None
+    if math.isinf(f):
+        return "inf" if f > 0 else "-inf"
+    return f
+
+
+__all__ = ["Run", "RunError", "load_run", "load_runs", "assign_labels", "HIGHER_IS_BETTER", "METRIC_ORDER",
+           "PRIMARY_ORDER", "PRESERVATION_METRICS", "SUCCESS_METRICS", "metric_title", "order_metrics"]

@@ -1,0 +1,376 @@
+"""Leaderboard tables: runs grouped into comparable tables (one protocol, one dataset), one row per
+run with each metric's mean and 95% CI, sorted by the table's primary metric; the same per edit type;
+and the Markdown rendering."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from ..stats import from_json_number
+from .runs import (PRIMARY_ORDER, Run, dataset_short_name, load_runs, metric_title, order_metrics, slugify)
+from .significance import ALPHA, compare_runs, significance_matrix
+
+
+@dataclass
+class Table:
+    """Runs scored under one protocol on one dataset: the unit inside which runs are ranked and compared."""
+
+    slug: str
+    protocol: str
+    protocol_hash: str
+    dataset: str
+    revision: str
+    runs: list[Run]
+    metrics: dict[str, bool]
+    primary: str | None
+    primary_reason: str
+    alpha: float = ALPHA
+    leaderboard: pd.DataFrame = field(default=None, repr=False)   # type: ignore[assignment]
+    by_edit_type: pd.DataFrame = field(default=None, repr=False)  # type: ignore[assignment]
+    pairs: pd.DataFrame = field(default=None, repr=False)         # type: ignore[assignment]
+
+    @property
+    def title(self) -> str:
+        rev = f"@{self.revision[:12]}" if self.revision else ""
+        phash = f" [{self.protocol_hash[:8]}]" if self.protocol_hash else ""
+        return f"protocol {self.protocol}{phash} on {self.dataset}{rev}"
+
+    @property
+    def labels(self) -> list[str]:
+        """Run labels in leaderboard order."""
+        return list(self.leaderboard["run"]) if self.leaderboard is not None else [r.label for r in self.runs]
+
+
+def group_runs(runs: Iterable[Run | str], *, primary: str | None = None, alpha: float = ALPHA) -> list[Table]:
+    """Split runs into tables by (protocol name, protocol hash, dataset spec, dataset revision), and
+    compute each table's leaderboard, per-edit-type table and pairwise significance."""
+    runs = load_runs(runs)
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group_key(), []).append(run)
+    tables = []
+    for (protocol, phash, dataset, revision), members in groups.items():
+        metrics: dict[str, bool] = {}
+        for run in members:
+            for m, h in run.metrics.items():
+                if m in metrics and metrics[m] != h:
+                    raise ValueError(f"metric {m!r} is higher-is-better in one run and lower-is-better in another "
+                                     f"({run.path}); these runs cannot share a table")
+                metrics.setdefault(m, h)
+        metrics = {m: metrics[m] for m in order_metrics(metrics)}
+        chosen, reason = _choose_primary(members, metrics, primary)
+        tables.append(Table(slug="", protocol=protocol, protocol_hash=phash, dataset=dataset, revision=revision,
+                            runs=members, metrics=metrics, primary=chosen, primary_reason=reason, alpha=alpha))
+    _assign_slugs(tables)
+    for table in tables:
+        _fill(table)
+    return tables
+
+
+def _choose_primary(runs: list[Run], metrics: dict[str, bool], requested: str | None) -> tuple[str | None, str]:
+    def defined(m: str) -> bool:
+        return any(m in r.samples.columns and r.samples[m].notna().any() for r in runs)
+
+    if requested:
+        if requested in metrics and defined(requested):
+            return requested, f"{requested} (chosen with --primary)"
+        fallback, why = _choose_primary(runs, metrics, None)
+        return fallback, f"{why}; the requested primary metric {requested!r} has no values in this table"
+    for m in PRIMARY_ORDER:
+        if m in metrics and defined(m):
+            if m == "idcs":
+                return m, "idcs"
+            return m, f"{m} (no IDCS values in this table; fallback order: {', '.join(PRIMARY_ORDER)})"
+    for m in metrics:
+        if defined(m):
+            return m, f"{m} (first metric with values; none of {', '.join(PRIMARY_ORDER)} present)"
+    return None, "no metric values: unsorted"
+
+
+def _assign_slugs(tables: list[Table]) -> None:
+    """`<protocol>__<dataset>`; when two tables share that, the part that tells them apart is added
+    (protocol hash and/or dataset revision, 8 characters each)."""
+    base = [f"{slugify(t.protocol)}__{slugify(dataset_short_name(t.dataset))}" for t in tables]
+    for t, b in zip(tables, base):
+        clash = [u for u, c in zip(tables, base) if c == b]
+        slug = b
+        if len(clash) > 1:
+            extra = []
+            if len({u.protocol_hash for u in clash}) > 1:
+                extra.append(t.protocol_hash[:8] or "nohash")
+            if len({(u.dataset, u.revision) for u in clash}) > 1:
+                extra.append(t.revision[:8] or "norev")
+            slug = f"{b}__{slugify('-'.join(extra))}" if extra else b
+        t.slug = slug
+    seen: dict[str, int] = {}
+    for t in tables:
+        if t.slug in seen:
+            seen[t.slug] += 1
+            t.slug = f"{t.slug}__{seen[t.slug]}"
+        else:
+            seen[t.slug] = 1
+
+
+def _fill(table: Table) -> None:
+    rows = [_run_row(table, run) for run in table.runs]
+    frame = pd.DataFrame(rows)
+    if table.primary:
+        key = frame[table.primary].astype(float)
+        key = -key if table.metrics[table.primary] else key
+        frame = frame.assign(_key=key.fillna(np.inf)).sort_values(["_key", "run"], kind="stable").drop(columns="_key")
+        frame["rank"] = key.loc[frame.index].rank(method="min", na_option="keep").astype("Int64")
+    else:
+        frame["rank"] = pd.array([pd.NA] * len(frame), dtype="Int64")
+    frame = frame.reset_index(drop=True)
+    order = {label: i for i, label in enumerate(frame["run"])}
+    ordered_runs = sorted(table.runs, key=lambda r: order[r.label])
+    table.runs = ordered_runs
+    table.pairs = compare_runs(ordered_runs, table.metrics, table=table.slug, alpha=table.alpha)
+    # Which runs are indistinguishable from the best, per metric.
+    for m, higher in table.metrics.items():
+        frame[f"{m}_tied_best"] = _tied_with_best(frame, table.pairs, m, higher)
+    frame["primary_metric"] = table.primary or ""
+    frame["tied_with_best"] = frame[f"{table.primary}_tied_best"] if table.primary else pd.NA
+    id_cols = ["table", "rank", "run", "editor", "config_hash", "protocol", "protocol_hash", "dataset", "revision",
+               "judge", "seeds", "n", "n_ok", "n_dataset", "coverage", "primary_metric", "tied_with_best"]
+    metric_cols = [c for m in table.metrics for c in
+                   (m, f"{m}_ci_low", f"{m}_ci_high", f"{m}_n", f"{m}_coverage", f"{m}_tied_best")]
+    table.leaderboard = frame[id_cols + metric_cols + ["run_dir"]]
+    table.by_edit_type = _by_edit_type(table)
+
+
+def _run_row(table: Table, run: Run) -> dict[str, Any]:
+    summary = run.summarize({m: h for m, h in table.metrics.items() if m in run.metrics})
+    n = summary["n_samples"]
+    n_dataset = run.dataset_n
+    n_ok = run.n_ok_samples()
+    row: dict[str, Any] = {
+        "table": table.slug, "run": run.label, "editor": run.editor_name, "config_hash": run.config_hash,
+        "protocol": run.protocol_name, "protocol_hash": run.protocol_hash, "dataset": run.dataset_spec,
+        "revision": run.dataset_revision, "judge": run.judge, "seeds": " ".join(str(s) for s in run.seeds),
+        "n": n, "n_ok": n_ok, "n_dataset": n_dataset if n_dataset is not None else pd.NA,
+        "coverage": (n_ok / (n_dataset or n)) if (n_dataset or n) else math.nan,
+        "run_dir": str(run.path),
+    }
+    for m in table.metrics:
+        block = summary["metrics"].get(m)
+        if block is None:
+            row.update({m: math.nan, f"{m}_ci_low": math.nan, f"{m}_ci_high": math.nan, f"{m}_n": 0, f"{m}_coverage": 0.0})
+            continue
+        low, high = block["ci95"]
+        row.update({m: from_json_number(block["mean"]), f"{m}_ci_low": from_json_number(low),
+                    f"{m}_ci_high": from_json_number(high), f"{m}_n": int(block["n"]),
+                    f"{m}_coverage": float(block["coverage"])})
+    return row
+
+
+def _tied_with_best(frame: pd.DataFrame, pairs: pd.DataFrame, metric: str, higher: bool) -> pd.Series:
+    """True for the best run on `metric` and for runs not significantly worse than it (Holm-adjusted
+    paired test); False for runs significantly worse; NA where untestable (no value, < 2 shared samples)."""
+    values = frame[metric].astype(float)
+    out = pd.Series(pd.NA, index=frame.index, dtype="boolean")
+    if values.notna().sum() == 0:
+        return out
+    best_idx = (values.idxmax() if higher else values.idxmin())
+    best = frame.loc[best_idx, "run"]
+    sub = pairs[pairs["metric"] == metric]
+    for idx, label in frame["run"].items():
+        if math.isnan(values[idx]):
+            continue
+        if label == best:
+            out[idx] = True
+            continue
+        hit = sub[((sub["run_a"] == best) & (sub["run_b"] == label)) | ((sub["run_a"] == label) & (sub["run_b"] == best))]
+        if not len(hit) or math.isnan(hit["p_holm"].iloc[0]):
+            continue
+        r = hit.iloc[0]
+        out[idx] = not (bool(r["significant"]) and r["better"] == best)
+    return out
+
+
+def _by_edit_type(table: Table) -> pd.DataFrame:
+    rows = []
+    for run in table.runs:
+        summary = run.summarize({m: h for m, h in table.metrics.items() if m in run.metrics})
+        for edit_type, block in sorted(summary["by_edit_type"].items()):
+            row: dict[str, Any] = {"table": table.slug, "run": run.label, "editor": run.editor_name,
+                                   "edit_type": edit_type, "n": block["n_samples"]}
+            for m in table.metrics:
+                b = block["metrics"].get(m)
+                if b is None:
+                    row.update({m: math.nan, f"{m}_ci_low": math.nan, f"{m}_ci_high": math.nan, f"{m}_n": 0,
+                                f"{m}_coverage": 0.0})
+                    continue
+                row.update({m: from_json_number(b["mean"]), f"{m}_ci_low": from_json_number(b["ci95"][0]),
+                            f"{m}_ci_high": from_json_number(b["ci95"][1]), f"{m}_n": int(b["n"]),
+                            f"{m}_coverage": float(b["coverage"])})
+            rows.append(row)
+    columns = ["table", "run", "editor", "edit_type", "n"] + [
+        c for m in table.metrics for c in (m, f"{m}_ci_low", f"{m}_ci_high", f"{m}_n", f"{m}_coverage")]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# --- public DataFrame functions -------------------------------------------------------------------
+
+def leaderboard(runs, *, primary: str | None = None, alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per run, every table stacked (the `table` column says which); within a table rows are
+    sorted by its primary metric and `rank`/`*_tied_best` are computed inside that table only."""
+    return pd.concat([t.leaderboard for t in _tables(runs, primary, alpha)], ignore_index=True)
+
+
+def by_edit_type(runs, *, primary: str | None = None, alpha: float = ALPHA) -> pd.DataFrame:
+    """Per run and edit type: n, and per metric mean, 95% CI, n and coverage."""
+    return pd.concat([t.by_edit_type for t in _tables(runs, primary, alpha)], ignore_index=True)
+
+
+def significance(runs, *, alpha: float = ALPHA, matrix: bool = False) -> pd.DataFrame:
+    """Pairwise paired tests inside each table (long form), or as p-value matrices with `matrix=True`."""
+    tables = _tables(runs, None, alpha)
+    pairs = pd.concat([t.pairs for t in tables], ignore_index=True)
+    if not matrix:
+        return pairs
+    return pd.concat([significance_matrix(t.pairs, t.labels) for t in tables], ignore_index=True)
+
+
+def _tables(runs, primary, alpha) -> list[Table]:
+    if isinstance(runs, list) and runs and all(isinstance(t, Table) for t in runs):
+        return runs
+    return group_runs(runs, primary=primary, alpha=alpha)
+
+
+def index_frame(tables: list[Table]) -> pd.DataFrame:
+    """One row per table: what it holds and which files it was written to."""
+    return pd.DataFrame([{
+        "table": t.slug, "title": t.title, "protocol": t.protocol, "protocol_hash": t.protocol_hash,
+        "dataset": t.dataset, "revision": t.revision, "n_runs": len(t.runs), "primary_metric": t.primary or "",
+        "primary_reason": t.primary_reason, "leaderboard_csv": f"leaderboard__{t.slug}.csv",
+        "by_edit_type_csv": f"by_edit_type__{t.slug}.csv", "significance_csv": f"significance__{t.slug}.csv",
+        "plots": f"plots/{t.slug}/",
+    } for t in tables])
+
+
+# --- Markdown -------------------------------------------------------------------------------------
+
+def format_value(v: Any, digits: int = 4) -> str:
+    """A metric value for people: 4 significant digits, scientific below 0.001 and from 10^5."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "" if v is None else str(v)
+    if math.isnan(f):
+        return "–"
+    if math.isinf(f):
+        return "∞" if f > 0 else "−∞"
+    if f != 0 and (abs(f) < 1e-3 or abs(f) >= 1e5):
+        return f"{f:.{digits - 1}e}"
+    return f"{f:.{digits}g}"
+
+
+def format_ci(mean: Any, low: Any, high: Any) -> str:
+    m = format_value(mean)
+    if m == "–":
+        return m
+    lo, hi = format_value(low), format_value(high)
+    if lo == hi == m:
+        return m
+    return f"{m} [{lo}, {hi}]"
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
+    lb = table.leaderboard
+    lines = [f"## {_md_escape(table.title)}", ""]
+    if table.primary:
+        direction = "higher" if table.metrics[table.primary] else "lower"
+        lines.append(f"Sorted by **{metric_title(table.primary)}** ({direction} is better); primary metric: "
+                     f"{_md_escape(table.primary_reason)}. Values are means over samples (each sample averaged over "
+                     f"seeds) with 95% bootstrap CIs. **≈** marks runs not significantly different from the best on "
+                     f"the primary metric (paired sign-flip permutation test on shared samples, Holm-adjusted, "
+                     f"α = {table.alpha:g}); bold values are best or indistinguishable from the best on that metric.")
+    else:
+        lines.append("No metric has values in this table; rows are unsorted.")
+    judges = {j for j in lb["judge"] if j}
+    if len(judges) > 1:
+        lines.append("")
+        lines.append(f"**Warning:** runs in this table were judged by different judges ({', '.join(sorted(judges))}); "
+                     "judged metrics are not comparable across them.")
+    lines.append("")
+    metrics = list(table.metrics)
+    header = ["#", "run", "config", "n", "coverage"] + [
+        f"{metric_title(m)} {'↑' if table.metrics[m] else '↓'}" for m in metrics]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---:", ":---", ":---", "---:", "---:"] + ["---:"] * len(metrics)) + "|")
+    for _, r in lb.iterrows():
+        rank = "" if pd.isna(r["rank"]) else str(int(r["rank"]))
+        tied = r["tied_with_best"]
+        mark = " ≈" if (not pd.isna(tied) and bool(tied) and rank != "1") else ""
+        cells = [rank + mark, _md_escape(r["run"]), f"`{r['config_hash'][:7]}`" if r["config_hash"] else "",
+                 str(int(r["n"])), f"{100 * float(r['coverage']):.0f}%" if not pd.isna(r["coverage"]) else "–"]
+        for m in metrics:
+            text = format_ci(r[m], r[f"{m}_ci_low"], r[f"{m}_ci_high"])
+            t = r[f"{m}_tied_best"]
+            if not pd.isna(t) and bool(t) and text != "–":
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if table.primary and len(table.runs) > 1:
+        lines.append(f"Paired tests on {metric_title(table.primary)} (Holm-adjusted p; ▲ row significantly better "
+                     f"than column, ▼ worse, · not significant):")
+        lines.append("")
+        labels = table.labels
+        lines.append("| | " + " | ".join(_md_escape(l) for l in labels) + " |")
+        lines.append("|:---|" + "|".join([":---:"] * len(labels)) + "|")
+        sub = table.pairs[table.pairs["metric"] == table.primary]
+        for a in labels:
+            cells = []
+            for b in labels:
+                if a == b:
+                    cells.append("")
+                    continue
+                hit = sub[((sub["run_a"] == a) & (sub["run_b"] == b)) | ((sub["run_a"] == b) & (sub["run_b"] == a))]
+                if not len(hit) or pd.isna(hit["p_holm"].iloc[0]):
+                    cells.append("n/a")
+                    continue
+                r = hit.iloc[0]
+                sign = "▲" if r["better"] == a else "▼" if r["better"] == b else "·"
+                cells.append(f"{sign} {format_p(r['p_holm'])}")
+            lines.append(f"| {_md_escape(a)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if plots_dir:
+        lines.append(f"Plots: `{plots_dir}` (bars with 95% CIs per metric, per edit type, and the preservation/success scatter).")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def format_p(p: float) -> str:
+    if pd.isna(p):
+        return "n/a"
+    if p < 0.001:
+        return "p<0.001"
+    return f"p={p:.3f}"
+
+
+def markdown_document(tables: list[Table], *, plots: bool = True) -> str:
+    lines = ["# CIEBench leaderboard", ""]
+    if len(tables) > 1:
+        lines.append("Runs scored under different protocols or on different datasets are never ranked together; "
+                     "each gets its own table:")
+        lines.append("")
+        for t in tables:
+            lines.append(f"- `{t.slug}`: {_md_escape(t.title)} ({len(t.runs)} run{'s' if len(t.runs) != 1 else ''})")
+        lines.append("")
+    for t in tables:
+        lines.append(markdown_table(t, plots_dir=f"plots/{t.slug}/" if plots else None))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+__all__ = ["Table", "group_runs", "leaderboard", "by_edit_type", "significance", "index_frame",
+           "markdown_table", "markdown_document", "format_value", "format_ci"]
