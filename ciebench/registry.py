@@ -64,6 +64,7 @@ EDITORS = Registry(
         "identity": "ciebench.baselines.identity:IdentityEditor",
         "instructpix2pix": "ciebench.baselines.instructpix2pix:InstructPix2PixEditor",
         "magicbrush": "ciebench.baselines.instructpix2pix:MagicBrushEditor",
+        "smartedit": "ciebench.baselines.smartedit:SmartEditEditor",
         "cielr": "ciebench.cielr_ref.editor:CIELREditor",
     },
     entry_point_group="ciebench.editors",
