@@ -1,0 +1,282 @@
+"""The batched region scorer behind `ciebench score` / `ciebench evaluate`.
+
+    scorer = RegionScorer("cielr", device="cuda", batch_size=16)
+    for sample_id, row in scorer.score(items):   # streaming, in input order
+        ...
+
+Each model is loaded once per scorer. Worker threads decode, convert, align and CLIP-preprocess
+the next batch while the models work on the current one; LPIPS and CLIP forwards are batched
+(images of one size together), and each distinct CLIP text is encoded once. A sample whose
+preparation or computation fails yields NaNs plus an "error" entry; the run goes on.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import math
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .align import align
+from .clipscore import RegionCLIP, region_crop
+from .locality import COLUMNS as LOCALITY_COLUMNS
+from .locality import edit_locality
+from .perceptual import TRUNK_FILE, SqueezeLPIPS, background_lpips, lpips_heads_path
+from .pixel import background_mse_psnr
+from .protocols import Protocol, get_protocol
+from .ssim import background_ssim
+
+# metric column -> higher_is_better
+METRIC_INFO: dict[str, bool] = {
+    "psnr": True,
+    "ssim": True,
+    "lpips": False,
+    "mse": False,
+    "clip": True,
+    "locality_precision": True,
+    "locality_recall": True,
+    "locality_f1": True,
+}
+# Metric names a user can ask for -> the columns they produce.
+METRICS: dict[str, tuple[str, ...]] = {
+    "psnr": ("psnr",),
+    "ssim": ("ssim",),
+    "lpips": ("lpips",),
+    "mse": ("mse",),
+    "clip": ("clip",),
+    "locality": LOCALITY_COLUMNS,
+}
+_PIXELS_PER_CHUNK = 8 * 512 * 512  # images of one size are stacked up to about this many pixels
+
+
+@dataclass
+class ScoreItem:
+    sample_id: str
+    source: Image.Image  # RGB
+    mask: Image.Image | None  # mode L, 255 = edit region; any size (nearest-resized), None = no region
+    prediction: Image.Image  # any mode and size (see metrics.align.to_rgb and the protocol's resize)
+    clip_text: list[str] = field(default_factory=list)
+
+
+def resolve_metrics(names: Sequence[str] | None) -> tuple[str, ...]:
+    """Metric names (or column names such as `locality_f1`) -> metric names in canonical order."""
+    if names is None:
+        return tuple(METRICS)
+    wanted = set()
+    for name in names:
+        if name in METRICS:
+            wanted.add(name)
+            continue
+        owner = next((m for m, cols in METRICS.items() if name in cols), None)
+        if owner is None:
+            close = difflib.get_close_matches(name, list(METRICS) + list(METRIC_INFO), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown region metric {name!r}; known: {', '.join(METRICS)}.{hint}")
+        wanted.add(owner)
+    return tuple(m for m in METRICS if m in wanted)
+
+
+@dataclass
+class _Prepared:
+    sample_id: str
+    clip_text: list[str] = field(default_factory=list)
+    error: str | None = None
+    source: Tensor | None = None  # (3, H, W) float in [0, 1]
+    prediction: Tensor | None = None
+    mask: Tensor | None = None  # (1, H, W) float in [0, 1], 1 = edit region
+    clip_pixels: Tensor | None = None  # (3, S, S), None = no box or no text
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.source.shape[-2:])
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class RegionScorer:
+    def __init__(self, protocol: Protocol | str = "cielr", metrics: Sequence[str] | None = None, device: str = "cpu",
+                 batch_size: int = 8, workers: int = 2) -> None:
+        if batch_size < 1 or workers < 1:
+            raise ValueError("batch_size and workers must be at least 1")
+        self.protocol = get_protocol(protocol)
+        self.metrics = resolve_metrics(metrics)
+        self.columns = [c for m in self.metrics for c in METRICS[m]]
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.workers = workers
+        p = self.protocol
+        self._lpips = (SqueezeLPIPS.pretrained(p.lpips_version, p.lpips_norm_eps).to(self.device)
+                       if "lpips" in self.metrics else None)
+        self._clip = (RegionCLIP(p.clip_model, image_backend=p.clip_image_backend, max_tokens=p.clip_max_tokens,
+                                 device=self.device) if "clip" in self.metrics else None)
+
+    def model_ids(self) -> dict[str, str]:
+        ids: dict[str, str] = {}
+        if self._lpips is not None:
+            trunk = Path(torch.hub.get_dir()) / "checkpoints" / TRUNK_FILE
+            heads = lpips_heads_path(self.protocol.lpips_version, self.protocol.lpips_net)
+            ids["lpips"] = f"lpips v{self.protocol.lpips_version} {self.protocol.lpips_net}"
+            ids["lpips_trunk"] = f"{self.protocol.lpips_trunk} ({TRUNK_FILE})"
+            ids["lpips_trunk_sha256"] = _sha256(trunk) if trunk.exists() else "unknown"
+            ids["lpips_heads_sha256"] = _sha256(heads)
+        if self._clip is not None:
+            ids.update(self._clip.model_ids())
+        return ids
+
+    # ---- streaming ---------------------------------------------------------------------------
+    def score(self, items: Iterable[ScoreItem]) -> Iterator[tuple[str, dict[str, float]]]:
+        source = iter(items)
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ciebench-align")
+        queue: deque[Future] = deque()
+
+        def fill() -> None:
+            # Two batches in flight: the next one is prepared while the current one is scored.
+            while len(queue) < 2 * self.batch_size:
+                try:
+                    item = next(source)
+                except StopIteration:
+                    return
+                queue.append(pool.submit(self._prepare, item))
+
+        try:
+            fill()
+            while queue:
+                batch = [queue.popleft().result() for _ in range(min(self.batch_size, len(queue)))]
+                fill()
+                yield from self._score_batch(batch)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def score_one(self, item: ScoreItem) -> dict[str, float]:
+        return next(self.score([item]))[1]
+
+    # ---- per-sample preparation (worker threads) --------------------------------------------
+    def _prepare(self, item: ScoreItem) -> _Prepared:
+        prep = _Prepared(sample_id=str(getattr(item, "sample_id", "?")))
+        try:
+            prep.clip_text = [str(t) for t in (item.clip_text or [])]
+            aligned = align(item.source, item.prediction, item.mask, self.protocol)
+            prep.source, prep.prediction, prep.mask = aligned.tensors()
+            if self._clip is not None and prep.clip_text:
+                crop = region_crop(aligned.prediction, aligned.mask, self.protocol.clip_crop == "inclusive")
+                if crop is not None:
+                    prep.clip_pixels = self._clip.preprocess(crop)
+        except Exception as exc:  # noqa: BLE001 - one bad sample must not end the run
+            prep.error = _describe(exc)
+        return prep
+
+    # ---- batched computation (caller's thread) ----------------------------------------------
+    def _score_batch(self, batch: list[_Prepared]) -> list[tuple[str, dict[str, float]]]:
+        rows: list[dict] = [dict.fromkeys(self.columns, math.nan) for _ in batch]
+        errors: list[list[str]] = [[p.error] if p.error else [] for p in batch]
+        ready = [i for i, p in enumerate(batch) if p.error is None]
+        families: list[tuple[str, Callable[[list[_Prepared]], list[dict[str, float]]]]] = []
+        if any(m in self.metrics for m in ("psnr", "mse", "ssim", "locality")):
+            families.append(("pixel", self._pixel_metrics))
+        if self._lpips is not None:
+            families.append(("lpips", self._lpips_metric))
+        if self._clip is not None:
+            families.append(("clip", self._clip_metric))
+        for name, fn in families:
+            self._run_family(name, fn, batch, ready, rows, errors)
+        out = []
+        for p, row, errs in zip(batch, rows, errors):
+            if errs:
+                row["error"] = "; ".join(errs)
+            out.append((p.sample_id, row))
+        return out
+
+    @staticmethod
+    def _run_family(name: str, fn, batch: list[_Prepared], ready: list[int], rows: list[dict],
+                    errors: list[list[str]]) -> None:
+        """Batched first; if the batch fails, sample by sample, so only the culprit gets the error."""
+        if not ready:
+            return
+        try:
+            for i, values in zip(ready, fn([batch[i] for i in ready])):
+                rows[i].update(values)
+            return
+        except Exception as exc:  # noqa: BLE001
+            if len(ready) == 1:
+                errors[ready[0]].append(f"{name}: {_describe(exc)}")
+                return
+        for i in ready:
+            try:
+                rows[i].update(fn([batch[i]])[0])
+            except Exception as exc:  # noqa: BLE001
+                errors[i].append(f"{name}: {_describe(exc)}")
+
+    def _chunks(self, preps: list[_Prepared]) -> Iterator[list[int]]:
+        """Indices of same-size samples, stacked up to about `_PIXELS_PER_CHUNK` pixels."""
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, p in enumerate(preps):
+            by_size.setdefault(p.size, []).append(i)
+        for (h, w), idx in by_size.items():
+            per_chunk = max(1, min(self.batch_size, _PIXELS_PER_CHUNK // (h * w)))
+            for start in range(0, len(idx), per_chunk):
+                yield idx[start:start + per_chunk]
+
+    def _stack(self, preps: list[_Prepared], idx: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+        def stack(attr: str) -> Tensor:
+            return torch.stack([getattr(preps[i], attr) for i in idx]).to(self.device)
+
+        return stack("prediction"), stack("source"), stack("mask")
+
+    def _pixel_metrics(self, preps: list[_Prepared]) -> list[dict[str, float]]:
+        p = self.protocol
+        out: list[dict[str, float]] = [{} for _ in preps]
+        for idx in self._chunks(preps):
+            pred, src, mask = self._stack(preps, idx)
+            values: dict[str, Tensor] = {}
+            if "psnr" in self.metrics or "mse" in self.metrics:
+                mse, psnr = background_mse_psnr(pred, src, mask, p.weighting, p.data_range, p.arithmetic)
+                if "mse" in self.metrics:
+                    values["mse"] = mse
+                if "psnr" in self.metrics:
+                    values["psnr"] = psnr
+            if "ssim" in self.metrics:
+                values["ssim"] = background_ssim(pred, src, mask, p.weighting, p.ssim_border, p.data_range,
+                                                 p.ssim_sigma, p.ssim_kernel_size, p.ssim_k1, p.ssim_k2, p.arithmetic)
+            if "locality" in self.metrics:
+                loc = edit_locality(pred, src, mask, p.locality_threshold, p.locality_mask_level)
+                values.update({f"locality_{k}": v for k, v in loc.items()})
+            for col, v in values.items():
+                for j, i in enumerate(idx):
+                    out[i][col] = float(v[j])
+        return out
+
+    @torch.inference_mode()
+    def _lpips_metric(self, preps: list[_Prepared]) -> list[dict[str, float]]:
+        out: list[dict[str, float]] = [{} for _ in preps]
+        for idx in self._chunks(preps):
+            pred, src, mask = self._stack(preps, idx)
+            v = background_lpips(pred, src, mask, self._lpips, self.protocol.weighting)
+            for j, i in enumerate(idx):
+                out[i]["lpips"] = float(v[j])
+        return out
+
+    def _clip_metric(self, preps: list[_Prepared]) -> list[dict[str, float]]:
+        p = self.protocol
+        out: list[dict[str, float]] = [{"clip": math.nan} for _ in preps]
+        idx = [i for i, prep in enumerate(preps) if prep.clip_pixels is not None]
+        for start in range(0, len(idx), self.batch_size):
+            part = idx[start:start + self.batch_size]
+            embeds = self._clip.image_embeddings(torch.stack([preps[i].clip_pixels for i in part]))
+            scores = self._clip.score_embeddings(embeds, [preps[i].clip_text for i in part], p.clip_scale,
+                                                 clamp=p.clip_clamp == "zero_after_mean")
+            for j, i in enumerate(part):
+                out[i]["clip"] = float(scores[j])
+        return out
