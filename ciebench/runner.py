@@ -14,6 +14,7 @@ import math
 import shutil
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,9 +24,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import __version__
-from .datasets import LoadedDataset, iter_samples
+from .datasets import LoadedDataset
 from .editor import EditRequest, EditResult, Editor
-from .io import atomic_save_png, atomic_write_json, sha256_file
+from .io import atomic_write_bytes, atomic_write_json, png_bytes, sha256_bytes, sha256_file
 from .schema import EditSample
 from .scoring import Prediction, ScoreOptions, ScoreResult, resolve_metrics, score
 from .spec import RunSpec, derive_seed
@@ -121,28 +122,54 @@ def is_done(out: Path, stem: str, retry_failed: bool) -> bool:
 
 
 def run(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOptions,
-        backend: Callable[..., None] | None = None) -> tuple[RunStats, ScoreResult]:
+        backend: Callable[..., None] | None = None, region: Any = None) -> tuple[RunStats, ScoreResult]:
     """Generate every missing (sample, seed), then score the whole run. `backend` replaces the local
-    generation loop (same arguments as `generate_local`) for distributed execution."""
+    generation loop (same arguments as `generate_local`) for distributed execution; `region` replaces
+    the in-process region scoring (see `scoring.score`). Samples are decoded only when they are used,
+    so memory does not grow with the dataset."""
     out = Path(out)
     spec = build_spec(editor, loaded, options)
     prepare_run_dir(out, spec, options.overwrite)
     stats = RunStats()
-    todo = [(s, seed) for s in iter_samples(loaded.dataset, options.limit) for seed in options.seeds]
-    pending = []
-    for sample, seed in todo:
-        if is_done(out, file_stem(sample.id, seed), options.retry_failed):
-            stats.skipped += 1
-        else:
-            pending.append((sample, seed))
-    (backend or generate_local)(editor, pending, out, options, stats)
+    n = len(loaded.dataset) if options.limit is None else min(options.limit, len(loaded.dataset))
+    ids = [str(i) for i in loaded.dataset["id"][:n]] if n else []
+    todo = [(sample_id, seed) for sample_id in ids for seed in options.seeds]
+    pending_keys = []
+    for index, sample_id in enumerate(ids):
+        for seed in options.seeds:
+            if is_done(out, file_stem(sample_id, seed), options.retry_failed):
+                stats.skipped += 1
+            else:
+                pending_keys.append((index, seed))
+    (backend or generate_local)(editor, PendingSamples(loaded.dataset, pending_keys), out, options, stats)
     result = score(loaded, collect_predictions(out, todo), out, options.score,
                    header={"run": {"spec_hash": spec.spec_hash, "editor": spec.editor, "seeds": list(options.seeds),
                                    "editor_config_hash": spec.editor_config_hash,
                                    "generation": {"generated": stats.generated, "skipped": stats.skipped,
                                                   "failed": stats.failed, "editor_calls": stats.editor_calls}}},
-                   progress=options.progress)
+                   progress=options.progress, region=region)
     return stats, result
+
+
+class PendingSamples(Sequence):
+    """The (sample, seed) pairs still to generate, as a sequence that decodes a sample only when it is
+    read (an item or a slice), so a run never holds every image. `keys` are (dataset row, seed)."""
+
+    def __init__(self, dataset: Any, keys: list[tuple[int, int]]):
+        self.dataset = dataset
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return [self._load(key) for key in self.keys[item]]
+        return self._load(self.keys[item])
+
+    def _load(self, key: tuple[int, int]) -> tuple[EditSample, int]:
+        index, seed = key
+        return EditSample.from_row(self.dataset[index]), seed
 
 
 def generate_local(editor: Editor, pending: list[tuple[EditSample, int]], out: Path, options: RunOptions,
@@ -189,23 +216,53 @@ def edit_isolated(editor: Editor, requests: list[EditRequest], stats: RunStats) 
         return [edit_isolated(editor, [r], stats)[0] for r in requests]
 
 
+@dataclass
+class PreparedResult:
+    """One result validated and encoded, ready to be written: plain data (PNG bytes, JSON-able trace and
+    record), so a remote worker can prepare it and the driver, the one writer, commits it."""
+
+    stem: str
+    record: dict[str, Any]
+    png: bytes | None = None
+    trace: dict[str, Any] | None = None  # artifacts, if any, already PNG-encoded: {name: bytes}
+
+
 def write_result(out: Path, sample: EditSample, seed: int, result: EditResult) -> bool:
     """Validate and persist one result; the record is written last. Returns True when usable."""
-    stem = file_stem(sample.id, seed)
-    record: dict[str, Any] = {"sample_id": sample.id, "seed": seed, "timings": result.timings,
+    return commit_result(out, prepare_result(sample.id, seed, sample.image.size, result))
+
+
+def prepare_result(sample_id: str, seed: int, size: tuple[int, int], result: EditResult) -> PreparedResult:
+    """The validation and encoding half of `write_result` (no I/O)."""
+    record: dict[str, Any] = {"sample_id": sample_id, "seed": seed, "timings": result.timings,
                               "status": result.status, "error": result.error, "image_sha256": None}
+    png = None
     if result.status == "ok":
-        image, problem = to_image(result.image, sample.image.size)
+        image, problem = to_image(result.image, size)
         if problem:
             record.update(status="invalid", error=problem)
         else:
-            record["image_sha256"] = atomic_save_png(out / "images" / f"{stem}.png", image)
+            png = png_bytes(image)
+            record["image_sha256"] = sha256_bytes(png)
     elif not record["error"]:
         record["error"] = "editor reported failure without a message"
+    trace = None
     if result.trace is not None:
-        write_trace(out, stem, result.trace)
-    atomic_write_json(out / "records" / f"{stem}.json", record)
-    return record["status"] == "ok"
+        trace = dict(result.trace)
+        artifacts = trace.pop("artifacts", None) or {}
+        if artifacts:
+            trace["artifacts"] = {name: png_bytes(image) for name, image in artifacts.items()}
+    return PreparedResult(file_stem(sample_id, seed), record, png, trace)
+
+
+def commit_result(out: Path, prepared: PreparedResult) -> bool:
+    """The writing half of `write_result`: image, trace, then the record (the done-marker), each atomic."""
+    if prepared.png is not None:
+        atomic_write_bytes(out / "images" / f"{prepared.stem}.png", prepared.png)
+    if prepared.trace is not None:
+        write_trace(out, prepared.stem, prepared.trace)
+    atomic_write_json(out / "records" / f"{prepared.stem}.json", prepared.record)
+    return prepared.record["status"] == "ok"
 
 
 def to_image(value: Any, size: tuple[int, int]) -> tuple[Image.Image | None, str | None]:
@@ -227,34 +284,37 @@ def to_image(value: Any, size: tuple[int, int]) -> tuple[Image.Image | None, str
 
 
 def write_trace(out: Path, stem: str, trace: dict[str, Any]) -> None:
-    """The trace as JSON; images under trace["artifacts"] (name -> PIL image) go to traces/<stem>/."""
+    """The trace as JSON; images under trace["artifacts"] (name -> PIL image, or PNG bytes from
+    `prepare_result`) go to traces/<stem>/."""
     trace = dict(trace)
     artifacts = trace.pop("artifacts", None) or {}
     names = {}
     for name, image in artifacts.items():
         safe = urllib.parse.quote(str(name), safe="-_.")
-        atomic_save_png(out / "traces" / stem / safe, image)
+        atomic_write_bytes(out / "traces" / stem / safe, image if isinstance(image, bytes) else png_bytes(image))
         names[name] = f"{stem}/{safe}"
     if names:
         trace["artifacts"] = names
     atomic_write_json(out / "traces" / f"{stem}.json", trace)
 
 
-def collect_predictions(out: Path, todo: list[tuple[EditSample, int]]) -> list[Prediction]:
+def collect_predictions(out: Path, todo: list[tuple[EditSample | str, int]]) -> list[Prediction]:
+    """One prediction per (sample or sample id, seed), from the records on disk."""
     preds = []
     for sample, seed in todo:
-        stem = file_stem(sample.id, seed)
+        sample_id = sample if isinstance(sample, str) else sample.id
+        stem = file_stem(sample_id, seed)
         record_path = out / "records" / f"{stem}.json"
         record = json.loads(record_path.read_text()) if record_path.exists() else None
         if record is None:
-            preds.append(Prediction(sample.id, seed, None, "missing", "not generated (interrupted run?)"))
+            preds.append(Prediction(sample_id, seed, None, "missing", "not generated (interrupted run?)"))
             continue
         extra = {"edit_seconds": (record.get("timings") or {}).get("edit_seconds", math.nan)}
         if record["status"] == "ok":
-            preds.append(Prediction(sample.id, seed, out / "images" / f"{stem}.png", extra=extra))
+            preds.append(Prediction(sample_id, seed, out / "images" / f"{stem}.png", extra=extra))
         else:
             status = "invalid" if record["status"] == "invalid" else "edit_error"
-            preds.append(Prediction(sample.id, seed, None, status, record.get("error"), extra=extra))
+            preds.append(Prediction(sample_id, seed, None, status, record.get("error"), extra=extra))
     return preds
 
 

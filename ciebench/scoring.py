@@ -10,9 +10,10 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -27,7 +28,11 @@ from .versions import package_versions
 log = logging.getLogger(__name__)
 
 PREDICTION_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-DEFAULT_CACHE = Path(os.environ.get("CIEBENCH_CACHE", Path.home() / ".cache" / "ciebench"))
+
+
+def default_cache() -> Path:
+    """$CIEBENCH_CACHE, else ~/.cache/ciebench (read at call time, so tests and users can set it late)."""
+    return Path(os.environ.get("CIEBENCH_CACHE") or Path.home() / ".cache" / "ciebench")
 
 
 @dataclass(frozen=True)
@@ -108,58 +113,79 @@ def resolve_metrics(options: ScoreOptions) -> tuple[list[str], bool]:
     return region, use_idcs
 
 
+@dataclass
+class ScoreEntry:
+    """One readable-so-far prediction for the region metrics: its (sample id, seed), the dataset row
+    of its sample and the file's bytes (decoded where it is scored)."""
+
+    key: tuple[str, int]
+    index: int
+    name: str
+    data: bytes
+
+
 def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, options: ScoreOptions,
-          header: dict[str, Any] | None = None, progress: bool = True) -> ScoreResult:
-    """Score `predictions` against `loaded` and write samples.csv/jsonl and summary.json into `out`."""
+          header: dict[str, Any] | None = None, progress: bool = True, region: Any = None) -> ScoreResult:
+    """Score `predictions` against `loaded` and write samples.csv/jsonl and summary.json into `out`.
+
+    Images stream through: a sample and its prediction are decoded when they are scored. `region`
+    computes the region metrics (default `LocalRegionScoring`, in this process); it takes
+    `ScoreEntry`s and yields (key, values) in any order, so `ciebench.distributed` can run it on Ray."""
     from .metrics.protocols import get_protocol
-    from .metrics.region import METRIC_INFO, RegionScorer, ScoreItem
+    from .metrics.region import METRIC_INFO
 
     out = Path(out)
     protocol = get_protocol(options.protocol or loaded.default_protocol)
     region_metrics, use_idcs = resolve_metrics(options)
-    samples = _samples_by_id(loaded, {p.sample_id for p in predictions})
+    index, edit_types = _index_by_id(loaded, {p.sample_id for p in predictions})
     rows: dict[tuple[str, int], dict[str, Any]] = {}
-    decoded: dict[tuple[str, int], Any] = {}
-    for pred in predictions:
-        sample = samples.get(pred.sample_id)
-        row = {"sample_id": pred.sample_id, "seed": pred.seed, "edit_type": sample.edit_type if sample else "",
-               "status": pred.status, "error": pred.error, "prediction": None, "prediction_sha256": None}
-        row.update(pred.extra)
-        rows[(pred.sample_id, pred.seed)] = row
-        if sample is None:
-            row.update(status="unknown_sample", error=f"prediction for {pred.sample_id!r}, which is not in the dataset")
-            continue
-        if pred.path is None or pred.status != OK:
-            continue
-        data = pred.path.read_bytes()
-        row["prediction"] = _relative(pred.path, out)
-        row["prediction_sha256"] = sha256_bytes(data)
-        problems: list[Problem] = []
-        image = decode_image(data, str(pred.path), pred.sample_id, "prediction", problems)
-        if image is None:
-            row.update(status="corrupt", error=problems[0].message if problems else "unreadable prediction")
-            continue
-        decoded[(pred.sample_id, pred.seed)] = image.image
+    paths: dict[tuple[str, int], Path] = {}
 
-    scorer = RegionScorer(protocol, metrics=region_metrics, device=options.device, batch_size=options.batch_size)
-    keys = list(decoded)
-    items = (ScoreItem(sample_id=k[0], source=samples[k[0]].image, mask=samples[k[0]].mask,
-                       prediction=decoded[k], clip_text=samples[k[0]].clip_text) for k in keys)
+    def entries() -> Iterator[ScoreEntry]:
+        for pred in predictions:
+            i = index.get(pred.sample_id)
+            row = {"sample_id": pred.sample_id, "seed": pred.seed, "edit_type": edit_types[i] if i is not None else "",
+                   "status": pred.status, "error": pred.error, "prediction": None, "prediction_sha256": None}
+            row.update(pred.extra)
+            key = (pred.sample_id, pred.seed)
+            rows[key] = row
+            if i is None:
+                row.update(status="unknown_sample", error=f"prediction for {pred.sample_id!r}, which is not in the dataset")
+                continue
+            if pred.path is None or pred.status != OK:
+                continue
+            data = pred.path.read_bytes()
+            row["prediction"] = _relative(pred.path, out)
+            row["prediction_sha256"] = sha256_bytes(data)
+            paths[key] = pred.path
+            yield ScoreEntry(key, i, str(pred.path), data)
+
+    stage = region if region is not None else LocalRegionScoring()
     started = time.perf_counter()
-    bar = tqdm(total=len(keys), desc="scoring", unit="img", disable=not progress)
-    for key, (sample_id, values) in zip(keys, scorer.score(items)):
-        assert sample_id == key[0]
+    expected = sum(p.path is not None and p.status == OK and p.sample_id in index for p in predictions)
+    bar = tqdm(total=expected, desc="scoring", unit="img", disable=not progress)
+    readable = set()
+    pending = entries()
+    for key, values in stage.score(loaded, protocol, region_metrics, options, pending):
+        bar.update(1)
+        unreadable = values.pop(UNREADABLE, None)
+        if unreadable is not None:
+            rows[key].update(status="corrupt", error=unreadable)
+            continue
+        readable.add(key)
         error = values.pop("error", None)
         rows[key].update({m: values.get(m, math.nan) for m in region_metrics})
         if error:
             rows[key].update(status="metric_error", error=error)
-        bar.update(1)
+    for _ in pending:  # every prediction gets its row, even where a scorer stopped early
+        pass
     bar.close()
-    models = dict(scorer.model_ids())
+    models = dict(stage.model_ids())
 
     judge_info = None
     if use_idcs:
-        judge_info, judge_models = _judge(keys, samples, decoded, rows, options, progress)
+        keys = [k for k in rows if k in readable]
+        judge_info, judge_models = _judge(keys, loaded, index, paths, rows, options, progress)
         models.update(judge_models)
     for row in rows.values():
         for m in region_metrics + (["idcs"] if use_idcs else []):
@@ -190,28 +216,87 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
     return ScoreResult(rows=ordered, summary=summary, n_missing=n_missing)
 
 
-def _judge(keys, samples, decoded, rows, options: ScoreOptions, progress: bool):
+UNREADABLE = "__unreadable__"  # the key under which `score_entries` reports a prediction that does not decode
+
+
+class LocalRegionScoring:
+    """Region metrics in this process: one `RegionScorer` (models loaded once), batched, streaming."""
+
+    def __init__(self) -> None:
+        self._scorer = None
+
+    def score(self, loaded: LoadedDataset, protocol: Any, metrics: list[str], options: ScoreOptions,
+              entries: Iterable[ScoreEntry]) -> Iterator[tuple[tuple[str, int], dict[str, Any]]]:
+        from .metrics.region import RegionScorer
+
+        self._scorer = RegionScorer(protocol, metrics=metrics, device=options.device, batch_size=options.batch_size)
+        samples = ((e.key, EditSample.from_row(loaded.dataset[e.index]), e.name, e.data) for e in entries)
+        yield from score_entries(self._scorer, samples)
+
+    def model_ids(self) -> dict[str, str]:
+        return dict(self._scorer.model_ids()) if self._scorer is not None else {}
+
+
+def score_entries(scorer: Any, entries: Iterable[tuple[tuple[str, int], EditSample, str, bytes]]
+                  ) -> Iterator[tuple[tuple[str, int], dict[str, Any]]]:
+    """Decode each prediction and run `scorer` (a RegionScorer) over the readable ones, lazily and in
+    order; yields (key, metric values), or (key, {UNREADABLE: message}) for a prediction that does not
+    decode. Shared by the local scorer and the Ray workers, so both score exactly alike."""
+    from .metrics.region import ScoreItem
+
+    keys: deque[tuple[str, int]] = deque()
+    unreadable: deque[tuple[tuple[str, int], dict[str, Any]]] = deque()
+
+    def items():
+        for key, sample, name, data in entries:
+            problems: list[Problem] = []
+            image = decode_image(data, name, key[0], "prediction", problems)
+            if image is None:
+                unreadable.append((key, {UNREADABLE: problems[0].message if problems else "unreadable prediction"}))
+                continue
+            keys.append(key)
+            yield ScoreItem(sample_id=key[0], source=sample.image, mask=sample.mask, prediction=image.image,
+                            clip_text=sample.clip_text)
+
+    for sample_id, values in scorer.score(items()):
+        while unreadable:
+            yield unreadable.popleft()
+        key = keys.popleft()
+        assert sample_id == key[0], (sample_id, key)
+        yield key, values
+    while unreadable:
+        yield unreadable.popleft()
+
+
+def _judge(keys, loaded: LoadedDataset, index: dict[str, int], paths: dict, rows, options: ScoreOptions, progress: bool):
     from .metrics.idcs import IDCSJudge, JudgeItem, get_judge_config
 
     config = get_judge_config(options.judge)
-    cache = Path(options.cache_dir) if options.cache_dir else DEFAULT_CACHE / "llm"
+    cache = Path(options.cache_dir) if options.cache_dir else default_cache() / "llm"
     judge = IDCSJudge(config, cache_dir=cache)
-    items = [JudgeItem(sample_id=k[0], source=samples[k[0]].image, edited=decoded[k].convert("RGB"),
-                       instruction=samples[k[0]].instruction) for k in keys]
+    items = []
+    for k in keys:
+        sample = EditSample.from_row(loaded.dataset[index[k[0]]])
+        edited = decode_image(paths[k].read_bytes(), str(paths[k]), k[0], "prediction", [])
+        items.append(JudgeItem(sample_id=k[0], source=sample.image, edited=edited.image.convert("RGB"),
+                               instruction=sample.instruction))
     verdicts = judge.judge(items)
     for key, verdict in zip(keys, verdicts):
         rows[key].update({"idcs": float(verdict.score) if verdict.score is not None else math.nan,
                           "idcs_status": verdict.status, "idcs_error": verdict.error, "idcs_sentence": verdict.sentence})
+    readable = set(keys)
     for key, row in rows.items():
-        if key not in decoded:
+        if key not in readable:
             row.update({"idcs_status": "not_judged", "idcs_error": "no usable prediction"})
     info = {**config.to_dict(), "hash": config.hash, "stats": judge.stats}
     return info, judge.model_ids()
 
 
-def _samples_by_id(loaded: LoadedDataset, wanted: set[str]) -> dict[str, EditSample]:
-    ids = loaded.dataset["id"]
-    return {sid: EditSample.from_row(loaded.dataset[i]) for i, sid in enumerate(ids) if sid in wanted}
+def _index_by_id(loaded: LoadedDataset, wanted: set[str]) -> tuple[dict[str, int], list[str]]:
+    """Row of each wanted sample id, and every row's edit type: two text columns, no image decoded."""
+    columns = loaded.dataset.select_columns(["id", "edit_type"])[:]
+    ids, edit_types = columns["id"], [t or "other" for t in columns["edit_type"]]
+    return {sid: i for i, sid in enumerate(ids) if sid in wanted}, edit_types
 
 
 def _relative(path: Path, out: Path) -> str:

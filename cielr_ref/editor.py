@@ -94,13 +94,14 @@ class CIELRConfig(EditorConfig):
     max_objects: int = 30  # objects the VLM may list (= detector queries of version 1)
     # Execution (diffusers inpainting on a crop around the region).
     inpaint_model: str = "stabilityai/stable-diffusion-2-inpainting"
-    resolution: int = 512
-    steps: int = 50
-    guidance_scale: float = 7.5
-    strength: float = 1.0
-    dilation_px: int = 8
-    feather: bool = True
-    context: float = 1.5
+    # defaults are the executor's own, so the two cannot drift apart
+    resolution: int = InpaintParams.resolution
+    steps: int = InpaintParams.steps
+    guidance_scale: float = InpaintParams.guidance_scale
+    strength: float = InpaintParams.strength
+    dilation_px: int = InpaintParams.dilation_px
+    feather: bool = InpaintParams.feather
+    context: float = InpaintParams.context
     remove_prompt: str = "background"
     remove_negative_prompt: str = "object, person, animal, text, watermark"
     negative_prompt: str = ""

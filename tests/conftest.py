@@ -30,3 +30,15 @@ def ciebench_root() -> Path:
     if not (SHARED_CIEBENCH / "updated_data.json").exists():
         pytest.skip(f"the real CIEBench release is not at {SHARED_CIEBENCH}")
     return SHARED_CIEBENCH
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run far faster on one thread, above all when other processes share the CPU.
+    Use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,7 +21,6 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 import torch
 
 from tests.smartedit_layout import OfficialDims, official_layout
@@ -53,14 +52,6 @@ CORPUS = ([f"Change the {c} {o} to a {c2} {o}. Remove the {o} on the {side}."
              "The assistant gives helpful, detailed, and polite answers to the user's questions.",
              "Could you produce an image based on the previous image and text description? USER: ASSISTANT:"])
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Import into a test module: tiny models run far faster on one thread, above all on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _sentencepiece_model() -> bytes:

@@ -18,14 +18,7 @@ from tests.fixtures_cielr import chain_responder, publish_cielr_models, tiny_edi
 from tests.llm_server import respond, serve_llm
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_real_samples_through_the_runner_writer(ciebench_root, tmp_path):

@@ -23,7 +23,9 @@ from ciebench.baselines.smartedit_weights import (MANIFEST, PreparedWeights, Sma
 from ciebench.cli import app
 from ciebench.editor import EditRequest
 from tests.smartedit_layout import official_layout
-from tests.smartedit_tiny import one_torch_thread, publish_tiny_smartedit  # noqa: F401 (fixture)
+from tests.smartedit_tiny import publish_tiny_smartedit
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = dict(steps=4, resolution=64)
 runner = CliRunner()

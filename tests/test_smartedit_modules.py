@@ -25,8 +25,9 @@ from ciebench.baselines.smartedit_text import (ADDED_TOKENS, DEFAULT_HUMAN_TEMPL
                                                build_prompt)
 from ciebench.baselines.smartedit_weights import compare_keys
 from tests.smartedit_layout import official_layout
-from tests.smartedit_tiny import (LLM, UNET, VISION, _official_files, _sentencepiece_model,  # noqa: F401 (fixture)
-                                  one_torch_thread, tiny_dims)
+from tests.smartedit_tiny import LLM, UNET, VISION, _official_files, _sentencepiece_model, tiny_dims
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,37 @@ def _print_summary(summary: dict, out: Path) -> None:
     typer.echo(f"  statuses: {counts}")
 
 
+def _ray_backend(backend: str, ray_address: Optional[str], num_workers: Optional[int], gpus_per_worker: Optional[float],
+                 cpus_per_worker: float, device: str):
+    """None for the local backend, else a `RayBackend` (not yet connected)."""
+    if backend == "local":
+        if ray_address or num_workers is not None or gpus_per_worker is not None:
+            raise typer.BadParameter("--ray-address, --num-workers and --gpus-per-worker need --backend ray")
+        return None
+    if backend != "ray":
+        raise typer.BadParameter(f"unknown backend {backend!r}; available: local, ray")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        typer.echo("error: --backend ray needs Ray: pip install 'ciebench[ray]'", err=True)
+        raise typer.Exit(2)
+    from ..distributed import RayBackend, RayOptions
+
+    if num_workers is not None and num_workers < 1:
+        raise typer.BadParameter("--num-workers must be at least 1")
+    gpus = gpus_per_worker if gpus_per_worker is not None else (1.0 if device.startswith("cuda") else 0.0)
+    return RayBackend(RayOptions(address=ray_address, num_workers=num_workers, gpus_per_worker=gpus,
+                                 cpus_per_worker=cpus_per_worker))
+
+
+BACKEND_HELP = "local | ray (shard samples to Ray workers; see docs/scale.md)."
+RAY_ADDRESS_HELP = ("Ray cluster to join: auto (the cluster of `ray start` on this machine), HOST:PORT, or "
+                    "ray://HOST:10001. Default: $RAY_ADDRESS, else a private local Ray for this run.")
+NUM_WORKERS_HELP = "Ray workers (default: as many as the cluster's GPUs, or CPUs, allow)."
+GPUS_HELP = "GPUs per Ray worker (default 1 with --device cuda, else 0; fractions share a GPU)."
+CPUS_HELP = "CPUs per Ray worker."
+
+
 def _fmt(v) -> str:
     return f"{v:8.4f}" if isinstance(v, float) else f"{str(v):>8}"
 
@@ -67,7 +98,11 @@ def evaluate_cmd(
     preset: Optional[str] = typer.Option(None, "--preset", help="Named editor preset (e.g. lite)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run with a different spec in --out."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo samples that failed in an earlier attempt."),
-    backend: str = typer.Option("local", "--backend", help="local (ray: see `ciebench evaluate --help` once installed)."),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help=NUM_WORKERS_HELP),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help=GPUS_HELP),
+    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help=CPUS_HELP),
     ignore_checksums: bool = typer.Option(False, "--ignore-checksums"),
 ) -> None:
     """Run an editor on a dataset into a resumable run directory, then score it."""
@@ -76,21 +111,35 @@ def evaluate_cmd(
     from ..runner import RunError, RunOptions, run
     from ..scoring import ScoreOptions
 
-    if backend != "local":
-        raise typer.BadParameter(f"unknown backend {backend!r}; available: local")
+    distributed = _ray_backend(backend, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device)
     loaded = _load(dataset, ignore_checksums)
     try:
         ed = build_editor(editor, editor_arg, editor_config, preset)
     except (RegistryError, EditorConfigError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
+    if distributed is not None:
+        from ..distributed import EditorRecipe
+
+        distributed.recipe = EditorRecipe.from_cli(editor, editor_arg, editor_config, preset)
     options = RunOptions(
         seeds=_seeds(seeds), limit=limit, batch_size=batch_size, device=device, overwrite=overwrite,
         retry_failed=retry_failed,
         score=ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device),
     )
     try:
-        stats, result = run(ed, loaded, out, options)
+        if distributed is None:
+            stats, result = run(ed, loaded, out, options)
+        else:
+            from ..distributed import DistributedError
+
+            try:
+                with distributed:
+                    stats, result = run(ed, loaded, out, options, backend=distributed.generate,
+                                        region=distributed.region_scoring())
+            except DistributedError as exc:
+                typer.echo(f"error: {exc}\nfinished samples are kept in {out}; rerun the same command to resume.", err=True)
+                raise typer.Exit(1)
     except RunError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
@@ -115,6 +164,11 @@ def score_cmd(
     batch_size: int = typer.Option(8, "--batch-size", "-b"),
     limit: Optional[int] = typer.Option(None, "--limit"),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Exit 0 even when predictions are missing or unreadable."),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help=NUM_WORKERS_HELP),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help=GPUS_HELP),
+    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help=CPUS_HELP),
     ignore_checksums: bool = typer.Option(False, "--ignore-checksums"),
 ) -> None:
     """Score a folder of edited images against a dataset."""
@@ -124,6 +178,7 @@ def score_cmd(
     if not predictions.is_dir():
         typer.echo(f"error: --predictions {predictions} is not a folder", err=True)
         raise typer.Exit(2)
+    distributed = _ray_backend(backend, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device)
     loaded = _load(dataset, ignore_checksums)
     ids = loaded.dataset["id"][: limit if limit is not None else None]
     options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device, batch_size=batch_size)
@@ -132,7 +187,18 @@ def score_cmd(
                                           "dataset": {"spec": dataset, "revision": loaded.revision, "n": len(ids)},
                                           "score_options": options.__dict__})
     try:
-        result = score(loaded, find_predictions(predictions, ids), out, options)
+        if distributed is None:
+            result = score(loaded, find_predictions(predictions, ids), out, options)
+        else:
+            from ..distributed import DistributedError
+
+            try:
+                with distributed:
+                    result = score(loaded, find_predictions(predictions, ids), out, options,
+                                   region=distributed.region_scoring())
+            except DistributedError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
@@ -164,7 +230,7 @@ def editors_cmd() -> None:
 @app.command("metrics")
 def metrics_cmd() -> None:
     """List metrics and protocols."""
-    from ..metrics.protocols import PROTOCOLS
+    from ..metrics.protocols import get_protocol, list_protocols
     from ..metrics.region import METRIC_INFO
 
     typer.echo("metrics (column: higher is better):")
@@ -172,5 +238,13 @@ def metrics_cmd() -> None:
         typer.echo(f"  {name:<20} {'higher' if higher else 'lower'} is better")
     typer.echo(f"  {'idcs':<20} higher is better (needs --judge)")
     typer.echo("protocols:")
-    for name, proto in PROTOCOLS.items():
-        typer.echo(f"  {name:<10} hash {proto.hash}")
+    for name in list_protocols():
+        proto = get_protocol(name)
+        typer.echo(f"  {name:<15} hash {proto.hash}  {getattr(proto, 'description', '')}")
+
+
+from .leaderboard import leaderboard_cmd  # noqa: E402  (cheap: the leaderboard package loads when it runs)
+
+app.command("leaderboard")(leaderboard_cmd)
+
+from . import baselines as _baselines  # noqa: E402,F401  (registers `ciebench baselines smartedit ...`)
