@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from tests.smartedit_layout import OfficialDims, official_layout
+from tests.fixtures_editors import TINY_CROSS_DIM, TINY_IP2P_UNET, publish_tiny_instruct_pix2pix
 from tests.tinyhub import publish
 
 VARIANT_REPOS = {
@@ -37,10 +38,8 @@ LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atten
            max_position_embeddings=2048, rms_norm_eps=1e-6)
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32,
               patch_size=8)
-CROSS_DIM = 64  # UNet cross-attention width = Q-Former width = text-encoder width
-UNET = dict(sample_size=8, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=CROSS_DIM, attention_head_dim=2, norm_num_groups=8)
+CROSS_DIM = TINY_CROSS_DIM  # UNet cross-attention width = Q-Former width = text-encoder width
+UNET = TINY_IP2P_UNET  # the session's one tiny InstructPix2Pix (tests/fixtures_editors.py)
 ADAPTER_CONFIG = {"base_model_name_or_path": "vicuna", "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
                   "init_lora_weights": True, "lora_alpha": 16, "lora_dropout": 0.05, "modules_to_save": None,
                   "peft_type": "LORA", "r": 8, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
@@ -107,9 +106,7 @@ def _official_files(dims: OfficialDims, seed: int = 0) -> dict[str, dict[str, to
 
 def publish_tiny_smartedit(variant: str = "7b") -> dict[str, object]:
     """Publish every repo the `smartedit` editor reads; returns the tiny dimensions used."""
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer,
-                              LlamaConfig, LlamaForCausalLM)
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, LlamaConfig, LlamaForCausalLM
 
     repos = VARIANT_REPOS[variant]
     sp_model = _sentencepiece_model()
@@ -180,19 +177,5 @@ def publish_tiny_smartedit(variant: str = "7b") -> dict[str, object]:
 
     publish(CLIP_REPO, clip)
 
-    def ip2p(d: Path) -> None:
-        torch.manual_seed(4)
-        AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
-                      down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                      layers_per_block=1, norm_num_groups=4, sample_size=32).save_pretrained(d / "vae")
-        EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                        num_train_timesteps=1000, steps_offset=1).save_pretrained(d / "scheduler")
-        UNet2DConditionModel.from_config(dict(UNET)).save_config(d / "unet")
-        CLIPTextModel(CLIPTextConfig(hidden_size=CROSS_DIM, intermediate_size=128, num_hidden_layers=1,
-                                     num_attention_heads=2, vocab_size=64, max_position_embeddings=77)).save_pretrained(d / "text_encoder")
-        CLIPTokenizer(vocab={"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "a": 3},
-                      merges=[]).save_pretrained(d / "tokenizer")
-        (d / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionInstructPix2PixPipeline"}))
-
-    publish(IP2P_REPO, ip2p)
+    publish_tiny_instruct_pix2pix(IP2P_REPO)
     return {"dims": dims, "base_vocab": base_vocab, "repos": repos}

@@ -143,6 +143,10 @@ def evaluate_cmd(
     except RunError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
+    except (OSError, RuntimeError) as exc:  # a model that cannot be loaded (offline, missing weights)
+        typer.echo(f"error: {exc}\nfinished samples are kept in {out}; fix the cause and rerun the same command to "
+                   "resume (use -v for details).", err=True)
+        raise typer.Exit(1)
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: finished samples are kept in {out}; rerun the same command to resume.", err=True)
         raise typer.Exit(130)
@@ -202,6 +206,9 @@ def score_cmd(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
+    except (OSError, RuntimeError) as exc:  # a model that cannot be loaded (offline, missing weights)
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
     _print_summary(result.summary, out)
     bad = [r for r in result.rows if r["status"] != "ok"]
     for row in bad:
