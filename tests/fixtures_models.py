@@ -71,7 +71,7 @@ def clip_image_processor(image_size: int):
 def tiny_clip_config(image_size: int = 224, patch_size: int | None = None):
     from transformers import CLIPConfig
 
-    patch = patch_size or image_size // 6
+    patch = patch_size or image_size // 7  # 224 -> 32, 336 -> 48: a whole number of patches, as in real CLIPs
     text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
                 max_position_embeddings=77, projection_dim=16, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
     vision = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
@@ -109,6 +109,8 @@ def publish_clip(repo_id: str, config=None, seed: int = 0) -> Path:
         CLIPModel(config).eval().save_pretrained(directory)
         tokenizer = clip_tokenizer(directory / "_bpe")
         CLIPProcessor(image_processor=clip_image_processor(size), tokenizer=tokenizer).save_pretrained(directory)
+        # the image processor on its own too (preprocessor_config.json), as the real repos ship it
+        clip_image_processor(size).save_pretrained(directory)
         for name in ("vocab.json", "merges.txt"):
             (directory / "_bpe" / name).replace(directory / name)
         (directory / "_bpe").rmdir()

@@ -153,6 +153,7 @@ class RecordedRequest:
     started: float
     finished: float | None = None
     action: str | None = None  # what the server did, e.g. "reply", "error 429", "hang"
+    done: bool = False  # no longer counted as in flight
 
     @property
     def has_images(self) -> bool:
@@ -330,9 +331,14 @@ class LLMServer:
             return self.default
 
     def _done(self, req: RecordedRequest | None) -> None:
+        """Once per request: called just before its response is written (so a client that already has
+        its answer and sends the next request is never counted twice), or when it ends without one."""
         with self._lock:
+            if req is not None and req.done:
+                return
             self.in_flight -= 1
             if req is not None:
+                req.done = True
                 req.finished = time.monotonic()
 
     def _wait(self, seconds: float) -> bool:
@@ -433,6 +439,7 @@ class _Handler(BaseHTTPRequestHandler):
                               text=text, image_urls=images,
                               model=body.get("model") if isinstance(body, dict) else None, started=started)
         action = owner._record(req, scripted=problem is None)
+        self._req = req
         try:
             if problem is not None:
                 with owner._lock:
@@ -516,6 +523,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
             self.send_header(k, str(v))
+        if getattr(self, "_req", None) is not None:
+            self.owner._done(self._req)
         self.end_headers()
         self.wfile.write(body)
         self.wfile.flush()

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from tests.smartedit_layout import OfficialDims, official_layout
+from tests.fixtures_models import publish_clip
 from tests.fixtures_editors import TINY_CROSS_DIM, TINY_IP2P_UNET, publish_tiny_instruct_pix2pix
 from tests.tinyhub import publish
 
@@ -106,7 +107,7 @@ def _official_files(dims: OfficialDims, seed: int = 0) -> dict[str, dict[str, to
 
 def publish_tiny_smartedit(variant: str = "7b") -> dict[str, object]:
     """Publish every repo the `smartedit` editor reads; returns the tiny dimensions used."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     repos = VARIANT_REPOS[variant]
     sp_model = _sentencepiece_model()
@@ -166,16 +167,7 @@ def publish_tiny_smartedit(variant: str = "7b") -> dict[str, object]:
 
     publish(repos["smartedit"], smartedit)
 
-    def clip(d: Path) -> None:
-        torch.manual_seed(3)
-        config = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                             num_attention_heads=2, vocab_size=64, max_position_embeddings=77),
-                            vision_config=VISION, projection_dim=16)
-        CLIPModel(config).save_pretrained(d)
-        CLIPImageProcessor(size={"shortest_edge": VISION["image_size"]},
-                           crop_size={"height": VISION["image_size"], "width": VISION["image_size"]}).save_pretrained(d)
-
-    publish(CLIP_REPO, clip)
+    publish_clip(CLIP_REPO)  # the session's one tiny CLIP ViT-L/14 (tests/fixtures_models.py)
 
     publish_tiny_instruct_pix2pix(IP2P_REPO)
     return {"dims": dims, "base_vocab": base_vocab, "repos": repos}

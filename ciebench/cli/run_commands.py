@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -76,6 +76,18 @@ NUM_WORKERS_HELP = "Ray workers (default: as many as the cluster's GPUs, or CPUs
 GPUS_HELP = "GPUs per Ray worker (default 1 with --device cuda, else 0; fractions share a GPU)."
 CPUS_HELP = "CPUs per Ray worker."
 
+# Options shared by `evaluate` and `score`, declared once.
+ProtocolOpt = Annotated[Optional[str], typer.Option("--protocol", "-p", help="cielr | smartedit | exact | cielr-full | smartedit-full (default: the dataset's).")]
+MetricsOpt = Annotated[Optional[str], typer.Option("--metrics", help="Comma-separated metrics (default: all region metrics, + idcs with --judge).")]
+JudgeOpt = Annotated[Optional[str], typer.Option("--judge", help="IDCS judge preset (qwen, openai, local, lite) or config file; omit for no IDCS.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N")]
+BackendOpt = Annotated[str, typer.Option("--backend", help=BACKEND_HELP)]
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help=RAY_ADDRESS_HELP)]
+NumWorkersOpt = Annotated[Optional[int], typer.Option("--num-workers", help=NUM_WORKERS_HELP)]
+GpusPerWorkerOpt = Annotated[Optional[float], typer.Option("--gpus-per-worker", help=GPUS_HELP)]
+CpusPerWorkerOpt = Annotated[float, typer.Option("--cpus-per-worker", help=CPUS_HELP)]
+IgnoreChecksumsOpt = Annotated[bool, typer.Option("--ignore-checksums", help="Accept a CIEBench release that differs from the shipped sha256 manifest.")]
+
 
 def _fmt(v) -> str:
     return f"{v:8.4f}" if isinstance(v, float) else f"{str(v):>8}"
@@ -88,22 +100,22 @@ def evaluate_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (created; an existing one with the same spec is resumed)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N samples."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated run seeds, e.g. 0,1,2."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", "-p", help="cielr | smartedit | exact (default: the dataset's)."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default: all region metrics, + idcs with --judge)."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="IDCS judge preset (qwen, openai, local) or config file; omit for no IDCS."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    protocol: ProtocolOpt = None,
+    metrics: MetricsOpt = None,
+    judge: JudgeOpt = None,
+    device: DeviceOpt = "cpu",
     batch_size: int = typer.Option(1, "--batch-size", "-b", help="Editor batch size (scoring batches separately)."),
     editor_arg: list[str] = typer.Option([], "--editor-arg", help="Editor option key=value (repeatable), typed by the editor's config."),
     editor_config: Optional[Path] = typer.Option(None, "--editor-config", help="YAML file of editor options."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Named editor preset (e.g. lite)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run with a different spec in --out."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo samples that failed in an earlier attempt."),
-    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
-    num_workers: Optional[int] = typer.Option(None, "--num-workers", help=NUM_WORKERS_HELP),
-    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help=GPUS_HELP),
-    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help=CPUS_HELP),
-    ignore_checksums: bool = typer.Option(False, "--ignore-checksums"),
+    backend: BackendOpt = "local",
+    ray_address: RayAddressOpt = None,
+    num_workers: NumWorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = None,
+    cpus_per_worker: CpusPerWorkerOpt = 1.0,
+    ignore_checksums: IgnoreChecksumsOpt = False,
 ) -> None:
     """Run an editor on a dataset into a resumable run directory, then score it."""
     from ..editor_config import EditorConfigError, build_editor
@@ -161,19 +173,19 @@ def score_cmd(
     dataset: str = typer.Option(..., "--dataset", "-d", help=DATASET_HELP),
     predictions: Path = typer.Option(..., "--predictions", help="Folder of <id>.png|jpg|webp edited images."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for samples.csv and summary.json."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", "-p", help="cielr | smartedit | exact (default: the dataset's)."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default: all region metrics, + idcs with --judge)."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="IDCS judge preset (qwen, openai, local) or config file."),
-    device: str = typer.Option("cpu", "--device"),
+    protocol: ProtocolOpt = None,
+    metrics: MetricsOpt = None,
+    judge: JudgeOpt = None,
+    device: DeviceOpt = "cpu",
     batch_size: int = typer.Option(8, "--batch-size", "-b"),
     limit: Optional[int] = typer.Option(None, "--limit"),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Exit 0 even when predictions are missing or unreadable."),
-    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
-    num_workers: Optional[int] = typer.Option(None, "--num-workers", help=NUM_WORKERS_HELP),
-    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help=GPUS_HELP),
-    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help=CPUS_HELP),
-    ignore_checksums: bool = typer.Option(False, "--ignore-checksums"),
+    backend: BackendOpt = "local",
+    ray_address: RayAddressOpt = None,
+    num_workers: NumWorkersOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = None,
+    cpus_per_worker: CpusPerWorkerOpt = 1.0,
+    ignore_checksums: IgnoreChecksumsOpt = False,
 ) -> None:
     """Score a folder of edited images against a dataset."""
     from ..io import atomic_write_json
