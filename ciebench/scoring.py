@@ -280,7 +280,11 @@ def _judge(keys, loaded: LoadedDataset, index: dict[str, int], paths: dict, rows
         edited = decode_image(paths[k].read_bytes(), str(paths[k]), k[0], "prediction", [])
         items.append(JudgeItem(sample_id=k[0], source=sample.image, edited=edited.image.convert("RGB"),
                                instruction=sample.instruction))
-    verdicts = judge.judge(items)
+    bar = tqdm(total=len(items), desc="IDCS judge", unit="img", disable=not progress)
+    try:
+        verdicts = judge.judge(items, on_result=lambda _verdict: bar.update(1))
+    finally:
+        bar.close()
     for key, verdict in zip(keys, verdicts):
         rows[key].update({"idcs": float(verdict.score) if verdict.score is not None else math.nan,
                           "idcs_status": verdict.status, "idcs_error": verdict.error, "idcs_sentence": verdict.sentence})
