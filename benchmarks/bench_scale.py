@@ -114,6 +114,17 @@ class AnonPeak:
         self._thread.join()
 
 
+
+def timed_generation(generate, phases: dict, anon):
+    """Wrap a generation backend so the edit phase's wall time and peak memory are recorded."""
+    def wrapped(*args):
+        started = time.perf_counter()
+        generate(*args)
+        phases["edit_s"] = time.perf_counter() - started
+        phases["edit_peak_anon_mb"] = anon.peak / 2**20
+    return wrapped
+
+
 def child(args) -> dict:
     """One configuration: workers = 0 runs the local backend."""
     from ciebench.datasets import read_dataset
@@ -131,14 +142,9 @@ def child(args) -> dict:
         if args.workers == 0:
             from ciebench import runner
 
-            def generate(*a):
-                t = time.perf_counter()
-                runner.generate_local(*a)
-                phases["edit_s"] = time.perf_counter() - t
-                phases["edit_peak_anon_mb"] = anon.peak / 2**20
-
             t0 = time.perf_counter()
-            stats, result = run(editor, loaded, Path(args.out), options, backend=generate)
+            stats, result = run(editor, loaded, Path(args.out), options,
+                                backend=timed_generation(runner.generate_local, phases, anon))
             total = time.perf_counter() - t0
             phases["ray_start_s"] = 0.0
         else:
@@ -151,14 +157,9 @@ def child(args) -> dict:
             phases["ray_start_s"] = time.perf_counter() - t
             backend = RayBackend(RayOptions(num_workers=args.workers, cpus_per_worker=1))
             try:
-                def generate(*a):
-                    t = time.perf_counter()
-                    backend.generate(*a)
-                    phases["edit_s"] = time.perf_counter() - t
-                    phases["edit_peak_anon_mb"] = anon.peak / 2**20
-
                 t0 = time.perf_counter()
-                stats, result = run(editor, loaded, Path(args.out), options, backend=generate,
+                stats, result = run(editor, loaded, Path(args.out), options,
+                                    backend=timed_generation(backend.generate, phases, anon),
                                     region=backend.region_scoring())
                 total = time.perf_counter() - t0
             finally:

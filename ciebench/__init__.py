@@ -1,8 +1,7 @@
 """ciebench: benchmark and evaluation toolkit for reasoning-driven image editing."""
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -21,11 +20,5 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ciebench' has no attribute {name!r}")
-    return getattr(import_module(module), name)
-
-
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__getattr__, _names = lazy_exports(__name__, _EXPORTS)
+__all__ = _names + ["__version__"]

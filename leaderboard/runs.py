@@ -221,13 +221,8 @@ def assign_labels(runs: list[Run]) -> None:
                 run.label = f"{run.label} ({run.path.name})"
     # Last resort (same editor, config and directory name in one table): number them.
     for members in groups.values():
-        seen: dict[str, int] = {}
-        for run in members:
-            if run.label in seen:
-                seen[run.label] += 1
-                run.label = f"{run.label} #{seen[run.label]}"
-            else:
-                seen[run.label] = 1
+        for run, label in zip(members, number_repeats([r.label for r in members], " #")):
+            run.label = label
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -262,6 +257,16 @@ def _metric_directions(samples: pd.DataFrame, summary: dict[str, Any], path: Pat
                 log.warning("%s: metric %r has no known direction; treating higher as better", path, col)
             out[col] = HIGHER_IS_BETTER.get(col, True)
     return {m: out[m] for m in order_metrics(out)}
+
+
+def number_repeats(names: list[str], sep: str) -> list[str]:
+    """Make names unique by suffixing the 2nd, 3rd, ... occurrence of a name with `sep` and its count."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}{sep}{seen[name]}")
+    return out
 
 
 def slugify(text: str) -> str:

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ..stats import from_json_number
-from .runs import (PRIMARY_ORDER, Run, dataset_short_name, load_runs, metric_title, order_metrics, slugify)
+from .runs import (PRIMARY_ORDER, Run, dataset_short_name, load_runs, metric_title, number_repeats,
+                   order_metrics, slugify)
 from .significance import ALPHA, compare_runs, significance_matrix
 
 
@@ -106,13 +107,8 @@ def _assign_slugs(tables: list[Table]) -> None:
                 extra.append(t.revision[:8] or "norev")
             slug = f"{b}__{slugify('-'.join(extra))}" if extra else b
         t.slug = slug
-    seen: dict[str, int] = {}
-    for t in tables:
-        if t.slug in seen:
-            seen[t.slug] += 1
-            t.slug = f"{t.slug}__{seen[t.slug]}"
-        else:
-            seen[t.slug] = 1
+    for t, slug in zip(tables, number_repeats([t.slug for t in tables], "__")):
+        t.slug = slug
 
 
 def _fill(table: Table) -> None:

@@ -4,30 +4,22 @@ protocols, the batched `RegionScorer`, and the IDCS judge (`ciebench.metrics.idc
 Names resolve lazily so importing the package does not import torch or transformers."""
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from ciebench.lazy import lazy_exports
 
 _EXPORTS = {
-    "Protocol": "protocols",
-    "PROTOCOLS": "protocols",
-    "get_protocol": "protocols",
-    "RegionScorer": "region",
-    "ScoreItem": "region",
-    "METRIC_INFO": "region",
-    "BackgroundPSNR": "modules",
-    "BackgroundMSE": "modules",
-    "BackgroundSSIM": "modules",
-    "BackgroundLPIPS": "modules",
-    "RegionCLIPScore": "modules",
-    "EditLocality": "modules",
+    "Protocol": "ciebench.metrics.protocols",
+    "PROTOCOLS": "ciebench.metrics.protocols",
+    "get_protocol": "ciebench.metrics.protocols",
+    "RegionScorer": "ciebench.metrics.region",
+    "ScoreItem": "ciebench.metrics.region",
+    "METRIC_INFO": "ciebench.metrics.region",
+    "BackgroundPSNR": "ciebench.metrics.modules",
+    "BackgroundMSE": "ciebench.metrics.modules",
+    "BackgroundSSIM": "ciebench.metrics.modules",
+    "BackgroundLPIPS": "ciebench.metrics.modules",
+    "RegionCLIPScore": "ciebench.metrics.modules",
+    "EditLocality": "ciebench.metrics.modules",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ciebench.metrics' has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{module}"), name)
-
-
-__all__ = sorted(_EXPORTS)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

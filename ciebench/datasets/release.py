@@ -84,8 +84,10 @@ def verify_release(root: Path, manifest: dict | None = None) -> list[str]:
             continue
         if not path.is_file():
             bad.append(f"{rel}: missing")
-        elif sha256_file(path) != expected:
-            bad.append(f"{rel}: sha256 {sha256_file(path)[:12]}... expected {expected[:12]}...")
+            continue
+        actual = sha256_file(path)
+        if actual != expected:
+            bad.append(f"{rel}: sha256 {actual[:12]}... expected {expected[:12]}...")
     return bad
 
 
