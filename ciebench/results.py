@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import urllib.parse
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,6 +25,12 @@ BASE_COLUMNS = ["sample_id", "seed", "edit_type", "status", "error", "prediction
 OK = "ok"
 # Row statuses: ok | missing (no prediction file) | corrupt (unreadable prediction) |
 # edit_error (the editor failed) | invalid (NaN / wrong-sized image from the editor)
+
+
+def file_stem(sample_id: str, seed: int) -> str:
+    """The run directory's stem for a (sample, seed) image, trace and record: file-name-safe and
+    collision-free, since ids may contain '/' (Reason-Edit) or other characters."""
+    return f"{urllib.parse.quote(sample_id, safe='-_.')}__s{seed}"
 
 
 def write_samples(run_dir: Path, rows: list[dict[str, Any]], metric_columns: Iterable[str]) -> None:

@@ -27,6 +27,7 @@ from . import __version__
 from .datasets import LoadedDataset
 from .editor import EditRequest, EditResult, Editor
 from .io import atomic_write_bytes, atomic_write_json, png_bytes, sha256_bytes, sha256_file
+from .results import file_stem
 from .schema import EditSample
 from .scoring import Prediction, ScoreOptions, ScoreResult, resolve_metrics, score
 from .spec import RunSpec, derive_seed
@@ -56,11 +57,6 @@ class RunStats:
     skipped: int = 0
     failed: int = 0
     editor_calls: int = 0  # calls of Editor.edit (a batch counts once)
-
-
-def file_stem(sample_id: str, seed: int) -> str:
-    """A file-name-safe, collision-free stem: ids may contain '/' (Reason-Edit) or other characters."""
-    return f"{urllib.parse.quote(sample_id, safe='-_.')}__s{seed}"
 
 
 def build_spec(editor: Editor, loaded: LoadedDataset, options: RunOptions) -> RunSpec:

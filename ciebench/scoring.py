@@ -21,7 +21,7 @@ from .datasets import LoadedDataset
 from .datasets.files import decode_image
 from .datasets.problems import Problem
 from .io import atomic_write_json, sha256_bytes, stable_hash
-from .results import OK, summarize, write_samples
+from .results import OK, file_stem, summarize, write_samples
 from .schema import EditSample
 from .versions import package_versions
 
@@ -74,7 +74,9 @@ def find_predictions(directory: Path, sample_ids: Iterable[str], seeds: Iterable
     seeds = list(seeds)
     for sample_id in sample_ids:
         for seed in seeds:
-            stems = [f"{sample_id}__s{seed}"] + ([sample_id] if len(seeds) == 1 else [])
+            # a run's images/ folder (quoted stems) scores as is; plain <id>.<ext> for a single seed
+            stems = list(dict.fromkeys([file_stem(sample_id, seed), f"{sample_id}__s{seed}"]
+                                       + ([sample_id] if len(seeds) == 1 else [])))
             path = next((directory / (stem + ext) for stem in stems for ext in PREDICTION_SUFFIXES
                          if (directory / (stem + ext)).is_file()), None)
             if path is None:

@@ -71,15 +71,16 @@ class CIELRConfig(EditorConfig):
     sam_model: str = "facebook/sam2.1-hiera-large"
     sam1_model_type: str = "vit_h"
     sam1_checkpoint: str | None = None  # path of a SAM 1 .pth checkpoint (segment-anything back end)
-    points_per_side: int = 16
-    pred_iou_thresh: float = 0.7
-    stability_score_thresh: float = 0.92
-    crop_n_layers: int = 1
-    box_nms_thresh: float = 0.7
-    crop_nms_thresh: float = 0.7
-    mask_threshold: float = 0.0  # logit threshold that binarises SAM's masks
-    min_mask_area: int = 0
-    points_per_batch: int = 64
+    # segmentation defaults are the segmenter's own (released CIELR settings), so they cannot drift
+    points_per_side: int = AMGParams.points_per_side
+    pred_iou_thresh: float = AMGParams.pred_iou_thresh
+    stability_score_thresh: float = AMGParams.stability_score_thresh
+    crop_n_layers: int = AMGParams.crop_n_layers
+    box_nms_thresh: float = AMGParams.box_nms_thresh
+    crop_nms_thresh: float = AMGParams.crop_nms_thresh
+    mask_threshold: float = AMGParams.mask_threshold  # logit threshold that binarises SAM's masks
+    min_mask_area: int = AMGParams.min_mask_area
+    points_per_batch: int = AMGParams.points_per_batch
     # Labeller (open-vocabulary detection) and label assignment.
     labeller_model: str = "google/owlv2-large-patch14-ensemble"
     label_threshold: float = 0.1

@@ -13,7 +13,8 @@ from ciebench.cielr_ref.editor import CIELREditor
 from ciebench.cielr_ref.executor import dilate
 from ciebench.datasets import iter_samples, load_dataset
 from ciebench.editor import EditRequest
-from ciebench.runner import file_stem, write_result
+from ciebench.results import file_stem
+from ciebench.runner import write_result
 from tests.fixtures_cielr import chain_responder, publish_cielr_models, tiny_editor_options
 from tests.llm_server import respond, serve_llm
 
