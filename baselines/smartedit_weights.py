@@ -36,6 +36,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from ciebench.cache import cache_root
+
 from .smartedit_modules import (KeyMap, SmartEditModel, build_skeleton, check_derived, derived_kind)
 from .smartedit_text import ADDED_TOKENS
 
@@ -115,7 +117,7 @@ class Sources:
 
 
 def default_weights_dir(sources: Sources) -> Path:
-    root = Path(os.environ.get("CIEBENCH_CACHE", Path.home() / ".cache" / "ciebench"))
+    root = cache_root()
     name = sources.smartedit_repo.replace("/", "--")
     return root / "smartedit" / f"{name}-step{sources.step}"
 

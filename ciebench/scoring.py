@@ -22,6 +22,7 @@ from .datasets.files import decode_image
 from .datasets.problems import Problem
 from .io import atomic_write_json, sha256_bytes, stable_hash
 from .results import OK, file_stem, summarize, write_samples
+from .cache import cache_root
 from .schema import EditSample
 from .versions import package_versions
 
@@ -31,8 +32,7 @@ PREDICTION_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def default_cache() -> Path:
-    """$CIEBENCH_CACHE, else ~/.cache/ciebench (read at call time, so tests and users can set it late)."""
-    return Path(os.environ.get("CIEBENCH_CACHE") or Path.home() / ".cache" / "ciebench")
+    return cache_root()
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 import traceback
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ciebench.cache import cache_root
 from ciebench.editor import EditorConfig, EditRequest, EditResult, Editor
 from ciebench.llm import LLMClient, LLMConfig, make_client
 
@@ -283,8 +283,7 @@ class CIELREditor(Editor):
             return None
         if c.llm_cache_dir:
             return Path(c.llm_cache_dir)
-        root = os.environ.get("CIEBENCH_CACHE") or str(Path.home() / ".cache" / "ciebench")
-        return Path(root) / "llm"
+        return cache_root() / "llm"
 
     def close(self) -> None:
         self.segmenter = self.labeller = self.depth_model = self.executor = None
