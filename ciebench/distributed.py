@@ -33,13 +33,14 @@ from typing import Any, Callable, Iterable, Iterator
 from tqdm.auto import tqdm
 
 from .editor import EditResult, Editor
+from .errors import EnvironmentProblem
 from .runner import PendingSamples, RunOptions, RunStats, commit_result, prepare_result
 from .scoring import ScoreEntry, ScoreOptions
 
 log = logging.getLogger(__name__)
 
 
-class DistributedError(RuntimeError):
+class DistributedError(EnvironmentProblem, RuntimeError):
     pass
 
 

@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
+from .status import Status
+
 
 @dataclass
 class EditRequest:
@@ -26,7 +28,7 @@ class EditRequest:
 @dataclass
 class EditResult:
     image: Image.Image | None = None
-    status: str = "ok"  # ok | error
+    status: str = Status.OK  # Status.OK, or "error" (the run records it as Status.EDIT_ERROR)
     error: str | None = None
     trace: dict[str, Any] | None = None  # JSON-serialisable; written to traces/<id>.json
     timings: dict[str, float] = field(default_factory=dict)  # seconds, by stage

@@ -13,11 +13,12 @@ from typing import Any
 import yaml
 
 from .editor import Editor
+from .errors import UsageError
 from .registry import get_editor_class
 
 
-class EditorConfigError(ValueError):
-    pass
+class EditorConfigError(UsageError, ValueError):
+    """A bad --preset, --editor-config or --editor-arg (exit code 2)."""
 
 
 def build_editor(name: str, args: list[str] | None = None, config_file: str | Path | None = None,
@@ -29,7 +30,12 @@ def build_editor(name: str, args: list[str] | None = None, config_file: str | Pa
             raise EditorConfigError(f"editor {name!r} has no preset {preset!r}; presets: {', '.join(cls.presets) or 'none'}")
         options.update(cls.presets[preset])
     if config_file:
-        loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise EditorConfigError(f"--editor-config {config_file}: no such file") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise EditorConfigError(f"--editor-config {config_file}: cannot read it as YAML ({exc})") from None
         if not isinstance(loaded, dict):
             raise EditorConfigError(f"{config_file}: expected a mapping of option: value")
         options.update(loaded)

@@ -47,17 +47,45 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Standard JSON (no NaN/Infinity literals: non-finite numbers are written by `stats.json_number`,
+    as the strings "nan", "inf", "-inf"). Raises TypeError for values JSON cannot hold."""
+    atomic_write_text(path, json_text(obj) + "\n")
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    return json.dumps(json_safe(obj), indent=indent, sort_keys=True, allow_nan=False)
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with non-finite floats as strings (the one JSON number codec), numpy values, sets and paths
+    converted; anything else that JSON cannot hold raises TypeError naming its type."""
+    if isinstance(obj, float) or (hasattr(obj, "dtype") and getattr(obj, "shape", None) == () and obj.dtype.kind == "f"):
+        from .stats import json_number
+
+        return json_number(float(obj))
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, dict):
+        return {(k if isinstance(k, str) else _json_key(k)): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return [json_safe(v) for v in sorted(obj)]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars
+        return json_safe(obj.tolist())
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, (int, float, bool)) or key is None:
+        return json.dumps(json_safe(key))
+    raise TypeError(f"not JSON-serialisable as a key: {type(key).__name__}")
 
 
 def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+    return json_safe(obj)
 
 
 def png_bytes(image: Image.Image) -> bytes:

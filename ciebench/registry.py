@@ -12,8 +12,11 @@ from importlib.metadata import entry_points
 from typing import Any
 
 
-class RegistryError(LookupError):
-    pass
+from .errors import UsageError
+
+
+class RegistryError(UsageError, LookupError):
+    """An unknown or unloadable editor/metric name (exit code 2)."""
 
 
 @dataclass(frozen=True)

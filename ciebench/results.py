@@ -8,10 +8,11 @@ labelled best-of-N block.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
-import urllib.parse
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,16 +22,42 @@ import pandas as pd
 from .io import atomic_write_text
 from .stats import bootstrap_mean_ci, json_number
 
-BASE_COLUMNS = ["sample_id", "seed", "edit_type", "status", "error", "prediction", "prediction_sha256", "edit_seconds"]
-OK = "ok"
-# Row statuses: ok | missing (no prediction file) | corrupt (unreadable prediction) |
-# edit_error (the editor failed) | invalid (NaN / wrong-sized image from the editor)
+from .status import Status
+
+BASE_COLUMNS = ["sample_id", "seed", "edit_type", "status", "error", "prediction", "prediction_sha256", "edit_seconds",
+                "file_stem"]
+OK = Status.OK  # row statuses: see ciebench.status.Status
+
+# An id is used verbatim as a file stem only when it is short, lower-case ASCII letters, digits, '_' or
+# '-' and starts with a letter or digit: such names are safe on every file system, and distinct even
+# where names are case-insensitive. Any other id gets a readable prefix, '.', and a hash of the whole
+# id; a verbatim stem never contains '.', so the two forms cannot collide.
+_PLAIN_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_PREFIX_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+PREFIX_LENGTH = 40
+HASH_LENGTH = 12
+
+
+def id_stem(sample_id: str) -> str:
+    """The file-name stem of a sample id: at most 64 ASCII characters, file-system-safe, collision-free
+    (the one rule; the run directory and the gallery both use it)."""
+    sample_id = str(sample_id)
+    if _PLAIN_ID.fullmatch(sample_id):
+        return sample_id
+    prefix = _PREFIX_CHARS.sub("_", sample_id).strip("_-")[:PREFIX_LENGTH] or "id"
+    return f"{prefix}.{hashlib.sha256(sample_id.encode('utf-8')).hexdigest()[:HASH_LENGTH]}"
 
 
 def file_stem(sample_id: str, seed: int) -> str:
-    """The run directory's stem for a (sample, seed) image, trace and record: file-name-safe and
-    collision-free, since ids may contain '/' (Reason-Edit) or other characters."""
-    return f"{urllib.parse.quote(sample_id, safe='-_.')}__s{seed}"
+    """The run directory's stem for a (sample, seed) image, trace and record."""
+    return f"{id_stem(sample_id)}__s{int(seed)}"
+
+
+def natural_key(sample_id: str) -> tuple:
+    """Sort key for sample ids: ASCII-digit ids by number (then by spelling, so '7' and '007' stay
+    distinct and ordered), before any other id, which sorts as text."""
+    s = str(sample_id)
+    return (0, int(s), s) if s.isascii() and s.isdigit() else (1, 0, s)
 
 
 def write_samples(run_dir: Path, rows: list[dict[str, Any]], metric_columns: Iterable[str]) -> None:
@@ -46,15 +73,28 @@ def write_samples(run_dir: Path, rows: list[dict[str, Any]], metric_columns: Ite
     atomic_write_text(run_dir / "samples.jsonl", "\n".join(lines) + ("\n" if lines else ""))
 
 
+# Columns read as text exactly as written: ids such as "NA", "null", "nan" or "007" are ids, not missing
+# values or numbers. Every other column keeps pandas' usual missing-value reading (empty = NaN).
+TEXT_COLUMNS = ("sample_id", "file_stem")
+
+
 def read_samples(run_dir: Path) -> pd.DataFrame:
-    frame = pd.read_csv(Path(run_dir) / "samples.csv", dtype={"sample_id": str, "edit_type": str, "status": str})
+    path = Path(run_dir) / "samples.csv"
+    header = pd.read_csv(path, nrows=0).columns
+    na = {c: list(_DEFAULT_NA) for c in header if c not in TEXT_COLUMNS}
+    frame = pd.read_csv(path, dtype={"sample_id": str, "file_stem": str, "edit_type": str, "status": str},
+                        keep_default_na=False, na_values=na)
     return frame
+
+
+_DEFAULT_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                         "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
 
 
 def _natural_key(col: pd.Series) -> pd.Series:
     if col.name != "sample_id":
         return col
-    return col.map(lambda s: (0, int(s), "") if str(s).isdigit() else (1, 0, str(s)))
+    return col.map(natural_key)
 
 
 def _jsonable(v: Any) -> Any:
@@ -67,14 +107,24 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def summarize(frame: pd.DataFrame, metrics: dict[str, bool], best_of: str | None = None) -> dict[str, Any]:
+def summarize(frame: pd.DataFrame, metrics: dict[str, bool], best_of: str | None = None,
+              sample_ids: Iterable[str] | None = None) -> dict[str, Any]:
     """Summary of a samples table. `metrics` maps metric column -> higher_is_better.
 
     Per sample, scores are first averaged over seeds; the mean and CI are over samples. Coverage is
-    the share of samples with a defined value. With several seeds, `seeds` gives each seed's mean and
-    their spread (std); `best_of_n` (labelled as such) keeps, per sample, the seed best on `best_of`."""
-    n_samples = int(frame["sample_id"].nunique()) if len(frame) else 0
+    the share of samples with a defined value. `sample_ids` is the dataset's sample list: when given,
+    `n_samples` and every coverage are counted against it (a sample whose rows are lost or unreadable
+    lowers coverage instead of vanishing), and rows of ids outside it are left out. With several
+    seeds, `seeds` gives each seed's mean and their spread (std); `best_of_n` (labelled as such)
+    keeps, per sample, the seed best on `best_of`."""
+    if sample_ids is not None:
+        expected = list(dict.fromkeys(str(s) for s in sample_ids))
+        frame = frame[frame["sample_id"].astype(str).isin(set(expected))]
+        n_samples = len(expected)
+    else:
+        n_samples = int(frame["sample_id"].nunique()) if len(frame) else 0
     out: dict[str, Any] = {"n_samples": n_samples, "n_rows": int(len(frame)),
+                           "n_samples_with_rows": int(frame["sample_id"].nunique()) if len(frame) else 0,
                            "status_counts": {str(k): int(v) for k, v in frame["status"].value_counts().items()},
                            "metrics": _metric_block(frame, metrics, n_samples)}
     out["by_edit_type"] = {
@@ -129,3 +179,26 @@ def _seed_mean(values: pd.Series) -> float:
     x = values.to_numpy(dtype=float)
     x = x[~np.isnan(x)]
     return float(x.mean()) if x.size else math.nan
+
+
+def result_problems(summary: dict[str, Any], requested: Iterable[str] | None = None,
+                    min_coverage: float | None = None) -> list[str]:
+    """Why a finished evaluation or score does not answer what was asked (empty: it does): no sample,
+    no sample scored, a requested metric without any value, or a metric's coverage below
+    `min_coverage`. The CLI exits non-zero (ExitCode.INCOMPLETE) on any of these."""
+    problems = []
+    n = int(summary.get("n_samples") or 0)
+    if n == 0:
+        return ["the dataset has no samples to evaluate"]
+    n_ok = int((summary.get("status_counts") or {}).get(Status.OK.value, 0))
+    if n_ok == 0:
+        problems.append(f"no sample succeeded (0 of {n})")
+    metrics = summary.get("metrics") or {}
+    for name in requested if requested is not None else metrics:
+        block = metrics.get(name)
+        if block is None or not block.get("n"):
+            problems.append(f"metric {name!r} has no value for any sample")
+        elif min_coverage is not None and float(block.get("coverage", 0.0)) < min_coverage:
+            problems.append(f"metric {name!r} covers {float(block['coverage']):.1%} of samples, "
+                            f"below --min-coverage {min_coverage:.1%}")
+    return problems

@@ -1,17 +1,21 @@
 """Generate with an editor into a resumable run directory, then score.
 
-Layout: `spec.json` (written first), `images/<id>__s<seed>.png`, `traces/<id>__s<seed>.json` (+ files an
-editor returns as trace artifacts, under `traces/<id>__s<seed>/`), `records/<id>__s<seed>.json` (the
-done-marker: status, error, image sha256, timings), then `samples.csv`, `samples.jsonl`, `summary.json`.
-Every file is written atomically; a record is written last, so a sample counts as done only when its
-record exists and its image still has the recorded hash.
+Layout: `spec.json` (written first), `images/<stem>.png`, `traces/<stem>.json` (+ files an editor
+returns as trace artifacts, under `traces/<stem>/`), `records/<stem>.json` (the done-marker: status,
+error, image sha256, timings), then `samples.csv`, `samples.jsonl`, `summary.json`; `<stem>` is
+`results.file_stem(id, seed)`. Every file is written atomically; a record is written last, so a sample
+counts as done only when its record exists and its image still has the recorded hash.
+
+The folder is claimed and locked through `ciebench.outdir` (marker file, one writer at a time), and
+resume is keyed by the spec hash, which depends on the dataset's content revision, not on how its path
+was spelled.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
-import shutil
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -23,20 +27,28 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, outdir
 from .datasets import LoadedDataset
 from .editor import EditRequest, EditResult, Editor
-from .io import atomic_write_bytes, atomic_write_json, png_bytes, sha256_bytes, sha256_file
+from .errors import DataError, OutputConflict, UsageError
+from .io import atomic_write_bytes, atomic_write_json, json_safe, json_text, png_bytes, sha256_bytes, sha256_file
 from .results import file_stem
 from .schema import EditSample
 from .scoring import Prediction, ScoreOptions, ScoreResult, resolve_metrics, score
 from .spec import RunSpec, derive_seed
+from .stats import from_json_number
+from .status import Status
 
 log = logging.getLogger(__name__)
 
+RUN_SUBDIRS = ("images", "traces", "records")
+# Errors that no retry of the same write can fix and that would hit every sample alike: they end the
+# run (finished samples stay), instead of being recorded against one sample.
+FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
 
-class RunError(Exception):
-    pass
+
+class RunError(OutputConflict):
+    """--out holds a run with a different spec."""
 
 
 @dataclass
@@ -85,20 +97,21 @@ def build_spec(editor: Editor, loaded: LoadedDataset, options: RunOptions) -> Ru
 
 
 def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
-    """Write spec.json, or check that an existing run has the same spec (resume)."""
+    """Write spec.json, or check that an existing run has the same spec (resume). `out` must be claimed
+    (`outdir.claim(out, "run")`); --overwrite deletes only the run's own files."""
     spec_path = out / "spec.json"
     if spec_path.exists():
-        existing = json.loads(spec_path.read_text())
+        try:
+            existing = json.loads(spec_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            existing = {}
         if existing.get("spec_hash") == spec.spec_hash:
             return
         if not overwrite:
             raise RunError(
-                f"{out} holds a run with a different spec (spec_hash {existing.get('spec_hash')} != {spec.spec_hash}). "
-                "Use another --out, or pass --overwrite to discard it.")
-        for sub in ("images", "traces", "records"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        for name in ("samples.csv", "samples.jsonl", "summary.json"):
-            (out / name).unlink(missing_ok=True)
+                f"{out} holds a run with a different spec (spec_hash {existing.get('spec_hash')} != {spec.spec_hash})",
+                hint="use another --out, or pass --overwrite to discard that run (only its own files are deleted)")
+        outdir.clear(out, "run")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(spec_path, spec.to_dict())
 
@@ -111,7 +124,7 @@ def is_done(out: Path, stem: str, retry_failed: bool) -> bool:
         record = json.loads(record_path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    if record.get("status") != "ok":
+    if record.get("status") != Status.OK:
         return not retry_failed
     image = out / "images" / f"{stem}.png"
     return image.is_file() and sha256_file(image) == record.get("image_sha256")
@@ -124,8 +137,22 @@ def run(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOptions,
     the in-process region scoring (see `scoring.score`). Samples are decoded only when they are used,
     so memory does not grow with the dataset."""
     out = Path(out)
+    if options.limit is not None and options.limit < 0:
+        raise UsageError(f"--limit must be 0 or more, not {options.limit}")
+    if len(loaded.dataset) == 0:
+        raise DataError(f"dataset {loaded.spec} has no usable samples", hint="run `ciebench data validate` on it")
     spec = build_spec(editor, loaded, options)
-    prepare_run_dir(out, spec, options.overwrite)
+    outdir.claim(out, "run")
+    with outdir.lock(out):
+        removed = outdir.clean_stale_temp(out, RUN_SUBDIRS)
+        if removed:
+            log.info("%s: removed %d temporary file(s) left by an interrupted run", out, removed)
+        prepare_run_dir(out, spec, options.overwrite)
+        return _run_locked(editor, loaded, out, options, spec, backend, region)
+
+
+def _run_locked(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOptions, spec: RunSpec,
+                backend: Callable[..., None] | None, region: Any) -> tuple[RunStats, ScoreResult]:
     stats = RunStats()
     n = len(loaded.dataset) if options.limit is None else min(options.limit, len(loaded.dataset))
     ids = [str(i) for i in loaded.dataset["id"][:n]] if n else []
@@ -229,14 +256,16 @@ def write_result(out: Path, sample: EditSample, seed: int, result: EditResult) -
 
 
 def prepare_result(sample_id: str, seed: int, size: tuple[int, int], result: EditResult) -> PreparedResult:
-    """The validation and encoding half of `write_result` (no I/O)."""
-    record: dict[str, Any] = {"sample_id": sample_id, "seed": seed, "timings": result.timings,
-                              "status": result.status, "error": result.error, "image_sha256": None}
+    """The validation and encoding half of `write_result` (no I/O). Whatever is wrong with the result
+    (an unusable image, a trace JSON cannot hold) becomes this sample's recorded status and error."""
+    record: dict[str, Any] = {"sample_id": sample_id, "seed": seed, "file_stem": file_stem(sample_id, seed),
+                              "timings": _plain_timings(result.timings), "status": result.status,
+                              "error": result.error, "image_sha256": None}
     png = None
-    if result.status == "ok":
-        image, problem = to_image(result.image, size)
+    if result.status == Status.OK:
+        image, status, problem = check_image(result.image, size)
         if problem:
-            record.update(status="invalid", error=problem)
+            record.update(status=status, error=problem)
         else:
             png = png_bytes(image)
             record["image_sha256"] = sha256_bytes(png)
@@ -244,39 +273,111 @@ def prepare_result(sample_id: str, seed: int, size: tuple[int, int], result: Edi
         record["error"] = "editor reported failure without a message"
     trace = None
     if result.trace is not None:
-        trace = dict(result.trace)
-        artifacts = trace.pop("artifacts", None) or {}
-        if artifacts:
-            trace["artifacts"] = {name: png_bytes(image) for name, image in artifacts.items()}
+        trace, problem = _prepare_trace(result.trace)
+        if problem:
+            record.update(status=Status.RECORD_ERROR, error=problem, image_sha256=None)
+            png = None
     return PreparedResult(file_stem(sample_id, seed), record, png, trace)
 
 
+def _plain_timings(timings: Any) -> dict[str, Any]:
+    try:
+        return json_safe(dict(timings or {}))
+    except (TypeError, ValueError):
+        return {"unrecorded": repr(timings)[:1000]}
+
+
+def _prepare_trace(trace: Any) -> tuple[dict[str, Any], str | None]:
+    """(trace ready to write, problem). Artifact images are PNG-encoded; the rest must be JSON (NaN
+    and inf become "nan"/"inf" strings). A trace that is not (a non-dict, an object JSON cannot hold,
+    an artifact that is not an image) is kept as text and reported as the problem."""
+    try:
+        if not isinstance(trace, dict):
+            raise TypeError(f"a trace must be a dict, not {type(trace).__name__}")
+        trace = dict(trace)
+        artifacts = trace.pop("artifacts", None) or {}
+        plain = json_safe(trace)
+        json_text(plain, indent=None)
+        if artifacts:
+            plain["artifacts"] = {str(name): png_bytes(image) for name, image in dict(artifacts).items()}
+        return plain, None
+    except Exception as exc:  # noqa: BLE001 - any bad trace fails this sample only
+        text = repr(trace)
+        limit = 100_000
+        kept = {"unrecorded_trace": text[:limit] + ("..." if len(text) > limit else ""), "error": str(exc)}
+        return kept, f"the editor's trace could not be recorded ({type(exc).__name__}: {exc}); kept as text in the trace file"
+
+
 def commit_result(out: Path, prepared: PreparedResult) -> bool:
-    """The writing half of `write_result`: image, trace, then the record (the done-marker), each atomic."""
-    if prepared.png is not None:
-        atomic_write_bytes(out / "images" / f"{prepared.stem}.png", prepared.png)
-    if prepared.trace is not None:
-        write_trace(out, prepared.stem, prepared.trace)
-    atomic_write_json(out / "records" / f"{prepared.stem}.json", prepared.record)
-    return prepared.record["status"] == "ok"
+    """The writing half of `write_result`: image, trace, then the record (the done-marker), each atomic.
+    A write that fails for this sample only is recorded as its error; a full or read-only disk ends
+    the run (every later sample would fail alike)."""
+    try:
+        if prepared.png is not None:
+            atomic_write_bytes(out / "images" / f"{prepared.stem}.png", prepared.png)
+        if prepared.trace is not None:
+            write_trace(out, prepared.stem, prepared.trace)
+        atomic_write_json(out / "records" / f"{prepared.stem}.json", prepared.record)
+    except OSError as exc:
+        if exc.errno in FATAL_WRITE_ERRNOS:
+            raise
+        return _record_failure(out, prepared, exc)
+    except (TypeError, ValueError) as exc:
+        return _record_failure(out, prepared, exc)
+    return prepared.record["status"] == Status.OK
+
+
+def _record_failure(out: Path, prepared: PreparedResult, exc: BaseException) -> bool:
+    log.warning("sample %s: could not record the result (%s)", prepared.record.get("sample_id"), exc)
+    record = {k: prepared.record.get(k) for k in ("sample_id", "seed", "file_stem")}
+    record.update(status=Status.RECORD_ERROR, image_sha256=None, timings={},
+                  error=f"the result could not be recorded ({type(exc).__name__}: {exc})")
+    atomic_write_json(out / "records" / f"{prepared.stem}.json", record)
+    return False
+
+
+FLOAT_TOLERANCE = 1e-6  # float pixels this far outside [0, 1] are rounding, not an out-of-range output
 
 
 def to_image(value: Any, size: tuple[int, int]) -> tuple[Image.Image | None, str | None]:
-    """Accept a PIL image or an HxWx3 array (uint8, or float in [0, 1]); reject NaN and wrong sizes."""
+    """Accept a PIL image or an HxWx3 array (uint8, or float in [0, 1]); reject NaN, out-of-range
+    values and wrong sizes. Returns (image, problem)."""
+    image, _status, problem = check_image(value, size)
+    return image, problem
+
+
+def check_image(value: Any, size: tuple[int, int]) -> tuple[Image.Image | None, Status | None, str | None]:
+    """(image, status, problem) for an editor's output: values outside the valid range are reported
+    (Status.OUT_OF_RANGE), never clipped or wrapped around."""
     if value is None:
-        return None, "editor returned no image"
+        return None, Status.INVALID, "editor returned no image"
     if not isinstance(value, Image.Image):
         array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
+        if array.ndim != 3 or array.shape[2] not in (3, 4):
+            return None, Status.INVALID, f"editor returned an array of shape {array.shape}, expected HxWx3"
         if array.dtype.kind == "f":
             if not np.isfinite(array).all():
-                return None, "editor returned an image with NaN or inf values"
-            array = np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8)
-        if array.ndim != 3 or array.shape[2] not in (3, 4):
-            return None, f"editor returned an array of shape {array.shape}, expected HxWx3"
-        value = Image.fromarray(array.astype(np.uint8)[..., :3])
+                return None, Status.INVALID, "editor returned an image with NaN or inf values"
+            low, high = float(array.min()), float(array.max())
+            if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+                return None, Status.OUT_OF_RANGE, (f"editor returned float pixels in [{low:.4g}, {high:.4g}]; "
+                                                   "float images must lie in [0, 1] (nothing was clipped)")
+            array = np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+        elif array.dtype.kind in "iu":
+            low, high = int(array.min()), int(array.max())
+            if low < 0 or high > 255:
+                return None, Status.OUT_OF_RANGE, (f"editor returned integer pixels in [{low}, {high}]; integer "
+                                                   "images must lie in [0, 255] (nothing was wrapped around)")
+            array = array.astype(np.uint8)
+        elif array.dtype.kind == "b":
+            return None, Status.INVALID, "editor returned a boolean array, expected an RGB image"
+        else:
+            return None, Status.INVALID, f"editor returned an array of dtype {array.dtype}, expected uint8 or float"
+        value = Image.fromarray(array[..., :3])
     if value.size != size:
-        return None, f"editor returned {value.size[0]}x{value.size[1]}, the source is {size[0]}x{size[1]}"
-    return value.convert("RGB"), None
+        return None, Status.INVALID, (f"editor returned {value.size[0]}x{value.size[1]}, "
+                                      f"the source is {size[0]}x{size[1]}")
+    return value.convert("RGB"), None, None
 
 
 def write_trace(out: Path, stem: str, trace: dict[str, Any]) -> None:
@@ -303,13 +404,20 @@ def collect_predictions(out: Path, todo: list[tuple[EditSample | str, int]]) -> 
         record_path = out / "records" / f"{stem}.json"
         record = json.loads(record_path.read_text()) if record_path.exists() else None
         if record is None:
-            preds.append(Prediction(sample_id, seed, None, "missing", "not generated (interrupted run?)"))
+            preds.append(Prediction(sample_id, seed, None, Status.MISSING, "not generated (interrupted run?)"))
             continue
-        extra = {"edit_seconds": (record.get("timings") or {}).get("edit_seconds", math.nan)}
-        if record["status"] == "ok":
+        timings = record.get("timings") if isinstance(record.get("timings"), dict) else {}
+        try:
+            seconds = from_json_number(timings.get("edit_seconds"))
+        except (TypeError, ValueError):
+            seconds = math.nan
+        extra = {"edit_seconds": seconds}
+        if record["status"] == Status.OK:
             preds.append(Prediction(sample_id, seed, out / "images" / f"{stem}.png", extra=extra))
         else:
-            status = "invalid" if record["status"] == "invalid" else "edit_error"
+            # records keep the editor's "error" for its own failures; the row calls that edit_error
+            known = {s.value for s in Status}
+            status = Status(record["status"]) if record["status"] in known else Status.EDIT_ERROR
             preds.append(Prediction(sample_id, seed, None, status, record.get("error"), extra=extra))
     return preds
 

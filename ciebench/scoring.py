@@ -20,15 +20,21 @@ from tqdm.auto import tqdm
 from .datasets import LoadedDataset
 from .datasets.files import decode_image
 from .datasets.problems import Problem
+from .errors import UsageError
 from .io import atomic_write_json, sha256_bytes, stable_hash
 from .results import OK, file_stem, summarize, write_samples
 from .cache import cache_root
 from .schema import EditSample
+from .status import Status
 from .versions import package_versions
 
 log = logging.getLogger(__name__)
 
-PREDICTION_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+PREDICTION_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # matched case-insensitively, preferred in this order
+
+
+class MetricNameError(UsageError, ValueError):
+    """An unknown metric name, or a metric that needs an option that was not given."""
 
 
 def default_cache() -> Path:
@@ -68,23 +74,72 @@ class ScoreResult:
 
 
 def find_predictions(directory: Path, sample_ids: Iterable[str], seeds: Iterable[int] = (0,)) -> list[Prediction]:
-    """`<id>.png|jpg|jpeg|webp` (or `<id>__s<seed>.<ext>` from multi-seed runs) for each sample."""
+    """`<id>.<ext>` (or `<id>__s<seed>.<ext>`, or a run's `images/<file_stem>.png`) for each sample,
+    ext one of PREDICTION_SUFFIXES in any letter case.
+
+    Every prediction is resolved strictly inside `directory`: an id such as `../outside/secret`, an
+    absolute id, or a symlink pointing out of the folder finds nothing (the sample is missing). When
+    several files match one (sample, seed), the first by stem form then extension order is used and a
+    warning names it and the ones ignored."""
     directory = Path(directory)
+    root = directory.resolve()
+    listings: dict[Path, dict[str, list[str]]] = {}
     found = []
     seeds = list(seeds)
     for sample_id in sample_ids:
+        sample_id = str(sample_id)
         for seed in seeds:
-            # a run's images/ folder (quoted stems) scores as is; plain <id>.<ext> for a single seed
+            # a run's images/ folder (file stems) scores as is; plain <id>.<ext> for a single seed
             stems = list(dict.fromkeys([file_stem(sample_id, seed), f"{sample_id}__s{seed}"]
                                        + ([sample_id] if len(seeds) == 1 else [])))
-            path = next((directory / (stem + ext) for stem in stems for ext in PREDICTION_SUFFIXES
-                         if (directory / (stem + ext)).is_file()), None)
-            if path is None:
-                found.append(Prediction(sample_id, seed, None, "missing",
-                                        f"no prediction {sample_id}.png|jpg|webp in {directory}"))
-            else:
-                found.append(Prediction(sample_id, seed, path))
+            matches = [m for stem in stems for m in _matches(root, stem, listings)]
+            if not matches:
+                found.append(Prediction(sample_id, seed, None, Status.MISSING,
+                                        f"no prediction {sample_id}.png|jpg|jpeg|webp in {directory}"))
+                continue
+            if len(matches) > 1:
+                log.warning("sample %s (seed %d): %d predictions in %s; using %s, ignoring %s", sample_id, seed,
+                            len(matches), directory, matches[0].relative_to(root),
+                            ", ".join(str(m.relative_to(root)) for m in matches[1:]))
+            found.append(Prediction(sample_id, seed, matches[0]))
     return found
+
+
+def _matches(root: Path, stem: str, listings: dict[Path, dict[str, list[str]]]) -> list[Path]:
+    """Regular files `<stem>.<ext>` inside `root` (ext case-insensitive), in PREDICTION_SUFFIXES order.
+    `stem` may name a subfolder ("cat/1"); nothing outside `root` is ever returned."""
+    if not stem or "\x00" in stem or Path(stem).is_absolute():
+        return []
+    candidate = root / stem
+    parent, name = candidate.parent, candidate.name
+    try:
+        real_parent = parent.resolve()
+    except (OSError, RuntimeError):
+        return []
+    if not real_parent.is_relative_to(root) or name in ("", ".", ".."):
+        return []
+    if real_parent not in listings:
+        by_stem: dict[str, list[str]] = {}
+        try:
+            for entry in os.scandir(real_parent):
+                base, dot, ext = entry.name.rpartition(".")
+                if dot and f".{ext.lower()}" in PREDICTION_SUFFIXES:
+                    by_stem.setdefault(base, []).append(entry.name)
+        except OSError:
+            pass
+        listings[real_parent] = by_stem
+    names = sorted(listings[real_parent].get(name, []),
+                   key=lambda n: (PREDICTION_SUFFIXES.index("." + n.rpartition(".")[2].lower()), n))
+    out = []
+    for file_name in names:
+        path = real_parent / file_name
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError):
+            continue
+        if real.is_relative_to(root) and real.is_file():  # is_file: regular files only, no FIFOs or devices
+            out.append(path)
+    return out
 
 
 def resolve_metrics(options: ScoreOptions) -> tuple[list[str], bool]:
@@ -108,10 +163,10 @@ def resolve_metrics(options: ScoreOptions) -> tuple[list[str], bool]:
             import difflib
 
             close = difflib.get_close_matches(name, region_all + ["locality", "idcs"], n=1)
-            raise ValueError(f"unknown metric {name!r}." + (f" Did you mean {close[0]!r}?" if close else "")
-                             + f" Known: {', '.join(region_all + ['locality', 'idcs'])}")
+            raise MetricNameError(f"unknown metric {name!r}." + (f" Did you mean {close[0]!r}?" if close else "")
+                                  + f" Known: {', '.join(region_all + ['locality', 'idcs'])}")
     if use_idcs and options.judge is None:
-        raise ValueError("metric 'idcs' needs a judge: pass --judge (e.g. qwen, openai, local, or a config file)")
+        raise MetricNameError("metric 'idcs' needs a judge: pass --judge (e.g. qwen, openai, local, or a config file)")
     return region, use_idcs
 
 
@@ -147,12 +202,13 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
         for pred in predictions:
             i = index.get(pred.sample_id)
             row = {"sample_id": pred.sample_id, "seed": pred.seed, "edit_type": edit_types[i] if i is not None else "",
-                   "status": pred.status, "error": pred.error, "prediction": None, "prediction_sha256": None}
+                   "status": pred.status, "error": pred.error, "prediction": None, "prediction_sha256": None,
+                   "file_stem": file_stem(pred.sample_id, pred.seed)}
             row.update(pred.extra)
             key = (pred.sample_id, pred.seed)
             rows[key] = row
             if i is None:
-                row.update(status="unknown_sample", error=f"prediction for {pred.sample_id!r}, which is not in the dataset")
+                row.update(status=Status.UNKNOWN_SAMPLE, error=f"prediction for {pred.sample_id!r}, which is not in the dataset")
                 continue
             if pred.path is None or pred.status != OK:
                 continue
@@ -172,13 +228,13 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
         bar.update(1)
         unreadable = values.pop(UNREADABLE, None)
         if unreadable is not None:
-            rows[key].update(status="corrupt", error=unreadable)
+            rows[key].update(status=Status.CORRUPT, error=unreadable)
             continue
         readable.add(key)
         error = values.pop("error", None)
         rows[key].update({m: values.get(m, math.nan) for m in region_metrics})
         if error:
-            rows[key].update(status="metric_error", error=error)
+            rows[key].update(status=Status.METRIC_ERROR, error=error)
     for _ in pending:  # every prediction gets its row, even where a scorer stopped early
         pass
     bar.close()
@@ -201,7 +257,9 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
     write_samples(out, ordered, columns)
     from .results import read_samples
 
-    summary = summarize(read_samples(out), metric_dirs, best_of="idcs" if use_idcs else None)
+    # n and coverage count against the dataset's samples asked for, not against what parses back
+    expected_ids = [sid for sid in dict.fromkeys(p.sample_id for p in predictions) if sid in index]
+    summary = summarize(read_samples(out), metric_dirs, best_of="idcs" if use_idcs else None, sample_ids=expected_ids)
     summary.update({
         "protocol": {**protocol.to_dict(), "hash": protocol.hash},
         "dataset": {"spec": loaded.spec, "kind": loaded.kind, "revision": loaded.revision},
@@ -214,7 +272,7 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
     if header:
         summary.update(header)
     atomic_write_json(out / "summary.json", summary)
-    n_missing = sum(r["status"] == "missing" for r in ordered)
+    n_missing = sum(r["status"] == Status.MISSING for r in ordered)
     return ScoreResult(rows=ordered, summary=summary, n_missing=n_missing)
 
 

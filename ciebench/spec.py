@@ -27,7 +27,11 @@ class RunSpec:
 
     @property
     def spec_hash(self) -> str:
-        return stable_hash({k: v for k, v in asdict(self).items() if k != "notes"})
+        """Hash of what decides the results. The dataset enters by its kind, content revision and size,
+        not by how its path was spelled, so `ds`, `./ds` and `/abs/ds/` resume the same run."""
+        decided = {k: v for k, v in asdict(self).items() if k != "notes"}
+        decided["dataset"] = {k: v for k, v in self.dataset.items() if k != "spec"}
+        return stable_hash(decided)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

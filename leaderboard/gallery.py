@@ -13,7 +13,6 @@ file:// URLs but do load `<script src>` from them.
 """
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import logging
@@ -26,6 +25,8 @@ import numpy as np
 from PIL import Image
 
 from ..io import atomic_write_bytes, atomic_write_text, png_bytes
+from ..results import file_stem, id_stem, natural_key
+from ..status import Status
 from .runs import Run, json_value, load_runs, metric_title, order_metrics
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,8 @@ OVERLAY_RGB = (213, 94, 0)  # Okabe-Ito vermillion
 
 
 def safe_name(sample_id: str) -> str:
-    """A file-name-safe, collision-free stand-in for a sample id."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", sample_id)[:80]
-    if safe != sample_id or safe.startswith("."):
-        safe = f"{safe}-{hashlib.sha256(sample_id.encode()).hexdigest()[:8]}"
-    return safe
-
-
-def _natural(sample_id: str):
-    return (0, int(sample_id), "") if sample_id.isdigit() else (1, 0, sample_id)
+    """A file-name-safe, collision-free stand-in for a sample id: `ciebench.results.id_stem`, the one rule."""
+    return id_stem(sample_id)
 
 
 def _thumb(image: Image.Image, size: int) -> bytes:
@@ -145,7 +139,7 @@ def write_gallery(runs, out_dir: str | Path, *, dataset: str | None = None, page
     for run in runs:
         for sid, et in zip(run.samples["sample_id"].astype(str), run.samples["edit_type"].astype(str)):
             sample_ids.setdefault(sid, et)
-    ordered_ids = sorted(sample_ids, key=_natural)
+    ordered_ids = sorted(sample_ids, key=natural_key)
     specs = [dataset] if dataset else [r.dataset_spec for r in runs]
     sources, notes = _load_sources(specs, set(ordered_ids))
     missing_sources = [s for s in ordered_ids if s not in sources]
@@ -172,19 +166,21 @@ def write_gallery(runs, out_dir: str | Path, *, dataset: str | None = None, page
         frame = run.samples.copy()
         frame["sample_id"] = frame["sample_id"].astype(str)
         for sid, g in frame.groupby("sample_id", sort=False):
-            safe = safe_name(sid)
             rows = []
             for rec in g.sort_values("seed").to_dict("records"):
                 seed = int(rec["seed"]) if rec.get("seed") is not None and not _isnan(rec["seed"]) else 0
                 img = None
                 pred = rec.get("prediction")
                 if isinstance(pred, str) and pred:
-                    path = run.path / pred
-                    if path.is_file():
+                    path = _inside(run, pred)
+                    if path is None:
+                        log.warning("%s: prediction %r of sample %s lies outside the run's folders; not copied",
+                                    run.path, pred, sid)
+                    elif path.is_file():
                         try:
                             with Image.open(path) as im:
                                 im.load()
-                                img = _write_image(out, f"out/r{k}/{safe}__s{seed}", im, thumb_size, full_images,
+                                img = _write_image(out, f"out/r{k}/{file_stem(sid, seed)}", im, thumb_size, full_images,
                                                    raw=path.read_bytes() if path.suffix.lower() == ".png" else None)
                         except Exception as exc:  # noqa: BLE001 - a corrupt prediction is shown as such
                             log.warning("%s: unreadable prediction (%s)", path, exc)
@@ -196,7 +192,7 @@ def write_gallery(runs, out_dir: str | Path, *, dataset: str | None = None, page
                 if _text(rec.get("error")):
                     row["error"] = _text(rec.get("error"))
                 row_notes = {f"{m}_status": _text(rec.get(f"{m}_status")) for m in metrics
-                             if _text(rec.get(f"{m}_status")) not in ("", "ok")}
+                             if _text(rec.get(f"{m}_status")) not in ("", Status.OK)}
                 if row_notes:
                     row["notes"] = row_notes
                 rows.append(row)
@@ -214,6 +210,21 @@ def write_gallery(runs, out_dir: str | Path, *, dataset: str | None = None, page
     page = out / "index.html"
     atomic_write_text(page, render_html(data))
     return page
+
+
+def _inside(run: Run, relative: str) -> Path | None:
+    """`relative` (a samples.csv prediction path) resolved, when it lies inside the run folder, or inside
+    the --predictions folder that a `ciebench score` run recorded in its spec.json; else None. The
+    gallery copies nothing else, whatever a samples.csv says."""
+    roots = [run.path.resolve()]
+    predictions = run.spec.get("predictions") if run.spec.get("editor", "absent") is None else None
+    if isinstance(predictions, str) and predictions:
+        roots.append(Path(predictions).resolve())
+    try:
+        path = (run.path / relative).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return path if any(path.is_relative_to(root) for root in roots) else None
 
 
 def _compact(v: Any) -> Any:
@@ -251,12 +262,14 @@ def _write_image(out: Path, stem: str, image: Image.Image, thumb_size: int, full
 
 
 def trace_path(run_dir: Path, sample_id: str, seed: int) -> Path | None:
-    """The trace of (sample, seed) in a run directory: `traces/<stem>__s<seed>.json` as the runner
-    writes it (stem = URL-quoted id), else the per-sample `traces/<id>.json`."""
+    """The trace of (sample, seed) in a run directory: `traces/<file_stem>.json` as the runner writes it,
+    else the names of earlier versions (URL-quoted id) or the per-sample `traces/<id>.json`; never a
+    file outside traces/."""
     import urllib.parse
 
     quoted = urllib.parse.quote(sample_id, safe="-_.")
-    for name in (f"{quoted}__s{seed}.json", f"{quoted}.json", f"{sample_id}__s{seed}.json", f"{sample_id}.json"):
+    for name in (f"{file_stem(sample_id, seed)}.json", f"{quoted}__s{seed}.json", f"{quoted}.json",
+                 f"{sample_id}__s{seed}.json", f"{sample_id}.json"):
         path = run_dir / "traces" / name
         try:
             if path.resolve().is_relative_to((run_dir / "traces").resolve()) and path.is_file():
@@ -274,7 +287,7 @@ def _write_trace(run: Run, k: int, sample_id: str, seed: int, out: Path, thumb_s
         trace: Any = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         trace = {"unreadable_trace": path.name, "error": str(exc)}
-    stem = f"{safe_name(sample_id)}__s{seed}"
+    stem = file_stem(sample_id, seed)
     images = []
     artifacts = trace.get("artifacts") if isinstance(trace, dict) else None
     if isinstance(artifacts, dict):  # runner: {name: "<stem>/<file>"} relative to traces/

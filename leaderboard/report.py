@@ -20,6 +20,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from .. import outdir
 from ..io import atomic_write_text
 from .runs import Run
 from .significance import ALPHA, significance_matrix
@@ -40,7 +41,24 @@ class LeaderboardOutput:
         return pd.concat([t.leaderboard for t in self.tables], ignore_index=True)
 
 
+# A cell starting with one of these is run as a formula by spreadsheets (CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formula(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula gets a leading apostrophe (OWASP's advice);
+    numbers and other text are unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
 def _csv(frame: pd.DataFrame) -> str:
+    frame = frame.copy()
+    for col in frame.columns:
+        if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col].dtype):
+            frame[col] = frame[col].map(neutralise_formula)
+    frame.columns = [neutralise_formula(str(c)) for c in frame.columns]
     buf = io.StringIO()
     frame.to_csv(buf, index=False)  # full float precision; inf written as "inf", NaN as empty
     return buf.getvalue()
@@ -49,9 +67,20 @@ def _csv(frame: pd.DataFrame) -> str:
 def write_leaderboard(runs: Iterable[str | Path | Run], out: str | Path, *, primary: str | None = None,
                       alpha: float = ALPHA, plots: bool = True, gallery: bool = True, dataset: str | None = None,
                       page_size: int = 20, thumb_size: int = 320, full_images: bool = True) -> LeaderboardOutput:
-    """Build the tables for `runs` and write every output into `out` (created if needed)."""
+    """Build the tables for `runs` and write every output into `out`: a new or empty folder, or an
+    earlier leaderboard (`ciebench.outdir`: a folder holding anything else is refused, and a second
+    process writing the same folder fails at once)."""
     out = Path(out)
     tables = group_runs([runs] if isinstance(runs, (str, Path, Run)) else list(runs), primary=primary, alpha=alpha)
+    outdir.claim(out, "leaderboard")
+    with outdir.lock(out):
+        outdir.clean_stale_temp(out)
+        return _write(tables, out, plots=plots, gallery=gallery, dataset=dataset, page_size=page_size,
+                      thumb_size=thumb_size, full_images=full_images)
+
+
+def _write(tables: list[Table], out: Path, *, plots: bool, gallery: bool, dataset: str | None,
+           page_size: int, thumb_size: int, full_images: bool) -> LeaderboardOutput:
     result = LeaderboardOutput(out=out, tables=tables)
 
     def write(name: str, text: str) -> None:

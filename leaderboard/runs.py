@@ -12,7 +12,9 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from ..errors import UsageError
 from ..results import BASE_COLUMNS, read_samples, summarize
+from ..status import Status
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,9 @@ METRIC_TITLES = {"idcs": "IDCS", "clip": "CLIP score", "psnr": "PSNR (dB)", "ssi
 _NON_METRIC_SUFFIXES = ("_status", "_error", "_sentence", "_seconds", "_sha256")
 
 
-class RunError(ValueError):
-    """A path that is not a readable run directory."""
+class RunError(UsageError, ValueError):
+    """A path given as a run that is not a readable run directory, or runs that cannot be compared
+    (exit code 2: a bad command line)."""
 
 
 def metric_title(metric: str) -> str:
@@ -155,7 +158,7 @@ class Run:
         """Samples all of whose rows (seeds) have status ok."""
         if not len(self.samples):
             return 0
-        ok = self.samples["status"].astype(str).eq("ok").groupby(self.samples["sample_id"]).all()
+        ok = self.samples["status"].astype(str).eq(Status.OK).groupby(self.samples["sample_id"]).all()
         return int(ok.sum())
 
 

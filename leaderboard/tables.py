@@ -3,7 +3,9 @@ run with each metric's mean and 95% CI, sorted by the table's primary metric; th
 and the Markdown rendering."""
 from __future__ import annotations
 
+import html
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -11,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..stats import from_json_number
-from .runs import (PRIMARY_ORDER, Run, dataset_short_name, load_runs, metric_title, number_repeats,
+from .runs import (PRIMARY_ORDER, Run, RunError, dataset_short_name, load_runs, metric_title, number_repeats,
                    order_metrics, slugify)
 from .significance import ALPHA, compare_runs, significance_matrix
 
@@ -59,7 +61,7 @@ def group_runs(runs: Iterable[Run | str], *, primary: str | None = None, alpha: 
         for run in members:
             for m, h in run.metrics.items():
                 if m in metrics and metrics[m] != h:
-                    raise ValueError(f"metric {m!r} is higher-is-better in one run and lower-is-better in another "
+                    raise RunError(f"metric {m!r} is higher-is-better in one run and lower-is-better in another "
                                      f"({run.path}); these runs cannot share a table")
                 metrics.setdefault(m, h)
         metrics = {m: metrics[m] for m in order_metrics(metrics)}
@@ -114,8 +116,9 @@ def _assign_slugs(tables: list[Table]) -> None:
 def _fill(table: Table) -> None:
     rows = [_run_row(table, run) for run in table.runs]
     frame = pd.DataFrame(rows)
+    _shared_sample_ranking(table, frame)
     if table.primary:
-        key = frame[table.primary].astype(float)
+        key = frame["rank_value"].astype(float)
         key = -key if table.metrics[table.primary] else key
         frame = frame.assign(_key=key.fillna(np.inf)).sort_values(["_key", "run"], kind="stable").drop(columns="_key")
         frame["rank"] = key.loc[frame.index].rank(method="min", na_option="keep").astype("Int64")
@@ -132,11 +135,37 @@ def _fill(table: Table) -> None:
     frame["primary_metric"] = table.primary or ""
     frame["tied_with_best"] = frame[f"{table.primary}_tied_best"] if table.primary else pd.NA
     id_cols = ["table", "rank", "run", "editor", "config_hash", "protocol", "protocol_hash", "dataset", "revision",
-               "judge", "seeds", "n", "n_ok", "n_dataset", "coverage", "primary_metric", "tied_with_best"]
+               "judge", "seeds", "n", "n_ok", "n_dataset", "coverage", "partial", "rank_value", "rank_n_shared",
+               "primary_metric", "tied_with_best"]
     metric_cols = [c for m in table.metrics for c in
                    (m, f"{m}_ci_low", f"{m}_ci_high", f"{m}_n", f"{m}_coverage", f"{m}_tied_best")]
     table.leaderboard = frame[id_cols + metric_cols + ["run_dir"]]
     table.by_edit_type = _by_edit_type(table)
+
+
+def _shared_sample_ranking(table: Table, frame: pd.DataFrame) -> None:
+    """Ranking accounts for coverage: runs are ranked by their primary-metric mean over the samples
+    that every run of the table has a value for (the samples the paired tests use too), so a run that
+    failed the hard samples cannot rank first on the easy ones. A run that covers fewer samples than
+    the table's runs together is `partial` and marked in leaderboard.md. The displayed means stay the
+    means over each run's own samples. When the runs share no sample, each run's own mean ranks it."""
+    frame["partial"] = False
+    frame["rank_n_shared"] = 0
+    frame["rank_value"] = math.nan
+    if not table.primary:
+        return
+    covered = {run.label: run.per_sample(table.primary).dropna() for run in table.runs}
+    union = set().union(*(set(v.index) for v in covered.values()))
+    shared = sorted(set.intersection(*(set(v.index) for v in covered.values()))) if covered else []
+    for idx, label in frame["run"].items():
+        values = covered[label]
+        frame.loc[idx, "partial"] = len(values) < len(union)
+        frame.loc[idx, "rank_n_shared"] = len(shared)
+        if shared:
+            frame.loc[idx, "rank_value"] = float(values.loc[shared].astype(float).mean())
+        else:
+            frame.loc[idx, "rank_value"] = frame.loc[idx, table.primary]
+    frame["partial"] = frame["partial"].astype(bool)
 
 
 def _run_row(table: Table, run: Run) -> dict[str, Any]:
@@ -276,8 +305,20 @@ def format_ci(mean: Any, low: Any, high: Any) -> str:
     return f"{m} [{lo}, {hi}]"
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
 def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Text from runs and datasets (names, labels, paths, ids) as literal Markdown: HTML is escaped
+    (it would render live in Markdown viewers), and so are the characters of links, emphasis, code and
+    tables; line breaks become spaces."""
+    text = " ".join(str(text).split())
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=True))
+
+
+def _md_hash(value: Any) -> str:
+    text = str(value or "")[:7]
+    return f"`{text}`" if re.fullmatch(r"[0-9a-fA-F]+", text) else _md_escape(text)
 
 
 def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
@@ -295,7 +336,7 @@ def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
     judges = {j for j in lb["judge"] if j}
     if len(judges) > 1:
         lines.append("")
-        lines.append(f"**Warning:** runs in this table were judged by different judges ({', '.join(sorted(judges))}); "
+        lines.append(f"**Warning:** runs in this table were judged by different judges ({', '.join(_md_escape(j) for j in sorted(judges))}); "
                      "judged metrics are not comparable across them.")
     lines.append("")
     metrics = list(table.metrics)
@@ -307,8 +348,9 @@ def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
         rank = "" if pd.isna(r["rank"]) else str(int(r["rank"]))
         tied = r["tied_with_best"]
         mark = " ≈" if (not pd.isna(tied) and bool(tied) and rank != "1") else ""
-        cells = [rank + mark, _md_escape(r["run"]), f"`{r['config_hash'][:7]}`" if r["config_hash"] else "",
-                 str(int(r["n"])), f"{100 * float(r['coverage']):.0f}%" if not pd.isna(r["coverage"]) else "–"]
+        partial = " †" if bool(r["partial"]) else ""
+        cells = [rank + mark, _md_escape(r["run"]), _md_hash(r["config_hash"]),
+                 str(int(r["n"])), (f"{100 * float(r['coverage']):.0f}%" if not pd.isna(r["coverage"]) else "–") + partial]
         for m in metrics:
             text = format_ci(r[m], r[f"{m}_ci_low"], r[f"{m}_ci_high"])
             t = r[f"{m}_tied_best"]
@@ -317,6 +359,13 @@ def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if table.primary and lb["partial"].astype(bool).any():
+        n_shared = int(lb["rank_n_shared"].iloc[0])
+        basis = (f"ranks compare every run on the {n_shared} sample(s) all runs have a value for" if n_shared else
+                 "the runs share no sample, so each is ranked on its own samples")
+        lines.append(f"† partial: this run has {metric_title(table.primary)} values for fewer samples than the "
+                     f"table's runs together; {basis} (shown means are over each run's own samples).")
+        lines.append("")
     if table.primary and len(table.runs) > 1:
         lines.append(f"Paired tests on {metric_title(table.primary)} (Holm-adjusted p; ▲ row significantly better "
                      f"than column, ▼ worse, · not significant):")

@@ -22,6 +22,7 @@ import difflib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from ciebench.errors import UsageError
 from ciebench.io import stable_hash
 
 Weighting = Literal["multiply", "exact"]
@@ -153,8 +154,8 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-class UnknownProtocolError(ValueError):
-    pass
+class UnknownProtocolError(UsageError, ValueError):
+    """An unknown --protocol name (exit code 2)."""
 
 
 def get_protocol(name: "str | Protocol") -> Protocol:

@@ -21,6 +21,7 @@ import ciebench
 from ciebench.cli import app
 from ciebench.datasets import ChecksumError, DatasetError, read_dataset
 from ciebench.datasets.edit_types import derive_edit_type
+from ciebench.errors import ExitCode
 from ciebench.schema import EditSample
 
 runner = CliRunner()
@@ -258,9 +259,10 @@ def test_release_download_over_http_and_override_flag(ciebench_root: Path, fresh
         url = f"http://127.0.0.1:{server.server_address[1]}/main.zip"
         monkeypatch.setenv("CIEBENCH_SOURCES", url)
         result = runner.invoke(app, ["data", "validate", "ciebench"])
-        assert result.exit_code == 1 and "0/0.png" in result.output and "--ignore-checksums" in result.output
+        # a failed sha256 check exits ExitCode.INTEGRITY (6) in every command (was 1; issue 17 §4: one code per error)
+        assert result.exit_code == ExitCode.INTEGRITY and "0/0.png" in result.output and "--ignore-checksums" in result.output
         result = runner.invoke(app, ["data", "info", "ciebench", ] )
-        assert result.exit_code == 1
+        assert result.exit_code == ExitCode.INTEGRITY
         result = runner.invoke(app, ["data", "validate", "ciebench", "--ignore-checksums"])
         assert result.exit_code == 0, result.output
     finally:

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import ciebench
 from ciebench.cli import app
+from ciebench.errors import ExitCode
 from ciebench.registry import RegistryError, get_editor_class
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ def test_a_different_spec_in_the_same_folder_is_refused_unless_overwrite(tmp_pat
     run = tmp_path / "run"
     _evaluate("--editor", "identity", "--dataset", "mini", "--out", str(run), "--limit", "2", *FAST)
     result = runner.invoke(app, ["evaluate", "--editor", "identity", "--dataset", "mini", "--out", str(run), "--limit", "3", *FAST])
-    assert result.exit_code == 2 and "different spec" in result.output
+    assert result.exit_code == ExitCode.OUTPUT_CONFLICT and "different spec" in result.output  # exit codes: ciebench.errors
     _evaluate("--editor", "identity", "--dataset", "mini", "--out", str(run), "--limit", "3", "--overwrite", *FAST)
     assert len(_samples(run)) == 3
 

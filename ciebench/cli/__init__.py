@@ -5,9 +5,11 @@ import logging
 
 import typer
 
+from . import handling
 from .data import app as data_app
+from .handling import CommandApp
 
-app = typer.Typer(
+app = CommandApp(
     name="ciebench",
     help="Benchmark and evaluation toolkit for reasoning-driven image editing (CIEBench).",
     no_args_is_help=True,
@@ -18,7 +20,8 @@ app.add_typer(data_app, name="data")
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages; show tracebacks of errors.")) -> None:
+    handling.VERBOSE = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 

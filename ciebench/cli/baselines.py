@@ -11,9 +11,11 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(help="One-time setup of baseline editors (downloads, weight merges, conversions).",
+from .handling import CommandApp
+
+app = CommandApp(help="One-time setup of baseline editors (downloads, weight merges, conversions).",
                   no_args_is_help=True)
-smartedit_app = typer.Typer(help="SmartEdit (TencentARC, CVPR 2024) from the official checkpoints.",
+smartedit_app = CommandApp(help="SmartEdit (TencentARC, CVPR 2024) from the official checkpoints.",
                             no_args_is_help=True)
 app.add_typer(smartedit_app, name="smartedit")
 

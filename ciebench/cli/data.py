@@ -6,7 +6,10 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Prepare, validate and describe datasets.", no_args_is_help=True)
+from ..errors import ExitCode
+from .handling import CommandApp
+
+app = CommandApp(help="Prepare, validate and describe datasets.", no_args_is_help=True)
 
 DATASET_HELP = ("'mini' (embedded), 'ciebench' (official release, downloaded and verified), a folder in the "
                 "authors' or Reason-Edit layout, a JSONL manifest, a saved HF dataset, parquet, or hf:ORG/NAME[@rev].")
@@ -15,19 +18,29 @@ DATASET_HELP = ("'mini' (embedded), 'ciebench' (official release, downloaded and
 @app.command("prepare")
 def prepare_cmd(
     source: str = typer.Argument(..., help="Authors' folder, archive (.zip/.tar.gz), URL, or any dataset spec: " + DATASET_HELP),
-    out: Path = typer.Option(..., "--out", help="Output folder for the HF dataset."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the HF dataset: new, empty, or an earlier "
+                                                       "`data prepare` output (replaced). Never a folder with other files."),
     fmt: str = typer.Option("arrow", "--format", help="arrow (save_to_disk) or parquet."),
     ignore_checksums: bool = typer.Option(False, "--ignore-checksums", help="Accept a CIEBench release whose files differ from the shipped sha256 manifest."),
 ) -> None:
     """Convert a dataset source into an HF dataset on disk."""
-    from ..datasets import DatasetError
+    from .. import outdir
     from ..datasets.prepare import prepare
 
+    if fmt not in ("arrow", "parquet"):
+        raise typer.BadParameter(f"--format must be arrow or parquet, not {fmt!r}")
+    existed = out.exists()
+    # the whole folder is replaced, so it may hold nothing but an earlier prepared dataset
+    outdir.claim(out, "dataset", exclusive_layout=True)
     try:
         loaded = prepare(source, out, fmt=fmt, verify=not ignore_checksums)
-    except DatasetError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+    except BaseException:
+        if not existed and out.is_dir() and not outdir.foreign_entries(out, "dataset"):
+            outdir.clear(out, "dataset")
+            (out / outdir.MARKER).unlink(missing_ok=True)
+            out.rmdir()
+        raise
+    outdir.write_marker(out, "dataset")
     for problem in loaded.problems:
         typer.echo(str(problem), err=True)
     typer.echo(f"wrote {len(loaded.dataset)} samples to {out} ({fmt}, revision {loaded.revision})")
@@ -39,33 +52,24 @@ def validate_cmd(
     ignore_checksums: bool = typer.Option(False, "--ignore-checksums"),
 ) -> None:
     """Check every sample; print one line per problem; exit 1 when any error is found."""
-    from ..datasets import DatasetError, read_dataset
+    from ..datasets import read_dataset
 
-    try:
-        loaded = read_dataset(dataset, verify=not ignore_checksums)
-    except DatasetError as exc:
-        typer.echo(f"ERROR: {exc}")
-        raise typer.Exit(1)
+    loaded = read_dataset(dataset, verify=not ignore_checksums)
     for problem in loaded.problems:
         typer.echo(str(problem))
     n_err = sum(p.severity == "error" for p in loaded.problems)
     n_warn = len(loaded.problems) - n_err
     typer.echo(f"{dataset}: {len(loaded.dataset)} usable samples, {n_err} error(s), {n_warn} warning(s)")
     if n_err:
-        raise typer.Exit(1)
+        raise typer.Exit(int(ExitCode.INCOMPLETE))
 
 
 @app.command("info")
 def info_cmd(dataset: str = typer.Argument(..., help=DATASET_HELP)) -> None:
     """Counts per edit type, image sizes and notes."""
+    from ..datasets import read_dataset
 
-    from ..datasets import DatasetError, read_dataset
-
-    try:
-        loaded = read_dataset(dataset)
-    except DatasetError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+    loaded = read_dataset(dataset)
     ds = loaded.dataset
     typer.echo(f"dataset:   {dataset} ({loaded.kind}, revision {loaded.revision})")
     typer.echo(f"samples:   {len(ds)}")

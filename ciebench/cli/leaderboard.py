@@ -9,7 +9,7 @@ import typer
 
 def leaderboard_cmd(
     runs: List[Path] = typer.Argument(..., help="Run directories (each with samples.csv; spec.json and summary.json when present)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (created; files in it are replaced)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: new, empty, or an earlier leaderboard (its files are replaced)."),
     primary: Optional[str] = typer.Option(None, "--primary", help="Sort metric (default: idcs, else the first of clip, locality_f1, psnr, ssim, lpips, mse with values)."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level for the Holm-adjusted paired tests."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG and SVG plots."),
@@ -23,7 +23,8 @@ def leaderboard_cmd(
     Writes leaderboard.csv/.md, by_edit_type.csv, significance.csv, plots/ and gallery/index.html
     into --out. Runs under different protocols or datasets go to separate tables (see
     docs/leaderboard.md)."""
-    from ..leaderboard import RunError, write_leaderboard
+    from ..errors import UsageError
+    from ..leaderboard import write_leaderboard
 
     if not 0 < alpha < 1:
         raise typer.BadParameter("--alpha must lie between 0 and 1")
@@ -31,14 +32,9 @@ def leaderboard_cmd(
         raise typer.BadParameter("--page-size must be at least 1")
     for run in runs:
         if not run.is_dir():
-            typer.echo(f"error: {run} is not a folder", err=True)
-            raise typer.Exit(2)
-    try:
-        result = write_leaderboard(runs, out, primary=primary, alpha=alpha, plots=plots, gallery=gallery,
-                                   dataset=dataset, full_images=full_images, page_size=page_size)
-    except (RunError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+            raise UsageError(f"{run} is not a folder")
+    result = write_leaderboard(runs, out, primary=primary, alpha=alpha, plots=plots, gallery=gallery,
+                               dataset=dataset, full_images=full_images, page_size=page_size)
     for table in result.tables:
         lb = table.leaderboard
         typer.echo(f"\n{table.title}: {len(lb)} run(s), sorted by {table.primary or '-'}")

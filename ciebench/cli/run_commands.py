@@ -25,16 +25,49 @@ def _metrics(text: Optional[str]) -> Optional[tuple[str, ...]]:
 
 
 def _load(dataset: str, ignore_checksums: bool):
-    from ..datasets import DatasetError, read_dataset
+    from ..datasets import read_dataset
+    from ..errors import DataError
 
-    try:
-        loaded = read_dataset(dataset, verify=not ignore_checksums)
-    except DatasetError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+    loaded = read_dataset(dataset, verify=not ignore_checksums)
     for problem in loaded.problems:
         typer.echo(str(problem), err=True)
+    if len(loaded.dataset) == 0:
+        raise DataError(f"dataset {dataset} has no usable samples", hint=f"see `ciebench data validate {dataset}`")
     return loaded
+
+
+def _check_result(summary: dict, requested: Optional[tuple[str, ...]], min_coverage: Optional[float]) -> None:
+    """Exit non-zero (ExitCode.INCOMPLETE) when the result does not answer what was asked."""
+    from ..errors import IncompleteResult
+    from ..results import result_problems
+
+    wanted = None
+    if requested is not None:  # the columns the requested names stand for
+        wanted = [m for m in summary["metrics"] if m in requested or (m.startswith("locality_") and "locality" in requested)]
+        wanted += [m for m in requested if m not in summary["metrics"] and m != "locality"]
+    problems = result_problems(summary, wanted, min_coverage)
+    if problems:
+        raise IncompleteResult("; ".join(problems))
+
+
+def _coverage(value: Optional[float]) -> Optional[float]:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise typer.BadParameter(f"--min-coverage takes a fraction between 0 and 1, not {value}")
+    return value
+
+
+def _environment(exc: BaseException, out: Path, resumable: bool):
+    """A model, file or endpoint this machine cannot provide, as a one-line EnvironmentProblem."""
+    from ..errors import EnvironmentProblem
+    from .handling import DISK_FULL_ERRNOS, disk_full
+
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return disk_full(exc)
+    hint = (f"finished samples are kept in {out}; fix the cause and rerun the same command to resume (-v for details)"
+            if resumable else "-v for details")
+    problem = EnvironmentProblem(f"{type(exc).__name__}: {exc}", hint=hint)
+    problem.__cause__ = exc
+    return problem
 
 
 def _print_summary(summary: dict, out: Path) -> None:
@@ -58,8 +91,9 @@ def _ray_backend(backend: str, ray_address: Optional[str], num_workers: Optional
     try:
         import ray  # noqa: F401
     except ImportError:
-        typer.echo("error: --backend ray needs Ray: pip install 'ciebench[ray]'", err=True)
-        raise typer.Exit(2)
+        from ..errors import EnvironmentProblem
+
+        raise EnvironmentProblem("--backend ray needs Ray", hint="pip install 'ciebench[ray]'") from None
     from ..distributed import RayBackend, RayOptions
 
     if num_workers is not None and num_workers < 1:
@@ -86,6 +120,7 @@ RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help=RAY_
 NumWorkersOpt = Annotated[Optional[int], typer.Option("--num-workers", help=NUM_WORKERS_HELP)]
 GpusPerWorkerOpt = Annotated[Optional[float], typer.Option("--gpus-per-worker", help=GPUS_HELP)]
 CpusPerWorkerOpt = Annotated[float, typer.Option("--cpus-per-worker", help=CPUS_HELP)]
+MinCoverageOpt = Annotated[Optional[float], typer.Option("--min-coverage", help="Exit 1 when any metric covers less than this fraction of samples (e.g. 0.95).")]
 IgnoreChecksumsOpt = Annotated[bool, typer.Option("--ignore-checksums", help="Accept a CIEBench release that differs from the shipped sha256 manifest.")]
 
 
@@ -98,7 +133,7 @@ def evaluate_cmd(
     editor: str = typer.Option(..., "--editor", "-e", help="Registered editor name (see `ciebench editors`) or package.module:Class."),
     dataset: str = typer.Option("mini", "--dataset", "-d", help=DATASET_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (created; an existing one with the same spec is resumed)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N samples."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N samples."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated run seeds, e.g. 0,1,2."),
     protocol: ProtocolOpt = None,
     metrics: MetricsOpt = None,
@@ -108,8 +143,9 @@ def evaluate_cmd(
     editor_arg: list[str] = typer.Option([], "--editor-arg", help="Editor option key=value (repeatable), typed by the editor's config."),
     editor_config: Optional[Path] = typer.Option(None, "--editor-config", help="YAML file of editor options."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Named editor preset (e.g. lite)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run with a different spec in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run with a different spec in --out (only its own files)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo samples that failed in an earlier attempt."),
+    min_coverage: MinCoverageOpt = None,
     backend: BackendOpt = "local",
     ray_address: RayAddressOpt = None,
     num_workers: NumWorkersOpt = None,
@@ -118,54 +154,47 @@ def evaluate_cmd(
     ignore_checksums: IgnoreChecksumsOpt = False,
 ) -> None:
     """Run an editor on a dataset into a resumable run directory, then score it."""
-    from ..editor_config import EditorConfigError, build_editor
-    from ..registry import RegistryError
-    from ..runner import RunError, RunOptions, run
-    from ..scoring import ScoreOptions
+    from ..editor_config import build_editor
+    from ..runner import RunOptions, run
+    from ..scoring import ScoreOptions, resolve_metrics
 
+    _coverage(min_coverage)
+    score_options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device)
+    resolve_metrics(score_options)  # an unknown --metrics name fails before any model loads
     distributed = _ray_backend(backend, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device)
     loaded = _load(dataset, ignore_checksums)
-    try:
-        ed = build_editor(editor, editor_arg, editor_config, preset)
-    except (RegistryError, EditorConfigError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+    ed = build_editor(editor, editor_arg, editor_config, preset)
     if distributed is not None:
         from ..distributed import EditorRecipe
 
         distributed.recipe = EditorRecipe.from_cli(editor, editor_arg, editor_config, preset)
     options = RunOptions(
         seeds=_seeds(seeds), limit=limit, batch_size=batch_size, device=device, overwrite=overwrite,
-        retry_failed=retry_failed,
-        score=ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device),
+        retry_failed=retry_failed, score=score_options,
     )
+    from ..errors import CiebenchError, ExitCode
+
     try:
         if distributed is None:
             stats, result = run(ed, loaded, out, options)
         else:
-            from ..distributed import DistributedError
-
-            try:
-                with distributed:
-                    stats, result = run(ed, loaded, out, options, backend=distributed.generate,
-                                        region=distributed.region_scoring())
-            except DistributedError as exc:
-                typer.echo(f"error: {exc}\nfinished samples are kept in {out}; rerun the same command to resume.", err=True)
-                raise typer.Exit(1)
-    except RunError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
-    except (OSError, RuntimeError) as exc:  # a model that cannot be loaded (offline, missing weights)
-        typer.echo(f"error: {exc}\nfinished samples are kept in {out}; fix the cause and rerun the same command to "
-                   "resume (use -v for details).", err=True)
-        raise typer.Exit(1)
+            with distributed:
+                stats, result = run(ed, loaded, out, options, backend=distributed.generate,
+                                    region=distributed.region_scoring())
+    except CiebenchError as exc:
+        if exc.hint is None and out.is_dir():
+            exc.hint = f"finished samples are kept in {out}; rerun the same command to resume"
+        raise
+    except (OSError, RuntimeError) as exc:  # a model that cannot be loaded (offline, missing weights), a full disk
+        raise _environment(exc, out, resumable=True) from exc
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: finished samples are kept in {out}; rerun the same command to resume.", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
     finally:
         ed.close()
     typer.echo(f"generated {stats.generated}, resumed {stats.skipped}, failed {stats.failed}")
     _print_summary(result.summary, out)
+    _check_result(result.summary, score_options.metrics, min_coverage)
 
 
 @app.command("score")
@@ -178,8 +207,10 @@ def score_cmd(
     judge: JudgeOpt = None,
     device: DeviceOpt = "cpu",
     batch_size: int = typer.Option(8, "--batch-size", "-b"),
-    limit: Optional[int] = typer.Option(None, "--limit"),
-    allow_missing: bool = typer.Option(False, "--allow-missing", help="Exit 0 even when predictions are missing or unreadable."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N samples."),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="Exit 0 even when predictions are missing or unreadable "
+                                                                      "(still non-zero when nothing scored, or below --min-coverage)."),
+    min_coverage: MinCoverageOpt = None,
     backend: BackendOpt = "local",
     ray_address: RayAddressOpt = None,
     num_workers: NumWorkersOpt = None,
@@ -188,46 +219,44 @@ def score_cmd(
     ignore_checksums: IgnoreChecksumsOpt = False,
 ) -> None:
     """Score a folder of edited images against a dataset."""
+    from .. import outdir
+    from ..errors import CiebenchError, IncompleteResult, UsageError
     from ..io import atomic_write_json
-    from ..scoring import ScoreOptions, find_predictions, score
+    from ..scoring import ScoreOptions, find_predictions, resolve_metrics, score
+    from ..status import Status
 
+    _coverage(min_coverage)
     if not predictions.is_dir():
-        typer.echo(f"error: --predictions {predictions} is not a folder", err=True)
-        raise typer.Exit(2)
+        raise UsageError(f"--predictions {predictions} is not a folder")
+    options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device, batch_size=batch_size)
+    resolve_metrics(options)
     distributed = _ray_backend(backend, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device)
     loaded = _load(dataset, ignore_checksums)
     ids = loaded.dataset["id"][: limit if limit is not None else None]
-    options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device, batch_size=batch_size)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "spec.json", {"editor": None, "predictions": str(predictions.resolve()),
-                                          "dataset": {"spec": dataset, "revision": loaded.revision, "n": len(ids)},
-                                          "score_options": options.__dict__})
-    try:
-        if distributed is None:
-            result = score(loaded, find_predictions(predictions, ids), out, options)
-        else:
-            from ..distributed import DistributedError
-
-            try:
+    outdir.claim(out, "score")
+    with outdir.lock(out):
+        outdir.clean_stale_temp(out)
+        atomic_write_json(out / "spec.json", {"editor": None, "predictions": str(predictions.resolve()),
+                                              "dataset": {"spec": dataset, "revision": loaded.revision, "n": len(ids)},
+                                              "score_options": options.__dict__})
+        try:
+            if distributed is None:
+                result = score(loaded, find_predictions(predictions, ids), out, options)
+            else:
                 with distributed:
                     result = score(loaded, find_predictions(predictions, ids), out, options,
                                    region=distributed.region_scoring())
-            except DistributedError as exc:
-                typer.echo(f"error: {exc}", err=True)
-                raise typer.Exit(1)
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
-    except (OSError, RuntimeError) as exc:  # a model that cannot be loaded (offline, missing weights)
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+        except CiebenchError:
+            raise
+        except (OSError, RuntimeError) as exc:  # a model that cannot be loaded (offline, missing weights)
+            raise _environment(exc, out, resumable=False) from exc
     _print_summary(result.summary, out)
-    bad = [r for r in result.rows if r["status"] != "ok"]
+    bad = [r for r in result.rows if r["status"] != Status.OK]
     for row in bad:
         typer.echo(f"  {row['status']}: sample {row['sample_id']}: {row['error']}", err=True)
+    _check_result(result.summary, options.metrics, min_coverage)
     if bad and not allow_missing:
-        typer.echo(f"{len(bad)} prediction(s) missing or unusable (pass --allow-missing to accept)", err=True)
-        raise typer.Exit(1)
+        raise IncompleteResult(f"{len(bad)} prediction(s) missing or unusable", hint="pass --allow-missing to accept")
 
 
 @app.command("editors")

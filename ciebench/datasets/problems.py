@@ -4,7 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-class DatasetError(Exception):
+from ..errors import DataError
+
+
+class DatasetError(DataError):
     """A dataset cannot be used as asked (unknown spec, unreadable annotation file, strict load)."""
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ..errors import ExitCode
 from ..io import sha256_file
 from .authors import ANNOTATION_FILES
 from .problems import DatasetError
@@ -47,6 +48,7 @@ SOURCES_ENV = "CIEBENCH_SOURCES"  # whitespace-separated `url[#folder]` entries,
 
 
 class ChecksumError(DatasetError):
+    exit_code = ExitCode.INTEGRITY
     def __init__(self, source: str, bad: list[str]):
         self.bad = bad
         listing = "\n  ".join(bad[:20]) + ("\n  ..." if len(bad) > 20 else "")

@@ -1,0 +1,48 @@
+"""Row statuses: the one vocabulary of what happened to a (sample, seed), shared by the runner, the
+scorer, the leaderboard and the gallery.
+
+A `str` enum, so `Status.OK == "ok"` and the values written to samples.csv, samples.jsonl and the run
+records stay the plain strings they have always been.
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Status(str, Enum):
+    OK = "ok"
+    # generation (records/<stem>.json)
+    EDIT_ERROR = "edit_error"          # the editor raised or reported a failure
+    INVALID = "invalid"                # the editor returned NaN/inf pixels, a wrong size or shape
+    OUT_OF_RANGE = "out_of_range"      # float pixels outside [0, 1] or integers outside [0, 255]
+    RECORD_ERROR = "record_error"      # the result could not be recorded (e.g. a trace that is not JSON)
+    # scoring
+    MISSING = "missing"                # no prediction file / not generated
+    CORRUPT = "corrupt"                # the prediction file does not decode
+    METRIC_ERROR = "metric_error"      # a metric failed on a readable prediction
+    UNKNOWN_SAMPLE = "unknown_sample"  # a prediction for an id the dataset does not have
+
+    # Written as its value everywhere (CSV, JSON, f-strings), never as "Status.OK".
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @classmethod
+    def describe(cls) -> dict[str, str]:
+        return {s.value: _MEANING[s] for s in cls}
+
+
+_MEANING = {
+    Status.OK: "scored",
+    Status.EDIT_ERROR: "the editor failed on this sample",
+    Status.INVALID: "the editor returned an unusable image (NaN/inf, wrong size or shape)",
+    Status.OUT_OF_RANGE: "the editor returned pixel values outside the valid range (float outside [0, 1], "
+                         "integers outside [0, 255]); nothing is clipped",
+    Status.RECORD_ERROR: "the result could not be recorded (its trace is kept as text)",
+    Status.MISSING: "no prediction for this sample",
+    Status.CORRUPT: "the prediction file cannot be decoded",
+    Status.METRIC_ERROR: "a metric failed on this prediction",
+    Status.UNKNOWN_SAMPLE: "a prediction for an id that is not in the dataset",
+}
+
+# Generation statuses that are failures of the editor's output (as opposed to a missing file).
+GENERATION_FAILURES = frozenset({Status.EDIT_ERROR, Status.INVALID, Status.OUT_OF_RANGE, Status.RECORD_ERROR})

@@ -1,0 +1,110 @@
+"""Generated bad inputs for the reliability tests (issue 11): small JSONL datasets with odd ids, editors
+that fail, return out-of-range pixels or unserialisable traces, and a process that holds a lock.
+Nothing binary is committed: every image is drawn here."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ciebench import EditRequest, EditResult, Editor
+
+# Ids that broke earlier versions: pandas missing-value spellings, leading zeros that must stay
+# distinct from the number, a 26-character Chinese id, a 300-character id, path-like and case-twin ids.
+CHINESE_ID = "把桌子上的红色杯子换成蓝色的瓷杯并保留阴影和倒影效果"
+ODD_IDS = ["NA", "null", "nan", "007", "7", CHINESE_ID, "x" * 300, "a/b", "A", "a", "None", ""]
+ODD_IDS = [i for i in ODD_IDS if i]  # an empty id is not a valid sample id
+assert len(CHINESE_ID) == 26
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int] = (24, 16)) -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def write_mask(path: Path, size: tuple[int, int] = (24, 16)) -> None:
+    mask = np.zeros((size[1], size[0]), dtype=np.uint8)
+    mask[4:12, 6:18] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(path)
+
+
+def jsonl_dataset(root: Path, ids: list[str]) -> Path:
+    """A JSONL dataset folder `root` with one generated sample per id (files named by index)."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for k, sample_id in enumerate(ids):
+        write_image(root / f"img{k}.png", k)
+        write_mask(root / f"mask{k}.png")
+        lines.append(json.dumps({"id": sample_id, "image": f"img{k}.png", "mask": f"mask{k}.png",
+                                 "instruction": f"make object {k} blue", "clip_text": "a blue object",
+                                 "edit_type": "change"}))
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+class AlwaysFails(Editor):
+    name = "always-fails"
+
+    def edit(self, requests: list[EditRequest]) -> list[EditResult]:
+        return [EditResult.failure("simulated failure") for _ in requests]
+
+
+class FailsFirstId(Editor):
+    """Identity, except that it fails on the sample whose id sorts first."""
+
+    name = "fails-first"
+
+    def edit(self, requests: list[EditRequest]) -> list[EditResult]:
+        return [EditResult.failure("hard sample") if r.sample_id == "NA" else EditResult(image=r.image)
+                for r in requests]
+
+
+class BadOutputs(Editor):
+    """Per id: float pixels above 1, negative int pixels, ints above 255, an object in the trace, NaN
+    in the trace; any other id gets a clean float image in [0, 1]."""
+
+    name = "bad-outputs"
+
+    def edit(self, requests: list[EditRequest]) -> list[EditResult]:
+        results = []
+        for r in requests:
+            base = np.asarray(r.image, dtype=np.float64) / 255.0
+            if r.sample_id == "float-high":
+                results.append(EditResult(image=base * 1.5 + 0.2))
+            elif r.sample_id == "int-negative":
+                results.append(EditResult(image=(base * 255).astype(np.int16) - 40))
+            elif r.sample_id == "int-high":
+                results.append(EditResult(image=(base * 255).astype(np.int32) + 300))
+            elif r.sample_id == "object-trace":
+                results.append(EditResult(image=r.image, trace={"model": object(), "step": 1}))
+            elif r.sample_id == "nan-trace":
+                results.append(EditResult(image=r.image, trace={"score": math.nan, "gain": [1.0, math.inf]}))
+            else:
+                results.append(EditResult(image=base))
+        return results
+
+
+LOCK_HOLDER = """
+import sys, time
+from ciebench import outdir
+with outdir.lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """A separate process holding `outdir.lock(folder)`; returns once it holds it."""
+    proc = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    line = proc.stdout.readline()
+    assert line.strip() == "locked" and time.monotonic() < deadline, line
+    return proc
