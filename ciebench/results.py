@@ -184,8 +184,11 @@ def _seed_mean(values: pd.Series) -> float:
 def result_problems(summary: dict[str, Any], requested: Iterable[str] | None = None,
                     min_coverage: float | None = None) -> list[str]:
     """Why a finished evaluation or score does not answer what was asked (empty: it does): no sample,
-    no sample scored, a requested metric without any value, or a metric's coverage below
-    `min_coverage`. The CLI exits non-zero (ExitCode.INCOMPLETE) on any of these."""
+    no sample scored, a metric the user asked for by name (`requested`) without any value, or a
+    metric's coverage below `min_coverage` (the requested metrics, or every metric when none was
+    named). The CLI exits non-zero (ExitCode.INCOMPLETE) on any of these. Metrics computed by default
+    may be undefined everywhere for a legitimate reason (locality of an editor that changes nothing),
+    so only named ones must have a value."""
     problems = []
     n = int(summary.get("n_samples") or 0)
     if n == 0:
@@ -194,11 +197,16 @@ def result_problems(summary: dict[str, Any], requested: Iterable[str] | None = N
     if n_ok == 0:
         problems.append(f"no sample succeeded (0 of {n})")
     metrics = summary.get("metrics") or {}
-    for name in requested if requested is not None else metrics:
+    requested = list(requested or [])
+    for name in requested:
         block = metrics.get(name)
         if block is None or not block.get("n"):
             problems.append(f"metric {name!r} has no value for any sample")
-        elif min_coverage is not None and float(block.get("coverage", 0.0)) < min_coverage:
+    for name in requested or list(metrics):
+        block = metrics.get(name)
+        if block is None or not block.get("n"):
+            continue
+        if min_coverage is not None and float(block.get("coverage", 0.0)) < min_coverage:
             problems.append(f"metric {name!r} covers {float(block['coverage']):.1%} of samples, "
                             f"below --min-coverage {min_coverage:.1%}")
     return problems

@@ -228,6 +228,20 @@ def test_exit_codes_tell_the_truth(tmp_path):
                 "--min-coverage", "2").exit_code == ExitCode.USAGE
 
 
+def test_result_problems_only_demand_values_of_metrics_asked_for():
+    from ciebench.results import result_problems
+
+    summary = {"n_samples": 4, "status_counts": {"ok": 4},
+               "metrics": {"psnr": {"n": 4, "coverage": 1.0}, "idcs": {"n": 0, "coverage": 0.0},
+                           "locality_f1": {"n": 0, "coverage": 0.0}}}
+    assert result_problems(summary, []) == []  # default metrics may be undefined everywhere (identity editor)
+    assert result_problems(summary, ["idcs"]) == ["metric 'idcs' has no value for any sample"]
+    summary["metrics"]["psnr"].update(n=3, coverage=0.75)
+    assert result_problems(summary, [], min_coverage=0.8) == [
+        "metric 'psnr' covers 75.0% of samples, below --min-coverage 80.0%"]
+    assert result_problems({"n_samples": 0, "metrics": {}}, []) == ["the dataset has no samples to evaluate"]
+
+
 def test_user_error_classes_map_to_documented_exit_codes():
     from ciebench.datasets import DatasetError
     from ciebench.datasets.release import ChecksumError

@@ -41,10 +41,12 @@ def _check_result(summary: dict, requested: Optional[tuple[str, ...]], min_cover
     from ..errors import IncompleteResult
     from ..results import result_problems
 
-    wanted = None
-    if requested is not None:  # the columns the requested names stand for
+    wanted = []
+    if requested is not None:  # the columns the names given to --metrics stand for
         wanted = [m for m in summary["metrics"] if m in requested or (m.startswith("locality_") and "locality" in requested)]
         wanted += [m for m in requested if m not in summary["metrics"] and m != "locality"]
+    elif summary.get("judge"):  # --judge asks for IDCS
+        wanted = ["idcs"]
     problems = result_problems(summary, wanted, min_coverage)
     if problems:
         raise IncompleteResult("; ".join(problems))
