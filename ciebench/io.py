@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 
@@ -59,7 +60,7 @@ def json_text(obj: Any, indent: int | None = 2) -> str:
 def json_safe(obj: Any) -> Any:
     """`obj` with non-finite floats as strings (the one JSON number codec), numpy values, sets and paths
     converted; anything else that JSON cannot hold raises TypeError naming its type."""
-    if isinstance(obj, float) or (hasattr(obj, "dtype") and getattr(obj, "shape", None) == () and obj.dtype.kind == "f"):
+    if isinstance(obj, (float, np.floating)):
         from .stats import json_number
 
         return json_number(float(obj))
