@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import DataError
 
-class DatasetError(Exception):
+
+class DatasetError(DataError):
     """A dataset cannot be used as asked (unknown spec, unreadable annotation file, strict load)."""
 
 
