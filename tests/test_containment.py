@@ -280,3 +280,9 @@ def test_download_stops_at_its_limit(tmp_path: Path):
         download(source.as_uri(), tmp_path / "got", max_bytes=2 << 20)
     download(source.as_uri(), tmp_path / "got2", max_bytes=4 << 20)
     assert (tmp_path / "got2").stat().st_size == 3 << 20
+
+
+def test_a_dataset_spec_that_is_a_fifo_is_refused(tmp_path: Path):
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    with pytest.raises(DatasetError, match="neither a regular file nor a folder"):
+        read_dataset(str(tmp_path / "pipe.jsonl"))

@@ -84,6 +84,8 @@ def read_dataset(spec: str, *, verify: bool = True, sources: list[str] | None = 
         if path.suffix.lower() == ".jsonl":
             return _finish(*read_jsonl_manifest(path), spec, "jsonl")
         raise DatasetError(f"{path}: a dataset file must be .parquet or .jsonl")
+    if not path.is_dir():
+        raise DatasetError(f"{path}: neither a regular file nor a folder; refused without reading")
     if (path / "dataset_info.json").exists() and (path / "state.json").exists():
         return _wrap(_read_table(lambda: datasets.load_from_disk(str(path)), path), spec, "saved", [path])
     if find_annotation(path) is not None:
