@@ -207,7 +207,8 @@ def test_unreadable_parquet_is_one_clear_error(tmp_path: Path):
     assert result.exit_code != 0 and "Traceback" not in result.output and "d.parquet" in result.output
 
 
-@pytest.mark.parametrize("column,value", [("id", [1.5]), ("clip_text", ["not a list"])])
+@pytest.mark.parametrize("column,value", [("id", [1.5]), ("clip_text", ["not a list"]), ("clip_text", [None]),
+                                          ("mask", [{"bytes": b"GIF89a", "path": None}])])
 def test_parquet_with_foreign_column_types(tmp_path: Path, column: str, value: list):
     rows = {"id": ["a"], "image": [{"bytes": png_bytes(picture(0)), "path": None}], "mask": [None],
             "instruction": ["x"], "clip_text": [["y"]], "edit_type": ["remove"], "notes": [""], "meta": ["{}"]}
@@ -216,3 +217,4 @@ def test_parquet_with_foreign_column_types(tmp_path: Path, column: str, value: l
     result = runner.invoke(app, ["data", "validate", str(tmp_path / "d.parquet")])
     assert "Traceback" not in result.output, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "usable samples" in result.output or "d.parquet" in result.output

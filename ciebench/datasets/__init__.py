@@ -118,7 +118,7 @@ def dataset_revision(dataset: datasets.Dataset) -> str:
     for row in raw:
         h.update(row["id"].encode())
         h.update(row["instruction"].encode())
-        h.update("\x00".join(row["clip_text"]).encode())
+        h.update("\x00".join(row["clip_text"] or []).encode())  # a table may hold null for "no texts"
         for key in ("image", "mask"):
             value = row[key]
             if value is None:
