@@ -177,7 +177,7 @@ def test_mutated_datasets_never_crash_and_never_read_outside(monkeypatch):
     deferred: list[str] = []
 
     @settings(max_examples=int(os.environ.get("CIEBENCH_FUZZ_EXAMPLES", "8")), deadline=None, derandomize=True,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+              database=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(case=cases)
     def prop(case: Case) -> None:
         work = Path(tempfile.mkdtemp(prefix="ciebench-fuzz-"))
