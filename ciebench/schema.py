@@ -9,6 +9,8 @@ from typing import Any
 import datasets
 from PIL import Image
 
+from .images import open_image, open_image_file, to_mask8, to_rgb8
+
 EDIT_TYPES = ("remove", "replace", "add", "recolor", "other")
 
 FEATURES = datasets.Features(
@@ -45,19 +47,21 @@ class EditSample:
         """The mask at the image's size (nearest-neighbour resize, as the protocols do), mode L."""
         if self.mask is None:
             return None
-        mask = self.mask if self.mask.mode == "L" else self.mask.convert("L")
+        mask = to_mask8(self.mask)
         if mask.size != self.image.size:
             mask = mask.resize(self.image.size, Image.NEAREST)
         return mask
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "EditSample":
+        # The pixel rule of `ciebench.images`: 16-bit and float sources scaled (never clipped), one
+        # mask rule (0/1 label maps rescaled), so editors, metrics and the gallery all see the same.
         image = _as_pil(row["image"])
         mask = _as_pil(row.get("mask"))
-        if image is not None and image.mode != "RGB":
-            image = image.convert("RGB")
-        if mask is not None and mask.mode != "L":
-            mask = mask.convert("L")
+        if image is not None:
+            image = to_rgb8(image)
+        if mask is not None:
+            mask = to_mask8(mask)
         meta = row.get("meta") or "{}"
         return cls(
             id=str(row["id"]),
@@ -110,9 +114,11 @@ def _as_pil(value: Any) -> Image.Image | None:
     if value is None or isinstance(value, Image.Image):
         return value
     if isinstance(value, dict):
+        # Loaders have already confined any path to the dataset's folder; reading still goes through
+        # the one guarded opener (regular files only, allowed formats, pixel limit).
         if value.get("bytes") is not None:
-            return Image.open(io.BytesIO(value["bytes"]))
+            return open_image(value["bytes"])
         if value.get("path"):
-            return Image.open(value["path"])
+            return open_image_file(value["path"])
         return None
     raise TypeError(f"cannot read an image from {type(value).__name__}")

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ciebench.images import to_mask8, to_rgb8
+
 from .protocols import Protocol
 
 _FILTERS = {
@@ -32,24 +34,17 @@ def pil_filter(name: str) -> Image.Resampling:
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB the way the published scripts read predictions (`convert("RGB")`): grey is
     replicated into three channels, alpha is dropped (not composited), palettes are expanded.
-    16-bit grey is scaled to 8 bits (v / 257); 32-bit integer or float images are refused because
-    their range is not knowable from the file."""
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I;16"):
-        grey = np.asarray(image).astype(np.float64)
-        return Image.fromarray(np.round(grey / 257.0).astype(np.uint8), "L").convert("RGB")
+    16-bit grey is scaled to 8 bits (v / 257) by the pixel rule of `ciebench.images`; 32-bit integer
+    or float *predictions* are refused because their range is not knowable from the file (dataset
+    sources have already been brought to 8-bit RGB by that rule when they were read)."""
     if image.mode in ("I", "F"):
         raise ValueError(f"unsupported image mode {image.mode!r} (32-bit): save predictions as 8-bit RGB, L or RGBA")
-    return image.convert("RGB")
+    return to_rgb8(image)
 
 
 def to_mask(mask: Image.Image | None) -> Image.Image | None:
-    if mask is None or mask.mode == "L":
-        return mask
-    if mask.mode in ("RGBA", "LA", "PA"):
-        mask = mask.convert("RGB")
-    return mask.convert("L")
+    """The one mask rule (`ciebench.images.to_mask8`): 8-bit L, 255 = edit region, 0/1 label maps rescaled."""
+    return None if mask is None else to_mask8(mask)
 
 
 @dataclass

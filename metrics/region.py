@@ -53,6 +53,10 @@ METRICS: dict[str, tuple[str, ...]] = {
     "clip": ("clip",),
     "locality": LOCALITY_COLUMNS,
 }
+# Metrics of the unchanged region: NaN, with NO_BACKGROUND as the row's "note", when the mask covers
+# the whole image.
+PRESERVATION = frozenset({"psnr", "ssim", "lpips", "mse"})
+NO_BACKGROUND = "psnr/mse/ssim/lpips undefined: the mask covers the whole image, no background is left to compare"
 _PIXELS_PER_CHUNK = 8 * 512 * 512  # images of one size are stacked up to about this many pixels
 
 
@@ -114,6 +118,7 @@ class RegionScorer:
         self.protocol = get_protocol(protocol)
         self.metrics = resolve_metrics(metrics)
         self.columns = [c for m in self.metrics for c in METRICS[m]]
+        self._preservation = [c for c in self.columns if c in PRESERVATION]
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.workers = workers
@@ -196,6 +201,10 @@ class RegionScorer:
         for p, row, errs in zip(batch, rows, errors):
             if errs:
                 row["error"] = "; ".join(errs)
+            elif self._preservation and bool((p.mask >= 1).all()):
+                # The parity formula would compare two all-zero images and report a perfect score
+                # (PSNR inf, MSE 0) for any editor; with no background the metrics are undefined.
+                row.update(dict.fromkeys(self._preservation, math.nan), note=NO_BACKGROUND)
             out.append((p.sample_id, row))
         return out
 

@@ -182,11 +182,13 @@ def test_all_ones_mask(toy_scorers):
     pred = synthetic_edit(source, None, "noise_everywhere")
     ones = Image.new("L", source.size, 255)
     parity = toy_scorers["cielr"].score_one(ScoreItem("o", source, ones, pred, ["lamp"]))
-    # Parity multiplies both images by 0: identical black images (the published quirk).
-    assert math.isinf(parity["psnr"]) and parity["ssim"] == 1 and parity["lpips"] == 0 and parity["mse"] == 0
+    # Parity would multiply both images by 0 and call identical black images perfect (the published
+    # quirk: PSNR inf, MSE 0 for any editor); with no background they are undefined (issue #11 §6).
+    assert all(math.isnan(parity[m]) for m in PIXEL_METRICS) and "no background" in parity["note"]
     assert math.isfinite(parity["clip"]) and parity["locality_precision"] == 1
     exact = toy_scorers["exact"].score_one(ScoreItem("o", source, ones, pred, ["lamp"]))
     assert all(math.isnan(exact[m]) for m in PIXEL_METRICS) and math.isfinite(exact["clip"])
+    assert "error" not in parity and "error" not in exact
 
 
 @pytest.mark.parametrize("name", ["cielr", "exact"])

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import datasets
 
+from ..images import read_regular_file
 from ..schema import FEATURES, EditSample
 from .authors import find_annotation, read_authors_folder
+from .files import check_pair, decode_image, read_contained
 from .jsonl import MANIFEST_NAME, read_jsonl_manifest
 from .mini import read_mini
 from .problems import DatasetError, Problem, errors
@@ -74,20 +78,24 @@ def read_dataset(spec: str, *, verify: bool = True, sources: list[str] | None = 
             f"unknown dataset {spec!r}: not a named dataset ({', '.join(NAMED)}), not 'hf:ORG/NAME[@rev]', "
             f"and no such file or folder.{hint}")
     if path.is_file():
-        if path.suffix == ".parquet":
-            return _wrap(datasets.Dataset.from_parquet(str(path), features=FEATURES), spec, "parquet")
-        if path.suffix == ".jsonl":
+        if path.suffix.lower() == ".parquet":
+            return _wrap(_read_table(lambda: datasets.Dataset.from_parquet(str(path), features=FEATURES), path),
+                         spec, "parquet", [path.parent])
+        if path.suffix.lower() == ".jsonl":
             return _finish(*read_jsonl_manifest(path), spec, "jsonl")
         raise DatasetError(f"{path}: a dataset file must be .parquet or .jsonl")
+    if not path.is_dir():
+        raise DatasetError(f"{path}: neither a regular file nor a folder; refused without reading")
     if (path / "dataset_info.json").exists() and (path / "state.json").exists():
-        return _wrap(datasets.load_from_disk(str(path)), spec, "saved")
+        return _wrap(_read_table(lambda: datasets.load_from_disk(str(path)), path), spec, "saved", [path])
     if find_annotation(path) is not None:
         return _finish(*read_authors_folder(path), spec, "authors")
     if (path / MANIFEST_NAME).is_file():
         return _finish(*read_jsonl_manifest(path / MANIFEST_NAME), spec, "jsonl")
     parquet = sorted(path.glob("*.parquet")) or sorted(path.glob("**/*.parquet"))
     if parquet:
-        return _wrap(datasets.Dataset.from_parquet([str(p) for p in parquet], features=FEATURES), spec, "parquet")
+        return _wrap(_read_table(lambda: datasets.Dataset.from_parquet([str(p) for p in parquet], features=FEATURES), path),
+                     spec, "parquet", [path])
     if is_reasonedit_folder(path):
         loaded = _finish(*read_reasonedit_folder(path), spec, "reasonedit")
         loaded.default_protocol = "smartedit"
@@ -110,7 +118,7 @@ def dataset_revision(dataset: datasets.Dataset) -> str:
     for row in raw:
         h.update(row["id"].encode())
         h.update(row["instruction"].encode())
-        h.update("\x00".join(row["clip_text"]).encode())
+        h.update("\x00".join(row["clip_text"] or []).encode())  # a table may hold null for "no texts"
         for key in ("image", "mask"):
             value = row[key]
             if value is None:
@@ -118,33 +126,135 @@ def dataset_revision(dataset: datasets.Dataset) -> str:
             elif value.get("bytes") is not None:
                 h.update(hashlib.sha256(value["bytes"]).digest())
             else:
-                h.update(hashlib.sha256(Path(value["path"]).read_bytes()).digest())
+                h.update(hashlib.sha256(read_regular_file(value["path"])).digest())
     return h.hexdigest()[:16]
 
 
 def _finish(rows: list[dict[str, Any]], problems: list[Problem], spec: str, kind: str) -> LoadedDataset:
-    dataset = datasets.Dataset.from_list(rows, features=FEATURES) if rows else datasets.Dataset.from_dict(
-        {k: [] for k in FEATURES}, features=FEATURES)
+    dataset = datasets.Dataset.from_list(rows, features=FEATURES) if rows else _empty()
     loaded = LoadedDataset(dataset=dataset, spec=spec, kind=kind, problems=problems)
     loaded.revision = dataset_revision(dataset)
     return loaded
 
 
-def _wrap(dataset: datasets.Dataset, spec: str, kind: str) -> LoadedDataset:
+def _read_table(read: Callable[[], Any], path: Path) -> Any:
+    """Run a `datasets` reader; a file it cannot parse is a `DatasetError` naming the file."""
+    try:
+        return read()
+    except DatasetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow / datasets raise many types for bad files
+        raise DatasetError(f"{path}: cannot read it as a dataset ({type(exc).__name__}: {exc})") from exc
+
+
+def _wrap(dataset: datasets.Dataset, spec: str, kind: str, roots: list[Path]) -> LoadedDataset:
+    """A table that already has ciebench's columns (saved, parquet, hub), validated row by row like
+    the file loaders: every image and mask is decoded with the shared allow-list, and an `Image`
+    value that carries only a `path` is read only when the path lies inside one of `roots` (the
+    dataset's own folder) and is then embedded as bytes; anything else is an error for that row."""
     missing = [k for k in FEATURES if k not in dataset.column_names]
     if missing:
         raise DatasetError(f"{spec}: dataset lacks ciebench columns {missing}; convert it with `ciebench data prepare`")
-    dataset = dataset.select_columns(list(FEATURES)).cast(FEATURES)
-    problems = []
-    ids = dataset["id"]
+    try:
+        dataset = dataset.select_columns(list(FEATURES)).cast(FEATURES)
+    except Exception as exc:  # noqa: BLE001
+        raise DatasetError(f"{spec}: columns do not fit ciebench's schema ({type(exc).__name__}: {exc})") from exc
+    raw = dataset.cast_column("image", datasets.Image(decode=False)).cast_column("mask", datasets.Image(decode=False))
+    problems: list[Problem] = []
+    keep: list[int] = []
+    rows: list[dict[str, Any]] = []
+    from_paths = False
     seen: set[str] = set()
-    for sample_id in ids:
-        if sample_id in seen:
-            problems.append(Problem("error", sample_id, None, "duplicate sample id"))
-        seen.add(sample_id)
+    for i, row in enumerate(raw):
+        checked = _check_row(row, i, roots, seen, problems)
+        if checked is None:
+            continue
+        row, read_a_path = checked
+        keep.append(i)
+        rows.append(row)
+        from_paths = from_paths or read_a_path
+    if from_paths:
+        # Rows that pointed at files now carry those files' bytes: nothing outside the checked
+        # folder can be read later, whatever the working directory.
+        dataset = datasets.Dataset.from_list(rows, features=FEATURES) if rows else _empty()
+    elif len(keep) < len(dataset):
+        dataset = dataset.select(keep, keep_in_memory=True)
     loaded = LoadedDataset(dataset=dataset, spec=spec, kind=kind, problems=problems)
     loaded.revision = dataset_revision(dataset)
     return loaded
+
+
+def _check_row(row: dict[str, Any], index: int, roots: list[Path], seen: set[str],
+               problems: list[Problem]) -> tuple[dict[str, Any], bool] | None:
+    """(the row with every image as bytes, whether a path was read), or None after logging errors."""
+    sample_id = row["id"]
+    where = f"row {index}"
+    if sample_id is None or sample_id == "":
+        problems.append(Problem("error", None, where, "sample id is missing (null or empty)"))
+        return None
+    if sample_id in seen:
+        problems.append(Problem("error", sample_id, where, "duplicate sample id; only the first is kept"))
+        return None
+    seen.add(sample_id)
+    if row["instruction"] is None:
+        problems.append(Problem("error", sample_id, where, "instruction is missing (null)"))
+        return None
+    if any(t is None for t in row["clip_text"] or []):
+        problems.append(Problem("error", sample_id, where, "clip_text holds a null entry"))
+        return None
+    try:
+        meta = json.loads(row["meta"]) if row["meta"] else {}
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        problems.append(Problem("error", sample_id, where, "meta is not a JSON object"))
+        return None
+    read_a_path = False
+    decoded = {}
+    for role in ("image", "mask"):
+        value = row[role]
+        if value is None or (value.get("bytes") is None and not value.get("path")):
+            if role == "image":
+                problems.append(Problem("error", sample_id, where, "image is missing (null)"))
+                return None
+            decoded[role] = None
+            continue
+        data = value.get("bytes")
+        name = value.get("path") or where
+        if data is None:
+            data = _read_from_roots(roots, str(value["path"]), sample_id, role, problems)
+            if data is None:
+                return None
+            read_a_path = True
+        image = decode_image(data, name, sample_id, role, problems)
+        if image is None:
+            return None
+        decoded[role] = image
+        row = {**row, role: {"bytes": data, "path": None}}
+    check_pair(decoded["image"], decoded["mask"], sample_id, where, where, problems)
+    return row, read_a_path
+
+
+def _read_from_roots(roots: list[Path], path: str, sample_id: str, role: str, problems: list[Problem]) -> bytes | None:
+    """An `Image` value's `path`: relative to the dataset's folder, or absolute inside one of `roots`."""
+    rel = path
+    if os.path.isabs(path):
+        for root in roots:
+            try:
+                rel = str(Path(path).resolve().relative_to(root.resolve()))
+            except (ValueError, OSError):
+                continue
+            return read_contained(root, rel, sample_id, role, problems)
+        problems.append(Problem("error", sample_id, path, f"{role} path lies outside the dataset folder; rejected"))
+        return None
+    if not roots:
+        problems.append(Problem("error", sample_id, path, f"{role} is a bare path with no dataset folder to resolve it in; rejected"))
+        return None
+    return read_contained(roots[0], rel, sample_id, role, problems)
+
+
+def _empty() -> datasets.Dataset:
+    return datasets.Dataset.from_dict({k: [] for k in FEATURES}, features=FEATURES)
 
 
 def _load_release(verify: bool, sources: list[str] | None) -> LoadedDataset:
@@ -174,10 +284,19 @@ def _load_release(verify: bool, sources: list[str] | None) -> LoadedDataset:
 def _load_hub(spec: str) -> LoadedDataset:
     name = spec[3:]
     name, _, revision = name.partition("@")
-    loaded = datasets.load_dataset(name, revision=revision or None)
+    loaded = _read_table(lambda: datasets.load_dataset(name, revision=revision or None), Path(name))
     if isinstance(loaded, datasets.DatasetDict):
         split = "test" if "test" in loaded else next(iter(loaded))
         loaded = loaded[split]
-    wrapped = _wrap(loaded, spec, "hub")
+    wrapped = _wrap(loaded, spec, "hub", _hub_roots(name))
     wrapped.revision = revision or wrapped.revision
     return wrapped
+
+
+def _hub_roots(name: str) -> list[Path]:
+    """Where a hub dataset's files may legitimately lie: a local folder given as the name, and the
+    caches `datasets` downloads into."""
+    import huggingface_hub.constants as hub
+
+    roots = [Path(name).expanduser()] if Path(name).expanduser().is_dir() else []
+    return roots + [Path(datasets.config.HF_DATASETS_CACHE), Path(hub.HF_HUB_CACHE)]

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..images import MAX_PIXELS, ImageRefused, mask_is_label_map, open_image, read_regular_file, to_mask8, to_rgb8
 from .problems import Problem
 
-# Above this many pixels an image is treated as a decompression bomb and never decoded. CIEBench's
-# largest image has about 1.0 Mpx; 64 Mpx leaves room for any real benchmark photograph.
-MAX_PIXELS = 64_000_000
-
+__all__ = ["MAX_PIXELS", "ReadImage", "resolve_inside", "read_image", "read_contained", "decode_image", "check_pair",
+           "union_masks"]
 
 @dataclass
 class ReadImage:
@@ -24,42 +23,56 @@ class ReadImage:
 
 def resolve_inside(root: Path, rel: str) -> Path | None:
     """The path `rel` under `root`, or None when it is absolute or escapes `root`."""
-    if not rel or os.path.isabs(rel) or rel.startswith(("/", "\\")) or ":" in Path(rel).parts[0]:
+    if not rel or "\x00" in rel or os.path.isabs(rel) or rel.startswith(("/", "\\")) or any(":" in p for p in Path(rel).parts[:1]):
         return None
-    root = root.resolve()
-    path = (root / rel).resolve()
     try:
+        root = root.resolve()
+        path = (root / rel).resolve()  # symlinks followed: a link pointing outside escapes too
         path.relative_to(root)
-    except ValueError:
+    except (ValueError, OSError):
         return None
     return path
 
 
-def read_image(root: Path, rel: str, sample_id: str, role: str, problems: list[Problem]) -> ReadImage | None:
-    """Read and fully decode one file; on failure append an error naming sample and file, return None."""
+def read_contained(root: Path, rel: str, sample_id: str, role: str, problems: list[Problem]) -> bytes | None:
+    """The bytes of the regular file `rel` inside `root`; on failure append an error naming sample and
+    file and return None. Special files (devices, FIFOs, sockets) are refused without being opened."""
     path = resolve_inside(root, rel)
     if path is None:
         problems.append(Problem("error", sample_id, rel, f"{role} path escapes the dataset folder (absolute or '..'); rejected"))
         return None
-    if not path.is_file():
+    if not path.exists():
         problems.append(Problem("error", sample_id, rel, f"{role} file is missing"))
         return None
-    data = path.read_bytes()
-    return decode_image(data, rel, sample_id, role, problems)
+    try:
+        return read_regular_file(path)
+    except ImageRefused as exc:
+        problems.append(Problem("error", sample_id, rel, f"{role} file: {_without_path(str(exc), path)}"))
+    except OSError as exc:
+        problems.append(Problem("error", sample_id, rel, f"{role} file cannot be read ({exc.strerror or exc})"))
+    return None
+
+
+def _without_path(message: str, path: Path) -> str:
+    """The problem line already names the file relative to the dataset; drop the absolute path."""
+    return message.removeprefix(f"{path}: ")
+
+
+def read_image(root: Path, rel: str, sample_id: str, role: str, problems: list[Problem]) -> ReadImage | None:
+    """Read and fully decode one file; on failure append an error naming sample and file, return None."""
+    data = read_contained(root, rel, sample_id, role, problems)
+    return None if data is None else decode_image(data, rel, sample_id, role, problems)
 
 
 def decode_image(data: bytes, name: str, sample_id: str, role: str, problems: list[Problem]) -> ReadImage | None:
+    """Decode `data` with the shared allow-list and check that its pixels convert by the pixel rule
+    (`ciebench.images`); on failure append an error and return None."""
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-            if width * height > MAX_PIXELS:
-                problems.append(Problem(
-                    "error", sample_id, name,
-                    f"{role} is {width}x{height} ({width * height / 1e6:.0f} Mpx), over the {MAX_PIXELS / 1e6:.0f} Mpx "
-                    "decompression-bomb limit; not decoded"))
-                return None
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        image = open_image(data)
+        to_mask8(image) if role == "mask" else to_rgb8(image)
+    except ImageRefused as exc:
+        problems.append(Problem("error", sample_id, name, f"{role} refused: {exc}"))
+        return None
     except Image.DecompressionBombError as exc:
         problems.append(Problem("error", sample_id, name, f"{role} rejected by the decompression-bomb limit ({exc})"))
         return None
@@ -73,18 +86,29 @@ def check_pair(image: ReadImage, mask: ReadImage | None, sample_id: str, image_n
                problems: list[Problem]) -> None:
     """Warnings that leave the sample usable: modes, size mismatch, empty mask."""
     if image.image.mode != "RGB":
-        problems.append(Problem("warning", sample_id, image_name, f"image mode is {image.image.mode}, not RGB; converted to RGB when used"))
+        problems.append(Problem("warning", sample_id, image_name, f"image mode is {image.image.mode}, not RGB; "
+                                f"{_conversion(image.image.mode)} to 8-bit RGB when used"))
     if mask is None:
         return
     if mask.image.mode not in ("L", "1"):
-        problems.append(Problem("warning", sample_id, mask_name, f"mask mode is {mask.image.mode}, not L; converted to L when used"))
+        problems.append(Problem("warning", sample_id, mask_name, f"mask mode is {mask.image.mode}, not L; "
+                                f"{_conversion(mask.image.mode)} to L when used"))
+    if mask_is_label_map(mask.image):
+        problems.append(Problem("warning", sample_id, mask_name, "mask holds only 0 and 1 (a label map, not 0/255); "
+                                "rescaled to 0/255 when used"))
     if mask.image.size != image.image.size:
         problems.append(Problem(
             "warning", sample_id, mask_name,
             f"mask is {mask.image.size[0]}x{mask.image.size[1]} but the image is {image.image.size[0]}x{image.image.size[1]}; "
             "resized with nearest neighbour to the image size when used, as the protocols do"))
-    if not np.asarray(mask.image.convert("L")).any():
+    if not np.asarray(to_mask8(mask.image)).any():
         problems.append(Problem("warning", sample_id, mask_name, "mask is empty (no pixel to edit); its CLIP score is undefined"))
+
+
+def _conversion(mode: str) -> str:
+    if mode.startswith("I") or mode == "F":
+        return "scaled (not clipped)"
+    return "converted"
 
 
 def union_masks(masks: list[ReadImage]) -> ReadImage:
@@ -92,7 +116,7 @@ def union_masks(masks: list[ReadImage]) -> ReadImage:
     if len(masks) == 1:
         return masks[0]
     size = masks[0].image.size
-    arrays = [np.asarray(m.image.convert("L").resize(size, Image.NEAREST)) for m in masks]
+    arrays = [np.asarray(to_mask8(m.image).resize(size, Image.NEAREST)) for m in masks]
     merged = Image.fromarray(np.maximum.reduce(arrays), mode="L")
     buf = io.BytesIO()
     merged.save(buf, format="PNG")

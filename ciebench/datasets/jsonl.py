@@ -5,54 +5,97 @@ optionally `edit_type` and `notes`; paths are relative to the manifest's folder.
 """
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 from typing import Any
 
 from ..schema import make_row
 from .edit_types import derive_edit_type
+from .fields import FieldTypes, is_optional_str, is_str, is_texts, json_type, sample_id_of, type_errors
 from .files import check_pair, read_image
-from .problems import Problem
+from .problems import DatasetError, Problem
 
 MANIFEST_NAME = "manifest.jsonl"
 
 
 def read_jsonl_manifest(manifest: Path) -> tuple[list[dict[str, Any]], list[Problem]]:
+    """Rows and problems of a manifest. Every bad line (not UTF-8, not JSON, not an object, a field
+    of the wrong type) is one error naming the file and line; the other lines load."""
     root = manifest.parent
     rows: list[dict[str, Any]] = []
     problems: list[Problem] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    try:
+        raw = manifest.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{manifest}: cannot read the manifest ({exc.strerror or exc})") from exc
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]  # a byte-order mark from Windows editors: not part of line 1
+    for lineno, data in enumerate(raw.splitlines(), start=1):
         where = f"{manifest.name}:{lineno}"
         try:
+            line = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(Problem("error", None, where, f"line is not UTF-8 ({exc.reason} at byte {exc.start})"))
+            continue
+        if not line.strip():
+            continue
+        try:
             entry = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             problems.append(Problem("error", None, where, f"not valid JSON: {exc}"))
             continue
-        missing = [k for k in ("id", "image", "instruction") if k not in entry]
-        if missing:
-            problems.append(Problem("error", str(entry.get("id")) if "id" in entry else None, where, f"missing keys: {missing}"))
+        if not isinstance(entry, dict):
+            problems.append(Problem("error", None, where, f"expected a JSON object, got {json_type(entry)}"))
             continue
-        sample_id = str(entry["id"])
-        if sample_id in seen:
-            problems.append(Problem("error", sample_id, where, "duplicate sample id; only the first is kept"))
-            continue
-        seen.add(sample_id)
-        image = read_image(root, str(entry["image"]), sample_id, "image", problems)
-        mask = read_image(root, str(entry["mask"]), sample_id, "mask", problems) if entry.get("mask") else None
-        if image is None or (entry.get("mask") and mask is None):
-            continue
-        check_pair(image, mask, sample_id, str(entry["image"]), entry.get("mask"), problems)
-        clip_text = entry.get("clip_text") or []
-        if isinstance(clip_text, str):
-            clip_text = [clip_text]
-        edit_type = entry.get("edit_type") or derive_edit_type(entry["instruction"], clip_text)
-        rows.append(make_row(
-            id=sample_id, image=image.data, mask=mask.data if mask else None, instruction=str(entry["instruction"]),
-            clip_text=[str(t) for t in clip_text], edit_type=str(edit_type), notes=str(entry.get("notes") or ""),
-            meta={"image_path": entry["image"], "mask_path": entry.get("mask"),
-                  "edit_type_source": "annotated" if entry.get("edit_type") else "derived"},
-        ))
+        row = _read_entry(root, entry, where, seen, problems)
+        if row is not None:
+            rows.append(row)
     return rows, problems
+
+
+def _read_entry(root: Path, entry: dict[str, Any], where: str, seen: set[str], problems: list[Problem]) -> dict[str, Any] | None:
+    raw_id = entry.get("id")
+    sample_id = sample_id_of(raw_id)
+    missing = [k for k in ("id", "image", "instruction") if k not in entry]
+    if missing:
+        problems.append(Problem("error", sample_id, where, f"missing keys: {missing}"))
+        return None
+    if sample_id is None:
+        problems.append(Problem("error", None, where, f"'id' must be a non-empty string or an integer, got {json_type(raw_id)}"))
+        return None
+    wrong = type_errors(entry, _FIELD_TYPES)
+    if wrong:
+        problems.append(Problem("error", sample_id, where, wrong))
+        return None
+    if sample_id in seen:
+        problems.append(Problem("error", sample_id, where, "duplicate sample id; only the first is kept"))
+        return None
+    seen.add(sample_id)
+    mask_rel = entry.get("mask") or None
+    image = read_image(root, entry["image"], sample_id, "image", problems)
+    mask = read_image(root, mask_rel, sample_id, "mask", problems) if mask_rel else None
+    if image is None or (mask_rel and mask is None):
+        return None
+    check_pair(image, mask, sample_id, entry["image"], mask_rel, problems)
+    clip_text = entry.get("clip_text") or []
+    if isinstance(clip_text, str):
+        clip_text = [clip_text]
+    edit_type = entry.get("edit_type") or derive_edit_type(entry["instruction"], clip_text)
+    return make_row(
+        id=sample_id, image=image.data, mask=mask.data if mask else None, instruction=entry["instruction"],
+        clip_text=list(clip_text), edit_type=edit_type, notes=entry.get("notes") or "",
+        meta={"image_path": entry["image"], "mask_path": mask_rel,
+              "edit_type_source": "annotated" if entry.get("edit_type") else "derived"},
+    )
+
+
+_FIELD_TYPES: FieldTypes = (
+    ("image", "a string (a path relative to the manifest)", is_str),
+    ("mask", "a string (a path relative to the manifest) or null", is_optional_str),
+    ("instruction", "a string", is_str),
+    ("clip_text", "a string or a list of strings", is_texts),
+    ("edit_type", "a string or null", is_optional_str),
+    ("notes", "a string or null", is_optional_str),
+)

@@ -2,7 +2,7 @@
 
 `1-Left-Right/ 2-Relative-Size/ 3-Mirror/ 4-Color/ 5-Multiple-Objects/ 6-Reasoning/`, each with source
 `*.png`, masks `*_mask.jpg`, and one text file whose line i is `<instruction> CLIP: <clip text>`, paired
-with the i-th file of the sorted png and mask lists (the released evaluation's pairing).
+with the i-th source in natural (numeric) order, and each source with the mask of the same stem.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..images import ImageRefused, read_regular_file
 from ..schema import make_row
 from .files import check_pair, read_image
 from .problems import Problem
@@ -17,32 +18,80 @@ from .problems import Problem
 CATEGORY_DIR = re.compile(r"^\d+-[A-Za-z][\w-]*$")
 
 
+MASK_NAME = re.compile(r"^(?P<stem>.+)_mask\.(jpe?g|png)$", re.IGNORECASE)
+
+
 def is_reasonedit_folder(root: Path) -> bool:
-    return any(p.is_dir() and CATEGORY_DIR.match(p.name) and list(p.glob("*.txt")) for p in root.iterdir())
+    return any(p.is_dir() and CATEGORY_DIR.match(p.name) and _texts(p) for p in root.iterdir())
 
 
 def category_name(folder: str) -> str:
     return folder.split("-", 1)[1].lower()
 
 
+def natural_key(stem: str) -> tuple:
+    """Order "2" before "10": digit runs compare as numbers, the rest as text."""
+    return tuple((0, int(part), "") if part[0] in "0123456789" else (1, 0, part.lower())
+                 for part in re.findall(r"[0-9]+|[^0-9]+", stem))
+
+
+def _texts(category: Path) -> list[Path]:
+    return sorted(p for p in category.iterdir() if p.is_file() and p.suffix.lower() == ".txt")
+
+
+def pair_files(names: list[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """Sources (`*.png`, any case, not `*_mask.*`) in natural order, each with the mask that shares
+    its stem (`<stem>_mask.jpg|jpeg|png`) or None; and the masks that have no source."""
+    masks = {}
+    sources = []
+    for name in names:
+        match = MASK_NAME.match(name)
+        if match:
+            masks.setdefault(match["stem"], name)
+        elif Path(name).suffix.lower() == ".png":
+            sources.append(name)
+    sources.sort(key=lambda n: natural_key(Path(n).stem))
+    paired = [(name, masks.pop(Path(name).stem, None)) for name in sources]
+    return paired, sorted(masks.values(), key=lambda n: natural_key(n))
+
+
 def read_reasonedit_folder(root: Path) -> tuple[list[dict[str, Any]], list[Problem]]:
+    """Line i of a category's text file pairs with its i-th source in natural order (1, 2, ..., 10);
+    each source pairs with the mask of the same numeric stem. A source without its mask, a mask
+    without its source, or a line count that differs from the source count is an error (with a
+    count mismatch no line can be trusted to describe its image, so the category is skipped)."""
     rows: list[dict[str, Any]] = []
     problems: list[Problem] = []
     for category in sorted(p for p in root.iterdir() if p.is_dir() and CATEGORY_DIR.match(p.name)):
-        texts = sorted(category.glob("*.txt"))
+        texts = _texts(category)
         if len(texts) != 1:
             problems.append(Problem("error", None, category.name, f"expected one instruction .txt file, found {len(texts)}"))
             continue
-        lines = [ln.strip() for ln in texts[0].read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-        images = sorted(p.name for p in category.glob("*.png"))
-        masks = sorted(p.name for p in category.glob("*_mask.jpg"))
-        if not (len(lines) == len(images) == len(masks)):
+        text_rel = f"{category.name}/{texts[0].name}"
+        try:
+            raw = read_regular_file(texts[0])
+        except (ImageRefused, OSError) as exc:
+            problems.append(Problem("error", None, text_rel, f"instruction file cannot be read ({exc})"))
+            continue
+        # utf-8-sig drops a byte-order mark; undecodable bytes become U+FFFD and are reported
+        text = raw.decode("utf-8-sig", errors="replace")
+        if "\ufffd" in text and b"\xef\xbf\xbd" not in raw:
+            problems.append(Problem("warning", None, text_rel, "instruction file is not valid UTF-8; bad bytes shown as U+FFFD"))
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        paired, orphans = pair_files(sorted(p.name for p in category.iterdir() if p.is_file()))
+        for mask_name in orphans:
+            problems.append(Problem("error", None, f"{category.name}/{mask_name}", "mask has no source image with its stem"))
+        if len(lines) != len(paired):
             problems.append(Problem(
-                "warning", None, category.name,
-                f"{len(lines)} instruction lines, {len(images)} png images, {len(masks)} masks; pairing the first "
-                f"{min(len(lines), len(images), len(masks))} by sorted order"))
-        for line, image_name, mask_name in zip(lines, images, masks):
+                "error", None, text_rel,
+                f"{len(lines)} instruction lines but {len(paired)} source images: cannot pair them; category skipped"))
+            continue
+        for line, (image_name, mask_name) in zip(lines, paired):
             sample_id = f"{category.name}/{Path(image_name).stem}"
+            if mask_name is None:
+                problems.append(Problem("error", sample_id, f"{category.name}/{image_name}",
+                                        f"no mask {Path(image_name).stem}_mask.jpg for this image"))
+                continue
             instruction, clip = _split_line(line)
             if clip is None:
                 problems.append(Problem("warning", sample_id, texts[0].name, "instruction line has no 'CLIP:' part"))

@@ -15,11 +15,12 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ..errors import ExitCode
+from ..errors import ExitCode, IntegrityError
 from ..io import sha256_file
 from .authors import ANNOTATION_FILES
 from .problems import DatasetError
@@ -47,8 +48,9 @@ DEFAULT_SOURCES = (
 SOURCES_ENV = "CIEBENCH_SOURCES"  # whitespace-separated `url[#folder]` entries, tried in order
 
 
-class ChecksumError(DatasetError):
+class ChecksumError(DatasetError, IntegrityError):
     exit_code = ExitCode.INTEGRITY
+
     def __init__(self, source: str, bad: list[str]):
         self.bad = bad
         listing = "\n  ".join(bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
@@ -102,23 +104,115 @@ def locate_release(tree: Path, folder: str | None) -> Path | None:
     return candidates[0] if candidates else None
 
 
-def unpack(archive: Path, dest: Path) -> None:
-    """Unpack a zip or tar archive, refusing members that would land outside `dest`."""
+_MiB = 1 << 20
+
+
+def _env_number(name: str, default: float, kind: type = int) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(float(text)) if kind is int else float(text)
+    except ValueError:
+        raise DatasetError(f"{name}={text!r} is not a number") from None
+    if value <= 0:
+        raise DatasetError(f"{name} must be positive, not {text}")
+    return value
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """What one download or archive may cost, checked while the bytes arrive (never from the
+    archive's own headers, which can lie). Override with the environment variables named below."""
+
+    max_bytes: int = 4 << 30  # CIEBENCH_MAX_EXTRACT_BYTES: total bytes written by an extraction
+    max_files: int = 100_000  # CIEBENCH_MAX_EXTRACT_FILES: members written by an extraction
+    # CIEBENCH_MAX_EXTRACT_RATIO: extracted bytes per archive byte (archives under 1 MiB count as
+    # 1 MiB), so a 658 KB zip may yield 100 MiB, not 400 MB, unless asked.
+    max_ratio: float = 100.0
+    max_download_bytes: int = 4 << 30  # CIEBENCH_MAX_DOWNLOAD_BYTES
+
+    @classmethod
+    def from_env(cls) -> "ExtractLimits":
+        d = cls()
+        return cls(max_bytes=int(_env_number("CIEBENCH_MAX_EXTRACT_BYTES", d.max_bytes)),
+                   max_files=int(_env_number("CIEBENCH_MAX_EXTRACT_FILES", d.max_files)),
+                   max_ratio=float(_env_number("CIEBENCH_MAX_EXTRACT_RATIO", d.max_ratio, float)),
+                   max_download_bytes=int(_env_number("CIEBENCH_MAX_DOWNLOAD_BYTES", d.max_download_bytes)))
+
+    def extract_budget(self, archive_size: int) -> int:
+        return int(min(self.max_bytes, self.max_ratio * max(archive_size, _MiB)))
+
+
+class _Budget:
+    """Counts files and bytes as an extraction writes them; raises the moment a limit is passed."""
+
+    def __init__(self, archive: Path, limits: ExtractLimits) -> None:
+        self.archive, self.limits = archive, limits
+        self.max_bytes = limits.extract_budget(archive.stat().st_size)
+        self.files = 0
+        self.bytes = 0
+
+    def add_file(self, name: str) -> None:
+        self.files += 1
+        if self.files > self.limits.max_files:
+            raise DatasetError(
+                f"{self.archive}: more than {self.limits.max_files} files (at {name!r}); extraction stopped",
+                hint="raise CIEBENCH_MAX_EXTRACT_FILES if the archive is trusted")
+
+    def copy(self, src, dest: Path, name: str) -> None:
+        with open(dest, "wb") as out:
+            while chunk := src.read(_MiB):
+                self.bytes += len(chunk)
+                if self.bytes > self.max_bytes:
+                    raise DatasetError(
+                        f"{self.archive}: expands to more than {self.max_bytes / _MiB:.0f} MiB (at {name!r}; the archive "
+                        f"is {self.archive.stat().st_size / _MiB:.2f} MiB); extraction stopped",
+                        hint="raise CIEBENCH_MAX_EXTRACT_BYTES / CIEBENCH_MAX_EXTRACT_RATIO if the archive is trusted")
+                out.write(chunk)
+
+
+def unpack(archive: Path, dest: Path, limits: ExtractLimits | None = None) -> None:
+    """Unpack a zip or tar archive member by member, refusing members that would land outside `dest`,
+    links and special members (devices, FIFOs), and stopping at `limits` (default: from the
+    environment) on total bytes and file count."""
     dest = dest.resolve()
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for member in zf.namelist():
-                _check_member(dest, member, archive)
-            zf.extractall(dest)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            for member in tf.getmembers():
-                _check_member(dest, member.name, archive)
-                if member.issym() or member.islnk():
-                    raise DatasetError(f"{archive}: archive member {member.name} is a link; refused")
-            tf.extractall(dest, filter="data")
-    else:
-        raise DatasetError(f"{archive}: not a zip or tar archive")
+    budget = _Budget(archive, limits or ExtractLimits.from_env())
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    _check_member(dest, info.filename, archive)
+                for info in zf.infolist():
+                    target = dest / info.filename
+                    if info.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    budget.add_file(info.filename)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src:
+                        budget.copy(src, target, info.filename)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                for member in tf:
+                    _check_member(dest, member.name, archive)
+                    if member.issym() or member.islnk():
+                        raise DatasetError(f"{archive}: archive member {member.name} is a link; refused")
+                    target = dest / member.name
+                    if member.isdir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    if not member.isreg():
+                        kind = ("a FIFO" if member.isfifo() else "a device" if member.isdev() else "a special member")
+                        raise DatasetError(f"{archive}: archive member {member.name} is {kind}; refused")
+                    budget.add_file(member.name)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    src = tf.extractfile(member)
+                    budget.copy(src, target, member.name)
+        else:
+            raise DatasetError(f"{archive}: not a zip or tar archive")
+    except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, zlib.error) as exc:
+        raise DatasetError(f"{archive}: cannot unpack ({type(exc).__name__}: {exc})") from exc
 
 
 def _check_member(dest: Path, name: str, archive: Path) -> None:
@@ -127,11 +221,20 @@ def _check_member(dest: Path, name: str, archive: Path) -> None:
         raise DatasetError(f"{archive}: archive member {name!r} would be written outside the target folder; refused")
 
 
-def download(url: str, dest: Path, timeout: float = 60.0) -> None:
+def download(url: str, dest: Path, timeout: float = 60.0, max_bytes: int | None = None) -> None:
+    """Fetch `url` into `dest`, stopping once more than `max_bytes` (default: the environment's
+    limit) have arrived."""
     if not url.startswith(("http://", "https://", "file://")):
         raise DatasetError(f"unsupported source URL {url!r} (use http(s):// or file://)")
+    limit = max_bytes if max_bytes is not None else ExtractLimits.from_env().max_download_bytes
+    received = 0
     with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:  # noqa: S310 (scheme checked)
-        shutil.copyfileobj(response, out)
+        while chunk := response.read(_MiB):
+            received += len(chunk)
+            if received > limit:
+                raise DatasetError(f"{url}: larger than {limit / _MiB:.0f} MiB; download stopped",
+                                   hint="raise CIEBENCH_MAX_DOWNLOAD_BYTES if the source is trusted")
+            out.write(chunk)
 
 
 def fetch_release(sources: list[str] | None = None, verify: bool = True) -> Path:
