@@ -263,7 +263,10 @@ def prepare_result(sample_id: str, seed: int, size: tuple[int, int], result: Edi
                               "error": result.error, "image_sha256": None}
     png = None
     if result.status == Status.OK:
-        image, status, problem = check_image(result.image, size)
+        try:
+            image, status, problem = check_image(result.image, size)
+        except Exception as exc:  # noqa: BLE001 - an output numpy/PIL cannot read fails this sample only
+            image, status, problem = None, Status.INVALID, f"editor returned an unreadable image ({type(exc).__name__}: {exc})"
         if problem:
             record.update(status=status, error=problem)
         else:
