@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from ciebench.cache import cache_root
+from ciebench.errors import EnvironmentProblem
 
 from .smartedit_modules import (KeyMap, SmartEditModel, build_skeleton, check_derived, derived_kind)
 from .smartedit_text import ADDED_TOKENS
@@ -85,7 +86,7 @@ IP2P_FILES = ["model_index.json", "vae/config.json", "vae/diffusion_pytorch_mode
               "text_encoder/model.safetensors", "tokenizer/*"]
 
 
-class SmartEditWeightsError(RuntimeError):
+class SmartEditWeightsError(EnvironmentProblem, RuntimeError):
     """A prepared folder or an official file is missing, incomplete or does not match the architecture."""
 
 

@@ -24,8 +24,8 @@ from .stats import bootstrap_mean_ci, json_number
 
 from .status import Status
 
-BASE_COLUMNS = ["sample_id", "seed", "edit_type", "status", "error", "prediction", "prediction_sha256", "edit_seconds",
-                "file_stem"]
+BASE_COLUMNS = ["sample_id", "seed", "edit_type", "status", "error", "note", "prediction", "prediction_sha256",
+                "edit_seconds", "file_stem"]
 OK = Status.OK  # row statuses: see ciebench.status.Status
 
 # An id is used verbatim as a file stem only when it is short, lower-case ASCII letters, digits, '_' or

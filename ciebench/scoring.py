@@ -232,7 +232,10 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
             continue
         readable.add(key)
         error = values.pop("error", None)
+        note = values.pop("note", None)  # why a metric is undefined (e.g. no background left)
         rows[key].update({m: values.get(m, math.nan) for m in region_metrics})
+        if note:
+            rows[key]["note"] = note
         if error:
             rows[key].update(status=Status.METRIC_ERROR, error=error)
     for _ in pending:  # every prediction gets its row, even where a scorer stopped early

@@ -24,6 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image
 
+from ..images import open_image_file
 from ..io import atomic_write_bytes, atomic_write_text, png_bytes
 from ..results import file_stem, id_stem, natural_key
 from ..status import Status
@@ -178,10 +179,9 @@ def write_gallery(runs, out_dir: str | Path, *, dataset: str | None = None, page
                                     run.path, pred, sid)
                     elif path.is_file():
                         try:
-                            with Image.open(path) as im:
-                                im.load()
-                                img = _write_image(out, f"out/r{k}/{file_stem(sid, seed)}", im, thumb_size, full_images,
-                                                   raw=path.read_bytes() if path.suffix.lower() == ".png" else None)
+                            im = open_image_file(path)  # regular files, allowed formats only
+                            img = _write_image(out, f"out/r{k}/{file_stem(sid, seed)}", im, thumb_size, full_images,
+                                               raw=path.read_bytes() if path.suffix.lower() == ".png" else None)
                         except Exception as exc:  # noqa: BLE001 - a corrupt prediction is shown as such
                             log.warning("%s: unreadable prediction (%s)", path, exc)
                 row: dict[str, Any] = {"seed": seed, "status": _text(rec.get("status")), "img": img,
@@ -297,10 +297,9 @@ def _write_trace(run: Run, k: int, sample_id: str, seed: int, out: Path, thumb_s
             if not (isinstance(rel, str) and src.is_relative_to(root) and src.is_file()):
                 continue
             try:
-                with Image.open(src) as im:
-                    im.load()
-                    info = _write_image(out, f"artifacts/r{k}/{stem}/{i}", im, thumb_size, True,
-                                        raw=src.read_bytes() if src.suffix.lower() == ".png" else None)
+                im = open_image_file(src)
+                info = _write_image(out, f"artifacts/r{k}/{stem}/{i}", im, thumb_size, True,
+                                    raw=src.read_bytes() if src.suffix.lower() == ".png" else None)
             except Exception as exc:  # noqa: BLE001 - an unreadable artifact is skipped, the trace still shows
                 log.warning("%s: unreadable trace artifact (%s)", src, exc)
                 continue
