@@ -16,7 +16,7 @@ DATASET_HELP = ("'mini' (embedded), 'ciebench' (official release, downloaded and
 def prepare_cmd(
     source: str = typer.Argument(..., help="Authors' folder, archive (.zip/.tar.gz), URL, or any dataset spec: " + DATASET_HELP),
     out: Path = typer.Option(..., "--out", help="Output folder for the HF dataset."),
-    fmt: str = typer.Option("arrow", "--format", help="arrow (save_to_disk) or parquet."),
+    fmt: str = typer.Option("arrow", "--format", help="arrow (save_to_disk), parquet, or hub (the Hub's dataset repository layout: README.md card + data/test-*.parquet)."),
     ignore_checksums: bool = typer.Option(False, "--ignore-checksums", help="Accept a CIEBench release whose files differ from the shipped sha256 manifest."),
 ) -> None:
     """Convert a dataset source into an HF dataset on disk."""

@@ -14,17 +14,22 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
 def prepare(source: str, out: Path, *, fmt: str = "arrow", verify: bool = True) -> LoadedDataset:
-    """Convert `source` and write it to `out` (`save_to_disk` folder, or `data.parquet` with fmt="parquet").
+    """Convert `source` and write it to `out` (`save_to_disk` folder, `data.parquet` with fmt="parquet", or
+    the Hub's dataset repository layout with fmt="hub": see `hub_layout`).
     The folder is written beside `out` and renamed into place, so `out` is whole or absent."""
     out = Path(out)
-    if fmt not in ("arrow", "parquet"):
-        raise ValueError(f"format must be 'arrow' or 'parquet', not {fmt!r}")
+    if fmt not in ("arrow", "parquet", "hub"):
+        raise ValueError(f"format must be 'arrow', 'parquet' or 'hub', not {fmt!r}")
     with tempfile.TemporaryDirectory() as tmp:
         loaded = _read_any(source, Path(tmp), verify)
         staging = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}-"))
         try:
             if fmt == "arrow":
                 loaded.dataset.save_to_disk(str(staging))
+            elif fmt == "hub":
+                from .hub_layout import write_hub_layout
+
+                write_hub_layout(loaded, staging, source=source)
             else:
                 loaded.dataset.to_parquet(str(staging / "data.parquet"))
             atomic_write_text(staging / "ciebench_card.json", json.dumps({
