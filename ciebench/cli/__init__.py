@@ -18,8 +18,13 @@ app.add_typer(data_app, name="data")
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+          bundle: str = typer.Option("", "--bundle", envvar="CIEBENCH_BUNDLE", help="Use an offline bundle (from `ciebench prefetch --bundle`) for everything; no network.")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if bundle:
+        from .travel import use_bundle
+
+        use_bundle(bundle)
 
 
 def main() -> None:

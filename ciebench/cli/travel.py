@@ -69,3 +69,64 @@ def push_cmd(
     except CiebenchError as exc:
         _fail(exc)
     typer.echo(f"pushed {folder} to {repo_id}: {url}")
+
+
+def use_bundle(folder: str) -> None:
+    """`ciebench --bundle DIR ...` / CIEBENCH_BUNDLE=DIR: every cache points into the bundle, no network."""
+    from ..bundle import activate_bundle
+
+    try:
+        activate_bundle(folder)
+    except CiebenchError as exc:
+        _fail(exc)
+
+
+@app.command("prefetch")
+def prefetch_cmd(
+    editor: list[str] = typer.Option([], "--editor", "-e", help="Editor to prefetch for (repeatable)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Editor preset (applied to every editor that has it)."),
+    editor_arg: list[str] = typer.Option([], "--editor-arg", help="Editor option key=value (repeatable)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset spec (mini, ciebench, a local folder)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", "-p", help="Scoring protocol (default: the dataset's)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics (default: all region metrics, + idcs with --judge)."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="IDCS judge preset or config file."),
+    no_score: bool = typer.Option(False, "--no-score", help="Generation only: skip the scoring models."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Write a self-contained offline bundle here."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and print sizes; download nothing."),
+) -> None:
+    """Resolve everything a configuration will load, download what is missing, print the total; with
+    --bundle, write an offline bundle (use it with CIEBENCH_BUNDLE=DIR or `ciebench --bundle DIR`)."""
+    from ..bundle import write_bundle
+    from ..prefetch import Configuration, download, human_bytes, plan
+
+    metric_names = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
+    config = Configuration(editors=tuple(editor), preset=preset, editor_args=tuple(editor_arg), dataset=dataset,
+                           protocol=protocol, metrics=metric_names, judge=judge, score=not no_score)
+    try:
+        result = plan(config)
+        by_req: dict = {}
+        for f in result.files:
+            by_req.setdefault(f.requirement.key, (f.requirement, []))[1].append(f)
+        for req, files in by_req.values():
+            here = sum(f.local is not None for f in files)
+            total = sum(f.size or 0 for f in files)
+            typer.echo(f"{req.describe():<70} {len(files):>4} file(s) {human_bytes(total):>10}  "
+                       f"{here}/{len(files)} here  [{req.used_by}]")
+        for note in result.notes:
+            typer.echo(f"note: {note}")
+        for missing in result.missing:
+            typer.echo(f"MISSING: {missing}", err=True)
+        typer.echo(f"total: {len(result.files)} file(s), {human_bytes(result.total_bytes)}; "
+                   f"to download: {len(result.to_download)} file(s), "
+                   f"{human_bytes(sum(f.size or 0 for f in result.to_download))}")
+        if result.missing:
+            raise typer.Exit(4)
+        if dry_run:
+            return
+        download(result)
+        if bundle is not None:
+            manifest = write_bundle(result, bundle)
+            typer.echo(f"bundle: {bundle} ({len(manifest['files'])} file(s), {human_bytes(manifest['total_bytes'])}); "
+                       f"use it with CIEBENCH_BUNDLE={bundle}")
+    except CiebenchError as exc:
+        _fail(exc)
