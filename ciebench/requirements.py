@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -44,6 +44,7 @@ class Requirement:
     url: str = ""  # torch_checkpoint: download URL; endpoint: base URL
     asset: "PinnedAsset | None" = None
     detail: str = ""  # endpoint: model name; local: what the path must hold
+    config: Any = field(default=None, compare=False)  # endpoint: the LLMConfig requests will use (doctor)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -53,7 +54,8 @@ class Requirement:
 
     @property
     def key(self) -> tuple:
-        return (self.kind, self.ref, self.revision, self.repo_type, self.layout, self.files, self.skip, self.url)
+        return (self.kind, self.ref, self.revision, self.repo_type, self.layout, self.files, self.skip, self.url,
+                self.detail)
 
     def describe(self) -> str:
         if self.kind == HUB:
@@ -78,8 +80,8 @@ def pinned_asset(asset: "PinnedAsset", *, used_by: str) -> Requirement:
     return Requirement(ASSET, asset.name, used_by, url=asset.url, asset=asset)
 
 
-def endpoint(base_url: str, model: str, *, used_by: str) -> Requirement:
-    return Requirement(ENDPOINT, base_url, used_by, detail=model)
+def endpoint(base_url: str, model: str, *, used_by: str, config: Any = None) -> Requirement:
+    return Requirement(ENDPOINT, base_url, used_by, detail=model, config=config)
 
 
 def local_path(path: str, *, used_by: str, detail: str = "") -> Requirement:

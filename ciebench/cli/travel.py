@@ -130,3 +130,42 @@ def prefetch_cmd(
                        f"use it with CIEBENCH_BUNDLE={bundle}")
     except CiebenchError as exc:
         _fail(exc)
+
+
+@app.command("doctor")
+def doctor_cmd(
+    editor: list[str] = typer.Option([], "--editor", "-e", help="Editor of the planned `evaluate` (repeatable)."),
+    preset: Optional[str] = typer.Option(None, "--preset"),
+    editor_arg: list[str] = typer.Option([], "--editor-arg"),
+    dataset: Optional[str] = typer.Option("mini", "--dataset", "-d"),
+    protocol: Optional[str] = typer.Option(None, "--protocol", "-p"),
+    metrics: Optional[str] = typer.Option(None, "--metrics"),
+    judge: Optional[str] = typer.Option(None, "--judge"),
+    device: str = typer.Option("cpu", "--device"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The run folder (for the disk-space check)."),
+    seeds: str = typer.Option("0", "--seeds"),
+    limit: Optional[int] = typer.Option(None, "--limit"),
+    offline: bool = typer.Option(False, "--offline", help="Check the bundle alone (--bundle DIR or CIEBENCH_BUNDLE)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="The bundle to check with --offline."),
+) -> None:
+    """Preflight for an `evaluate` command line: files, endpoints, GPU memory per stage, disk, package
+    versions. One line per check; exit 0 only when every check passes."""
+    from ..doctor import DoctorOptions, run_doctor
+    from ..prefetch import Configuration
+
+    metric_names = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
+    config = Configuration(editors=tuple(editor), preset=preset, editor_args=tuple(editor_arg), dataset=dataset,
+                           protocol=protocol, metrics=metric_names, judge=judge)
+    if offline and bundle is not None:
+        use_bundle(str(bundle))
+    try:
+        checks = run_doctor(DoctorOptions(config, device=device, out=out, seeds=len([s for s in seeds.split(",") if s.strip()]),
+                                          limit=limit, offline=offline, bundle=bundle))
+    except CiebenchError as exc:
+        _fail(exc)
+    for check in checks:
+        typer.echo(check.line())
+    failed = [c for c in checks if not c.ok]
+    typer.echo(f"{len(checks) - len(failed)}/{len(checks)} checks passed")
+    if failed:
+        raise typer.Exit(1)

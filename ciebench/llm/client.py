@@ -123,7 +123,7 @@ class LLMConfig:
 
         if self.backend == "transformers":
             return [hub_repo(self.model, used_by=used_by, revision=self.revision)]
-        return [endpoint(self.endpoint, self.model, used_by=used_by)]
+        return [endpoint(self.endpoint, self.model, used_by=used_by, config=self)]
 
     @property
     def hash(self) -> str:
