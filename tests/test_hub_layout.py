@@ -112,7 +112,7 @@ def test_push_uploads_card_and_shards_and_never_writes_the_token(tmp_path: Path,
     assert calls[0][0] == "create_repo" and calls[0][1] == "me/ciebench-mini" and calls[0][2]["repo_type"] == "dataset"
     upload = calls[1][1]
     assert upload["repo_id"] == "me/ciebench-mini" and upload["repo_type"] == "dataset"
-    assert set(upload["allow_patterns"]) == {"README.md", "data/*.parquet"}
+    assert set(upload["allow_patterns"]) == {"README.md", "data/*.parquet", "run/*"}
     assert SECRET not in result.output
     for path in tmp_path.rglob("*"):
         if path.is_file():

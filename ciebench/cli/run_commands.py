@@ -171,7 +171,7 @@ def evaluate_cmd(
 @app.command("score")
 def score_cmd(
     dataset: str = typer.Option(..., "--dataset", "-d", help=DATASET_HELP),
-    predictions: Path = typer.Option(..., "--predictions", help="Folder of <id>.png|jpg|webp edited images."),
+    predictions: Path = typer.Option(..., "--predictions", help="Folder of <id>.png|jpg|webp edited images, or hf:ORG/NAME[@rev] of a run exported with `ciebench export`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for samples.csv and summary.json."),
     protocol: ProtocolOpt = None,
     metrics: MetricsOpt = None,
@@ -191,6 +191,10 @@ def score_cmd(
     from ..io import atomic_write_json
     from ..scoring import ScoreOptions, find_predictions, score
 
+    if str(predictions).startswith("hf:"):  # a run exported with `ciebench export --format hub`
+        from .travel import exported_predictions
+
+        predictions = exported_predictions(str(predictions))
     if not predictions.is_dir():
         typer.echo(f"error: --predictions {predictions} is not a folder", err=True)
         raise typer.Exit(2)

@@ -169,3 +169,36 @@ def doctor_cmd(
     typer.echo(f"{len(checks) - len(failed)}/{len(checks)} checks passed")
     if failed:
         raise typer.Exit(1)
+
+
+def exported_predictions(spec: str) -> Path:
+    """`score --predictions hf:ORG/NAME`: the exported run's images as a local folder."""
+    from ..export import materialize_predictions
+
+    try:
+        return materialize_predictions(spec)
+    except CiebenchError as exc:
+        _fail(exc)
+
+
+@app.command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="Run folder to export."),
+    fmt: str = typer.Option("hub", "--format", help="hub: a Hub dataset repository (card + data/test-*.parquet + run/)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (new or empty)."),
+    push: Optional[str] = typer.Option(None, "--push", help="Also upload it to this Hub dataset repository (ORG/NAME)."),
+    private: bool = typer.Option(False, "--private", help="With --push: create the repository as private."),
+) -> None:
+    """Export a run as a Hub dataset others can re-score (`ciebench score --predictions hf:ORG/NAME`)."""
+    from ..datasets.hub_layout import push_dataset
+    from ..export import export_run
+
+    if fmt != "hub":
+        raise typer.BadParameter("--format: only 'hub' is supported")
+    try:
+        metadata = export_run(run, out)
+        typer.echo(f"exported {metadata['dataset_info']['splits'][0]['num_examples']} row(s) of {run} to {out}")
+        if push:
+            typer.echo(f"pushed to {push}: {push_dataset(out, push, private=private)}")
+    except CiebenchError as exc:
+        _fail(exc)

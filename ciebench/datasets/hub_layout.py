@@ -43,15 +43,28 @@ def write_hub_layout(loaded: LoadedDataset, out: Path, *, source: str, pretty_na
     """Write `loaded` into `out` (an empty or new folder) in the Hub layout; returns the card's metadata."""
     out = Path(out)
     dataset = _embedded(loaded.dataset)
+    checksums, sizes = write_shards(dataset, out, max_shard_bytes)
+    metadata = card_metadata(loaded, dataset, checksums, sizes, source, pretty_name)
+    atomic_write_text(out / CARD, render_card(metadata, loaded, source))
+    return metadata
+
+
+def write_shards(dataset: datasets.Dataset, out: Path, max_shard_bytes: int = MAX_SHARD_BYTES
+                 ) -> tuple[dict[str, str], dict[str, int]]:
+    """`data/test-XXXXX-of-YYYYY.parquet` shards of at most about `max_shard_bytes` each, images
+    embedded; returns (sha256, size) per shard path."""
+    dataset = _embedded(dataset)
     n_shards = max(1, math.ceil(dataset.data.nbytes / max_shard_bytes)) if len(dataset) else 1
     paths = shard_paths(n_shards)
     (out / DATA_DIR).mkdir(parents=True, exist_ok=True)
     for index, rel in enumerate(paths):
         dataset.shard(n_shards, index, contiguous=True).to_parquet(str(out / rel))
-    metadata = card_metadata(loaded, dataset, {rel: sha256_file(out / rel) for rel in paths},
-                             {rel: (out / rel).stat().st_size for rel in paths}, source, pretty_name)
-    atomic_write_text(out / CARD, render_card(metadata, loaded, source))
-    return metadata
+    return {rel: sha256_file(out / rel) for rel in paths}, {rel: (out / rel).stat().st_size for rel in paths}
+
+
+def default_config() -> list[dict[str, Any]]:
+    """The card's `configs`: one config whose `test` split is every shard."""
+    return [{"config_name": "default", "data_files": [{"split": SPLIT, "path": f"{DATA_DIR}/{SPLIT}-*.parquet"}]}]
 
 
 def card_metadata(loaded: LoadedDataset, dataset: datasets.Dataset, checksums: dict[str, str],
@@ -66,7 +79,7 @@ def card_metadata(loaded: LoadedDataset, dataset: datasets.Dataset, checksums: d
         "task_categories": ["image-to-image"],
         "tags": ["image-editing", "reasoning", "ciebench"],
         "size_categories": [_size_category(len(dataset))],
-        "configs": [{"config_name": "default", "data_files": [{"split": SPLIT, "path": f"{DATA_DIR}/{SPLIT}-*.parquet"}]}],
+        "configs": default_config(),
         "dataset_info": {
             "features": dataset.features._to_yaml_list(),
             "splits": [{"name": SPLIT, "num_bytes": int(dataset.data.nbytes), "num_examples": len(dataset)}],
@@ -138,7 +151,7 @@ def push_dataset(folder: str | os.PathLike, repo_id: str, *, revision: str | Non
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset", revision=revision,
-                                 allow_patterns=[CARD, f"{DATA_DIR}/*.parquet"], commit_message=commit_message)
+                                 allow_patterns=[CARD, f"{DATA_DIR}/*.parquet", "run/*"], commit_message=commit_message)
     except (OSError, ValueError) as exc:  # HTTP errors of huggingface_hub derive from OSError
         raise EnvironmentProblem(f"upload of {folder} to {repo_id} failed: {exc}",
                                  hint="set HF_TOKEN to a token with write access, and check the network") from exc
