@@ -166,3 +166,34 @@ def test_transformers_selection_prefers_safetensors_and_falls_back_to_bin():
                                                       "tokenizer.json", "tokenizer_config.json", "vocab.json"]
     no_safetensors = [f for f in listing if f != "model.safetensors"]
     assert "pytorch_model.bin" in select_hub_files(no_safetensors, req)
+
+
+def test_online_prefetch_takes_sizes_from_the_hub_metadata_and_downloads(tmp_path: Path):
+    """Against a Hub-compatible server on 127.0.0.1: the plan's sizes are the server's file metadata
+    (before anything is downloaded), then the files arrive in an empty hub cache and the bundle."""
+    from .fake_hub import serve_hub
+
+    from ciebench.prefetch import human_bytes
+
+    snapshot = publish_clip(CLIP_VIT_L14_336)
+    with serve_hub({CLIP_VIT_L14_336: snapshot}) as hub:
+        env = dict(os.environ, HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_ENDPOINT=hub.endpoint,
+                   HF_HUB_CACHE=str(tmp_path / "hub"), PYTHONPATH=str(REPO))
+        proc = subprocess.run([sys.executable, "-m", "ciebench", "prefetch", "--editor", "identity", "--dataset", "mini",
+                               "--metrics", "clip", "--bundle", str(tmp_path / "b")],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        served = {rel: p.stat().st_size for rel, p in hub.files(CLIP_VIT_L14_336).items()}
+        assert any(path.startswith("/api/models/openai/clip-vit-large-patch14-336") for _, path in hub.requests)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    chosen = [e["repo_file"] for e in manifest["files"]]
+    total = human_bytes(sum(served[rel] for rel in chosen))
+    # printed before anything was downloaded: the sizes are the server's metadata, and nothing was cached
+    assert f"total: {len(chosen)} file(s), {total}; to download: {len(chosen)} file(s), {total}" in proc.stdout
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    got = {e["repo_file"]: e["sha256"] for e in manifest["files"]}
+    for rel, digest in got.items():
+        assert hashlib.sha256((snapshot / rel).read_bytes()).hexdigest() == digest
+    assert "model.safetensors" in got
+    commit = manifest["files"][0]["commit"]
+    assert (tmp_path / "hub" / "models--openai--clip-vit-large-patch14-336" / "snapshots" / commit / "config.json").is_file()
