@@ -150,8 +150,7 @@ def stage_weight_bytes(result: Plan) -> dict[str, int]:
         req = f.requirement
         if req.kind not in (HUB, TORCH_CHECKPOINT) or not f.bundle_path.endswith(WEIGHT_SUFFIXES):
             continue
-        for user in req.used_by.split("; "):
-            stage = _stage_of(user)
+        for stage in {_stage_of(user) for user in req.used_by.split("; ")}:  # a model two roles share: once
             stages[stage] = stages.get(stage, 0) + (f.size or 0)
     return stages
 

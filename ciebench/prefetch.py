@@ -83,6 +83,8 @@ def configuration_requirements(config: Configuration) -> tuple[list[Requirement]
 
     reqs: list[Requirement] = []
     notes: list[str] = []
+    if config.preset and config.editors and not any(config.preset in _editor_presets(n) for n in config.editors):
+        raise UsageError(f"no editor among {', '.join(config.editors)} has a preset {config.preset!r}")
     for name in config.editors:
         try:
             cls_preset = config.preset if config.preset and config.preset in _editor_presets(name) else None

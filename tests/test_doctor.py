@@ -139,3 +139,15 @@ def test_offline_checks_the_bundle_alone(models, tmp_path: Path):
     checks = run_doctor(DoctorOptions(Configuration(dataset="mini", metrics=("clip",)), offline=True, bundle=bundle,
                                       probe=FakeProbe()))
     assert not checks[0].ok and victim in checks[0].detail
+
+
+def test_a_model_two_roles_share_counts_once_per_stage():
+    from ciebench.doctor import stage_weight_bytes
+    from ciebench.prefetch import Plan, PlannedFile
+    from ciebench.requirements import hub_repo
+
+    shared = hub_repo("Qwen/Qwen2.5-VL-3B-Instruct", used_by="editor cielr: llm; editor cielr: vlm; judge lite: vlm")
+    plan = Plan(Configuration(), [shared], files=[
+        PlannedFile(shared, "hub/x/snapshots/c/model.safetensors", 7 * GB, None, "model.safetensors", "c"),
+        PlannedFile(shared, "hub/x/snapshots/c/config.json", 1000, None, "config.json", "c")])
+    assert stage_weight_bytes(plan) == {"editor cielr": 7 * GB, "judge lite": 7 * GB}

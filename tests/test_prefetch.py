@@ -197,3 +197,28 @@ def test_online_prefetch_takes_sizes_from_the_hub_metadata_and_downloads(tmp_pat
     assert "model.safetensors" in got
     commit = manifest["files"][0]["commit"]
     assert (tmp_path / "hub" / "models--openai--clip-vit-large-patch14-336" / "snapshots" / commit / "config.json").is_file()
+
+
+def test_pinned_assets_are_fetched_and_bundled_where_resolve_asset_finds_them(tmp_path: Path, monkeypatch):
+    from ciebench.assets import PinnedAsset, resolve_asset
+    from ciebench.bundle import write_bundle
+    from ciebench.prefetch import Configuration, Plan, _plan_asset, download
+    from ciebench.requirements import pinned_asset
+
+    source = tmp_path / "upstream" / "describe.txt"
+    source.parent.mkdir()
+    source.write_text("a stand-in prompt file served from file://\n")
+    asset = PinnedAsset("test/describe", source.as_uri(), hashlib.sha256(source.read_bytes()).hexdigest(), "stand-in")
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
+    req = pinned_asset(asset, used_by="judge test")
+    planned = Plan(Configuration(), [req])
+    _plan_asset(req, True, planned)  # file:// stays usable offline
+    assert not planned.missing and planned.files[0].local is None
+    bundle = tmp_path / "bundle"
+    write_bundle(download(planned, progress=False), bundle, progress=False)
+    entry = json.loads((bundle / "manifest.json").read_text())["files"][0]
+    assert entry["path"] == f"ciebench/assets/{asset.sha256[:2]}/{asset.sha256}/describe.txt"
+    source.unlink()  # the bundle alone must serve it now
+    monkeypatch.setenv("CIEBENCH_CACHE", str(bundle / "ciebench"))
+    resolved = resolve_asset(asset, offline=True)
+    assert resolved.origin == "cache" and resolved.verified and resolved.path.is_relative_to(bundle)
