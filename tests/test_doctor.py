@@ -3,7 +3,6 @@ a simulated device probe, disk, package versions, the offline bundle)."""
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 

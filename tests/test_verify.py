@@ -169,3 +169,14 @@ def test_leaderboard_shows_verification_and_notices_later_edits(run_copy: Path, 
     shutil.copytree(run_copy, other)
     (other / "verify.json").unlink()
     assert leaderboard([other]).loc[0, "verified"] == "no"
+
+
+def test_a_score_output_verifies_with_the_spec_check_skipped(pristine: Path, tmp_path: Path):
+    out = tmp_path / "scored"
+    scored = runner.invoke(app, ["score", "--dataset", "mini", "--predictions", str(pristine / "images"), "--limit", "4",
+                                 "--metrics", "psnr,ssim", "--out", str(out)])
+    assert scored.exit_code == 0, scored.output
+    result = _verify(out)
+    assert result.exit_code == 0, result.output
+    verdicts = _verdicts(result.output)
+    assert verdicts["spec"] == "SKIP" and verdicts["rescore"] == "PASS" and verdicts["images"] == "PASS"
