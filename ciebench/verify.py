@@ -105,7 +105,7 @@ def verify_run(run_dir: str | Path, *, dataset: str | None = None, subset: int =
     result = Verification(run_dir)
     result.checks.append(check_images(run_dir, samples, records))
     result.checks.append(check_traces(run_dir, records))
-    result.checks.append(check_tables(run_dir, samples))
+    result.checks.append(check_tables(run_dir, samples, records, spec))
     result.checks.append(check_spec(spec, summary))
     result.checks.append(check_protocol(spec, summary))
     if rescore:
@@ -174,13 +174,24 @@ def check_traces(run_dir: Path, records: dict[str, dict]) -> Check:
     return _verdict("traces", problems, f"{n} trace file(s) match their recorded sha256{extra}")
 
 
-def check_tables(run_dir: Path, samples: pd.DataFrame) -> Check:
-    """samples.csv and samples.jsonl are written together from the same rows: they must agree."""
+def check_tables(run_dir: Path, samples: pd.DataFrame, records: dict[str, dict] | None = None,
+                 spec: dict[str, Any] | None = None) -> Check:
+    """samples.csv and samples.jsonl are written together from the same rows: they must agree; in an
+    `evaluate` run every record has its row and there is one row per sample and seed (a dropped row
+    would otherwise vanish from a re-aggregated summary unnoticed)."""
     path = run_dir / "samples.jsonl"
     if not path.is_file():
         return Check("samples", FAIL, "samples.jsonl is missing", ("samples.jsonl",))
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     problems = []
+    keys = {(str(s), int(k)) for s, k in zip(samples["sample_id"], samples["seed"])}
+    for stem, record in (records or {}).items():
+        key = (str(record.get("sample_id")), int(record.get("seed", 0)))
+        if key not in keys:
+            problems.append(f"records/{stem}.json (sample {key[0]} seed {key[1]}) has no row in samples.csv")
+    n, seeds = ((spec or {}).get("dataset") or {}).get("n"), (spec or {}).get("seeds")
+    if spec and spec.get("spec_hash") and isinstance(n, int) and seeds and len(samples) != n * len(seeds):
+        problems.append(f"samples.csv has {len(samples)} rows; the spec asks for {n} sample(s) x {len(seeds)} seed(s)")
     if len(rows) != len(samples):
         problems.append(f"samples.csv has {len(samples)} rows, samples.jsonl {len(rows)}")
     by_key = {(str(r.get("sample_id")), int(r.get("seed", 0))): r for r in rows}

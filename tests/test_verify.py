@@ -180,3 +180,23 @@ def test_a_score_output_verifies_with_the_spec_check_skipped(pristine: Path, tmp
     assert result.exit_code == 0, result.output
     verdicts = _verdicts(result.output)
     assert verdicts["spec"] == "SKIP" and verdicts["rescore"] == "PASS" and verdicts["images"] == "PASS"
+
+
+def test_a_dropped_row_is_named_even_with_a_regenerated_summary(run_copy: Path):
+    from ciebench.results import summarize
+
+    frame = pd.read_csv(run_copy / "samples.csv", dtype={"sample_id": str})
+    dropped = frame.loc[1, "sample_id"]
+    frame = frame.drop(index=1)
+    frame.to_csv(run_copy / "samples.csv", index=False, float_format="%.10g")
+    lines = [l for l in (run_copy / "samples.jsonl").read_text().splitlines() if json.loads(l)["sample_id"] != dropped]
+    (run_copy / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    summary = json.loads((run_copy / "summary.json").read_text())
+    summary.update(summarize(pd.read_csv(run_copy / "samples.csv", dtype={"sample_id": str}),
+                             {m: b["higher_is_better"] for m, b in summary["metrics"].items()}))
+    (run_copy / "summary.json").write_text(json.dumps(summary))
+    result = _verify(run_copy, "--no-rescore")
+    verdicts = _verdicts(result.output)
+    assert result.exit_code == 1 and verdicts["samples"] == "FAIL" and verdicts["summary"] == "PASS"
+    assert f"(sample {dropped} seed 0) has no row in samples.csv" in result.output
+    assert "samples.csv has 3 rows; the spec asks for 4 sample(s) x 1 seed(s)" in result.output
