@@ -78,7 +78,12 @@ def run_doctor(options: DoctorOptions) -> list[DoctorCheck]:
         checks.append(check_bundle_files(options.bundle))
         if not checks[-1].ok:
             return checks + [check_packages()]
-    result = plan(options.configuration, offline=options.offline or None)
+    from .errors import UsageError
+
+    try:
+        result = plan(options.configuration, offline=options.offline or None)
+    except UsageError as exc:  # the command line itself would fail: say so as a check, keep checking
+        return checks + [DoctorCheck("configuration", False, exc.one_line()), check_packages()]
     checks.append(check_files(result))
     checks += check_endpoints(result.requirements, offline=options.offline)
     checks += check_gpu_memory(result, options.device, options.probe)

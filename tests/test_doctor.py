@@ -150,3 +150,8 @@ def test_a_model_two_roles_share_counts_once_per_stage():
         PlannedFile(shared, "hub/x/snapshots/c/model.safetensors", 7 * GB, None, "model.safetensors", "c"),
         PlannedFile(shared, "hub/x/snapshots/c/config.json", 1000, None, "config.json", "c")])
     assert stage_weight_bytes(plan) == {"editor cielr": 7 * GB, "judge lite": 7 * GB}
+
+
+def test_a_configuration_that_cannot_run_is_a_failing_check():
+    checks = run_doctor(DoctorOptions(Configuration(editors=("no-such-editor",), dataset="mini"), probe=FakeProbe()))
+    assert checks[0].name == "configuration" and not checks[0].ok and "no-such-editor" in checks[0].detail
