@@ -9,5 +9,8 @@ class IdentityEditor(Editor):
     name = "identity"
     version = "1"
 
+    def required_assets(self) -> list:
+        return []  # loads nothing
+
     def edit(self, requests: list[EditRequest]) -> list[EditResult]:
         return [EditResult(image=r.image.copy()) for r in requests]

@@ -63,6 +63,13 @@ class InstructPix2PixEditor(Editor):
             self._pipe = pipe.to(self.device)
         return self._pipe
 
+    def required_assets(self) -> list:
+        from ciebench.requirements import hub_repo
+
+        # the pipeline is loaded with safety_checker=None: that component is never read
+        return [hub_repo(self.config.model_id, used_by=f"editor {self.name}", revision=self.config.revision,
+                         layout="diffusers", skip=("safety_checker",))]
+
     def to(self, device: str) -> "InstructPix2PixEditor":
         super().to(device)
         if self._pipe is not None:

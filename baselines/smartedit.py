@@ -123,6 +123,17 @@ class SmartEditEditor(Editor):
     def weights_dir(self) -> Path:
         return Path(self.config.weights_dir) if self.config.weights_dir else default_weights_dir(self.config.sources())
 
+    def required_assets(self) -> list:
+        from ciebench.requirements import hub_repo, local_path
+
+        from .smartedit_weights import CLIP_FILES, IP2P_FILES
+
+        cfg, who = self.config, f"editor {self.name}"
+        return [local_path(str(self.weights_dir()), used_by=who,
+                           detail=f"prepared weights: run `ciebench baselines smartedit prepare --variant {cfg.variant}`"),
+                hub_repo(cfg.clip_repo, used_by=who, layout="files", files=CLIP_FILES),
+                hub_repo(cfg.ip2p_repo, used_by=who, layout="files", files=IP2P_FILES)]
+
     def _torch_dtype(self, name: str):
         import torch
 

@@ -79,6 +79,13 @@ class Editor:
     def close(self) -> None:
         """Release models; called once at the end of a run."""
 
+    def required_assets(self) -> list[Any]:
+        """The files this configuration will load, as `ciebench.requirements.Requirement`s (hub repos at
+        their revisions, torchvision checkpoints, pinned assets, local paths, endpoints), so
+        `ciebench prefetch` can fetch them and `ciebench doctor` check them before a run. The base
+        returns [] and `ciebench prefetch` warns that the editor declares nothing."""
+        return []
+
     @classmethod
     def display_name(cls) -> str:
         return cls.name or cls.__name__

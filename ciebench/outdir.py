@@ -37,8 +37,10 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     "score": ("spec.json", "samples.csv", "samples.jsonl", "summary.json"),
     "leaderboard": ("leaderboard*.csv", "leaderboard.md", "by_edit_type*.csv", "significance*.csv", "tables.csv",
                     "plots", "gallery"),
-    # `datasets.save_to_disk` / `to_parquet` output plus the card `data prepare` writes
-    "dataset": ("data-*.arrow", "dataset_info.json", "state.json", "data.parquet", "ciebench_card.json"),
+    # `datasets.save_to_disk` / `to_parquet` / the Hub layout (README.md card, data/ shards) plus the
+    # card `data prepare` writes
+    "dataset": ("data-*.arrow", "dataset_info.json", "state.json", "data.parquet", "ciebench_card.json",
+                "README.md", "data"),
 }
 _ALWAYS_OURS = (MARKER, LOCK, ".*.tmp")
 DESCRIPTIONS = {"run": "an evaluate run", "score": "a score output", "leaderboard": "a leaderboard",

@@ -319,7 +319,9 @@ def commit_result(out: Path, prepared: PreparedResult) -> bool:
         if prepared.png is not None:
             atomic_write_bytes(out / "images" / f"{prepared.stem}.png", prepared.png)
         if prepared.trace is not None:
-            write_trace(out, prepared.stem, prepared.trace)
+            # hashed once written, so `ciebench verify` can tell a trace edited after the run
+            prepared.record["trace_files"] = {rel: sha256_file(out / rel)
+                                              for rel in write_trace(out, prepared.stem, prepared.trace)}
         atomic_write_json(out / "records" / f"{prepared.stem}.json", prepared.record)
     except OSError as exc:
         if exc.errno in FATAL_WRITE_ERRNOS:
@@ -383,9 +385,9 @@ def check_image(value: Any, size: tuple[int, int]) -> tuple[Image.Image | None, 
     return value.convert("RGB"), None, None
 
 
-def write_trace(out: Path, stem: str, trace: dict[str, Any]) -> None:
+def write_trace(out: Path, stem: str, trace: dict[str, Any]) -> list[str]:
     """The trace as JSON; images under trace["artifacts"] (name -> PIL image, or PNG bytes from
-    `prepare_result`) go to traces/<stem>/."""
+    `prepare_result`) go to traces/<stem>/. Returns the written files, relative to `out`."""
     trace = dict(trace)
     artifacts = trace.pop("artifacts", None) or {}
     names = {}
@@ -396,6 +398,7 @@ def write_trace(out: Path, stem: str, trace: dict[str, Any]) -> None:
     if names:
         trace["artifacts"] = names
     atomic_write_json(out / "traces" / f"{stem}.json", trace)
+    return [f"traces/{stem}.json"] + [f"traces/{rel}" for rel in names.values()]
 
 
 def collect_predictions(out: Path, todo: list[tuple[EditSample | str, int]]) -> list[Prediction]:

@@ -224,6 +224,21 @@ class CIELREditor(Editor):
                 setattr(self, attr, value)
         return self
 
+    def required_assets(self) -> list:
+        from ciebench.requirements import hub_repo, local_path
+
+        c, who = self.config, f"editor {self.name}"
+        out = [hub_repo(c.sam_model, used_by=f"{who}: segmenter") if c.segmenter == "sam2" else
+               local_path(c.sam1_checkpoint or "(sam1_checkpoint not set)", used_by=f"{who}: segmenter",
+                          detail=f"segment-anything {c.sam1_model_type} checkpoint")]
+        out += [hub_repo(c.labeller_model, used_by=f"{who}: labeller"),
+                hub_repo(c.depth_model, used_by=f"{who}: depth"),
+                hub_repo(c.inpaint_model, used_by=f"{who}: inpainting", layout="diffusers",
+                         skip=() if c.safety_checker else ("safety_checker",))]
+        for role, llm in (("llm", c.llm), ("vlm", c.vlm_config)):
+            out += llm.required_assets(used_by=f"{who}: {role}")
+        return out
+
     def to(self, device: str) -> "CIELREditor":
         """Set the device; models already loaded elsewhere are dropped and reload there on next use."""
         if str(device) != str(self.device) and any(m is not None for m in (self.segmenter, self.labeller,

@@ -136,6 +136,19 @@ class Run:
         (spec and revision)."""
         return (self.protocol_name, self.protocol_hash, self.dataset_spec, self.dataset_revision)
 
+    @property
+    def verification(self) -> str:
+        """"verified (ciebench X)" when `ciebench verify` passed and no vouched-for file changed since,
+        "failed (ciebench X)", "stale (...)" after a later edit, or "no"."""
+        from ..verify import read_verification
+
+        record = read_verification(self.path)
+        if record is None:
+            return "no"
+        if not record["current"]:
+            return "stale (files changed since verification)"
+        return f"{'verified' if record.get('verified') else 'failed'} (ciebench {record.get('ciebench_version', '?')})"
+
     # -- statistics ---------------------------------------------------------------------------------
     def summarize(self, metrics: dict[str, bool] | None = None) -> dict[str, Any]:
         """`ciebench.results.summarize` of this run's samples (memoised), for the given metrics."""

@@ -136,7 +136,7 @@ def _fill(table: Table) -> None:
     frame["tied_with_best"] = frame[f"{table.primary}_tied_best"] if table.primary else pd.NA
     id_cols = ["table", "rank", "run", "editor", "config_hash", "protocol", "protocol_hash", "dataset", "revision",
                "judge", "seeds", "n", "n_ok", "n_dataset", "coverage", "partial", "rank_value", "rank_n_shared",
-               "primary_metric", "tied_with_best"]
+               "primary_metric", "tied_with_best", "verified"]
     metric_cols = [c for m in table.metrics for c in
                    (m, f"{m}_ci_low", f"{m}_ci_high", f"{m}_n", f"{m}_coverage", f"{m}_tied_best")]
     table.leaderboard = frame[id_cols + metric_cols + ["run_dir"]]
@@ -179,7 +179,7 @@ def _run_row(table: Table, run: Run) -> dict[str, Any]:
         "revision": run.dataset_revision, "judge": run.judge, "seeds": " ".join(str(s) for s in run.seeds),
         "n": n, "n_ok": n_ok, "n_dataset": n_dataset if n_dataset is not None else pd.NA,
         "coverage": (n_ok / (n_dataset or n)) if (n_dataset or n) else math.nan,
-        "run_dir": str(run.path),
+        "run_dir": str(run.path), "verified": run.verification,
     }
     for m in table.metrics:
         block = summary["metrics"].get(m)
@@ -366,6 +366,8 @@ def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
         lines.append(f"† partial: this run has {metric_title(table.primary)} values for fewer samples than the "
                      f"table's runs together; {basis} (shown means are over each run's own samples).")
         lines.append("")
+    lines.append("`ciebench verify`: " + "; ".join(f"{_md_escape(r['run'])}: {r['verified']}" for _, r in lb.iterrows()))
+    lines.append("")
     if table.primary and len(table.runs) > 1:
         lines.append(f"Paired tests on {metric_title(table.primary)} (Holm-adjusted p; ▲ row significantly better "
                      f"than column, ▼ worse, · not significant):")

@@ -101,6 +101,11 @@ class JudgeConfig:
     def hash(self) -> str:
         return stable_hash(self.to_dict())
 
+    def required_assets(self) -> list:
+        """The describing VLM's and the scoring LLM's files or endpoints (see ciebench.requirements)."""
+        return (self.vlm.required_assets(used_by=f"judge {self.name}: vlm")
+                + self.llm.required_assets(used_by=f"judge {self.name}: llm"))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "JudgeConfig":
         data = dict(data)

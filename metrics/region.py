@@ -128,6 +128,22 @@ class RegionScorer:
         self._clip = (RegionCLIP(p.clip_model, image_backend=p.clip_image_backend, max_tokens=p.clip_max_tokens,
                                  device=self.device) if "clip" in self.metrics else None)
 
+    @staticmethod
+    def required_assets(protocol: Protocol | str, metrics: Sequence[str] | None = None) -> list:
+        """What scoring `metrics` under `protocol` loads: torchvision's SqueezeNet trunk for LPIPS (the
+        heads ship with the lpips package) and the protocol's CLIP model (see ciebench.requirements)."""
+        from torchvision.models import SqueezeNet1_1_Weights
+
+        from ciebench.requirements import hub_repo, torchvision_weights
+
+        p, wanted = get_protocol(protocol), resolve_metrics(metrics)
+        out = []
+        if "lpips" in wanted:
+            out.append(torchvision_weights(SqueezeNet1_1_Weights.IMAGENET1K_V1, used_by=f"protocol {p.name}: LPIPS trunk"))
+        if "clip" in wanted:
+            out.append(hub_repo(p.clip_model, used_by=f"protocol {p.name}: CLIP"))
+        return out
+
     def model_ids(self) -> dict[str, str]:
         ids: dict[str, str] = {}
         if self._lpips is not None:

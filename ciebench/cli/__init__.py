@@ -20,9 +20,14 @@ app.add_typer(data_app, name="data")
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages; show tracebacks of errors.")) -> None:
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages; show tracebacks of errors."),
+          bundle: str = typer.Option("", "--bundle", envvar="CIEBENCH_BUNDLE", help="Use an offline bundle (from `ciebench prefetch --bundle`) for everything; no network.")) -> None:
     handling.VERBOSE = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if bundle:
+        from .travel import use_bundle
+
+        use_bundle(bundle)
 
 
 def main() -> None:
@@ -31,3 +36,4 @@ def main() -> None:
 
 # Command modules register on `app`; each imports its heavy dependencies only when its command runs.
 from . import run_commands  # noqa: E402,F401
+from . import travel  # noqa: E402,F401  (verify, prefetch, doctor, export, data push)

@@ -18,29 +18,16 @@ DATASET_HELP = ("'mini' (embedded), 'ciebench' (official release, downloaded and
 @app.command("prepare")
 def prepare_cmd(
     source: str = typer.Argument(..., help="Authors' folder, archive (.zip/.tar.gz), URL, or any dataset spec: " + DATASET_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the HF dataset: new, empty, or an earlier "
-                                                       "`data prepare` output (replaced). Never a folder with other files."),
-    fmt: str = typer.Option("arrow", "--format", help="arrow (save_to_disk) or parquet."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: new, empty, or an earlier `data prepare` output "
+                                                       "(replaced). Never a folder with other files."),
+    fmt: str = typer.Option("arrow", "--format", help="arrow (save_to_disk), parquet, or hub (the Hub's dataset repository layout: README.md card + data/test-*.parquet)."),
     ignore_checksums: bool = typer.Option(False, "--ignore-checksums", help="Accept a CIEBench release whose files differ from the shipped sha256 manifest."),
 ) -> None:
     """Convert a dataset source into an HF dataset on disk."""
-    from .. import outdir
     from ..datasets.prepare import prepare
 
-    if fmt not in ("arrow", "parquet"):
-        raise typer.BadParameter(f"--format must be arrow or parquet, not {fmt!r}")
-    existed = out.exists()
-    # the whole folder is replaced, so it may hold nothing but an earlier prepared dataset
-    outdir.claim(out, "dataset", exclusive_layout=True)
-    try:
-        loaded = prepare(source, out, fmt=fmt, verify=not ignore_checksums)
-    except BaseException:
-        if not existed and out.is_dir() and not outdir.foreign_entries(out, "dataset"):
-            outdir.clear(out, "dataset")
-            (out / outdir.MARKER).unlink(missing_ok=True)
-            out.rmdir()
-        raise
-    outdir.write_marker(out, "dataset")
+    # the whole folder is replaced, so it may hold nothing but an earlier prepared dataset (prepare checks)
+    loaded = prepare(source, out, fmt=fmt, verify=not ignore_checksums)
     for problem in loaded.problems:
         typer.echo(str(problem), err=True)
     typer.echo(f"wrote {len(loaded.dataset)} samples to {out} ({fmt}, revision {loaded.revision})")

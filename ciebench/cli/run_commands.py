@@ -202,7 +202,7 @@ def evaluate_cmd(
 @app.command("score")
 def score_cmd(
     dataset: str = typer.Option(..., "--dataset", "-d", help=DATASET_HELP),
-    predictions: Path = typer.Option(..., "--predictions", help="Folder of <id>.png|jpg|webp edited images."),
+    predictions: Path = typer.Option(..., "--predictions", help="Folder of <id>.png|jpg|webp edited images, or hf:ORG/NAME[@rev] of a run exported with `ciebench export`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for samples.csv and summary.json."),
     protocol: ProtocolOpt = None,
     metrics: MetricsOpt = None,
@@ -228,6 +228,10 @@ def score_cmd(
     from ..status import Status
 
     _coverage(min_coverage)
+    if str(predictions).startswith("hf:"):  # a run exported with `ciebench export --format hub`
+        from .travel import exported_predictions
+
+        predictions = exported_predictions(str(predictions))
     if not predictions.is_dir():
         raise UsageError(f"--predictions {predictions} is not a folder")
     options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device, batch_size=batch_size)

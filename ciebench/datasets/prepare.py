@@ -6,6 +6,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .. import outdir
+from ..errors import UsageError
 from ..io import atomic_write_text
 from . import LoadedDataset, read_dataset
 from .release import download, locate_release, unpack
@@ -14,23 +16,44 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
 def prepare(source: str, out: Path, *, fmt: str = "arrow", verify: bool = True) -> LoadedDataset:
-    """Convert `source` and write it to `out` (`save_to_disk` folder, or `data.parquet` with fmt="parquet").
-    The folder is written beside `out` and renamed into place, so `out` is whole or absent."""
+    """Convert `source` and write it to `out` (`save_to_disk` folder, `data.parquet` with fmt="parquet", or
+    the Hub's dataset repository layout with fmt="hub": see `hub_layout`).
+    The folder is written beside `out` and renamed into place, so `out` is whole or absent. `out` must be
+    new, empty or an earlier prepared dataset (`outdir.claim`): a folder with anything else is refused,
+    never deleted."""
     out = Path(out)
-    if fmt not in ("arrow", "parquet"):
-        raise ValueError(f"format must be 'arrow' or 'parquet', not {fmt!r}")
+    if fmt not in ("arrow", "parquet", "hub"):
+        raise UsageError(f"format must be 'arrow', 'parquet' or 'hub', not {fmt!r}")
+    existed = out.exists()
+    outdir.claim(out, "dataset", exclusive_layout=True)
+    try:
+        return _prepare_into(source, out, fmt, verify)
+    except BaseException:
+        if not existed and out.is_dir() and not outdir.foreign_entries(out, "dataset"):
+            outdir.clear(out, "dataset")  # nothing was there before: leave nothing behind
+            (out / outdir.MARKER).unlink(missing_ok=True)
+            out.rmdir()
+        raise
+
+
+def _prepare_into(source: str, out: Path, fmt: str, verify: bool) -> LoadedDataset:
     with tempfile.TemporaryDirectory() as tmp:
         loaded = _read_any(source, Path(tmp), verify)
         staging = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}-"))
         try:
             if fmt == "arrow":
                 loaded.dataset.save_to_disk(str(staging))
+            elif fmt == "hub":
+                from .hub_layout import write_hub_layout
+
+                write_hub_layout(loaded, staging, source=source)
             else:
                 loaded.dataset.to_parquet(str(staging / "data.parquet"))
             atomic_write_text(staging / "ciebench_card.json", json.dumps({
                 "source": source, "kind": loaded.kind, "revision": loaded.revision, "n_samples": len(loaded.dataset),
                 "problems": [str(p) for p in loaded.problems], "format": fmt,
             }, indent=2))
+            outdir.write_marker(staging, "dataset")
             if out.exists():
                 shutil.rmtree(out)
             out.parent.mkdir(parents=True, exist_ok=True)

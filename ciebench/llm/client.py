@@ -117,6 +117,14 @@ class LLMConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def required_assets(self, used_by: str) -> list:
+        """A local model's hub files, or the endpoint a request goes to (see ciebench.requirements)."""
+        from ..requirements import endpoint, hub_repo
+
+        if self.backend == "transformers":
+            return [hub_repo(self.model, used_by=used_by, revision=self.revision)]
+        return [endpoint(self.endpoint, self.model, used_by=used_by, config=self)]
+
     @property
     def hash(self) -> str:
         return stable_hash(self.to_dict())

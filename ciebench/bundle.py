@@ -1,0 +1,144 @@
+"""Offline bundles: one folder holding every file a configuration loads, in the layouts the loaders
+already read (a hub cache, torch's hub dir, ciebench's cache, the datasets cache), plus
+`manifest.json` with the sha256 and size of every file.
+
+`CIEBENCH_BUNDLE=DIR` (or `ciebench --bundle DIR COMMAND`) points every cache at the bundle and turns
+the network off, so a run on a node without internet reads exactly the bundled files.
+
+    DIR/manifest.json
+    DIR/hub/models--ORG--NAME/{refs/main, snapshots/<commit>/...}   HF_HUB_CACHE
+    DIR/torch/hub/checkpoints/<file>.pth                            TORCH_HOME
+    DIR/ciebench/assets/..., DIR/ciebench/smartedit/...             CIEBENCH_CACHE (also the judge's answer cache)
+    DIR/datasets/ciebench_release/<revision>/dataset/               HF_DATASETS_CACHE
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import __version__
+from .errors import EnvironmentProblem, IntegrityError
+from .io import atomic_write_json, atomic_write_text, sha256_file
+from .prefetch import Plan
+
+MANIFEST = "manifest.json"
+BUNDLE_ENV = "CIEBENCH_BUNDLE"
+FORMAT = 1
+
+
+def write_bundle(result: Plan, folder: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+    """Copy every planned file (all must be local: run `prefetch.download` first) into `folder` and
+    write the manifest last, so a bundle with a manifest is complete."""
+    folder = Path(folder)
+    absent = [f.bundle_path for f in result.files if f.local is None]
+    if absent:
+        raise EnvironmentProblem(f"{len(absent)} file(s) are not on this machine yet, e.g. {absent[0]}",
+                                 hint="download them first (ciebench prefetch without --dry-run)")
+    if result.missing:
+        raise EnvironmentProblem("cannot write a complete bundle; missing: " + "; ".join(result.missing))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST).unlink(missing_ok=True)  # an interrupted rewrite must not look complete
+    entries = []
+    bar = tqdm(total=result.total_bytes, unit="B", unit_scale=True, desc="bundle", disable=not progress)
+    try:
+        for f in result.files:
+            target = folder / f.bundle_path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not (target.is_file() and target.stat().st_size == f.local.stat().st_size):
+                tmp = target.with_name(f".{target.name}.tmp")
+                shutil.copyfile(f.local, tmp)  # follows the hub cache's blob symlinks
+                os.replace(tmp, target)
+            req = f.requirement
+            entries.append({"path": f.bundle_path, "sha256": sha256_file(target), "size": target.stat().st_size,
+                            "kind": req.kind, "ref": req.ref, "revision": req.revision, "commit": f.commit or None,
+                            "repo_file": f.repo_file or None, "used_by": req.used_by})
+            bar.update(target.stat().st_size)
+    finally:
+        bar.close()
+    for rel, commit in result.refs.items():
+        atomic_write_text(folder / rel, commit)
+    manifest = {"format": FORMAT, "ciebench_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "configuration": result.configuration.to_dict(), "files": entries, "refs": result.refs,
+                "notes": result.notes, "total_bytes": sum(e["size"] for e in entries)}
+    atomic_write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise EnvironmentProblem(f"{folder} is not a ciebench bundle (no {MANIFEST})",
+                                 hint="write one with `ciebench prefetch ... --bundle DIR`")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise IntegrityError(f"{path}: unreadable manifest ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class BundleProblem:
+    path: str
+    problem: str  # missing | size | sha256
+    used_by: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem} (needed by {self.used_by})"
+
+
+def check_bundle(folder: str | os.PathLike, hashes: bool = True) -> list[BundleProblem]:
+    """Every manifest file present with its size and (with `hashes`) sha256; each problem names the file."""
+    folder = Path(folder)
+    problems = []
+    manifest = read_manifest(folder)
+    for entry in manifest["files"]:
+        path = folder / entry["path"]
+        if not path.is_file():
+            problems.append(BundleProblem(entry["path"], "missing", entry.get("used_by", "")))
+        elif path.stat().st_size != entry["size"]:
+            problems.append(BundleProblem(entry["path"], f"size {path.stat().st_size}, manifest {entry['size']}",
+                                          entry.get("used_by", "")))
+        elif hashes and sha256_file(path) != entry["sha256"]:
+            problems.append(BundleProblem(entry["path"], "sha256 differs from the manifest", entry.get("used_by", "")))
+    for rel in manifest.get("refs", {}):
+        if not (folder / rel).is_file():
+            problems.append(BundleProblem(rel, "missing", "hub revision lookup"))
+    return problems
+
+
+def bundle_environment(folder: str | os.PathLike) -> dict[str, str]:
+    folder = Path(folder).resolve()
+    return {"HF_HUB_CACHE": str(folder / "hub"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(folder / "datasets"),
+            "TORCH_HOME": str(folder / "torch"), "CIEBENCH_CACHE": str(folder / "ciebench"),
+            "CIEBENCH_OFFLINE": "1", BUNDLE_ENV: str(folder)}
+
+
+def activate_bundle(folder: str | os.PathLike) -> Path:
+    """Point every cache at the bundle and turn the network off, in this process and its children.
+    Libraries imported earlier read some of these at import time: their constants are updated too."""
+    read_manifest(folder)
+    env = bundle_environment(folder)
+    os.environ.update(env)
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:
+        hub.HF_HUB_CACHE = env["HF_HUB_CACHE"]
+        hub.HF_HUB_OFFLINE = True
+    ds_config = sys.modules.get("datasets.config")
+    if ds_config is not None:
+        ds_config.HF_DATASETS_CACHE = Path(env["HF_DATASETS_CACHE"])
+        ds_config.HF_HUB_OFFLINE = True
+        if hasattr(ds_config, "HF_DATASETS_OFFLINE"):
+            ds_config.HF_DATASETS_OFFLINE = True
+    torch_mod = sys.modules.get("torch")
+    if torch_mod is not None:
+        torch_mod.hub.set_dir(str(Path(env["TORCH_HOME"]) / "hub"))
+    return Path(folder)
