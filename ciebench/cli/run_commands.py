@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
+from . import benchmarks as _bench
 from .data import DATASET_HELP
 
 
@@ -87,6 +88,9 @@ NumWorkersOpt = Annotated[Optional[int], typer.Option("--num-workers", help=NUM_
 GpusPerWorkerOpt = Annotated[Optional[float], typer.Option("--gpus-per-worker", help=GPUS_HELP)]
 CpusPerWorkerOpt = Annotated[float, typer.Option("--cpus-per-worker", help=CPUS_HELP)]
 IgnoreChecksumsOpt = Annotated[bool, typer.Option("--ignore-checksums", help="Accept a CIEBench release that differs from the shipped sha256 manifest.")]
+BenchmarkOpt = Annotated[Optional[str], typer.Option("--benchmark", help="Registered benchmark (see `ciebench benchmarks`); replaces --dataset.")]
+BenchmarkRootOpt = Annotated[Optional[str], typer.Option("--benchmark-root", help="The benchmark's folder in its official layout (default: its hub snapshot).")]
+JudgePromptsOpt = Annotated[Optional[str], typer.Option("--judge-prompts", help="Folder holding the benchmark's official prompt file (default: fetched at the pinned commit).")]
 
 
 def _fmt(v) -> str:
@@ -116,6 +120,9 @@ def evaluate_cmd(
     gpus_per_worker: GpusPerWorkerOpt = None,
     cpus_per_worker: CpusPerWorkerOpt = 1.0,
     ignore_checksums: IgnoreChecksumsOpt = False,
+    benchmark: BenchmarkOpt = None,
+    benchmark_root: BenchmarkRootOpt = None,
+    judge_prompts: JudgePromptsOpt = None,
 ) -> None:
     """Run an editor on a dataset into a resumable run directory, then score it."""
     from ..editor_config import EditorConfigError, build_editor
@@ -123,13 +130,20 @@ def evaluate_cmd(
     from ..runner import RunError, RunOptions, run
     from ..scoring import ScoreOptions
 
+    bench = _bench.resolve(benchmark) if benchmark else None
+    dataset = (_bench.dataset_spec(bench, benchmark_root) or dataset) if bench else dataset
     distributed = _ray_backend(backend, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device)
-    loaded = _load(dataset, ignore_checksums)
+    loaded = _load(dataset, ignore_checksums) if not bench or bench.pipeline == "dataset" else None
     try:
         ed = build_editor(editor, editor_arg, editor_config, preset)
     except (RegistryError, EditorConfigError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
+    if loaded is None:  # a judge-scored benchmark (RISEBench, ...): its own generation and official scoring
+        try:
+            return _bench.evaluate(bench, ed, out, benchmark_root, limit, judge, judge_prompts, overwrite, retry_failed)
+        finally:
+            ed.close()
     if distributed is not None:
         from ..distributed import EditorRecipe
 
@@ -170,8 +184,8 @@ def evaluate_cmd(
 
 @app.command("score")
 def score_cmd(
-    dataset: str = typer.Option(..., "--dataset", "-d", help=DATASET_HELP),
-    predictions: Path = typer.Option(..., "--predictions", help="Folder of <id>.png|jpg|webp edited images."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help=DATASET_HELP + " Required unless --benchmark."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Folder of <id>.png|jpg|webp edited images (with --benchmark: the benchmark's official output layout)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for samples.csv and summary.json."),
     protocol: ProtocolOpt = None,
     metrics: MetricsOpt = None,
@@ -186,10 +200,22 @@ def score_cmd(
     gpus_per_worker: GpusPerWorkerOpt = None,
     cpus_per_worker: CpusPerWorkerOpt = 1.0,
     ignore_checksums: IgnoreChecksumsOpt = False,
+    benchmark: BenchmarkOpt = None,
+    benchmark_root: BenchmarkRootOpt = None,
+    judge_prompts: JudgePromptsOpt = None,
+    verdicts: Optional[Path] = typer.Option(None, "--verdicts", help="With --benchmark: re-aggregate per-case verdicts (verdicts.jsonl, or the official judge .xlsx/.csv) without a judge."),
 ) -> None:
     """Score a folder of edited images against a dataset."""
     from ..io import atomic_write_json
     from ..scoring import ScoreOptions, find_predictions, score
+
+    bench = _bench.resolve(benchmark) if benchmark else None
+    if bench is not None and bench.pipeline != "dataset":
+        return _bench.score(bench, predictions, verdicts, out, benchmark_root, limit, judge, judge_prompts)
+    dataset = _bench.dataset_spec(bench, benchmark_root) if bench else dataset
+    if dataset is None or predictions is None:
+        typer.echo("error: score needs --dataset (or --benchmark) and --predictions", err=True)
+        raise typer.Exit(2)
 
     if not predictions.is_dir():
         typer.echo(f"error: --predictions {predictions} is not a folder", err=True)

@@ -1,0 +1,106 @@
+"""`ciebench benchmarks`, and the `--benchmark` paths of `evaluate` and `score`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import app
+
+
+@app.command("benchmarks")
+def benchmarks_cmd() -> None:
+    """List registered benchmarks: size, categories, licence and what they need."""
+    from ..benchmarks import BENCHMARKS, get_benchmark
+    from ..registry import RegistryError
+
+    for name in BENCHMARKS.names():
+        try:
+            b = get_benchmark(name)
+        except RegistryError as exc:
+            typer.echo(f"{name:<16} unavailable: {exc}")
+            continue
+        typer.echo(f"{name:<16} {b.size:>5} cases  licence: {b.licence:<16} headline: {b.headline}")
+        typer.echo(f"{'':<16} categories: {', '.join(b.categories)}")
+        typer.echo(f"{'':<16} needs: {'; '.join(b.needs) or '-'}   source: {b.hub_id or b.dataset_spec or '-'}")
+
+
+def resolve(name: str):
+    from ..benchmarks import get_benchmark
+    from ..registry import RegistryError
+
+    try:
+        return get_benchmark(name)
+    except RegistryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+
+
+def dataset_spec(bench: Any, root: Optional[str]) -> Optional[str]:
+    """The `--dataset` spec when the benchmark runs through the dataset pipeline, else None."""
+    if bench.pipeline != "dataset":
+        return None
+    try:
+        return bench.dataset_for(root)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+
+
+def _options(root, limit, judge, judge_prompts, overwrite=False, retry_failed=False):
+    from ..benchmarks.session import BenchOptions
+
+    return BenchOptions(root=root, limit=limit, judge=judge, judge_prompts=judge_prompts, overwrite=overwrite,
+                        retry_failed=retry_failed)
+
+
+def evaluate(bench: Any, editor: Any, out: Path, root, limit, judge, judge_prompts, overwrite, retry_failed) -> None:
+    from ..benchmarks import session
+
+    _guard(lambda: session.evaluate(bench, editor, out, _options(root, limit, judge, judge_prompts, overwrite, retry_failed)), out)
+
+
+def score(bench: Any, predictions: Optional[Path], verdicts: Optional[Path], out: Path, root, limit, judge,
+          judge_prompts) -> None:
+    from ..benchmarks import session
+
+    if verdicts is not None:
+        _guard(lambda: session.reaggregate(bench, verdicts, out), out)
+    elif predictions is not None:
+        _guard(lambda: session.score(bench, predictions, out, _options(root, limit, judge, judge_prompts)), out)
+    else:
+        typer.echo("error: --benchmark needs --predictions DIR (official output layout) or --verdicts FILE", err=True)
+        raise typer.Exit(2)
+
+
+def _guard(fn, out: Path) -> None:
+    from ..benchmarks.run import BenchmarkRunError
+    from ..errors import CiebenchError
+
+    try:
+        summary = fn()
+    except (BenchmarkRunError, ValueError, FileNotFoundError, CiebenchError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: finished cases are kept in {out}; rerun the same command to resume.", err=True)
+        raise typer.Exit(130)
+    print_summary(summary, out)
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    head = summary["headline"]
+    ci = head.get("ci95")
+    ci_text = f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+    value = head["value"]
+    typer.echo(f"\n{summary['benchmark']['title']}: results in {out}/ (summary.json, official_scores.csv)")
+    typer.echo(f"  {head['name']}: {'-' if value is None else f'{value:.4f}'}{ci_text}")
+    for row in summary["official"]:
+        if row["-"].startswith(("subcategory/", "task_type/")):
+            continue
+        cells = "  ".join("-".rjust(8) if row[k] is None else f"{row[k]:8.4f}"
+                          for k in ("Score-Origin", "Score-Percentage", "Accuracy"))
+        typer.echo(f"  {row['-']:<34} {cells}")
+    counts = ", ".join(f"{k}: {v}" for k, v in summary["ours"]["status_counts"].items())
+    typer.echo(f"  cases: {summary['ours']['cases']} ({counts})")
