@@ -15,6 +15,8 @@ BENCHMARKS = Registry(
         "reason-edit": "ciebench.benchmarks.datasets:ReasonEdit",
         "risebench": "ciebench.benchmarks.rise:RiseBench",
         "risebench-plus": "ciebench.benchmarks.rise:RiseBenchPlus",
+        "gedit": "ciebench.benchmarks.gedit:GEditBench",
+        "unireditbench": "ciebench.benchmarks.unireditbench:UniREditBench",
     },
     entry_point_group="ciebench.benchmarks",
 )

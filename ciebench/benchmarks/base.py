@@ -56,6 +56,7 @@ class JudgeCall:
     variables: dict[str, str] | None  # None: the script sends the prompt without formatting it
     images: tuple[Path, ...]
     role: str = "main"  # which judge model: "main", or "quality" (RISEBench++ uses a second model for VP)
+    text_first: bool = False  # the prompt text before the images, as some official scripts send it
 
 
 class Benchmark:
@@ -101,6 +102,20 @@ class Benchmark:
 
     def parse(self, dimension: str, reply: str) -> float | None:
         raise NotImplementedError
+
+    def render_prompt(self, prompts: Any, call: JudgeCall, what: str) -> str:
+        """The text sent for `call`: the official prompt `call.prompt` of the pinned file, filled with
+        `call.variables` (str.format rules). Benchmarks whose scripts build prompts otherwise override."""
+        from .prompts import fill
+
+        text = prompts.get(call.prompt)
+        return fill(text, call.variables, what) if call.variables is not None else text
+
+    def judge_images(self, case: Case, call: JudgeCall) -> list[Any]:
+        """The images of `call` as the official script sends them (default: fit 768 x 768, RGB, JPEG)."""
+        from .judging import prepare_judge_image
+
+        return [prepare_judge_image(p) for p in call.images]
 
     def aggregator(self) -> "Aggregator":
         raise NotImplementedError

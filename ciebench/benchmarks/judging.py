@@ -18,7 +18,7 @@ from PIL import Image
 from ..llm.client import LLMClient, LLMConfig, make_client
 from ..llm.prompts import PromptTemplate
 from .base import Benchmark, Case, JudgeCall
-from .prompts import PromptSet, fill
+from .prompts import PromptSet
 
 JUDGE_IMAGE_SIDE = 768
 
@@ -73,18 +73,17 @@ class BenchJudge:
 
     def _ask(self, case: Case, call: JudgeCall) -> tuple[str | None, str | None]:
         what = f"{self.benchmark.name} case {case.id} ({call.dimension}, {call.prompt})"
-        text = self.prompts.get(call.prompt)
-        if call.variables is not None:
-            text = fill(text, call.variables, what)
+        text = self.benchmark.render_prompt(self.prompts, call, what)
         # The official text goes in as one variable: the shared template engine inserts it verbatim
         # and never scans it, so braces in an official prompt reach the judge unchanged.
         template = PromptTemplate(name=f"{self.benchmark.name}-{call.prompt}".replace("+", "p"), version=1,
                                   text="{{official_prompt}}")
         try:
-            images = [prepare_judge_image(p) for p in call.images]
+            images = self.benchmark.judge_images(case, call)
         except OSError as exc:
             return None, f"{what}: cannot read judge image: {exc}"
-        reply = self.client(call.role).complete(template, {"official_prompt": text}, images=images)
+        reply = self.client(call.role).complete(template, {"official_prompt": text}, images=images,
+                                                text_first=call.text_first)
         if reply.status != "ok":
             return None, f"{what}: {reply.error}"
         return reply.text, None

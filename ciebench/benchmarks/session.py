@@ -32,9 +32,10 @@ def judge_configs(benchmark: Benchmark, spec: str | None) -> dict[str, LLMConfig
     roles = getattr(benchmark, "judges", {"main": {}})
     if spec is None:
         base = os.environ.get("OPENAI_BASE_URL") or None
-        # differs (RISEBench++): its script sends no temperature; the shared client always sends one.
-        return {role: LLMConfig(model=j.get("model"), base_url=base, temperature=j.get("temperature") or 0.0,
-                                max_tokens=4096, response_format="none") for role, j in roles.items()}
+        # temperature None: none is sent, as scripts that set none (the provider's default applies).
+        return {role: LLMConfig(model=j.get("model"), base_url=base, temperature=j.get("temperature"),
+                                max_tokens=j.get("max_tokens", 4096), response_format="none")
+                for role, j in roles.items()}
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"--judge {spec}: for a benchmark, give a JSON or YAML file of LLM settings "

@@ -96,11 +96,17 @@ def print_summary(summary: dict, out: Path) -> None:
     value = head["value"]
     typer.echo(f"\n{summary['benchmark']['title']}: results in {out}/ (summary.json, official_scores.csv)")
     typer.echo(f"  {head['name']}: {'-' if value is None else f'{value:.4f}'}{ci_text}")
-    for row in summary["official"]:
-        if row["-"].startswith(("subcategory/", "task_type/")):
+    table = summary["official"]
+    labels = [k for k in (table[0] if table else {}) if isinstance(table[0][k], str)]
+    numbers = [k for k in (table[0] if table else {}) if k not in labels]
+    if table:
+        typer.echo(f"  {'':<34} " + "  ".join(f"{k[:14]:>14}" for k in numbers))
+    for row in table:
+        label = " / ".join(str(row[k]) for k in labels)
+        if label.startswith(("subcategory/", "task_type/")):
             continue
-        cells = "  ".join("-".rjust(8) if row[k] is None else f"{row[k]:8.4f}"
-                          for k in ("Score-Origin", "Score-Percentage", "Accuracy"))
-        typer.echo(f"  {row['-']:<34} {cells}")
+        cells = "  ".join("-".rjust(14) if row.get(k) is None else
+                          f"{row[k]:14d}" if isinstance(row[k], int) else f"{row[k]:14.4f}" for k in numbers)
+        typer.echo(f"  {label:<34} {cells}")
     counts = ", ".join(f"{k}: {v}" for k, v in summary["ours"]["status_counts"].items())
     typer.echo(f"  cases: {summary['ours']['cases']} ({counts})")
