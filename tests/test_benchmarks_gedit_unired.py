@@ -326,6 +326,115 @@ def test_the_published_judges_are_the_defaults(monkeypatch):
 def test_benchmarks_lists_the_new_ones():
     result = runner.invoke(app, ["benchmarks"])
     assert result.exit_code == 0, result.output
-    for name in ("gedit", "unireditbench"):
+    for name in ("gedit", "unireditbench", "imgedit", "imgedit-uge"):
         assert f"\n{name} " in "\n" + result.output
         assert get_benchmark(name).licence
+
+
+# ---------------------------------------------------------------------------------------- ImgEdit
+def make_imgedit(root: Path, n_per_type: int = 2) -> dict[str, dict]:
+    from ciebench.benchmarks.imgedit import EDIT_TYPES
+
+    edits, k = {}, 0
+    for t in EDIT_TYPES:
+        for j in range(n_per_type):
+            rel = f"{t}/{k:06d}.jpg"
+            (root / t).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (40, 32), (10 + 7 * k, 5, 5)).save(root / rel, quality=95)
+            edits[str(1000 + k)] = {"id": rel, "prompt": f"{t} edit {k}", "edit_type": t}
+            k += 1
+    (root / "basic_edit.json").write_text(json.dumps(edits))
+    return edits
+
+
+def imgedit_reply(k: int) -> tuple[str, list[int]]:
+    scores = [1 + k % 5, 1 + (k * 2) % 5, 1 + (k * 3 + 1) % 5]
+    text = (f"Brief reasoning: fine.\nPrompt Compliance: {scores[0]}\nVisual Naturalness: {scores[1]}\n"
+            f"Physical & Detail Coherence: {scores[2]}\nNote: 5 is best")
+    return text, scores
+
+
+def test_imgedit_basic_type_scores_and_overall(tmp_path, monkeypatch):
+    from ciebench.benchmarks.imgedit import EDIT_TYPES, ImgEditBasic, item_score
+
+    prompts = {t: f"RULES FOR {t.upper()} editing instruction is : <edit_prompt>." for t in EDIT_TYPES}
+    folder = tmp_path / "prompts-imgedit"
+    folder.mkdir()
+    path = folder / "prompts.json"
+    path.write_text(json.dumps(prompts))
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ImgEditBasic, "prompts", PinnedAsset(name="imgedit/prompts.json", url=path.as_uri(),
+                                                             sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                                                             source="stand-in", filename="prompts.json"))
+    prompt_module._load.cache_clear()
+    root = tmp_path / "imgedit"
+    edits = make_imgedit(root)
+    keys = list(edits)
+    by_red = {10 + 7 * k: k for k in range(len(keys))}
+    seen = []
+
+    def judge(req):
+        red = red_of(req.images()[-1])
+        k = by_red[min(by_red, key=lambda r: abs(r - red))]
+        seen.append((keys[k], req.text, [p["type"] for p in req.body["messages"][-1]["content"]]))
+        return "I refuse to use the format." if k == 3 else imgedit_reply(k)[0]
+
+    outputs = tmp_path / "edited_images"
+    outputs.mkdir()
+    for k, key in enumerate(keys):
+        if k != 5:  # one output missing
+            Image.new("RGB", (40, 32), (10 + 7 * k, 5, 5)).save(outputs / f"{key}.png")
+    with serve_llm() as server:
+        server.on(then=respond(judge))
+        result = runner.invoke(app, ["score", "--benchmark", "imgedit", "--benchmark-root", str(root),
+                                     "--predictions", str(outputs), "--out", str(tmp_path / "scored"),
+                                     "--judge", str(judge_file(tmp_path, server))])
+        assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "scored" / "summary.json").read_text())
+    # independent: item = round(mean of the three, 2); type = round(mean of items, 2); overall = our
+    # documented mean of the 9 type scores
+    per_type: dict[str, list[float]] = {}
+    for k, key in enumerate(keys):
+        if k in (3, 5):
+            continue
+        per_type.setdefault(edits[key]["edit_type"], []).append(round(statistics.fmean(imgedit_reply(k)[1]), 2))
+    for t in EDIT_TYPES:
+        got = next(r for r in summary["official"] if r["edit_type"] == t)
+        assert got["score"] == round(statistics.fmean(per_type[t]), 2), t
+    overall = round(statistics.fmean(round(statistics.fmean(v), 2) for v in per_type.values()), 2)
+    assert summary["headline"]["value"] == overall
+    assert summary["ours"]["status_counts"] == {"judge_error": 1, "missing": 1, "ok": len(keys) - 2}
+    key0 = keys[0]
+    assert (key0, f"RULES FOR REPLACE editing instruction is : replace edit 0.", ["text", "image_url", "image_url"]) in seen
+    assert item_score("Score: 4\nOther: x\nA: 2") == 3.0 and item_score("no scores") is None
+    assert item_score("A: 4.5\nB: 3") == 3.0  # "4.5" is not all digits: the script skips it
+
+
+def test_imgedit_uge_average(tmp_path, monkeypatch):
+    from ciebench.benchmarks.imgedit import ImgEditUGE
+
+    pin_stand_in(monkeypatch, tmp_path, ImgEditUGE, "UGE_bench.py", {"prompt": "UGE RULES: <edit_prompt>."})
+    root = tmp_path / "uge"
+    root.mkdir()
+    edits = {}
+    for k in range(4):
+        Image.new("RGB", (40, 32), (10 + 7 * k, 5, 5)).save(root / f"{k:09d}.jpg")
+        edits[str(k + 1)] = {"id": f"{k:09d}.jpg", "prompt": f"think then edit {k}"}
+    (root / "UGE_edit.json").write_text(json.dumps(edits))
+    by_red = {10 + 7 * k: k for k in range(4)}
+    answers = {0: "Overall: 5", 1: "Overall: 2", 2: "Overall: 4", 3: "Overall: 3"}
+
+    def judge(req):
+        red = red_of(req.images()[-1])
+        assert req.text.startswith("UGE RULES: think then edit")
+        return answers[by_red[min(by_red, key=lambda r: abs(r - red))]]
+
+    with serve_llm() as server:
+        server.on(then=respond(judge))
+        result = runner.invoke(app, ["evaluate", "--benchmark", "imgedit-uge", "--benchmark-root", str(root),
+                                     "--editor", "identity", "--out", str(tmp_path / "run"),
+                                     "--judge", str(judge_file(tmp_path, server))])
+        assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["headline"]["value"] == round((5 + 2 + 4 + 3) / 4, 2)
+    assert (tmp_path / "run" / "images" / "1.png").is_file()  # the official flat layout: <key>.png

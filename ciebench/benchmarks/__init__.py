@@ -17,6 +17,8 @@ BENCHMARKS = Registry(
         "risebench-plus": "ciebench.benchmarks.rise:RiseBenchPlus",
         "gedit": "ciebench.benchmarks.gedit:GEditBench",
         "unireditbench": "ciebench.benchmarks.unireditbench:UniREditBench",
+        "imgedit": "ciebench.benchmarks.imgedit:ImgEditBasic",
+        "imgedit-uge": "ciebench.benchmarks.imgedit:ImgEditUGE",
     },
     entry_point_group="ciebench.benchmarks",
 )

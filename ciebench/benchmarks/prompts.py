@@ -1,7 +1,7 @@
 """Official judge prompts, read at run time from the official repositories at pinned commits.
 
-The prompts are module-level string constants of Python files (RISEBench's utils.py). Nothing is
-executed: the file is parsed with `ast` and a prompt is the value of a top-level assignment
+The prompts are module-level string constants of Python files (RISEBench's utils.py), or the string
+values of a JSON object (ImgEdit's prompts.json). Nothing is executed: the file is parsed with `ast` and a prompt is the value of a top-level assignment
 `NAME = "<string literal>"` (documented rule, tested on stand-in files). Filling follows `str.format`
 for plain names only (`{instruct}`; `{{`/`}}` are literal braces); any other field form is refused.
 """
@@ -63,10 +63,24 @@ class PromptSet:
         return self.prompts[name]
 
 
+def extract_json_strings(source: str, filename: str = "<prompts>") -> dict[str, str]:
+    """Every string value of a top-level JSON object (prompt files kept as JSON, e.g. ImgEdit's)."""
+    import json
+
+    try:
+        data = json.loads(source)
+    except ValueError as exc:
+        raise PromptFileError(f"{filename}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise PromptFileError(f"{filename}: expected a JSON object of prompts")
+    return {k: v for k, v in data.items() if isinstance(v, str)}
+
+
 @lru_cache(maxsize=8)
 def _load(asset: PinnedAsset, local_dir: str | None, allow_unverified_local: bool) -> PromptSet:
     resolved = resolve_asset(asset, local_dir=local_dir, allow_unverified_local=allow_unverified_local)
-    return PromptSet(resolved, extract_string_constants(resolved.read_text(), str(resolved.path)))
+    extract = extract_json_strings if asset.filename.endswith(".json") else extract_string_constants
+    return PromptSet(resolved, extract(resolved.read_text(), str(resolved.path)))
 
 
 def load_prompts(asset: PinnedAsset, local_dir: str | Path | None = None,
