@@ -96,11 +96,14 @@ def print_summary(summary: dict, out: Path) -> None:
     value = head["value"]
     typer.echo(f"\n{summary['benchmark']['title']}: results in {out}/ (summary.json, official_scores.csv)")
     typer.echo(f"  {head['name']}: {'-' if value is None else f'{value:.4f}'}{ci_text}")
-    for row in summary["official"]:
+    table = summary["official"]
+    columns = [k for k in (table[0] if table else {}) if k not in ("-", "n") and not k.endswith("(1-5)")]
+    if columns:
+        typer.echo(f"  {'':<34} " + "  ".join(f"{c[:12]:>12}" for c in columns))
+    for row in table:
         if row["-"].startswith(("subcategory/", "task_type/")):
             continue
-        cells = "  ".join("-".rjust(8) if row[k] is None else f"{row[k]:8.4f}"
-                          for k in ("Score-Origin", "Score-Percentage", "Accuracy"))
+        cells = "  ".join("-".rjust(12) if row[k] is None else f"{row[k]:12.4f}" for k in columns)
         typer.echo(f"  {row['-']:<34} {cells}")
     counts = ", ".join(f"{k}: {v}" for k, v in summary["ours"]["status_counts"].items())
     typer.echo(f"  cases: {summary['ours']['cases']} ({counts})")
