@@ -206,3 +206,67 @@ class SingleEditor(StampEditor):
 
     name = "single"
     supports = frozenset()
+
+
+KRIS_FIELDS = {"prompt_consist": I, "prompt_quality": None, "prompt_instruction_following": I,
+               "prompt_abnormal_instruction_following": ("instruct", "explanation"),
+               "prompt_view_instruction_following": I, "prompt_consist_temporal": ("N", "instruct"),
+               "prompt_instruction_temporal": ("N", "instruct"), "prompt_consist_multi": I,
+               "prompt_instruction_multi": I, "prompt_dual_evaluation": ("instruct", "explanation")}
+FIELDS.update(KRIS_FIELDS)
+
+
+def make_kris(root: Path) -> tuple[dict[str, dict], Colours]:
+    """A KRIS_Bench folder (<task>/annotation.json + images) with one family each: common, anomaly
+    (explanation), viewpoint (gt image), temporal (3 frames), multi-element (3 refs), knowledge."""
+    base, colours = root / "KRIS_Bench", Colours()
+    tasks: dict[str, dict] = {}
+
+    def add(task, key, names, **extra):
+        folder = base / task
+        colours.first(folder / names[0], f"{task}/{key}")
+        for name in names[1:]:
+            colours.other(folder / name)
+        if "gt_img" in extra:
+            colours.other(folder / extra["gt_img"])
+        entry = {"ori_img": names if len(names) > 1 else names[0], "ins_en": f"do it, case {task}/{key}",
+                 "explain_en": extra.pop("explain_en", "")}
+        entry.update(extra)
+        tasks.setdefault(task, {})[key] = entry
+
+    add("count_change", "1", ["1.png"])
+    add("count_change", "2", ["2.png"])
+    add("anomaly_correction", "1", ["1.png"], explain_en="the clock has 13 hours")
+    add("viewpoint_change", "1", ["1.png"], gt_img="1_gt.png")
+    add("temporal_prediction", "3", ["3-1.png", "3-2.png", "3-4.png"], gt_img="3-3.png")
+    add("multi-element_composition", "1", ["1-1.png", "1-2.png", "1-3.png"])
+    add("chemistry", "1", ["1.png"], explain_en="iron rusts")
+    add("chemistry", "2", ["2.png"], explain_en="copper turns green")
+    for task, entries in tasks.items():
+        (base / task / "annotation.json").write_text(json.dumps(entries, indent=1), encoding="utf-8")
+    return tasks, colours
+
+
+class KrisJudge:
+    """Answers KRIS judge requests with JSON scores from a table {"task/id": {key: score}}."""
+
+    KEY = {"prompt_consist": "consistency_score", "prompt_consist_temporal": "consistency_score",
+           "prompt_consist_multi": "consistency_score", "prompt_quality": "quality_score"}
+
+    def __init__(self, table: dict[str, dict[str, int]], colours: Colours):
+        self.table, self.colours = table, colours
+        self.seen: list[tuple[str, str, int, str]] = []
+        self.requests: list = []
+
+    def __call__(self, request) -> str:
+        prompt = PROMPT_RE.search(request.text).group(1)
+        match = re.search(r"case (\S+?)>", request.text)
+        case = match.group(1) if match else self.colours.case_of(request.images()[-1])
+        self.seen.append((case, prompt, len(request.image_urls), request.text))
+        self.requests.append((prompt, request))
+        scores = self.table[case]
+        if prompt == "prompt_dual_evaluation":
+            return json.dumps({"instruction_score": scores["instruction_score"], "instruction_reasoning": "ok",
+                               "knowledge_score": scores["knowledge_score"], "knowledge_reasoning": "ok"})
+        key = self.KEY.get(prompt, "instruction_score")
+        return "Looking at it.\n" + json.dumps({key: scores[key], "reasoning": "fine"})

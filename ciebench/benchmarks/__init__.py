@@ -15,6 +15,7 @@ BENCHMARKS = Registry(
         "reason-edit": "ciebench.benchmarks.datasets:ReasonEdit",
         "risebench": "ciebench.benchmarks.rise:RiseBench",
         "risebench-plus": "ciebench.benchmarks.rise:RiseBenchPlus",
+        "kris": "ciebench.benchmarks.kris:KrisBench",
         "gedit": "ciebench.benchmarks.gedit:GEditBench",
         "unireditbench": "ciebench.benchmarks.unireditbench:UniREditBench",
         "imgedit": "ciebench.benchmarks.imgedit:ImgEditBasic",

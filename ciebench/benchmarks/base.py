@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 OUTPUT_SUFFIXES = ("png", "jpg", "jpeg")
 
@@ -77,6 +80,12 @@ class Benchmark:
     # dataset pipeline (region metrics, IDCS) from the `--dataset` spec `dataset_for(root)`.
     pipeline: ClassVar[str] = "judge"
     dataset_spec: ClassVar[str | None] = None
+    # Official prompt file: pinned (`prompts`), or, where no byte-exact copy could be pinned, named by
+    # `prompt_file` + `prompt_source` and taken from --judge-prompts with its sha256 recorded.
+    prompts: ClassVar[Any] = None
+    prompt_file: ClassVar[str] = "utils.py"
+    prompt_source: ClassVar[str] = ""
+    judges: ClassVar[dict[str, dict[str, Any]]] = {"main": {}}
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "title": self.title, "size": self.size, "categories": list(self.categories),
@@ -103,6 +112,21 @@ class Benchmark:
     def parse(self, dimension: str, reply: str) -> float | None:
         raise NotImplementedError
 
+    def parse_many(self, dimension: str, reply: str) -> dict[str, float | None]:
+        """Every score one reply carries (most prompts ask one dimension)."""
+        return {dimension: self.parse(dimension, reply)}
+
+    def map_scores(self, case: Case, raw: dict[str, float | None]) -> dict[str, float | None]:
+        """Parsed answers -> the scale the aggregation uses (identity unless a benchmark maps them)."""
+        return raw
+
+    def judge_image(self, path: Path, call: JudgeCall) -> "Image.Image":
+        """A judge input as the official script sends it. Default: the file's pixels, RGB."""
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.convert("RGB")
+
     def render_prompt(self, prompts: Any, call: JudgeCall, what: str) -> str:
         """The text sent for `call`: the official prompt `call.prompt` of the pinned file, filled with
         `call.variables` (str.format rules). Benchmarks whose scripts build prompts otherwise override."""
@@ -112,10 +136,9 @@ class Benchmark:
         return fill(text, call.variables, what) if call.variables is not None else text
 
     def judge_images(self, case: Case, call: JudgeCall) -> list[Any]:
-        """The images of `call` as the official script sends them (default: fit 768 x 768, RGB, JPEG)."""
-        from .judging import prepare_judge_image
-
-        return [prepare_judge_image(p) for p in call.images]
+        """All images of `call` as the official script sends them: `judge_image` per image, unless a
+        benchmark prepares one image from another (GEdit resizes the output to the source's size)."""
+        return [self.judge_image(p, call) for p in call.images]
 
     def aggregator(self) -> "Aggregator":
         raise NotImplementedError

@@ -196,9 +196,6 @@ class GEditBench(Benchmark):
         scores = parse_scores(reply)
         return None if scores is None else min(scores)
 
-    def map_scores(self, case: Case, raw: dict[str, float | None]) -> dict[str, float | None]:
-        return raw
-
     def missing_verdict(self, case: Case) -> dict[str, float | None]:
         return {}  # the script skips a missing output: not scored, counted as missing here
 

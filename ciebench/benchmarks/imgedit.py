@@ -23,8 +23,6 @@ import tarfile
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
-from PIL import Image
-
 from ..assets import PinnedAsset, resolve_asset
 from ..cache import cache_root
 from .base import Aggregator, Benchmark, Case, Groups, JudgeCall
@@ -114,19 +112,8 @@ class _ImgEdit(Benchmark):
         return [JudgeCall(SCORE, case.category, {"edit_prompt": case.turns[0]}, (case.images[0], output),
                           text_first=True)]
 
-    def judge_images(self, case: Case, call: JudgeCall) -> list[Image.Image]:
-        images = []
-        for path in call.images:  # as on disk: the script sends the file's bytes
-            with Image.open(path) as im:
-                im.load()
-                images.append(im.copy())
-        return images
-
     def parse(self, dimension: str, reply: str) -> float | None:
         return item_score(reply)
-
-    def map_scores(self, case: Case, raw: dict[str, float | None]) -> dict[str, float | None]:
-        return raw
 
     def missing_verdict(self, case: Case) -> dict[str, float | None]:
         return {}  # the script has no rule; not scored, counted as missing

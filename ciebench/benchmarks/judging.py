@@ -23,14 +23,16 @@ from .prompts import PromptSet
 JUDGE_IMAGE_SIDE = 768
 
 
-def prepare_judge_image(path: Path, side: int = JUDGE_IMAGE_SIDE) -> Image.Image:
-    """The image as the official scripts send it: fit within side x side keeping the aspect ratio
-    (PIL thumbnail: never enlarged), RGB, JPEG-encoded at PIL's default quality, then decoded."""
+def prepare_judge_image(path: Path, side: int = JUDGE_IMAGE_SIDE, quality: int | None = None) -> Image.Image:
+    """The image as RISEBench's scripts send it: fit within side x side keeping the aspect ratio (PIL
+    thumbnail: never enlarged; side 0 keeps the size), RGB, JPEG-encoded (PIL's default quality unless
+    `quality`), then decoded."""
     with Image.open(path) as im:
         im = im.convert("RGB")
-        im.thumbnail((side, side))
+        if side:
+            im.thumbnail((side, side))
         buf = io.BytesIO()
-        im.save(buf, format="JPEG")
+        im.save(buf, format="JPEG", **({"quality": quality} if quality else {}))
     buf.seek(0)
     out = Image.open(buf)
     out.load()
@@ -63,12 +65,12 @@ class BenchJudge:
         for call in self.benchmark.judge_calls(case, output):
             text, error = self._ask(case, call)
             replies[call.dimension] = text
-            score = self.benchmark.parse(call.dimension, text) if text is not None else None
-            if text is not None and score is None:
-                error = "no score found in the judge's reply"
+            scores = self.benchmark.parse_many(call.dimension, text) if text is not None else {call.dimension: None}
+            if text is not None and any(v is None for v in scores.values()):
+                error = f"{self.benchmark.name} case {case.id} ({call.dimension}): no score found in the judge's reply"
             if error:
                 errors[call.dimension] = error
-            raw[call.dimension] = score
+            raw.update(scores)
         return CaseJudgement(dims=self.benchmark.map_scores(case, raw), replies=replies, errors=errors)
 
     def _ask(self, case: Case, call: JudgeCall) -> tuple[str | None, str | None]:
@@ -93,5 +95,5 @@ class BenchJudge:
                 "judges": {role: {"model": c.config.model, "model_id": c.model_id, "temperature": c.config.temperature,
                                   "served_models": c.served_models, "stats": c.stats}
                            for role, c in self.clients.items()},
-                "image_prep": {"fit": [JUDGE_IMAGE_SIDE, JUDGE_IMAGE_SIDE], "mode": "RGB", "format": "JPEG",
-                               "wire": "PNG of the decoded JPEG (shared client)"}}
+                "image_prep": getattr(self.benchmark, "judge_image_prep", "file pixels, RGB"),
+                "wire": "images before the text, PNG-encoded pixels (shared client)"}

@@ -133,8 +133,15 @@ class _Rise(Benchmark):
     def judge_calls(self, case: Case, output: Path) -> list[JudgeCall]:
         raise NotImplementedError
 
+    judge_image_prep = "shrunk to fit 768x768 (never enlarged), RGB, JPEG (PIL default quality), decoded"
+
     def parse(self, dimension: str, reply: str) -> float | None:
         return extract_final_score(reply)
+
+    def judge_image(self, path: Path, call: JudgeCall):
+        from .judging import prepare_judge_image
+
+        return prepare_judge_image(path)
 
     def map_scores(self, case: Case, raw: dict[str, float | None]) -> dict[str, float | None]:
         """Logical cases are judged 0/1 and mapped to 1 or 5 (4 min(x, 1) + 1)."""
@@ -230,7 +237,8 @@ class RiseBenchPlus(_Rise):
     # The script sets no temperature (the provider default applies): recorded as None.
     judges = {"main": {"model": "google/gemini-3-flash-preview", "temperature": None},
               "quality": {"model": "google/gemini-3.1-flash-lite", "temperature": None}}
-    prompts = None  # see plus_prompts_asset()
+    prompts = None  # no byte-exact copy to pin: --judge-prompts DIR holding this utils.py
+    prompt_source = PLUS_PROMPTS_SOURCE
 
     def _case(self, item: dict[str, Any], base: Path) -> Case:
         raw_category = item["category"]

@@ -29,7 +29,7 @@ class BenchOptions:
 def judge_configs(benchmark: Benchmark, spec: str | None) -> dict[str, LLMConfig]:
     """One LLM config per judge role. Default: the published judge models, reached through
     $OPENAI_BASE_URL (as the RISEBench++ script does) with the key in $OPENAI_API_KEY."""
-    roles = getattr(benchmark, "judges", {"main": {}})
+    roles = benchmark.judges
     if spec is None:
         base = os.environ.get("OPENAI_BASE_URL") or None
         # temperature None: none is sent, as scripts that set none (the provider's default applies).
@@ -61,15 +61,13 @@ def judge_configs(benchmark: Benchmark, spec: str | None) -> dict[str, LLMConfig
 
 
 def prompt_set(benchmark: Benchmark, local_dir: str | None) -> PromptSet:
-    asset = getattr(benchmark, "prompts", None)
-    if asset is not None:
-        return load_prompts(asset, local_dir)
-    from .rise import PLUS_PROMPTS_SOURCE
-
+    if benchmark.prompts is not None:
+        return load_prompts(benchmark.prompts, local_dir)
     if not local_dir:
-        raise ValueError(f"{benchmark.name}: its prompt file is not pinned by sha256 yet; pass --judge-prompts DIR "
-                         f"holding utils.py from {PLUS_PROMPTS_SOURCE} (its sha256 is recorded as unverified)")
-    return load_unpinned(Path(local_dir) / "utils.py", PLUS_PROMPTS_SOURCE, f"{benchmark.name}/utils.py")
+        raise ValueError(f"{benchmark.name}: its prompt file is not pinned by sha256; pass --judge-prompts DIR holding "
+                         f"{benchmark.prompt_file} from {benchmark.prompt_source} (its sha256 is recorded as unverified)")
+    return load_unpinned(Path(local_dir) / benchmark.prompt_file, benchmark.prompt_source,
+                         f"{benchmark.name}/{benchmark.prompt_file}")
 
 
 def _cases(benchmark: Benchmark, options: BenchOptions):

@@ -124,12 +124,14 @@ class UniREditBench(Benchmark):
                           (source, case.ground_truth_image, output), text_first=True),
                 JudgeCall(VP, "prompt_generation", None, (output,), text_first=True)]
 
+    def judge_image(self, path: Path, call: JudgeCall):
+        from .judging import prepare_judge_image
+
+        return prepare_judge_image(path)  # fit 768 x 768, JPEG, as the script's encode_image_to_base64
+
     def parse(self, dimension: str, reply: str) -> float | None:
         value = extract_first_score(reply)
         return None if value is None else float(value)
-
-    def map_scores(self, case: Case, raw: dict[str, float | None]) -> dict[str, float | None]:
-        return raw
 
     def missing_verdict(self, case: Case) -> dict[str, float | None]:
         return {AC: None, R: None, VP: None}  # dropped from the official numbers, counted as missing

@@ -98,7 +98,7 @@ def print_summary(summary: dict, out: Path) -> None:
     typer.echo(f"  {head['name']}: {'-' if value is None else f'{value:.4f}'}{ci_text}")
     table = summary["official"]
     labels = [k for k in (table[0] if table else {}) if isinstance(table[0][k], str)]
-    numbers = [k for k in (table[0] if table else {}) if k not in labels]
+    numbers = [k for k in (table[0] if table else {}) if k not in labels and not k.endswith("(1-5)")]
     if table:
         typer.echo(f"  {'':<34} " + "  ".join(f"{k[:14]:>14}" for k in numbers))
     for row in table:
