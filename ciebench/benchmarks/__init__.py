@@ -20,6 +20,7 @@ BENCHMARKS = Registry(
         "unireditbench": "ciebench.benchmarks.unireditbench:UniREditBench",
         "imgedit": "ciebench.benchmarks.imgedit:ImgEditBasic",
         "imgedit-uge": "ciebench.benchmarks.imgedit:ImgEditUGE",
+        "wiseedit": "ciebench.benchmarks.wiseedit:WiseEdit",
     },
     entry_point_group="ciebench.benchmarks",
 )

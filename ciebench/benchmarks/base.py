@@ -36,6 +36,8 @@ class Case:
     ground_truth_image: Path | None = None
     explanation: str | None = None
     categories: tuple[str, ...] = ()  # every listed category (hybrid cases list several)
+    reference_images: tuple[Path, ...] = ()  # several reference images (WiseEdit)
+    judge_instruction: str | None = None  # the instruction the judge sees, when it is not the editor's
     flags: frozenset[str] = frozenset()
 
     @property
@@ -126,6 +128,9 @@ class Benchmark:
 
         with Image.open(path) as im:
             return im.convert("RGB")
+
+    def bind_prompts(self, prompts: Any) -> None:
+        """Called once with the loaded prompt set, for rules read from the pinned files themselves."""
 
     def render_prompt(self, prompts: Any, call: JudgeCall, what: str) -> str:
         """The text sent for `call`: the official prompt `call.prompt` of the pinned file, filled with

@@ -53,6 +53,7 @@ class BenchJudge:
                  cache_dir: str | Path | None = None):
         self.benchmark = benchmark
         self.prompts = prompts
+        benchmark.bind_prompts(prompts)
         self.clients: dict[str, LLMClient] = {role: make_client(cfg, cache_dir) for role, cfg in configs.items()}
 
     def client(self, role: str) -> LLMClient:
@@ -92,6 +93,7 @@ class BenchJudge:
 
     def provenance(self) -> dict[str, Any]:
         return {"prompts": self.prompts.asset.provenance(),
+                **({"more_prompts": [a.provenance() for a in self.prompts.more]} if self.prompts.more else {}),
                 "judges": {role: {"model": c.config.model, "model_id": c.model_id, "temperature": c.config.temperature,
                                   "served_models": c.served_models, "stats": c.stats}
                            for role, c in self.clients.items()},

@@ -52,10 +52,22 @@ def fill(template: str, variables: dict[str, str], what: str) -> str:
 
 @dataclass(frozen=True)
 class PromptSet:
-    """The prompts of one pinned file and its provenance."""
+    """The prompts of one pinned file (or several: `more`) and their provenance."""
 
     asset: ResolvedAsset
     prompts: dict[str, str]
+    more: tuple[ResolvedAsset, ...] = ()
+
+    @property
+    def assets(self) -> tuple[ResolvedAsset, ...]:
+        return (self.asset, *self.more)
+
+    def source_of(self, filename: str) -> str:
+        """The text of one of the pinned files, for rules that live outside module constants."""
+        for resolved in self.assets:
+            if resolved.asset.filename == filename:
+                return resolved.read_text()
+        raise PromptFileError(f"no pinned prompt file named {filename}")
 
     def get(self, name: str) -> str:
         if name not in self.prompts:
@@ -83,9 +95,18 @@ def _load(asset: PinnedAsset, local_dir: str | None, allow_unverified_local: boo
     return PromptSet(resolved, extract(resolved.read_text(), str(resolved.path)))
 
 
-def load_prompts(asset: PinnedAsset, local_dir: str | Path | None = None,
+def load_prompts(asset: PinnedAsset | tuple[PinnedAsset, ...], local_dir: str | Path | None = None,
                  allow_unverified_local: bool = False) -> PromptSet:
-    return _load(asset, None if local_dir is None else str(local_dir), allow_unverified_local)
+    """The prompts of one pinned file, or of several merged (names must not clash)."""
+    assets = asset if isinstance(asset, tuple) else (asset,)
+    sets = [_load(a, None if local_dir is None else str(local_dir), allow_unverified_local) for a in assets]
+    merged: dict[str, str] = {}
+    for s in sets:
+        clash = set(merged) & set(s.prompts)
+        if clash:
+            raise PromptFileError(f"{s.asset.asset.source}: prompt names {sorted(clash)} are defined twice")
+        merged.update(s.prompts)
+    return PromptSet(sets[0].asset, merged, tuple(s.asset for s in sets[1:]))
 
 
 def load_unpinned(path: str | Path, source: str, name: str) -> PromptSet:

@@ -92,7 +92,8 @@ def evaluate(benchmark: Benchmark, editor: Editor, out: Path, options: BenchOpti
     spec = {"benchmark": benchmark.name, "root": str(Path(options.root).resolve()) if options.root else None,
             "hub_revision": benchmark.hub_revision, "limit": options.limit, "editor": editor.describe(),
             "judge": {role: c.config.to_dict() for role, c in judge.clients.items()},
-            "prompts_sha256": judge.prompts.asset.sha256}
+            "prompts_sha256": judge.prompts.asset.sha256,
+            **({"more_prompts_sha256": [a.sha256 for a in judge.prompts.more]} if judge.prompts.more else {})}
     prepare_run(out, spec, options.overwrite)
     total = _count(benchmark, options)
     stats = generate(benchmark, editor, _cases(benchmark, options), out, retry_failed=options.retry_failed,
