@@ -438,3 +438,34 @@ def test_imgedit_uge_average(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["headline"]["value"] == round((5 + 2 + 4 + 3) / 4, 2)
     assert (tmp_path / "run" / "images" / "1.png").is_file()  # the official flat layout: <key>.png
+
+
+def test_published_verdict_tables_reaggregate_without_a_judge(tmp_path):
+    import csv as csv_module
+
+    rows = []
+    for k, group in enumerate(GROUPS * 2):
+        sc, pq_ = (k * 3) % 11, 1 + k % 10
+        rows.append({"source_image": f"r/m/fullset/{group}/en/{k}_SRCIMG.png", "edited_image": f"r/m/fullset/{group}/en/{k}.png",
+                     "instruction": "x", "sementics_score": sc, "quality_score": pq_,
+                     "intersection_exist": str(k % 2 == 0), "instruction_language": "en"})
+    path = tmp_path / "m_combined_gpt_score.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv_module.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = runner.invoke(app, ["score", "--benchmark", "gedit", "--verdicts", str(path), "--out", str(tmp_path / "re")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "re" / "summary.json").read_text())
+    per = {g: [math.sqrt(r["sementics_score"] * r["quality_score"]) for r in rows if f"/{g}/" in r["edited_image"]]
+           for g in GROUPS}
+    assert summary["headline"]["value"] == pytest.approx(statistics.fmean(statistics.fmean(v) for v in per.values()))
+    # UniREditBench's judge table
+    table = tmp_path / "m_judge.csv"
+    table.write_text("name,idx,ApprConsistency,Reasoning,VisualPlausibility\na,1,5,5,5\na,2,3,4,2\nb,1,4,,5\n")
+    result = runner.invoke(app, ["score", "--benchmark", "unireditbench", "--verdicts", str(table), "--out",
+                                 str(tmp_path / "re2")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "re2" / "summary.json").read_text())
+    overall = next(r for r in summary["official"] if r["-"] == "Overall")
+    assert overall["Score-Origin"] == pytest.approx((5.0 + 0.9 + 2.0 + 0.4) / 2) and overall["Accuracy"] == 0.5

@@ -196,11 +196,38 @@ class GEditBench(Benchmark):
         scores = parse_scores(reply)
         return None if scores is None else min(scores)
 
+    def official_verdicts(self, path: Path) -> Iterator[dict[str, Any]]:
+        """Rows of the script's per-sample CSV (`MODEL_combined_gpt_score.csv` or one group's file:
+        source_image, edited_image, instruction, sementics_score, quality_score, intersection_exist,
+        instruction_language); the group and key come from `.../fullset/GROUP/LANG/KEY.png`."""
+        import pandas as pd
+
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        needed = {"edited_image", "sementics_score", "quality_score", "intersection_exist", "instruction_language"}
+        if needed - set(frame.columns):
+            raise ValueError(f"--verdicts {path}: missing columns {sorted(needed - set(frame.columns))}")
+        for n, item in enumerate(frame.to_dict("records")):
+            parts = Path(item["edited_image"]).parts
+            group, key = parts[-3], Path(parts[-1]).stem
+            dims = {SC: _number(item["sementics_score"]), PQ: _number(item["quality_score"])}
+            ok = dims[SC] is not None and dims[PQ] is not None
+            yield {"id": key, "category": group, "categories": [group], "language": item["instruction_language"],
+                   "output_folder": f"fullset/{group}/{item['instruction_language']}",
+                   "flags": ["intersection"] if _true(item["intersection_exist"]) else [],
+                   "status": "ok" if ok else "judge_error", "dims": dims, "source_row": n}
+
     def missing_verdict(self, case: Case) -> dict[str, float | None]:
         return {}  # the script skips a missing output: not scored, counted as missing here
 
     def aggregator(self) -> "GEditAggregator":
         return GEditAggregator()
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _true(value: Any) -> bool:

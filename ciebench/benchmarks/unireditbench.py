@@ -133,6 +133,22 @@ class UniREditBench(Benchmark):
         value = extract_first_score(reply)
         return None if value is None else float(value)
 
+    def official_verdicts(self, path: Path) -> Iterator[dict[str, Any]]:
+        """Rows of the script's per-case judge table (`MODEL_judge.xlsx`, or a CSV export of it:
+        name, idx, ApprConsistency, Reasoning, VisualPlausibility)."""
+        import pandas as pd
+
+        frame = pd.read_excel(path) if path.suffix == ".xlsx" else pd.read_csv(path)
+        needed = {"name", "idx", AC, R, VP}
+        if needed - set(frame.columns):
+            raise ValueError(f"--verdicts {path}: missing columns {sorted(needed - set(frame.columns))}")
+        for n, item in enumerate(frame.to_dict("records")):
+            dims = {d: (None if pd.isna(item[d]) else float(item[d])) for d in (AC, R, VP)}
+            name = str(item["name"])
+            yield {"id": str(item["idx"]), "category": name, "categories": [name], "output_folder": name,
+                   "flags": [], "status": "ok" if None not in dims.values() else "judge_error", "dims": dims,
+                   "source_row": n}
+
     def missing_verdict(self, case: Case) -> dict[str, float | None]:
         return {AC: None, R: None, VP: None}  # dropped from the official numbers, counted as missing
 

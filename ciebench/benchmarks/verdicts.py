@@ -20,7 +20,8 @@ def read_verdict_file(benchmark: Benchmark, path: Path) -> Iterator[dict[str, An
     if path.suffix == ".jsonl":
         return latest_verdicts(path)
     if path.suffix in (".csv", ".xlsx"):
-        return _official_table(path)
+        own = getattr(benchmark, "official_verdicts", None)
+        return own(path) if own is not None else _official_table(path)
     raise ValueError(f"--verdicts {path}: expected .jsonl (ciebench) or .xlsx/.csv (the official judge table)")
 
 
