@@ -297,3 +297,38 @@ def test_risebench_plus_unsupported_cases(tmp_path, monkeypatch):
     supported = plus_expected([it for it in items if it["index"] not in unsupported])
     assert row(summary["supported_only"], "Overall")["Score-Origin"] == pytest.approx(supported["Overall"][0])
     assert not any(r["-"] == "Hybrid" for r in summary["supported_only"])
+
+
+def test_aggregation_parity_on_written_verdicts():
+    """Per-dimension verdicts written here (every rule: halving with and without the floor,
+    consistency-free, logical, missing output, an unparsable judge reply) -> the official table."""
+    from ciebench.benchmarks.run import aggregate
+
+    bench = get_benchmark("risebench-plus")
+    rows = []
+
+    def add(i, category, dims, flags=(), status="ok", multi=False):
+        rows.append({"id": f"c{i}", "category": category, "output_folder": "hybrid_reasoning" if multi else category,
+                     "subtask": "s", "task_type": "t", "flags": sorted(set(flags) | ({"multi_turn"} if multi else set())),
+                     "status": status, "dims": dims})
+
+    add(0, "temporal_reasoning", {AC: 5, IR: 5, VP: 5})
+    add(1, "temporal_reasoning", {AC: 4, IR: 1, VP: 5})                          # 2.7 halved -> 1.35
+    add(2, "causal_reasoning", {AC: 2, IR: 1, VP: 1})                            # 1.3 halved -> floor 1
+    add(3, "spatial_reasoning", {IR: 5, VP: 5}, flags={"consistency_free"})      # complete without AC
+    add(4, "logical_reasoning", {AC: 5, IR: 5}, flags={"logical"})
+    add(5, "logical_reasoning", {AC: 5, IR: 1}, flags={"logical"})               # 0.3*5 + 0.7*1 = 2.2 halved -> 1.1
+    add(6, "counterfactual_reasoning", {AC: 1, IR: 1, VP: 1}, status="missing")  # the minimum -> 1
+    add(7, "causal_reasoning", {AC: 5, IR: None, VP: 5}, status="judge_error")   # no score, not accurate
+    add(8, "temporal_reasoning", {AC: 3, IR: 4, VP: 2}, multi=True)              # hybrid: 3.3
+    result = aggregate(bench, iter(rows))
+    scores = [5.0, 1.35, 1.0, 5.0, 5.0, 1.1, 1.0, 3.3]
+    overall = row(result["official"], "Overall")
+    assert overall["Score-Origin"] == pytest.approx(sum(scores) / len(scores))
+    assert overall["Accuracy"] == pytest.approx(3 / 9)  # the unscored case counts in the denominator
+    assert row(result["official"], "Causal")["Score-Origin"] == pytest.approx(1.0)
+    assert row(result["official"], "Causal")["Accuracy"] == pytest.approx(0.0)
+    assert row(result["official"], "Hybrid")["Score-Origin"] == pytest.approx(3.3)
+    assert row(result["official"], "Logical")["Score-Percentage"] == pytest.approx(25 * ((5.0 + 1.1) / 2 - 1))
+    assert row(result["official"], "Overall_ApprConsistency")["Score-Origin"] == pytest.approx((5 + 4 + 2 + 5 + 5 + 1 + 3) / 7)
+    assert result["ours"]["status_counts"] == {"judge_error": 1, "missing": 1, "ok": 7}
