@@ -332,3 +332,31 @@ def test_aggregation_parity_on_written_verdicts():
     assert row(result["official"], "Logical")["Score-Percentage"] == pytest.approx(25 * ((5.0 + 1.1) / 2 - 1))
     assert row(result["official"], "Overall_ApprConsistency")["Score-Origin"] == pytest.approx((5 + 4 + 2 + 5 + 5 + 1 + 3) / 7)
     assert result["ours"]["status_counts"] == {"judge_error": 1, "missing": 1, "ok": 7}
+
+
+def test_leaderboard_tables_per_benchmark_and_gallery(tmp_path, monkeypatch):
+    StampEditor.calls.clear()
+    _, _, run_a, sa = _plus_run(tmp_path, "tests.fixtures_benchmarks:StampEditor", monkeypatch)
+    _, _, run_b, sb = _plus_run(tmp_path, "tests.fixtures_benchmarks:SingleEditor", monkeypatch)
+    other = tmp_path / "other"  # a run of another benchmark (its summary only): never mixed in
+    other.mkdir()
+    (other / "summary.json").write_text(json.dumps({"benchmark": {"name": "risebench"}, "headline": {
+        "name": "Overall Accuracy", "value": 0.5}, "official": [{"-": "Overall", "Score-Origin": 3.0,
+        "Score-Percentage": 50.0, "Accuracy": 0.5}, {"-": "Temporal", "Score-Origin": 3.0, "Score-Percentage": 50.0,
+        "Accuracy": 0.5}], "ours": {"status_counts": {"ok": 2}}}))
+    board = tmp_path / "board"
+    result = runner.invoke(app, ["leaderboard", str(run_a), str(run_b), str(other), "--out", str(board)])
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    plus = pd.read_csv(board / "benchmark__risebench-plus.csv")
+    assert list(plus.columns[:2]) == ["run", "Overall Accuracy"] and len(plus) == 2
+    assert list(plus["Overall Accuracy"]) == sorted([sa["headline"]["value"], sb["headline"]["value"]], reverse=True)
+    assert len(pd.read_csv(board / "benchmark__risebench.csv")) == 1
+    cats = pd.read_csv(board / "benchmark__risebench-plus__categories.csv")
+    assert {"Temporal", "Causal", "Spatial", "Logical", "Counterfactual", "Hybrid"} <= set(cats["category"])
+    page = (board / "gallery" / "risebench-plus" / "index.html").read_text()
+    block = page.split("<h3>hybrid_reasoning/hybrid_reasoning_2</h3>")[1].split("<div class='case'>")[0]
+    assert all(f"turn {k}</figcaption>" in block for k in (1, 2, 3, 4)) and "unsupported" in block
+    causal = page.split("<h3>causal_reasoning/causal_reasoning_1</h3>")[1].split("<div class='case'>")[0]
+    assert "input 1</figcaption>" in causal and "input 2</figcaption>" in causal

@@ -102,7 +102,8 @@ def generate(benchmark: Benchmark, editor: Editor, cases: Iterable[Case], out: P
                 stats.skipped += 1
                 continue
             record: dict[str, Any] = {"id": case.id, "category": case.category, "status": "ok", "error": None,
-                                      "image_sha256": None, "n_images": len(case.images), "n_turns": len(case.turns)}
+                                      "image_sha256": None, "n_images": len(case.images), "n_turns": len(case.turns),
+                                      "inputs": [str(p) for p in case.images], "instruction": case.instruction}
             reason = unsupported_reason(editor, len(case.images), len(case.turns))
             if reason:
                 record.update(status="unsupported", error=reason)
