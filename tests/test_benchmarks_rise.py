@@ -360,3 +360,26 @@ def test_leaderboard_tables_per_benchmark_and_gallery(tmp_path, monkeypatch):
     assert all(f"turn {k}</figcaption>" in block for k in (1, 2, 3, 4)) and "unsupported" in block
     causal = page.split("<h3>causal_reasoning/causal_reasoning_1</h3>")[1].split("<div class='case'>")[0]
     assert "input 1</figcaption>" in causal and "input 2</figcaption>" in causal
+
+
+def test_interrupted_benchmark_run_resumes(tmp_path, monkeypatch):
+    StampEditor.calls.clear()
+    items, judge, out, first = _plus_run(tmp_path, "tests.fixtures_benchmarks:StampEditor", monkeypatch)
+    # simulate a kill: one multi-turn case never recorded, the verdict file torn mid-line
+    (out / "records" / "hybrid_reasoning" / "hybrid_reasoning_1.json").unlink()
+    verdicts = (out / "verdicts.jsonl").read_bytes()
+    (out / "verdicts.jsonl").write_bytes(verdicts[: len(verdicts) - 40])
+    (out / "summary.json").unlink()
+    StampEditor.calls.clear()
+    judge.seen.clear()
+    with serve_llm() as server:
+        server.on(then=respond(judge))
+        result = runner.invoke(app, ["evaluate", "--benchmark", "risebench-plus", "--benchmark-root",
+                                     str(tmp_path / "riseplus"), "--editor", "tests.fixtures_benchmarks:StampEditor",
+                                     "--out", str(out), "--judge-prompts", str(tmp_path / "pp"),
+                                     "--judge", str(judge_file(tmp_path, server))])
+    assert result.exit_code == 0, result.output
+    assert {c[0] for c in StampEditor.calls} == {"hybrid_reasoning_1"} and len(StampEditor.calls) == 3
+    assert {c for c, *_ in judge.seen} == {items[-1]["index"]}  # only the torn last verdict is judged again
+    again = json.loads((out / "summary.json").read_text())
+    assert again["official"] == first["official"]
