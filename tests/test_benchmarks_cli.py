@@ -31,3 +31,10 @@ def test_usage_errors_name_the_fix(tmp_path):
     result = runner.invoke(app, ["score", "--benchmark", "risebench-plus", "--predictions", str(tmp_path),
                                  "--benchmark-root", str(tmp_path), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--judge-prompts" in result.output
+
+
+def test_hub_benchmark_offline_names_the_way_out(tmp_path):
+    # no --benchmark-root: the real hub path runs and, offline (HF_HUB_OFFLINE=1 in tests), says what to do
+    result = runner.invoke(app, ["score", "--benchmark", "risebench", "--predictions", str(tmp_path),
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "PhoenixZ/RISEBench" in result.output and "--benchmark-root" in result.output

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,7 @@ from ciebench.benchmarks import prompts as prompt_module
 from ciebench.benchmarks.rise import RiseBench
 from ciebench.cli import app
 from ciebench.registry import RegistryError
-from tests.fixtures_benchmarks import (PLUS_PROMPT_NAMES, V1_PROMPT_NAMES, ScriptedJudge, SingleEditor,
-                                       StampEditor, make_rise_plus, make_rise_v1, write_prompt_file)
+from tests.fixtures_benchmarks import (PLUS_PROMPT_NAMES, V1_PROMPT_NAMES, ScriptedJudge, StampEditor, make_rise_plus, make_rise_v1, write_prompt_file)
 from tests.llm_server import respond, serve_llm
 
 runner = CliRunner()

@@ -108,12 +108,12 @@ def check_judge(out: Path, judge: BenchJudge) -> None:
 
 def evaluate(benchmark: Benchmark, editor: Editor, out: Path, options: BenchOptions) -> dict[str, Any]:
     out = Path(out)
+    total = _count(benchmark, options)  # reads the data first: a missing dataset is reported before anything else
     judge = _judge(benchmark, options, out)
     spec = {"benchmark": benchmark.name, "root": str(Path(options.root).resolve()) if options.root else None,
             "hub_revision": benchmark.hub_revision, "limit": options.limit, "editor": editor.describe()}
     prepare_run(out, spec, options.overwrite)
     check_judge(out, judge)
-    total = _count(benchmark, options)
     stats = generate(benchmark, editor, _cases(benchmark, options), out, retry_failed=options.retry_failed,
                      progress=options.progress, total=total)
     counts = judge_cases(benchmark, _cases(benchmark, options), out, out, judge, records=out,
@@ -126,10 +126,10 @@ def evaluate(benchmark: Benchmark, editor: Editor, out: Path, options: BenchOpti
 def score(benchmark: Benchmark, predictions: Path, out: Path, options: BenchOptions) -> dict[str, Any]:
     """Judge a folder of outputs in the benchmark's official layout (outputs/MODEL/images/CATEGORY/INDEX.ext)."""
     out = Path(out)
+    total = _count(benchmark, options)
     out.mkdir(parents=True, exist_ok=True)
     judge = _judge(benchmark, options, out)
     check_judge(out, judge)
-    total = _count(benchmark, options)
     counts = judge_cases(benchmark, _cases(benchmark, options), Path(predictions), out, judge,
                          progress=options.progress, total=total)
     header = {"predictions": str(Path(predictions).resolve()), "run": {"judging": counts}, "judge": judge.provenance()}
