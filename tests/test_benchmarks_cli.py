@@ -38,3 +38,9 @@ def test_hub_benchmark_offline_names_the_way_out(tmp_path):
     result = runner.invoke(app, ["score", "--benchmark", "risebench", "--predictions", str(tmp_path),
                                  "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "PhoenixZ/RISEBench" in result.output and "--benchmark-root" in result.output
+
+
+def test_dataset_pipeline_options_are_refused_for_judge_benchmarks(tmp_path):
+    result = runner.invoke(app, ["evaluate", "--benchmark", "risebench", "--benchmark-root", str(tmp_path),
+                                 "--editor", "identity", "--seeds", "0,1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--seeds" in result.output
