@@ -6,6 +6,7 @@ import json
 from typer.testing import CliRunner
 
 from ciebench.cli import app
+from tests.fixtures_benchmarks import make_rise_plus
 
 runner = CliRunner()
 
@@ -30,6 +31,10 @@ def test_usage_errors_name_the_fix(tmp_path):
     assert result.exit_code == 2 and "Did you mean 'kris'" in result.output
     result = runner.invoke(app, ["score", "--benchmark", "risebench-plus", "--predictions", str(tmp_path),
                                  "--benchmark-root", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no overall_data.json" in result.output
+    make_rise_plus(tmp_path / "rp")
+    result = runner.invoke(app, ["score", "--benchmark", "risebench-plus", "--predictions", str(tmp_path),
+                                 "--benchmark-root", str(tmp_path / "rp"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--judge-prompts" in result.output
 
 
