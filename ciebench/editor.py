@@ -34,7 +34,9 @@ class EditRequest:
         elif self.image is None:
             self.image = self.images[0]
         elif self.images[0] is not self.image:
-            raise ValueError(f"EditRequest {self.sample_id}: images[0] must be image")
+            # `image` wins, so `dataclasses.replace(request, image=x)` (written before `images` existed)
+            # still changes the image the editor sees
+            self.images = [self.image, *self.images[1:]]
 
 
 @dataclass

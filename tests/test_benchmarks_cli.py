@@ -6,6 +6,7 @@ import json
 from typer.testing import CliRunner
 
 from ciebench.cli import app
+from tests.fixtures_benchmarks import make_rise_plus
 
 runner = CliRunner()
 
@@ -30,4 +31,21 @@ def test_usage_errors_name_the_fix(tmp_path):
     assert result.exit_code == 2 and "Did you mean 'kris'" in result.output
     result = runner.invoke(app, ["score", "--benchmark", "risebench-plus", "--predictions", str(tmp_path),
                                  "--benchmark-root", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no overall_data.json" in result.output
+    make_rise_plus(tmp_path / "rp")
+    result = runner.invoke(app, ["score", "--benchmark", "risebench-plus", "--predictions", str(tmp_path),
+                                 "--benchmark-root", str(tmp_path / "rp"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--judge-prompts" in result.output
+
+
+def test_hub_benchmark_offline_names_the_way_out(tmp_path):
+    # no --benchmark-root: the real hub path runs and, offline (HF_HUB_OFFLINE=1 in tests), says what to do
+    result = runner.invoke(app, ["score", "--benchmark", "risebench", "--predictions", str(tmp_path),
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "PhoenixZ/RISEBench" in result.output and "--benchmark-root" in result.output
+
+
+def test_dataset_pipeline_options_are_refused_for_judge_benchmarks(tmp_path):
+    result = runner.invoke(app, ["evaluate", "--benchmark", "risebench", "--benchmark-root", str(tmp_path),
+                                 "--editor", "identity", "--seeds", "0,1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--seeds" in result.output

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from ciebench.benchmarks import get_benchmark
 from ciebench.benchmarks.kris import materialise_rows
 from ciebench.cli import app
-from tests.fixtures_benchmarks import KRIS_FIELDS, KrisJudge, StampEditor, make_kris, write_prompt_file
+from tests.fixtures_benchmarks import KRIS_FIELDS, KrisJudge, make_kris, write_prompt_file
 from tests.llm_server import respond, serve_llm
 
 runner = CliRunner()

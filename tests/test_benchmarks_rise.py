@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,7 @@ from ciebench.benchmarks import prompts as prompt_module
 from ciebench.benchmarks.rise import RiseBench
 from ciebench.cli import app
 from ciebench.registry import RegistryError
-from tests.fixtures_benchmarks import (PLUS_PROMPT_NAMES, V1_PROMPT_NAMES, ScriptedJudge, SingleEditor,
-                                       StampEditor, make_rise_plus, make_rise_v1, write_prompt_file)
+from tests.fixtures_benchmarks import (PLUS_PROMPT_NAMES, V1_PROMPT_NAMES, ScriptedJudge, StampEditor, make_rise_plus, make_rise_v1, write_prompt_file)
 from tests.llm_server import respond, serve_llm
 
 runner = CliRunner()
@@ -297,3 +295,89 @@ def test_risebench_plus_unsupported_cases(tmp_path, monkeypatch):
     supported = plus_expected([it for it in items if it["index"] not in unsupported])
     assert row(summary["supported_only"], "Overall")["Score-Origin"] == pytest.approx(supported["Overall"][0])
     assert not any(r["-"] == "Hybrid" for r in summary["supported_only"])
+
+
+def test_aggregation_parity_on_written_verdicts():
+    """Per-dimension verdicts written here (every rule: halving with and without the floor,
+    consistency-free, logical, missing output, an unparsable judge reply) -> the official table."""
+    from ciebench.benchmarks.run import aggregate
+
+    bench = get_benchmark("risebench-plus")
+    rows = []
+
+    def add(i, category, dims, flags=(), status="ok", multi=False):
+        rows.append({"id": f"c{i}", "category": category, "output_folder": "hybrid_reasoning" if multi else category,
+                     "subtask": "s", "task_type": "t", "flags": sorted(set(flags) | ({"multi_turn"} if multi else set())),
+                     "status": status, "dims": dims})
+
+    add(0, "temporal_reasoning", {AC: 5, IR: 5, VP: 5})
+    add(1, "temporal_reasoning", {AC: 4, IR: 1, VP: 5})                          # 2.7 halved -> 1.35
+    add(2, "causal_reasoning", {AC: 2, IR: 1, VP: 1})                            # 1.3 halved -> floor 1
+    add(3, "spatial_reasoning", {IR: 5, VP: 5}, flags={"consistency_free"})      # complete without AC
+    add(4, "logical_reasoning", {AC: 5, IR: 5}, flags={"logical"})
+    add(5, "logical_reasoning", {AC: 5, IR: 1}, flags={"logical"})               # 0.3*5 + 0.7*1 = 2.2 halved -> 1.1
+    add(6, "counterfactual_reasoning", {AC: 1, IR: 1, VP: 1}, status="missing")  # the minimum -> 1
+    add(7, "causal_reasoning", {AC: 5, IR: None, VP: 5}, status="judge_error")   # no score, not accurate
+    add(8, "temporal_reasoning", {AC: 3, IR: 4, VP: 2}, multi=True)              # hybrid: 3.3
+    result = aggregate(bench, iter(rows))
+    scores = [5.0, 1.35, 1.0, 5.0, 5.0, 1.1, 1.0, 3.3]
+    overall = row(result["official"], "Overall")
+    assert overall["Score-Origin"] == pytest.approx(sum(scores) / len(scores))
+    assert overall["Accuracy"] == pytest.approx(3 / 9)  # the unscored case counts in the denominator
+    assert row(result["official"], "Causal")["Score-Origin"] == pytest.approx(1.0)
+    assert row(result["official"], "Causal")["Accuracy"] == pytest.approx(0.0)
+    assert row(result["official"], "Hybrid")["Score-Origin"] == pytest.approx(3.3)
+    assert row(result["official"], "Logical")["Score-Percentage"] == pytest.approx(25 * ((5.0 + 1.1) / 2 - 1))
+    assert row(result["official"], "Overall_ApprConsistency")["Score-Origin"] == pytest.approx((5 + 4 + 2 + 5 + 5 + 1 + 3) / 7)
+    assert result["ours"]["status_counts"] == {"judge_error": 1, "missing": 1, "ok": 7}
+
+
+def test_leaderboard_tables_per_benchmark_and_gallery(tmp_path, monkeypatch):
+    StampEditor.calls.clear()
+    _, _, run_a, sa = _plus_run(tmp_path, "tests.fixtures_benchmarks:StampEditor", monkeypatch)
+    _, _, run_b, sb = _plus_run(tmp_path, "tests.fixtures_benchmarks:SingleEditor", monkeypatch)
+    other = tmp_path / "other"  # a run of another benchmark (its summary only): never mixed in
+    other.mkdir()
+    (other / "summary.json").write_text(json.dumps({"benchmark": {"name": "risebench"}, "headline": {
+        "name": "Overall Accuracy", "value": 0.5}, "official": [{"-": "Overall", "Score-Origin": 3.0,
+        "Score-Percentage": 50.0, "Accuracy": 0.5}, {"-": "Temporal", "Score-Origin": 3.0, "Score-Percentage": 50.0,
+        "Accuracy": 0.5}], "ours": {"status_counts": {"ok": 2}}}))
+    board = tmp_path / "board"
+    result = runner.invoke(app, ["leaderboard", str(run_a), str(run_b), str(other), "--out", str(board)])
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    plus = pd.read_csv(board / "benchmark__risebench-plus.csv")
+    assert list(plus.columns[:2]) == ["run", "Overall Accuracy"] and len(plus) == 2
+    assert list(plus["Overall Accuracy"]) == sorted([sa["headline"]["value"], sb["headline"]["value"]], reverse=True)
+    assert len(pd.read_csv(board / "benchmark__risebench.csv")) == 1
+    cats = pd.read_csv(board / "benchmark__risebench-plus__categories.csv")
+    assert {"Temporal", "Causal", "Spatial", "Logical", "Counterfactual", "Hybrid"} <= set(cats["category"])
+    page = (board / "gallery" / "risebench-plus" / "index.html").read_text()
+    block = page.split("<h3>hybrid_reasoning/hybrid_reasoning_2</h3>")[1].split("<div class='case'>")[0]
+    assert all(f"turn {k}</figcaption>" in block for k in (1, 2, 3, 4)) and "unsupported" in block
+    causal = page.split("<h3>causal_reasoning/causal_reasoning_1</h3>")[1].split("<div class='case'>")[0]
+    assert "input 1</figcaption>" in causal and "input 2</figcaption>" in causal
+
+
+def test_interrupted_benchmark_run_resumes(tmp_path, monkeypatch):
+    StampEditor.calls.clear()
+    items, judge, out, first = _plus_run(tmp_path, "tests.fixtures_benchmarks:StampEditor", monkeypatch)
+    # simulate a kill: one multi-turn case never recorded, the verdict file torn mid-line
+    (out / "records" / "hybrid_reasoning" / "hybrid_reasoning_1.json").unlink()
+    verdicts = (out / "verdicts.jsonl").read_bytes()
+    (out / "verdicts.jsonl").write_bytes(verdicts[: len(verdicts) - 40])
+    (out / "summary.json").unlink()
+    StampEditor.calls.clear()
+    judge.seen.clear()
+    with serve_llm() as server:
+        server.on(then=respond(judge))
+        result = runner.invoke(app, ["evaluate", "--benchmark", "risebench-plus", "--benchmark-root",
+                                     str(tmp_path / "riseplus"), "--editor", "tests.fixtures_benchmarks:StampEditor",
+                                     "--out", str(out), "--judge-prompts", str(tmp_path / "pp"),
+                                     "--judge", str(judge_file(tmp_path, server))])
+    assert result.exit_code == 0, result.output
+    assert {c[0] for c in StampEditor.calls} == {"hybrid_reasoning_1"} and len(StampEditor.calls) == 3
+    assert {c for c, *_ in judge.seen} == {items[-1]["index"]}  # only the torn last verdict is judged again
+    again = json.loads((out / "summary.json").read_text())
+    assert again["official"] == first["official"]

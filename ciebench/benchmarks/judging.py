@@ -94,6 +94,7 @@ class BenchJudge:
     def provenance(self) -> dict[str, Any]:
         return {"prompts": self.prompts.asset.provenance(),
                 **({"more_prompts": [a.provenance() for a in self.prompts.more]} if self.prompts.more else {}),
+                "published_judges": self.benchmark.judges,  # temperature None: the script sets none
                 "judges": {role: {"model": c.config.model, "model_id": c.model_id, "temperature": c.config.temperature,
                                   "served_models": c.served_models, "stats": c.stats}
                            for role, c in self.clients.items()},

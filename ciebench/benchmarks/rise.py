@@ -327,7 +327,9 @@ class RiseAggregator(Aggregator):
         self.status_counts[status] = self.status_counts.get(status, 0) + 1
         flags = set(row.get("flags") or ())
         logical, cf = "logical" in flags, "consistency_free" in flags
-        dims = row["dims"]
+        # A case whose replies could not all be parsed has no scores at all, as in the scripts (its
+        # score is left out of the means; it counts as not accurate).
+        dims = {} if status == "judge_error" else row["dims"]
         score = case_score(dims, logical, cf)
         complete = case_complete(dims, logical, cf)
         for name, table in self.tables.items():

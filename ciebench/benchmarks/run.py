@@ -13,7 +13,7 @@ import io
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -102,7 +102,8 @@ def generate(benchmark: Benchmark, editor: Editor, cases: Iterable[Case], out: P
                 stats.skipped += 1
                 continue
             record: dict[str, Any] = {"id": case.id, "category": case.category, "status": "ok", "error": None,
-                                      "image_sha256": None, "n_images": len(case.images), "n_turns": len(case.turns)}
+                                      "image_sha256": None, "n_images": len(case.images), "n_turns": len(case.turns),
+                                      "inputs": [str(p) for p in case.images], "instruction": case.instruction}
             reason = unsupported_reason(editor, len(case.images), len(case.turns))
             if reason:
                 record.update(status="unsupported", error=reason)
@@ -177,6 +178,8 @@ def judge_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, 
     counts: dict[str, int] = {"resumed": 0}
     bar = tqdm(total=total, desc=f"judging {benchmark.name}", unit="case", disable=not progress)
     with open(verdicts, "a", encoding="utf-8") as sink:
+        if verdicts.stat().st_size and not _ends_with_newline(verdicts):
+            sink.write("\n")  # a line torn by a kill stays a lone unreadable line; it is skipped on reading
         for case in cases:
             bar.update(1)
             key = f"{case.output_folder}/{case.id}"
@@ -190,6 +193,12 @@ def judge_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, 
             os.fsync(sink.fileno())
     bar.close()
     return counts
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _verdict(benchmark: Benchmark, case: Case, images: Path, judge: Any, records: Path | None) -> dict[str, Any]:

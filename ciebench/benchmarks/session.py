@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from ..editor import Editor
+from ..io import atomic_write_json
 from ..llm.client import LLMConfig
 from .base import Benchmark
 from .judging import BenchJudge
 from .prompts import PromptSet, load_prompts, load_unpinned
-from .run import aggregate, generate, judge_cases, latest_verdicts, prepare_run, write_summary
+from .run import BenchmarkRunError, aggregate, generate, judge_cases, latest_verdicts, prepare_run, write_summary
 
 
 @dataclass
@@ -33,8 +34,10 @@ def judge_configs(benchmark: Benchmark, spec: str | None) -> dict[str, LLMConfig
     if spec is None:
         base = os.environ.get("OPENAI_BASE_URL") or None
         # temperature None: none is sent, as scripts that set none (the provider's default applies).
-        return {role: LLMConfig(model=j.get("model"), base_url=base, temperature=j.get("temperature"),
-                                max_tokens=j.get("max_tokens", 4096), response_format="none")
+        # The key in $OPENAI_API_KEY goes to $OPENAI_BASE_URL too: the user set both for this purpose.
+        return {role: LLMConfig(model=j.get("model"), base_url=base, api_key_env="OPENAI_API_KEY",
+                                temperature=j.get("temperature"), max_tokens=j.get("max_tokens", 4096),
+                                response_format="none")
                 for role, j in roles.items()}
     path = Path(spec)
     if not path.is_file():
@@ -86,16 +89,35 @@ def _judge(benchmark: Benchmark, options: BenchOptions, out: Path) -> BenchJudge
                       cache_dir=out / ".llm-cache")
 
 
+def judge_identity(judge: BenchJudge) -> dict[str, Any]:
+    """What decides the verdicts: models, decoding, prompts (not endpoint, timeouts or concurrency)."""
+    return {"prompts_sha256": judge.prompts.asset.sha256,
+            **({"more_prompts_sha256": [a.sha256 for a in judge.prompts.more]} if judge.prompts.more else {}),
+            "roles": {role: {"model": c.config.model, "temperature": c.config.temperature,
+                             "max_tokens": c.config.max_tokens, "seed": c.config.seed}
+                      for role, c in sorted(judge.clients.items())}}
+
+
+def check_judge(out: Path, judge: BenchJudge) -> None:
+    """Verdicts in one folder come from one judge: record it, or refuse a different one."""
+    path = out / "judge.json"
+    identity = judge_identity(judge)
+    if path.exists() and (out / "verdicts.jsonl").exists():
+        old = json.loads(path.read_text())
+        if old != identity:
+            raise BenchmarkRunError(f"the verdicts in {out} were made by another judge ({old} != {identity}); "
+                                    f"delete {out / 'verdicts.jsonl'} to judge again, or use another --out")
+    atomic_write_json(path, identity)
+
+
 def evaluate(benchmark: Benchmark, editor: Editor, out: Path, options: BenchOptions) -> dict[str, Any]:
     out = Path(out)
+    total = _count(benchmark, options)  # reads the data first: a missing dataset is reported before anything else
     judge = _judge(benchmark, options, out)
     spec = {"benchmark": benchmark.name, "root": str(Path(options.root).resolve()) if options.root else None,
-            "hub_revision": benchmark.hub_revision, "limit": options.limit, "editor": editor.describe(),
-            "judge": {role: c.config.to_dict() for role, c in judge.clients.items()},
-            "prompts_sha256": judge.prompts.asset.sha256,
-            **({"more_prompts_sha256": [a.sha256 for a in judge.prompts.more]} if judge.prompts.more else {})}
+            "hub_revision": benchmark.hub_revision, "limit": options.limit, "editor": editor.describe()}
     prepare_run(out, spec, options.overwrite)
-    total = _count(benchmark, options)
+    check_judge(out, judge)
     stats = generate(benchmark, editor, _cases(benchmark, options), out, retry_failed=options.retry_failed,
                      progress=options.progress, total=total)
     counts = judge_cases(benchmark, _cases(benchmark, options), out, out, judge, records=out,
@@ -108,9 +130,10 @@ def evaluate(benchmark: Benchmark, editor: Editor, out: Path, options: BenchOpti
 def score(benchmark: Benchmark, predictions: Path, out: Path, options: BenchOptions) -> dict[str, Any]:
     """Judge a folder of outputs in the benchmark's official layout (outputs/MODEL/images/CATEGORY/INDEX.ext)."""
     out = Path(out)
+    total = _count(benchmark, options)
     out.mkdir(parents=True, exist_ok=True)
     judge = _judge(benchmark, options, out)
-    total = _count(benchmark, options)
+    check_judge(out, judge)
     counts = judge_cases(benchmark, _cases(benchmark, options), Path(predictions), out, judge,
                          progress=options.progress, total=total)
     header = {"predictions": str(Path(predictions).resolve()), "run": {"judging": counts}, "judge": judge.provenance()}

@@ -48,6 +48,20 @@ def dataset_spec(bench: Any, root: Optional[str]) -> Optional[str]:
         raise typer.Exit(2)
 
 
+def check_unsupported_options(seeds: str, backend: str, protocol: Optional[str], metrics: Optional[str]) -> None:
+    """Options of the dataset pipeline that a judge-scored benchmark run would otherwise ignore."""
+    problems = []
+    if seeds.strip() != "0":
+        problems.append("--seeds (a benchmark run uses the run seed 0, as the official protocols do)")
+    if backend != "local":
+        problems.append("--backend ray")
+    if protocol or metrics:
+        problems.append("--protocol / --metrics (the benchmark's official judge protocol applies)")
+    if problems:
+        typer.echo("error: not available with a judge-scored --benchmark: " + "; ".join(problems), err=True)
+        raise typer.Exit(2)
+
+
 def _options(root, limit, judge, judge_prompts, overwrite=False, retry_failed=False):
     from ..benchmarks.session import BenchOptions
 

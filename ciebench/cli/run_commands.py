@@ -141,6 +141,7 @@ def evaluate_cmd(
         raise typer.Exit(2)
     if loaded is None:  # a judge-scored benchmark (RISEBench, ...): its own generation and official scoring
         try:
+            _bench.check_unsupported_options(seeds=seeds, backend=backend, protocol=protocol, metrics=metrics)
             return _bench.evaluate(bench, ed, out, benchmark_root, limit, judge, judge_prompts, overwrite, retry_failed)
         finally:
             ed.close()
