@@ -80,6 +80,8 @@ class Benchmark:
     dimensions: ClassVar[tuple[str, ...]] = ()
     # "judge": cases + judge protocol + official aggregation (this package); "dataset": served by the
     # dataset pipeline (region metrics, IDCS) from the `--dataset` spec `dataset_for(root)`.
+    # The official scripts' message order: the prompt text before the images (True) or after (False).
+    text_first: ClassVar[bool] = False
     pipeline: ClassVar[str] = "judge"
     dataset_spec: ClassVar[str | None] = None
     # Official prompt file: pinned (`prompts`), or, where no byte-exact copy could be pinned, named by

@@ -3,8 +3,9 @@
 The judge protocol of a benchmark is (prompts, image preparation, parser, aggregation); this module
 runs the first three through the shared LLM client (`ciebench.llm`) and returns per-dimension scores
 with provenance. Image preparation follows the official scripts: shrink (never enlarge) to fit
-768 x 768, RGB, JPEG. differs: the shared client then sends the decoded JPEG pixels as PNG, images
-before the text, and always sends a temperature; the record says which.
+768 x 768, RGB, JPEG. The text goes before or after the images as each script sends it, and no
+temperature is sent where a script sets none. differs: the shared client sends the decoded JPEG
+pixels as PNG (the same pixels the judge would decode); the record says so.
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ class BenchJudge:
         except OSError as exc:
             return None, f"{what}: cannot read judge image: {exc}"
         reply = self.client(call.role).complete(template, {"official_prompt": text}, images=images,
-                                                text_first=call.text_first)
+                                                text_first=call.text_first or self.benchmark.text_first)
         if reply.status != "ok":
             return None, f"{what}: {reply.error}"
         return reply.text, None
@@ -99,4 +100,5 @@ class BenchJudge:
                                   "served_models": c.served_models, "stats": c.stats}
                            for role, c in self.clients.items()},
                 "image_prep": getattr(self.benchmark, "judge_image_prep", "file pixels, RGB"),
-                "wire": "images before the text, PNG-encoded pixels (shared client)"}
+                "wire": ("text before the images" if self.benchmark.text_first else "as each judge call says")
+                         + ", PNG-encoded pixels (shared client)"}

@@ -161,6 +161,7 @@ class _Rise(Benchmark):
 
 
 class RiseBench(_Rise):
+    text_first = True  # gpt_eval.py: [text, image, ...] in every message
     name = "risebench"
     title = "RISEBench (v1)"
     size = 360
