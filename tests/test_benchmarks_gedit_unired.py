@@ -326,9 +326,10 @@ def test_the_published_judges_are_the_defaults(monkeypatch):
 def test_benchmarks_lists_the_new_ones():
     result = runner.invoke(app, ["benchmarks"])
     assert result.exit_code == 0, result.output
-    for name in ("gedit", "unireditbench", "imgedit", "imgedit-uge"):
+    for name in ("gedit", "unireditbench", "imgedit", "imgedit-uge", "wiseedit"):
         assert f"\n{name} " in "\n" + result.output
         assert get_benchmark(name).licence
+    assert "languages: en, cn" in result.output and "languages: cn, en" in result.output
 
 
 # ---------------------------------------------------------------------------------------- ImgEdit

@@ -72,6 +72,7 @@ class Benchmark:
     size: ClassVar[int] = 0
     categories: ClassVar[tuple[str, ...]] = ()
     licence: ClassVar[str] = "not stated"
+    languages: ClassVar[tuple[str, ...]] = ("en",)  # instruction languages
     needs: ClassVar[tuple[str, ...]] = ()
     hub_id: ClassVar[str | None] = None
     hub_revision: ClassVar[str | None] = None
@@ -93,7 +94,7 @@ class Benchmark:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "title": self.title, "size": self.size, "categories": list(self.categories),
-                "licence": self.licence, "needs": list(self.needs), "hub_id": self.hub_id,
+                "licence": self.licence, "languages": list(self.languages), "needs": list(self.needs), "hub_id": self.hub_id,
                 "hub_revision": self.hub_revision, "code": self.code, "headline": self.headline}
 
     def dataset_for(self, root: str | None) -> str:

@@ -27,7 +27,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, Iterator
 
 from PIL import Image, ImageOps
 
@@ -120,7 +120,7 @@ class GEditBench(Benchmark):
     title = "GEdit-Bench"
     size = 606
     categories = GROUPS
-    languages: ClassVar[tuple[str, ...]] = LANGUAGES
+    languages = LANGUAGES
     licence = "MIT (data); Apache-2.0 (code)"
     needs = ("judge: gpt-4.1 or Qwen2.5-VL-72B-Instruct-AWQ (OpenAI-compatible, e.g. vLLM)",)
     hub_id = "stepfun-ai/GEdit-Bench"

@@ -11,7 +11,7 @@ from . import app
 
 @app.command("benchmarks")
 def benchmarks_cmd() -> None:
-    """List registered benchmarks: size, categories, licence and what they need."""
+    """List registered benchmarks: size, languages, categories, licence and what they need."""
     from ..benchmarks import BENCHMARKS, get_benchmark
     from ..registry import RegistryError
 
@@ -21,8 +21,9 @@ def benchmarks_cmd() -> None:
         except RegistryError as exc:
             typer.echo(f"{name:<16} unavailable: {exc}")
             continue
-        typer.echo(f"{name:<16} {b.size:>5} cases  licence: {b.licence:<16} headline: {b.headline}")
-        typer.echo(f"{'':<16} categories: {', '.join(b.categories)}")
+        typer.echo(f"{name:<16} {b.size:>5} cases  languages: {', '.join(b.languages)}  licence: {b.licence}"
+                   f"  headline: {b.headline}")
+        typer.echo(f"{'':<16} categories: {', '.join(b.categories) or 'read from the data'}")
         typer.echo(f"{'':<16} needs: {'; '.join(b.needs) or '-'}   source: {b.hub_id or b.dataset_spec or '-'}")
 
 
