@@ -235,6 +235,7 @@ class RiseBenchPlus(_Rise):
     code = f"PhoenixZ810/RISEBench@{PLUS_COMMIT}:RISEBench++/gemini_eval.py"
     headline = "Overall Accuracy"
     languages = ("en", "zh")
+    text_first = True  # gemini_eval.py: [text, image, ...] in every message
     annotation_names = ("overall_data.json",)
     # The script sets no temperature (the provider default applies): recorded as None.
     judges = {"main": {"model": "google/gemini-3-flash-preview", "temperature": None},
