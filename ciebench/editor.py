@@ -23,6 +23,22 @@ class EditRequest:
     seed: int = 0  # already derived from (sample id, run seed): use it as is
     mask: Image.Image | None = None  # the GT mask, given only to editors with `oracle_mask = True`
     meta: dict[str, Any] = field(default_factory=dict)
+    # Benchmarks with several inputs or turns (RISEBench++). Editors that ignore these keep working:
+    # `images[0]` is always `image`; the runner only sends several images or turns to editors whose
+    # `supports` says so, and records other such cases as `unsupported`.
+    images: list[Image.Image] = field(default_factory=list)
+    turns: list[str] = field(default_factory=list)  # set only for editors with handles_turns = True
+    language: str = "en"
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            self.images = [self.image]
+        elif self.image is None:
+            self.image = self.images[0]
+        elif self.images[0] is not self.image:
+            # `image` wins, so `dataclasses.replace(request, image=x)` (written before `images` existed)
+            # still changes the image the editor sees
+            self.images = [self.image, *self.images[1:]]
 
 
 @dataclass
@@ -60,6 +76,12 @@ class Editor:
     oracle_mask: ClassVar[bool] = False
     Config: ClassVar[type] = EditorConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Case kinds beyond one image and one instruction: "multi_image" (reads request.images),
+    # "multi_turn" (may be given a case of several turns). With `handles_turns = False` the runner
+    # drives the turns itself (one request per turn, each fed the previous output); True hands the
+    # editor one request holding every turn in `turns`.
+    supports: ClassVar[frozenset[str]] = frozenset()
+    handles_turns: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, **options: Any):
         if config is None:
@@ -99,5 +121,6 @@ class Editor:
             "version": self.version,
             "requires": list(self.requires),
             "oracle_mask": self.oracle_mask,
+            **({"supports": sorted(self.supports), "handles_turns": self.handles_turns} if self.supports else {}),
             "config": cfg,
         }

@@ -36,14 +36,18 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     "run": ("spec.json", "images", "traces", "records", "samples.csv", "samples.jsonl", "summary.json"),
     "score": ("spec.json", "samples.csv", "samples.jsonl", "summary.json"),
     "leaderboard": ("leaderboard*.csv", "leaderboard.md", "by_edit_type*.csv", "significance*.csv", "tables.csv",
-                    "plots", "gallery"),
+                    "plots", "gallery", "benchmarks.md", "benchmark__*.csv"),
     # `datasets.save_to_disk` / `to_parquet` / the Hub layout (README.md card, data/ shards) plus the
     # card `data prepare` writes
+    # `--benchmark` runs of judge-scored benchmarks (evaluate, score, re-aggregation)
+    "benchmark": ("spec.json", "images", "turns", "records", "verdicts.jsonl", "summary.json", "official_scores.csv",
+                  "judge.json", ".llm-cache"),
     "dataset": ("data-*.arrow", "dataset_info.json", "state.json", "data.parquet", "ciebench_card.json",
                 "README.md", "data"),
 }
 _ALWAYS_OURS = (MARKER, LOCK, ".*.tmp")
 DESCRIPTIONS = {"run": "an evaluate run", "score": "a score output", "leaderboard": "a leaderboard",
+                "benchmark": "a benchmark run or score output",
                 "dataset": "a prepared dataset"}
 
 

@@ -53,7 +53,8 @@ def neutralise_formula(value: object) -> object:
     return value
 
 
-def _csv(frame: pd.DataFrame) -> str:
+def csv_text(frame: pd.DataFrame) -> str:
+    """A table as CSV text, cells a spreadsheet would run as formulas neutralised."""
     frame = frame.copy()
     for col in frame.columns:
         if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col].dtype):
@@ -88,14 +89,14 @@ def _write(tables: list[Table], out: Path, *, plots: bool, gallery: bool, datase
         result.files.append(out / name)
 
     for t in tables:
-        write(f"leaderboard__{t.slug}.csv", _csv(t.leaderboard))
-        write(f"by_edit_type__{t.slug}.csv", _csv(t.by_edit_type))
-        write(f"significance__{t.slug}.csv", _csv(significance_matrix(t.pairs, t.labels)))
-    write("leaderboard.csv", _csv(pd.concat([t.leaderboard for t in tables], ignore_index=True)))
-    write("by_edit_type.csv", _csv(pd.concat([t.by_edit_type for t in tables], ignore_index=True)))
-    write("significance.csv", _csv(pd.concat([significance_matrix(t.pairs, t.labels) for t in tables], ignore_index=True)))
-    write("significance_pairs.csv", _csv(pd.concat([t.pairs for t in tables], ignore_index=True)))
-    write("tables.csv", _csv(index_frame(tables)))
+        write(f"leaderboard__{t.slug}.csv", csv_text(t.leaderboard))
+        write(f"by_edit_type__{t.slug}.csv", csv_text(t.by_edit_type))
+        write(f"significance__{t.slug}.csv", csv_text(significance_matrix(t.pairs, t.labels)))
+    write("leaderboard.csv", csv_text(pd.concat([t.leaderboard for t in tables], ignore_index=True)))
+    write("by_edit_type.csv", csv_text(pd.concat([t.by_edit_type for t in tables], ignore_index=True)))
+    write("significance.csv", csv_text(pd.concat([significance_matrix(t.pairs, t.labels) for t in tables], ignore_index=True)))
+    write("significance_pairs.csv", csv_text(pd.concat([t.pairs for t in tables], ignore_index=True)))
+    write("tables.csv", csv_text(index_frame(tables)))
     write("leaderboard.md", markdown_document(tables, plots=plots))
 
     all_runs = [r for t in tables for r in t.runs]

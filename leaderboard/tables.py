@@ -308,7 +308,7 @@ def format_ci(mean: Any, low: Any, high: Any) -> str:
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
 
-def _md_escape(text: str) -> str:
+def md_escape(text: str) -> str:
     """Text from runs and datasets (names, labels, paths, ids) as literal Markdown: HTML is escaped
     (it would render live in Markdown viewers), and so are the characters of links, emphasis, code and
     tables; line breaks become spaces."""
@@ -318,16 +318,16 @@ def _md_escape(text: str) -> str:
 
 def _md_hash(value: Any) -> str:
     text = str(value or "")[:7]
-    return f"`{text}`" if re.fullmatch(r"[0-9a-fA-F]+", text) else _md_escape(text)
+    return f"`{text}`" if re.fullmatch(r"[0-9a-fA-F]+", text) else md_escape(text)
 
 
 def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
     lb = table.leaderboard
-    lines = [f"## {_md_escape(table.title)}", ""]
+    lines = [f"## {md_escape(table.title)}", ""]
     if table.primary:
         direction = "higher" if table.metrics[table.primary] else "lower"
         lines.append(f"Sorted by **{metric_title(table.primary)}** ({direction} is better); primary metric: "
-                     f"{_md_escape(table.primary_reason)}. Values are means over samples (each sample averaged over "
+                     f"{md_escape(table.primary_reason)}. Values are means over samples (each sample averaged over "
                      f"seeds) with 95% bootstrap CIs. **≈** marks runs not significantly different from the best on "
                      f"the primary metric (paired sign-flip permutation test on shared samples, Holm-adjusted, "
                      f"α = {table.alpha:g}); bold values are best or indistinguishable from the best on that metric.")
@@ -336,7 +336,7 @@ def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
     judges = {j for j in lb["judge"] if j}
     if len(judges) > 1:
         lines.append("")
-        lines.append(f"**Warning:** runs in this table were judged by different judges ({', '.join(_md_escape(j) for j in sorted(judges))}); "
+        lines.append(f"**Warning:** runs in this table were judged by different judges ({', '.join(md_escape(j) for j in sorted(judges))}); "
                      "judged metrics are not comparable across them.")
     lines.append("")
     metrics = list(table.metrics)
@@ -349,7 +349,7 @@ def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
         tied = r["tied_with_best"]
         mark = " ≈" if (not pd.isna(tied) and bool(tied) and rank != "1") else ""
         partial = " †" if bool(r["partial"]) else ""
-        cells = [rank + mark, _md_escape(r["run"]), _md_hash(r["config_hash"]),
+        cells = [rank + mark, md_escape(r["run"]), _md_hash(r["config_hash"]),
                  str(int(r["n"])), (f"{100 * float(r['coverage']):.0f}%" if not pd.isna(r["coverage"]) else "–") + partial]
         for m in metrics:
             text = format_ci(r[m], r[f"{m}_ci_low"], r[f"{m}_ci_high"])
@@ -366,14 +366,14 @@ def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
         lines.append(f"† partial: this run has {metric_title(table.primary)} values for fewer samples than the "
                      f"table's runs together; {basis} (shown means are over each run's own samples).")
         lines.append("")
-    lines.append("`ciebench verify`: " + "; ".join(f"{_md_escape(r['run'])}: {r['verified']}" for _, r in lb.iterrows()))
+    lines.append("`ciebench verify`: " + "; ".join(f"{md_escape(r['run'])}: {r['verified']}" for _, r in lb.iterrows()))
     lines.append("")
     if table.primary and len(table.runs) > 1:
         lines.append(f"Paired tests on {metric_title(table.primary)} (Holm-adjusted p; ▲ row significantly better "
                      f"than column, ▼ worse, · not significant):")
         lines.append("")
         labels = table.labels
-        lines.append("| | " + " | ".join(_md_escape(l) for l in labels) + " |")
+        lines.append("| | " + " | ".join(md_escape(l) for l in labels) + " |")
         lines.append("|:---|" + "|".join([":---:"] * len(labels)) + "|")
         sub = table.pairs[table.pairs["metric"] == table.primary]
         for a in labels:
@@ -389,7 +389,7 @@ def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
                 r = hit.iloc[0]
                 sign = "▲" if r["better"] == a else "▼" if r["better"] == b else "·"
                 cells.append(f"{sign} {format_p(r['p_holm'])}")
-            lines.append(f"| {_md_escape(a)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {md_escape(a)} | " + " | ".join(cells) + " |")
         lines.append("")
     if plots_dir:
         lines.append(f"Plots: `{plots_dir}` (bars with 95% CIs per metric, per edit type, and the preservation/success scatter).")
@@ -412,7 +412,7 @@ def markdown_document(tables: list[Table], *, plots: bool = True) -> str:
                      "each gets its own table:")
         lines.append("")
         for t in tables:
-            lines.append(f"- `{t.slug}`: {_md_escape(t.title)} ({len(t.runs)} run{'s' if len(t.runs) != 1 else ''})")
+            lines.append(f"- `{t.slug}`: {md_escape(t.title)} ({len(t.runs)} run{'s' if len(t.runs) != 1 else ''})")
         lines.append("")
     for t in tables:
         lines.append(markdown_table(t, plots_dir=f"plots/{t.slug}/" if plots else None))

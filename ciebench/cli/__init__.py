@@ -37,3 +37,4 @@ def main() -> None:
 # Command modules register on `app`; each imports its heavy dependencies only when its command runs.
 from . import run_commands  # noqa: E402,F401
 from . import travel  # noqa: E402,F401  (verify, prefetch, doctor, export, data push)
+from . import benchmarks  # noqa: E402,F401  (`ciebench benchmarks`)

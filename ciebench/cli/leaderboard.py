@@ -33,6 +33,15 @@ def leaderboard_cmd(
     for run in runs:
         if not run.is_dir():
             raise UsageError(f"{run} is not a folder")
+    from ..leaderboard.benchmark_board import is_benchmark_run, write_benchmark_boards
+
+    bench_runs = [r for r in runs if is_benchmark_run(r)]  # judge-scored benchmarks: own tables, never mixed
+    runs = [r for r in runs if r not in bench_runs]
+    if bench_runs:
+        write_benchmark_boards(bench_runs, out, gallery=gallery)
+        typer.echo(f"wrote {out}/benchmarks.md and benchmark__<name>.csv for {len(bench_runs)} benchmark run(s)")
+        if not runs:
+            return
     result = write_leaderboard(runs, out, primary=primary, alpha=alpha, plots=plots, gallery=gallery,
                                dataset=dataset, full_images=full_images, page_size=page_size)
     for table in result.tables:

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
+from . import benchmarks as _bench
 from .data import DATASET_HELP
 
 
@@ -124,6 +125,9 @@ GpusPerWorkerOpt = Annotated[Optional[float], typer.Option("--gpus-per-worker", 
 CpusPerWorkerOpt = Annotated[float, typer.Option("--cpus-per-worker", help=CPUS_HELP)]
 MinCoverageOpt = Annotated[Optional[float], typer.Option("--min-coverage", help="Exit 1 when any metric covers less than this fraction of samples (e.g. 0.95).")]
 IgnoreChecksumsOpt = Annotated[bool, typer.Option("--ignore-checksums", help="Accept a CIEBench release that differs from the shipped sha256 manifest.")]
+BenchmarkOpt = Annotated[Optional[str], typer.Option("--benchmark", help="Registered benchmark (see `ciebench benchmarks`); replaces --dataset.")]
+BenchmarkRootOpt = Annotated[Optional[str], typer.Option("--benchmark-root", help="The benchmark's folder in its official layout (default: its hub snapshot).")]
+JudgePromptsOpt = Annotated[Optional[str], typer.Option("--judge-prompts", help="Folder holding the benchmark's official prompt file (default: fetched at the pinned commit).")]
 
 
 def _fmt(v) -> str:
@@ -154,6 +158,9 @@ def evaluate_cmd(
     gpus_per_worker: GpusPerWorkerOpt = None,
     cpus_per_worker: CpusPerWorkerOpt = 1.0,
     ignore_checksums: IgnoreChecksumsOpt = False,
+    benchmark: BenchmarkOpt = None,
+    benchmark_root: BenchmarkRootOpt = None,
+    judge_prompts: JudgePromptsOpt = None,
 ) -> None:
     """Run an editor on a dataset into a resumable run directory, then score it."""
     from ..editor_config import build_editor
@@ -161,11 +168,21 @@ def evaluate_cmd(
     from ..scoring import ScoreOptions, resolve_metrics
 
     _coverage(min_coverage)
-    score_options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device)
-    resolve_metrics(score_options)  # an unknown --metrics name fails before any model loads
+    bench = _bench.resolve(benchmark) if benchmark else None
+    dataset = (_bench.dataset_spec(bench, benchmark_root) or dataset) if bench else dataset
+    judged_benchmark = bench is not None and bench.pipeline != "dataset"
+    if not judged_benchmark:
+        score_options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device)
+        resolve_metrics(score_options)  # an unknown --metrics name fails before any model loads
     distributed = _ray_backend(backend, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device)
-    loaded = _load(dataset, ignore_checksums)
+    loaded = None if judged_benchmark else _load(dataset, ignore_checksums)
     ed = build_editor(editor, editor_arg, editor_config, preset)
+    if loaded is None:  # a judge-scored benchmark (RISEBench, ...): its own generation and official scoring
+        try:
+            _bench.check_unsupported_options(seeds=seeds, backend=backend, protocol=protocol, metrics=metrics)
+            return _bench.evaluate(bench, ed, out, benchmark_root, limit, judge, judge_prompts, overwrite, retry_failed)
+        finally:
+            ed.close()
     if distributed is not None:
         from ..distributed import EditorRecipe
 
@@ -201,8 +218,10 @@ def evaluate_cmd(
 
 @app.command("score")
 def score_cmd(
-    dataset: str = typer.Option(..., "--dataset", "-d", help=DATASET_HELP),
-    predictions: Path = typer.Option(..., "--predictions", help="Folder of <id>.png|jpg|webp edited images, or hf:ORG/NAME[@rev] of a run exported with `ciebench export`."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help=DATASET_HELP + " Required unless --benchmark."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Folder of <id>.png|jpg|webp edited images "
+                                               "(with --benchmark: the benchmark's official output layout), or "
+                                               "hf:ORG/NAME[@rev] of a run exported with `ciebench export`."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for samples.csv and summary.json."),
     protocol: ProtocolOpt = None,
     metrics: MetricsOpt = None,
@@ -219,6 +238,10 @@ def score_cmd(
     gpus_per_worker: GpusPerWorkerOpt = None,
     cpus_per_worker: CpusPerWorkerOpt = 1.0,
     ignore_checksums: IgnoreChecksumsOpt = False,
+    benchmark: BenchmarkOpt = None,
+    benchmark_root: BenchmarkRootOpt = None,
+    judge_prompts: JudgePromptsOpt = None,
+    verdicts: Optional[Path] = typer.Option(None, "--verdicts", help="With --benchmark: re-aggregate per-case verdicts (verdicts.jsonl, or the official judge .xlsx/.csv) without a judge."),
 ) -> None:
     """Score a folder of edited images against a dataset."""
     from .. import outdir
@@ -228,6 +251,12 @@ def score_cmd(
     from ..status import Status
 
     _coverage(min_coverage)
+    bench = _bench.resolve(benchmark) if benchmark else None
+    if bench is not None and bench.pipeline != "dataset":
+        return _bench.score(bench, predictions, verdicts, out, benchmark_root, limit, judge, judge_prompts)
+    dataset = _bench.dataset_spec(bench, benchmark_root) if bench else dataset
+    if dataset is None or predictions is None:
+        raise UsageError("score needs --dataset (or --benchmark) and --predictions")
     if str(predictions).startswith("hf:"):  # a run exported with `ciebench export --format hub`
         from .travel import exported_predictions
 

@@ -1,0 +1,231 @@
+"""What a registered benchmark is: its cases, how they are judged, and its official aggregation.
+
+A benchmark is a frozen definition. `Benchmark.cases(root)` reads the official folder layout (or the
+hub snapshot when `root` is None) and yields `Case`s one at a time; `judge_calls(case, output)` says
+which judge questions a case gets (prompt, images, dimension); `Aggregator` folds per-case verdict rows
+into the official numbers under their official names, in one pass with memory independent of the
+number of cases.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+OUTPUT_SUFFIXES = ("png", "jpg", "jpeg")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case, as its official annotation defines it. Images are paths, read when used."""
+
+    id: str  # the official index (file stem of the output image)
+    category: str  # official category; for RISEBench++ hybrid cases, the first listed category
+    output_folder: str  # the output goes to images/<output_folder>/<id>.<png|jpg|jpeg>
+    images: tuple[Path, ...]
+    turns: tuple[str, ...]  # one instruction, or the instructions of a multi-turn case
+    language: str = "en"
+    subtask: str | None = None
+    task_type: str | None = None
+    reference_text: str | None = None
+    reference_image: Path | None = None
+    consistency_image: Path | None = None
+    ground_truth_image: Path | None = None
+    explanation: str | None = None
+    categories: tuple[str, ...] = ()  # every listed category (hybrid cases list several)
+    reference_images: tuple[Path, ...] = ()  # several reference images (WiseEdit)
+    judge_instruction: str | None = None  # the instruction the judge sees, when it is not the editor's
+    flags: frozenset[str] = frozenset()
+
+    @property
+    def instruction(self) -> str:
+        """The instruction as the official judges see it: turns numbered "1. ...", one per line."""
+        if len(self.turns) == 1:
+            return self.turns[0]
+        return "\n".join(f"{i + 1}. {t}" for i, t in enumerate(self.turns))
+
+    @property
+    def multi_turn(self) -> bool:
+        return "multi_turn" in self.flags
+
+
+@dataclass(frozen=True)
+class JudgeCall:
+    """One question to a judge: an official prompt filled with `variables`, and images in order."""
+
+    dimension: str  # e.g. "ApprConsistency"
+    prompt: str  # name of the official prompt (a module-level string in the pinned prompt file)
+    variables: dict[str, str] | None  # None: the script sends the prompt without formatting it
+    images: tuple[Path, ...]
+    role: str = "main"  # which judge model: "main", or "quality" (RISEBench++ uses a second model for VP)
+    text_first: bool = False  # the prompt text before the images, as some official scripts send it
+
+
+class Benchmark:
+    """Base of every benchmark definition. Subclasses set the class attributes and implement `cases`."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    size: ClassVar[int] = 0
+    categories: ClassVar[tuple[str, ...]] = ()
+    licence: ClassVar[str] = "not stated"
+    languages: ClassVar[tuple[str, ...]] = ("en",)  # instruction languages
+    needs: ClassVar[tuple[str, ...]] = ()
+    hub_id: ClassVar[str | None] = None
+    hub_revision: ClassVar[str | None] = None
+    code: ClassVar[str] = ""  # where the official rules live, e.g. "PhoenixZ810/RISEBench@<sha>:gpt_eval.py"
+    headline: ClassVar[str] = ""  # official name of the headline number
+    dimensions: ClassVar[tuple[str, ...]] = ()
+    # "judge": cases + judge protocol + official aggregation (this package); "dataset": served by the
+    # dataset pipeline (region metrics, IDCS) from the `--dataset` spec `dataset_for(root)`.
+    # The official scripts' message order: the prompt text before the images (True) or after (False).
+    text_first: ClassVar[bool] = False
+    pipeline: ClassVar[str] = "judge"
+    dataset_spec: ClassVar[str | None] = None
+    # Official prompt file: pinned (`prompts`), or, where no byte-exact copy could be pinned, named by
+    # `prompt_file` + `prompt_source` and taken from --judge-prompts with its sha256 recorded.
+    prompts: ClassVar[Any] = None
+    prompt_file: ClassVar[str] = "utils.py"
+    prompt_source: ClassVar[str] = ""
+    judges: ClassVar[dict[str, dict[str, Any]]] = {"main": {}}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "title": self.title, "size": self.size, "categories": list(self.categories),
+                "licence": self.licence, "languages": list(self.languages), "needs": list(self.needs), "hub_id": self.hub_id,
+                "hub_revision": self.hub_revision, "code": self.code, "headline": self.headline}
+
+    def dataset_for(self, root: str | None) -> str:
+        """The `--dataset` spec of a benchmark served by the dataset pipeline."""
+        spec = root or self.dataset_spec
+        if not spec:
+            raise ValueError(f"{self.name} needs its folder: --benchmark-root DIR")
+        return spec
+
+    def cases(self, root: str | Path | None = None) -> Iterator[Case]:
+        raise NotImplementedError
+
+    def hub_folder(self) -> Path:
+        """The benchmark's hub dataset repository as a local snapshot (downloaded once, then cached)."""
+        from .hub import snapshot
+
+        return snapshot(self.hub_id, self.hub_revision)
+
+    def judge_calls(self, case: Case, output: Path) -> list[JudgeCall]:
+        raise NotImplementedError
+
+    def missing_verdict(self, case: Case) -> dict[str, float | None]:
+        """Per-dimension scores for a case without an output image."""
+        raise NotImplementedError
+
+    def parse(self, dimension: str, reply: str) -> float | None:
+        raise NotImplementedError
+
+    def parse_many(self, dimension: str, reply: str) -> dict[str, float | None]:
+        """Every score one reply carries (most prompts ask one dimension)."""
+        return {dimension: self.parse(dimension, reply)}
+
+    def map_scores(self, case: Case, raw: dict[str, float | None]) -> dict[str, float | None]:
+        """Parsed answers -> the scale the aggregation uses (identity unless a benchmark maps them)."""
+        return raw
+
+    def judge_image(self, path: Path, call: JudgeCall) -> "Image.Image":
+        """A judge input as the official script sends it. Default: the file's pixels, RGB."""
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.convert("RGB")
+
+    def bind_prompts(self, prompts: Any) -> None:
+        """Called once with the loaded prompt set, for rules read from the pinned files themselves."""
+
+    def render_prompt(self, prompts: Any, call: JudgeCall, what: str) -> str:
+        """The text sent for `call`: the official prompt `call.prompt` of the pinned file, filled with
+        `call.variables` (str.format rules). Benchmarks whose scripts build prompts otherwise override."""
+        from .prompts import fill
+
+        text = prompts.get(call.prompt)
+        return fill(text, call.variables, what) if call.variables is not None else text
+
+    def judge_images(self, case: Case, call: JudgeCall) -> list[Any]:
+        """All images of `call` as the official script sends them: `judge_image` per image, unless a
+        benchmark prepares one image from another (GEdit resizes the output to the source's size)."""
+        return [self.judge_image(p, call) for p in call.images]
+
+    def aggregator(self) -> "Aggregator":
+        raise NotImplementedError
+
+    def verdict_row(self, case: Case, status: str, dims: dict[str, float | None], **extra: Any) -> dict[str, Any]:
+        """The per-case record the aggregation reads (one line of verdicts.jsonl)."""
+        return {"id": case.id, "category": case.category, "categories": list(case.categories or (case.category,)),
+                "output_folder": case.output_folder, "subtask": case.subtask, "task_type": case.task_type,
+                "language": case.language, "flags": sorted(case.flags), "status": status, "dims": dims, **extra}
+
+
+class Aggregator:
+    """Folds verdict rows (dicts from `Benchmark.verdict_row`) into the official summary, streaming."""
+
+    def add(self, row: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def result(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@dataclass
+class RunningMean:
+    """Mean and count of the values added, skipping None (as pandas' mean skips NaN)."""
+
+    total: float = 0.0
+    n: int = 0
+    rows: int = 0  # every add, None included
+
+    def add(self, value: float | None) -> None:
+        self.rows += 1
+        if value is not None:
+            self.total += float(value)
+            self.n += 1
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.n if self.n else None
+
+
+@dataclass
+class Groups:
+    """Running means keyed by (group label, column), in first-seen order."""
+
+    cells: dict[tuple[str, str], RunningMean] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+
+    def add(self, label: str, column: str, value: float | None) -> None:
+        key = (label, column)
+        if key not in self.cells:
+            self.cells[key] = RunningMean()
+            if label not in self.order:
+                self.order.append(label)
+        self.cells[key].add(value)
+
+    def mean(self, label: str, column: str) -> float | None:
+        cell = self.cells.get((label, column))
+        return cell.mean if cell else None
+
+    def count(self, label: str, column: str) -> int:
+        cell = self.cells.get((label, column))
+        return cell.rows if cell else 0
+
+
+def percent(score: float | None) -> float | None:
+    """The official percentage form of a 1-5 score: 25 (s - 1)."""
+    return None if score is None else 25.0 * (score - 1.0)
+
+
+def find_output(folder: Path, stem: str) -> Path | None:
+    """The output image in an official layout folder, trying the suffixes in the official order."""
+    for suffix in OUTPUT_SUFFIXES:
+        path = folder / f"{stem}.{suffix}"
+        if path.is_file():
+            return path
+    return None

@@ -1,0 +1,281 @@
+"""Running an editor on a benchmark and scoring outputs with the benchmark's official rules.
+
+Run directory (also a valid `--predictions` folder, since outputs use the official layout):
+`spec.json`, `images/<CATEGORY>/<INDEX>.png` (final outputs), `turns/<CATEGORY>/<INDEX>/turn_<k>.png`
+(every turn of a multi-turn case), `records/<CATEGORY>/<INDEX>.json` (done-marker, written last),
+`verdicts.jsonl` (one judged case per line, appended and flushed; resume skips cases already there),
+`summary.json` and `official_scores.csv` (the official table under its official names).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..editor import EditRequest, EditResult, Editor
+from ..errors import OutputConflict
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, png_bytes, sha256_bytes, sha256_file, stable_hash
+from ..spec import derive_seed
+from ..turns import as_pil, drive_turns, unsupported_reason
+from .base import Benchmark, Case, find_output
+
+DONE_STATUSES = ("ok", "missing", "unsupported")  # a verdict with one of these is final; judge errors are retried
+
+
+class BenchmarkRunError(OutputConflict):
+    """The output folder holds another run (other spec or judge): exit 5."""
+    pass
+
+
+@dataclass
+class GenerationStats:
+    generated: int = 0
+    skipped: int = 0
+    failed: int = 0
+    unsupported: int = 0
+    editor_calls: int = 0
+
+
+def record_path(out: Path, case: Case) -> Path:
+    return out / "records" / case.output_folder / f"{case.id}.json"
+
+
+def prepare_run(out: Path, spec: dict[str, Any], overwrite: bool) -> None:
+    """Write spec.json, or check that the run in `out` has the same spec (then it resumes)."""
+    spec = {**spec, "spec_hash": stable_hash(spec)}
+    path = out / "spec.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("spec_hash") == spec["spec_hash"]:
+            return
+        if not overwrite:
+            raise BenchmarkRunError(f"{out} holds a different run (benchmark {old.get('benchmark')}, spec_hash "
+                                    f"{old.get('spec_hash')} != {spec['spec_hash']}); use another --out or --overwrite")
+        import shutil
+
+        for sub in ("images", "turns", "records"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for name in ("verdicts.jsonl", "summary.json", "official_scores.csv"):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, spec)
+
+
+def _done(out: Path, case: Case, retry_failed: bool) -> bool:
+    path = record_path(out, case)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if record.get("status") == "unsupported":
+        return True
+    if record.get("status") != "ok":
+        return not retry_failed
+    image = out / "images" / case.output_folder / f"{case.id}.png"
+    return image.is_file() and sha256_file(image) == record.get("image_sha256")
+
+
+def _edit(editor: Editor, requests: list[EditRequest], stats: GenerationStats) -> list[EditResult]:
+    from ..runner import RunStats, edit_isolated
+
+    run_stats = RunStats()
+    results = edit_isolated(editor, requests, run_stats)
+    stats.editor_calls += run_stats.editor_calls
+    return results
+
+
+def generate(benchmark: Benchmark, editor: Editor, cases: Iterable[Case], out: Path, *, seed: int = 0,
+             retry_failed: bool = False, progress: bool = True, total: int | None = None) -> GenerationStats:
+    """Edit every case not yet done into the official layout under `out`; one case at a time."""
+    stats = GenerationStats()
+    bar = tqdm(total=total, desc=f"{benchmark.name} ({editor.display_name()})", unit="case", disable=not progress)
+    try:
+        for case in cases:
+            bar.update(1)
+            if _done(out, case, retry_failed):
+                stats.skipped += 1
+                continue
+            record: dict[str, Any] = {"id": case.id, "category": case.category, "status": "ok", "error": None,
+                                      "image_sha256": None, "n_images": len(case.images), "n_turns": len(case.turns),
+                                      "inputs": [str(p) for p in case.images], "instruction": case.instruction}
+            reason = unsupported_reason(editor, len(case.images), len(case.turns))
+            if reason:
+                record.update(status="unsupported", error=reason)
+                stats.unsupported += 1
+                atomic_write_json(record_path(out, case), record)
+                continue
+            try:
+                images = [_read_rgb(p) for p in case.images]
+            except OSError as exc:
+                record.update(status="input_error", error=f"cannot read input image of case {case.id}: {exc}")
+                stats.failed += 1
+                atomic_write_json(record_path(out, case), record)
+                continue
+            request = EditRequest(sample_id=case.id, image=images[0], images=images, instruction=case.turns[0],
+                                  seed=derive_seed(case.id, seed), language=case.language,
+                                  meta={"run_seed": seed, "category": case.category, "benchmark": benchmark.name})
+            started = time.perf_counter()
+            if len(case.turns) > 1:
+                outcome = drive_turns(editor, request, list(case.turns), lambda reqs: _edit(editor, reqs, stats))
+                result, turns = outcome.final, outcome.turns
+            else:
+                result, turns = _edit(editor, [request], stats)[0], []
+            record["timings"] = {"edit_seconds": time.perf_counter() - started}
+            record["turns"] = _write_turns(out, case, turns)
+            if result.status == "ok" and result.image is not None:
+                png = png_bytes(as_pil(result.image))
+                atomic_write_bytes(out / "images" / case.output_folder / f"{case.id}.png", png)
+                record["image_sha256"] = sha256_bytes(png)
+                stats.generated += 1
+            else:
+                record.update(status="edit_error", error=result.error or "editor returned no image")
+                stats.failed += 1
+            atomic_write_json(record_path(out, case), record)
+    finally:
+        bar.close()
+    return stats
+
+
+def _read_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def _write_turns(out: Path, case: Case, turns: list[EditResult]) -> list[dict[str, Any]]:
+    written = []
+    for k, turn in enumerate(turns, start=1):
+        entry: dict[str, Any] = {"turn": k, "instruction": case.turns[k - 1], "status": turn.status, "error": turn.error}
+        if turn.status == "ok" and turn.image is not None:
+            rel = f"turns/{case.output_folder}/{case.id}/turn_{k}.png"
+            png = png_bytes(as_pil(turn.image))
+            atomic_write_bytes(out / rel, png)
+            entry.update(image=rel, image_sha256=sha256_bytes(png))
+        written.append(entry)
+    return written
+
+
+def predictions_root(predictions: Path) -> Path:
+    """The folder holding images/<CATEGORY>/ in the official layout (outputs/MODEL, or its images/)."""
+    if (predictions / "images").is_dir():
+        return predictions / "images"
+    return predictions
+
+
+def judge_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, out: Path, judge: Any,
+                *, records: Path | None = None, progress: bool = True, total: int | None = None) -> dict[str, int]:
+    """Append one verdict per case not yet final to out/verdicts.jsonl. `records` (a run directory)
+    marks cases the editor could not take as `unsupported`. `judge` is a `BenchJudge` (None: only
+    cases without an output can be scored; others are judge errors)."""
+    images = predictions_root(predictions)
+    verdicts = out / "verdicts.jsonl"
+    final = _final_ids(verdicts)
+    counts: dict[str, int] = {"resumed": 0}
+    bar = tqdm(total=total, desc=f"judging {benchmark.name}", unit="case", disable=not progress)
+    with open(verdicts, "a", encoding="utf-8") as sink:
+        if verdicts.stat().st_size and not _ends_with_newline(verdicts):
+            sink.write("\n")  # a line torn by a kill stays a lone unreadable line; it is skipped on reading
+        for case in cases:
+            bar.update(1)
+            key = f"{case.output_folder}/{case.id}"
+            if key in final:
+                counts["resumed"] += 1
+                continue
+            row = _verdict(benchmark, case, images, judge, records)
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+            sink.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+            sink.flush()
+            os.fsync(sink.fileno())
+    bar.close()
+    return counts
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _verdict(benchmark: Benchmark, case: Case, images: Path, judge: Any, records: Path | None) -> dict[str, Any]:
+    if records is not None:
+        try:
+            record = json.loads(record_path(records, case).read_text())
+        except (OSError, json.JSONDecodeError):
+            record = {}
+        if record.get("status") == "unsupported":
+            return benchmark.verdict_row(case, "unsupported", benchmark.missing_verdict(case), error=record.get("error"))
+    output = find_output(images / case.output_folder, case.id)
+    if output is None:
+        return benchmark.verdict_row(case, "missing", benchmark.missing_verdict(case),
+                                     error=f"no output {case.output_folder}/{case.id}.(png|jpg|jpeg) in {images}")
+    if judge is None:
+        return benchmark.verdict_row(case, "judge_error", {}, error="no judge configured")
+    try:
+        judged = judge.judge(case, output)
+    except (ValueError, OSError) as exc:  # a malformed case or unreadable file: this case only
+        return benchmark.verdict_row(case, "judge_error", {}, error=f"case {case.id}: {exc}")
+    status = "judge_error" if judged.errors else "ok"
+    return benchmark.verdict_row(case, status, judged.dims, replies=judged.replies,
+                                 error="; ".join(judged.errors.values()) or None)
+
+
+def _final_ids(verdicts: Path) -> set[str]:
+    done: set[str] = set()
+    for row in iter_verdicts(verdicts):
+        if row.get("status") in DONE_STATUSES:
+            done.add(f"{row['output_folder']}/{row['id']}")
+    return done
+
+
+def iter_verdicts(path: Path) -> Iterator[dict[str, Any]]:
+    """Verdict rows one at a time; for a case judged more than once (a retried judge error) the
+    aggregation uses the last line (see `latest_verdicts`). A torn last line is skipped."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def latest_verdicts(path: Path) -> Iterator[dict[str, Any]]:
+    """Each case's last verdict, in file order. Holds only a key -> line number map, not the rows."""
+    last: dict[str, int] = {}
+    for n, row in enumerate(iter_verdicts(path)):
+        last[f"{row['output_folder']}/{row['id']}"] = n
+    wanted = set(last.values())
+    for n, row in enumerate(iter_verdicts(path)):
+        if n in wanted:
+            yield row
+
+
+def aggregate(benchmark: Benchmark, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    agg = benchmark.aggregator()
+    for row in rows:
+        agg.add(row)
+    return agg.result()
+
+
+def write_summary(benchmark: Benchmark, out: Path, result: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
+    summary = {"benchmark": benchmark.describe(), **header, **result}
+    atomic_write_json(out / "summary.json", summary)
+    buf = io.StringIO()
+    table = result.get("official") or []
+    if table:
+        writer = csv.DictWriter(buf, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+        atomic_write_text(out / "official_scores.csv", buf.getvalue())
+    return summary

@@ -1,0 +1,169 @@
+"""`ciebench evaluate|score --benchmark NAME` for judge-scored benchmarks: generate, judge, aggregate."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import outdir
+from ..editor import Editor
+from ..errors import UsageError
+from ..io import atomic_write_json
+from ..llm.client import LLMConfig
+from .base import Benchmark
+from .judging import BenchJudge
+from .prompts import PromptSet, load_prompts, load_unpinned
+from .run import BenchmarkRunError, aggregate, generate, judge_cases, latest_verdicts, prepare_run, write_summary
+
+
+@dataclass
+class BenchOptions:
+    root: str | None = None  # the benchmark's folder in its official layout (None: hub snapshot)
+    limit: int | None = None
+    judge: str | None = None  # None: the published judges; else a JSON/YAML file of LLMConfig fields per role
+    judge_prompts: str | None = None  # a folder holding the official prompt file
+    overwrite: bool = False
+    retry_failed: bool = False
+    progress: bool = True
+
+
+def judge_configs(benchmark: Benchmark, spec: str | None) -> dict[str, LLMConfig]:
+    """One LLM config per judge role. Default: the published judge models, reached through
+    $OPENAI_BASE_URL (as the RISEBench++ script does) with the key in $OPENAI_API_KEY."""
+    roles = benchmark.judges
+    if spec is None:
+        base = os.environ.get("OPENAI_BASE_URL") or None
+        # temperature None: none is sent, as scripts that set none (the provider's default applies).
+        # The key in $OPENAI_API_KEY goes to $OPENAI_BASE_URL too: the user set both for this purpose.
+        return {role: LLMConfig(model=j.get("model"), base_url=base, api_key_env="OPENAI_API_KEY",
+                                temperature=j.get("temperature"), max_tokens=j.get("max_tokens", 4096),
+                                response_format="none")
+                for role, j in roles.items()}
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"--judge {spec}: for a benchmark, give a JSON or YAML file of LLM settings "
+                         "(model, base_url, ...), optionally per role: {\"main\": {...}, \"quality\": {...}}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"--judge {spec}: expected a mapping")
+    per_role = data if set(data) & set(roles) and all(isinstance(v, dict) for v in data.values()) else {r: data for r in roles}
+    configs = {}
+    for role in roles:
+        fields = {"max_tokens": 4096, "response_format": "none", **(per_role.get(role) or per_role.get("main") or {})}
+        try:
+            configs[role] = LLMConfig.from_dict(fields)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"--judge {spec}: role {role}: {exc}") from exc
+    return configs
+
+
+def prompt_set(benchmark: Benchmark, local_dir: str | None) -> PromptSet:
+    if benchmark.prompts is not None:
+        return load_prompts(benchmark.prompts, local_dir)
+    if not local_dir:
+        raise UsageError(f"{benchmark.name}: its prompt file is not pinned by sha256; pass --judge-prompts DIR holding "
+                         f"{benchmark.prompt_file} from {benchmark.prompt_source} (its sha256 is recorded as unverified)")
+    return load_unpinned(Path(local_dir) / benchmark.prompt_file, benchmark.prompt_source,
+                         f"{benchmark.name}/{benchmark.prompt_file}")
+
+
+def _cases(benchmark: Benchmark, options: BenchOptions):
+    cases = benchmark.cases(options.root)
+    if options.limit is None:
+        return cases
+    return (c for n, c in zip(range(options.limit), cases))
+
+
+def _count(benchmark: Benchmark, options: BenchOptions) -> int:
+    return sum(1 for _ in _cases(benchmark, options))
+
+
+def _judge(benchmark: Benchmark, options: BenchOptions, out: Path) -> BenchJudge:
+    return BenchJudge(benchmark, prompt_set(benchmark, options.judge_prompts), judge_configs(benchmark, options.judge),
+                      cache_dir=out / ".llm-cache")
+
+
+def judge_identity(judge: BenchJudge) -> dict[str, Any]:
+    """What decides the verdicts: models, decoding, prompts (not endpoint, timeouts or concurrency)."""
+    return {"prompts_sha256": judge.prompts.asset.sha256,
+            **({"more_prompts_sha256": [a.sha256 for a in judge.prompts.more]} if judge.prompts.more else {}),
+            "roles": {role: {"model": c.config.model, "temperature": c.config.temperature,
+                             "max_tokens": c.config.max_tokens, "seed": c.config.seed}
+                      for role, c in sorted(judge.clients.items())}}
+
+
+def check_judge(out: Path, judge: BenchJudge) -> None:
+    """Verdicts in one folder come from one judge: record it, or refuse a different one."""
+    path = out / "judge.json"
+    identity = judge_identity(judge)
+    if path.exists() and (out / "verdicts.jsonl").exists():
+        old = json.loads(path.read_text())
+        if old != identity:
+            raise BenchmarkRunError(f"the verdicts in {out} were made by another judge ({old} != {identity}); "
+                                    f"delete {out / 'verdicts.jsonl'} to judge again, or use another --out")
+    atomic_write_json(path, identity)
+
+
+@contextlib.contextmanager
+def _output_folder(out: Path):
+    """A new or empty folder, or this command's own earlier output (never someone else's files), held by
+    one process at a time (see ciebench.outdir)."""
+    outdir.claim(out, "benchmark")
+    with outdir.lock(out):
+        outdir.clean_stale_temp(out, ("images", "turns", "records"))
+        yield
+
+
+def evaluate(benchmark: Benchmark, editor: Editor, out: Path, options: BenchOptions) -> dict[str, Any]:
+    out = Path(out)
+    total = _count(benchmark, options)  # reads the data first: a missing dataset is reported before anything else
+    with _output_folder(out):
+        return _evaluate(benchmark, editor, out, options, total)
+
+
+def _evaluate(benchmark: Benchmark, editor: Editor, out: Path, options: BenchOptions, total: int) -> dict[str, Any]:
+    judge = _judge(benchmark, options, out)
+    spec = {"benchmark": benchmark.name, "root": str(Path(options.root).resolve()) if options.root else None,
+            "hub_revision": benchmark.hub_revision, "limit": options.limit, "editor": editor.describe()}
+    prepare_run(out, spec, options.overwrite)
+    check_judge(out, judge)
+    stats = generate(benchmark, editor, _cases(benchmark, options), out, retry_failed=options.retry_failed,
+                     progress=options.progress, total=total)
+    counts = judge_cases(benchmark, _cases(benchmark, options), out, out, judge, records=out,
+                         progress=options.progress, total=total)
+    header = {"run": {"editor": editor.describe(), "generation": stats.__dict__, "judging": counts},
+              "judge": judge.provenance()}
+    return write_summary(benchmark, out, aggregate(benchmark, latest_verdicts(out / "verdicts.jsonl")), header)
+
+
+def score(benchmark: Benchmark, predictions: Path, out: Path, options: BenchOptions) -> dict[str, Any]:
+    """Judge a folder of outputs in the benchmark's official layout (outputs/MODEL/images/CATEGORY/INDEX.ext)."""
+    out = Path(out)
+    total = _count(benchmark, options)
+    with _output_folder(out):
+        judge = _judge(benchmark, options, out)
+        check_judge(out, judge)
+        counts = judge_cases(benchmark, _cases(benchmark, options), Path(predictions), out, judge,
+                             progress=options.progress, total=total)
+        header = {"predictions": str(Path(predictions).resolve()), "run": {"judging": counts},
+                  "judge": judge.provenance()}
+        return write_summary(benchmark, out, aggregate(benchmark, latest_verdicts(out / "verdicts.jsonl")), header)
+
+
+def reaggregate(benchmark: Benchmark, verdicts: Path, out: Path) -> dict[str, Any]:
+    """The official numbers from a verdict file alone (no judge call)."""
+    from .verdicts import read_verdict_file
+
+    out = Path(out)
+    rows = read_verdict_file(benchmark, Path(verdicts))
+    with _output_folder(out):
+        return write_summary(benchmark, out, aggregate(benchmark, rows), {"verdicts": str(Path(verdicts).resolve())})

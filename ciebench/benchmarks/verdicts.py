@@ -1,0 +1,65 @@
+"""Reading per-case verdicts for re-aggregation without a judge: ciebench's verdicts.jsonl, or the
+official per-case judge table RISEBench's scripts write (`MODEL_judge.xlsx`, or a CSV export of it:
+columns index, category, Reasoning, ApprConsistency, VisualPlausibility, and where present
+consistency_free, multi_turn, subtask / subcategory, task_type)."""
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+from .base import Benchmark
+from .run import latest_verdicts
+from .rise import AC, HYBRID, IR, LOGICAL, VP, _flag_true, _present
+
+
+def read_verdict_file(benchmark: Benchmark, path: Path) -> Iterator[dict[str, Any]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"--verdicts {path} does not exist")
+    if path.suffix == ".jsonl":
+        return latest_verdicts(path)
+    if path.suffix in (".csv", ".xlsx"):
+        own = getattr(benchmark, "official_verdicts", None)
+        return own(path) if own is not None else _official_table(path)
+    raise ValueError(f"--verdicts {path}: expected .jsonl (ciebench) or .xlsx/.csv (the official judge table)")
+
+
+def _official_table(path: Path) -> Iterator[dict[str, Any]]:
+    import pandas as pd
+
+    frame = pd.read_excel(path) if path.suffix == ".xlsx" else pd.read_csv(path)
+    missing = {"index", "category", IR} - set(frame.columns)
+    if missing:
+        raise ValueError(f"--verdicts {path}: missing columns {sorted(missing)}")
+    for n, item in enumerate(frame.to_dict("records")):
+        category = item["category"]
+        if isinstance(category, str) and category.startswith("["):
+            category = ast.literal_eval(category)  # a list written by pandas: literals only, never code
+        categories = tuple(category) if isinstance(category, (list, tuple)) else (category,)
+        multi_turn = _present(item, "multi_turn")
+        flags = set()
+        if multi_turn:
+            flags.add("multi_turn")
+        if (multi_turn and LOGICAL in categories) or (not multi_turn and categories[0] == LOGICAL):
+            flags.add("logical")
+        if _flag_true(item, "consistency_free"):
+            flags.add("consistency_free")
+        dims = {d: _num(item.get(d)) for d in (AC, IR, VP)}
+        yield {"id": str(item["index"]), "category": categories[0], "categories": list(categories),
+               "output_folder": HYBRID if multi_turn else categories[0],
+               "subtask": _text(item.get("subcategory", item.get("subtask"))), "task_type": _text(item.get("task_type")),
+               "flags": sorted(flags), "status": "ok" if dims[IR] is not None else "judge_error", "dims": dims,
+               "source_row": n}
+
+
+def _num(v: Any) -> float | None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return float(v)
+
+
+def _text(v: Any) -> str | None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return str(v)

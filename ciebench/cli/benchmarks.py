@@ -1,0 +1,126 @@
+"""`ciebench benchmarks`, and the `--benchmark` paths of `evaluate` and `score`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..errors import DataError, ExitCode, IncompleteResult, UsageError
+
+from . import app
+
+
+@app.command("benchmarks")
+def benchmarks_cmd() -> None:
+    """List registered benchmarks: size, languages, categories, licence and what they need."""
+    from ..benchmarks import BENCHMARKS, get_benchmark
+    from ..registry import RegistryError
+
+    for name in BENCHMARKS.names():
+        try:
+            b = get_benchmark(name)
+        except RegistryError as exc:
+            typer.echo(f"{name:<16} unavailable: {exc}")
+            continue
+        typer.echo(f"{name:<16} {b.size:>5} cases  languages: {', '.join(b.languages)}  licence: {b.licence}"
+                   f"  headline: {b.headline}")
+        typer.echo(f"{'':<16} categories: {', '.join(b.categories) or 'read from the data'}")
+        typer.echo(f"{'':<16} needs: {'; '.join(b.needs) or '-'}   source: {b.hub_id or b.dataset_spec or '-'}")
+
+
+def resolve(name: str):
+    from ..benchmarks import get_benchmark
+
+    return get_benchmark(name)  # an unknown name: RegistryError, exit 2, with a did-you-mean
+
+
+def dataset_spec(bench: Any, root: Optional[str]) -> Optional[str]:
+    """The `--dataset` spec when the benchmark runs through the dataset pipeline, else None."""
+    if bench.pipeline != "dataset":
+        return None
+    try:
+        return bench.dataset_for(root)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def check_unsupported_options(seeds: str, backend: str, protocol: Optional[str], metrics: Optional[str]) -> None:
+    """Options of the dataset pipeline that a judge-scored benchmark run would otherwise ignore."""
+    problems = []
+    if seeds.strip() != "0":
+        problems.append("--seeds (a benchmark run uses the run seed 0, as the official protocols do)")
+    if backend != "local":
+        problems.append("--backend ray")
+    if protocol or metrics:
+        problems.append("--protocol / --metrics (the benchmark's official judge protocol applies)")
+    if problems:
+        raise UsageError("not available with a judge-scored --benchmark: " + "; ".join(problems))
+
+
+def _options(root, limit, judge, judge_prompts, overwrite=False, retry_failed=False):
+    from ..benchmarks.session import BenchOptions
+
+    return BenchOptions(root=root, limit=limit, judge=judge, judge_prompts=judge_prompts, overwrite=overwrite,
+                        retry_failed=retry_failed)
+
+
+def evaluate(bench: Any, editor: Any, out: Path, root, limit, judge, judge_prompts, overwrite, retry_failed) -> None:
+    from ..benchmarks import session
+
+    _guard(lambda: session.evaluate(bench, editor, out, _options(root, limit, judge, judge_prompts, overwrite, retry_failed)), out)
+
+
+def score(bench: Any, predictions: Optional[Path], verdicts: Optional[Path], out: Path, root, limit, judge,
+          judge_prompts) -> None:
+    from ..benchmarks import session
+
+    if verdicts is not None:
+        _guard(lambda: session.reaggregate(bench, verdicts, out), out)
+    elif predictions is not None:
+        _guard(lambda: session.score(bench, predictions, out, _options(root, limit, judge, judge_prompts)), out)
+    else:
+        raise UsageError("--benchmark needs --predictions DIR (official output layout) or --verdicts FILE")
+
+
+def _guard(fn, out: Path) -> None:
+    """Run one benchmark command; user errors become `CiebenchError`s with their exit codes (the CLI
+    prints one line), and the exit code tells whether anything was scored."""
+    try:
+        summary = fn()
+    except (ValueError, KeyError) as exc:  # a malformed annotation, verdict file or case
+        raise DataError(str(exc)) from exc
+    except FileNotFoundError as exc:  # the benchmark's data or a published file is not here
+        raise DataError(str(exc), hint="pass the benchmark's folder with --benchmark-root") from exc
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: finished cases are kept in {out}; rerun the same command to resume.", err=True)
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    print_summary(summary, out)
+    ours = summary.get("ours") or {}
+    if not ours.get("cases"):
+        raise DataError("the benchmark has no cases here", hint="check --benchmark-root and --limit")
+    if not (ours.get("status_counts") or {}).get("ok"):
+        raise IncompleteResult(f"no case of {summary['benchmark']['name']} was scored; see {out}/summary.json")
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    head = summary["headline"]
+    ci = head.get("ci95")
+    ci_text = f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+    value = head["value"]
+    typer.echo(f"\n{summary['benchmark']['title']}: results in {out}/ (summary.json, official_scores.csv)")
+    typer.echo(f"  {head['name']}: {'-' if value is None else f'{value:.4f}'}{ci_text}")
+    table = summary["official"]
+    labels = [k for k in (table[0] if table else {}) if isinstance(table[0][k], str)]
+    numbers = [k for k in (table[0] if table else {}) if k not in labels and not k.endswith("(1-5)")]
+    if table:
+        typer.echo(f"  {'':<34} " + "  ".join(f"{k[:14]:>14}" for k in numbers))
+    for row in table:
+        label = " / ".join(str(row[k]) for k in labels)
+        if label.startswith(("subcategory/", "task_type/")):
+            continue
+        cells = "  ".join("-".rjust(14) if row.get(k) is None else
+                          f"{row[k]:14d}" if isinstance(row[k], int) else f"{row[k]:14.4f}" for k in numbers)
+        typer.echo(f"  {label:<34} {cells}")
+    counts = ", ".join(f"{k}: {v}" for k, v in summary["ours"]["status_counts"].items())
+    typer.echo(f"  cases: {summary['ours']['cases']} ({counts})")

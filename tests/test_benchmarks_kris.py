@@ -1,0 +1,105 @@
+"""KRIS-Bench end to end on a generated KRIS_Bench folder with a scripted judge; the per-dimension means,
+(s - 1) x 25 mapping and overall are checked against an independent computation."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ciebench.benchmarks import get_benchmark
+from ciebench.benchmarks.kris import materialise_rows
+from ciebench.cli import app
+from tests.fixtures_benchmarks import KRIS_FIELDS, KrisJudge, make_kris, write_prompt_file
+from tests.llm_server import respond, serve_llm
+
+runner = CliRunner()
+VC, IF, VQ, KP = "consistency_score", "instruction_score", "quality_score", "knowledge_score"
+
+TABLE = {
+    "count_change/1": {VC: 5, IF: 4, VQ: 3},
+    "count_change/2": {VC: 2, IF: 1, VQ: 5},
+    "anomaly_correction/1": {VC: 4, IF: 4, VQ: 4},
+    "viewpoint_change/1": {VC: 3, IF: 2, VQ: 5},
+    "temporal_prediction/3": {VC: 1, IF: 3, VQ: 2},
+    "multi-element_composition/1": {VC: 5, IF: 5, VQ: 5},
+    "chemistry/1": {VC: 4, IF: 2, VQ: 3, KP: 1},
+    "chemistry/2": {VC: 5, IF: 3, VQ: 4, KP: 5},
+}
+TYPES = {"count_change": "Factual Knowledge", "anomaly_correction": "Factual Knowledge",
+         "viewpoint_change": "Factual Knowledge", "temporal_prediction": "Factual Knowledge",
+         "multi-element_composition": "Procedural Knowledge", "chemistry": "Conceptual Knowledge"}
+
+
+def expected(cases: dict) -> dict:
+    """{group: (score on 0-100, {dim: mean 1-5})}: dims are averaged over a group's cases that have them;
+    a group's score is the mean of its dimension means after (s - 1) * 25."""
+    groups: dict[str, dict[str, list]] = {}
+    for key, dims in cases.items():
+        task = key.split("/")[0]
+        for group in ("Overall", TYPES[task], task):
+            for dim, value in dims.items():
+                groups.setdefault(group, {}).setdefault(dim, []).append(value)
+    out = {}
+    for group, dims in groups.items():
+        means = {d: sum(v) / len(v) for d, v in dims.items()}
+        out[group] = (sum((m - 1) * 25 for m in means.values()) / len(means), means)
+    return out
+
+
+def test_kris_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
+    tasks, colours = make_kris(tmp_path / "data")
+    prompts = write_prompt_file(tmp_path / "kp", tuple(KRIS_FIELDS)).parent
+    (prompts / "prompts.py").write_text((prompts / "utils.py").read_text())
+    judge = KrisJudge(TABLE, colours)
+    out = tmp_path / "run"
+    with serve_llm() as server:
+        server.on(then=respond(judge))
+        cfg = tmp_path / "judge.json"
+        cfg.write_text(json.dumps({"model": "scripted", "base_url": server.base_url, "api_key_env": None,
+                                   "max_retries": 0}))
+        result = runner.invoke(app, ["evaluate", "--benchmark", "kris", "--benchmark-root", str(tmp_path / "data"),
+                                     "--editor", "tests.fixtures_benchmarks:StampEditor", "--out", str(out),
+                                     "--judge", str(cfg), "--judge-prompts", str(prompts)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    exp = expected(TABLE)
+    assert summary["headline"]["name"] == "Overall Score"
+    assert summary["headline"]["value"] == pytest.approx(exp["Overall"][0])
+    for row in summary["official"]:
+        score, means = exp[row["-"]]
+        assert row["Score"] == pytest.approx(score), row["-"]
+        assert row["Visual Consistency (1-5)"] == pytest.approx(means[VC])
+        assert row["Knowledge Plausibility"] == (pytest.approx((means[KP] - 1) * 25) if KP in means else None)
+    assert summary["judge"]["prompts"]["verified"] is False  # the unpinned prompt file is recorded as such
+    seen = {(c, p): (n, t) for c, p, n, t in judge.seen}
+    # per-family judge inputs
+    assert seen[("viewpoint_change/1", "prompt_view_instruction_following")][0] == 3  # source, output, ground truth
+    assert seen[("temporal_prediction/3", "prompt_consist_temporal")][0] == 4  # 3 frames + the prediction
+    assert "N=<3>" in seen[("temporal_prediction/3", "prompt_instruction_temporal")][1]
+    assert seen[("multi-element_composition/1", "prompt_instruction_multi")][0] == 4
+    assert "explanation=<the clock has 13 hours>" in seen[("anomaly_correction/1", "prompt_abnormal_instruction_following")][1]
+    assert "explanation=<iron rusts>" in seen[("chemistry/1", "prompt_dual_evaluation")][1]
+    assert seen[("count_change/1", "prompt_quality")][0] == 1
+    # the temporal judge sees the prediction at frame 3's place: frames 1, 2, the prediction, frame 4
+    # (the test editor returns frame 1, so images 0 and 2 share a colour and 1 and 3 do not)
+    request = next(r for p, r in judge.requests if p == "prompt_consist_temporal")
+    reds = [round(sum(px[0] for px in im.convert("RGB").getdata()) / (im.width * im.height)) for im in request.images()]
+    assert reds[0] == reds[2] and reds[1] != reds[0] and reds[3] != reds[0]
+
+
+def test_kris_rows_materialise_as_the_official_layout(tmp_path):
+    """The hub path: rows as the mirror holds them (images embedded) become the folder layout."""
+    from PIL import Image
+
+    rows = [{"category": "chemistry", "image_id": "7", "ori_images": [Image.new("RGB", (8, 8), (1, 2, 3))],
+             "ori_img": ["7.png"], "ins_en": "rust it", "explain_en": "iron oxide", "gt_image": None},
+            {"category": "temporal_prediction", "image_id": "2", "ori_img": ["2-1.png", "2-2.png", "2-3.png"],
+             "ori_images": [Image.new("RGB", (8, 8), (i, i, i)) for i in range(3)], "ins_en": "predict frame 4",
+             "explain_en": "", "gt_image": Image.new("RGB", (8, 8)), "gt_img": "2-4.png"}]
+    root = materialise_rows(rows, tmp_path / "kris")
+    cases = list(get_benchmark("kris").cases(root))
+    assert [(c.category, c.id, len(c.images)) for c in cases] == [("temporal_prediction", "2", 3), ("chemistry", "7", 1)]
+    assert cases[1].explanation == "iron oxide" and cases[0].ground_truth_image.name == "2-4.png"
+    assert Image.open(cases[0].images[2]).getpixel((0, 0)) == (2, 2, 2)

@@ -1,0 +1,383 @@
+"""RISEBench and RISEBench++ end to end on generated fixture folders in the official layouts, with a
+scripted judge server; the official numbers are checked against an independent implementation of
+the published formula written here."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from ciebench.assets import PinnedAsset
+from ciebench.benchmarks import get_benchmark
+from ciebench.benchmarks import prompts as prompt_module
+from ciebench.benchmarks.rise import RiseBench
+from ciebench.cli import app
+from ciebench.registry import RegistryError
+from tests.fixtures_benchmarks import (PLUS_PROMPT_NAMES, V1_PROMPT_NAMES, ScriptedJudge, StampEditor, make_rise_plus, make_rise_v1, write_prompt_file)
+from tests.llm_server import respond, serve_llm
+
+runner = CliRunner()
+AC, IR, VP = "ApprConsistency", "Reasoning", "VisualPlausibility"
+
+
+# ------------------------------------------------------------------ the independent reference formula
+def ref_case(raw: dict, logical: bool, cf: bool) -> tuple[float | None, int, dict]:
+    """Score (1-5), complete (0/1) and the mapped dimensions of one case, from the judge's raw answers
+    (logical: 0/1 answers mapped to 1/5). Written from the published rules, not from the code."""
+    if logical:
+        dims = {AC: 5 if raw[AC] >= 1 else 1, IR: 5 if raw[IR] >= 1 else 1}
+        s = 0.3 * dims[AC] + 0.7 * dims[IR]
+        complete = dims[AC] == 5 and dims[IR] == 5
+    elif cf:
+        dims = {IR: raw[IR], VP: raw[VP]}
+        s = 0.8 * dims[IR] + 0.2 * dims[VP]
+        complete = dims[IR] == 5 and dims[VP] == 5
+    else:
+        dims = {AC: raw[AC], IR: raw[IR], VP: raw[VP]}
+        s = 0.3 * dims[AC] + 0.5 * dims[IR] + 0.2 * dims[VP]
+        complete = dims[AC] == 5 and dims[IR] == 5 and dims[VP] == 5
+    if dims[IR] == 1:
+        s = s / 2 if s / 2 > 1 else 1.0
+    return s, int(complete), dims
+
+
+def ref_summary(cases: list[tuple[str, str, dict, bool, bool]]) -> dict:
+    """cases: (id, group label, raw answers or None for a missing output, logical, cf) ->
+    {label: (mean score, accuracy)} plus 'Overall', with missing outputs at the minimum."""
+    per: dict[str, list] = {}
+    for _id, label, raw, logical, cf in cases:
+        if raw is None:
+            raw = {AC: 0, IR: 0} if logical else {AC: 1, IR: 1, VP: 1}
+        s, c, _ = ref_case(raw, logical, cf)
+        for key in ("Overall", label):
+            per.setdefault(key, []).append((s, c))
+    return {k: (sum(s for s, _ in v) / len(v), sum(c for _, c in v) / len(v)) for k, v in per.items()}
+
+
+def row(table: list[dict], label: str) -> dict:
+    return next(r for r in table if r["-"] == label)
+
+
+# --------------------------------------------------------------------------------------- fixtures
+@pytest.fixture()
+def v1_prompts(tmp_path, monkeypatch):
+    """A stand-in v1 prompt file served from file://, pinned by its own sha256."""
+    path = write_prompt_file(tmp_path / "v1prompts", V1_PROMPT_NAMES)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(RiseBench, "prompts", PinnedAsset(name="risebench/utils.py", url=path.as_uri(),
+                                                          sha256=digest, source="stand-in", filename="utils.py"))
+    prompt_module._load.cache_clear()
+    return path
+
+
+def judge_file(tmp_path: Path, server) -> Path:
+    path = tmp_path / "judge.json"
+    path.write_text(json.dumps({"model": "scripted", "base_url": server.base_url, "api_key_env": None,
+                                "max_retries": 0, "concurrency": 1}))
+    return path
+
+
+V1_RAW = {  # the judge's answers per case (logical cases answer 0/1)
+    "temporal_reasoning_1": {AC: 5, IR: 5, VP: 5},      # all 5: complete
+    "temporal_reasoning_2": {AC: 2, IR: 4, VP: 3},      # consistency-free: AC never asked
+    "causal_reasoning_1": {AC: 4, IR: 1, VP: 5},        # IR = 1: halved (0.3*4+0.5+1 = 2.7 -> 1.35)
+    "spatial_reasoning_1": {AC: 3, IR: 1, VP: 1},       # halved below 1 -> 1
+    "spatial_reasoning_2": {AC: 5, IR: 3, VP: 4},       # no flag: the full formula
+    "logical_reasoning_1": {AC: 1, IR: 1},
+    "logical_reasoning_2": {AC: 1, IR: 0},              # IR maps to 1: halved
+    "logical_reasoning_3": {AC: 0, IR: 1},
+}
+
+
+def v1_expected(items, missing=()):
+    cases = []
+    for it in items:
+        logical = it["category"] == "logical_reasoning"
+        cf = it.get("consistency_free") is True
+        label = {"temporal_reasoning": "Temporal", "causal_reasoning": "Causal", "spatial_reasoning": "Spatial",
+                 "logical_reasoning": "Logical"}[it["category"]]
+        cases.append((it["index"], label, None if it["index"] in missing else V1_RAW[it["index"]], logical, cf))
+    return ref_summary(cases)
+
+
+# ------------------------------------------------------------------------------------------ tests
+def test_registry_lists_benchmarks_and_suggests_names():
+    result = runner.invoke(app, ["benchmarks"])
+    assert result.exit_code == 0, result.output
+    for name in ("ciebench", "reason-edit", "risebench", "risebench-plus", "kris"):
+        assert f"\n{name} " in "\n" + result.output
+    with pytest.raises(RegistryError, match="risebench-plus"):
+        get_benchmark("risebench-pluss")
+
+
+def test_prompt_file_is_parsed_not_executed(tmp_path):
+    path = write_prompt_file(tmp_path, ("prompt_consist", "prompt_generation"))
+    found = prompt_module.extract_string_constants(path.read_text())
+    assert set(found) == {"prompt_consist", "prompt_generation"}
+    text = prompt_module.fill(found["prompt_consist"], {"instruct": "x"}, "t")
+    assert text == "PROMPT:prompt_consist instruct=<x> literal {braces}"
+    with pytest.raises(prompt_module.PromptFileError, match="unsupported field"):
+        prompt_module.fill("{instruct.__class__}", {"instruct": "x"}, "t")
+    with pytest.raises(prompt_module.PromptFileError, match="needs 'reference'"):
+        prompt_module.fill("{reference}", {"instruct": "x"}, "t")
+
+
+def test_risebench_v1_identity_end_to_end_and_resume(tmp_path, v1_prompts):
+    root = tmp_path / "rise"
+    items, colours = make_rise_v1(root)
+    judge = ScriptedJudge(V1_RAW, colours)
+    out = tmp_path / "run"
+    with serve_llm() as server:
+        server.on(then=respond(judge))
+        args = ["evaluate", "--benchmark", "risebench", "--benchmark-root", str(root), "--editor", "identity",
+                "--out", str(out), "--judge", str(judge_file(tmp_path, server))]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        summary = json.loads((out / "summary.json").read_text())
+        expected = v1_expected(items)
+        assert summary["headline"]["name"] == "Overall Accuracy"
+        assert summary["headline"]["value"] == pytest.approx(expected["Overall"][1])
+        for label, (score, acc) in expected.items():
+            r = row(summary["official"], label)
+            assert r["Score-Origin"] == pytest.approx(score) and r["Accuracy"] == pytest.approx(acc), label
+            assert r["Score-Percentage"] == pytest.approx(25 * (score - 1))
+        # consistency-free: no AC question; the flag set to false and a missing flag both ask AC
+        asked = {(case, p) for case, p, _, _ in judge.seen}
+        assert not any(c == "temporal_reasoning_2" and p == "prompt_consist" for c, p in asked)
+        assert ("causal_reasoning_1", "prompt_consist") in asked and ("spatial_reasoning_2", "prompt_spatial_cons") in asked
+        # the reference image replaces the source (spatial AC/IR with reference_img get 2 images)
+        assert ("spatial_reasoning_1", "prompt_spatial_ref_img", 2) in {(c, p, n) for c, p, n, _ in judge.seen}
+        # judge inputs: JPEG-decoded, never enlarged
+        for req in server.requests:
+            for im in req.images():
+                assert max(im.size) <= 768 and im.size == (40, 32)
+        assert (out / "official_scores.csv").read_text().startswith("-,Score-Origin,Score-Percentage,Accuracy")
+        assert (out / "images" / "logical_reasoning" / "logical_reasoning_3.png").is_file()
+        n_requests = server.count
+        # resume: nothing is edited or judged again
+        again = runner.invoke(app, args)
+        assert again.exit_code == 0, again.output
+        assert server.count == n_requests
+        assert json.loads((out / "summary.json").read_text())["official"] == summary["official"]
+
+
+def test_risebench_score_predictions_missing_output_and_verdicts(tmp_path, v1_prompts):
+    root = tmp_path / "rise"
+    items, colours = make_rise_v1(root)
+    model = tmp_path / "outputs" / "model-x"
+    for it in items:  # the official output layout, as jpg, one output missing
+        if it["index"] == "logical_reasoning_3":
+            continue
+        dest = model / "images" / it["category"] / f"{it['index']}.jpg"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(root / it["image"]).convert("RGB").save(dest, quality=100)
+    judge = ScriptedJudge(V1_RAW, colours)
+    with serve_llm() as server:
+        server.on(then=respond(judge))
+        out = tmp_path / "scored"
+        result = runner.invoke(app, ["score", "--benchmark", "risebench", "--benchmark-root", str(root),
+                                     "--predictions", str(model), "--out", str(out),
+                                     "--judge", str(judge_file(tmp_path, server))])
+        assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    expected = v1_expected(items, missing={"logical_reasoning_3"})
+    assert summary["ours"]["status_counts"] == {"missing": 1, "ok": 7}
+    assert row(summary["official"], "Overall")["Score-Origin"] == pytest.approx(expected["Overall"][0])
+    assert row(summary["official"], "Logical")["Accuracy"] == pytest.approx(expected["Logical"][1])
+    # re-aggregation from the verdict file alone reproduces every official row
+    again = tmp_path / "again"
+    result = runner.invoke(app, ["score", "--benchmark", "risebench", "--verdicts", str(out / "verdicts.jsonl"),
+                                 "--out", str(again)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((again / "summary.json").read_text())["official"] == summary["official"]
+
+
+def test_risebench_official_judge_table_reaggregation(tmp_path):
+    """The official per-case table (MODEL_judge.xlsx as CSV): mapped dimensions, flag columns."""
+    rows = [("temporal_reasoning_1", "temporal_reasoning", 5, 5, 5, ""), ("temporal_reasoning_2", "temporal_reasoning", "", 4, 3, "True"),
+            ("causal_reasoning_1", "causal_reasoning", 4, 1, 5, ""), ("logical_reasoning_1", "logical_reasoning", 5, 5, "", "")]
+    path = tmp_path / "m_judge.csv"
+    path.write_text("index,category,subtask,ApprConsistency,Reasoning,VisualPlausibility,consistency_free\n" +
+                    "\n".join(f"{i},{c},S,{a},{r},{v},{f}" for i, c, a, r, v, f in rows) + "\n")
+    result = runner.invoke(app, ["score", "--benchmark", "risebench", "--verdicts", str(path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    scores = [5.0, 0.8 * 4 + 0.2 * 3, max(1.0, (0.3 * 4 + 0.5 * 1 + 0.2 * 5) / 2), 5.0]
+    assert row(summary["official"], "Overall")["Score-Origin"] == pytest.approx(sum(scores) / 4)
+    assert summary["headline"]["value"] == pytest.approx(2 / 4)
+
+
+PLUS_RAW = {
+    "temporal_reasoning_1": {AC: 5, IR: 5, VP: 5},
+    "causal_reasoning_1": {AC: 3, IR: 4, VP: 4},        # multi-image, reference image, consistency image
+    "spatial_reasoning_1": {AC: 1, IR: 5, VP: 5},       # consistency-free: complete without AC
+    "spatial_reasoning_2": {AC: 4, IR: 1, VP: 2},       # flag false: full formula, halved
+    "logical_reasoning_1": {AC: 1, IR: 0},
+    "counterfactual_reasoning_1": {AC: 5, IR: 2, VP: 5},
+    "hybrid_reasoning_1": {AC: 4, IR: 5, VP: 5},        # 3 turns
+    "hybrid_reasoning_2": {AC: 1, IR: 1},               # 4 turns, logical hybrid
+}
+
+
+def plus_expected(items, unsupported=()):
+    cases = []
+    for it in items:
+        cats = it["category"] if isinstance(it["category"], list) else [it["category"]]
+        multi = bool(it.get("multi_turn"))
+        logical = "logical_reasoning" in cats if multi else cats[0] == "logical_reasoning"
+        label = "Hybrid" if multi else {"temporal_reasoning": "Temporal", "causal_reasoning": "Causal",
+                                        "spatial_reasoning": "Spatial", "logical_reasoning": "Logical",
+                                        "counterfactual_reasoning": "Counterfactual"}[cats[0]]
+        raw = None if it["index"] in unsupported else PLUS_RAW[it["index"]]
+        cases.append((it["index"], label, raw, logical, it.get("consistency_free") is True))
+    return ref_summary(cases)
+
+
+def _plus_run(tmp_path, editor: str, monkeypatch):
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "riseplus"
+    items, colours = make_rise_plus(root)
+    prompts = write_prompt_file(tmp_path / "pp", PLUS_PROMPT_NAMES).parent
+    judge = ScriptedJudge(PLUS_RAW, colours)
+    out = tmp_path / f"run-{editor.split(':')[-1]}"
+    with serve_llm() as server:
+        server.on(then=respond(judge))
+        result = runner.invoke(app, ["evaluate", "--benchmark", "risebench-plus", "--benchmark-root", str(root),
+                                     "--editor", editor, "--out", str(out), "--judge-prompts", str(prompts),
+                                     "--judge", str(judge_file(tmp_path, server))])
+    assert result.exit_code == 0, result.output
+    return items, judge, out, json.loads((out / "summary.json").read_text())
+
+
+def test_risebench_plus_multi_image_multi_turn(tmp_path, monkeypatch):
+    StampEditor.calls.clear()
+    items, judge, out, summary = _plus_run(tmp_path, "tests.fixtures_benchmarks:StampEditor", monkeypatch)
+    expected = plus_expected(items)
+    assert summary["headline"]["value"] == pytest.approx(expected["Overall"][1])
+    for label in ("Overall", "Temporal", "Causal", "Spatial", "Logical", "Counterfactual", "Hybrid"):
+        r = row(summary["official"], label)
+        assert (r["Score-Origin"], r["Accuracy"]) == pytest.approx(expected[label]), label
+    assert row(summary["official"], "subcategory/spatial_reasoning/Layout")["Score-Origin"] == pytest.approx(
+        (0.8 * 5 + 0.2 * 5 + max(1.0, (0.3 * 4 + 0.5 * 1 + 0.2 * 2) / 2)) / 2)
+    # multi-image: the editor got both inputs; multi-turn: every turn ran in order, outputs recorded
+    assert ("causal_reasoning_1", 2, "合并两张图", -1) in StampEditor.calls
+    turns = [c for c in StampEditor.calls if c[0] == "hybrid_reasoning_2"]
+    assert [c[2] for c in turns] == ["first", "second", "third", "fourth"] and [c[3] for c in turns] == [0, 1, 2, 3]
+    for case, n in (("hybrid_reasoning_1", 3), ("hybrid_reasoning_2", 4)):
+        files = sorted(p.name for p in (out / "turns" / "hybrid_reasoning" / case).iterdir())
+        assert files == [f"turn_{k}.png" for k in range(1, n + 1)]
+        record = json.loads((out / "records" / "hybrid_reasoning" / f"{case}.json").read_text())
+        assert [t["turn"] for t in record["turns"]] == list(range(1, n + 1))
+    # judges: the numbered turns reach the prompt; VP goes to the quality role with (consistency image, output)
+    hybrid_text = next(t for c, p, _, t in judge.seen if c == "hybrid_reasoning_1" and p == "prompt_general_ref_txt")
+    assert "1. turn one\n2. turn two\n3. turn three" in hybrid_text
+    assert ("causal_reasoning_1", "prompt_general_qual", 2) in {(c, p, n) for c, p, n, _ in judge.seen}
+    assert not any(c == "spatial_reasoning_1" and p.endswith("_cons") for c, p, _, _ in judge.seen)
+
+
+def test_risebench_plus_unsupported_cases(tmp_path, monkeypatch):
+    items, judge, out, summary = _plus_run(tmp_path, "tests.fixtures_benchmarks:SingleEditor", monkeypatch)
+    unsupported = {"causal_reasoning_1", "hybrid_reasoning_1", "hybrid_reasoning_2"}
+    assert summary["ours"]["status_counts"] == {"ok": 5, "unsupported": 3}
+    assert summary["run"]["generation"]["unsupported"] == 3 and summary["run"]["generation"]["failed"] == 0
+    assert not {c for c, *_ in judge.seen} & unsupported  # never judged
+    for case in unsupported:
+        folder = "hybrid_reasoning" if case.startswith("hybrid") else "causal_reasoning"
+        assert json.loads((out / "records" / folder / f"{case}.json").read_text())["status"] == "unsupported"
+    # official table: the official rule for a case without output (the minimum); supported-only: left out
+    expected = plus_expected(items, unsupported=unsupported)
+    assert row(summary["official"], "Overall")["Score-Origin"] == pytest.approx(expected["Overall"][0])
+    supported = plus_expected([it for it in items if it["index"] not in unsupported])
+    assert row(summary["supported_only"], "Overall")["Score-Origin"] == pytest.approx(supported["Overall"][0])
+    assert not any(r["-"] == "Hybrid" for r in summary["supported_only"])
+
+
+def test_aggregation_parity_on_written_verdicts():
+    """Per-dimension verdicts written here (every rule: halving with and without the floor,
+    consistency-free, logical, missing output, an unparsable judge reply) -> the official table."""
+    from ciebench.benchmarks.run import aggregate
+
+    bench = get_benchmark("risebench-plus")
+    rows = []
+
+    def add(i, category, dims, flags=(), status="ok", multi=False):
+        rows.append({"id": f"c{i}", "category": category, "output_folder": "hybrid_reasoning" if multi else category,
+                     "subtask": "s", "task_type": "t", "flags": sorted(set(flags) | ({"multi_turn"} if multi else set())),
+                     "status": status, "dims": dims})
+
+    add(0, "temporal_reasoning", {AC: 5, IR: 5, VP: 5})
+    add(1, "temporal_reasoning", {AC: 4, IR: 1, VP: 5})                          # 2.7 halved -> 1.35
+    add(2, "causal_reasoning", {AC: 2, IR: 1, VP: 1})                            # 1.3 halved -> floor 1
+    add(3, "spatial_reasoning", {IR: 5, VP: 5}, flags={"consistency_free"})      # complete without AC
+    add(4, "logical_reasoning", {AC: 5, IR: 5}, flags={"logical"})
+    add(5, "logical_reasoning", {AC: 5, IR: 1}, flags={"logical"})               # 0.3*5 + 0.7*1 = 2.2 halved -> 1.1
+    add(6, "counterfactual_reasoning", {AC: 1, IR: 1, VP: 1}, status="missing")  # the minimum -> 1
+    add(7, "causal_reasoning", {AC: 5, IR: None, VP: 5}, status="judge_error")   # no score, not accurate
+    add(8, "temporal_reasoning", {AC: 3, IR: 4, VP: 2}, multi=True)              # hybrid: 3.3
+    result = aggregate(bench, iter(rows))
+    scores = [5.0, 1.35, 1.0, 5.0, 5.0, 1.1, 1.0, 3.3]
+    overall = row(result["official"], "Overall")
+    assert overall["Score-Origin"] == pytest.approx(sum(scores) / len(scores))
+    assert overall["Accuracy"] == pytest.approx(3 / 9)  # the unscored case counts in the denominator
+    assert row(result["official"], "Causal")["Score-Origin"] == pytest.approx(1.0)
+    assert row(result["official"], "Causal")["Accuracy"] == pytest.approx(0.0)
+    assert row(result["official"], "Hybrid")["Score-Origin"] == pytest.approx(3.3)
+    assert row(result["official"], "Logical")["Score-Percentage"] == pytest.approx(25 * ((5.0 + 1.1) / 2 - 1))
+    assert row(result["official"], "Overall_ApprConsistency")["Score-Origin"] == pytest.approx((5 + 4 + 2 + 5 + 5 + 1 + 3) / 7)
+    assert result["ours"]["status_counts"] == {"judge_error": 1, "missing": 1, "ok": 7}
+
+
+def test_leaderboard_tables_per_benchmark_and_gallery(tmp_path, monkeypatch):
+    StampEditor.calls.clear()
+    _, _, run_a, sa = _plus_run(tmp_path, "tests.fixtures_benchmarks:StampEditor", monkeypatch)
+    _, _, run_b, sb = _plus_run(tmp_path, "tests.fixtures_benchmarks:SingleEditor", monkeypatch)
+    other = tmp_path / "other"  # a run of another benchmark (its summary only): never mixed in
+    other.mkdir()
+    (other / "summary.json").write_text(json.dumps({"benchmark": {"name": "risebench"}, "headline": {
+        "name": "Overall Accuracy", "value": 0.5}, "official": [{"-": "Overall", "Score-Origin": 3.0,
+        "Score-Percentage": 50.0, "Accuracy": 0.5}, {"-": "Temporal", "Score-Origin": 3.0, "Score-Percentage": 50.0,
+        "Accuracy": 0.5}], "ours": {"status_counts": {"ok": 2}}}))
+    board = tmp_path / "board"
+    result = runner.invoke(app, ["leaderboard", str(run_a), str(run_b), str(other), "--out", str(board)])
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    plus = pd.read_csv(board / "benchmark__risebench-plus.csv")
+    assert list(plus.columns[:2]) == ["run", "Overall Accuracy"] and len(plus) == 2
+    assert list(plus["Overall Accuracy"]) == sorted([sa["headline"]["value"], sb["headline"]["value"]], reverse=True)
+    assert len(pd.read_csv(board / "benchmark__risebench.csv")) == 1
+    cats = pd.read_csv(board / "benchmark__risebench-plus__categories.csv")
+    assert {"Temporal", "Causal", "Spatial", "Logical", "Counterfactual", "Hybrid"} <= set(cats["category"])
+    page = (board / "gallery" / "risebench-plus" / "index.html").read_text()
+    block = page.split("<h3>hybrid_reasoning/hybrid_reasoning_2</h3>")[1].split("<div class='case'>")[0]
+    assert all(f"turn {k}</figcaption>" in block for k in (1, 2, 3, 4)) and "unsupported" in block
+    causal = page.split("<h3>causal_reasoning/causal_reasoning_1</h3>")[1].split("<div class='case'>")[0]
+    assert "input 1</figcaption>" in causal and "input 2</figcaption>" in causal
+
+
+def test_interrupted_benchmark_run_resumes(tmp_path, monkeypatch):
+    StampEditor.calls.clear()
+    items, judge, out, first = _plus_run(tmp_path, "tests.fixtures_benchmarks:StampEditor", monkeypatch)
+    # simulate a kill: one multi-turn case never recorded, the verdict file torn mid-line
+    (out / "records" / "hybrid_reasoning" / "hybrid_reasoning_1.json").unlink()
+    verdicts = (out / "verdicts.jsonl").read_bytes()
+    (out / "verdicts.jsonl").write_bytes(verdicts[: len(verdicts) - 40])
+    (out / "summary.json").unlink()
+    StampEditor.calls.clear()
+    judge.seen.clear()
+    with serve_llm() as server:
+        server.on(then=respond(judge))
+        result = runner.invoke(app, ["evaluate", "--benchmark", "risebench-plus", "--benchmark-root",
+                                     str(tmp_path / "riseplus"), "--editor", "tests.fixtures_benchmarks:StampEditor",
+                                     "--out", str(out), "--judge-prompts", str(tmp_path / "pp"),
+                                     "--judge", str(judge_file(tmp_path, server))])
+    assert result.exit_code == 0, result.output
+    assert {c[0] for c in StampEditor.calls} == {"hybrid_reasoning_1"} and len(StampEditor.calls) == 3
+    assert {c for c, *_ in judge.seen} == {items[-1]["index"]}  # only the torn last verdict is judged again
+    again = json.loads((out / "summary.json").read_text())
+    assert again["official"] == first["official"]
