@@ -14,16 +14,24 @@ failures (timeouts, connection errors, HTTP 429 / 5xx) and invalid replies (unpa
 the JSON schema, rejected by the `validate` callback) are retried with exponential backoff and
 jitter; after `max_retries` retries the reply comes back with status "error" and the reason.
 
-The API key is read from the environment variable *named* by `LLMConfig.api_key_env` at request
-time and only ever placed in the Authorization header: it is not part of the config, the cache key,
-cache files, replies, errors, stats or logs (server messages that echo it are redacted).
+The API key is read at request time from the environment variable *named* by
+`LLMConfig.api_key_env`, or, when that is unset, from the variable that belongs to the provider the
+endpoint is (OPENAI_API_KEY for api.openai.com, DASHSCOPE_API_KEY for DashScope, ...; see
+`PROVIDER_KEY_ENVS`): a custom `base_url` never silently receives a provider's key. It is only ever
+placed in the Authorization header of a request to the configured host (redirects are refused, see
+transport.py), and is not part of the config, the cache key, cache files, replies, errors, stats or
+logs (server messages that echo it are redacted). Sending a key over plain http to a host other than
+this machine logs a warning.
+
+Each failed reply carries a `failure` class (`FAILURE_CLASSES`), so judges can count transport
+problems, rate limits, server errors, content filters and unusable answers apart; none of them is
+ever a score.
 """
 from __future__ import annotations
 
 import base64
 import dataclasses
 import email.utils
-import http.client
 import json
 import logging
 import os
@@ -31,8 +39,7 @@ import random
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,6 +50,7 @@ from PIL import Image
 
 from ..io import atomic_write_json, png_bytes, sha256_bytes, stable_hash
 from .prompts import PromptTemplate
+from .transport import TransportError, is_loopback, post
 
 log = logging.getLogger("ciebench.llm")
 
@@ -54,6 +62,22 @@ DEFAULT_LOCAL_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 CACHE_FORMAT = 1
 RETRY_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 _MAX_ERROR_TEXT = 400
+TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+# Why a call failed, for judges' failure counts: the transport (connection, deadline, size cap,
+# redirect), HTTP 429, HTTP 5xx or a malformed body, another HTTP 4xx, the provider's content filter or
+# refusal, an answer that is not valid JSON for the schema, an answer the caller's validator rejected,
+# and a configuration problem found before any request (missing key, local model not loadable).
+FAILURE_CLASSES = ("transport", "rate_limit", "server_error", "request_rejected", "content_filter", "unparsable",
+                   "out_of_range", "config")
+# The environment variable that holds each provider's key, and the hosts it may be sent to.
+PROVIDER_KEY_ENVS: dict[str, tuple[str, ...]] = {
+    "OPENAI_API_KEY": ("api.openai.com",),
+    "DASHSCOPE_API_KEY": ("dashscope.aliyuncs.com", "dashscope-intl.aliyuncs.com"),
+    "GEMINI_API_KEY": ("generativelanguage.googleapis.com",),
+    "OPENROUTER_API_KEY": ("openrouter.ai",),
+    "DEEPSEEK_API_KEY": ("api.deepseek.com",),
+    "TOGETHER_API_KEY": ("api.together.xyz",),
+}
 
 
 @dataclass(frozen=True)
@@ -63,11 +87,17 @@ class LLMConfig:
     backend: str = "openai"  # "openai": any OpenAI-compatible server | "transformers": local model
     model: str | None = None  # None: gpt-4o-mini (openai) or Qwen/Qwen2.5-VL-7B-Instruct (transformers)
     base_url: str | None = None  # None: https://api.openai.com/v1 (openai backend only)
-    api_key_env: str | None = "OPENAI_API_KEY"  # the NAME of the env variable holding the key
-    temperature: float = 0.0
+    # The NAME of the env variable holding the key. None: the variable of the provider the endpoint
+    # belongs to (PROVIDER_KEY_ENVS), and no key at all for any other host.
+    api_key_env: str | None = None
+    temperature: float | None = 0.0  # 0-2; None: send none (models that only accept their default)
     max_tokens: int = 512
-    seed: int | None = 0
-    timeout_s: float = 60.0
+    # The request field that carries max_tokens: reasoning models (o-series, GPT-5 class) reject
+    # "max_tokens" and take "max_completion_tokens".
+    token_limit_field: str = "max_tokens"
+    seed: int | None = 0  # None: no seed is sent, on retries neither
+    timeout_s: float = 60.0  # overall deadline of one request, connect to last byte
+    max_response_bytes: int = 8 * 1024 * 1024
     max_retries: int = 4  # retries after the first attempt
     concurrency: int = 8  # requests in flight at once through this client
     price_per_1k_input: float = 0.0  # USD per 1000 prompt tokens, for cost accounting
@@ -75,8 +105,9 @@ class LLMConfig:
     # How a JSON schema is sent: "json_schema" (structured outputs, strict), "json_object"
     # (JSON mode; for servers without json_schema) or "none". Replies are validated locally always.
     response_format: str = "json_schema"
-    # Retries after an *invalid* reply resample with this temperature and seed + attempt, since a
-    # greedy retry would repeat the same answer. None: retry with the original decoding parameters.
+    # Retries after an *invalid* reply resample with this temperature (0-2) and seed + attempt, since a
+    # greedy retry would repeat the same answer. None, or temperature None: retry with the original
+    # decoding parameters.
     retry_temperature: float | None = 0.7
     backoff_base_s: float = 1.0  # first backoff; doubles per retry, with jitter, up to backoff_max_s
     backoff_max_s: float = 30.0  # also caps a server's Retry-After
@@ -98,6 +129,16 @@ class LLMConfig:
             raise ValueError(f"LLMConfig.response_format must be one of {RESPONSE_FORMATS}")
         if self.max_retries < 0 or self.concurrency < 1 or self.max_tokens < 1 or self.timeout_s <= 0:
             raise ValueError("LLMConfig: max_retries >= 0, concurrency >= 1, max_tokens >= 1, timeout_s > 0")
+        if self.max_response_bytes < 1024:
+            raise ValueError("LLMConfig.max_response_bytes must be at least 1024")
+        for name in ("temperature", "retry_temperature"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0.0 <= float(value) <= 2.0):
+                raise ValueError(f"LLMConfig.{name} must be a number from 0 to 2 (or null), got {value!r}")
+        if self.token_limit_field not in TOKEN_LIMIT_FIELDS:
+            raise ValueError(f"LLMConfig.token_limit_field must be one of {TOKEN_LIMIT_FIELDS}, "
+                             f"got {self.token_limit_field!r}")
         if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
             raise ValueError("LLMConfig.api_key_env is the NAME of an environment variable (e.g. "
                              "OPENAI_API_KEY), not the key itself")
@@ -107,6 +148,24 @@ class LLMConfig:
         if self.backend != "openai":
             return None
         return (self.base_url or DEFAULT_OPENAI_BASE_URL).rstrip("/")
+
+    @property
+    def host(self) -> str | None:
+        """The provider host requests go to (recorded with verdicts; never the key)."""
+        return urllib.parse.urlsplit(self.endpoint).hostname if self.endpoint else None
+
+    @property
+    def key_env(self) -> str | None:
+        """The environment variable whose value is sent as the key: the named one, else the provider's."""
+        if self.backend != "openai":
+            return None
+        if self.api_key_env is not None:
+            return self.api_key_env
+        host = self.host or ""
+        for env, hosts in PROVIDER_KEY_ENVS.items():
+            if host in hosts:
+                return env
+        return None
 
     @property
     def model_id(self) -> str:
@@ -142,10 +201,22 @@ class LLMReply:
     latency_s: float = 0.0
     key: str | None = None  # the cache key
     model: str | None = None  # the model name the server reported (e.g. a dated snapshot)
+    failure: str | None = None  # one of FAILURE_CLASSES when status is "error"
+    finish_reason: str | None = None
+    refusal: str | None = None  # the provider's refusal text, if it refused
+    provider_host: str | None = None
+    http_status: int | None = None  # of the last request sent
+    temperature: float | None = None  # as sent on the attempt that produced this reply
+    seed: int | None = None
+    response_format: str | None = None  # as sent: json_schema | json_object | prompt (fallback) | none
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def served_model(self) -> str | None:
+        return self.model
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -177,9 +248,14 @@ class _Outcome:
     usage: dict[str, int] = field(default_factory=dict)
     served_model: str | None = None
     error: str | None = None
-    kind: str = "ok"  # ok | transport | timeout | http | malformed | fatal
+    kind: str = "ok"  # ok | transport | timeout | http | malformed | refused | fatal
     retryable: bool = False
     retry_after: float | None = None
+    failure: str | None = None  # FAILURE_CLASSES
+    finish_reason: str | None = None
+    refusal: str | None = None
+    http_status: int | None = None
+    response_format: str | None = None
 
 
 class LLMClient:
@@ -191,6 +267,9 @@ class LLMClient:
         self._rng = random.Random()
         self._validators: dict[str, Any] = {}
         self._served: set[str] = set()
+        # Set when the provider rejected response_format once: later calls ask for JSON in the prompt.
+        self.format_fallback = False
+        self._warned_plain_http = False
         self._stats = dict(calls=0, requests=0, cache_hits=0, retries=0, failures=0, invalid_replies=0,
                            http_errors=0, timeouts=0, prompt_tokens=0, completion_tokens=0, cost=0.0)
         self._backend = _OpenAIBackend(self) if config.backend == "openai" else _TransformersBackend(self)
@@ -239,7 +318,9 @@ class LLMClient:
             text_c, parsed_c, rec = cached
             return LLMReply(text=text_c, parsed=parsed_c, status="ok", cached=True, attempts=0,
                             usage=dict(rec.get("usage") or {}), latency_s=time.monotonic() - t0, key=key,
-                            model=rec.get("served_model"))
+                            model=rec.get("served_model"), finish_reason=rec.get("finish_reason"),
+                            provider_host=self.config.host, temperature=rec.get("temperature_used"),
+                            seed=rec.get("seed_used"), response_format=rec.get("response_format"))
 
         request = _Request(system=system, text=text, images=prepared, schema=schema,
                            schema_name=_schema_name(schema, template.name))
@@ -248,6 +329,8 @@ class LLMClient:
         last_error = "no attempt made"
         temperature, seed = self.config.temperature, self.config.seed
         served = None
+        last: _Outcome | None = None
+        failure = "transport"
         for attempt in range(self.config.max_retries + 1):
             if attempt:
                 with self._lock:
@@ -257,15 +340,17 @@ class LLMClient:
                 try:
                     outcome = self._backend.generate(request, temperature, seed)
                 except Exception as exc:  # a back-end bug or a local model failure: never raise
-                    outcome = _Outcome(error=f"{type(exc).__name__}: {exc}", kind="fatal")
+                    outcome = _Outcome(error=f"{type(exc).__name__}: {exc}", kind="fatal", failure="server_error")
             if outcome.text:  # a server that echoes the key must not get it into caches or traces
                 outcome.text = self._redact(outcome.text)
             if outcome.served_model:
                 outcome.served_model = self._redact(outcome.served_model)
             self._account(outcome, usage)
             served = outcome.served_model or served
+            last = outcome
             if outcome.error is not None:
                 last_error = self._redact(outcome.error)
+                failure = outcome.failure or "transport"
                 if not outcome.retryable or attempt == self.config.max_retries:
                     break
                 delay = self._backoff(attempt + 1, outcome.retry_after)
@@ -273,25 +358,28 @@ class LLMClient:
                          last_error, delay)
                 time.sleep(delay)
                 continue
-            parsed, problem = self._check(outcome.text, schema, validate)
+            parsed, problem, failure = self._check(outcome.text, schema, validate)
             if problem is None:
-                self._cache_put(key, template, request, image_shas, outcome.text, parsed, usage, served,
-                                attempts, temperature)
+                self._cache_put(key, template, request, image_shas, outcome, parsed, usage, served,
+                                attempts, temperature, seed)
                 return LLMReply(text=outcome.text, parsed=parsed, status="ok", attempts=attempts, usage=usage,
-                                latency_s=time.monotonic() - t0, key=key, model=served)
+                                latency_s=time.monotonic() - t0, key=key, model=served,
+                                **self._reply_facts(outcome, temperature, seed))
             with self._lock:
                 self._stats["invalid_replies"] += 1
             last_error = self._redact(f"invalid reply: {problem}")
             log.info("%s: attempt %d gave an invalid reply (%s)", self.config.model_id, attempts, last_error)
-            if self.config.retry_temperature is not None:
+            if self.config.retry_temperature is not None and self.config.temperature is not None:
                 temperature = max(self.config.temperature, self.config.retry_temperature)
-                seed = (self.config.seed or 0) + attempt + 1
+            if self.config.seed is not None:
+                seed = self.config.seed + attempt + 1
         with self._lock:
             self._stats["failures"] += 1
         error = f"{last_error} [after {attempts} attempt{'s' if attempts != 1 else ''}]"
         log.warning("%s: call failed: %s", self.config.model_id, error)
+        facts = self._reply_facts(last, temperature, seed) if last is not None else {}
         return LLMReply(text=None, parsed=None, status="error", error=error, attempts=attempts, usage=usage,
-                        latency_s=time.monotonic() - t0, key=key, model=served)
+                        latency_s=time.monotonic() - t0, key=key, model=served, failure=failure, **facts)
 
     def complete_many(self, calls: Sequence[LLMCall]) -> list[LLMReply]:
         """Run `calls` concurrently (at most `config.concurrency` requests in flight); results in order."""
@@ -321,7 +409,9 @@ class LLMClient:
             "template": {"name": template.name, "version": template.version, "hash": template.hash},
             "system": system,
             "text": text,
-            "decoding": {"temperature": c.temperature, "max_tokens": c.max_tokens, "seed": c.seed},
+            "decoding": {"temperature": c.temperature, "max_tokens": c.max_tokens, "seed": c.seed,
+                         **({"token_limit_field": c.token_limit_field}
+                            if c.token_limit_field != "max_tokens" else {})},
             "schema": schema,
             "response_format": c.response_format if schema is not None else None,
             "image_max_side": c.image_max_side,
@@ -330,6 +420,11 @@ class LLMClient:
         return stable_hash(material, length=64)
 
     # ------------------------------------------------------------------------------------ helpers
+    def _reply_facts(self, outcome: _Outcome, temperature: float | None, seed: int | None) -> dict[str, Any]:
+        return dict(finish_reason=outcome.finish_reason, refusal=outcome.refusal, provider_host=self.config.host,
+                    http_status=outcome.http_status, temperature=temperature, seed=seed,
+                    response_format=outcome.response_format)
+
     def _account(self, outcome: _Outcome, usage: dict[str, Any]) -> None:
         p = int(outcome.usage.get("prompt_tokens") or 0)
         q = int(outcome.usage.get("completion_tokens") or 0)
@@ -375,28 +470,29 @@ class LLMClient:
         return v
 
     def _check(self, text: str | None, schema: dict | None,
-               validate: Callable[[Any], str | None] | None) -> tuple[Any, str | None]:
+               validate: Callable[[Any], str | None] | None) -> tuple[Any, str | None, str | None]:
+        """(parsed, problem, failure class); problem None means the answer is accepted."""
         if not isinstance(text, str) or not text.strip():
-            return None, "empty reply"
+            return None, "empty reply", "unparsable"
         parsed: Any = text
         if schema is not None:
             try:
                 parsed = parse_json_reply(text)
             except ValueError as exc:
-                return None, f"not valid JSON ({exc}): {_excerpt(text)}"
+                return None, f"not valid JSON ({exc}): {_excerpt(text)}", "unparsable"
             errors = sorted(self._validator(schema).iter_errors(parsed), key=lambda e: list(e.path))
             if errors:
                 e = errors[0]
                 where = "/" + "/".join(str(p) for p in e.path) if e.path else "the top level"
-                return None, f"does not match the schema at {where}: {e.message}"
+                return None, f"does not match the schema at {where}: {e.message}", "unparsable"
         if validate is not None:
             try:
                 problem = validate(parsed)
             except Exception as exc:  # the caller's check failed: treat the answer as invalid
                 problem = f"validate() raised {type(exc).__name__}: {exc}"
             if problem:
-                return None, f"rejected: {problem}"
-        return parsed, None
+                return None, f"rejected: {problem}", "out_of_range"
+        return parsed, None, None
 
     def _prepare_image(self, image: Image.Image) -> Image.Image:
         if not isinstance(image, Image.Image):
@@ -410,9 +506,19 @@ class LLMClient:
         return im
 
     def _secret(self) -> str | None:
-        name = self.config.api_key_env
+        name = self.config.key_env
         value = os.environ.get(name) if name else None
         return value or None
+
+    def _warn_plain_http(self) -> None:
+        """A key over plain http to another machine can be read on the way."""
+        c = self.config
+        if self._warned_plain_http or not c.endpoint or not c.endpoint.startswith("http://"):
+            return
+        if is_loopback(c.host):
+            return
+        self._warned_plain_http = True
+        log.warning("sending the API key from %s over plain http to %s; use https", c.key_env, c.host)
 
     def _redact(self, message: str) -> str:
         secret = self._secret()
@@ -436,14 +542,14 @@ class LLMClient:
             text = reply["text"]
         except (OSError, ValueError, KeyError, TypeError):
             return None  # a corrupt entry is a miss; a successful call overwrites it
-        parsed, problem = self._check(text, schema, validate)
+        parsed, problem, _ = self._check(text, schema, validate)
         if problem is not None:  # e.g. a stricter validate() than when it was cached
             return None
         return text, parsed, reply
 
     def _cache_put(self, key: str, template: PromptTemplate, request: _Request, image_shas: Sequence[str],
-                   text: str, parsed: Any, usage: dict, served: str | None, attempts: int,
-                   temperature: float) -> None:
+                   outcome: _Outcome, parsed: Any, usage: dict, served: str | None, attempts: int,
+                   temperature: float | None, seed: int | None) -> None:
         path = self._cache_path(key)
         if path is None:
             return
@@ -460,8 +566,10 @@ class LLMClient:
             "request": {"system": request.system, "text": request.text, "images": list(image_shas),
                         "schema": request.schema,
                         "decoding": {"temperature": c.temperature, "max_tokens": c.max_tokens, "seed": c.seed}},
-            "reply": {"text": text, "parsed": parsed if request.schema is not None else None, "usage": usage,
-                      "served_model": served, "attempts": attempts, "temperature_used": temperature},
+            "reply": {"text": outcome.text, "parsed": parsed if request.schema is not None else None,
+                      "usage": usage, "served_model": served, "attempts": attempts, "temperature_used": temperature,
+                      "seed_used": seed, "finish_reason": outcome.finish_reason,
+                      "response_format": outcome.response_format},
         }
         try:
             atomic_write_json(path, rec)
@@ -539,10 +647,16 @@ class _OpenAIBackend:
         self.client = client
         self.config = client.config
         self.url = f"{self.config.endpoint}/chat/completions"
-        self._opener = urllib.request.build_opener()
 
-    def body(self, req: _Request, temperature: float, seed: int | None) -> dict[str, Any]:
+    def body(self, req: _Request, temperature: float | None, seed: int | None,
+             response_format: str) -> dict[str, Any]:
+        """The request body. `response_format`: json_schema | json_object | prompt | none, where
+        "prompt" asks for JSON in the text (for providers that reject response_format)."""
         c = self.config
+        text = req.text
+        if req.schema is not None and response_format == "prompt":
+            text += ("\n\nReply with only one JSON value, no other text, that matches this JSON schema:\n"
+                     + json.dumps(req.schema, sort_keys=True))
         messages: list[dict[str, Any]] = []
         if req.system is not None:
             messages.append({"role": "system", "content": req.system})
@@ -551,82 +665,115 @@ class _OpenAIBackend:
                 {"type": "image_url",
                  "image_url": {"url": "data:image/png;base64," + base64.b64encode(png_bytes(im)).decode("ascii")}}
                 for im in req.images]
-            content.append({"type": "text", "text": req.text})
+            content.append({"type": "text", "text": text})
             messages.append({"role": "user", "content": content})
         else:
-            messages.append({"role": "user", "content": req.text})
-        body: dict[str, Any] = {"model": c.model, "messages": messages, "temperature": temperature,
-                                "max_tokens": c.max_tokens, "stream": False}
+            messages.append({"role": "user", "content": text})
+        body: dict[str, Any] = {"model": c.model, "messages": messages, c.token_limit_field: c.max_tokens,
+                                "stream": False}
+        if temperature is not None:
+            body["temperature"] = temperature
         if seed is not None:
             body["seed"] = seed
         if req.schema is not None:
-            if c.response_format == "json_schema":
+            if response_format == "json_schema":
                 body["response_format"] = {"type": "json_schema", "json_schema": {
                     "name": req.schema_name, "schema": req.schema, "strict": True}}
-            elif c.response_format == "json_object":
+            elif response_format == "json_object":
                 body["response_format"] = {"type": "json_object"}
         return body
 
-    def generate(self, req: _Request, temperature: float, seed: int | None) -> _Outcome:
+    def generate(self, req: _Request, temperature: float | None, seed: int | None) -> _Outcome:
+        c = self.config
+        fmt = c.response_format if req.schema is not None else "none"
+        if req.schema is not None and fmt != "none" and self.client.format_fallback:
+            fmt = "prompt"
+        outcome = self._send(req, temperature, seed, fmt)
+        if outcome.http_status == 400 and fmt in ("json_schema", "json_object"):
+            # Some providers reject response_format for some models (HTTP 400). Ask for JSON in the
+            # prompt instead; the reply is validated against the schema locally as always.
+            fallback = self._send(req, temperature, seed, "prompt")
+            if fallback.error is None:
+                if not self.client.format_fallback:
+                    log.warning("%s rejected response_format %s (%s); asking for JSON in the prompt from now on, "
+                                "validated locally", self.url, fmt, outcome.error)
+                self.client.format_fallback = True
+                return fallback
+        return outcome
+
+    def _send(self, req: _Request, temperature: float | None, seed: int | None, fmt: str) -> _Outcome:
         c = self.config
         headers = {"Content-Type": "application/json", "Accept": "application/json",
                    "User-Agent": "ciebench-llm/1"}
         secret = self.client._secret()
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
-        elif c.api_key_env and c.base_url is None:
-            return _Outcome(error=f"environment variable {c.api_key_env} is not set (the API key for "
-                                  f"{c.endpoint})", kind="fatal")
-        data = json.dumps(self.body(req, temperature, seed)).encode("utf-8")
-        http_req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+            self.client._warn_plain_http()
+        elif c.key_env and any(c.host in hosts for hosts in PROVIDER_KEY_ENVS.values()):
+            # A provider's own API never works without a key: say so without a request.
+            return _Outcome(error=f"environment variable {c.key_env} is not set (the API key for "
+                                  f"{c.endpoint})", kind="fatal", failure="config")
+        data = json.dumps(self.body(req, temperature, seed, fmt)).encode("utf-8")
         try:
-            with self._opener.open(http_req, timeout=c.timeout_s) as resp:
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            try:
-                raw = exc.read()
-            except Exception:  # noqa: BLE001 - the body is informative only
-                raw = b""
+            resp = post(self.url, data, headers, deadline_s=c.timeout_s, max_bytes=c.max_response_bytes)
+        except TransportError as exc:
+            kind = "timeout" if exc.kind == "timeout" else "transport"
+            # A redirect or an oversized answer will not change on retry.
+            return _Outcome(error=str(exc), kind=kind, retryable=exc.kind in ("timeout", "transport"),
+                            failure="transport", response_format=fmt)
+        if resp.status >= 400:
             hint = ""
-            if exc.code in (401, 403) and c.api_key_env and not secret:
-                hint = f" (environment variable {c.api_key_env} is not set)"
-            return _Outcome(error=f"HTTP {exc.code} from {self.url}: {_excerpt(_decode(raw), _MAX_ERROR_TEXT)}{hint}",
-                            kind="http", retryable=exc.code in RETRY_STATUS, retry_after=_retry_after(exc.headers))
-        except (TimeoutError, OSError, http.client.HTTPException, urllib.error.URLError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            timeout = isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError)
-            what = f"timed out after {c.timeout_s:g}s" if timeout else f"{type(reason).__name__}: {reason}"
-            return _Outcome(error=f"request to {self.url} {what}" if timeout else f"connection error ({what})",
-                            kind="timeout" if timeout else "transport", retryable=True)
-        return self.parse(status, raw)
+            if resp.status in (401, 403) and c.key_env and not secret:
+                hint = f" (environment variable {c.key_env} is not set)"
+            failure = ("rate_limit" if resp.status == 429 else "server_error" if resp.status >= 500
+                       else "request_rejected")
+            return _Outcome(error=f"HTTP {resp.status} from {self.url}: "
+                                  f"{_excerpt(_decode(resp.body), _MAX_ERROR_TEXT)}{hint}",
+                            kind="http", retryable=resp.status in RETRY_STATUS,
+                            retry_after=_retry_after(resp.headers), failure=failure, http_status=resp.status,
+                            response_format=fmt)
+        outcome = self.parse(resp.status, resp.body)
+        outcome.http_status = resp.status
+        outcome.response_format = fmt
+        return outcome
 
     def parse(self, status: int, raw: bytes) -> _Outcome:
         try:
             payload = json.loads(raw)
         except ValueError:
             return _Outcome(error=f"malformed response body (HTTP {status}, not JSON): {_excerpt(_decode(raw))}",
-                            kind="malformed", retryable=True)
+                            kind="malformed", retryable=True, failure="server_error")
         if not isinstance(payload, dict):
-            return _Outcome(error="malformed response body (not a JSON object)", kind="malformed", retryable=True)
+            return _Outcome(error="malformed response body (not a JSON object)", kind="malformed", retryable=True,
+                            failure="server_error")
         usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
         usage = {k: _int(usage.get(k)) for k in ("prompt_tokens", "completion_tokens")}
         served = payload.get("model") if isinstance(payload.get("model"), str) else None
         if "error" in payload and not payload.get("choices"):
             return _Outcome(error=f"server error: {_excerpt(json.dumps(payload['error']), _MAX_ERROR_TEXT)}",
-                            kind="http", retryable=True, usage=usage, served_model=served)
+                            kind="http", retryable=True, usage=usage, served_model=served, failure="server_error")
         try:
-            message = payload["choices"][0]["message"]
+            choice = payload["choices"][0]
+            message = choice["message"]
         except (KeyError, IndexError, TypeError):
             return _Outcome(error="malformed response body (no choices[0].message)", kind="malformed",
-                            retryable=True, usage=usage, served_model=served)
+                            retryable=True, usage=usage, served_model=served, failure="server_error")
+        finish = choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else None
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):  # some servers return content parts
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         refusal = message.get("refusal") if isinstance(message, dict) else None
-        if refusal and not content:
-            content = None
+        refusal = refusal if isinstance(refusal, str) and refusal.strip() else None
+        if refusal is not None or finish == "content_filter":
+            # A refusal or a filtered answer is the provider's verdict on this input: recorded as such,
+            # never a score, and not retried (the same input is refused again, at a cost).
+            why = f"refusal: {_excerpt(refusal)}" if refusal else "finish_reason content_filter"
+            return _Outcome(error=f"the provider refused or filtered the answer ({why})", kind="refused",
+                            usage=usage, served_model=served, failure="content_filter", finish_reason=finish,
+                            refusal=refusal)
         # An empty or non-string content is an invalid *reply* (retried as such), not a transport error.
-        return _Outcome(text=content if isinstance(content, str) else None, usage=usage, served_model=served)
+        return _Outcome(text=content if isinstance(content, str) else None, usage=usage, served_model=served,
+                        finish_reason=finish)
 
 
 def _decode(raw: bytes) -> str:
@@ -675,7 +822,8 @@ class _LocalModel:
         import torch
 
         if req.images and not self.vision:
-            return _Outcome(error="this local model is text-only and cannot take images", kind="fatal")
+            return _Outcome(error="this local model is text-only and cannot take images", kind="fatal",
+                            failure="config")
         messages: list[dict[str, Any]] = []
         if self.vision:
             if req.system is not None:
@@ -695,14 +843,16 @@ class _LocalModel:
         inputs = inputs.to(self.device)
         n_in = int(inputs["input_ids"].shape[1])
         gen: dict[str, Any] = {"max_new_tokens": max_tokens}
-        if temperature and temperature > 0:
+        if temperature is None:  # the model's own generation config decides
+            pass
+        elif temperature > 0:
             gen.update(do_sample=True, temperature=float(temperature), top_p=1.0, top_k=0)
         else:
             gen.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
             gen["pad_token_id"] = tokenizer.eos_token_id
         with self.lock, torch.inference_mode():
-            if gen["do_sample"]:
+            if gen.get("do_sample", getattr(self.model.generation_config, "do_sample", False)):
                 torch.manual_seed(int(seed or 0))
             out = self.model.generate(**inputs, **gen)
         new = out[0, n_in:]
@@ -729,13 +879,13 @@ class _TransformersBackend:
 
     def generate(self, req: _Request, temperature: float, seed: int | None) -> _Outcome:
         if self._error is not None:
-            return _Outcome(error=self._error, kind="fatal")
+            return _Outcome(error=self._error, kind="fatal", failure="config")
         if self._model is None:
             try:
                 self._model = self.load()
             except Exception as exc:  # offline without the weights, out of memory, ...
                 self._error = f"could not load local model {self.config.model!r}: {type(exc).__name__}: {exc}"
-                return _Outcome(error=self._error, kind="fatal")
+                return _Outcome(error=self._error, kind="fatal", failure="config")
         return self._model.generate(req, temperature, seed, self.config.max_tokens)
 
 
@@ -746,4 +896,4 @@ def release_local_models() -> None:
 
 
 __all__ = ["LLMConfig", "LLMReply", "LLMCall", "LLMClient", "make_client", "parse_json_reply",
-           "release_local_models", "BACKENDS", "DEFAULT_LOCAL_MODEL"]
+           "release_local_models", "BACKENDS", "DEFAULT_LOCAL_MODEL", "FAILURE_CLASSES", "PROVIDER_KEY_ENVS"]

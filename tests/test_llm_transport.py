@@ -1,0 +1,248 @@
+"""Limits and rules of the LLM client's HTTP layer: where keys go, deadlines, size caps, the request
+fields reasoning models need, the response_format fallback and the failure classes."""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+
+import pytest
+
+from ciebench.llm import LLMConfig, PromptTemplate, make_client
+from .llm_server import error, json_reply, raw, reply, respond, serve_llm
+
+ASK = PromptTemplate("ask", 1, "Question {{q}}", system="Answer briefly.")
+SCHEMA = {"type": "object", "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 5}},
+          "required": ["score"], "additionalProperties": False}
+
+
+def cfg(server, **kw) -> LLMConfig:
+    base = dict(base_url=server.base_url, model="m", timeout_s=3.0, max_retries=2, backoff_base_s=0.01,
+                backoff_max_s=0.05)
+    base.update(kw)
+    return LLMConfig(**base)
+
+
+@pytest.fixture
+def server():
+    with serve_llm() as s:
+        yield s
+
+
+# ------------------------------------------------------------------------------------------ keys
+def test_a_custom_base_url_never_receives_a_provider_key_it_was_not_given(server, monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-secret-1")
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-dashscope-secret-2")
+    server.on(then=reply("fine"))
+    r = make_client(cfg(server), tmp_path).complete(ASK, {"q": "a"})
+    assert r.ok and "authorization" not in server.requests[-1].headers
+    # naming the variable is how a user sends a key to their own server
+    r = make_client(cfg(server, api_key_env="OPENAI_API_KEY"), tmp_path).complete(ASK, {"q": "b"})
+    assert r.ok and server.requests[-1].headers["authorization"] == "Bearer sk-openai-secret-1"
+
+
+def test_each_provider_host_gets_its_own_variable():
+    assert LLMConfig(model="gpt-4.1").key_env == "OPENAI_API_KEY"
+    assert LLMConfig(model="qwen-max", base_url="https://dashscope.aliyuncs.com/compatible-mode/v1").key_env \
+        == "DASHSCOPE_API_KEY"
+    assert LLMConfig(model="x", base_url="https://my-vllm.example.org/v1").key_env is None
+    assert LLMConfig(model="x", base_url="https://my-vllm.example.org/v1", api_key_env="MY_KEY").key_env == "MY_KEY"
+    assert LLMConfig(backend="transformers", model="Qwen/x").key_env is None
+
+
+def test_a_key_over_plain_http_to_another_host_warns(monkeypatch, caplog, tmp_path):
+    monkeypatch.setenv("MY_KEY", "sk-abcdef")
+    client = make_client(LLMConfig(model="x", base_url="http://judge.example.invalid/v1", api_key_env="MY_KEY"), tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ciebench.llm"):
+        client._warn_plain_http()
+    assert "plain http" in caplog.text and "judge.example.invalid" in caplog.text and "sk-abcdef" not in caplog.text
+    caplog.clear()
+    local = make_client(LLMConfig(model="x", base_url="http://127.0.0.1:8000/v1", api_key_env="MY_KEY"), tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ciebench.llm"):
+        local._warn_plain_http()
+    assert "plain http" not in caplog.text
+
+
+def test_redirects_are_refused_so_the_key_never_follows(monkeypatch, tmp_path):
+    monkeypatch.setenv("MY_KEY", "sk-redirect-secret")
+    with serve_llm() as elsewhere, serve_llm() as server:
+        elsewhere.on(then=reply("you should not see this"))
+        server.on(then=error(307, headers={"Location": elsewhere.base_url + "/chat/completions"}))
+        r = make_client(cfg(server, api_key_env="MY_KEY"), tmp_path).complete(ASK, {"q": "a"})
+        assert r.status == "error" and r.failure == "transport" and "redirect" in r.error
+        assert r.attempts == 1  # a redirect does not change on retry
+        assert elsewhere.count == 0
+
+
+# ------------------------------------------------------------------------------ deadline and size
+class _Dribbler:
+    """A raw TCP server that sends a valid HTTP response one byte every `gap` seconds."""
+
+    def __init__(self, gap: float, headers_too: bool):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.gap, self.headers_too = gap, headers_too
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._dribble, args=(conn,), daemon=True).start()
+
+    def _dribble(self, conn: socket.socket) -> None:
+        body = json.dumps({"choices": [{"message": {"content": "x" * 200}, "finish_reason": "stop"}]}).encode()
+        head = f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        try:
+            conn.recv(65536)
+            if not self.headers_too:
+                conn.sendall(head)
+            for b in (head + body if self.headers_too else body):
+                if self.stop.is_set():
+                    break
+                conn.sendall(bytes([b]))
+                time.sleep(self.gap)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("headers_too", [False, True])
+def test_a_dribbling_server_cannot_hang_a_call(tmp_path, headers_too):
+    d = _Dribbler(gap=0.05, headers_too=headers_too)
+    try:
+        client = make_client(LLMConfig(base_url=d.base_url, model="m", timeout_s=0.6, max_retries=1,
+                                       backoff_base_s=0.01), tmp_path)
+        t0 = time.monotonic()
+        r = client.complete(ASK, {"q": "a"})
+        took = time.monotonic() - t0
+    finally:
+        d.close()
+    assert r.status == "error" and r.failure == "transport" and "timed out" in r.error
+    assert r.attempts == 2 and took < 2 * 0.6 + 1.0  # two attempts, each cut at its deadline
+
+
+def test_responses_over_the_size_cap_are_refused(server, tmp_path):
+    server.on(then=reply("y" * 20_000))
+    r = make_client(cfg(server, max_response_bytes=4096), tmp_path).complete(ASK, {"q": "a"})
+    assert r.status == "error" and r.failure == "transport" and "4096-byte cap" in r.error and r.attempts == 1
+
+
+# -------------------------------------------------------------------------------- request fields
+def test_reasoning_models_get_max_completion_tokens_and_no_temperature(server, tmp_path):
+    server.on(then=[reply("not json"), json_reply({"score": 3})])
+    c = cfg(server, token_limit_field="max_completion_tokens", temperature=None, max_tokens=300)
+    r = make_client(c, tmp_path).complete(ASK, {"q": "a"}, schema=SCHEMA)
+    assert r.ok and r.parsed == {"score": 3} and server.count == 2
+    for req in server.requests:
+        assert req.body["max_completion_tokens"] == 300 and "max_tokens" not in req.body
+        assert "temperature" not in req.body  # not on the retry either
+
+
+def test_seed_null_sends_no_seed_on_retries(server, tmp_path):
+    server.on(then=[reply("no"), reply("still no"), json_reply({"score": 2})])
+    r = make_client(cfg(server, seed=None), tmp_path).complete(ASK, {"q": "a"}, schema=SCHEMA)
+    assert r.ok and server.count == 3 and all("seed" not in q.body for q in server.requests)
+    # with a seed, retries resample with seed + attempt at the retry temperature
+    server.reset(rules=True)
+    server.on(then=[reply("no"), json_reply({"score": 2})])
+    r = make_client(cfg(server, seed=7, retry_temperature=0.5), tmp_path).complete(ASK, {"q": "b"}, schema=SCHEMA)
+    assert [q.body["seed"] for q in server.requests] == [7, 8]
+    assert [q.body["temperature"] for q in server.requests] == [0.0, 0.5]
+    assert r.seed == 8 and r.temperature == 0.5
+
+
+@pytest.mark.parametrize("field,value", [("temperature", 2.5), ("temperature", -0.1), ("temperature", True),
+                                         ("retry_temperature", 3), ("temperature", "0.2")])
+def test_temperatures_are_validated_when_the_config_is_built(field, value):
+    with pytest.raises(ValueError, match=field):
+        LLMConfig(model="m", **{field: value})
+
+
+def test_unknown_token_limit_field_is_refused():
+    with pytest.raises(ValueError, match="token_limit_field"):
+        LLMConfig(model="m", token_limit_field="max_new_tokens")
+
+
+# --------------------------------------------------------------------------- response_format fallback
+def test_a_provider_that_rejects_response_format_falls_back_to_prompted_json(server, tmp_path, caplog):
+    def answer(req):
+        if req.body.get("response_format") is not None:
+            return error(400, "response_format json_schema is not supported for this model")
+        assert "JSON schema" in req.text
+        return {"score": 4}
+
+    server.on(then=respond(answer))
+    client = make_client(cfg(server), tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ciebench.llm"):
+        first = client.complete(ASK, {"q": "a"}, schema=SCHEMA)
+        second = client.complete(ASK, {"q": "b"}, schema=SCHEMA)
+    assert first.ok and first.parsed == {"score": 4} and first.response_format == "prompt"
+    assert second.ok and second.response_format == "prompt"
+    assert server.count == 3  # one rejected request, then each call asks in the prompt directly
+    assert caplog.text.count("rejected response_format") == 1
+    # the reply is still validated locally against the schema
+    server.reset(rules=True)
+    server.on(then=json_reply({"score": 9}))
+    bad = client.complete(ASK, {"q": "c"}, schema=SCHEMA)
+    assert bad.status == "error" and bad.failure == "unparsable"
+
+
+def test_a_400_that_is_not_about_response_format_stays_an_error(server, tmp_path):
+    server.on(then=error(400, "image too large"))
+    r = make_client(cfg(server), tmp_path).complete(ASK, {"q": "a"}, schema=SCHEMA)
+    assert r.status == "error" and r.failure == "request_rejected" and "image too large" in r.error
+    assert r.http_status == 400 and r.response_format == "json_schema"
+
+
+# ----------------------------------------------------------------------------------- failure classes
+def _chat(message: dict, finish: str = "stop", model: str = "judge-2026-01-01") -> str:
+    return json.dumps({"model": model, "choices": [{"index": 0, "message": {"role": "assistant", **message},
+                                                    "finish_reason": finish}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+
+
+@pytest.mark.parametrize("action,failure,attempts", [
+    (error(429, retry_after=0.01), "rate_limit", 3),
+    (error(503), "server_error", 3),
+    (raw("<html>oops</html>"), "server_error", 3),
+    (error(401, "bad key"), "request_rejected", 1),
+    (raw(_chat({"content": None, "refusal": "I can't help with that."})), "content_filter", 1),
+    (raw(_chat({"content": ""}, finish="content_filter")), "content_filter", 1),
+    (reply("a poem"), "unparsable", 3),
+    (json_reply({"score": 5}), "out_of_range", 3),
+])
+def test_every_failure_is_classified_and_never_an_answer(server, tmp_path, action, failure, attempts):
+    server.on(then=action)
+    r = make_client(cfg(server), tmp_path).complete(
+        ASK, {"q": "a"}, schema=SCHEMA, validate=lambda v: "5 is reserved" if v["score"] == 5 else None)
+    assert r.status == "error" and r.parsed is None and r.failure == failure and r.attempts == attempts
+    assert r.provider_host == "127.0.0.1"
+    if failure == "content_filter":
+        assert r.served_model == "judge-2026-01-01"
+
+
+def test_successful_replies_carry_their_provenance(server, tmp_path):
+    server.on(then=json_reply({"score": 2}, model="gpt-x-2026-05-01"))
+    client = make_client(cfg(server, seed=3), tmp_path)
+    r = client.complete(ASK, {"q": "a"}, schema=SCHEMA)
+    assert (r.served_model, r.finish_reason, r.provider_host, r.http_status, r.seed, r.temperature,
+            r.response_format) == ("gpt-x-2026-05-01", "stop", "127.0.0.1", 200, 3, 0.0, "json_schema")
+    again = client.complete(ASK, {"q": "a"}, schema=SCHEMA)  # from the cache: same provenance
+    assert again.cached and (again.served_model, again.seed, again.finish_reason) == ("gpt-x-2026-05-01", 3, "stop")
