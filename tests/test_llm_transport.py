@@ -246,3 +246,27 @@ def test_successful_replies_carry_their_provenance(server, tmp_path):
             r.response_format) == ("gpt-x-2026-05-01", "stop", "127.0.0.1", 200, 3, 0.0, "json_schema")
     again = client.complete(ASK, {"q": "a"}, schema=SCHEMA)  # from the cache: same provenance
     assert again.cached and (again.served_model, again.seed, again.finish_reason) == ("gpt-x-2026-05-01", 3, "stop")
+
+
+# ------------------------------------------------------------------------- text order and lookup
+def test_text_first_puts_the_text_before_the_images_and_keys_the_cache_apart(server, tmp_path):
+    from PIL import Image
+
+    server.on(then=reply("ok"))
+    client = make_client(cfg(server), tmp_path)
+    im = Image.new("RGB", (8, 8), "red")
+    assert client.complete(ASK, {"q": "a"}, [im, im]).ok
+    assert client.complete(ASK, {"q": "a"}, [im, im], text_first=True).ok
+    assert server.count == 2  # a different request, not a cache hit
+    kinds = [[part["type"] for part in q.body["messages"][-1]["content"]] for q in server.requests]
+    assert kinds == [["image_url", "image_url", "text"], ["text", "image_url", "image_url"]]
+
+
+def test_lookup_answers_from_the_cache_without_sending(server, tmp_path):
+    server.on(then=json_reply({"score": 1}))
+    client = make_client(cfg(server), tmp_path)
+    assert client.lookup(ASK, {"q": "a"}, schema=SCHEMA) is None and server.count == 0
+    client.complete(ASK, {"q": "a"}, schema=SCHEMA)
+    hit = client.lookup(ASK, {"q": "a"}, schema=SCHEMA)
+    assert hit is not None and hit.cached and hit.parsed == {"score": 1} and server.count == 1
+    assert client.stats["calls"] == 1

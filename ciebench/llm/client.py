@@ -231,6 +231,7 @@ class LLMCall:
     images: Sequence[Image.Image] = ()
     schema: dict | None = None
     validate: Callable[[Any], str | None] | None = None
+    text_first: bool = False
 
 
 @dataclass
@@ -240,6 +241,7 @@ class _Request:
     images: list[Image.Image]
     schema: dict | None
     schema_name: str
+    text_first: bool = False  # the text part before the images (some published protocols send it so)
 
 
 @dataclass
@@ -294,36 +296,21 @@ class LLMClient:
 
     def complete(self, template: PromptTemplate, variables: dict[str, Any] | None = None,
                  images: Sequence[Image.Image] = (), schema: dict | None = None,
-                 validate: Callable[[Any], str | None] | None = None) -> LLMReply:
-        """Render `template` with `variables`, send it with `images` (in order, before the text) and
-        return the reply. With `schema`, the reply must be JSON matching it; `validate(parsed)` may
-        return a reason to reject an answer (None accepts it). Never raises for a failed call; template
-        errors (missing or unexpected variables) and invalid schemas raise, as they are caller bugs."""
+                 validate: Callable[[Any], str | None] | None = None, text_first: bool = False) -> LLMReply:
+        """Render `template` with `variables`, send it with `images` (in order, before the text unless
+        `text_first`) and return the reply. With `schema`, the reply must be JSON matching it;
+        `validate(parsed)` may return a reason to reject an answer (None accepts it). Never raises for a
+        failed call; template errors (missing or unexpected variables) and invalid schemas raise, as
+        they are caller bugs."""
         t0 = time.monotonic()
-        variables = dict(variables or {})
-        text = template.render(**variables)
-        system = template.render_system(**variables)
-        if schema is not None:
-            self._validator(schema)  # raises on an invalid schema
-        prepared = [self._prepare_image(im) for im in images]
-        image_shas = [_image_sha256(im) for im in prepared]
-        key = self.cache_key(template, system, text, image_shas, schema)
+        request, image_shas, key = self._request(template, variables, images, schema, text_first)
         with self._lock:
             self._stats["calls"] += 1
-
-        cached = self._cache_get(key, schema, validate)
-        if cached is not None:
+        hit = self._cached_reply(key, schema, validate, t0)
+        if hit is not None:
             with self._lock:
                 self._stats["cache_hits"] += 1
-            text_c, parsed_c, rec = cached
-            return LLMReply(text=text_c, parsed=parsed_c, status="ok", cached=True, attempts=0,
-                            usage=dict(rec.get("usage") or {}), latency_s=time.monotonic() - t0, key=key,
-                            model=rec.get("served_model"), finish_reason=rec.get("finish_reason"),
-                            provider_host=self.config.host, temperature=rec.get("temperature_used"),
-                            seed=rec.get("seed_used"), response_format=rec.get("response_format"))
-
-        request = _Request(system=system, text=text, images=prepared, schema=schema,
-                           schema_name=_schema_name(schema, template.name))
+            return hit
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
         attempts = 0
         last_error = "no attempt made"
@@ -381,6 +368,39 @@ class LLMClient:
         return LLMReply(text=None, parsed=None, status="error", error=error, attempts=attempts, usage=usage,
                         latency_s=time.monotonic() - t0, key=key, model=served, failure=failure, **facts)
 
+    def lookup(self, template: PromptTemplate, variables: dict[str, Any] | None = None,
+               images: Sequence[Image.Image] = (), schema: dict | None = None,
+               validate: Callable[[Any], str | None] | None = None, text_first: bool = False) -> LLMReply | None:
+        """The cached reply `complete` would return for this call, or None when it would send a request
+        (for dry runs and cost limits). Sends nothing and counts nothing."""
+        _, _, key = self._request(template, variables, images, schema, text_first)
+        return self._cached_reply(key, schema, validate, time.monotonic())
+
+    def _request(self, template: PromptTemplate, variables: dict[str, Any] | None, images: Sequence[Image.Image],
+                 schema: dict | None, text_first: bool) -> tuple[_Request, list[str], str]:
+        variables = dict(variables or {})
+        text = template.render(**variables)
+        system = template.render_system(**variables)
+        if schema is not None:
+            self._validator(schema)  # raises on an invalid schema
+        prepared = [self._prepare_image(im) for im in images]
+        image_shas = [_image_sha256(im) for im in prepared]
+        key = self.cache_key(template, system, text, image_shas, schema, text_first)
+        request = _Request(system=system, text=text, images=prepared, schema=schema,
+                           schema_name=_schema_name(schema, template.name), text_first=text_first)
+        return request, image_shas, key
+
+    def _cached_reply(self, key: str, schema: dict | None, validate, t0: float) -> LLMReply | None:
+        cached = self._cache_get(key, schema, validate)
+        if cached is None:
+            return None
+        text_c, parsed_c, rec = cached
+        return LLMReply(text=text_c, parsed=parsed_c, status="ok", cached=True, attempts=0,
+                        usage=dict(rec.get("usage") or {}), latency_s=time.monotonic() - t0, key=key,
+                        model=rec.get("served_model"), finish_reason=rec.get("finish_reason"),
+                        provider_host=self.config.host, temperature=rec.get("temperature_used"),
+                        seed=rec.get("seed_used"), response_format=rec.get("response_format"))
+
     def complete_many(self, calls: Sequence[LLMCall]) -> list[LLMReply]:
         """Run `calls` concurrently (at most `config.concurrency` requests in flight); results in order."""
         calls = list(calls)
@@ -388,14 +408,15 @@ class LLMClient:
             return []
         workers = min(len(calls), self.config.concurrency)
         if workers == 1:
-            return [self.complete(c.template, c.variables, c.images, c.schema, c.validate) for c in calls]
+            return [self.complete(c.template, c.variables, c.images, c.schema, c.validate, c.text_first)
+                    for c in calls]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ciebench-llm") as pool:
-            futures = [pool.submit(self.complete, c.template, c.variables, c.images, c.schema, c.validate)
-                       for c in calls]
+            futures = [pool.submit(self.complete, c.template, c.variables, c.images, c.schema, c.validate,
+                                   c.text_first) for c in calls]
             return [f.result() for f in futures]
 
     def cache_key(self, template: PromptTemplate, system: str | None, text: str, image_shas: Sequence[str],
-                  schema: dict | None) -> str:
+                  schema: dict | None, text_first: bool = False) -> str:
         """sha256 over everything that determines the answer: back end, model, endpoint / revision,
         template (name, version, hash), rendered system and user text, decoding parameters, the schema
         and how it is sent, the images' preprocessing and the sha256 of every image."""
@@ -417,6 +438,8 @@ class LLMClient:
             "image_max_side": c.image_max_side,
             "images": list(image_shas),
         }
+        if text_first:  # only when set, so existing cache keys stay valid
+            material["text_first"] = True
         return stable_hash(material, length=64)
 
     # ------------------------------------------------------------------------------------ helpers
@@ -665,7 +688,8 @@ class _OpenAIBackend:
                 {"type": "image_url",
                  "image_url": {"url": "data:image/png;base64," + base64.b64encode(png_bytes(im)).decode("ascii")}}
                 for im in req.images]
-            content.append({"type": "text", "text": text})
+            part = {"type": "text", "text": text}
+            content = [part, *content] if req.text_first else [*content, part]
             messages.append({"role": "user", "content": content})
         else:
             messages.append({"role": "user", "content": text})
@@ -828,8 +852,9 @@ class _LocalModel:
         if self.vision:
             if req.system is not None:
                 messages.append({"role": "system", "content": [{"type": "text", "text": req.system}]})
-            messages.append({"role": "user", "content": [{"type": "image"} for _ in req.images]
-                             + [{"type": "text", "text": req.text}]})
+            parts: list[dict[str, Any]] = [{"type": "image"} for _ in req.images]
+            text_part = {"type": "text", "text": req.text}
+            messages.append({"role": "user", "content": [text_part, *parts] if req.text_first else [*parts, text_part]})
             prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             inputs = self.processor(text=[prompt], images=list(req.images) or None, return_tensors="pt")
             tokenizer = self.processor.tokenizer
