@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from ciebench.llm import LLMConfig, PromptTemplate, make_client
-from ciebench.llm import client as client_mod
+from ciebench.llm import local_backend as client_mod
 from .tiny_qwen import ANSWER, publish_tiny_qwen
 
 SCHEMA = {"type": "object", "properties": {"score": {"type": "integer", "enum": [1, 2, 3, 4, 5]}},

@@ -56,12 +56,12 @@ def test_a_key_over_plain_http_to_another_host_warns(monkeypatch, caplog, tmp_pa
     monkeypatch.setenv("MY_KEY", "sk-abcdef")
     client = make_client(LLMConfig(model="x", base_url="http://judge.example.invalid/v1", api_key_env="MY_KEY"), tmp_path)
     with caplog.at_level(logging.WARNING, logger="ciebench.llm"):
-        client._warn_plain_http()
+        client.warn_plain_http()
     assert "plain http" in caplog.text and "judge.example.invalid" in caplog.text and "sk-abcdef" not in caplog.text
     caplog.clear()
     local = make_client(LLMConfig(model="x", base_url="http://127.0.0.1:8000/v1", api_key_env="MY_KEY"), tmp_path)
     with caplog.at_level(logging.WARNING, logger="ciebench.llm"):
-        local._warn_plain_http()
+        local.warn_plain_http()
     assert "plain http" not in caplog.text
 
 

@@ -29,9 +29,7 @@ ever a score.
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
-import email.utils
 import json
 import logging
 import os
@@ -39,154 +37,23 @@ import random
 import re
 import threading
 import time
-import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from ..io import atomic_write_json, png_bytes, sha256_bytes, stable_hash
+from ..io import sha256_bytes, stable_hash
+from .cache import CACHE_FORMAT, ReplyCache
+from .config import (BACKENDS, DEFAULT_LOCAL_MODEL, FAILURE_CLASSES, PROVIDER_KEY_ENVS, LLMConfig)
+from .exchange import ModelOutcome, ModelRequest, excerpt
+from .http_backend import OpenAIBackend
+from .local_backend import TransformersBackend, release_local_models
 from .prompts import PromptTemplate
-from .transport import TransportError, is_loopback, post
+from .transport import is_loopback
 
 log = logging.getLogger("ciebench.llm")
-
-BACKENDS = ("openai", "transformers")
-RESPONSE_FORMATS = ("json_schema", "json_object", "none")
-DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
-DEFAULT_LOCAL_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-CACHE_FORMAT = 1
-RETRY_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
-_MAX_ERROR_TEXT = 400
-TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
-# Why a call failed, for judges' failure counts: the transport (connection, deadline, size cap,
-# redirect), HTTP 429, HTTP 5xx or a malformed body, another HTTP 4xx, the provider's content filter or
-# refusal, an answer that is not valid JSON for the schema, an answer the caller's validator rejected,
-# and a configuration problem found before any request (missing key, local model not loadable).
-FAILURE_CLASSES = ("transport", "rate_limit", "server_error", "request_rejected", "content_filter", "unparsable",
-                   "out_of_range", "config")
-# The environment variable that holds each provider's key, and the hosts it may be sent to.
-PROVIDER_KEY_ENVS: dict[str, tuple[str, ...]] = {
-    "OPENAI_API_KEY": ("api.openai.com",),
-    "DASHSCOPE_API_KEY": ("dashscope.aliyuncs.com", "dashscope-intl.aliyuncs.com"),
-    "GEMINI_API_KEY": ("generativelanguage.googleapis.com",),
-    "OPENROUTER_API_KEY": ("openrouter.ai",),
-    "DEEPSEEK_API_KEY": ("api.deepseek.com",),
-    "TOGETHER_API_KEY": ("api.together.xyz",),
-}
-
-
-@dataclass(frozen=True)
-class LLMConfig:
-    """How to reach one model. Part of run specs: JSON-able and free of secrets."""
-
-    backend: str = "openai"  # "openai": any OpenAI-compatible server | "transformers": local model
-    model: str | None = None  # None: gpt-4o-mini (openai) or Qwen/Qwen2.5-VL-7B-Instruct (transformers)
-    base_url: str | None = None  # None: https://api.openai.com/v1 (openai backend only)
-    # The NAME of the env variable holding the key. None: the variable of the provider the endpoint
-    # belongs to (PROVIDER_KEY_ENVS), and no key at all for any other host.
-    api_key_env: str | None = None
-    temperature: float | None = 0.0  # 0-2; None: send none (models that only accept their default)
-    max_tokens: int = 512
-    # The request field that carries max_tokens: reasoning models (o-series, GPT-5 class) reject
-    # "max_tokens" and take "max_completion_tokens".
-    token_limit_field: str = "max_tokens"
-    seed: int | None = 0  # None: no seed is sent, on retries neither
-    timeout_s: float = 60.0  # overall deadline of one request, connect to last byte
-    max_response_bytes: int = 8 * 1024 * 1024
-    max_retries: int = 4  # retries after the first attempt
-    concurrency: int = 8  # requests in flight at once through this client
-    price_per_1k_input: float = 0.0  # USD per 1000 prompt tokens, for cost accounting
-    price_per_1k_output: float = 0.0
-    # How a JSON schema is sent: "json_schema" (structured outputs, strict), "json_object"
-    # (JSON mode; for servers without json_schema) or "none". Replies are validated locally always.
-    response_format: str = "json_schema"
-    # Retries after an *invalid* reply resample with this temperature (0-2) and seed + attempt, since a
-    # greedy retry would repeat the same answer. None, or temperature None: retry with the original
-    # decoding parameters.
-    retry_temperature: float | None = 0.7
-    backoff_base_s: float = 1.0  # first backoff; doubles per retry, with jitter, up to backoff_max_s
-    backoff_max_s: float = 30.0  # also caps a server's Retry-After
-    image_max_side: int | None = None  # downscale images whose longer side exceeds this (None: as is)
-    revision: str | None = None  # transformers: hub revision
-    device: str | None = None  # transformers: None = cuda when available, else cpu
-    dtype: str = "auto"  # transformers: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"LLMConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.model is None:
-            object.__setattr__(self, "model", DEFAULT_OPENAI_MODEL if self.backend == "openai" else DEFAULT_LOCAL_MODEL)
-        if not self.model:
-            raise ValueError("LLMConfig.model is empty")
-        if self.base_url is not None and not re.match(r"^https?://", self.base_url):
-            raise ValueError(f"LLMConfig.base_url must start with http:// or https://, got {self.base_url!r}")
-        if self.response_format not in RESPONSE_FORMATS:
-            raise ValueError(f"LLMConfig.response_format must be one of {RESPONSE_FORMATS}")
-        if self.max_retries < 0 or self.concurrency < 1 or self.max_tokens < 1 or self.timeout_s <= 0:
-            raise ValueError("LLMConfig: max_retries >= 0, concurrency >= 1, max_tokens >= 1, timeout_s > 0")
-        if self.max_response_bytes < 1024:
-            raise ValueError("LLMConfig.max_response_bytes must be at least 1024")
-        for name in ("temperature", "retry_temperature"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not 0.0 <= float(value) <= 2.0):
-                raise ValueError(f"LLMConfig.{name} must be a number from 0 to 2 (or null), got {value!r}")
-        if self.token_limit_field not in TOKEN_LIMIT_FIELDS:
-            raise ValueError(f"LLMConfig.token_limit_field must be one of {TOKEN_LIMIT_FIELDS}, "
-                             f"got {self.token_limit_field!r}")
-        if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
-            raise ValueError("LLMConfig.api_key_env is the NAME of an environment variable (e.g. "
-                             "OPENAI_API_KEY), not the key itself")
-
-    @property
-    def endpoint(self) -> str | None:
-        if self.backend != "openai":
-            return None
-        return (self.base_url or DEFAULT_OPENAI_BASE_URL).rstrip("/")
-
-    @property
-    def host(self) -> str | None:
-        """The provider host requests go to (recorded with verdicts; never the key)."""
-        return urllib.parse.urlsplit(self.endpoint).hostname if self.endpoint else None
-
-    @property
-    def key_env(self) -> str | None:
-        """The environment variable whose value is sent as the key: the named one, else the provider's."""
-        if self.backend != "openai":
-            return None
-        if self.api_key_env is not None:
-            return self.api_key_env
-        host = self.host or ""
-        for env, hosts in PROVIDER_KEY_ENVS.items():
-            if host in hosts:
-                return env
-        return None
-
-    @property
-    def model_id(self) -> str:
-        """`backend:model[@endpoint or revision]`, for manifests."""
-        where = self.endpoint if self.backend == "openai" else self.revision
-        return f"{self.backend}:{self.model}" + (f"@{where}" if where else "")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def hash(self) -> str:
-        return stable_hash(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LLMConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown LLMConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
 
 @dataclass
@@ -234,36 +101,11 @@ class LLMCall:
     text_first: bool = False
 
 
-@dataclass
-class _Request:
-    system: str | None
-    text: str
-    images: list[Image.Image]
-    schema: dict | None
-    schema_name: str
-    text_first: bool = False  # the text part before the images (some published protocols send it so)
-
-
-@dataclass
-class _Outcome:
-    text: str | None = None
-    usage: dict[str, int] = field(default_factory=dict)
-    served_model: str | None = None
-    error: str | None = None
-    kind: str = "ok"  # ok | transport | timeout | http | malformed | refused | fatal
-    retryable: bool = False
-    retry_after: float | None = None
-    failure: str | None = None  # FAILURE_CLASSES
-    finish_reason: str | None = None
-    refusal: str | None = None
-    http_status: int | None = None
-    response_format: str | None = None
-
-
 class LLMClient:
     def __init__(self, config: LLMConfig, cache_dir: str | Path | None = None):
         self.config = config
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._cache = ReplyCache(self.cache_dir, config)
         self._sem = threading.BoundedSemaphore(config.concurrency)
         self._lock = threading.Lock()
         self._rng = random.Random()
@@ -274,7 +116,7 @@ class LLMClient:
         self._warned_plain_http = False
         self._stats = dict(calls=0, requests=0, cache_hits=0, retries=0, failures=0, invalid_replies=0,
                            http_errors=0, timeouts=0, prompt_tokens=0, completion_tokens=0, cost=0.0)
-        self._backend = _OpenAIBackend(self) if config.backend == "openai" else _TransformersBackend(self)
+        self._backend = OpenAIBackend(self) if config.backend == "openai" else TransformersBackend(self)
 
     # ----------------------------------------------------------------------------------------- API
     @property
@@ -316,7 +158,7 @@ class LLMClient:
         last_error = "no attempt made"
         temperature, seed = self.config.temperature, self.config.seed
         served = None
-        last: _Outcome | None = None
+        last: ModelOutcome | None = None
         failure = "transport"
         for attempt in range(self.config.max_retries + 1):
             if attempt:
@@ -327,7 +169,7 @@ class LLMClient:
                 try:
                     outcome = self._backend.generate(request, temperature, seed)
                 except Exception as exc:  # a back-end bug or a local model failure: never raise
-                    outcome = _Outcome(error=f"{type(exc).__name__}: {exc}", kind="fatal", failure="server_error")
+                    outcome = ModelOutcome(error=f"{type(exc).__name__}: {exc}", kind="fatal", failure="server_error")
             if outcome.text:  # a server that echoes the key must not get it into caches or traces
                 outcome.text = self._redact(outcome.text)
             if outcome.served_model:
@@ -347,7 +189,7 @@ class LLMClient:
                 continue
             parsed, problem, failure = self._check(outcome.text, schema, validate)
             if problem is None:
-                self._cache_put(key, template, request, image_shas, outcome, parsed, usage, served,
+                self._cache.put(key, template, request, image_shas, outcome, parsed, usage, served,
                                 attempts, temperature, seed)
                 return LLMReply(text=outcome.text, parsed=parsed, status="ok", attempts=attempts, usage=usage,
                                 latency_s=time.monotonic() - t0, key=key, model=served,
@@ -377,7 +219,7 @@ class LLMClient:
         return self._cached_reply(key, schema, validate, time.monotonic())
 
     def _request(self, template: PromptTemplate, variables: dict[str, Any] | None, images: Sequence[Image.Image],
-                 schema: dict | None, text_first: bool) -> tuple[_Request, list[str], str]:
+                 schema: dict | None, text_first: bool) -> tuple[ModelRequest, list[str], str]:
         variables = dict(variables or {})
         text = template.render(**variables)
         system = template.render_system(**variables)
@@ -386,15 +228,18 @@ class LLMClient:
         prepared = [self._prepare_image(im) for im in images]
         image_shas = [_image_sha256(im) for im in prepared]
         key = self.cache_key(template, system, text, image_shas, schema, text_first)
-        request = _Request(system=system, text=text, images=prepared, schema=schema,
+        request = ModelRequest(system=system, text=text, images=prepared, schema=schema,
                            schema_name=_schema_name(schema, template.name), text_first=text_first)
         return request, image_shas, key
 
     def _cached_reply(self, key: str, schema: dict | None, validate, t0: float) -> LLMReply | None:
-        cached = self._cache_get(key, schema, validate)
-        if cached is None:
+        rec = self._cache.get(key)
+        if rec is None:
             return None
-        text_c, parsed_c, rec = cached
+        text_c = rec["text"]
+        parsed_c, problem, _ = self._check(text_c, schema, validate)
+        if problem is not None:  # e.g. a stricter validate() than when it was cached
+            return None
         return LLMReply(text=text_c, parsed=parsed_c, status="ok", cached=True, attempts=0,
                         usage=dict(rec.get("usage") or {}), latency_s=time.monotonic() - t0, key=key,
                         model=rec.get("served_model"), finish_reason=rec.get("finish_reason"),
@@ -443,12 +288,12 @@ class LLMClient:
         return stable_hash(material, length=64)
 
     # ------------------------------------------------------------------------------------ helpers
-    def _reply_facts(self, outcome: _Outcome, temperature: float | None, seed: int | None) -> dict[str, Any]:
+    def _reply_facts(self, outcome: ModelOutcome, temperature: float | None, seed: int | None) -> dict[str, Any]:
         return dict(finish_reason=outcome.finish_reason, refusal=outcome.refusal, provider_host=self.config.host,
                     http_status=outcome.http_status, temperature=temperature, seed=seed,
                     response_format=outcome.response_format)
 
-    def _account(self, outcome: _Outcome, usage: dict[str, Any]) -> None:
+    def _account(self, outcome: ModelOutcome, usage: dict[str, Any]) -> None:
         p = int(outcome.usage.get("prompt_tokens") or 0)
         q = int(outcome.usage.get("completion_tokens") or 0)
         cost = p / 1000.0 * self.config.price_per_1k_input + q / 1000.0 * self.config.price_per_1k_output
@@ -502,7 +347,7 @@ class LLMClient:
             try:
                 parsed = parse_json_reply(text)
             except ValueError as exc:
-                return None, f"not valid JSON ({exc}): {_excerpt(text)}", "unparsable"
+                return None, f"not valid JSON ({exc}): {excerpt(text)}", "unparsable"
             errors = sorted(self._validator(schema).iter_errors(parsed), key=lambda e: list(e.path))
             if errors:
                 e = errors[0]
@@ -528,12 +373,13 @@ class LLMClient:
                            Image.Resampling.BICUBIC)
         return im
 
-    def _secret(self) -> str | None:
+    def api_key(self) -> str | None:
+        """The key for this endpoint from the environment, or None. Only back ends call this."""
         name = self.config.key_env
         value = os.environ.get(name) if name else None
         return value or None
 
-    def _warn_plain_http(self) -> None:
+    def warn_plain_http(self) -> None:
         """A key over plain http to another machine can be read on the way."""
         c = self.config
         if self._warned_plain_http or not c.endpoint or not c.endpoint.startswith("http://"):
@@ -544,60 +390,10 @@ class LLMClient:
         log.warning("sending the API key from %s over plain http to %s; use https", c.key_env, c.host)
 
     def _redact(self, message: str) -> str:
-        secret = self._secret()
+        secret = self.api_key()
         if secret and len(secret) >= 4:
             message = message.replace(secret, "***")
         return message
-
-    # -------------------------------------------------------------------------------------- cache
-    def _cache_path(self, key: str) -> Path | None:
-        return self.cache_dir / key[:2] / f"{key}.json" if self.cache_dir is not None else None
-
-    def _cache_get(self, key: str, schema, validate) -> tuple[str, Any, dict] | None:
-        path = self._cache_path(key)
-        if path is None or not path.is_file():
-            return None
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-            if rec.get("key") != key or rec.get("format") != CACHE_FORMAT:
-                return None
-            reply = rec["reply"]
-            text = reply["text"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # a corrupt entry is a miss; a successful call overwrites it
-        parsed, problem, _ = self._check(text, schema, validate)
-        if problem is not None:  # e.g. a stricter validate() than when it was cached
-            return None
-        return text, parsed, reply
-
-    def _cache_put(self, key: str, template: PromptTemplate, request: _Request, image_shas: Sequence[str],
-                   outcome: _Outcome, parsed: Any, usage: dict, served: str | None, attempts: int,
-                   temperature: float | None, seed: int | None) -> None:
-        path = self._cache_path(key)
-        if path is None:
-            return
-        c = self.config
-        rec = {
-            "format": CACHE_FORMAT,
-            "key": key,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "backend": c.backend,
-            "model": c.model,
-            "endpoint": c.endpoint,
-            "revision": c.revision,
-            "template": template.to_dict(),
-            "request": {"system": request.system, "text": request.text, "images": list(image_shas),
-                        "schema": request.schema,
-                        "decoding": {"temperature": c.temperature, "max_tokens": c.max_tokens, "seed": c.seed}},
-            "reply": {"text": outcome.text, "parsed": parsed if request.schema is not None else None,
-                      "usage": usage, "served_model": served, "attempts": attempts, "temperature_used": temperature,
-                      "seed_used": seed, "finish_reason": outcome.finish_reason,
-                      "response_format": outcome.response_format},
-        }
-        try:
-            atomic_write_json(path, rec)
-        except (OSError, TypeError) as exc:
-            log.warning("could not write LLM cache entry %s: %s", path, exc)
 
 
 def make_client(config: LLMConfig, cache_dir: str | Path | None = None) -> LLMClient:
@@ -632,292 +428,6 @@ def _image_sha256(image: Image.Image) -> str:
     """sha256 of the pixels as sent (mode, size and raw bytes): independent of PNG encoder versions."""
     header = f"{image.mode}:{image.width}x{image.height}:".encode()
     return sha256_bytes(header + image.tobytes())
-
-
-def _excerpt(text: str, n: int = 160) -> str:
-    text = text.strip().replace("\n", " ")
-    return text if len(text) <= n else text[:n] + "..."
-
-
-def _retry_after(headers) -> float | None:
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-    except (TypeError, ValueError):
-        return None
-
-
-# -------------------------------------------------------------------------------- OpenAI over HTTP
-class _OpenAIBackend:
-    """POST {endpoint}/chat/completions, as served by OpenAI, vLLM, Ollama, llama.cpp and DashScope."""
-
-    def __init__(self, client: LLMClient):
-        self.client = client
-        self.config = client.config
-        self.url = f"{self.config.endpoint}/chat/completions"
-
-    def body(self, req: _Request, temperature: float | None, seed: int | None,
-             response_format: str) -> dict[str, Any]:
-        """The request body. `response_format`: json_schema | json_object | prompt | none, where
-        "prompt" asks for JSON in the text (for providers that reject response_format)."""
-        c = self.config
-        text = req.text
-        if req.schema is not None and response_format == "prompt":
-            text += ("\n\nReply with only one JSON value, no other text, that matches this JSON schema:\n"
-                     + json.dumps(req.schema, sort_keys=True))
-        messages: list[dict[str, Any]] = []
-        if req.system is not None:
-            messages.append({"role": "system", "content": req.system})
-        if req.images:
-            content: list[dict[str, Any]] = [
-                {"type": "image_url",
-                 "image_url": {"url": "data:image/png;base64," + base64.b64encode(png_bytes(im)).decode("ascii")}}
-                for im in req.images]
-            part = {"type": "text", "text": text}
-            content = [part, *content] if req.text_first else [*content, part]
-            messages.append({"role": "user", "content": content})
-        else:
-            messages.append({"role": "user", "content": text})
-        body: dict[str, Any] = {"model": c.model, "messages": messages, c.token_limit_field: c.max_tokens,
-                                "stream": False}
-        if temperature is not None:
-            body["temperature"] = temperature
-        if seed is not None:
-            body["seed"] = seed
-        if req.schema is not None:
-            if response_format == "json_schema":
-                body["response_format"] = {"type": "json_schema", "json_schema": {
-                    "name": req.schema_name, "schema": req.schema, "strict": True}}
-            elif response_format == "json_object":
-                body["response_format"] = {"type": "json_object"}
-        return body
-
-    def generate(self, req: _Request, temperature: float | None, seed: int | None) -> _Outcome:
-        c = self.config
-        fmt = c.response_format if req.schema is not None else "none"
-        if req.schema is not None and fmt != "none" and self.client.format_fallback:
-            fmt = "prompt"
-        outcome = self._send(req, temperature, seed, fmt)
-        if outcome.http_status == 400 and fmt in ("json_schema", "json_object"):
-            # Some providers reject response_format for some models (HTTP 400). Ask for JSON in the
-            # prompt instead; the reply is validated against the schema locally as always.
-            fallback = self._send(req, temperature, seed, "prompt")
-            if fallback.error is None:
-                if not self.client.format_fallback:
-                    log.warning("%s rejected response_format %s (%s); asking for JSON in the prompt from now on, "
-                                "validated locally", self.url, fmt, outcome.error)
-                self.client.format_fallback = True
-                return fallback
-        return outcome
-
-    def _send(self, req: _Request, temperature: float | None, seed: int | None, fmt: str) -> _Outcome:
-        c = self.config
-        headers = {"Content-Type": "application/json", "Accept": "application/json",
-                   "User-Agent": "ciebench-llm/1"}
-        secret = self.client._secret()
-        if secret:
-            headers["Authorization"] = f"Bearer {secret}"
-            self.client._warn_plain_http()
-        elif c.key_env and any(c.host in hosts for hosts in PROVIDER_KEY_ENVS.values()):
-            # A provider's own API never works without a key: say so without a request.
-            return _Outcome(error=f"environment variable {c.key_env} is not set (the API key for "
-                                  f"{c.endpoint})", kind="fatal", failure="config")
-        data = json.dumps(self.body(req, temperature, seed, fmt)).encode("utf-8")
-        try:
-            resp = post(self.url, data, headers, deadline_s=c.timeout_s, max_bytes=c.max_response_bytes)
-        except TransportError as exc:
-            kind = "timeout" if exc.kind == "timeout" else "transport"
-            # A redirect or an oversized answer will not change on retry.
-            return _Outcome(error=str(exc), kind=kind, retryable=exc.kind in ("timeout", "transport"),
-                            failure="transport", response_format=fmt)
-        if resp.status >= 400:
-            hint = ""
-            if resp.status in (401, 403) and c.key_env and not secret:
-                hint = f" (environment variable {c.key_env} is not set)"
-            failure = ("rate_limit" if resp.status == 429 else "server_error" if resp.status >= 500
-                       else "request_rejected")
-            return _Outcome(error=f"HTTP {resp.status} from {self.url}: "
-                                  f"{_excerpt(_decode(resp.body), _MAX_ERROR_TEXT)}{hint}",
-                            kind="http", retryable=resp.status in RETRY_STATUS,
-                            retry_after=_retry_after(resp.headers), failure=failure, http_status=resp.status,
-                            response_format=fmt)
-        outcome = self.parse(resp.status, resp.body)
-        outcome.http_status = resp.status
-        outcome.response_format = fmt
-        return outcome
-
-    def parse(self, status: int, raw: bytes) -> _Outcome:
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            return _Outcome(error=f"malformed response body (HTTP {status}, not JSON): {_excerpt(_decode(raw))}",
-                            kind="malformed", retryable=True, failure="server_error")
-        if not isinstance(payload, dict):
-            return _Outcome(error="malformed response body (not a JSON object)", kind="malformed", retryable=True,
-                            failure="server_error")
-        usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
-        usage = {k: _int(usage.get(k)) for k in ("prompt_tokens", "completion_tokens")}
-        served = payload.get("model") if isinstance(payload.get("model"), str) else None
-        if "error" in payload and not payload.get("choices"):
-            return _Outcome(error=f"server error: {_excerpt(json.dumps(payload['error']), _MAX_ERROR_TEXT)}",
-                            kind="http", retryable=True, usage=usage, served_model=served, failure="server_error")
-        try:
-            choice = payload["choices"][0]
-            message = choice["message"]
-        except (KeyError, IndexError, TypeError):
-            return _Outcome(error="malformed response body (no choices[0].message)", kind="malformed",
-                            retryable=True, usage=usage, served_model=served, failure="server_error")
-        finish = choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else None
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):  # some servers return content parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        refusal = message.get("refusal") if isinstance(message, dict) else None
-        refusal = refusal if isinstance(refusal, str) and refusal.strip() else None
-        if refusal is not None or finish == "content_filter":
-            # A refusal or a filtered answer is the provider's verdict on this input: recorded as such,
-            # never a score, and not retried (the same input is refused again, at a cost).
-            why = f"refusal: {_excerpt(refusal)}" if refusal else "finish_reason content_filter"
-            return _Outcome(error=f"the provider refused or filtered the answer ({why})", kind="refused",
-                            usage=usage, served_model=served, failure="content_filter", finish_reason=finish,
-                            refusal=refusal)
-        # An empty or non-string content is an invalid *reply* (retried as such), not a transport error.
-        return _Outcome(text=content if isinstance(content, str) else None, usage=usage, served_model=served,
-                        finish_reason=finish)
-
-
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="replace")
-
-
-def _int(v: Any) -> int:
-    try:
-        return max(0, int(v))
-    except (TypeError, ValueError):
-        return 0
-
-
-# -------------------------------------------------------------------------------- local transformers
-_LOCAL_MODELS: dict[tuple, "_LocalModel"] = {}
-_LOCAL_LOCK = threading.Lock()
-
-
-class _LocalModel:
-    """One loaded model (+ processor), shared by every client with the same model/revision/device/dtype."""
-
-    def __init__(self, model: str, revision: str | None, device: str | None, dtype: str):
-        import torch
-        import transformers
-
-        self.lock = threading.Lock()
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dtype == "auto":
-            torch_dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        else:
-            torch_dtype = getattr(torch, dtype)
-        kwargs = dict(revision=revision, trust_remote_code=False)
-        self.vision = True
-        try:
-            self.processor = transformers.AutoProcessor.from_pretrained(model, **kwargs)
-            self.model = transformers.AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype, **kwargs)
-        except ValueError:  # not an image-text-to-text architecture: a text-only chat model
-            self.vision = False
-            self.processor = transformers.AutoTokenizer.from_pretrained(model, **kwargs)
-            self.model = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype, **kwargs)
-        self.model.to(self.device).eval()
-        commit = getattr(self.model.config, "_commit_hash", None)
-        self.served = f"{model}@{commit or revision or 'main'}"
-
-    def generate(self, req: _Request, temperature: float, seed: int | None, max_tokens: int) -> _Outcome:
-        import torch
-
-        if req.images and not self.vision:
-            return _Outcome(error="this local model is text-only and cannot take images", kind="fatal",
-                            failure="config")
-        messages: list[dict[str, Any]] = []
-        if self.vision:
-            if req.system is not None:
-                messages.append({"role": "system", "content": [{"type": "text", "text": req.system}]})
-            parts: list[dict[str, Any]] = [{"type": "image"} for _ in req.images]
-            text_part = {"type": "text", "text": req.text}
-            messages.append({"role": "user", "content": [text_part, *parts] if req.text_first else [*parts, text_part]})
-            prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            inputs = self.processor(text=[prompt], images=list(req.images) or None, return_tensors="pt")
-            tokenizer = self.processor.tokenizer
-        else:
-            if req.system is not None:
-                messages.append({"role": "system", "content": req.system})
-            messages.append({"role": "user", "content": req.text})
-            prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            inputs = self.processor([prompt], return_tensors="pt")
-            tokenizer = self.processor
-        inputs = inputs.to(self.device)
-        n_in = int(inputs["input_ids"].shape[1])
-        gen: dict[str, Any] = {"max_new_tokens": max_tokens}
-        if temperature is None:  # the model's own generation config decides
-            pass
-        elif temperature > 0:
-            gen.update(do_sample=True, temperature=float(temperature), top_p=1.0, top_k=0)
-        else:
-            gen.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
-            gen["pad_token_id"] = tokenizer.eos_token_id
-        with self.lock, torch.inference_mode():
-            if gen.get("do_sample", getattr(self.model.generation_config, "do_sample", False)):
-                torch.manual_seed(int(seed or 0))
-            out = self.model.generate(**inputs, **gen)
-        new = out[0, n_in:]
-        text = tokenizer.decode(new, skip_special_tokens=True)
-        return _Outcome(text=text, usage={"prompt_tokens": n_in, "completion_tokens": int(new.shape[0])},
-                        served_model=self.served)
-
-
-class _TransformersBackend:
-    """A local transformers chat model (Qwen2.5-VL-class by default), loaded once per process."""
-
-    def __init__(self, client: LLMClient):
-        self.config = client.config
-        self._model: _LocalModel | None = None
-        self._error: str | None = None
-
-    def load(self) -> _LocalModel:
-        c = self.config
-        key = (c.model, c.revision, c.device, c.dtype)
-        with _LOCAL_LOCK:
-            if key not in _LOCAL_MODELS:
-                _LOCAL_MODELS[key] = _LocalModel(c.model, c.revision, c.device, c.dtype)
-            return _LOCAL_MODELS[key]
-
-    def generate(self, req: _Request, temperature: float, seed: int | None) -> _Outcome:
-        if self._error is not None:
-            return _Outcome(error=self._error, kind="fatal", failure="config")
-        if self._model is None:
-            try:
-                self._model = self.load()
-            except Exception as exc:  # offline without the weights, out of memory, ...
-                self._error = f"could not load local model {self.config.model!r}: {type(exc).__name__}: {exc}"
-                return _Outcome(error=self._error, kind="fatal", failure="config")
-        return self._model.generate(req, temperature, seed, self.config.max_tokens)
-
-
-def release_local_models() -> None:
-    """Drop every loaded local model (frees memory; the next call loads again)."""
-    with _LOCAL_LOCK:
-        _LOCAL_MODELS.clear()
 
 
 __all__ = ["LLMConfig", "LLMReply", "LLMCall", "LLMClient", "make_client", "parse_json_reply",
