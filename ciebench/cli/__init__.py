@@ -28,3 +28,4 @@ def main() -> None:
 
 # Command modules register on `app`; each imports its heavy dependencies only when its command runs.
 from . import run_commands  # noqa: E402,F401
+from . import judge  # noqa: E402,F401  (`ciebench judge ...`)

@@ -1,13 +1,16 @@
 """`ciebench evaluate | score | editors | metrics`: running editors and scoring predictions."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ..errors import CiebenchError
 from . import app
 from .data import DATASET_HELP
+from .judge import DryRunOpt, list_judge_protocols_lines, JudgePassesOpt, JudgePromptsOpt, JudgeProtocolOpt, MaxCostOpt, judge_run_options
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -103,6 +106,10 @@ def evaluate_cmd(
     protocol: ProtocolOpt = None,
     metrics: MetricsOpt = None,
     judge: JudgeOpt = None,
+    judge_protocol: JudgeProtocolOpt = None,
+    judge_passes: JudgePassesOpt = 1,
+    judge_prompts: JudgePromptsOpt = None,
+    max_cost: MaxCostOpt = None,
     device: DeviceOpt = "cpu",
     batch_size: int = typer.Option(1, "--batch-size", "-b", help="Editor batch size (scoring batches separately)."),
     editor_arg: list[str] = typer.Option([], "--editor-arg", help="Editor option key=value (repeatable), typed by the editor's config."),
@@ -137,7 +144,8 @@ def evaluate_cmd(
     options = RunOptions(
         seeds=_seeds(seeds), limit=limit, batch_size=batch_size, device=device, overwrite=overwrite,
         retry_failed=retry_failed,
-        score=ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device),
+        score=ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device,
+                           judge_options=judge_run_options(judge_protocol, judge_passes, judge_prompts, max_cost)),
     )
     try:
         if distributed is None:
@@ -176,6 +184,11 @@ def score_cmd(
     protocol: ProtocolOpt = None,
     metrics: MetricsOpt = None,
     judge: JudgeOpt = None,
+    judge_protocol: JudgeProtocolOpt = None,
+    judge_passes: JudgePassesOpt = 1,
+    judge_prompts: JudgePromptsOpt = None,
+    max_cost: MaxCostOpt = None,
+    dry_run: DryRunOpt = False,
     device: DeviceOpt = "cpu",
     batch_size: int = typer.Option(8, "--batch-size", "-b"),
     limit: Optional[int] = typer.Option(None, "--limit"),
@@ -197,11 +210,18 @@ def score_cmd(
     distributed = _ray_backend(backend, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device)
     loaded = _load(dataset, ignore_checksums)
     ids = loaded.dataset["id"][: limit if limit is not None else None]
-    options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device, batch_size=batch_size)
+    options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device, batch_size=batch_size,
+                           judge_options=judge_run_options(judge_protocol, judge_passes, judge_prompts, max_cost))
+    if dry_run:
+        from ..judge.run import dry_run_report
+
+        for line in dry_run_report(loaded, find_predictions(predictions, ids), options):
+            typer.echo(line)
+        return
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "spec.json", {"editor": None, "predictions": str(predictions.resolve()),
                                           "dataset": {"spec": dataset, "revision": loaded.revision, "n": len(ids)},
-                                          "score_options": options.__dict__})
+                                          "score_options": dataclasses.asdict(options)})
     try:
         if distributed is None:
             result = score(loaded, find_predictions(predictions, ids), out, options)
@@ -215,6 +235,9 @@ def score_cmd(
             except DistributedError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(1)
+    except CiebenchError as exc:  # e.g. judge prompts that fail their sha256 check
+        typer.echo(f"error: {exc.one_line()}", err=True)
+        raise typer.Exit(int(exc.exit_code))
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
@@ -256,6 +279,9 @@ def metrics_cmd() -> None:
     for name, higher in METRIC_INFO.items():
         typer.echo(f"  {name:<20} {'higher' if higher else 'lower'} is better")
     typer.echo(f"  {'idcs':<20} higher is better (needs --judge)")
+    typer.echo("judge protocols (--judge-protocol):")
+    for line in list_judge_protocols_lines():
+        typer.echo(line)
     typer.echo("protocols:")
     for name in list_protocols():
         proto = get_protocol(name)
