@@ -270,3 +270,19 @@ def test_lookup_answers_from_the_cache_without_sending(server, tmp_path):
     hit = client.lookup(ASK, {"q": "a"}, schema=SCHEMA)
     assert hit is not None and hit.cached and hit.parsed == {"score": 1} and server.count == 1
     assert client.stats["calls"] == 1
+
+
+def test_text_parts_between_images_keep_their_place(server, tmp_path):
+    from PIL import Image
+
+    server.on(then=reply("ok"))
+    client = make_client(cfg(server), tmp_path)
+    a, b = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
+    assert client.complete(ASK, {"q": "a"}, ["Input image:", a, "Edited image:", b], text_first=True).ok
+    content = server.requests[-1].body["messages"][-1]["content"]
+    assert [p["type"] for p in content] == ["text", "text", "image_url", "text", "image_url"]
+    assert [p.get("text") for p in content if p["type"] == "text"] == ["Question a", "Input image:", "Edited image:"]
+    # a different label is a different request; the same one comes from the cache
+    assert client.complete(ASK, {"q": "a"}, ["Source:", a, "Edited image:", b], text_first=True).ok
+    assert client.complete(ASK, {"q": "a"}, ["Input image:", a, "Edited image:", b], text_first=True).cached
+    assert server.count == 2

@@ -95,7 +95,7 @@ class LLMCall:
 
     template: PromptTemplate
     variables: dict[str, Any] = field(default_factory=dict)
-    images: Sequence[Image.Image] = ()
+    images: Sequence[Image.Image | str] = ()
     schema: dict | None = None
     validate: Callable[[Any], str | None] | None = None
     text_first: bool = False
@@ -137,10 +137,11 @@ class LLMClient:
             return sorted(self._served)
 
     def complete(self, template: PromptTemplate, variables: dict[str, Any] | None = None,
-                 images: Sequence[Image.Image] = (), schema: dict | None = None,
+                 images: Sequence[Image.Image | str] = (), schema: dict | None = None,
                  validate: Callable[[Any], str | None] | None = None, text_first: bool = False) -> LLMReply:
         """Render `template` with `variables`, send it with `images` (in order, before the text unless
-        `text_first`) and return the reply. With `schema`, the reply must be JSON matching it;
+        `text_first`; a `str` among them is a text part in that place, for protocols that label their
+        images) and return the reply. With `schema`, the reply must be JSON matching it;
         `validate(parsed)` may return a reason to reject an answer (None accepts it). Never raises for a
         failed call; template errors (missing or unexpected variables) and invalid schemas raise, as
         they are caller bugs."""
@@ -211,22 +212,23 @@ class LLMClient:
                         latency_s=time.monotonic() - t0, key=key, model=served, failure=failure, **facts)
 
     def lookup(self, template: PromptTemplate, variables: dict[str, Any] | None = None,
-               images: Sequence[Image.Image] = (), schema: dict | None = None,
+               images: Sequence[Image.Image | str] = (), schema: dict | None = None,
                validate: Callable[[Any], str | None] | None = None, text_first: bool = False) -> LLMReply | None:
         """The cached reply `complete` would return for this call, or None when it would send a request
         (for dry runs and cost limits). Sends nothing and counts nothing."""
         _, _, key = self._request(template, variables, images, schema, text_first)
         return self._cached_reply(key, schema, validate, time.monotonic())
 
-    def _request(self, template: PromptTemplate, variables: dict[str, Any] | None, images: Sequence[Image.Image],
+    def _request(self, template: PromptTemplate, variables: dict[str, Any] | None, images: Sequence[Image.Image | str],
                  schema: dict | None, text_first: bool) -> tuple[ModelRequest, list[str], str]:
         variables = dict(variables or {})
         text = template.render(**variables)
         system = template.render_system(**variables)
         if schema is not None:
             self._validator(schema)  # raises on an invalid schema
-        prepared = [self._prepare_image(im) for im in images]
-        image_shas = [_image_sha256(im) for im in prepared]
+        prepared = [im if isinstance(im, str) else self._prepare_image(im) for im in images]
+        image_shas = [f"text:{sha256_bytes(im.encode('utf-8'))}" if isinstance(im, str) else _image_sha256(im)
+                      for im in prepared]
         key = self.cache_key(template, system, text, image_shas, schema, text_first)
         request = ModelRequest(system=system, text=text, images=prepared, schema=schema,
                            schema_name=_schema_name(schema, template.name), text_first=text_first)

@@ -10,7 +10,7 @@ from PIL import Image
 class ModelRequest:
     system: str | None
     text: str
-    images: list[Image.Image]
+    images: list[Image.Image | str]  # a str is a text part between images (interleaved protocols)
     schema: dict | None
     schema_name: str
     text_first: bool = False  # the text part before the images (some published protocols send it so)

@@ -44,6 +44,7 @@ class OpenAIBackend:
             messages.append({"role": "system", "content": req.system})
         if req.images:
             content: list[dict[str, Any]] = [
+                {"type": "text", "text": im} if isinstance(im, str) else
                 {"type": "image_url",
                  "image_url": {"url": "data:image/png;base64," + base64.b64encode(png_bytes(im)).decode("ascii")}}
                 for im in req.images]

@@ -43,23 +43,27 @@ class LocalModel:
     def generate(self, req: ModelRequest, temperature: float, seed: int | None, max_tokens: int) -> ModelOutcome:
         import torch
 
-        if req.images and not self.vision:
+        if any(not isinstance(im, str) for im in req.images) and not self.vision:
             return ModelOutcome(error="this local model is text-only and cannot take images", kind="fatal",
-                            failure="config")
+                                failure="config")
         messages: list[dict[str, Any]] = []
         if self.vision:
             if req.system is not None:
                 messages.append({"role": "system", "content": [{"type": "text", "text": req.system}]})
-            parts: list[dict[str, Any]] = [{"type": "image"} for _ in req.images]
+            parts: list[dict[str, Any]] = [{"type": "text", "text": im} if isinstance(im, str) else {"type": "image"}
+                                           for im in req.images]
             text_part = {"type": "text", "text": req.text}
             messages.append({"role": "user", "content": [text_part, *parts] if req.text_first else [*parts, text_part]})
             prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            inputs = self.processor(text=[prompt], images=list(req.images) or None, return_tensors="pt")
+            pictures = [im for im in req.images if not isinstance(im, str)]
+            inputs = self.processor(text=[prompt], images=pictures or None, return_tensors="pt")
             tokenizer = self.processor.tokenizer
         else:
             if req.system is not None:
                 messages.append({"role": "system", "content": req.system})
-            messages.append({"role": "user", "content": req.text})
+            texts = [im for im in req.images if isinstance(im, str)]
+            content = "\n".join([req.text, *texts] if req.text_first else [*texts, req.text])
+            messages.append({"role": "user", "content": content})
             prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             inputs = self.processor([prompt], return_tensors="pt")
             tokenizer = self.processor
