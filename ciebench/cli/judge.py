@@ -60,3 +60,63 @@ def protocols_cmd() -> None:
     typer.echo("judge protocols:")
     for line in list_judge_protocols_lines():
         typer.echo(line)
+
+
+@judge_app.command("agreement")
+def agreement_cmd(
+    runs: list[str] = typer.Argument(..., help="Pairs A B [A B ...]: run folders scored by two judges on the same "
+                                               "predictions, or a run and a human-ratings CSV (sample_id, seed, rater, score)."),
+    metric: str = typer.Option("idcs", "--metric", help="The judged column of samples.csv."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Folder for agreement.json, agreement.csv and scatter.png."),
+    lo: int = typer.Option(1, "--min-score", help="Lowest category of the kappa scale."),
+    hi: int = typer.Option(5, "--max-score", help="Highest category of the kappa scale."),
+) -> None:
+    """Spearman and quadratic-weighted Cohen's kappa (bootstrap 95% CIs) per pair; with several pairs,
+    Kendall's tau of the system ranking under judge A vs judge B."""
+    from pathlib import Path
+
+    from ..errors import CiebenchError
+    from ..io import atomic_write_json, atomic_write_text
+    from ..judge.agreement import load_scores, pair_agreement, ranking_tau, scatter_plot
+
+    if len(runs) % 2:
+        typer.echo("error: give pairs of runs: A B [A B ...]", err=True)
+        raise typer.Exit(2)
+    try:
+        pairs = [pair_agreement(load_scores(a, metric), load_scores(b, metric), lo, hi)
+                 for a, b in zip(runs[::2], runs[1::2])]
+    except CiebenchError as exc:
+        typer.echo(f"error: {exc.one_line()}", err=True)
+        raise typer.Exit(int(exc.exit_code))
+    header = f"{'A':<24} {'B':<24} {'n':>5} {'spearman [95% CI]':>26} {'kappa_q [95% CI]':>26} {'mean A':>7} {'mean B':>7}"
+    typer.echo(header)
+    rows = []
+    for p in pairs:
+        typer.echo(f"{p.a:<24} {p.b:<24} {p.n:>5} {_ci(p.spearman, p.spearman_ci):>26} {_ci(p.kappa, p.kappa_ci):>26} "
+                   f"{p.mean_a:>7.3f} {p.mean_b:>7.3f}")
+        rows.append(p.to_dict())
+    tau = ranking_tau(pairs)
+    if len(pairs) > 1:
+        typer.echo(f"Kendall tau of the system ranking (A vs B): {tau:.3f}")
+    if out:
+        folder = Path(out)
+        atomic_write_json(folder / "agreement.json", {"pairs": rows, "kendall_tau_ranking": tau if len(pairs) > 1 else None,
+                                                      "metric": metric, "scale": [lo, hi]})
+        lines = ["a,b,n,spearman,spearman_low,spearman_high,kappa_quadratic,kappa_low,kappa_high,mean_a,mean_b"]
+        for p in pairs:
+            lines.append(",".join(str(v) for v in (_csv(p.a), _csv(p.b), p.n, p.spearman, *p.spearman_ci, p.kappa,
+                                                     *p.kappa_ci, p.mean_a, p.mean_b)))
+        atomic_write_text(folder / "agreement.csv", "\n".join(lines) + "\n")
+        scatter_plot(pairs, folder / "scatter.png")
+        typer.echo(f"wrote {folder}/agreement.json, agreement.csv, scatter.png")
+
+
+def _ci(v: float, ci: tuple[float, float]) -> str:
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _csv(text: str) -> str:
+    text = str(text).replace('"', '""')
+    if text[:1] in ("=", "+", "-", "@"):  # a spreadsheet would run it as a formula
+        text = "'" + text
+    return f'"{text}"'
