@@ -13,6 +13,7 @@ import pandas as pd
 from ..stats import from_json_number
 from .runs import (PRIMARY_ORDER, Run, dataset_short_name, load_runs, metric_title, number_repeats,
                    order_metrics, slugify)
+from .judge_columns import add_judge_columns, judge_notes
 from .significance import ALPHA, compare_runs, significance_matrix
 
 
@@ -135,7 +136,7 @@ def _fill(table: Table) -> None:
                "judge", "seeds", "n", "n_ok", "n_dataset", "coverage", "primary_metric", "tied_with_best"]
     metric_cols = [c for m in table.metrics for c in
                    (m, f"{m}_ci_low", f"{m}_ci_high", f"{m}_n", f"{m}_coverage", f"{m}_tied_best")]
-    table.leaderboard = frame[id_cols + metric_cols + ["run_dir"]]
+    table.leaderboard = add_judge_columns(frame[id_cols + metric_cols + ["run_dir"]], table.runs)
     table.by_edit_type = _by_edit_type(table)
 
 
@@ -317,6 +318,9 @@ def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    notes = judge_notes(lb)
+    if notes:
+        lines += [" ".join(_md_escape(n) for n in notes), ""]
     if table.primary and len(table.runs) > 1:
         lines.append(f"Paired tests on {metric_title(table.primary)} (Holm-adjusted p; ▲ row significantly better "
                      f"than column, ▼ worse, · not significant):")

@@ -21,17 +21,22 @@ JudgePromptsOpt = Annotated[Optional[str], typer.Option(
 MaxCostOpt = Annotated[Optional[float], typer.Option(
     "--max-cost", help="USD: stop issuing judge calls before the estimate of spent + committed cost exceeds it; "
                        "the rest is reported as not judged and a rerun continues.")]
+JudgeCanariesOpt = Annotated[str, typer.Option(
+    "--judge-canaries", help="Re-judge the canaries of a calibrated judge (`ciebench judge calibrate`): day (once a "
+                             "UTC day), run (every run) or off.")]
 DryRunOpt = Annotated[bool, typer.Option(
     "--dry-run", help="Print the judge calls, tokens and cost this scoring would need (cached calls are free); "
                       "send nothing.")]
 
 
-def judge_run_options(protocol: Optional[str], passes: int, prompts: Optional[str], max_cost: Optional[float]):
+def judge_run_options(protocol: Optional[str], passes: int, prompts: Optional[str], max_cost: Optional[float],
+                      canaries: str = "day"):
     from ..errors import CiebenchError
     from ..judge.run import JudgeRunOptions
 
     try:
-        return JudgeRunOptions(protocol=protocol, passes=passes, prompts_dir=prompts, max_cost=max_cost)
+        return JudgeRunOptions(protocol=protocol, passes=passes, prompts_dir=prompts, max_cost=max_cost,
+                               canaries=canaries)
     except CiebenchError as exc:
         typer.echo(f"error: {exc.one_line()}", err=True)
         raise typer.Exit(int(exc.exit_code))
@@ -120,3 +125,63 @@ def _csv(text: str) -> str:
     if text[:1] in ("=", "+", "-", "@"):  # a spreadsheet would run it as a formula
         text = "'" + text
     return f'"{text}"'
+
+
+@judge_app.command("calibrate")
+def calibrate_cmd(
+    judge: str = typer.Option(..., "--judge", help="Judge preset or config file."),
+    canaries: Optional[str] = typer.Option(None, "--canaries", help="mini (default: the embedded images with "
+                                                                    "synthetic edits) or a folder from `ciebench judge freeze`."),
+    protocol: JudgeProtocolOpt = None,
+    prompts: JudgePromptsOpt = None,
+    threshold: float = typer.Option(0.9, "--threshold", help="Warn below this share of canaries scored as stored."),
+) -> None:
+    """Judge the canary set: the first time stores the reference verdicts for this judge (config and
+    protocol hash), later times report agreement with them."""
+    import dataclasses
+
+    from ..errors import CiebenchError
+    from ..judge import canaries as canary_mod
+    from ..metrics.idcs import IDCSJudge, get_judge_config
+
+    try:
+        config = get_judge_config(judge)
+        if protocol:
+            config = dataclasses.replace(config, protocol=protocol)
+        canary_set = canary_mod.load_canaries(canaries)
+        # Calibration always asks afresh (no answer cache), so it measures today's model.
+        idcs = IDCSJudge(config, cache_dir=None, prompts_dir=prompts)
+        result = canary_mod.calibrate(idcs, canary_mod.judge_hash_of(config, idcs.protocol.hash), canary_set, threshold)
+    except (CiebenchError, ValueError) as exc:
+        typer.echo(f"error: {exc.one_line() if isinstance(exc, CiebenchError) else exc}", err=True)
+        raise typer.Exit(int(getattr(exc, "exit_code", 2)))
+    typer.echo(f"canary set {result['set']} ({result['n']} canaries, {result['scored']} scored), judge "
+               f"{config.name} / {idcs.protocol.name}")
+    if result["reference_created"]:
+        typer.echo(f"stored the reference verdicts in {result['store']}")
+    else:
+        value = result["agreement"]
+        typer.echo(f"agreement with the reference of {result['reference_date']}: "
+                   f"{'n/a' if value is None else f'{value:.1%}'} of {result['compared']} canaries")
+        if result.get("warning"):
+            typer.echo(f"warning: {result['warning']}", err=True)
+            raise typer.Exit(1)
+
+
+@judge_app.command("freeze")
+def freeze_cmd(
+    run: str = typer.Argument(..., help="A scored run folder."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for the canary set."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="The run's dataset (default: from its spec.json)."),
+) -> None:
+    """Freeze a run's predictions (with their sources and instructions) as a canary set."""
+    from ..errors import CiebenchError
+    from ..judge.canaries import freeze_run, load_canaries
+
+    try:
+        folder = freeze_run(run, out, dataset)
+        n = len(load_canaries(folder).items)
+    except CiebenchError as exc:
+        typer.echo(f"error: {exc.one_line()}", err=True)
+        raise typer.Exit(int(exc.exit_code))
+    typer.echo(f"wrote {n} canaries to {folder}; use it with --canaries {folder}")

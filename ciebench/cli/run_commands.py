@@ -10,7 +10,8 @@ import typer
 from ..errors import CiebenchError
 from . import app
 from .data import DATASET_HELP
-from .judge import DryRunOpt, list_judge_protocols_lines, JudgePassesOpt, JudgePromptsOpt, JudgeProtocolOpt, MaxCostOpt, judge_run_options
+from .judge import (DryRunOpt, JudgeCanariesOpt, JudgePassesOpt, JudgePromptsOpt, JudgeProtocolOpt, MaxCostOpt,
+                    judge_run_options, list_judge_protocols_lines)
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -110,6 +111,7 @@ def evaluate_cmd(
     judge_passes: JudgePassesOpt = 1,
     judge_prompts: JudgePromptsOpt = None,
     max_cost: MaxCostOpt = None,
+    judge_canaries: JudgeCanariesOpt = "day",
     device: DeviceOpt = "cpu",
     batch_size: int = typer.Option(1, "--batch-size", "-b", help="Editor batch size (scoring batches separately)."),
     editor_arg: list[str] = typer.Option([], "--editor-arg", help="Editor option key=value (repeatable), typed by the editor's config."),
@@ -145,7 +147,7 @@ def evaluate_cmd(
         seeds=_seeds(seeds), limit=limit, batch_size=batch_size, device=device, overwrite=overwrite,
         retry_failed=retry_failed,
         score=ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device,
-                           judge_options=judge_run_options(judge_protocol, judge_passes, judge_prompts, max_cost)),
+                           judge_options=judge_run_options(judge_protocol, judge_passes, judge_prompts, max_cost, judge_canaries)),
     )
     try:
         if distributed is None:
@@ -188,6 +190,7 @@ def score_cmd(
     judge_passes: JudgePassesOpt = 1,
     judge_prompts: JudgePromptsOpt = None,
     max_cost: MaxCostOpt = None,
+    judge_canaries: JudgeCanariesOpt = "day",
     dry_run: DryRunOpt = False,
     device: DeviceOpt = "cpu",
     batch_size: int = typer.Option(8, "--batch-size", "-b"),
@@ -211,7 +214,7 @@ def score_cmd(
     loaded = _load(dataset, ignore_checksums)
     ids = loaded.dataset["id"][: limit if limit is not None else None]
     options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device, batch_size=batch_size,
-                           judge_options=judge_run_options(judge_protocol, judge_passes, judge_prompts, max_cost))
+                           judge_options=judge_run_options(judge_protocol, judge_passes, judge_prompts, max_cost, judge_canaries))
     if dry_run:
         from ..judge.run import dry_run_report
 

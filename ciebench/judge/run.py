@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import threading
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from .cost import Budget
+
+log = logging.getLogger(__name__)
 
 VERDICTS_FILE = "judge_verdicts.jsonl"
 
@@ -29,21 +32,30 @@ class JudgeRunOptions:
     prompts_dir: str | None = None  # local copies of a pinned protocol's files (--judge-prompts)
     max_cost: float | None = None  # USD; stop issuing calls before exceeding it (--max-cost)
     allow_unverified_prompts: bool = False  # accept local prompt files whose sha256 differs (recorded)
+    canaries: str = "day"  # re-judge the calibrated canaries: once a UTC day, every run, or off
+    canary_set: str | None = None  # "mini" (default) or a folder made by `ciebench judge freeze`
+    canary_threshold: float = 0.9
 
     def __post_init__(self) -> None:
         if not isinstance(self.passes, int) or self.passes < 1:
             raise UsageError(f"--judge-passes must be an integer >= 1, got {self.passes!r}")
+        if self.canaries not in ("day", "run", "off"):
+            raise UsageError(f"--judge-canaries must be day, run or off, got {self.canaries!r}")
         if self.max_cost is not None and not (isinstance(self.max_cost, (int, float)) and self.max_cost >= 0
                                               and math.isfinite(self.max_cost)):
             raise UsageError(f"--max-cost must be a non-negative number of USD, got {self.max_cost!r}")
 
 
 class JudgeSession:
-    def __init__(self, judge: Any, config: Any):
+    def __init__(self, judge: Any, config: Any, options: JudgeRunOptions | None = None,
+                 cache: Path | None = None):
         self.judge = judge
         self.config = config
+        self.options = options or JudgeRunOptions()
+        self.cache = cache
         self.verdicts: list[Any] = []
         self.n_missing = 0
+        self.canary: dict[str, Any] | None = None
 
     @classmethod
     def open(cls, options: Any) -> "JudgeSession":
@@ -59,7 +71,29 @@ class JudgeSession:
         budget = Budget(jopts.max_cost) if jopts.max_cost is not None else None
         judge = IDCSJudge(config, cache_dir=cache, passes=jopts.passes, prompts_dir=jopts.prompts_dir,
                           budget=budget, allow_unverified_prompts=jopts.allow_unverified_prompts)
-        return cls(judge, config)
+        return cls(judge, config, jopts, cache)
+
+    def check_canaries(self) -> dict[str, Any] | None:
+        """Re-judge the canaries when this judge was calibrated (see `ciebench.judge.canaries`)."""
+        from ..metrics.idcs import IDCSJudge
+        from . import canaries
+
+        if self.options.canaries == "off":
+            return None
+        judge_hash = canaries.judge_hash_of(self.config, self.judge.protocol.hash)
+        jopts = self.options
+        canary_set = canaries.load_canaries(jopts.canary_set)
+        if not canaries.store_path(judge_hash, canary_set.hash).is_file():
+            return None
+
+        def factory(slot: Path) -> Any:
+            return IDCSJudge(self.config, cache_dir=slot, prompts_dir=jopts.prompts_dir,
+                             allow_unverified_prompts=jopts.allow_unverified_prompts)
+
+        self.canary = canaries.check(factory, judge_hash, canary_set, jopts.canaries, jopts.canary_threshold)
+        if self.canary and self.canary.get("warning"):
+            log.warning("%s", self.canary["warning"])
+        return self.canary
 
     def items(self, keys: list, loaded: Any, index: dict, paths: dict) -> list:
         from ..datasets.files import decode_image
@@ -95,6 +129,7 @@ class JudgeSession:
             finally:
                 bar.close()
         self.verdicts = verdicts
+        self.check_canaries()
         for key, verdict in zip(keys, verdicts):
             rows[key].update({"idcs": float(verdict.score) if verdict.score is not None else math.nan,
                               "idcs_status": verdict.status, "idcs_error": verdict.error,
@@ -126,6 +161,8 @@ class JudgeSession:
         if "judge_noise" in judged:
             entry["judge_noise"] = judged["judge_noise"]
         summary["judge_protocol"] = {"name": self.judge.protocol.name, "hash": self.judge.protocol.hash}
+        if self.canary is not None:
+            summary["judge_canaries"] = self.canary
         if self.judge.budget is not None:
             summary["judge_budget"] = {**self.judge.budget.to_dict(),
                                        "not_judged": judged["failures_by_class"]["not_judged"]}
