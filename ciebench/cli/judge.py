@@ -24,19 +24,22 @@ MaxCostOpt = Annotated[Optional[float], typer.Option(
 JudgeCanariesOpt = Annotated[str, typer.Option(
     "--judge-canaries", help="Re-judge the canaries of a calibrated judge (`ciebench judge calibrate`): day (once a "
                              "UTC day), run (every run) or off.")]
+JudgeBatchOpt = Annotated[bool, typer.Option(
+    "--judge-batch", help="Send judge calls through the provider's OpenAI-compatible Batch API (cheaper, slower); "
+                          "a rerun after a crash resumes the pending batch.")]
 DryRunOpt = Annotated[bool, typer.Option(
     "--dry-run", help="Print the judge calls, tokens and cost this scoring would need (cached calls are free); "
                       "send nothing.")]
 
 
 def judge_run_options(protocol: Optional[str], passes: int, prompts: Optional[str], max_cost: Optional[float],
-                      canaries: str = "day"):
+                      canaries: str = "day", batch: bool = False):
     from ..errors import CiebenchError
     from ..judge.run import JudgeRunOptions
 
     try:
         return JudgeRunOptions(protocol=protocol, passes=passes, prompts_dir=prompts, max_cost=max_cost,
-                               canaries=canaries)
+                               canaries=canaries, batch=batch)
     except CiebenchError as exc:
         typer.echo(f"error: {exc.one_line()}", err=True)
         raise typer.Exit(int(exc.exit_code))

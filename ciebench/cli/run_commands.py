@@ -10,7 +10,7 @@ import typer
 from ..errors import CiebenchError
 from . import app
 from .data import DATASET_HELP
-from .judge import (DryRunOpt, JudgeCanariesOpt, JudgePassesOpt, JudgePromptsOpt, JudgeProtocolOpt, MaxCostOpt,
+from .judge import (DryRunOpt, JudgeBatchOpt, JudgeCanariesOpt, JudgePassesOpt, JudgePromptsOpt, JudgeProtocolOpt, MaxCostOpt,
                     judge_run_options, list_judge_protocols_lines)
 
 
@@ -191,6 +191,7 @@ def score_cmd(
     judge_prompts: JudgePromptsOpt = None,
     max_cost: MaxCostOpt = None,
     judge_canaries: JudgeCanariesOpt = "day",
+    judge_batch: JudgeBatchOpt = False,
     dry_run: DryRunOpt = False,
     device: DeviceOpt = "cpu",
     batch_size: int = typer.Option(8, "--batch-size", "-b"),
@@ -214,7 +215,8 @@ def score_cmd(
     loaded = _load(dataset, ignore_checksums)
     ids = loaded.dataset["id"][: limit if limit is not None else None]
     options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device, batch_size=batch_size,
-                           judge_options=judge_run_options(judge_protocol, judge_passes, judge_prompts, max_cost, judge_canaries))
+                           judge_options=judge_run_options(judge_protocol, judge_passes, judge_prompts, max_cost, judge_canaries,
+                                                           judge_batch))
     if dry_run:
         from ..judge.run import dry_run_report
 

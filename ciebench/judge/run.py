@@ -35,6 +35,8 @@ class JudgeRunOptions:
     canaries: str = "day"  # re-judge the calibrated canaries: once a UTC day, every run, or off
     canary_set: str | None = None  # "mini" (default) or a folder made by `ciebench judge freeze`
     canary_threshold: float = 0.9
+    batch: bool = False  # send the judge calls through the provider's Batch API (/v1/files, /v1/batches)
+    batch_poll_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.passes, int) or self.passes < 1:
@@ -125,7 +127,13 @@ class JudgeSession:
                     bar.update(1)
 
             try:
-                verdicts = self.judge.judge(items, on_indexed=on_indexed)
+                if self.options.batch:
+                    from .batch import batch_judge
+
+                    verdicts = batch_judge(self.judge, items, out, poll_s=self.options.batch_poll_s,
+                                           on_indexed=on_indexed)
+                else:
+                    verdicts = self.judge.judge(items, on_indexed=on_indexed)
             finally:
                 bar.close()
         self.verdicts = verdicts
