@@ -115,3 +115,16 @@ def test_a_bad_judge_fails_before_any_region_scoring(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "unknown judge protocol" in result.output
     result = runner.invoke(app, base + ["--judge-passes", "0"])
     assert result.exit_code == 2 and "--judge-passes" in result.output
+
+
+def test_evaluate_checks_the_judge_prompts_before_editing(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "metrics_evaluation.py").write_text(STANDIN_SOURCE)  # not the pinned file
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["evaluate", "--editor", "identity", "--dataset", "mini", "--out", str(out),
+                                 "--limit", "1", "--metrics", "idcs", "--judge", "qwen", "--judge-protocol", "idcs-paper",
+                                 "--judge-prompts", str(prompts)])
+    assert result.exit_code == 6 and "sha256" in result.output, result.output
+    assert not list(out.rglob("*.png"))  # nothing was edited

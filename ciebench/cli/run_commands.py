@@ -165,6 +165,9 @@ def evaluate_cmd(
     except RunError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
+    except CiebenchError as exc:  # e.g. judge prompts that fail their sha256 check, before any editing
+        typer.echo(f"error: {exc.one_line()}", err=True)
+        raise typer.Exit(int(exc.exit_code))
     except (OSError, RuntimeError) as exc:  # a model that cannot be loaded (offline, missing weights)
         typer.echo(f"error: {exc}\nfinished samples are kept in {out}; fix the cause and rerun the same command to "
                    "resume (use -v for details).", err=True)

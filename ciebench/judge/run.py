@@ -41,6 +41,13 @@ class JudgeRunOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.passes, int) or self.passes < 1:
             raise UsageError(f"--judge-passes must be an integer >= 1, got {self.passes!r}")
+        if self.protocol is not None:
+            from .protocols import JUDGE_PROTOCOLS, get_judge_protocol
+
+            try:
+                get_judge_protocol(self.protocol)
+            except ValueError as exc:
+                raise UsageError(str(exc), hint=f"--judge-protocol takes one of {', '.join(JUDGE_PROTOCOLS)}") from None
         if self.canaries not in ("day", "run", "off"):
             raise UsageError(f"--judge-canaries must be day, run or off, got {self.canaries!r}")
         if self.max_cost is not None and not (isinstance(self.max_cost, (int, float)) and self.max_cost >= 0
@@ -185,7 +192,13 @@ def judge_spec(options: Any) -> dict[str, Any]:
     cfg = get_judge_config(options.judge)
     if jopts.protocol:
         cfg = dataclasses.replace(cfg, protocol=jopts.protocol)
-    spec = {**cfg.to_dict(), "hash": cfg.hash}
+    # Resolving the protocol here fetches and verifies pinned prompts before any editing or scoring,
+    # and puts the hash of the exact prompt texts into the run spec.
+    from .protocols import resolve_judge_protocol
+
+    resolved = resolve_judge_protocol(cfg.protocol, jopts.prompts_dir, cfg.describe_prompt_version,
+                                      cfg.score_prompt_version, allow_unverified_local=jopts.allow_unverified_prompts)
+    spec = {**cfg.to_dict(), "hash": cfg.hash, "protocol_hash": resolved.hash}
     if jopts.passes > 1:
         spec["passes"] = jopts.passes
     return spec
