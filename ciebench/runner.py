@@ -78,10 +78,9 @@ def build_spec(editor: Editor, loaded: LoadedDataset, options: RunOptions) -> Ru
     region, use_idcs = resolve_metrics(options.score)
     judge = None
     if use_idcs:
-        from .metrics.idcs import get_judge_config
+        from .judge.run import judge_spec
 
-        cfg = get_judge_config(options.score.judge)
-        judge = {**cfg.to_dict(), "hash": cfg.hash}
+        judge = judge_spec(options.score)
     n = len(loaded.dataset) if options.limit is None else min(options.limit, len(loaded.dataset))
     return RunSpec(
         editor=editor.describe(),

@@ -51,6 +51,7 @@ class ScoreOptions:
     device: str = "cpu"
     batch_size: int = 8
     cache_dir: str | None = None  # judge cache; default $CIEBENCH_CACHE or ~/.cache/ciebench
+    judge_options: Any = None  # `ciebench.judge.run.JudgeRunOptions`: protocol, passes, prompts, budget
 
 
 @dataclass
@@ -195,6 +196,11 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
     protocol = get_protocol(options.protocol or loaded.default_protocol)
     region_metrics, use_idcs = resolve_metrics(options)
     index, edit_types = _index_by_id(loaded, {p.sample_id for p in predictions})
+    judge_session = None
+    if use_idcs:  # fail fast: a bad judge config or unverifiable prompts stop before any region scoring
+        from .judge.run import JudgeSession
+
+        judge_session = JudgeSession.open(options)
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     paths: dict[tuple[str, int], Path] = {}
 
@@ -246,7 +252,7 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
     judge_info = None
     if use_idcs:
         keys = [k for k in rows if k in readable]
-        judge_info, judge_models = _judge(keys, loaded, index, paths, rows, options, progress)
+        judge_info, judge_models = judge_session.run(keys, loaded, index, paths, rows, out, progress)
         models.update(judge_models)
     for row in rows.values():
         for m in region_metrics + (["idcs"] if use_idcs else []):
@@ -255,7 +261,8 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
     metric_dirs = {m: METRIC_INFO[m] for m in region_metrics}
     if use_idcs:
         metric_dirs["idcs"] = True
-    columns = region_metrics + (["idcs", "idcs_status", "idcs_error", "idcs_sentence"] if use_idcs else [])
+    columns = region_metrics + (["idcs", "idcs_status", "idcs_error", "idcs_sentence", "idcs_failure", "idcs_passes",
+                                 "idcs_protocol"] if use_idcs else [])
     ordered = list(rows.values())
     write_samples(out, ordered, columns)
     from .results import read_samples
@@ -263,6 +270,8 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
     # n and coverage count against the dataset's samples asked for, not against what parses back
     expected_ids = [sid for sid in dict.fromkeys(p.sample_id for p in predictions) if sid in index]
     summary = summarize(read_samples(out), metric_dirs, best_of="idcs" if use_idcs else None, sample_ids=expected_ids)
+    if judge_session is not None:
+        judge_session.annotate(summary)
     summary.update({
         "protocol": {**protocol.to_dict(), "hash": protocol.hash},
         "dataset": {"spec": loaded.spec, "kind": loaded.kind, "revision": loaded.revision},
@@ -329,34 +338,6 @@ def score_entries(scorer: Any, entries: Iterable[tuple[tuple[str, int], EditSamp
         yield key, values
     while unreadable:
         yield unreadable.popleft()
-
-
-def _judge(keys, loaded: LoadedDataset, index: dict[str, int], paths: dict, rows, options: ScoreOptions, progress: bool):
-    from .metrics.idcs import IDCSJudge, JudgeItem, get_judge_config
-
-    config = get_judge_config(options.judge)
-    cache = Path(options.cache_dir) if options.cache_dir else default_cache() / "llm"
-    judge = IDCSJudge(config, cache_dir=cache)
-    items = []
-    for k in keys:
-        sample = EditSample.from_row(loaded.dataset[index[k[0]]])
-        edited = decode_image(paths[k].read_bytes(), str(paths[k]), k[0], "prediction", [])
-        items.append(JudgeItem(sample_id=k[0], source=sample.image, edited=edited.image.convert("RGB"),
-                               instruction=sample.instruction))
-    bar = tqdm(total=len(items), desc="IDCS judge", unit="img", disable=not progress)
-    try:
-        verdicts = judge.judge(items, on_result=lambda _verdict: bar.update(1))
-    finally:
-        bar.close()
-    for key, verdict in zip(keys, verdicts):
-        rows[key].update({"idcs": float(verdict.score) if verdict.score is not None else math.nan,
-                          "idcs_status": verdict.status, "idcs_error": verdict.error, "idcs_sentence": verdict.sentence})
-    readable = set(keys)
-    for key, row in rows.items():
-        if key not in readable:
-            row.update({"idcs_status": "not_judged", "idcs_error": "no usable prediction"})
-    info = {**config.to_dict(), "hash": config.hash, "stats": judge.stats}
-    return info, judge.model_ids()
 
 
 def _index_by_id(loaded: LoadedDataset, wanted: set[str]) -> tuple[dict[str, int], list[str]]:

@@ -15,6 +15,7 @@ import pandas as pd
 from ..stats import from_json_number
 from .runs import (PRIMARY_ORDER, Run, RunError, dataset_short_name, load_runs, metric_title, number_repeats,
                    order_metrics, slugify)
+from .judge_columns import add_judge_columns, judge_notes
 from .significance import ALPHA, compare_runs, significance_matrix
 
 
@@ -139,7 +140,7 @@ def _fill(table: Table) -> None:
                "primary_metric", "tied_with_best", "verified"]
     metric_cols = [c for m in table.metrics for c in
                    (m, f"{m}_ci_low", f"{m}_ci_high", f"{m}_n", f"{m}_coverage", f"{m}_tied_best")]
-    table.leaderboard = frame[id_cols + metric_cols + ["run_dir"]]
+    table.leaderboard = add_judge_columns(frame[id_cols + metric_cols + ["run_dir"]], table.runs)
     table.by_edit_type = _by_edit_type(table)
 
 
@@ -368,6 +369,9 @@ def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
         lines.append("")
     lines.append("`ciebench verify`: " + "; ".join(f"{md_escape(r['run'])}: {r['verified']}" for _, r in lb.iterrows()))
     lines.append("")
+    notes = judge_notes(lb)
+    if notes:
+        lines += [" ".join(md_escape(n) for n in notes), ""]
     if table.primary and len(table.runs) > 1:
         lines.append(f"Paired tests on {metric_title(table.primary)} (Holm-adjusted p; ▲ row significantly better "
                      f"than column, ▼ worse, · not significant):")

@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 import json
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,33 +33,37 @@ from typing import Any, Callable, Sequence
 from PIL import Image
 
 from ciebench.io import stable_hash
+from ciebench.judge.cost import (Budget, CostReport, cached_reply, estimate_call, prepared_images,
+                                 provider_host)
+from ciebench.judge.failures import classify, failure_counts
+from ciebench.judge.parsing import embed, json_score_validator, python_int, python_int_validator
+from ciebench.judge.passes import judge_noise_interval, median_score, pass_seed
+from ciebench.judge.protocols import (DEFAULT_JUDGE_PROTOCOL, ResolvedJudgeProtocol, get_judge_protocol,
+                                      resolve_judge_protocol)
 from ciebench.llm import LLMClient, LLMConfig, get_template, make_client
 from ciebench.stats import bootstrap_mean_ci
 
 DESCRIBE_TEMPLATE = "idcs_describe"
 SCORE_TEMPLATE = "idcs_score"
 SCORE_MIN, SCORE_MAX = 1, 5
-SCORE_SCHEMA: dict[str, Any] = {  # strict-mode friendly: every property required, no extras
-    "type": "object",
-    "properties": {"score": {"type": "integer", "enum": list(range(SCORE_MIN, SCORE_MAX + 1))}},
-    "required": ["score"],
-    "additionalProperties": False,
-}
+
+
+def score_schema(lo: int, hi: int) -> dict[str, Any]:
+    """Strict-mode friendly: every property required, no extras. The range lo..hi is stated in the
+    prompt and checked by the validator, not the schema, so an integer outside it is counted as
+    ``out_of_range`` rather than as an unparsable answer."""
+    return {"type": "object", "properties": {"score": {"type": "integer"}},
+            "required": ["score"], "additionalProperties": False}
+
+
+SCORE_SCHEMA: dict[str, Any] = score_schema(SCORE_MIN, SCORE_MAX)
 MAX_SENTENCE_CHARS = 2000
 
 DASHSCOPE_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
 
 
-def validate_score(parsed: Any) -> str | None:
-    """None for a valid ``{"score": N}`` with N a JSON integer in 1..5, else the reason."""
-    if not isinstance(parsed, dict) or set(parsed) != {"score"}:
-        return 'expected exactly {"score": <integer 1..5>}'
-    score = parsed["score"]
-    if type(score) is not int:  # rejects 3.0, "3", true
-        return f"score must be a JSON integer, got {json.dumps(score)}"
-    if not SCORE_MIN <= score <= SCORE_MAX:
-        return f"score {score} is outside {SCORE_MIN}..{SCORE_MAX}"
-    return None
+validate_score = json_score_validator(SCORE_MIN, SCORE_MAX)
+validate_score.__doc__ = """None for a valid ``{"score": N}`` with N a JSON integer in 1..5, else the reason."""
 
 
 def validate_sentence(text: Any) -> str | None:
@@ -77,25 +82,33 @@ class JudgeConfig:
     name: str
     vlm: LLMConfig  # describes the difference between source and edited image
     llm: LLMConfig  # scores the description against the instruction
-    describe_prompt_version: int = 1
+    describe_prompt_version: int = 1  # packaged templates (protocol idcs-v1)
     score_prompt_version: int = 1
+    protocol: str = DEFAULT_JUDGE_PROTOCOL  # a judge protocol (`ciebench.judge.JUDGE_PROTOCOLS`)
 
     def __post_init__(self) -> None:
-        # Fail at configuration time on unknown prompt versions.
+        # Fail at configuration time on unknown prompt versions, protocols and section types.
+        for part in ("vlm", "llm"):
+            if not isinstance(getattr(self, part), LLMConfig):
+                raise ValueError(f"judge config {self.name!r}: {part!r} must be a mapping of LLMConfig fields")
         get_template(DESCRIBE_TEMPLATE, self.describe_prompt_version)
         get_template(SCORE_TEMPLATE, self.score_prompt_version)
+        get_judge_protocol(self.protocol)
 
     def to_dict(self) -> dict[str, Any]:
-        describe = get_template(DESCRIBE_TEMPLATE, self.describe_prompt_version)
-        score = get_template(SCORE_TEMPLATE, self.score_prompt_version)
-        return {
+        out = {
             "name": self.name,
             "vlm": self.vlm.to_dict(),
             "llm": self.llm.to_dict(),
             "describe_prompt_version": self.describe_prompt_version,
             "score_prompt_version": self.score_prompt_version,
-            "prompts": {"describe": describe.to_dict(), "score": score.to_dict()},  # derived, for the record
+            "protocol": self.protocol,
         }
+        if get_judge_protocol(self.protocol).asset is None:  # packaged templates: derived, for the record
+            describe = get_template(DESCRIBE_TEMPLATE, self.describe_prompt_version)
+            score = get_template(SCORE_TEMPLATE, self.score_prompt_version)
+            out["prompts"] = {"describe": describe.to_dict(), "score": score.to_dict()}
+        return out
 
     @property
     def hash(self) -> str:
@@ -227,96 +240,269 @@ class JudgeItem:
 
 
 @dataclass
+class PassVerdict:
+    """One independent verdict (one pass) with its provenance: what was asked, of whom, and the answer."""
+
+    pass_index: int
+    seed: int | None
+    score: int | None
+    failure: str | None  # a `ciebench.judge.FAILURE_CLASSES` entry, None when scored
+    error: str | None = None
+    sentence: str | None = None
+    cached: bool = False
+    calls: int = 0
+    usage: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # per stage: model, host, hashes, raw reply, ...
+
+
+@dataclass
 class Verdict:
     sample_id: str
-    score: int | None
-    status: str  # "ok" | "error"
+    score: float | int | None  # one pass: the integer; several: the median of the valid passes
+    status: str  # "ok" | "error" | "not_judged"
     error: str | None = None
-    sentence: str | None = None  # the VLM's difference description
-    cached: bool = False  # both calls answered from the cache
+    sentence: str | None = None  # the VLM's difference description (of the first valid pass)
+    cached: bool = False  # every call answered from the cache
     calls: int = 0  # model requests sent for this item (0 when fully cached)
     usage: dict[str, Any] = field(default_factory=dict)
+    failure: str | None = None  # failure class when there is no score
+    protocol: str | None = None
+    protocol_hash: str | None = None
+    passes: list[PassVerdict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok" and self.score is not None
+
+    @property
+    def pass_scores(self) -> list[int | None]:
+        return [p.score for p in self.passes]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 class IDCSJudge:
-    def __init__(self, config: JudgeConfig, cache_dir: str | Path | None, concurrency: int | None = None):
+    """Judges items under a judge protocol, `passes` times each, with up to `concurrency` requests in
+    flight in all. `prompts_dir` holds local copies of a pinned protocol's files; `budget` stops new
+    calls at a cost limit (`ciebench.judge.Budget`); `protocol_asset` replaces the pin (tests)."""
+
+    def __init__(self, config: JudgeConfig, cache_dir: str | Path | None, concurrency: int | None = None,
+                 passes: int = 1, prompts_dir: str | Path | None = None, budget: Budget | None = None,
+                 protocol_asset: Any = None, allow_unverified_prompts: bool = False):
         self.config = config
+        if concurrency is not None and concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if not isinstance(passes, int) or passes < 1:
+            raise ValueError("--judge-passes must be an integer >= 1")
+        self.protocol: ResolvedJudgeProtocol = resolve_judge_protocol(
+            config.protocol, prompts_dir, config.describe_prompt_version, config.score_prompt_version,
+            allow_unverified_local=allow_unverified_prompts, asset=protocol_asset)
+        spec = self.protocol.protocol
+        self.passes = passes
+        self.budget = budget
+        self.describe_template = self.protocol.describe
+        self.score_template = self.protocol.score
+        if spec.parser == "json_score":
+            self._score_schema: dict | None = score_schema(spec.score_min, spec.score_max)
+            self._validate_score = json_score_validator(spec.score_min, spec.score_max)
+        else:  # the authors' plain-integer answer: no response_format, int() parsing
+            self._score_schema = None
+            self._validate_score = python_int_validator(spec.score_min, spec.score_max)
         vlm_cfg, llm_cfg = config.vlm, config.llm
+        if "describe" in self.protocol.max_tokens:
+            vlm_cfg = dataclasses.replace(vlm_cfg, max_tokens=self.protocol.max_tokens["describe"])
+        if "score" in self.protocol.max_tokens:
+            llm_cfg = dataclasses.replace(llm_cfg, max_tokens=self.protocol.max_tokens["score"])
         if concurrency is not None:
-            if concurrency < 1:
-                raise ValueError("concurrency must be >= 1")
             vlm_cfg = dataclasses.replace(vlm_cfg, concurrency=concurrency)
             llm_cfg = dataclasses.replace(llm_cfg, concurrency=concurrency)
-        self.vlm: LLMClient = make_client(vlm_cfg, cache_dir=cache_dir)
-        self.llm: LLMClient = make_client(llm_cfg, cache_dir=cache_dir)
-        self.describe_template = get_template(DESCRIBE_TEMPLATE, config.describe_prompt_version)
-        self.score_template = get_template(SCORE_TEMPLATE, config.score_prompt_version)
         self.concurrency = concurrency or max(vlm_cfg.concurrency, llm_cfg.concurrency)
+        # One client pair per pass: pass k asks with seed + k and keeps its own cache slot, so passes
+        # are independent verdicts and pass 0 shares the cache of a one-pass run.
+        self._clients: list[tuple[LLMClient, LLMClient]] = []
+        for k in range(passes):
+            cache_k = None if cache_dir is None else (Path(cache_dir) if k == 0 else Path(cache_dir) / f"pass-{k}")
+            self._clients.append((
+                make_client(dataclasses.replace(vlm_cfg, seed=pass_seed(vlm_cfg.seed, k)), cache_dir=cache_k),
+                make_client(dataclasses.replace(llm_cfg, seed=pass_seed(llm_cfg.seed, k)), cache_dir=cache_k)))
+        self.vlm, self.llm = self._clients[0]
+        self._text_first = spec.text_first
         self._lock = threading.Lock()
-        self._counts = {"items": 0, "ok": 0, "errors": 0, "fully_cached": 0}
+        self._counts = {"items": 0, "ok": 0, "errors": 0, "not_judged": 0, "fully_cached": 0}
 
+    # ------------------------------------------------------------------------------------ one item
     def judge_one(self, item: JudgeItem) -> Verdict:
-        """Both calls for one item; never raises for model failures."""
-        verdict = self._judge_one(item)
+        """Every pass for one item; never raises for model failures."""
+        return self._finish(item, [self._judge_pass(item, k) for k in range(self.passes)])
+
+    def _finish(self, item: JudgeItem, passes: list[PassVerdict]) -> Verdict:
+        verdict = self._combine(str(item.sample_id), passes)
         with self._lock:
             self._counts["items"] += 1
-            self._counts["ok" if verdict.ok else "errors"] += 1
+            key = "ok" if verdict.ok else ("not_judged" if verdict.status == "not_judged" else "errors")
+            self._counts[key] += 1
             self._counts["fully_cached"] += int(verdict.cached)
         return verdict
 
-    def _judge_one(self, item: JudgeItem) -> Verdict:
-        sid = str(item.sample_id)
+    def _combine(self, sid: str, passes: list[PassVerdict]) -> Verdict:
+        valid = [p for p in passes if p.score is not None]
+        usage = _sum_usage(p.usage for p in passes)
+        calls = sum(p.calls for p in passes)
+        cached = all(p.cached for p in passes)
+        common = dict(protocol=self.protocol.name, protocol_hash=self.protocol.hash, passes=passes)
+        if valid:
+            score: float | int | None = valid[0].score if self.passes == 1 else median_score([p.score for p in valid])
+            return Verdict(sid, score, "ok", None, valid[0].sentence, cached, calls, usage, None, **common)
+        first = passes[0]
+        status = "not_judged" if all(p.failure == "not_judged" for p in passes) else "error"
+        failure = Counter(p.failure for p in passes if p.failure).most_common(1)[0][0]
+        sentence = next((p.sentence for p in passes if p.sentence), None)
+        return Verdict(sid, None, status, first.error, sentence, cached, calls, usage, failure, **common)
+
+    def _judge_pass(self, item: JudgeItem, k: int) -> PassVerdict:
+        vlm, llm = self._clients[k]
+        seed = vlm.config.seed
         if not isinstance(item.source, Image.Image) or not isinstance(item.edited, Image.Image):
-            return Verdict(sid, None, "error", "source and edited images are required")
+            return PassVerdict(k, seed, None, "missing_prediction", "source and edited images are required")
         if not isinstance(item.instruction, str) or not item.instruction.strip():
-            return Verdict(sid, None, "error", "empty instruction")
-        described = self.vlm.complete(self.describe_template, {}, images=[item.source, item.edited],
-                                      validate=validate_sentence)
+            return PassVerdict(k, seed, None, "unparsable", "empty instruction")
+        images = [item.source, item.edited]
+        kwargs = {"text_first": True} if self._text_first else {}
+        described, prov_d = self._call(vlm, "describe", self.describe_template, {}, images, None,
+                                       validate_sentence, kwargs)
+        prov = {"describe": prov_d}
+        if described is None:
+            return PassVerdict(k, seed, None, "not_judged", f"describe: {NOT_JUDGED}", provenance=prov)
         if not described.ok:
-            return Verdict(sid, None, "error", f"describe: {described.error}", None, described.cached,
-                           described.attempts, _usage(described))
+            return PassVerdict(k, seed, None, classify(described), f"describe: {described.error}", None,
+                               described.cached, described.attempts, _usage(described), prov)
         sentence = described.text.strip()
-        scored = self.llm.complete(self.score_template, {"instruction": item.instruction.strip(),
-                                                         "description": sentence},
-                                   schema=SCORE_SCHEMA, validate=validate_score)
-        calls = described.attempts + scored.attempts
-        usage = _usage(described, scored)
+        embedding = self.protocol.protocol.embedding
+        variables = {"instruction": embed(item.instruction.strip(), embedding),
+                     "description": embed(sentence, embedding)}
+        scored, prov_s = self._call(llm, "score", self.score_template, variables, [], self._score_schema,
+                                    self._validate_score, {})
+        prov["score"] = prov_s
+        calls = described.attempts + (scored.attempts if scored is not None else 0)
+        usage = _usage(described, *([scored] if scored is not None else []))
+        if scored is None:
+            return PassVerdict(k, seed, None, "not_judged", f"score: {NOT_JUDGED}", sentence, False, calls,
+                               usage, prov)
         cached = described.cached and scored.cached
         if not scored.ok:
-            return Verdict(sid, None, "error", f"score: {scored.error}", sentence, cached, calls, usage)
-        return Verdict(sid, int(scored.parsed["score"]), "ok", None, sentence, cached, calls, usage)
+            return PassVerdict(k, seed, None, classify(scored), f"score: {scored.error}", sentence, cached, calls,
+                               usage, prov)
+        value = int(scored.parsed["score"]) if self._score_schema is not None else python_int(scored.text)
+        return PassVerdict(k, seed, value, None, None, sentence, cached, calls, usage, prov)
 
-    def judge(self, items: Sequence[JudgeItem],
-              on_result: Callable[[Verdict], None] | None = None) -> list[Verdict]:
-        """Judge `items` with up to `concurrency` items in flight; verdicts in the items' order.
-        `on_result(verdict)` is called as each finishes (e.g. to advance a progress bar)."""
+    def _call(self, client: LLMClient, stage: str, template: Any, variables: dict[str, Any], images: list,
+              schema: dict | None, validate: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """One model call under the budget; (None, provenance) when the budget refuses it."""
+        prepared = prepared_images(client, images)
+        cfg = client.config
+        prov: dict[str, Any] = {"template": template.id, "template_hash": template.hash, "model": cfg.model,
+                                "provider_host": provider_host(cfg), "temperature": cfg.temperature,
+                                "seed": cfg.seed, "image_sizes": [list(im.size) for im in prepared]}
+        if kwargs.get("text_first"):
+            prov["text_first"] = True
+        reserved = 0.0
+        if self.budget is not None and cached_reply(client, template, variables, images, schema, validate,
+                                                    **kwargs) is None:
+            est = estimate_call(cfg, stage, template.render_system(**variables), template.render(**variables),
+                                [im.size for im in prepared])
+            reserved = est.cost_max
+            if not self.budget.reserve(reserved):
+                prov["not_judged"] = "budget"
+                return None, prov
+        reply = client.complete(template, variables, images=images, schema=schema, validate=validate, **kwargs)
+        if self.budget is not None:
+            self.budget.settle(reserved, 0.0 if reply.cached else (reply.usage or {}).get("cost", 0.0))
+        prov.update({
+            "served_model": getattr(reply, "served_model", None) or reply.model,
+            "provider_host": getattr(reply, "provider_host", None) or prov["provider_host"],
+            "http_status": getattr(reply, "http_status", None),
+            "finish_reason": getattr(reply, "finish_reason", None),
+            "refusal": getattr(reply, "refusal", None),
+            "raw_reply": reply.text,
+            "temperature": getattr(reply, "temperature", None) if getattr(reply, "temperature", None) is not None
+            else prov["temperature"],
+            "seed": getattr(reply, "seed", prov["seed"]),
+            "response_format": getattr(reply, "response_format", None),
+            "cached": reply.cached,
+            "attempts": reply.attempts,
+        })
+        return reply, prov
+
+    # --------------------------------------------------------------------------------- many items
+    def judge(self, items: Sequence[JudgeItem], on_result: Callable[[Verdict], None] | None = None,
+              on_indexed: Callable[[int, Verdict], None] | None = None) -> list[Verdict]:
+        """Judge `items` (every pass) with up to `concurrency` (item, pass) units in flight; verdicts in
+        the items' order. `on_result(verdict)` / `on_indexed(item index, verdict)` are called as each
+        item completes (e.g. to advance a bar, to write the verdict)."""
         items = list(items)
         if not items:
             return []
+        done: list[list[PassVerdict | None]] = [[None] * self.passes for _ in items]
+        left = [self.passes] * len(items)
+        out: list[Verdict | None] = [None] * len(items)
 
-        def run(item: JudgeItem) -> Verdict:
-            v = self.judge_one(item)
-            if on_result is not None:
-                on_result(v)
-            return v
+        def run(unit: tuple[int, int]) -> None:
+            i, k = unit
+            pv = self._judge_pass(items[i], k)
+            with self._lock:
+                done[i][k] = pv
+                left[i] -= 1
+                complete = left[i] == 0
+            if complete:
+                v = self._finish(items[i], [p for p in done[i] if p is not None])
+                out[i] = v
+                if on_result is not None:
+                    on_result(v)
+                if on_indexed is not None:
+                    on_indexed(i, v)
 
-        workers = min(len(items), self.concurrency)
+        units = [(i, k) for i in range(len(items)) for k in range(self.passes)]
+        workers = min(len(units), self.concurrency)
         if workers == 1:
-            return [run(it) for it in items]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ciebench-idcs") as pool:
-            return list(pool.map(run, items))
+            for u in units:
+                run(u)
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ciebench-idcs") as pool:
+                for f in [pool.submit(run, u) for u in units]:
+                    f.result()
+        return [v for v in out if v is not None]
+
+    def estimate(self, items: Sequence[JudgeItem]) -> CostReport:
+        """The dry run: calls this judging would send (cached ones cost nothing), tokens and cost.
+        A score call whose description is not cached yet is estimated with a typical sentence."""
+        report = CostReport()
+        embedding = self.protocol.protocol.embedding
+        for item in items:
+            for k in range(self.passes):
+                vlm, llm = self._clients[k]
+                images = [item.source, item.edited]
+                prepared = prepared_images(vlm, images)
+                sentence = cached_reply(vlm, self.describe_template, {}, images, None, validate_sentence,
+                                        self._text_first)
+                if sentence is None:
+                    report.add("describe", estimate_call(vlm.config, "describe", self.describe_template.render_system(),
+                                                         self.describe_template.render(), [im.size for im in prepared]))
+                else:
+                    report.add("describe", None)
+                variables = {"instruction": embed(item.instruction.strip(), embedding),
+                             "description": embed((sentence or TYPICAL_SENTENCE).strip(), embedding)}
+                hit = sentence is not None and cached_reply(llm, self.score_template, variables, [],
+                                                            self._score_schema, self._validate_score) is not None
+                report.add("score", None if hit else estimate_call(
+                    llm.config, "score", self.score_template.render_system(**variables),
+                    self.score_template.render(**variables)))
+        return report
 
     def model_ids(self) -> dict[str, str]:
         ids = {"vlm": self.vlm.model_id, "llm": self.llm.model_id}
-        for part, client in (("vlm", self.vlm), ("llm", self.llm)):
-            served = client.served_models
+        for part, idx in (("vlm", 0), ("llm", 1)):
+            served = sorted({m for pair in self._clients for m in pair[idx].served_models})
             if served:
                 ids[f"{part}_served"] = ",".join(served)
         return ids
@@ -325,44 +511,76 @@ class IDCSJudge:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             counts = dict(self._counts)
-        vlm, llm = self.vlm.stats, self.llm.stats
+        vlm = _sum_stats(pair[0].stats for pair in self._clients)
+        llm = _sum_stats(pair[1].stats for pair in self._clients)
         total = {k: vlm[k] + llm[k] for k in ("requests", "cache_hits", "retries", "failures",
                                               "prompt_tokens", "completion_tokens")}
         total["cost"] = round(vlm["cost"] + llm["cost"], 8)
-        return {**counts, "vlm": vlm, "llm": llm, "total": total}
+        out = {**counts, "vlm": vlm, "llm": llm, "total": total}
+        if self.budget is not None:
+            out["budget"] = self.budget.to_dict()
+        return out
 
 
-def _usage(*replies: Any) -> dict[str, Any]:
+NOT_JUDGED = "not judged: the --max-cost budget was reached before this call (rerun to continue)"
+TYPICAL_SENTENCE = "The red apple on the wooden table was replaced by a green pear, and nothing else changed."
+
+
+def _sum_stats(many: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for s in many:
+        for k, v in s.items():
+            out[k] = out.get(k, 0) + v
+    out["cost"] = round(out.get("cost", 0.0), 8)
+    return out
+
+
+def _sum_usage(many: Any) -> dict[str, Any]:
     out = {"prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
-    for r in replies:
-        if r.cached:
-            continue  # spend of this run only
+    for u in many:
         for k in out:
-            out[k] += r.usage.get(k, 0) or 0
+            out[k] += (u or {}).get(k, 0) or 0
     out["cost"] = round(out["cost"], 8)
     return out
 
 
-def idcs_summary(verdicts: Sequence[Verdict]) -> dict[str, Any]:
-    """Dataset IDCS: mean and bootstrap 95% CI over the valid integer scores, with coverage
-    (valid / judged) and the failures counted apart by reason."""
+def _usage(*replies: Any) -> dict[str, Any]:
+    return _sum_usage(r.usage for r in replies if not r.cached)  # spend of this run only
+
+
+def idcs_summary(verdicts: Sequence[Verdict], missing: int = 0) -> dict[str, Any]:
+    """Dataset IDCS: mean and bootstrap 95% CI over the valid sample scores, coverage (valid / judged,
+    `missing` predictions counted as judged-and-failed), failures counted apart by stage and by class
+    (`failures_by_class`, every class present), and with several passes the judge-noise interval."""
     verdicts = list(verdicts)
     scores = [v.score for v in verdicts if v.ok]
     ci = bootstrap_mean_ci(scores)
     out = ci.to_dict()
-    out["n_total"] = len(verdicts)
-    out["coverage"] = (len(scores) / len(verdicts)) if verdicts else 0.0
-    out["failures"] = len(verdicts) - len(scores)
+    out["n_total"] = len(verdicts) + missing
+    out["coverage"] = (len(scores) / out["n_total"]) if out["n_total"] else 0.0
+    out["failures"] = out["n_total"] - len(scores)
     reasons: dict[str, int] = {}
     for v in verdicts:
         if not v.ok:
             reason = (v.error or "unknown").split(":", 1)[0]
             reasons[reason] = reasons.get(reason, 0) + 1
     out["failures_by_stage"] = reasons
-    out["histogram"] = {str(s): scores.count(s) for s in range(SCORE_MIN, SCORE_MAX + 1)}
+    classes = failure_counts(v.failure or ("unparsable" if not v.ok else None) for v in verdicts)
+    classes["missing_prediction"] += missing
+    out["failures_by_class"] = classes
+    out["histogram"] = {str(s): sum(1 for x in scores if x == s) for s in range(SCORE_MIN, SCORE_MAX + 1)}
+    protocols = sorted({(v.protocol, v.protocol_hash) for v in verdicts if v.protocol})
+    if protocols:
+        out["protocol"], out["protocol_hash"] = protocols[0] if len(protocols) == 1 else (
+            ",".join(p for p, _ in protocols), ",".join(h for _, h in protocols))
+    n_passes = max((len(v.passes) for v in verdicts), default=1)
+    out["passes"] = n_passes
+    if n_passes > 1:
+        noise = judge_noise_interval([v.pass_scores for v in verdicts])
+        out["judge_noise"] = noise.to_dict() if noise is not None else None
     out["higher_is_better"] = True
     return out
 
 
-__all__ = ["JudgeConfig", "JUDGE_PRESETS", "get_judge_config", "JudgeItem", "Verdict", "IDCSJudge",
+__all__ = ["JudgeConfig", "JUDGE_PRESETS", "get_judge_config", "JudgeItem", "Verdict", "PassVerdict", "IDCSJudge",
            "idcs_summary", "validate_score", "validate_sentence", "SCORE_SCHEMA", "DASHSCOPE_BASE_URL"]

@@ -38,3 +38,4 @@ def main() -> None:
 from . import run_commands  # noqa: E402,F401
 from . import travel  # noqa: E402,F401  (verify, prefetch, doctor, export, data push)
 from . import benchmarks  # noqa: E402,F401  (`ciebench benchmarks`)
+from . import judge  # noqa: E402,F401  (`ciebench judge ...`)

@@ -1,14 +1,18 @@
 """`ciebench evaluate | score | editors | metrics`: running editors and scoring predictions."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ..errors import CiebenchError
 from . import app
 from . import benchmarks as _bench
 from .data import DATASET_HELP
+from .judge import (DryRunOpt, JudgeBatchOpt, JudgeCanariesOpt, JudgePassesOpt, JudgePromptsOpt, JudgeProtocolOpt, MaxCostOpt,
+                    judge_run_options, list_judge_protocols_lines)
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -127,7 +131,6 @@ MinCoverageOpt = Annotated[Optional[float], typer.Option("--min-coverage", help=
 IgnoreChecksumsOpt = Annotated[bool, typer.Option("--ignore-checksums", help="Accept a CIEBench release that differs from the shipped sha256 manifest.")]
 BenchmarkOpt = Annotated[Optional[str], typer.Option("--benchmark", help="Registered benchmark (see `ciebench benchmarks`); replaces --dataset.")]
 BenchmarkRootOpt = Annotated[Optional[str], typer.Option("--benchmark-root", help="The benchmark's folder in its official layout (default: its hub snapshot).")]
-JudgePromptsOpt = Annotated[Optional[str], typer.Option("--judge-prompts", help="Folder holding the benchmark's official prompt file (default: fetched at the pinned commit).")]
 
 
 def _fmt(v) -> str:
@@ -144,6 +147,11 @@ def evaluate_cmd(
     protocol: ProtocolOpt = None,
     metrics: MetricsOpt = None,
     judge: JudgeOpt = None,
+    judge_protocol: JudgeProtocolOpt = None,
+    judge_passes: JudgePassesOpt = 1,
+    judge_prompts: JudgePromptsOpt = None,
+    max_cost: MaxCostOpt = None,
+    judge_canaries: JudgeCanariesOpt = "day",
     device: DeviceOpt = "cpu",
     batch_size: int = typer.Option(1, "--batch-size", "-b", help="Editor batch size (scoring batches separately)."),
     editor_arg: list[str] = typer.Option([], "--editor-arg", help="Editor option key=value (repeatable), typed by the editor's config."),
@@ -160,7 +168,6 @@ def evaluate_cmd(
     ignore_checksums: IgnoreChecksumsOpt = False,
     benchmark: BenchmarkOpt = None,
     benchmark_root: BenchmarkRootOpt = None,
-    judge_prompts: JudgePromptsOpt = None,
 ) -> None:
     """Run an editor on a dataset into a resumable run directory, then score it."""
     from ..editor_config import build_editor
@@ -172,7 +179,9 @@ def evaluate_cmd(
     dataset = (_bench.dataset_spec(bench, benchmark_root) or dataset) if bench else dataset
     judged_benchmark = bench is not None and bench.pipeline != "dataset"
     if not judged_benchmark:
-        score_options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device)
+        score_options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device,
+                                     judge_options=judge_run_options(judge_protocol, judge_passes, judge_prompts,
+                                                                     max_cost, judge_canaries))
         resolve_metrics(score_options)  # an unknown --metrics name fails before any model loads
     distributed = _ray_backend(backend, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device)
     loaded = None if judged_benchmark else _load(dataset, ignore_checksums)
@@ -191,7 +200,7 @@ def evaluate_cmd(
         seeds=_seeds(seeds), limit=limit, batch_size=batch_size, device=device, overwrite=overwrite,
         retry_failed=retry_failed, score=score_options,
     )
-    from ..errors import CiebenchError, ExitCode
+    from ..errors import ExitCode
 
     try:
         if distributed is None:
@@ -226,6 +235,13 @@ def score_cmd(
     protocol: ProtocolOpt = None,
     metrics: MetricsOpt = None,
     judge: JudgeOpt = None,
+    judge_protocol: JudgeProtocolOpt = None,
+    judge_passes: JudgePassesOpt = 1,
+    judge_prompts: JudgePromptsOpt = None,
+    max_cost: MaxCostOpt = None,
+    judge_canaries: JudgeCanariesOpt = "day",
+    judge_batch: JudgeBatchOpt = False,
+    dry_run: DryRunOpt = False,
     device: DeviceOpt = "cpu",
     batch_size: int = typer.Option(8, "--batch-size", "-b"),
     limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N samples."),
@@ -240,12 +256,11 @@ def score_cmd(
     ignore_checksums: IgnoreChecksumsOpt = False,
     benchmark: BenchmarkOpt = None,
     benchmark_root: BenchmarkRootOpt = None,
-    judge_prompts: JudgePromptsOpt = None,
     verdicts: Optional[Path] = typer.Option(None, "--verdicts", help="With --benchmark: re-aggregate per-case verdicts (verdicts.jsonl, or the official judge .xlsx/.csv) without a judge."),
 ) -> None:
     """Score a folder of edited images against a dataset."""
     from .. import outdir
-    from ..errors import CiebenchError, IncompleteResult, UsageError
+    from ..errors import IncompleteResult, UsageError
     from ..io import atomic_write_json
     from ..scoring import ScoreOptions, find_predictions, resolve_metrics, score
     from ..status import Status
@@ -263,17 +278,25 @@ def score_cmd(
         predictions = exported_predictions(str(predictions))
     if not predictions.is_dir():
         raise UsageError(f"--predictions {predictions} is not a folder")
-    options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device, batch_size=batch_size)
+    options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device, batch_size=batch_size,
+                           judge_options=judge_run_options(judge_protocol, judge_passes, judge_prompts, max_cost,
+                                                           judge_canaries, judge_batch))
     resolve_metrics(options)
     distributed = _ray_backend(backend, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device)
     loaded = _load(dataset, ignore_checksums)
     ids = loaded.dataset["id"][: limit if limit is not None else None]
+    if dry_run:
+        from ..judge.run import dry_run_report
+
+        for line in dry_run_report(loaded, find_predictions(predictions, ids), options):
+            typer.echo(line)
+        return
     outdir.claim(out, "score")
     with outdir.lock(out):
         outdir.clean_stale_temp(out)
         atomic_write_json(out / "spec.json", {"editor": None, "predictions": str(predictions.resolve()),
                                               "dataset": {"spec": dataset, "revision": loaded.revision, "n": len(ids)},
-                                              "score_options": options.__dict__})
+                                              "score_options": dataclasses.asdict(options)})
         try:
             if distributed is None:
                 result = score(loaded, find_predictions(predictions, ids), out, options)
@@ -320,6 +343,9 @@ def metrics_cmd() -> None:
     for name, higher in METRIC_INFO.items():
         typer.echo(f"  {name:<20} {'higher' if higher else 'lower'} is better")
     typer.echo(f"  {'idcs':<20} higher is better (needs --judge)")
+    typer.echo("judge protocols (--judge-protocol):")
+    for line in list_judge_protocols_lines():
+        typer.echo(line)
     typer.echo("protocols:")
     for name in list_protocols():
         proto = get_protocol(name)

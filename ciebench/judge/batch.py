@@ -1,0 +1,225 @@
+"""Judge calls through an OpenAI-compatible Batch API (``/v1/files``, ``/v1/batches``): cheaper, slower,
+and safe across crashes.
+
+A judge with dependent stages (IDCS: describe, then score) runs one batch per stage:
+
+1. every call of the stage that the answer cache does not hold becomes one JSONL line
+   (``custom_id`` = the call's cache key, ``body`` = exactly the chat-completions body a live call sends);
+2. the file is uploaded, the batch created, and its id written atomically to a state file
+   (``judge_batches.json`` in the run folder) *before* waiting, so a crash or kill after submission
+   resumes polling the same batch instead of paying again;
+3. the batch is polled until it ends; each result line is parsed and validated exactly like a live
+   reply and stored in the answer cache under its key.
+
+Then the judge runs as usual and finds every answer in the cache; calls that failed inside the batch
+are sent live (and counted as failures if they fail again). The key is sent only to the configured
+endpoint, as for live calls; redirects are refused.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import EnvironmentProblem
+from ..io import atomic_write_json, stable_hash
+from ..llm.transport import TransportError, post
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "judge_batches.json"
+DONE = ("completed", "failed", "expired", "cancelled")
+MAX_FILE_BYTES = 512 * 1024 * 1024
+
+
+@dataclass
+class BatchCall:
+    """One call a stage needs: as `LLMClient.complete` takes it."""
+
+    client: Any
+    template: Any
+    variables: dict[str, Any]
+    images: Sequence[Any] = ()
+    schema: dict | None = None
+    validate: Callable[[Any], str | None] | None = None
+    text_first: bool = False
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:  # the key must not follow a redirect
+        return None
+
+
+class BatchAPI:
+    """The four endpoints, against the judge config's base URL and key."""
+
+    def __init__(self, client: Any, timeout_s: float = 120.0):
+        self.client = client
+        self.base = client.config.endpoint.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def _headers(self) -> dict[str, str]:
+        key = self.client.api_key()
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _post(self, path: str, body: bytes, content_type: str) -> dict[str, Any]:
+        try:
+            resp = post(self.base + path, body, {**self._headers(), "Content-Type": content_type,
+                                                 "Accept": "application/json"},
+                        deadline_s=self.timeout_s, max_bytes=MAX_FILE_BYTES)
+        except TransportError as exc:
+            raise EnvironmentProblem(f"batch API: {exc}") from None
+        if resp.status >= 400:
+            raise EnvironmentProblem(f"batch API: HTTP {resp.status} from {self.base + path}: "
+                                     f"{resp.body[:300].decode('utf-8', 'replace')}")
+        return json.loads(resp.body)
+
+    def _get(self, path: str) -> bytes:
+        req = urllib.request.Request(self.base + path, headers=self._headers(), method="GET")
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            with opener.open(req, timeout=self.timeout_s) as resp:  # noqa: S310 (http(s) endpoint from config)
+                data = resp.read(MAX_FILE_BYTES + 1)
+        except urllib.error.HTTPError as exc:
+            raise EnvironmentProblem(f"batch API: HTTP {exc.code} from {self.base + path}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise EnvironmentProblem(f"batch API: cannot reach {self.base + path}: {exc}") from None
+        if len(data) > MAX_FILE_BYTES:
+            raise EnvironmentProblem(f"batch API: {self.base + path} is larger than {MAX_FILE_BYTES} bytes")
+        return data
+
+    def upload(self, jsonl: bytes) -> str:
+        boundary = uuid.uuid4().hex
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"judge.jsonl\"\r\n"
+                f"Content-Type: application/jsonl\r\n\r\n").encode() + jsonl + f"\r\n--{boundary}--\r\n".encode()
+        return str(self._post("/files", body, f"multipart/form-data; boundary={boundary}")["id"])
+
+    def create(self, file_id: str) -> dict[str, Any]:
+        body = json.dumps({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                           "completion_window": "24h"}).encode()
+        return self._post("/batches", body, "application/json")
+
+    def status(self, batch_id: str) -> dict[str, Any]:
+        return json.loads(self._get(f"/batches/{batch_id}"))
+
+    def content(self, file_id: str) -> bytes:
+        return self._get(f"/files/{file_id}/content")
+
+
+def _entry(call: BatchCall) -> tuple[str, dict[str, Any], Any]:
+    """(cache key, request body, prepared request) exactly as a live call would send it."""
+    c = call.client
+    request, image_shas, key = c._request(call.template, call.variables, call.images, call.schema, call.text_first)
+    fmt = c.config.response_format if call.schema is not None else "none"
+    body = c._backend.body(request, c.config.temperature, c.config.seed, fmt)
+    return key, body, (request, image_shas)
+
+
+def run_stage(name: str, calls: Sequence[BatchCall], state_dir: Path, poll_s: float = 10.0,
+              max_wait_s: float = 24 * 3600.0) -> dict[str, int]:
+    """Submit (or resume) the batch for the uncached `calls` and store its valid answers in the cache."""
+    pending: dict[str, tuple[BatchCall, dict[str, Any], Any]] = {}
+    for call in calls:
+        if call.client.lookup(call.template, call.variables, call.images, call.schema, call.validate,
+                              call.text_first) is not None:
+            continue
+        key, body, prepared = _entry(call)
+        pending.setdefault(key, (call, body, prepared))
+    if not pending:
+        return {"submitted": 0, "stored": 0, "failed": 0}
+    keys_hash = stable_hash(sorted(pending))
+    state_path = Path(state_dir) / STATE_FILE
+    state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
+    api = BatchAPI(next(iter(pending.values()))[0].client)
+    entry = state.get(name)
+    if entry and entry.get("keys") == keys_hash and entry.get("status") not in ("failed", "expired", "cancelled"):
+        batch_id = entry["batch_id"]
+        log.info("batch %s: resuming %s", name, batch_id)
+    else:
+        lines = [json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body})
+                 for key, (_, body, _) in pending.items()]
+        file_id = api.upload(("\n".join(lines) + "\n").encode("utf-8"))
+        batch = api.create(file_id)
+        batch_id = str(batch["id"])
+        state[name] = {"batch_id": batch_id, "input_file_id": file_id, "keys": keys_hash, "n": len(lines),
+                       "status": batch.get("status")}
+        atomic_write_json(state_path, state)  # before waiting: a crash from here on resumes this batch
+    started = time.monotonic()
+    while True:
+        batch = api.status(batch_id)
+        if batch.get("status") in DONE:
+            break
+        if time.monotonic() - started > max_wait_s:
+            raise EnvironmentProblem(f"batch {batch_id} ({name}) not finished after {max_wait_s:g}s",
+                                     hint="rerun the same command later: the batch is resumed, not resubmitted")
+        time.sleep(poll_s)
+    state[name] = {**state[name], "status": batch.get("status")}
+    atomic_write_json(state_path, state)
+    stored = failed = 0
+    if batch.get("output_file_id"):
+        for line in api.content(str(batch["output_file_id"])).decode("utf-8").splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            item = pending.get(rec.get("custom_id"))
+            response = rec.get("response") or {}
+            if item is None or not isinstance(response.get("body"), dict):
+                failed += 1
+                continue
+            if _store(rec["custom_id"], item, int(response.get("status_code") or 200), response["body"]):
+                stored += 1
+            else:
+                failed += 1
+    failed += len(pending) - stored - failed
+    return {"submitted": len(pending), "stored": stored, "failed": failed}
+
+
+def _store(key: str, item: tuple[BatchCall, dict[str, Any], Any], status: int, body: dict[str, Any]) -> bool:
+    call, _, (request, image_shas) = item
+    c = call.client
+    if status >= 400:
+        return False
+    outcome = c._backend.parse(status, json.dumps(body).encode("utf-8"))
+    if outcome.error is not None:
+        return False
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
+    c._account(outcome, usage)
+    parsed, problem, _ = c._check(outcome.text, call.schema, call.validate)
+    if problem is not None:
+        return False
+    c._cache.put(key, call.template, request, image_shas, outcome, parsed, usage, outcome.served_model, 1,
+                 c.config.temperature, c.config.seed)
+    return True
+
+
+def batch_judge(judge: Any, items: Sequence[Any], state_dir: str | Path, poll_s: float = 10.0,
+                max_wait_s: float = 24 * 3600.0, **judge_kwargs: Any) -> list[Any]:
+    """IDCS through the Batch API: a describe batch, a score batch, then the usual judging from the cache."""
+    from ..metrics.idcs import validate_sentence
+    from .parsing import embed
+
+    state_dir = Path(state_dir)
+    text_first = {"text_first": True} if judge.protocol.protocol.text_first else {}
+    describe = [BatchCall(vlm, judge.describe_template, {}, [it.source, it.edited], None, validate_sentence,
+                          **text_first) for it in items for vlm, _ in judge._clients]
+    run_stage("describe", describe, state_dir, poll_s, max_wait_s)
+    embedding = judge.protocol.protocol.embedding
+    score = []
+    for it in items:
+        for vlm, llm in judge._clients:
+            hit = vlm.lookup(judge.describe_template, {}, [it.source, it.edited], None, validate_sentence,
+                             **text_first)
+            if hit is None:
+                continue
+            variables = {"instruction": embed(it.instruction.strip(), embedding),
+                         "description": embed(hit.text.strip(), embedding)}
+            score.append(BatchCall(llm, judge.score_template, variables, [], judge._score_schema, judge._validate_score))
+    run_stage("score", score, state_dir, poll_s, max_wait_s)
+    return judge.judge(items, **judge_kwargs)

@@ -1,0 +1,238 @@
+"""The judge inside `ciebench score` / `evaluate`: opened before any region scoring (so a bad judge
+config, an unknown protocol or prompts that fail their sha256 stop the run at once), then judging the
+readable predictions with verdicts streamed to ``judge_verdicts.jsonl`` as they arrive, and the
+summary annotated with the protocol, failure classes and judge noise."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..errors import UsageError
+from .cost import Budget
+
+log = logging.getLogger(__name__)
+
+VERDICTS_FILE = "judge_verdicts.jsonl"
+
+
+@dataclass(frozen=True)
+class JudgeRunOptions:
+    """How the judge runs in a scoring run (the judge config says who judges)."""
+
+    protocol: str | None = None  # overrides the judge config's protocol (idcs-v1, idcs-paper)
+    passes: int = 1  # independent verdicts per sample; the sample's score is their median
+    prompts_dir: str | None = None  # local copies of a pinned protocol's files (--judge-prompts)
+    max_cost: float | None = None  # USD; stop issuing calls before exceeding it (--max-cost)
+    allow_unverified_prompts: bool = False  # accept local prompt files whose sha256 differs (recorded)
+    canaries: str = "day"  # re-judge the calibrated canaries: once a UTC day, every run, or off
+    canary_set: str | None = None  # "mini" (default) or a folder made by `ciebench judge freeze`
+    canary_threshold: float = 0.9
+    batch: bool = False  # send the judge calls through the provider's Batch API (/v1/files, /v1/batches)
+    batch_poll_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.passes, int) or self.passes < 1:
+            raise UsageError(f"--judge-passes must be an integer >= 1, got {self.passes!r}")
+        if self.protocol is not None:
+            from .protocols import JUDGE_PROTOCOLS, get_judge_protocol
+
+            try:
+                get_judge_protocol(self.protocol)
+            except ValueError as exc:
+                raise UsageError(str(exc), hint=f"--judge-protocol takes one of {', '.join(JUDGE_PROTOCOLS)}") from None
+        if self.canaries not in ("day", "run", "off"):
+            raise UsageError(f"--judge-canaries must be day, run or off, got {self.canaries!r}")
+        if self.max_cost is not None and not (isinstance(self.max_cost, (int, float)) and self.max_cost >= 0
+                                              and math.isfinite(self.max_cost)):
+            raise UsageError(f"--max-cost must be a non-negative number of USD, got {self.max_cost!r}")
+
+
+class JudgeSession:
+    def __init__(self, judge: Any, config: Any, options: JudgeRunOptions | None = None,
+                 cache: Path | None = None):
+        self.judge = judge
+        self.config = config
+        self.options = options or JudgeRunOptions()
+        self.cache = cache
+        self.verdicts: list[Any] = []
+        self.n_missing = 0
+        self.canary: dict[str, Any] | None = None
+
+    @classmethod
+    def open(cls, options: Any) -> "JudgeSession":
+        """Build the judge from `ScoreOptions` (judge, cache_dir, judge_options); raises on any problem."""
+        from ..cache import cache_root
+        from ..metrics.idcs import IDCSJudge, get_judge_config
+
+        jopts = options.judge_options or JudgeRunOptions()
+        config = get_judge_config(options.judge)
+        if jopts.protocol:
+            config = dataclasses.replace(config, protocol=jopts.protocol)
+        cache = Path(options.cache_dir) if options.cache_dir else cache_root() / "llm"
+        budget = Budget(jopts.max_cost) if jopts.max_cost is not None else None
+        judge = IDCSJudge(config, cache_dir=cache, passes=jopts.passes, prompts_dir=jopts.prompts_dir,
+                          budget=budget, allow_unverified_prompts=jopts.allow_unverified_prompts)
+        return cls(judge, config, jopts, cache)
+
+    def check_canaries(self) -> dict[str, Any] | None:
+        """Re-judge the canaries when this judge was calibrated (see `ciebench.judge.canaries`)."""
+        from ..metrics.idcs import IDCSJudge
+        from . import canaries
+
+        if self.options.canaries == "off":
+            return None
+        judge_hash = canaries.judge_hash_of(self.config, self.judge.protocol.hash)
+        jopts = self.options
+        canary_set = canaries.load_canaries(jopts.canary_set)
+        if not canaries.store_path(judge_hash, canary_set.hash).is_file():
+            return None
+
+        def factory(slot: Path) -> Any:
+            return IDCSJudge(self.config, cache_dir=slot, prompts_dir=jopts.prompts_dir,
+                             allow_unverified_prompts=jopts.allow_unverified_prompts)
+
+        self.canary = canaries.check(factory, judge_hash, canary_set, jopts.canaries, jopts.canary_threshold)
+        if self.canary and self.canary.get("warning"):
+            log.warning("%s", self.canary["warning"])
+        return self.canary
+
+    def items(self, keys: list, loaded: Any, index: dict, paths: dict) -> list:
+        from ..datasets.files import decode_image
+        from ..metrics.idcs import JudgeItem
+        from ..schema import EditSample
+
+        items = []
+        for k in keys:
+            sample = EditSample.from_row(loaded.dataset[index[k[0]]])
+            edited = decode_image(paths[k].read_bytes(), str(paths[k]), k[0], "prediction", [])
+            items.append(JudgeItem(sample_id=k[0], source=sample.image, edited=edited.image.convert("RGB"),
+                                   instruction=sample.instruction))
+        return items
+
+    def run(self, keys: list, loaded: Any, index: dict, paths: dict, rows: dict, out: Path,
+              progress: bool) -> tuple[dict[str, Any], dict[str, str]]:
+        items = self.items(keys, loaded, index, paths)
+        lock = threading.Lock()
+        bar = tqdm(total=len(items), desc=f"judge {self.judge.protocol.name}", unit="img", disable=not progress)
+        out.mkdir(parents=True, exist_ok=True)
+        # Verdicts are appended as they arrive; a rerun rewrites the file from the (cached) verdicts.
+        with open(out / VERDICTS_FILE, "w", encoding="utf-8") as stream:
+
+            def on_indexed(i: int, verdict: Any) -> None:
+                line = json.dumps({**verdict.to_dict(), "seed": keys[i][1]}, ensure_ascii=False, default=str)
+                with lock:
+                    stream.write(line + "\n")
+                    stream.flush()
+                    bar.update(1)
+
+            try:
+                if self.options.batch:
+                    from .batch import batch_judge
+
+                    verdicts = batch_judge(self.judge, items, out, poll_s=self.options.batch_poll_s,
+                                           on_indexed=on_indexed)
+                else:
+                    verdicts = self.judge.judge(items, on_indexed=on_indexed)
+            finally:
+                bar.close()
+        self.verdicts = verdicts
+        self.check_canaries()
+        for key, verdict in zip(keys, verdicts):
+            rows[key].update({"idcs": float(verdict.score) if verdict.score is not None else math.nan,
+                              "idcs_status": verdict.status, "idcs_error": verdict.error,
+                              "idcs_sentence": verdict.sentence, "idcs_failure": verdict.failure,
+                              "idcs_passes": json.dumps(verdict.pass_scores), "idcs_protocol": verdict.protocol})
+        judged = set(keys)
+        for key, row in rows.items():
+            if key not in judged:
+                self.n_missing += 1
+                row.update({"idcs_status": "not_judged", "idcs_error": "no usable prediction",
+                            "idcs_failure": "missing_prediction", "idcs_protocol": self.judge.protocol.name})
+        return self.info(), self.judge.model_ids()
+
+    def info(self) -> dict[str, Any]:
+        resolved = self.judge.protocol
+        return {**self.config.to_dict(), "hash": self.config.hash, "protocol": resolved.name,
+                "protocol_hash": resolved.hash, "protocol_spec": resolved.to_dict(), "passes": self.judge.passes,
+                "stats": self.judge.stats}
+
+    def annotate(self, summary: dict[str, Any]) -> None:
+        """Protocol, failure classes, passes and judge noise beside the IDCS mean in `summary`."""
+        from ..metrics.idcs import idcs_summary
+
+        judged = idcs_summary(self.verdicts, missing=self.n_missing)
+        entry = summary.setdefault("metrics", {}).setdefault("idcs", {})
+        entry.update({"protocol": self.judge.protocol.name, "protocol_hash": self.judge.protocol.hash,
+                      "passes": self.judge.passes, "failures_by_class": judged["failures_by_class"],
+                      "failures_by_stage": judged["failures_by_stage"]})
+        if "judge_noise" in judged:
+            entry["judge_noise"] = judged["judge_noise"]
+        summary["judge_protocol"] = {"name": self.judge.protocol.name, "hash": self.judge.protocol.hash}
+        if self.canary is not None:
+            summary["judge_canaries"] = self.canary
+        if self.judge.budget is not None:
+            summary["judge_budget"] = {**self.judge.budget.to_dict(),
+                                       "not_judged": judged["failures_by_class"]["not_judged"]}
+
+
+def judge_spec(options: Any) -> dict[str, Any]:
+    """The judge part of a run spec: the config (with a protocol override applied) and its hash, plus
+    the passes when more than one (so a resumed run never mixes protocols or pass counts)."""
+    from ..metrics.idcs import get_judge_config
+
+    jopts = options.judge_options or JudgeRunOptions()
+    cfg = get_judge_config(options.judge)
+    if jopts.protocol:
+        cfg = dataclasses.replace(cfg, protocol=jopts.protocol)
+    # Resolving the protocol here fetches and verifies pinned prompts before any editing or scoring,
+    # and puts the hash of the exact prompt texts into the run spec.
+    from .protocols import resolve_judge_protocol
+
+    resolved = resolve_judge_protocol(cfg.protocol, jopts.prompts_dir, cfg.describe_prompt_version,
+                                      cfg.score_prompt_version, allow_unverified_local=jopts.allow_unverified_prompts)
+    spec = {**cfg.to_dict(), "hash": cfg.hash, "protocol_hash": resolved.hash}
+    if jopts.passes > 1:
+        spec["passes"] = jopts.passes
+    return spec
+
+
+def dry_run_report(loaded: Any, predictions: list, options: Any) -> list[str]:
+    """`score --dry-run`: what judging these predictions would send and cost; nothing is sent."""
+    from ..datasets.files import decode_image
+    from ..metrics.idcs import JudgeItem
+    from ..scoring import resolve_metrics
+    from ..schema import EditSample
+
+    _, use_idcs = resolve_metrics(options)
+    if not use_idcs:
+        return ["no judged metric requested (pass --judge): nothing to estimate"]
+    session = JudgeSession.open(options)
+    ids = list(loaded.dataset["id"])
+    index = {sid: i for i, sid in enumerate(ids)}
+    items, unusable = [], 0
+    for pred in predictions:
+        if pred.path is None or pred.sample_id not in index:
+            unusable += 1
+            continue
+        problems: list = []
+        edited = decode_image(pred.path.read_bytes(), str(pred.path), pred.sample_id, "prediction", problems)
+        if edited is None:
+            unusable += 1
+            continue
+        sample = EditSample.from_row(loaded.dataset[index[pred.sample_id]])
+        items.append(JudgeItem(pred.sample_id, sample.image, edited.image.convert("RGB"), sample.instruction))
+    report = session.judge.estimate(items)
+    cfg = session.config
+    head = [f"judge {cfg.name} (protocol {session.judge.protocol.name}, {session.judge.passes} pass(es)): "
+            f"{len(items)} prediction(s) to judge, {unusable} missing or unreadable",
+            f"prices (USD per 1k tokens in/out): describe {cfg.vlm.price_per_1k_input}/{cfg.vlm.price_per_1k_output}, "
+            f"score {cfg.llm.price_per_1k_input}/{cfg.llm.price_per_1k_output} (judge config fields)"]
+    return head + report.lines()

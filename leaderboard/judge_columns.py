@@ -1,0 +1,87 @@
+"""Judge columns of the leaderboard: which judge protocol each run used, its failures by class (never
+part of a score), its judge-noise interval, and which runs' order is within judge noise.
+
+Two runs are *within judge noise* when their judge-noise intervals (bootstrap over passes, see
+`ciebench.judge.passes`) overlap: asking the judge again could swap them. Runs judged with one pass
+have no interval and are never marked."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from ciebench.judge.failures import FAILURE_CLASSES
+from ciebench.judge.passes import within_noise
+
+JUDGED = "idcs"
+
+
+def _judge_block(run: Any) -> dict[str, Any]:
+    return (run.summary.get("metrics") or {}).get(JUDGED) or {}
+
+
+def add_judge_columns(frame: pd.DataFrame, runs: list) -> pd.DataFrame:
+    """`judge_protocol`, `judge_protocol_hash`, `idcs_failures_<class>`, `idcs_noise_low/high` and
+    `idcs_within_noise_of` (labels, space-separated) for each row of `frame` (one per run, by label)."""
+    if JUDGED not in frame.columns:
+        return frame
+    by_label = {r.label: r for r in runs}
+    blocks = {label: _judge_block(run) for label, run in by_label.items()}
+    extra: dict[str, list] = {"judge_protocol": [], "judge_protocol_hash": [], "idcs_noise_low": [],
+                              "idcs_noise_high": [], "idcs_within_noise_of": [], "judge_canary_agreement": [],
+                              "judge_canary_warning": []}
+    canary = {r.label: r.summary.get("judge_canaries") or {} for r in runs}
+    for c in FAILURE_CLASSES:
+        extra[f"idcs_failures_{c}"] = []
+    for label in frame["run"]:
+        b = blocks.get(label, {})
+        noise = b.get("judge_noise")
+        extra["judge_protocol"].append(b.get("protocol", ""))  # older runs did not record it
+        extra["judge_protocol_hash"].append(b.get("protocol_hash", ""))
+        extra["idcs_noise_low"].append(noise["low"] if noise else float("nan"))
+        extra["idcs_noise_high"].append(noise["high"] if noise else float("nan"))
+        extra["idcs_within_noise_of"].append(" ".join(
+            other for other in frame["run"] if other != label and within_noise(noise, blocks.get(other, {}).get("judge_noise"))))
+        c_info = canary.get(label, {})
+        extra["judge_canary_agreement"].append(c_info.get("agreement") if c_info.get("agreement") is not None
+                                               else float("nan"))
+        extra["judge_canary_warning"].append(c_info.get("warning") or "")
+        failures = b.get("failures_by_class") or {}
+        for c in FAILURE_CLASSES:
+            extra[f"idcs_failures_{c}"].append(int(failures.get(c, 0)))
+    out = frame.copy()
+    cols = list(out.columns)
+    insert_at = cols.index("run_dir") if "run_dir" in cols else len(cols)
+    for name, values in extra.items():
+        out.insert(insert_at, name, values)
+        insert_at += 1
+    return out
+
+
+def judge_notes(frame: pd.DataFrame) -> list[str]:
+    """Markdown lines under a table: protocols used, failures by class, pairs within judge noise."""
+    if "judge_protocol" not in frame.columns:
+        return []
+    lines = []
+    protocols = sorted({p for p in frame["judge_protocol"] if p})
+    if protocols:
+        lines.append(f"IDCS judge protocol: {', '.join(f'`{p}`' for p in protocols)}"
+                     + (" (**different protocols: IDCS values are not comparable**)" if len(protocols) > 1 else "") + ".")
+    fail_cols = [c for c in frame.columns if c.startswith("idcs_failures_")]
+    counted = [(r["run"], {c[len("idcs_failures_"):]: int(r[c]) for c in fail_cols if int(r[c])})
+               for _, r in frame.iterrows()]
+    counted = [(run, f) for run, f in counted if f]
+    if counted:
+        lines.append("IDCS failures by class (not scored): " + "; ".join(
+            f"{run}: " + ", ".join(f"{k} {v}" for k, v in f.items()) for run, f in counted) + ".")
+    for _, r in frame.iterrows():
+        if r.get("judge_canary_warning"):
+            lines.append(f"**Warning ({r['run']}):** {r['judge_canary_warning']}.")
+    pairs = set()
+    for _, r in frame.iterrows():
+        for other in str(r["idcs_within_noise_of"] or "").split():
+            pairs.add(tuple(sorted((r["run"], other))))
+    if pairs:
+        lines.append("Within judge noise (their order could swap if the judge were asked again): "
+                     + "; ".join(f"{a} ~ {b}" for a, b in sorted(pairs)) + ".")
+    return lines

@@ -1,0 +1,113 @@
+"""Drift canaries: the built-in set, calibration, a server that changed its answers, frozen runs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ciebench.cli import app
+from ciebench.errors import DataError
+from ciebench.judge import canaries as C
+from ciebench.metrics.idcs import IDCSJudge
+from .fixtures_judge import judge_config
+from .leaderboard_runs import build_run
+from .llm_server import json_reply, reply, serve_llm
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
+
+
+def script(server, unchanged_score=1, changed_score=5):
+    def same(r):
+        a, b = r.images()
+        return np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+
+    server.on(has_images=True, where=same, then=reply("Nothing was added, removed or replaced."))
+    server.on(has_images=True, then=reply("The object was removed."))
+    server.on("Nothing was added", then=json_reply({"score": unchanged_score}))
+    server.on(then=json_reply({"score": changed_score}))
+
+
+def test_the_mini_canary_set_is_deterministic():
+    a, b = C.mini_canaries(), C.mini_canaries()
+    assert a.hash == b.hash and len(a.items) >= 9 and {c.id.split("/")[1] for c in a.items} == {"unchanged", "filled"}
+    filled = next(c for c in a.items if c.id.endswith("/filled"))
+    diff = np.any(np.asarray(filled.source) != np.asarray(filled.edited), axis=2)
+    assert diff.any() and not diff.all()  # painted inside the mask only
+
+
+def test_calibrate_then_detect_a_server_that_changed_its_answers(tmp_path):
+    full = C.mini_canaries()
+    canaries = C.CanarySet("mini-part", full.items[:6])  # a smaller set keeps the test fast
+    with serve_llm() as server:
+        script(server)
+        cfg = judge_config(server, timeout_s=20)
+        judge = IDCSJudge(cfg, cache_dir=None, concurrency=4)
+        key = C.judge_hash_of(cfg, judge.protocol.hash)
+        first = C.calibrate(judge, key, canaries)
+        assert first["reference_created"] and first["scored"] == len(canaries.items)
+        second = C.calibrate(judge, key, canaries)
+        assert second["agreement"] == 1.0 and second["warning"] is None
+        server.reset(rules=True)
+        script(server, unchanged_score=2)  # the provider's model now rates "nothing changed" as 2
+        drift = C.calibrate(judge, key, canaries)
+        n_unchanged = sum(c.id.endswith("/unchanged") for c in canaries.items)
+        assert drift["agreement"] == pytest.approx(1 - n_unchanged / len(canaries.items))
+        assert "judge drift" in drift["warning"]
+        # scoring runs check with a fresh answer slot per day: a second check that day sends nothing
+        factory = lambda slot: IDCSJudge(cfg, cache_dir=slot, concurrency=4)  # noqa: E731
+        checked = C.check(factory, key, canaries, mode="day")
+        assert checked["agreement"] < 0.9 and checked["warning"]
+        n = server.count
+        assert C.check(factory, key, canaries, mode="day")["agreement"] == checked["agreement"] and server.count == n
+        C.check(factory, key, canaries, mode="run")
+        assert server.count > n
+        assert C.check(factory, "never-calibrated", canaries) is None
+
+
+@pytest.mark.heavy
+def test_scoring_reports_canary_drift_in_the_summary(tmp_path):
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    import ciebench
+
+    for row in list(ciebench.load_dataset("mini"))[:1]:
+        row["image"].convert("RGB").save(pred / f"{row['id']}.png")
+    with serve_llm() as server:
+        script(server)
+        cfg = tmp_path / "judge.yaml"
+        cfg.write_text(yaml.safe_dump({"name": "t", "vlm": {"model": "v", "base_url": server.base_url, "timeout_s": 30},
+                                       "llm": {"model": "l", "base_url": server.base_url}}))
+        result = runner.invoke(app, ["judge", "calibrate", "--judge", str(cfg)])
+        assert result.exit_code == 0 and "stored the reference" in result.output, result.output
+        server.reset(rules=True)
+        script(server, unchanged_score=3)
+        result = runner.invoke(app, ["score", "--dataset", "mini", "--predictions", str(pred), "--out",
+                                     str(tmp_path / "o"), "--limit", "1", "--metrics", "idcs", "--judge", str(cfg)])
+        assert result.exit_code == 0, result.output
+        summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+        assert summary["judge_canaries"]["agreement"] < 0.9 and "judge drift" in summary["judge_canaries"]["warning"]
+        result = runner.invoke(app, ["judge", "calibrate", "--judge", str(cfg)])
+        assert result.exit_code == 1 and "judge drift" in result.output
+
+
+def test_freeze_a_run_as_a_canary_set(tmp_path):
+    run = build_run(tmp_path, "r", "identity", metrics=["psnr"], fail=("1",))
+    out = tmp_path / "frozen"
+    result = runner.invoke(app, ["judge", "freeze", str(run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frozen = C.load_canaries(out)
+    rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert len(frozen.items) == sum(r["status"] == "ok" for r in rows)
+    assert C.load_canaries(out).hash == frozen.hash
+    victim = next((out / "images").glob("*_edited.png"))
+    victim.write_bytes(victim.read_bytes()[:-8])
+    with pytest.raises(DataError, match="sha256"):
+        C.load_canaries(out)
