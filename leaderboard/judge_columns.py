@@ -58,14 +58,22 @@ def add_judge_columns(frame: pd.DataFrame, runs: list) -> pd.DataFrame:
     return out
 
 
+def _code(text: str) -> str:
+    """`text` as a Markdown code span; backticks (which would end it) become apostrophes."""
+    return "`" + " ".join(str(text).split()).replace("`", "'") + "`"
+
+
 def judge_notes(frame: pd.DataFrame) -> list[str]:
-    """Markdown lines under a table: protocols used, failures by class, pairs within judge noise."""
+    """Markdown lines under a table: protocols used, failures by class, pairs within judge noise. Text
+    from runs (names, protocol names, warnings) is escaped here; the lines are Markdown as they are."""
+    from .tables import md_escape
+
     if "judge_protocol" not in frame.columns:
         return []
     lines = []
     protocols = sorted({p for p in frame["judge_protocol"] if p})
     if protocols:
-        lines.append(f"IDCS judge protocol: {', '.join(f'`{p}`' for p in protocols)}"
+        lines.append(f"IDCS judge protocol: {', '.join(_code(p) for p in protocols)}"
                      + (" (**different protocols: IDCS values are not comparable**)" if len(protocols) > 1 else "") + ".")
     fail_cols = [c for c in frame.columns if c.startswith("idcs_failures_")]
     counted = [(r["run"], {c[len("idcs_failures_"):]: int(r[c]) for c in fail_cols if int(r[c])})
@@ -73,15 +81,15 @@ def judge_notes(frame: pd.DataFrame) -> list[str]:
     counted = [(run, f) for run, f in counted if f]
     if counted:
         lines.append("IDCS failures by class (not scored): " + "; ".join(
-            f"{run}: " + ", ".join(f"{k} {v}" for k, v in f.items()) for run, f in counted) + ".")
+            f"{md_escape(run)}: " + ", ".join(f"{k} {v}" for k, v in f.items()) for run, f in counted) + ".")
     for _, r in frame.iterrows():
         if r.get("judge_canary_warning"):
-            lines.append(f"**Warning ({r['run']}):** {r['judge_canary_warning']}.")
+            lines.append(f"**Warning ({md_escape(r['run'])}):** {md_escape(r['judge_canary_warning'])}.")
     pairs = set()
     for _, r in frame.iterrows():
         for other in str(r["idcs_within_noise_of"] or "").split():
             pairs.add(tuple(sorted((r["run"], other))))
     if pairs:
         lines.append("Within judge noise (their order could swap if the judge were asked again): "
-                     + "; ".join(f"{a} ~ {b}" for a, b in sorted(pairs)) + ".")
+                     + "; ".join(f"{md_escape(a)} ~ {md_escape(b)}" for a, b in sorted(pairs)) + ".")
     return lines

@@ -371,7 +371,7 @@ def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
     lines.append("")
     notes = judge_notes(lb)
     if notes:
-        lines += [" ".join(md_escape(n) for n in notes), ""]
+        lines += [" ".join(notes), ""]  # judge_notes escapes the run-provided text itself
     if table.primary and len(table.runs) > 1:
         lines.append(f"Paired tests on {metric_title(table.primary)} (Holm-adjusted p; ▲ row significantly better "
                      f"than column, ▼ worse, · not significant):")
