@@ -66,6 +66,12 @@ EDITORS = Registry(
         "magicbrush": "ciebench.baselines.instructpix2pix:MagicBrushEditor",
         "smartedit": "ciebench.baselines.smartedit:SmartEditEditor",
         "cielr": "ciebench.cielr_ref.editor:CIELREditor",
+        "qwen-image-edit": "ciebench.baselines.diffusers_editors:QwenImageEditEditor",
+        "flux-kontext": "ciebench.baselines.diffusers_editors:FluxKontextEditor",
+        "flux2-klein": "ciebench.baselines.diffusers_editors:Flux2KleinEditor",
+        "longcat-image-edit": "ciebench.baselines.diffusers_editors:LongCatImageEditEditor",
+        "diffusers": "ciebench.baselines.diffusers_editors:DiffusersEditor",
+        "openai-images": "ciebench.baselines.openai_images:OpenAIImagesEditor",
     },
     entry_point_group="ciebench.editors",
 )
