@@ -309,7 +309,8 @@ def collect_predictions(out: Path, todo: list[tuple[EditSample | str, int]]) -> 
         if record["status"] == "ok":
             preds.append(Prediction(sample_id, seed, out / "images" / f"{stem}.png", extra=extra))
         else:
-            status = "invalid" if record["status"] == "invalid" else "edit_error"
+            # "refused": an API's content filter declined the edit (openai-images); kept apart from errors
+            status = record["status"] if record["status"] in ("invalid", "refused") else "edit_error"
             preds.append(Prediction(sample_id, seed, None, status, record.get("error"), extra=extra))
     return preds
 
