@@ -80,6 +80,10 @@ EDITORS = Registry(
 def get_editor_class(name: str) -> type:
     from .editor import Editor
 
+    if name.startswith("rewrite:"):  # rewrite:EDITOR wraps any editor (see ciebench.rewrite)
+        from .rewrite import PREFIX, rewrite_editor_class
+
+        return rewrite_editor_class(get_editor_class(name[len(PREFIX):]))
     cls = EDITORS.resolve(name)
     if not (isinstance(cls, type) and issubclass(cls, Editor)):
         raise RegistryError(f"{name!r} resolves to {cls!r}, which is not a ciebench.Editor subclass")

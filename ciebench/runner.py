@@ -80,7 +80,7 @@ def build_spec(editor: Editor, loaded: LoadedDataset, options: RunOptions) -> Ru
         judge=judge,
         limit=options.limit,
         ciebench_version=__version__,
-        notes={"device": options.device, "batch_size": options.batch_size},
+        notes={"device": options.device, "batch_size": options.batch_size, "track": editor.track},
     )
 
 
