@@ -48,10 +48,12 @@ def _csv(frame: pd.DataFrame) -> str:
 
 def write_leaderboard(runs: Iterable[str | Path | Run], out: str | Path, *, primary: str | None = None,
                       alpha: float = ALPHA, plots: bool = True, gallery: bool = True, dataset: str | None = None,
-                      page_size: int = 20, thumb_size: int = 320, full_images: bool = True) -> LeaderboardOutput:
+                      page_size: int = 20, thumb_size: int = 320, full_images: bool = True,
+                      by_track: bool = False) -> LeaderboardOutput:
     """Build the tables for `runs` and write every output into `out` (created if needed)."""
     out = Path(out)
-    tables = group_runs([runs] if isinstance(runs, (str, Path, Run)) else list(runs), primary=primary, alpha=alpha)
+    tables = group_runs([runs] if isinstance(runs, (str, Path, Run)) else list(runs), primary=primary, alpha=alpha,
+                        by_track=by_track)
     result = LeaderboardOutput(out=out, tables=tables)
 
     def write(name: str, text: str) -> None:
