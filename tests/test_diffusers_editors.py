@@ -52,11 +52,11 @@ def test_builtin_editor_runs_end_to_end_and_records_the_table(editor, tmp_path: 
     hub_id, entry, options = BUILTINS[editor]
     diffusers_editor_hub(hub_id)
     run = tmp_path / editor
-    result = runner.invoke(app, ["evaluate", "--editor", editor, "--dataset", "mini", "--out", str(run), "--limit", "2",
+    result = runner.invoke(app, ["evaluate", "--editor", editor, "--dataset", "mini", "--out", str(run), "--limit", "1",
                                  "--metrics", "psnr,mse", *_args(options)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     records = [json.loads(p.read_text()) for p in sorted((run / "records").glob("*.json"))]
-    assert len(records) == 2 and all(r["status"] == "ok" for r in records), records
+    assert len(records) == 1 and records[0]["status"] == "ok", records
     spec = json.loads((run / "spec.json").read_text())
     config = spec["editor"]["config"]
     expected = {**_table(entry), **options, "model": entry}
