@@ -167,3 +167,28 @@ def test_clear_errors_for_bad_settings(diffusers_editor_hub):
     assert working_size((800, 600), "source", 1024 * 1024, 16) == (800, 592)
     assert working_size((4000, 3000), "source", 1024 * 1024, 16) == (1168, 880)
     assert working_size((800, 600), "pipeline", None, 16) is None
+
+
+def test_quantization_without_bitsandbytes_is_a_clear_error(diffusers_editor_hub):
+    pytest.importorskip("diffusers.quantizers")
+    try:
+        import bitsandbytes  # noqa: F401
+        pytest.skip("bitsandbytes is installed here")
+    except ImportError:
+        pass
+    from ciebench.baselines.diffusers_editors import DiffusersEditor, DiffusersEditorError
+
+    diffusers_editor_hub(SD_IMG2IMG)
+    with pytest.raises(DiffusersEditorError, match="quantization=bnb-nf4 needs bitsandbytes"):
+        DiffusersEditor(pipeline="StableDiffusionImg2ImgPipeline", model_id=SD_IMG2IMG, quantization="bnb-nf4")._pipeline()
+
+
+def test_editors_command_lists_licence_download_and_memory_per_preset():
+    result = runner.invoke(app, ["editors"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    klein = next(l for l in lines if "4b: black-forest-labs/FLUX.2-klein-4B" in l)
+    assert "licence Apache-2.0" in klein and "download 16.0 GB (estimate)" in klein and "GPU memory ~13 GB" in klein
+    assert not klein.rstrip().endswith("(estimate)")  # the 4B card states its memory: not an estimate
+    assert any("9b: black-forest-labs/FLUX.2-klein-9B" in l and "Non-Commercial" in l for l in lines)
+    assert any(l.startswith("cielr") and "track: agentic" in l for l in lines)
