@@ -266,11 +266,8 @@ class DiffusersEditor(Editor):
         self._pipe = None
 
     # ---------------------------------------------------------------------------------- describing
-    def describe(self) -> dict[str, Any]:
-        out = super().describe()
-        if self.config.model is not None:  # recorded with the run; not part of the config hash
-            out["settings_sources"] = {k: v["source"] for k, v in table_entry(self.config.model)["settings"].items()}
-        return out
+    # The sources of the settings stay in the packaged table (named by `config.model`), not in the run
+    # spec: rewording a source must not make finished runs unresumable.
 
     @classmethod
     def catalog(cls) -> list[str]:
