@@ -266,9 +266,8 @@ class DiffusersEditor(Editor):
         self._pipe = None
 
     # ---------------------------------------------------------------------------------- describing
-    # The sources of the settings stay in the packaged table (named by `config.model`), not in the run
-    # spec: rewording a source must not make finished runs unresumable.
-
+    # The sources of the settings stay in the packaged table (named by `config.model`) and out of the
+    # run spec, so rewording a source does not make finished runs unresumable.
     @classmethod
     def catalog(cls) -> list[str]:
         """One line per preset for `ciebench editors`: licence, download size, GPU memory."""
@@ -282,17 +281,13 @@ class DiffusersEditor(Editor):
         return lines
 
 
-class _BuiltinDiffusersEditor(DiffusersEditor):
-    """A built-in entry: `Config.model` names its default table entry and `presets` the others."""
-
-
-
+# Built-in entries: `Config.model` names the default table entry and `presets` the others.
 @dataclass(frozen=True)
 class QwenImageEditConfig(DiffusersEditConfig):
     model: str | None = "qwen-image-edit-2511"
 
 
-class QwenImageEditEditor(_BuiltinDiffusersEditor):
+class QwenImageEditEditor(DiffusersEditor):
     """Qwen-Image-Edit-2511 (QwenImageEditPlusPipeline); presets 2509 and base (the first release)."""
 
     name = "qwen-image-edit"
@@ -307,7 +302,7 @@ class FluxKontextConfig(DiffusersEditConfig):
     model: str | None = "flux-kontext-dev"
 
 
-class FluxKontextEditor(_BuiltinDiffusersEditor):
+class FluxKontextEditor(DiffusersEditor):
     """FLUX.1 Kontext [dev] (FluxKontextPipeline)."""
 
     name = "flux-kontext"
@@ -321,7 +316,7 @@ class Flux2KleinConfig(DiffusersEditConfig):
     model: str | None = "flux2-klein-4b"
 
 
-class Flux2KleinEditor(_BuiltinDiffusersEditor):
+class Flux2KleinEditor(DiffusersEditor):
     """FLUX.2 [klein] 4B (Apache-2.0); preset 9b (non-commercial licence)."""
 
     name = "flux2-klein"
@@ -335,7 +330,7 @@ class LongCatImageEditConfig(DiffusersEditConfig):
     model: str | None = "longcat-image-edit"
 
 
-class LongCatImageEditEditor(_BuiltinDiffusersEditor):
+class LongCatImageEditEditor(DiffusersEditor):
     """LongCat-Image-Edit (LongCatImageEditPipeline)."""
 
     name = "longcat-image-edit"
