@@ -74,6 +74,7 @@ class Editor:
     version: ClassVar[str] = "0"
     requires: ClassVar[tuple[str, ...]] = ()
     oracle_mask: ClassVar[bool] = False
+    track: ClassVar[str] = "direct"  # direct (instruction straight to the model) | rewrite | agentic
     Config: ClassVar[type] = EditorConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     # Case kinds beyond one image and one instruction: "multi_image" (reads request.images),

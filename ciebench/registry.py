@@ -69,6 +69,12 @@ EDITORS = Registry(
         "magicbrush": "ciebench.baselines.instructpix2pix:MagicBrushEditor",
         "smartedit": "ciebench.baselines.smartedit:SmartEditEditor",
         "cielr": "ciebench.cielr_ref.editor:CIELREditor",
+        "qwen-image-edit": "ciebench.baselines.diffusers_editors:QwenImageEditEditor",
+        "flux-kontext": "ciebench.baselines.diffusers_editors:FluxKontextEditor",
+        "flux2-klein": "ciebench.baselines.diffusers_editors:Flux2KleinEditor",
+        "longcat-image-edit": "ciebench.baselines.diffusers_editors:LongCatImageEditEditor",
+        "diffusers": "ciebench.baselines.diffusers_editors:DiffusersEditor",
+        "openai-images": "ciebench.baselines.openai_images:OpenAIImagesEditor",
     },
     entry_point_group="ciebench.editors",
 )
@@ -77,6 +83,10 @@ EDITORS = Registry(
 def get_editor_class(name: str) -> type:
     from .editor import Editor
 
+    if name.startswith("rewrite:"):  # rewrite:EDITOR wraps any editor (see ciebench.rewrite)
+        from .rewrite import PREFIX, rewrite_editor_class
+
+        return rewrite_editor_class(get_editor_class(name[len(PREFIX):]))
     cls = EDITORS.resolve(name)
     if not (isinstance(cls, type) and issubclass(cls, Editor)):
         raise RegistryError(f"{name!r} resolves to {cls!r}, which is not a ciebench.Editor subclass")

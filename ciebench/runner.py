@@ -91,7 +91,7 @@ def build_spec(editor: Editor, loaded: LoadedDataset, options: RunOptions) -> Ru
         judge=judge,
         limit=options.limit,
         ciebench_version=__version__,
-        notes={"device": options.device, "batch_size": options.batch_size},
+        notes={"device": options.device, "batch_size": options.batch_size, "track": editor.track},
     )
 
 
@@ -420,7 +420,8 @@ def collect_predictions(out: Path, todo: list[tuple[EditSample | str, int]]) -> 
         if record["status"] == Status.OK:
             preds.append(Prediction(sample_id, seed, out / "images" / f"{stem}.png", extra=extra))
         else:
-            # records keep the editor's "error" for its own failures; the row calls that edit_error
+            # records keep the editor's "error" for its own failures; the row calls that edit_error.
+            # "refused" (an API's content filter declined the edit) stays apart from errors.
             known = {s.value for s in Status}
             status = Status(record["status"]) if record["status"] in known else Status.EDIT_ERROR
             preds.append(Prediction(sample_id, seed, None, status, record.get("error"), extra=extra))

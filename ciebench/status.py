@@ -16,11 +16,15 @@ class Status(str, Enum):
     INVALID = "invalid"                # the editor returned NaN/inf pixels, a wrong size or shape
     OUT_OF_RANGE = "out_of_range"      # float pixels outside [0, 1] or integers outside [0, 255]
     RECORD_ERROR = "record_error"      # the result could not be recorded (e.g. a trace that is not JSON)
+    REFUSED = "refused"                # an image API's content filter or refusal declined the edit
+    UNSUPPORTED = "unsupported"        # the editor does not take this case (several images or turns)
+    INPUT_ERROR = "input_error"        # a benchmark case's input image cannot be read
     # scoring
     MISSING = "missing"                # no prediction file / not generated
     CORRUPT = "corrupt"                # the prediction file does not decode
     METRIC_ERROR = "metric_error"      # a metric failed on a readable prediction
     UNKNOWN_SAMPLE = "unknown_sample"  # a prediction for an id the dataset does not have
+    JUDGE_ERROR = "judge_error"        # a benchmark judge gave no usable verdict (retried on the next run)
 
     # Written as its value everywhere (CSV, JSON, f-strings), never as "Status.OK".
     __str__ = str.__str__
@@ -38,10 +42,15 @@ _MEANING = {
     Status.OUT_OF_RANGE: "the editor returned pixel values outside the valid range (float outside [0, 1], "
                          "integers outside [0, 255]); nothing is clipped",
     Status.RECORD_ERROR: "the result could not be recorded (its trace is kept as text)",
+    Status.REFUSED: "the image API refused the edit or filtered its result: its own status, never an image",
+    Status.UNSUPPORTED: "the editor does not take this case (several input images or turns); never scored as a "
+                        "failure of the editor",
+    Status.INPUT_ERROR: "an input image of the benchmark case cannot be read",
     Status.MISSING: "no prediction for this sample",
     Status.CORRUPT: "the prediction file cannot be decoded",
     Status.METRIC_ERROR: "a metric failed on this prediction",
     Status.UNKNOWN_SAMPLE: "a prediction for an id that is not in the dataset",
+    Status.JUDGE_ERROR: "the benchmark's judge gave no usable verdict (counted, retried on the next run)",
 }
 
 # Generation statuses that are failures of the editor's output (as opposed to a missing file).

@@ -197,6 +197,7 @@ class _Sample:
 class CIELREditor(Editor):
     name = "cielr"
     version = "1.0"
+    track = "agentic"
     requires = ("gpu (recommended)", "hub:SAM 2.1, OWLv2, Depth Anything V2, SD inpainting",
                 "llm: an API key or a local model")
     Config = CIELRConfig

@@ -67,12 +67,14 @@ def csv_text(frame: pd.DataFrame) -> str:
 
 def write_leaderboard(runs: Iterable[str | Path | Run], out: str | Path, *, primary: str | None = None,
                       alpha: float = ALPHA, plots: bool = True, gallery: bool = True, dataset: str | None = None,
-                      page_size: int = 20, thumb_size: int = 320, full_images: bool = True) -> LeaderboardOutput:
+                      page_size: int = 20, thumb_size: int = 320, full_images: bool = True,
+                      by_track: bool = False) -> LeaderboardOutput:
     """Build the tables for `runs` and write every output into `out`: a new or empty folder, or an
     earlier leaderboard (`ciebench.outdir`: a folder holding anything else is refused, and a second
-    process writing the same folder fails at once)."""
+    process writing the same folder fails at once). `by_track`: separate tables per editor track."""
     out = Path(out)
-    tables = group_runs([runs] if isinstance(runs, (str, Path, Run)) else list(runs), primary=primary, alpha=alpha)
+    tables = group_runs([runs] if isinstance(runs, (str, Path, Run)) else list(runs), primary=primary, alpha=alpha,
+                        by_track=by_track)
     outdir.claim(out, "leaderboard")
     with outdir.lock(out):
         outdir.clean_stale_temp(out)

@@ -80,6 +80,25 @@ class Run:
         return str(self.editor.get("name") or self.path.name)
 
     @property
+    def track(self) -> str:
+        """direct | rewrite | agentic (see ciebench.Editor.track): from the run spec's notes, else from the
+        registered editor's class; "" for runs without an editor (`ciebench score`)."""
+        if not self.editor:
+            return ""
+        noted = (self.spec.get("notes") or {}).get("track")
+        if noted:
+            return str(noted)
+        if self.editor_name.startswith("rewrite:"):
+            return "rewrite"
+        from ciebench.registry import EDITORS, RegistryError, load_object
+
+        target = EDITORS.names().get(self.editor_name)
+        try:
+            return str(getattr(load_object(target, "editor"), "track", "direct")) if target else "direct"
+        except RegistryError:
+            return "direct"
+
+    @property
     def config_hash(self) -> str:
         if not self.editor:
             return ""

@@ -33,6 +33,7 @@ class Table:
     primary: str | None
     primary_reason: str
     alpha: float = ALPHA
+    track: str | None = None  # set when tables are separated by track (group_runs(by_track=True))
     leaderboard: pd.DataFrame = field(default=None, repr=False)   # type: ignore[assignment]
     by_edit_type: pd.DataFrame = field(default=None, repr=False)  # type: ignore[assignment]
     pairs: pd.DataFrame = field(default=None, repr=False)         # type: ignore[assignment]
@@ -41,7 +42,8 @@ class Table:
     def title(self) -> str:
         rev = f"@{self.revision[:12]}" if self.revision else ""
         phash = f" [{self.protocol_hash[:8]}]" if self.protocol_hash else ""
-        return f"protocol {self.protocol}{phash} on {self.dataset}{rev}"
+        track = f", track {self.track}" if self.track is not None else ""
+        return f"protocol {self.protocol}{phash} on {self.dataset}{rev}{track}"
 
     @property
     def labels(self) -> list[str]:
@@ -49,15 +51,17 @@ class Table:
         return list(self.leaderboard["run"]) if self.leaderboard is not None else [r.label for r in self.runs]
 
 
-def group_runs(runs: Iterable[Run | str], *, primary: str | None = None, alpha: float = ALPHA) -> list[Table]:
-    """Split runs into tables by (protocol name, protocol hash, dataset spec, dataset revision), and
-    compute each table's leaderboard, per-edit-type table and pairwise significance."""
+def group_runs(runs: Iterable[Run | str], *, primary: str | None = None, alpha: float = ALPHA,
+               by_track: bool = False) -> list[Table]:
+    """Split runs into tables by (protocol name, protocol hash, dataset spec, dataset revision), and with
+    `by_track` also by editor track (direct / rewrite / agentic), and compute each table's leaderboard,
+    per-edit-type table and pairwise significance."""
     runs = load_runs(runs)
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
-        groups.setdefault(run.group_key(), []).append(run)
+        groups.setdefault(run.group_key() + ((run.track,) if by_track else (None,)), []).append(run)
     tables = []
-    for (protocol, phash, dataset, revision), members in groups.items():
+    for (protocol, phash, dataset, revision, track), members in groups.items():
         metrics: dict[str, bool] = {}
         for run in members:
             for m, h in run.metrics.items():
@@ -68,7 +72,8 @@ def group_runs(runs: Iterable[Run | str], *, primary: str | None = None, alpha: 
         metrics = {m: metrics[m] for m in order_metrics(metrics)}
         chosen, reason = _choose_primary(members, metrics, primary)
         tables.append(Table(slug="", protocol=protocol, protocol_hash=phash, dataset=dataset, revision=revision,
-                            runs=members, metrics=metrics, primary=chosen, primary_reason=reason, alpha=alpha))
+                            runs=members, metrics=metrics, primary=chosen, primary_reason=reason, alpha=alpha,
+                            track=track))
     _assign_slugs(tables)
     for table in tables:
         _fill(table)
@@ -109,7 +114,7 @@ def _assign_slugs(tables: list[Table]) -> None:
             if len({(u.dataset, u.revision) for u in clash}) > 1:
                 extra.append(t.revision[:8] or "norev")
             slug = f"{b}__{slugify('-'.join(extra))}" if extra else b
-        t.slug = slug
+        t.slug = f"{slug}__{slugify(t.track or 'none')}" if t.track is not None else slug
     for t, slug in zip(tables, number_repeats([t.slug for t in tables], "__")):
         t.slug = slug
 
@@ -135,7 +140,7 @@ def _fill(table: Table) -> None:
         frame[f"{m}_tied_best"] = _tied_with_best(frame, table.pairs, m, higher)
     frame["primary_metric"] = table.primary or ""
     frame["tied_with_best"] = frame[f"{table.primary}_tied_best"] if table.primary else pd.NA
-    id_cols = ["table", "rank", "run", "editor", "config_hash", "protocol", "protocol_hash", "dataset", "revision",
+    id_cols = ["table", "rank", "run", "editor", "track", "config_hash", "protocol", "protocol_hash", "dataset", "revision",
                "judge", "seeds", "n", "n_ok", "n_dataset", "coverage", "partial", "rank_value", "rank_n_shared",
                "primary_metric", "tied_with_best", "verified"]
     metric_cols = [c for m in table.metrics for c in
@@ -175,7 +180,8 @@ def _run_row(table: Table, run: Run) -> dict[str, Any]:
     n_dataset = run.dataset_n
     n_ok = run.n_ok_samples()
     row: dict[str, Any] = {
-        "table": table.slug, "run": run.label, "editor": run.editor_name, "config_hash": run.config_hash,
+        "table": table.slug, "run": run.label, "editor": run.editor_name, "track": run.track,
+        "config_hash": run.config_hash,
         "protocol": run.protocol_name, "protocol_hash": run.protocol_hash, "dataset": run.dataset_spec,
         "revision": run.dataset_revision, "judge": run.judge, "seeds": " ".join(str(s) for s in run.seeds),
         "n": n, "n_ok": n_ok, "n_dataset": n_dataset if n_dataset is not None else pd.NA,
@@ -341,16 +347,16 @@ def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
                      "judged metrics are not comparable across them.")
     lines.append("")
     metrics = list(table.metrics)
-    header = ["#", "run", "config", "n", "coverage"] + [
+    header = ["#", "run", "track", "config", "n", "coverage"] + [
         f"{metric_title(m)} {'↑' if table.metrics[m] else '↓'}" for m in metrics]
     lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join(["---:", ":---", ":---", "---:", "---:"] + ["---:"] * len(metrics)) + "|")
+    lines.append("|" + "|".join(["---:", ":---", ":---", ":---", "---:", "---:"] + ["---:"] * len(metrics)) + "|")
     for _, r in lb.iterrows():
         rank = "" if pd.isna(r["rank"]) else str(int(r["rank"]))
         tied = r["tied_with_best"]
         mark = " ≈" if (not pd.isna(tied) and bool(tied) and rank != "1") else ""
         partial = " †" if bool(r["partial"]) else ""
-        cells = [rank + mark, md_escape(r["run"]), _md_hash(r["config_hash"]),
+        cells = [rank + mark, md_escape(r["run"]), md_escape(r["track"] or "–"), _md_hash(r["config_hash"]),
                  str(int(r["n"])), (f"{100 * float(r['coverage']):.0f}%" if not pd.isna(r["coverage"]) else "–") + partial]
         for m in metrics:
             text = format_ci(r[m], r[f"{m}_ci_low"], r[f"{m}_ci_high"])

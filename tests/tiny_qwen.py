@@ -29,11 +29,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def _save(folder: Path) -> None:
-    import torch
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer (no merges) with Qwen's special tokens; token 0 is ANSWER. Shared by
+    every tiny Qwen-family test model."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                              Qwen2_5_VLProcessor, Qwen2VLImageProcessor)
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {ANSWER: 0}
     for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
@@ -42,7 +42,15 @@ def _save(folder: Path) -> None:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(SPECIAL_TOKENS)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def _save(folder: Path) -> None:
+    import torch
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                              Qwen2VLImageProcessor)
+
+    tokenizer = tiny_tokenizer()
     ids = {s: tokenizer.convert_tokens_to_ids(s) for s in SPECIAL_TOKENS}
 
     image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2,

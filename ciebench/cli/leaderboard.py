@@ -17,6 +17,7 @@ def leaderboard_cmd(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset for the gallery's source images and masks (default: each run's dataset spec)."),
     full_images: bool = typer.Option(True, "--full-images/--thumbnails-only", help="Copy full-size PNGs into the gallery (thumbnails link to them)."),
     page_size: int = typer.Option(20, "--page-size", help="Gallery samples per page."),
+    by_track: bool = typer.Option(False, "--by-track", help="Separate tables by editor track (direct, rewrite, agentic)."),
 ) -> None:
     """Compare runs: tables with 95% CIs, paired significance, plots and an HTML gallery.
 
@@ -43,7 +44,7 @@ def leaderboard_cmd(
         if not runs:
             return
     result = write_leaderboard(runs, out, primary=primary, alpha=alpha, plots=plots, gallery=gallery,
-                               dataset=dataset, full_images=full_images, page_size=page_size)
+                               dataset=dataset, full_images=full_images, page_size=page_size, by_track=by_track)
     for table in result.tables:
         lb = table.leaderboard
         typer.echo(f"\n{table.title}: {len(lb)} run(s), sorted by {table.primary or '-'}")

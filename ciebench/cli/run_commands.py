@@ -328,9 +328,12 @@ def editors_cmd() -> None:
             needs = ", ".join(cls.requires) or "-"
             extra = "  [oracle mask: not comparable with reasoning editors]" if cls.oracle_mask else ""
             presets = ", ".join(cls.presets) or "-"
-            typer.echo(f"{name:<16} needs: {needs:<28} presets: {presets:<14} {target}{extra}")
+            typer.echo(f"{name:<16} track: {cls.track:<8} needs: {needs:<28} presets: {presets:<14} {target}{extra}")
+            for line in cls.catalog() if hasattr(cls, "catalog") else ():
+                typer.echo(f"{'':<18}{line}")
         except RegistryError as exc:
             typer.echo(f"{name:<16} unavailable: {exc}")
+    typer.echo("rewrite:EDITOR   track: rewrite  any editor above behind the reference instruction rewriter (an LLM)")
 
 
 @app.command("metrics")

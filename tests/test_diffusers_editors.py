@@ -1,0 +1,193 @@
+"""The diffusers editors through the real `from_pretrained(hub id)` path, offline, with tiny pipelines."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from ciebench.cli import app
+from ciebench.editor import EditRequest
+from ciebench.editor_config import build_editor
+from ciebench.spec import RunSpec
+
+from .fixtures_diffusers_editors import (FLUX2_KLEIN_4B, FLUX_KONTEXT, LONGCAT_EDIT, QWEN_EDIT, QWEN_EDIT_2509,
+                                         QWEN_EDIT_2511, SD_IMG2IMG, diffusers_editor_hub,  # noqa: F401
+                                         small_working_area)  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "small_working_area")
+runner = CliRunner()
+
+# editor -> (hub id, table entry, options a CPU test adds to the table's settings)
+BUILTINS = {
+    "qwen-image-edit": (QWEN_EDIT_2511, "qwen-image-edit-2511", {"steps": 2}),
+    "flux-kontext": (FLUX_KONTEXT, "flux-kontext-dev", {"steps": 2, "auto_resize": False, "max_area": 64 * 64}),
+    "flux2-klein": (FLUX2_KLEIN_4B, "flux2-klein-4b", {"steps": 2, "max_area": 96 * 96}),  # sides >= 64
+    "longcat-image-edit": (LONGCAT_EDIT, "longcat-image-edit", {"steps": 2}),
+}
+
+
+def _pairs(options: dict) -> list[str]:
+    return [f"{k}={v}" for k, v in options.items()]
+
+
+def _args(options: dict) -> list[str]:
+    return [x for pair in _pairs(options) for x in ("--editor-arg", pair)]
+
+
+def _table(entry: str) -> dict:
+    """The settings table read straight from the packaged JSON (independent of the editor's loader)."""
+    from importlib import resources
+
+    raw = json.loads(resources.files("ciebench.data").joinpath("diffusers_editors.json").read_text())["models"][entry]
+    return {"pipeline": raw["pipeline"], "model_id": raw["model_id"], **{k: v["value"] for k, v in raw["settings"].items()}}
+
+
+@pytest.mark.parametrize("editor", list(BUILTINS))
+def test_builtin_editor_runs_end_to_end_and_records_the_table(editor, tmp_path: Path, diffusers_editor_hub):
+    hub_id, entry, options = BUILTINS[editor]
+    diffusers_editor_hub(hub_id)
+    run = tmp_path / editor
+    result = runner.invoke(app, ["evaluate", "--editor", editor, "--dataset", "mini", "--out", str(run), "--limit", "1",
+                                 "--metrics", "psnr,mse", *_args(options)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    records = [json.loads(p.read_text()) for p in sorted((run / "records").glob("*.json"))]
+    assert len(records) == 1 and records[0]["status"] == "ok", records
+    spec = json.loads((run / "spec.json").read_text())
+    config = spec["editor"]["config"]
+    expected = {**_table(entry), **options, "model": entry}
+    assert {k: config[k] for k in expected} == expected
+    unset = set(config) - set(expected) - {"offload", "vae_tiling", "quantization"}
+    assert all(config[k] is None for k in unset), {k: config[k] for k in unset}
+    trace = json.loads(next((run / "traces").glob("*.json")).read_text())
+    assert trace["model_id"] == hub_id and trace["pipeline"] == expected["pipeline"]
+    with Image.open(next((run / "images").glob("*.png"))) as im:
+        assert im.size == (512, 512)  # resized back to the source
+
+
+@pytest.mark.parametrize("editor", list(BUILTINS))
+def test_same_seed_same_image_other_seed_other_image(editor, diffusers_editor_hub):
+    hub_id, _, options = BUILTINS[editor]
+    diffusers_editor_hub(hub_id)
+    source = Image.fromarray(np.random.default_rng(0).integers(0, 255, (72, 96, 3), dtype=np.uint8))
+    ed = build_editor(editor, _pairs(options))
+    a, b, c = ed.edit([EditRequest("x", source, "make it blue", seed=s) for s in (5, 5, 6)])
+    assert a.image.size == source.size
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
+
+
+def test_kontext_batches_samples_and_matches_one_by_one(diffusers_editor_hub):
+    diffusers_editor_hub(FLUX_KONTEXT)
+    ed = build_editor("flux-kontext", _pairs(BUILTINS["flux-kontext"][2]))
+    assert ed.config.batch is True
+    rng = np.random.default_rng(1)
+    requests = [EditRequest(str(i), Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)), f"edit {i}", seed=i)
+                for i in range(2)]
+    calls = []
+    pipe = ed._pipeline()
+    original = type(pipe).__call__
+    type(pipe).__call__ = lambda self, *a, **k: (calls.append(k["prompt"]), original(self, *a, **k))[1]
+    try:
+        batched = ed.edit(requests)
+    finally:
+        type(pipe).__call__ = original
+    single = [ed.edit([r])[0] for r in requests]
+    assert calls == [["edit 0", "edit 1"]]  # one pipeline call for both samples
+    for x, y in zip(batched, single):
+        assert np.abs(np.asarray(x.image, dtype=int) - np.asarray(y.image, dtype=int)).max() <= 2
+
+
+def test_presets_select_table_entries_and_a_changed_setting_changes_the_config_hash(diffusers_editor_hub):
+    from ciebench.baselines.diffusers_editors import QwenImageEditEditor
+
+    base = build_editor("qwen-image-edit", preset="base")
+    assert base.config.pipeline == "QwenImageEditPipeline" and base.config.model_id == QWEN_EDIT
+    assert base.config.steps == _table("qwen-image-edit")["steps"] and base.config.guidance_scale is None
+    assert build_editor("qwen-image-edit", preset="2509").config.model_id == QWEN_EDIT_2509
+    assert build_editor("flux2-klein", preset="9b").config.model_id == "black-forest-labs/FLUX.2-klein-9B"
+
+    def config_hash(editor) -> str:
+        return RunSpec(editor=editor.describe(), dataset={}, seeds=(0,), protocol={}, metrics=(), judge=None).editor_config_hash
+
+    default = QwenImageEditEditor()
+    assert config_hash(default) == config_hash(QwenImageEditEditor())
+    assert config_hash(default) != config_hash(QwenImageEditEditor(steps=41))
+    assert config_hash(default) != config_hash(QwenImageEditEditor(negative_prompt="blurry"))
+    # the hash covers the values actually used, so a table edit changes it too
+    edited = dataclasses.replace(default.config, true_cfg_scale=5.0)
+    assert config_hash(default) != config_hash(QwenImageEditEditor(config=edited))
+
+
+def test_the_qwen_base_preset_runs_its_own_pipeline_class(diffusers_editor_hub):
+    diffusers_editor_hub(QWEN_EDIT)
+    ed = build_editor("qwen-image-edit", ["steps=2"], preset="base")
+    out = ed.edit([EditRequest("a", Image.new("RGB", (70, 50), (10, 200, 10)), "remove the green", seed=1)])[0]
+    assert out.status == "ok" and out.image.size == (70, 50) and out.trace["pipeline"] == "QwenImageEditPipeline"
+
+
+def test_generic_diffusers_editor_runs_a_class_without_a_builtin_entry(tmp_path: Path, diffusers_editor_hub):
+    diffusers_editor_hub(SD_IMG2IMG)
+    run = tmp_path / "img2img"
+    options = {"pipeline": "StableDiffusionImg2ImgPipeline", "model_id": SD_IMG2IMG, "steps": 2, "strength": 0.75,
+               "resolution_policy": "area", "max_area": 64 * 64, "multiple_of": 64, "batch": True}
+    result = runner.invoke(app, ["evaluate", "--editor", "diffusers", "--dataset", "mini", "--out", str(run),
+                                 "--limit", "2", "--batch-size", "2", "--metrics", "psnr", *_args(options)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    config = json.loads((run / "spec.json").read_text())["editor"]["config"]
+    assert {k: config[k] for k in options} == options and config["guidance_scale"] is None  # pipeline default
+    trace = json.loads(next((run / "traces").glob("*.json")).read_text())
+    assert trace["working_size"] == [64, 64]
+
+
+def test_clear_errors_for_bad_settings(diffusers_editor_hub):
+    from ciebench.baselines.diffusers_editors import DiffusersEditor, DiffusersEditorError, working_size
+
+    with pytest.raises(DiffusersEditorError, match="pipeline=CLASS and model_id=HUB_ID"):
+        DiffusersEditor()
+    with pytest.raises(DiffusersEditorError, match="no entry 'nope'"):
+        DiffusersEditor(model="nope")
+    with pytest.raises(DiffusersEditorError, match="needs max_area"):
+        DiffusersEditor(pipeline="X", model_id="a/b", resolution_policy="area")
+    diffusers_editor_hub(SD_IMG2IMG)
+    ed = DiffusersEditor(pipeline="StableDiffusionImg2ImgPipeline", model_id=SD_IMG2IMG, true_cfg_scale=4.0)
+    with pytest.raises(DiffusersEditorError, match="takes no 'true_cfg_scale'"):
+        ed.edit([EditRequest("a", Image.new("RGB", (64, 64)), "x")])
+    with pytest.raises(DiffusersEditorError, match="needs --device cuda"):
+        DiffusersEditor(pipeline="StableDiffusionImg2ImgPipeline", model_id=SD_IMG2IMG, offload="model")._pipeline()
+    with pytest.raises(DiffusersEditorError, match="has no pipeline class"):
+        DiffusersEditor(pipeline="NoSuchPipeline", model_id=SD_IMG2IMG)._pipeline()
+    # resolution policies, against hand-computed sizes
+    assert working_size((800, 600), "area", 1024 * 1024, 16) == (1168, 880)  # sqrt(1048576/480000)=1.478
+    assert working_size((800, 600), "source", 1024 * 1024, 16) == (800, 592)
+    assert working_size((4000, 3000), "source", 1024 * 1024, 16) == (1168, 880)
+    assert working_size((800, 600), "pipeline", None, 16) is None
+
+
+def test_quantization_without_bitsandbytes_is_a_clear_error(diffusers_editor_hub):
+    pytest.importorskip("diffusers.quantizers")
+    try:
+        import bitsandbytes  # noqa: F401
+        pytest.skip("bitsandbytes is installed here")
+    except ImportError:
+        pass
+    from ciebench.baselines.diffusers_editors import DiffusersEditor, DiffusersEditorError
+
+    diffusers_editor_hub(SD_IMG2IMG)
+    with pytest.raises(DiffusersEditorError, match="quantization=bnb-nf4 needs bitsandbytes"):
+        DiffusersEditor(pipeline="StableDiffusionImg2ImgPipeline", model_id=SD_IMG2IMG, quantization="bnb-nf4")._pipeline()
+
+
+def test_editors_command_lists_licence_download_and_memory_per_preset():
+    result = runner.invoke(app, ["editors"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    klein = next(l for l in lines if "4b: black-forest-labs/FLUX.2-klein-4B" in l)
+    assert "licence Apache-2.0" in klein and "download 16.0 GB (estimate)" in klein and "GPU memory ~13 GB" in klein
+    assert not klein.rstrip().endswith("(estimate)")  # the 4B card states its memory: not an estimate
+    assert any("9b: black-forest-labs/FLUX.2-klein-9B" in l and "Non-Commercial" in l for l in lines)
+    assert any(l.startswith("cielr") and "track: agentic" in l for l in lines)

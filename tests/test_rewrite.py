@@ -1,0 +1,88 @@
+"""`rewrite:EDITOR` with a scripted LLM server (tests/llm_server.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from ciebench.cli import app
+from ciebench.editor import EditRequest
+from ciebench.editor_config import build_editor
+
+from .fixtures_editors import publish_tiny_instruct_pix2pix
+from .llm_server import error, json_reply, respond, serve_llm
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
+
+
+def _explicit(req):
+    instruction = req.text.split("The editing instruction is:\n", 1)[1].split("\n", 1)[0]
+    return json_reply({"instruction": f"EXPLICIT: {instruction[:30]}"})
+
+
+def _rewriter_args(server) -> list[str]:
+    return ["--editor-arg", f"rewriter_base_url={server.base_url}", "--editor-arg", "rewriter_api_key_env=none",
+            "--editor-arg", "rewriter_model=scripted"]
+
+
+def test_rewrite_identity_end_to_end_trace_holds_both_instructions_and_reruns_from_cache(tmp_path: Path):
+    with serve_llm(latency_s=0.0) as server:
+        server.on(then=respond(_explicit))
+        args = ["--editor", "rewrite:identity", "--dataset", "mini", "--limit", "2", "--metrics", "psnr",
+                *_rewriter_args(server)]
+        result = runner.invoke(app, ["evaluate", "--out", str(tmp_path / "a"), *args])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        assert server.count == 2 and not server.problems
+        assert all(len(r.image_urls) == 1 for r in server.requests)  # the source image goes with the instruction
+        spec = json.loads((tmp_path / "a" / "spec.json").read_text())
+        assert spec["notes"]["track"] == "rewrite" and spec["editor"]["name"] == "rewrite:identity"
+        assert spec["editor"]["rewriter"]["template"] == "rewrite_instruction@v1"
+        assert spec["editor"]["config"]["rewriter_model"] == "scripted"
+        traces = [json.loads(p.read_text()) for p in sorted((tmp_path / "a" / "traces").glob("*.json"))]
+        for trace in traces:
+            assert trace["rewritten_instruction"] == f"EXPLICIT: {trace['instruction'][:30]}"
+            assert trace["instruction"] in server.requests[0].text or trace["instruction"] in server.requests[1].text
+        again = runner.invoke(app, ["evaluate", "--out", str(tmp_path / "b"), *args])
+        assert again.exit_code == 0 and server.count == 2  # rewrites come from the cache
+
+
+def test_rewrite_instructpix2pix_edits_with_the_rewritten_instruction():
+    publish_tiny_instruct_pix2pix()
+    source = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    with serve_llm(latency_s=0.0) as server:
+        server.on("which thing keeps coffee hot", then=json_reply({"instruction": "make the mug red"}))
+        server.on("impossible", then=error(400, "bad request"))
+        wrapped = build_editor("rewrite:instructpix2pix", ["steps=2", "resolution=64", f"rewriter_base_url={server.base_url}",
+                                                           "rewriter_api_key_env=none", "rewriter_model=m"])
+        assert wrapped.track == "rewrite" and wrapped.inner.config.steps == 2
+        out, failed = wrapped.edit([EditRequest("a", source, "which thing keeps coffee hot? paint it", seed=3),
+                                    EditRequest("b", source, "impossible", seed=4)])
+    direct = build_editor("instructpix2pix", ["steps=2", "resolution=64"]).edit(
+        [EditRequest("a", source, "make the mug red", seed=3)])[0]
+    assert out.status == "ok" and np.array_equal(np.asarray(out.image), np.asarray(direct.image))
+    assert out.trace["instruction"] == "which thing keeps coffee hot? paint it"
+    assert out.trace["rewritten_instruction"] == "make the mug red" and "working_size" in out.trace["inner"]
+    assert failed.status == "error" and "sample b: the rewriter failed" in failed.error and failed.image is None
+
+
+def test_the_rewriter_is_part_of_the_config_hash():
+    from ciebench.spec import RunSpec
+
+    def config_hash(*args: str) -> str:
+        editor = build_editor("rewrite:identity", list(args))
+        return RunSpec(editor=editor.describe(), dataset={}, seeds=(0,), protocol={}, metrics=(), judge=None).editor_config_hash
+
+    assert config_hash("rewriter_model=a") == config_hash("rewriter_model=a")
+    assert config_hash("rewriter_model=a") != config_hash("rewriter_model=b")
+    assert config_hash() != config_hash("rewriter_with_image=false")
+    assert build_editor("identity").describe()["version"] != build_editor("rewrite:identity").describe()["version"]
