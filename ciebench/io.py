@@ -89,6 +89,19 @@ def _json_default(obj: Any) -> Any:
     return json_safe(obj)
 
 
+def read_json_object(path: str | os.PathLike, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """The JSON object in `path`; {} when the file is absent or holds another JSON value. An unreadable
+    file raises `error` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: unreadable JSON ({exc})") from exc
+    return data if isinstance(data, dict) else {}
+
+
 def png_bytes(image: Image.Image) -> bytes:
     """Deterministic PNG encoding (no timestamps, fixed compression) so equal pixels give equal bytes."""
     buf = io.BytesIO()

@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import __version__
 from .errors import DataError
-from .io import atomic_write_json, sha256_file
+from .io import atomic_write_json, read_json_object, sha256_file
 from .results import read_samples, summarize
 from .stats import from_json_number
 
@@ -387,13 +387,7 @@ def _read_records(run_dir: Path) -> dict[str, dict]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable JSON ({exc})") from exc
-    return data if isinstance(data, dict) else {}
+    return read_json_object(path, DataError)
 
 
 def _verdict(name: str, problems: list[str], ok_detail: str) -> Check:

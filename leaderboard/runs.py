@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from ..errors import UsageError
+from ..io import read_json_object
 from ..results import BASE_COLUMNS, read_samples, summarize
 from ..status import Status
 
@@ -261,13 +262,7 @@ def assign_labels(runs: list[Run]) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path}: unreadable JSON ({exc})") from exc
-    return data if isinstance(data, dict) else {}
+    return read_json_object(path, RunError)
 
 
 def _metric_directions(samples: pd.DataFrame, summary: dict[str, Any], path: Path) -> dict[str, bool]:

@@ -174,6 +174,25 @@ class Aggregator:
         raise NotImplementedError
 
 
+class CountingAggregator(Aggregator):
+    """An aggregator that also counts cases per status and the cases it scored, for the `ours` block
+    (coverage against every case, never only against what was scored)."""
+
+    def __init__(self) -> None:
+        self.status_counts: dict[str, int] = {}
+        self.cases = 0
+        self.scored = 0
+
+    def count(self, row: dict[str, Any]) -> None:
+        self.cases += 1
+        self.status_counts[row["status"]] = self.status_counts.get(row["status"], 0) + 1
+
+    def ours(self, scored: int | None = None, **extra: Any) -> dict[str, Any]:
+        scored = self.scored if scored is None else scored
+        return {"cases": self.cases, "scored": scored, "coverage": scored / self.cases if self.cases else None,
+                "status_counts": dict(sorted(self.status_counts.items())), **extra}
+
+
 @dataclass
 class RunningMean:
     """Mean and count of the values added, skipping None (as pandas' mean skips NaN)."""

@@ -34,7 +34,7 @@ from PIL import Image, ImageOps
 from ..assets import PinnedAsset
 from ..cache import cache_root
 from ..io import atomic_write_bytes, sha256_bytes
-from .base import Aggregator, Benchmark, Case, Groups, JudgeCall
+from .base import Benchmark, Case, CountingAggregator, Groups, JudgeCall
 
 COMMIT = "570eba6ebda0c45c013983a483afbf2fd12bfcbc"
 PROMPTS = PinnedAsset(
@@ -231,21 +231,18 @@ def _true(value: Any) -> bool:
     return bool(value) and value == value  # NaN is not a flag
 
 
-class GEditAggregator(Aggregator):
+class GEditAggregator(CountingAggregator):
     """Per language and subset (fullset, intersection): the mean of SC, PQ and O per task group and
     the unweighted mean of the 11 group means (`avg_semantics`, `avg_quality`, `avg_overall`)."""
 
     def __init__(self):
+        super().__init__()
         self.groups = Groups()
-        self.status_counts: dict[str, int] = {}
-        self.cases = 0
-        self.scored = 0
         self.languages: list[str] = []  # as the data spells them (the script's docs say cn, its flag zh)
 
     def add(self, row: dict[str, Any]) -> None:
-        self.cases += 1
+        self.count(row)
         status = row["status"]
-        self.status_counts[status] = self.status_counts.get(status, 0) + 1
         dims = row.get("dims") or {}
         sc, pq = dims.get(SC), dims.get(PQ)
         if status != "ok" or sc is None or pq is None:
@@ -284,7 +281,5 @@ class GEditAggregator(Aggregator):
             "headline": {"name": "GEdit-Bench-EN avg_overall", "value": averages["en/fullset"]["avg_overall"]},
             "averages": averages,
             "official": rows,
-            "ours": {"cases": self.cases, "scored": self.scored,
-                     "coverage": self.scored / self.cases if self.cases else None,
-                     "status_counts": dict(sorted(self.status_counts.items()))},
+            "ours": self.ours(),
         }

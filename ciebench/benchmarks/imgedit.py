@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Iterator
 from ..assets import PinnedAsset, resolve_asset
 from ..cache import cache_root
 from ..errors import EnvironmentProblem
-from .base import Aggregator, Benchmark, Case, Groups, JudgeCall
+from .base import Benchmark, Case, CountingAggregator, Groups, JudgeCall
 
 COMMIT = "547185d12c08267a862b94248576e1746e479937"
 _RAW = f"https://raw.githubusercontent.com/PKU-YuanGroup/ImgEdit/{COMMIT}/Benchmark"
@@ -160,17 +160,14 @@ class ImgEditUGE(_ImgEdit):
         return ImgEditAggregator(by_type=False)
 
 
-class ImgEditAggregator(Aggregator):
+class ImgEditAggregator(CountingAggregator):
     def __init__(self, by_type: bool):
+        super().__init__()
         self.by_type = by_type
         self.groups = Groups()
-        self.status_counts: dict[str, int] = {}
-        self.cases = 0
-        self.scored = 0
 
     def add(self, row: dict[str, Any]) -> None:
-        self.cases += 1
-        self.status_counts[row["status"]] = self.status_counts.get(row["status"], 0) + 1
+        self.count(row)
         value = (row.get("dims") or {}).get(SCORE) if row["status"] == "ok" else None
         if value is None:
             return
@@ -198,6 +195,4 @@ class ImgEditAggregator(Aggregator):
             rows.append({"edit_type": "uge", "score": average, "n": self.scored})
             headline = {"name": ImgEditUGE.headline, "value": average}
         return {"headline": headline, "official": rows,
-                "ours": {"cases": self.cases, "scored": self.scored,
-                         "coverage": self.scored / self.cases if self.cases else None,
-                         "status_counts": dict(sorted(self.status_counts.items()))}}
+                "ours": self.ours()}

@@ -92,6 +92,18 @@ def _flag_true(item: dict[str, Any], key: str) -> bool:
     return bool(value) and not (isinstance(value, float) and math.isnan(value))
 
 
+def plus_flags(item: dict[str, Any], categories: tuple[str, ...]) -> set[str]:
+    """The RISEBench++ case flags its scoring reads: multi_turn (the column is present), logical (a
+    logical case, or a multi-turn case listing the logical category), consistency_free."""
+    multi_turn = _present(item, "multi_turn")
+    flags = {"multi_turn"} if multi_turn else set()
+    if (multi_turn and LOGICAL in categories) or (not multi_turn and categories[0] == LOGICAL):
+        flags.add("logical")
+    if _flag_true(item, "consistency_free"):
+        flags.add("consistency_free")
+    return flags
+
+
 class _Rise(Benchmark):
     annotation_names: ClassVar[tuple[str, ...]] = ()
     dimensions = (AC, IR, VP)
@@ -242,17 +254,10 @@ class RiseBenchPlus(_Rise):
     def _case(self, item: dict[str, Any], base: Path) -> Case:
         raw_category = item["category"]
         categories = tuple(raw_category) if isinstance(raw_category, (list, tuple)) else (raw_category,)
-        multi_turn = _present(item, "multi_turn")
-        flags = set()
-        if multi_turn:
-            flags.add("multi_turn")
-        if (multi_turn and LOGICAL in categories) or (not multi_turn and categories[0] == LOGICAL):
-            flags.add("logical")
-        for key in ("reasoning_img",):
-            if _present(item, key):
-                flags.add(key)
-        if _flag_true(item, "consistency_free"):
-            flags.add("consistency_free")
+        flags = plus_flags(item, categories)
+        multi_turn = "multi_turn" in flags
+        if _present(item, "reasoning_img"):
+            flags.add("reasoning_img")
         images = item["image"] if isinstance(item["image"], (list, tuple)) else [item["image"]]
         instruction = item["instruction"]
         turns = tuple(instruction) if isinstance(instruction, (list, tuple)) else (instruction,)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..assets import PinnedAsset
-from .base import Aggregator, Benchmark, Case, Groups, JudgeCall, percent
+from .base import Benchmark, Case, CountingAggregator, Groups, JudgeCall, percent
 
 COMMIT = "a7015c5c2d17aecb1a5af4af1b234c357d86cc7d"
 PROMPTS = PinnedAsset(
@@ -151,19 +151,16 @@ class UniREditBench(Benchmark):
         return UniREditAggregator()
 
 
-class UniREditAggregator(Aggregator):
+class UniREditAggregator(CountingAggregator):
     """The script's table: Overall (score, percentage, accuracy), the mean of each dimension, and one
     row per evaluation dimension (`Class-<name>`), each mean skipping cases without a score."""
 
     def __init__(self):
+        super().__init__()
         self.groups = Groups()
-        self.status_counts: dict[str, int] = {}
-        self.cases = 0
-        self.scored = 0
 
     def add(self, row: dict[str, Any]) -> None:
-        self.cases += 1
-        self.status_counts[row["status"]] = self.status_counts.get(row["status"], 0) + 1
+        self.count(row)
         dims = row.get("dims") or {}
         score, complete = case_score(dims), case_complete(dims)
         if score is not None:
@@ -190,7 +187,5 @@ class UniREditAggregator(Aggregator):
         return {
             "headline": {"name": "Overall Accuracy", "value": g.mean("Overall", "complete")},
             "official": rows,
-            "ours": {"cases": self.cases, "scored": self.scored,
-                     "coverage": self.scored / self.cases if self.cases else None,
-                     "status_counts": dict(sorted(self.status_counts.items()))},
+            "ours": self.ours(),
         }

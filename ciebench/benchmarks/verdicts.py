@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from .base import Benchmark
 from .run import latest_verdicts
-from .rise import AC, HYBRID, IR, LOGICAL, VP, _flag_true, _present
+from .rise import AC, HYBRID, IR, VP, plus_flags
 
 
 def read_verdict_file(benchmark: Benchmark, path: Path) -> Iterator[dict[str, Any]]:
@@ -37,14 +37,8 @@ def _official_table(path: Path) -> Iterator[dict[str, Any]]:
         if isinstance(category, str) and category.startswith("["):
             category = ast.literal_eval(category)  # a list written by pandas: literals only, never code
         categories = tuple(category) if isinstance(category, (list, tuple)) else (category,)
-        multi_turn = _present(item, "multi_turn")
-        flags = set()
-        if multi_turn:
-            flags.add("multi_turn")
-        if (multi_turn and LOGICAL in categories) or (not multi_turn and categories[0] == LOGICAL):
-            flags.add("logical")
-        if _flag_true(item, "consistency_free"):
-            flags.add("consistency_free")
+        flags = plus_flags(item, categories)
+        multi_turn = "multi_turn" in flags
         dims = {d: _num(item.get(d)) for d in (AC, IR, VP)}
         yield {"id": str(item["index"]), "category": categories[0], "categories": list(categories),
                "output_folder": HYBRID if multi_turn else categories[0],

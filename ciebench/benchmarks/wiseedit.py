@@ -40,7 +40,7 @@ from typing import Any, Iterator
 from PIL import Image
 
 from ..assets import PinnedAsset
-from .base import Aggregator, Benchmark, Case, JudgeCall
+from .base import Benchmark, Case, CountingAggregator, JudgeCall
 from .prompts import PromptFileError
 
 COMMIT = "58cadba788b56ee718724e27d64c2c76c297d046"
@@ -248,7 +248,7 @@ def _ref_paths(raw: str) -> list[str]:
     return [raw]
 
 
-class WiseEditAggregator(Aggregator):
+class WiseEditAggregator(CountingAggregator):
     """Pairs the two languages of each row (a row is kept only when both are fully scored), streaming:
     only rows still waiting for their other language are held."""
 
@@ -256,14 +256,12 @@ class WiseEditAggregator(Aggregator):
         self.pending: dict[tuple[str, str], dict[str, Any]] = {}
         self.sums: dict[tuple[str, str, str], float] = {}
         self.counts: dict[tuple[str, str, str], int] = {}
-        self.status_counts: dict[str, int] = {}
-        self.cases = 0
+        super().__init__()
         self.kept_rows = 0
         self.dropped_rows = 0
 
     def add(self, row: dict[str, Any]) -> None:
-        self.cases += 1
-        self.status_counts[row["status"]] = self.status_counts.get(row["status"], 0) + 1
+        self.count(row)
         key = (row.get("subtask") or row["output_folder"].split("/")[0], row["id"])
         other = self.pending.pop(key, None)
         if other is None:
@@ -309,6 +307,5 @@ class WiseEditAggregator(Aggregator):
         rows = [{"-": k, "value": v} for k, v in table.items()]
         return {"headline": {"name": "basic_overall_en", "value": table["basic_overall_en"]},
                 "official": rows,
-                "ours": {"cases": self.cases, "rows_kept": self.kept_rows, "rows_dropped": self.dropped_rows,
-                         "coverage": (2 * self.kept_rows / self.cases) if self.cases else None,
-                         "status_counts": dict(sorted(self.status_counts.items()))}}
+                "ours": self.ours(scored=2 * self.kept_rows, rows_kept=self.kept_rows,
+                                  rows_dropped=self.dropped_rows)}
