@@ -33,6 +33,7 @@ import re
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,8 @@ from PIL import Image
 from ciebench.cache import cache_root
 from ciebench.editor import EditorConfig, EditRequest, EditResult, Editor
 from ciebench.io import atomic_write_bytes, atomic_write_json, png_bytes, stable_hash
-from ciebench.llm.client import RETRY_STATUS, _retry_after
+from ciebench.llm.config import is_provider_host, key_env_for
+from ciebench.llm.http_backend import RETRY_STATUS, parse_retry_after
 
 log = logging.getLogger("ciebench.openai_images")
 
@@ -61,7 +63,9 @@ _REFUSAL_TEXT = re.compile(r"safety system|content polic|moderation|content filt
 class OpenAIImagesConfig(EditorConfig):
     model: str = "gpt-image-1"
     base_url: str | None = None  # None: https://api.openai.com/v1
-    api_key_env: str | None = "OPENAI_API_KEY"  # the NAME of the environment variable holding the key
+    # The NAME of the environment variable holding the key. None: the provider's own variable for its
+    # host (OPENAI_API_KEY for api.openai.com), and no key for any other host.
+    api_key_env: str | None = None
     size: str = "auto"  # e.g. 1024x1024, 1536x1024, 1024x1536, auto
     quality: str = "auto"  # low | medium | high | auto (model-dependent)
     use_mask: bool = False  # send the GT region as the API's mask (makes this an oracle-mask editor)
@@ -86,6 +90,14 @@ class OpenAIImagesConfig(EditorConfig):
     @property
     def endpoint(self) -> str:
         return (self.base_url or DEFAULT_BASE_URL).rstrip("/")
+
+    @property
+    def host(self) -> str | None:
+        return urllib.parse.urlsplit(self.endpoint).hostname
+
+    @property
+    def key_env(self) -> str | None:
+        return key_env_for(self.host, self.api_key_env)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -197,8 +209,8 @@ class OpenAIImagesEditor(Editor):
         secret = self._secret()
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
-        elif c.api_key_env and c.base_url is None:
-            return _Answer(status="error", error=f"environment variable {c.api_key_env} is not set (the API key for {c.endpoint})")
+        elif c.key_env and is_provider_host(c.host):
+            return _Answer(status="error", error=f"environment variable {c.key_env} is not set (the API key for {c.endpoint})")
         with self._lock:
             self.stats["requests"] += 1
         try:
@@ -214,7 +226,7 @@ class OpenAIImagesEditor(Editor):
             if exc.code == 400 and _is_refusal(raw):
                 return _Answer(status=REFUSED, error=f"refused by the server's content filter: {message}")
             return _Answer(status="error", error=f"HTTP {exc.code} from {url}: {message}",
-                           retryable=exc.code in RETRY_STATUS, retry_after=_retry_after(exc.headers))
+                           retryable=exc.code in RETRY_STATUS, retry_after=parse_retry_after(exc.headers))
         except (TimeoutError, OSError) as exc:
             return _Answer(status="error", error=f"connection error to {url}: {type(exc).__name__}: {exc}", retryable=True)
         return self._parse(raw)
@@ -258,7 +270,7 @@ class OpenAIImagesEditor(Editor):
             return min(c.backoff_max_s, c.backoff_base_s * 2 ** (retry - 1)) * self._rng.uniform(0.5, 1.0)
 
     def _secret(self) -> str | None:
-        name = self.config.api_key_env
+        name = self.config.key_env
         return (os.environ.get(name) if name else None) or None
 
     def _redact(self, text: str) -> str:

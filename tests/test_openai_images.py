@@ -89,7 +89,7 @@ def test_a_refusal_is_its_own_status_never_an_image(tmp_path: Path):
         result = runner.invoke(app, ["evaluate", "--editor", "openai-images", "--dataset", "mini", "--limit", "1",
                                      "--metrics", "psnr", "--out", str(run), "--editor-arg", f"base_url={server.base_url}",
                                      "--editor-arg", "api_key_env=CIEB_IMAGES_KEY"])
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 1, result.output  # no sample succeeded: the exit code says so
         record = json.loads(next((run / "records").glob("*.json")).read_text())
         assert record["status"] == "refused" and not (run / "images").exists()
         assert pd.read_csv(run / "samples.csv")["status"].tolist() == ["refused"]

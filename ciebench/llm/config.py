@@ -34,6 +34,23 @@ PROVIDER_KEY_ENVS: dict[str, tuple[str, ...]] = {
 
 
 
+def key_env_for(host: str | None, named: str | None) -> str | None:
+    """The environment variable whose value may be sent to `host` as its API key: the one the user
+    named, else the variable of the provider `host` belongs to, else none (a custom endpoint never
+    silently receives a provider's key)."""
+    if named is not None:
+        return named
+    for env, hosts in PROVIDER_KEY_ENVS.items():
+        if (host or "") in hosts:
+            return env
+    return None
+
+
+def is_provider_host(host: str | None) -> bool:
+    """A provider's own API (which never works without a key)."""
+    return any((host or "") in hosts for hosts in PROVIDER_KEY_ENVS.values())
+
+
 @dataclass(frozen=True)
 class LLMConfig:
     """How to reach one model. Part of run specs: JSON-able and free of secrets."""
@@ -113,13 +130,7 @@ class LLMConfig:
         """The environment variable whose value is sent as the key: the named one, else the provider's."""
         if self.backend != "openai":
             return None
-        if self.api_key_env is not None:
-            return self.api_key_env
-        host = self.host or ""
-        for env, hosts in PROVIDER_KEY_ENVS.items():
-            if host in hosts:
-                return env
-        return None
+        return key_env_for(self.host, self.api_key_env)
 
     @property
     def model_id(self) -> str:

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..io import png_bytes
-from .config import PROVIDER_KEY_ENVS
+from .config import is_provider_host
 from .exchange import ModelOutcome, ModelRequest, excerpt
 from .transport import TransportError, post
 
@@ -93,7 +93,7 @@ class OpenAIBackend:
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
             self.client.warn_plain_http()
-        elif c.key_env and any(c.host in hosts for hosts in PROVIDER_KEY_ENVS.values()):
+        elif c.key_env and is_provider_host(c.host):
             # A provider's own API never works without a key: say so without a request.
             return ModelOutcome(error=f"environment variable {c.key_env} is not set (the API key for "
                                   f"{c.endpoint})", kind="fatal", failure="config")
@@ -114,7 +114,7 @@ class OpenAIBackend:
             return ModelOutcome(error=f"HTTP {resp.status} from {self.url}: "
                                   f"{excerpt(_decode(resp.body), _MAX_ERROR_TEXT)}{hint}",
                             kind="http", retryable=resp.status in RETRY_STATUS,
-                            retry_after=_retry_after(resp.headers), failure=failure, http_status=resp.status,
+                            retry_after=parse_retry_after(resp.headers), failure=failure, http_status=resp.status,
                             response_format=fmt)
         outcome = self.parse(resp.status, resp.body)
         outcome.http_status = resp.status
@@ -171,7 +171,7 @@ def _int(v: Any) -> int:
         return 0
 
 
-def _retry_after(headers) -> float | None:
+def parse_retry_after(headers) -> float | None:
     if headers is None:
         return None
     ms = headers.get("retry-after-ms")
