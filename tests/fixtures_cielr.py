@@ -161,7 +161,8 @@ def publish_sd15_inpaint(repo_id: str = SD15_ID) -> str:
 
 # ------------------------------------------------------------------------------ scripted LLM helpers
 STAGES = {"TASK: OBJECT LIST": "objects", "TASK: EDIT PLAN": "plan", "TASK: SUFFICIENCY CHECK": "sufficiency",
-          "TASK: SPATIAL OPERATOR": "spatial", "TASK: REGION SELECTION": "select", "TASK: EXPLICIT ACTION": "action"}
+          "TASK: SPATIAL OPERATOR": "spatial", "TASK: REGION SELECTION": "select", "TASK: EXPLICIT ACTION": "action",
+          "TASK: EDIT TYPE": "classify", "TASK: ONE-STEP EDIT": "onestep"}
 
 
 def stage_of(text: str) -> str | None:

@@ -43,6 +43,7 @@ from PIL import Image
 
 from ..io import atomic_write_json, png_bytes, sha256_bytes, stable_hash
 from .prompts import PromptTemplate
+from . import local_models
 
 log = logging.getLogger("ciebench.llm")
 
@@ -641,8 +642,7 @@ def _int(v: Any) -> int:
 
 
 # -------------------------------------------------------------------------------- local transformers
-_LOCAL_MODELS: dict[tuple, "_LocalModel"] = {}
-_LOCAL_LOCK = threading.Lock()
+_LOCAL_MODELS = local_models._MODELS  # one instance per canonical (model, device, dtype); see local_models.py
 
 
 class _LocalModel:
@@ -721,11 +721,8 @@ class _TransformersBackend:
 
     def load(self) -> _LocalModel:
         c = self.config
-        key = (c.model, c.revision, c.device, c.dtype)
-        with _LOCAL_LOCK:
-            if key not in _LOCAL_MODELS:
-                _LOCAL_MODELS[key] = _LocalModel(c.model, c.revision, c.device, c.dtype)
-            return _LOCAL_MODELS[key]
+        key = local_models.model_key(c.model, c.revision, c.device, c.dtype)
+        return local_models.shared(key, lambda: _LocalModel(c.model, c.revision, key[3], c.dtype))
 
     def generate(self, req: _Request, temperature: float, seed: int | None) -> _Outcome:
         if self._error is not None:
@@ -741,8 +738,7 @@ class _TransformersBackend:
 
 def release_local_models() -> None:
     """Drop every loaded local model (frees memory; the next call loads again)."""
-    with _LOCAL_LOCK:
-        _LOCAL_MODELS.clear()
+    local_models.release_all()
 
 
 __all__ = ["LLMConfig", "LLMReply", "LLMCall", "LLMClient", "make_client", "parse_json_reply",
