@@ -10,20 +10,26 @@ to the LLM client concurrently and batches the `Detect`s through the labeller, w
 top to bottom like the paper's pipeline:
 
 1. object list (VLM, sees the image) -> labels for the detector -> SSR version 1;
-2. plan: the instruction split into ordered steps, each with its edit type (remove / replace / add /
-   recolor);
-3. per step, while the step may still build SSR versions (`max_ssr_versions`, default 2):
-   sufficiency check -> enough: go on; "semantic": the new labels are added to the detector's queries
-   and only the labeller re-runs (segments and depth are reused) -> next version; "spatial": the LLM
-   chooses an operator tree (operators.py), evaluated on the SSR -> next version with the new region;
-   "other": recorded (the released code asked a question it never used);
+2. with `plan` (default): the instruction split into ordered steps, each with its edit type (remove /
+   replace / add / recolor); without (preset "paper", as released): one step, its edit type from a
+   separate call on the original instruction;
+3. per step, while the step may still build SSR versions (`max_ssr_versions`, default 2; none with
+   ablation "no_update"): sufficiency check -> enough: go on; "semantic": the new labels are added to
+   the detector's queries and only the labeller re-runs (segments and depth are reused) -> next
+   version (labels searched already: a no-op, go on); "spatial": the LLM chooses an operator tree
+   (operators.py), evaluated on the SSR -> next version with the new region (inexpressible or empty:
+   go on with the current SSR); "other": recorded (the released code asked a question it never used);
 4. region selection (ids must exist), then the rewrite into an explicit action (schema fields only).
+   Ablation "no_chain" replaces 2-4 by one combined prompt on SSR version 1.
 
-Every answer is JSON checked against a schema by the client and validated here against the SSR (a
-rejected answer is retried by the client; a call that still fails ends the chain with a
-`ChainFailure` naming its stage). Steps after the first work on the SSR carried over from the
-previous step (the edited regions relabelled or dropped); the executor applies each step to the
-previous step's output image.
+Every SSR stage sees the user's original instruction (and the plan's step when planning). Every
+answer is JSON checked against a schema by the client and then validated here against the SSR; a
+rejected answer is asked again with the reason and the allowed values (`feedback_retries`), and a
+stage that still fails ends the chain with a `ChainFailure` naming it, except the sufficiency and
+spatial stages, which fall back to selection on the current SSR (recorded in the step's updates).
+Steps after the first work on the SSR carried over from the previous step (the edited regions
+relabelled, a removed one as "where the X was"); the executor applies each step to the previous
+step's output image.
 """
 from __future__ import annotations
 

@@ -237,3 +237,33 @@ def test_editor_close_frees_its_shared_local_llm(monkeypatch):
     del held, judge_client
     gc.collect()
     assert local_models.loaded() == []  # nobody holds it: freed
+
+
+def test_m2m_refines_each_mask_from_its_point_and_own_logits():
+    """SAM 2's m2m pass, batched over masks, equals one single-mask decoder call per mask with the
+    point and that mask's low-res logits as prompt (the release's refine step, done one at a time)."""
+    import torch
+
+    from ciebench.cielr_ref.segmenters import AMGParams, Sam2Segmenter
+    from tests.fixtures_cielr import SAM_ID
+
+    publish_cielr_models()
+    seg = Sam2Segmenter(SAM_ID, AMGParams(points_per_side=4, crop_n_layers=0, pred_iou_thresh=0.0,
+                                          stability_score_thresh=0.0, mask_threshold=1.0, use_m2m=True))
+    inputs = seg.processor(images=[scene()], return_tensors="pt")
+    with torch.inference_mode():
+        emb = seg.model.get_image_embeddings(inputs["pixel_values"])
+        pts = torch.tensor([[10.0, 20.0], [40.0, 30.0], [55.0, 50.0]])
+        first = seg.model(image_embeddings=emb, input_points=pts[None, :, None, :],
+                          input_labels=torch.ones((1, 3, 1), dtype=torch.int64), multimask_output=True)
+        low = first.pred_masks[0, :, 0].float()  # the first of the three masks of each point
+        batched, iou = seg._refine(emb, pts, low)
+        for i in range(3):
+            one = seg.model(image_embeddings=emb, input_points=pts[None, i:i + 1, None, :],
+                            input_labels=torch.ones((1, 1, 1), dtype=torch.int64),
+                            input_masks=low[i:i + 1, None], multimask_output=False)
+            assert torch.allclose(batched[i], one.pred_masks[0, 0, 0].float(), atol=1e-4)
+            assert torch.allclose(iou[i], one.iou_scores[0, 0, 0].float(), atol=1e-4)
+    assert not torch.allclose(batched, low)  # the mask prompt changed the prediction
+    masks = seg.segment([scene()])[0]
+    assert masks and all(m.shape == (90, 120) and m.dtype == bool for m in masks)
