@@ -17,6 +17,15 @@ Reported per mode: the reasoning wall time (scheduler start to the last chain's 
 `edit` wall time, LLM requests and the server's peak of concurrent requests; then model calls per
 sample. Asserted: segmentation ran exactly once per sample in each mode, every sample succeeded, and
 (unless --no-assert) the concurrent mode's reasoning wall time is at least `--target` times smaller.
+
+Then LLM requests per sample when the model errs (concurrent mode, `--err-limit` samples): the
+scripted model first gives, at every stage of every sample, an answer that passes the JSON schema but
+not the chain's check (an empty object list, an empty plan, an inconsistent sufficiency answer, a
+region id that does not exist, the wrong action), and is measured with the chain's feedback retries
+(`feedback_retries=2`: the re-ask carries the reason and the valid values) and without them
+(`feedback_retries=0`: the client resamples the same prompt). Two models: one that errs once per
+stage and then answers right whatever it is asked, and one that answers right only when the prompt
+says why its last answer was rejected.
 """
 from __future__ import annotations
 
@@ -45,6 +54,54 @@ def _offline_hub() -> Path:
     return root
 
 
+REJECTED = "YOUR PREVIOUS ANSWER WAS REJECTED"
+
+
+def erring_responder(needs_reason: bool):
+    """chain_responder behind a model that first answers every stage of every sample wrongly (valid
+    JSON, rejected by the chain). `needs_reason`: it stays wrong until the prompt says why."""
+    import hashlib
+    import re
+    import threading
+
+    from tests.fixtures_cielr import chain_responder, stage_of
+
+    right = chain_responder()
+    seen: set = set()
+    lock = threading.Lock()
+    marker = re.compile(r"\[#(.+?)#\]")
+    other = {"remove": "add", "replace": "remove", "add": "remove", "recolor": "remove"}
+
+    def wrong(stage: str, text: str):
+        if stage == "objects":
+            return {"objects": []}
+        if stage == "plan":
+            return {"steps": []}
+        if stage == "sufficiency":
+            return {"sufficient": True, "missing": "spatial", "new_labels": [], "reason": ""}
+        if stage == "select":
+            return {"region_ids": [99999], "reason": "a guess"}
+        if stage == "action":
+            kind = text.split("Edit type: ", 1)[1].split("\n", 1)[0].strip()
+            return {"action": other[kind], "target": "x", "new_object": "y", "color": "z", "explicit": "x"}
+        return None  # spatial: always right (its fallback is tested elsewhere)
+
+    def answer(req):
+        stage = stage_of(req.text)
+        m = marker.search(req.text)
+        who = m.group(1) if m else hashlib.sha1("".join(req.image_urls).encode()).hexdigest()
+        if needs_reason:
+            err = REJECTED not in req.text
+        else:
+            with lock:
+                err = (who, stage) not in seen
+                seen.add((who, stage))
+        bad = wrong(stage, req.text) if err else None
+        return bad if bad is not None else right(req)
+
+    return answer
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default=str(ROOT.parent / "shared" / "ciebench"))
@@ -56,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="CPU threads for the tiny models (1 avoids thread contention on a shared machine)")
     ap.add_argument("--no-assert", action="store_true")
+    ap.add_argument("--err-limit", type=int, default=40, help="samples for the erring-model measurement")
     args = ap.parse_args(argv)
 
     tmp = _offline_hub()
@@ -140,6 +198,29 @@ def main(argv: list[str] | None = None) -> int:
         per_kind[(c["vlm_calls"] + c["llm_calls"], c["labeller"])] += 1
     print("  samples by (LLM+VLM calls, labeller runs): "
           + ", ".join(f"{k}: {v}" for k, v in sorted(per_kind.items())))
+
+    err_requests = requests[:args.err_limit]
+    print(f"\nLLM requests per sample with a model that errs (concurrent, {len(err_requests)} samples, "
+          f"no latency): mean [min, max], samples ok")
+    server = LLMServer(latency_s=0.0, lifetime_s=3600).start()
+    try:
+        rows = [("error-free model", chain_responder(), 2)]
+        for model, needs_reason in (("errs once per stage", False), ("errs until told why", True)):
+            for retries in (2, 0):
+                rows.append((f"{model}, feedback_retries={retries}", erring_responder(needs_reason), retries))
+        for label, responder, retries in rows:
+            server.reset(rules=True)
+            server.on(then=respond(responder))
+            editor = CIELREditor(**{**tiny_editor_options(server.base_url, concurrency=default_conc),
+                                    "feedback_retries": retries})
+            out = editor.edit(err_requests)
+            editor.close()
+            reqs = [r.trace["model_calls"]["llm_requests"] for r in out]
+            ok = sum(r.status == "ok" for r in out)
+            print(f"  {label:<44}{statistics.mean(reqs):6.2f}  [{min(reqs)}, {max(reqs)}]  ok {ok}/{len(out)}"
+                  f"  (server saw {server.count / len(out):.2f} per sample)")
+    finally:
+        server.stop()
 
     for label, r in results.items():
         assert all(n == 1 for n in r["segs"]) and r["seg_images"] == len(requests), \

@@ -4,8 +4,9 @@
     outcome = ex.run([InpaintJob(key, image, region_mask, prompt="a blue bottle", seed=0)])[0]
 
 For each job: the region is dilated by `dilation_px`; a crop around it (at least `resolution` pixels
-a side where the image allows, `context` times the region's extent) is resized so that its long side
-is `resolution` (a multiple of what the UNet needs), inpainted with the dilated mask, resized back
+a side where the image allows, `context` times the region's extent; the whole image with
+`whole_image`, as the release's SD 1.5 back end did) is resized so that its long side is
+`resolution` (a multiple of what the UNet needs), inpainted with the dilated mask, resized back
 and pasted with a per-pixel weight that is 1 on the region, ramps to 0 across the dilation band when
 `feather` is on (else 1 on the whole band) and is 0 elsewhere. Pixels with weight 0 are copied from
 the source unchanged: everything outside the dilated region stays byte-identical.
@@ -34,6 +35,7 @@ class InpaintParams:
     feather: bool = True
     context: float = 1.5  # the crop spans at least this multiple of the region's larger side
     batch_size: int = 4
+    whole_image: bool = False  # inpaint the whole image (resized) instead of a crop around the region
 
 
 @dataclass
@@ -160,7 +162,7 @@ class InpaintExecutor:
             raise ValueError("the region to edit is empty")
         band = dilate(job.mask, p.dilation_px)
         weights = paste_weights(job.mask, p.dilation_px, p.feather)
-        box = plan_crop(band, p.resolution, p.context)
+        box = (0, 0, src.shape[1], src.shape[0]) if p.whole_image else plan_crop(band, p.resolution, p.context)
         x0, y0, x1, y1 = box
         size = model_size(x1 - x0, y1 - y0, p.resolution, self.multiple)
         crop = Image.fromarray(src[y0:y1, x0:x1]).resize(size, Image.Resampling.LANCZOS)

@@ -6,6 +6,9 @@
 Images of a batch may have different label lists: queries are padded per batch, and the padding is
 cut off the logits before scoring (transformers' own post-processing would let a padding query win
 the arg-max of a box). Each box keeps its best label; boxes are in the image's pixels, clipped to it.
+
+A query longer than the text encoder takes (OWLv2: 16 tokens, start and end tokens included) is cut
+to fit with the tokenizer (`query_for`); the detection keeps the full label.
 """
 from __future__ import annotations
 
@@ -34,11 +37,36 @@ class Owlv2Labeller:
         self.model = transformers.Owlv2ForObjectDetection.from_pretrained(
             model_id, revision=revision, dtype=self.dtype, trust_remote_code=False)
         self.model.to(device).eval()
+        tok = self.processor.tokenizer
+        limits = [int(getattr(tok, "model_max_length", 0) or 0),
+                  int(getattr(self.model.config.text_config, "max_position_embeddings", 0) or 0)]
+        self.max_query_tokens = min(x for x in limits if 0 < x < 100_000) if any(0 < x < 100_000 for x in limits) else 16
+        self._n_special = len(tok("", add_special_tokens=True)["input_ids"])
+        self._queries: dict[str, str] = {}
         self.stats = CallStats()
+
+    def query_for(self, label: str) -> str:
+        """The text sent for `label`: the query template filled in, cut to `max_query_tokens` tokens."""
+        query = self._queries.get(label)
+        if query is None:
+            tok = self.processor.tokenizer
+            query = self.query_template.format(label=label)
+            room = self.max_query_tokens - self._n_special
+            ids = tok(query, add_special_tokens=False)["input_ids"]
+            while len(ids) > room:  # decoding can re-tokenise differently: shrink until it fits
+                query = tok.decode(ids[:room], skip_special_tokens=True).strip()
+                ids = tok(query, add_special_tokens=False)["input_ids"]
+                room -= 1
+            self._queries[label] = query
+        return query
+
+    def truncated(self, labels: Sequence[str]) -> dict[str, str]:
+        """{label: query sent} for the labels whose query had to be cut."""
+        return {l: q for l in labels if (q := self.query_for(l)) != self.query_template.format(label=l)}
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "model": self.model_id, "threshold": self.threshold,
-                "query_template": self.query_template, "dtype": str(self.dtype).replace("torch.", "")}
+                "query_template": self.query_template, "max_query_tokens": self.max_query_tokens, "dtype": str(self.dtype).replace("torch.", "")}
 
     def detect(self, images: Sequence[Image.Image], labels: Sequence[Sequence[str]],
                keys: Sequence[Any] = ()) -> list[list[Detection]]:
@@ -48,7 +76,7 @@ class Owlv2Labeller:
         out: list[list[Detection]] = [[] for _ in images]
         todo = [i for i in range(len(images)) if labels[i]]
         for batch in chunks(todo, self.batch_size):
-            queries = [[self.query_template.format(label=l) for l in labels[i]] for i in batch]
+            queries = [[self.query_for(l) for l in labels[i]] for i in batch]
             inputs = self.processor(text=queries, images=[images[i].convert("RGB") for i in batch],
                                     return_tensors="pt")
             inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
@@ -73,15 +101,18 @@ class Owlv2Labeller:
         return out
 
 
+MAX_LABEL_CHARS = 200  # a label is kept whole up to here; the detector query is cut by tokens instead
+
+
 def normalise_labels(labels: Sequence[str], limit: int = 64) -> list[str]:
     """Strip, drop empties and case-insensitive duplicates, keep order; at most `limit` labels."""
     seen, out = set(), []
     for label in labels:
-        text = " ".join(str(label).split())[:80]
+        text = " ".join(str(label).split())[:MAX_LABEL_CHARS]
         if text and text.lower() not in seen and text.lower() != "unknown":
             seen.add(text.lower())
             out.append(text)
     return out[:limit]
 
 
-__all__ = ["Owlv2Labeller", "normalise_labels", "Detection"]
+__all__ = ["Owlv2Labeller", "normalise_labels", "Detection", "MAX_LABEL_CHARS"]

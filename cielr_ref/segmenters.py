@@ -9,8 +9,10 @@ A segmenter turns images into lists of boolean masks (image size, largest first)
 prompts per crop (crop layer 0 is the whole image, layer i adds (2^i)^2 overlapping crops), three
 masks per point, filtered by predicted IoU and by stability (the IoU between the mask thresholded at
 +offset and at -offset), masks touching a crop edge that is not an image edge dropped, box NMS within
-each crop and then across crops (preferring masks from smaller crops). The parameters the CIELR
-authors used are the defaults of `AMGParams`.
+each crop and then across crops (preferring masks from smaller crops). With `use_m2m` (SAM 2's
+mask-to-mask refinement) every mask that passed the filters is predicted once more from its point
+with its own low-resolution logits as the mask prompt, and filtered again. See `AMGParams` for which
+values the CIELR release used.
 
 We do not use transformers' "mask-generation" pipeline: for SAM 2 it places the point grid with the
 SAM 1 convention (longest side scaled to 1024) while SAM 2 squashes the image to 1024x1024, so on a
@@ -31,7 +33,10 @@ from .common import CallStats, chunks, torch_dtype
 
 @dataclass(frozen=True)
 class AMGParams:
-    """Automatic-mask-generation parameters (defaults: the released CIELR settings)."""
+    """Automatic-mask-generation parameters. Defaults: the release's grid and thresholds (16 points
+    per side, predicted IoU 0.7, stability 0.92, one crop layer, NMS 0.7) with SAM's generator defaults
+    for the rest (stability offset 1.0, no point downscaling in crops, no m2m pass); the release itself
+    used offset 0.7, downscale factor 2 and m2m, which CIELR's preset "paper" sets."""
 
     points_per_side: int = 16
     pred_iou_thresh: float = 0.7
@@ -46,6 +51,7 @@ class AMGParams:
     min_mask_area: int = 0  # drop masks with fewer pixels (0 keeps all)
     points_per_batch: int = 64
     crop_edge_atol: float = 20.0
+    use_m2m: bool = False  # SAM 2's mask-to-mask pass: each kept mask re-predicted with itself as prompt
 
 
 class Segmenter(Protocol):
@@ -205,7 +211,6 @@ class Sam2Segmenter:
 
     def _crop_masks(self, emb, box, layer, width, height):
         import torch
-        import torch.nn.functional as F
 
         p = self.params
         x0, y0, x1, y1 = box
@@ -220,17 +225,15 @@ class Sam2Segmenter:
                 out = self.model(image_embeddings=emb, input_points=pts, input_labels=labels, multimask_output=True)
             low = out.pred_masks[0].flatten(0, 1).float()  # (points*3, h, w) logits
             iou = out.iou_scores[0].flatten(0, 1).float()
+            n_out = out.pred_masks.shape[2]
+            origin = torch.arange(len(sel), device=low.device).repeat_interleave(n_out)  # mask -> its point
             keep = iou > p.pred_iou_thresh if p.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
-            low, iou = low[keep], iou[keep]
+            low, iou, origin = low[keep], iou[keep], origin[keep]
             for sub in chunks(list(range(low.shape[0])), 32):  # bound memory of full-size logits
-                logits = F.interpolate(low[sub][:, None], size=(ch, cw), mode="bilinear", align_corners=False)[:, 0]
-                hi = (logits > p.mask_threshold + p.stability_score_offset).sum(dim=(1, 2))
-                lo = (logits > p.mask_threshold - p.stability_score_offset).sum(dim=(1, 2))
-                stability = hi.float() / lo.clamp(min=1).float()
-                ok = stability > p.stability_score_thresh if p.stability_score_thresh > 0 else torch.ones_like(stability, dtype=torch.bool)
-                binary = logits[ok] > p.mask_threshold
-                nonempty = binary.flatten(1).any(dim=1)
-                binary, sc = binary[nonempty], iou[sub][ok][nonempty]
+                binary, sc, low_kept = self._filter(low[sub], iou[sub], ch, cw, check_iou=False)
+                if p.use_m2m and len(binary):
+                    low2, iou2 = self._refine(emb, pts[0, origin[sub][low_kept], 0], low[sub][low_kept])
+                    binary, sc, _ = self._filter(low2, iou2, ch, cw, check_iou=True)
                 if not len(binary):
                     continue
                 bx = masks_to_boxes(binary) + torch.tensor([x0, y0, x0, y0], device=binary.device)
@@ -243,6 +246,40 @@ class Sam2Segmenter:
         if not masks_out:
             return [], torch.zeros(0), torch.zeros((0, 4))
         return torch.cat(masks_out), torch.cat(scores_out), torch.cat(boxes_out)
+
+
+    def _filter(self, low, iou, ch: int, cw: int, check_iou: bool):
+        """Low-resolution logits -> (binary crop-size masks, scores, indices kept into `low`): the
+        predicted-IoU filter (when `check_iou`), the stability filter, empty masks dropped."""
+        import torch
+        import torch.nn.functional as F
+
+        p = self.params
+        idx = torch.arange(low.shape[0], device=low.device)
+        if check_iou and p.pred_iou_thresh > 0:
+            ok = iou > p.pred_iou_thresh
+            low, iou, idx = low[ok], iou[ok], idx[ok]
+        logits = F.interpolate(low[:, None].float(), size=(ch, cw), mode="bilinear", align_corners=False)[:, 0]
+        hi = (logits > p.mask_threshold + p.stability_score_offset).sum(dim=(1, 2))
+        lo = (logits > p.mask_threshold - p.stability_score_offset).sum(dim=(1, 2))
+        stability = hi.float() / lo.clamp(min=1).float()
+        ok = stability > p.stability_score_thresh if p.stability_score_thresh > 0 else torch.ones_like(stability, dtype=torch.bool)
+        binary = logits[ok] > p.mask_threshold
+        nonempty = binary.flatten(1).any(dim=1)
+        return binary[nonempty], iou[ok][nonempty], idx[ok][nonempty]
+
+    def _refine(self, emb, points, low):
+        """SAM 2's m2m pass: one prediction per mask from its point (in model input coordinates) and
+        its low-resolution logits as the dense prompt; single-mask output."""
+        import torch
+
+        n = points.shape[0]
+        with torch.inference_mode():
+            out = self.model(image_embeddings=[e.expand(n, *e.shape[1:]) for e in emb],
+                             input_points=points[:, None, None, :],
+                             input_labels=torch.ones((n, 1, 1), dtype=torch.int64, device=self.device),
+                             input_masks=low[:, None].to(self.device, self.dtype), multimask_output=False)
+        return out.pred_masks[:, 0, 0].float(), out.iou_scores[:, 0, 0].float()
 
 
 # ---------------------------------------------------------------------------------- segment-anything

@@ -8,8 +8,9 @@ per sample) and the labeller's detections (re-run on a semantic update). Buildin
 
 Every segment takes the label of the detection box it overlaps best, where the overlap of a mask M
 and a box B is |M in B| / (|B| + |M| - |M in B|) (the released CIELR rule), or "Unknown" when no box
-overlaps it. Segments with the same (known) label merge into one region; "Unknown" segments stay
-separate regions. Besides what the released code kept (id, label, mask, depth at the centroid), each
+overlaps it. Segments with the same label merge into one region; with `merge_unknown` (the default,
+as released) that includes "Unknown": all unlabelled segments form one "Unknown" region, and with
+`merge_unknown=False` each unlabelled segment stays a region of its own. Besides what the released code kept (id, label, mask, depth at the centroid), each
 region carries its bounding box, area fraction, centroid and median depth, and its instances (the
 segments it merged), so spatial questions are answered by operators over these numbers, never by code.
 
@@ -202,7 +203,8 @@ class SSR:
         instruction; no model re-runs, the version number stays). Segments at least half inside the
         mask leave their regions (regions left empty disappear); for replace / add / recolor the mask
         becomes a new region labelled with the new object (source "edited"). Other regions keep their
-        ids, as their pixels stay the same."""
+        ids, as their pixels stay the same. A removal leaves a region too, labelled "where the X was"
+        (source "edited"), so a later step can still address the place ("put a vase where the cup was")."""
         inside = {i.index for i in self.instances
                   if i.geometry.area and int((i.mask & mask).sum()) * 2 >= i.geometry.area}
         regions: list[Region] = []
@@ -220,9 +222,13 @@ class SSR:
                 regions.append(dataclasses.replace(r, mask=m, geometry=Geometry.of(m, self.depth), instances=keep))
             elif int((r.mask & mask).sum()) * 2 < max(1, r.geometry.area):
                 regions.append(r)
-        if action != "remove":
+        if mask.any():
+            if action == "remove":
+                label = f"where the {new_label} was" if new_label else "where the removed object was"
+            else:
+                label = new_label or "edited region"
             new_id = max(self.region_ids, default=0) + 1
-            regions.append(Region(new_id, new_label or "edited region", mask.copy(), Geometry.of(mask, self.depth), [],
+            regions.append(Region(new_id, label, mask.copy(), Geometry.of(mask, self.depth), [],
                                   source="edited", note=note or f"{action} in an earlier step"))
         return dataclasses.replace(self, regions=regions, instances=[i for i in self.instances if i.index not in inside],
                                    history=[*self.history, f"after step: {action} ({note or new_label or ''})"])

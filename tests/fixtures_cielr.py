@@ -42,7 +42,11 @@ CLIP_VOCAB_SIZE = 49408
 
 def _sam2(folder: Path) -> None:
     import torch
-    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model
+    import transformers
+    from transformers import Sam2Config, Sam2Model
+
+    # transformers 5.0 (the floor) has only the "Fast" class; later releases renamed it
+    Sam2ImageProcessor = getattr(transformers, "Sam2ImageProcessor", None) or transformers.Sam2ImageProcessorFast
 
     torch.manual_seed(0)
     s = SAM_SIZE
@@ -161,7 +165,8 @@ def publish_sd15_inpaint(repo_id: str = SD15_ID) -> str:
 
 # ------------------------------------------------------------------------------ scripted LLM helpers
 STAGES = {"TASK: OBJECT LIST": "objects", "TASK: EDIT PLAN": "plan", "TASK: SUFFICIENCY CHECK": "sufficiency",
-          "TASK: SPATIAL OPERATOR": "spatial", "TASK: REGION SELECTION": "select", "TASK: EXPLICIT ACTION": "action"}
+          "TASK: SPATIAL OPERATOR": "spatial", "TASK: REGION SELECTION": "select", "TASK: EXPLICIT ACTION": "action",
+          "TASK: EDIT TYPE": "classify", "TASK: ONE-STEP EDIT": "onestep"}
 
 
 def stage_of(text: str) -> str | None:

@@ -156,7 +156,8 @@ def test_semantic_update_reruns_only_the_labeller(server, editor):
 
     def select(regions, req):
         hits = [r["id"] for r in regions if r["label"] == "green bar"]
-        return {"region_ids": hits[:1], "reason": "the bar"}
+        # whether a random tiny detector gives "green bar" a box depends on the library's init
+        return {"region_ids": hits[:1] or [regions[0]["id"]], "reason": "the bar"}
 
     script = Script({"MARK-SEM": [{"instruction": "MARK-SEM remove the green bar", "edit_type": "remove"}]},
                     sufficiency=suff, select=select, action=lambda r, q: action("remove", "green bar"))
@@ -206,7 +207,10 @@ def test_spatial_update_uses_a_safe_operator(server, editor):
     red = [r for r in v1["regions"] if r["label"] == "red square"][0]
     assert set(made["instance_indices"]) <= set(red["instance_indices"])
     mask = region_mask(trace, arts, 2, made["id"])
-    assert made["mask"] == f"ssr_v2_region_{made['id']}.png"  # a new mask gets its own file
+    # a new mask gets its own file; one equal to an earlier region's mask (a one-instance region, which
+    # depends on the random tiny models) refers to that file
+    v1_masks = [arts[r["mask"]] for r in v1["regions"]]
+    assert made["mask"] == f"ssr_v2_region_{made['id']}.png" or any(np.array_equal(mask, m) for m in v1_masks)
     assert all(r["mask"].startswith("ssr_v1_") for r in v2["regions"][:-1])  # unchanged ones are not rewritten
     assert Geometry.of(mask, None).centroid[0] <= Geometry.of(region_mask(trace, arts, 1, red["id"]), None).centroid[0] + 1e-6
     assert not (changed(res, src) & ~dilate(mask, DILATION)).any()

@@ -101,8 +101,10 @@ def test_trace_artifacts_are_one_bit_pngs_named_by_version(scene):
 
 def test_after_edit_drops_removed_instances_and_adds_replacements(scene):
     left = scene.segments[1]
-    after = scene.after_edit(left, "remove", None)
+    after = scene.after_edit(left, "remove", "left cup")
     cup = after.region(1)
+    where = after.regions[-1]  # a removal leaves an addressable region (issue 12)
+    assert where.label == "where the left cup was" and where.source == "edited" and np.array_equal(where.mask, left)
     assert 1 not in cup.instances and 4 not in cup.instances  # the handle went with its cup
     assert after.version == scene.version and not (cup.mask & left).any()
     replaced = scene.after_edit(left, "replace", "vase")
@@ -175,9 +177,10 @@ def test_answers_are_validated_against_the_ssr(scene):
     assert _check_select({"region_ids": [7], "reason": ""}, scene).startswith("region ids [7] do not exist")
     assert _check_select({"region_ids": [], "reason": ""}, scene)
     assert _check_select({"region_ids": [2], "reason": ""}, scene) is None
-    assert "already searched" in _check_sufficiency({"sufficient": False, "missing": "semantic",
-                                                      "new_labels": ["Cup"], "reason": ""}, scene)
-    assert _check_sufficiency({"sufficient": True, "missing": "spatial", "new_labels": [], "reason": ""}, scene)
+    # issue 12: labels searched already are a no-op update in the chain, not a rejected answer
+    assert _check_sufficiency({"sufficient": False, "missing": "semantic", "new_labels": ["Cup"], "reason": ""}) is None
+    assert _check_sufficiency({"sufficient": False, "missing": "semantic", "new_labels": [" "], "reason": ""})
+    assert _check_sufficiency({"sufficient": True, "missing": "spatial", "new_labels": [], "reason": ""})
     assert _check_action({"action": "remove", "target": "cup", "new_object": None, "color": None,
                           "explicit": "x"}, "replace")
     assert _check_action({"action": "replace", "target": "cup", "new_object": " ", "color": None,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from . import local_models
 from .exchange import ModelOutcome, ModelRequest
 
 if TYPE_CHECKING:
     from .client import LLMClient
 
-_LOCAL_MODELS: dict[tuple, "LocalModel"] = {}
-_LOCAL_LOCK = threading.Lock()
+_LOCAL_MODELS = local_models._MODELS  # one instance per canonical (model, device, dtype); see local_models.py
 
 
 class LocalModel:
@@ -98,11 +98,8 @@ class TransformersBackend:
 
     def load(self) -> LocalModel:
         c = self.config
-        key = (c.model, c.revision, c.device, c.dtype)
-        with _LOCAL_LOCK:
-            if key not in _LOCAL_MODELS:
-                _LOCAL_MODELS[key] = LocalModel(c.model, c.revision, c.device, c.dtype)
-            return _LOCAL_MODELS[key]
+        key = local_models.model_key(c.model, c.revision, c.device, c.dtype)
+        return local_models.shared(key, lambda: LocalModel(c.model, c.revision, key[3], c.dtype))
 
     def generate(self, req: ModelRequest, temperature: float, seed: int | None) -> ModelOutcome:
         if self._error is not None:
@@ -118,5 +115,4 @@ class TransformersBackend:
 
 def release_local_models() -> None:
     """Drop every loaded local model (frees memory; the next call loads again)."""
-    with _LOCAL_LOCK:
-        _LOCAL_MODELS.clear()
+    local_models.release_all()
