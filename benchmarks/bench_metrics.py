@@ -280,6 +280,7 @@ def bench_speed(args: argparse.Namespace, work: Path) -> None:
             if way == "ciebench":
                 runs[way].append(run_ciebench(str(args.source), work / "predictions", work / f"scored-{rep}",
                                               args.protocol, ",".join(METRICS), args.batch_size, args.device, n))
+                _print_run(way, runs[way][-1])
                 continue
             out = work / f"{way}-{rep}.json"
             cmd = [sys.executable, __file__, "--way", way, "--manifest", str(manifest_path), "--out", str(out),
@@ -289,7 +290,13 @@ def bench_speed(args: argparse.Namespace, work: Path) -> None:
             # "startup": the interpreter's start and everything before the child's first stage
             result["stages"] = {"startup": measured["wall_s"] - sum(result["stages"].values()), **result["stages"]}
             runs[way].append({**measured, **result})
+            _print_run(way, runs[way][-1])
     report_speed(runs, n, args)
+
+
+def _print_run(way: str, run: dict) -> None:
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in run["stages"].items())
+    print(f"  {way}: whole process {run['wall_s']:.1f} s; stages (s): {stages}", flush=True)
 
 
 def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace) -> None:
@@ -346,7 +353,7 @@ def bench_memory(args: argparse.Namespace, work: Path) -> None:
     edits.mkdir()
     for n in range(len(base)):
         sample = EditSample.from_row(base[n])
-        synthetic_edit(sample.image, sample.mask, "recolor", seed=n).save(edits / f"{sample.id}.png")
+        synthetic_edit(sample.image, sample.mask, "noise_in_mask", seed=n).save(edits / f"{sample.id}.png")
     results = {}
     for size in sizes:
         dataset = build_dataset(args.source, size, work / f"data-{size}")

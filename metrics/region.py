@@ -133,8 +133,24 @@ class RegionScorer:
         with self.timer.stage("load"):
             self._lpips = (SqueezeLPIPS.pretrained(p.lpips_version, p.lpips_norm_eps).to(self.device)
                            if "lpips" in self.metrics else None)
-            self._clip = (RegionCLIP(p.clip_model, image_backend=p.clip_image_backend, max_tokens=p.clip_max_tokens,
-                                     device=self.device) if "clip" in self.metrics else None)
+        # CLIP (the large model) loads in a thread: decoding, aligning and the first batches' pixel
+        # metrics, SSIM and LPIPS run meanwhile. A load error is raised by `score` (or `model_ids`).
+        self._clip_future: Future | None = None
+        if "clip" in self.metrics:
+            loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ciebench-load")
+            self._clip_future = loader.submit(self._load_clip)
+            loader.shutdown(wait=False)
+
+    def _load_clip(self) -> RegionCLIP:
+        p = self.protocol
+        with self.timer.stage("load"):
+            return RegionCLIP(p.clip_model, image_backend=p.clip_image_backend, max_tokens=p.clip_max_tokens,
+                              device=self.device)
+
+    @property
+    def _clip(self) -> RegionCLIP | None:
+        """The loaded CLIP (waits for the loader thread; re-raises its error), None when not scored."""
+        return None if self._clip_future is None else self._clip_future.result()
 
     def timing(self) -> dict:
         """Per-stage seconds so far (see `metrics.timing.StageTimer.report`)."""
@@ -149,7 +165,7 @@ class RegionScorer:
             ids["lpips_trunk"] = f"{self.protocol.lpips_trunk} ({TRUNK_FILE})"
             ids["lpips_trunk_sha256"] = _sha256(trunk) if trunk.exists() else "unknown"
             ids["lpips_heads_sha256"] = _sha256(heads)
-        if self._clip is not None:
+        if self._clip_future is not None:
             ids.update(self._clip.model_ids())
         return ids
 
@@ -221,11 +237,12 @@ class RegionScorer:
             with self.timer.stage("align"):
                 aligned = align(item.source, item.prediction, item.mask, self.protocol)
                 prep.source, prep.prediction, prep.mask = aligned.tensors()
-            if self._clip is not None and prep.clip_text:
+            if self._clip_future is not None and prep.clip_text:
+                clip = self._clip  # waits while the model is still loading
                 with self.timer.stage("clip_preprocess"):
                     crop = region_crop(aligned.prediction, aligned.mask, self.protocol.clip_crop == "inclusive")
                     if crop is not None:
-                        prep.clip_pixels = self._clip.preprocess(crop)
+                        prep.clip_pixels = clip.preprocess(crop)
         except Exception as exc:  # noqa: BLE001 - one bad sample must not end the run
             prep.error = _describe(exc)
         return prep
@@ -245,9 +262,14 @@ class RegionScorer:
 
         # The pixel metrics, SSIM and LPIPS run beside the CLIP forward; the results are merged in a
         # fixed family order, so rows and error messages do not depend on the threads' timing.
-        pending: Future | None = side.submit(cpu_side) if side is not None and self._clip is not None else None
+        scores_clip = self._clip_future is not None
+        pending: Future | None = side.submit(cpu_side) if side is not None and scores_clip else None
         results = cpu_side() if pending is None else []
-        if self._clip is not None:
+        if scores_clip:
+            if self._clip_future.exception() is not None:  # (waits for the load) a model that cannot load ends the run
+                if pending is not None:
+                    pending.result()
+                raise self._clip_future.exception()
             clip = self._run_family("clip", self._clip_metric, batch, ready)
             results = (pending.result() if pending is not None else results) + [clip]
         rows: list[dict] = [dict.fromkeys(self.columns, math.nan) for _ in batch]

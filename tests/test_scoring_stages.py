@@ -96,3 +96,16 @@ def test_overlapping_the_metric_families_changes_no_number():
         assert on[sid].keys() == off[sid].keys()
         for k, v in on[sid].items():
             assert v == off[sid][k] or (math.isnan(v) and math.isnan(off[sid][k])), (sid, k)
+
+
+def test_a_clip_model_that_cannot_load_ends_the_run_instead_of_failing_each_sample():
+    from ciebench.metrics.protocols import get_protocol
+
+    r = next(iter(ciebench.load_dataset("mini")))
+    item = ScoreItem(r["id"], r["image"].convert("RGB"), r["mask"], r["image"].convert("RGB"), ["a lamp"])
+    missing = get_protocol("cielr").with_(name="no-clip", clip_model="nobody/no-such-clip")
+    scorer = RegionScorer(missing, metrics=["psnr", "clip"], batch_size=2)  # CLIP loads in the background
+    with pytest.raises(OSError):
+        list(scorer.score([item, item]))
+    with pytest.raises(OSError):
+        scorer.model_ids()
