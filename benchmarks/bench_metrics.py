@@ -272,7 +272,8 @@ def bench_speed(args: argparse.Namespace, work: Path) -> None:
     manifest_path = prepare(args.source, work, args.protocol, args.limit)
     manifest = json.loads(manifest_path.read_text())
     n = len(manifest["rows"])
-    ways = ["floor"] + (["reference"] if get_protocol(args.protocol).is_parity and args.device == "cpu" else []) + ["ciebench"]
+    with_reference = get_protocol(args.protocol).is_parity and args.device == "cpu" and not args.no_reference
+    ways = ["floor"] + (["reference"] if with_reference else []) + ["ciebench"]
     runs: dict[str, list[dict]] = {w: [] for w in ways}
     for rep in range(args.repeat):
         for way in ways:  # interleaved, so a change in the machine's load hits every way alike
@@ -391,6 +392,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--work", type=Path, help="keep models, inputs and outputs in this folder (published "
                         "models are reused by later runs); default: a temporary folder")
+    parser.add_argument("--no-reference", action="store_true", help="skip the published per-image loop")
     parser.add_argument("--memory", help="N1,N2: peak memory of scoring N1 and N2 generated samples (cheap metrics)")
     parser.add_argument("--way", choices=["floor", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
