@@ -6,8 +6,8 @@
 
 Each model is loaded once per scorer. A feeder thread pulls the input items (so lazy decoding in
 the caller's iterator runs off the main thread), worker threads convert, align and CLIP-preprocess
-the next batch, and the pixel metrics, SSIM and LPIPS of a batch run in a thread beside its CLIP
-forward, all while the models work. LPIPS and CLIP forwards are batched (images of one size
+the next batch, and (where cores allow) the pixel metrics, SSIM and LPIPS of a batch run in a
+thread beside its CLIP forward, all while the models work. LPIPS and CLIP forwards are batched (images of one size
 together; pinned host memory and asynchronous copies on CUDA), and each distinct CLIP text is
 encoded once. A sample whose preparation or computation fails yields NaNs plus an "error" entry;
 the run goes on. Every stage is timed (`metrics.timing.StageTimer`, `RegionScorer.timing()`).
@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
+import os
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -115,10 +116,12 @@ def _sha256(path: Path) -> str:
 
 class RegionScorer:
     """`overlap`: run the pixel metrics, SSIM and LPIPS of a batch in a thread beside its CLIP forward
-    (default: on; results are identical either way). `timer`: a shared `StageTimer` (default: own)."""
+    (results are identical either way). Default (None): on where cores allow, i.e. on CUDA (the CLIP
+    forward runs on the device) or when the CPU has at least twice torch's intra-op threads (else the
+    two threads' intra-op pools oversubscribe the cores). `timer`: a shared `StageTimer` (default: own)."""
 
     def __init__(self, protocol: Protocol | str = "cielr", metrics: Sequence[str] | None = None, device: str = "cpu",
-                 batch_size: int = 8, workers: int = 2, overlap: bool = True, timer: StageTimer | None = None) -> None:
+                 batch_size: int = 8, workers: int = 2, overlap: bool | None = None, timer: StageTimer | None = None) -> None:
         if batch_size < 1 or workers < 1:
             raise ValueError("batch_size and workers must be at least 1")
         self.protocol = get_protocol(protocol)
@@ -127,6 +130,8 @@ class RegionScorer:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.workers = workers
+        if overlap is None:
+            overlap = self.device.type == "cuda" or (os.cpu_count() or 1) >= 2 * torch.get_num_threads()
         self.overlap = overlap
         self.timer = timer or StageTimer()
         p = self.protocol
