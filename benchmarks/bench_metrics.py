@@ -1,38 +1,57 @@
-"""Region-metric speed: ciebench's `RegionScorer` against a plain per-image loop over torchmetrics
-modules written as the published scripts do (`tests/metrics_reference.PublishedLoop`).
+"""Region-metric speed against the hardware's floor, per stage, and memory against the number of samples.
 
-    python benchmarks/bench_metrics.py                    # all 86 CIEBench samples, protocol cielr
-    python benchmarks/bench_metrics.py --limit 16 --protocol smartedit --batch-size 16 --device cuda
+    python benchmarks/bench_metrics.py --limit 20 --repeat 3          # floor vs reference vs ciebench
+    python benchmarks/bench_metrics.py --limit 86 --device cuda --protocol exact-bf16
+    python benchmarks/bench_metrics.py --memory 250,2000              # peak memory, cheap metrics
+
+Three ways, each a whole fresh process, timed from outside (start-up and imports count):
+
+- floor: a bare process that imports torch and transformers, loads the same CLIP and runs its image
+  forward on the same crops (saved as lossless PNGs), at the same batch size, dtype and device;
+- reference: the published per-image loop (`tests/metrics_reference.PublishedLoop`: torchmetrics
+  modules and one CLIP forward per image and text), parity protocols only;
+- ciebench: the real `python -m ciebench score` over a folder of predictions; its per-stage account
+  comes from the run's summary.json "timing" (stage shares of the wall clock, `metrics.timing`),
+  "startup" being the rest of the process (imports, CLI, reading and verifying the dataset).
+
+Per stage, each way reports its share of the wall clock (decode, align, pixel metrics, SSIM,
+LPIPS, CLIP preprocess, CLIP forward, writing, summary, ...). Printed: the whole-process walls
+(min / median / max over --repeat runs), the floor ratio (ciebench / floor), the reference ratio
+(reference / ciebench), the per-stage table, peak memory, and the largest difference between the
+reference's and ciebench's results per metric.
 
 Inputs: the real CIEBench (../shared/ciebench, or --source) with one synthetic edited image per
-sample (tests/synthetic_edits.py, rotating through its kinds, written as PNG files), so both ways
-decode the same files. Models: real-size architectures with random weights (CLIP ViT-L/14 at the
-protocol's size built from the published config's shapes, torchvision squeezenet1_1), saved into
-a temporary offline hub cache and torch hub folder, so both ways load them through the real
-`from_pretrained` / torchvision weights paths. Metrics: those both ways compute (psnr, ssim,
-lpips, mse, clip).
+sample (tests/synthetic_edits.py, rotating through its kinds). Models: real-size architectures with
+random weights (CLIP ViT-L/14 at the protocol's size from the published config's shapes,
+torchvision squeezenet1_1), saved into a temporary offline hub cache and torch hub folder, so every
+way loads them through the real `from_pretrained` / torchvision weights paths.
 
-Each way runs in a fresh child process (so its peak memory, `ru_maxrss`, is its own) and times
-model loading and scoring separately. Printed: both scoring wall times, their ratio, peak memory,
-and the largest difference between the two results per metric. Not a timed test.
+--memory N1,N2: CIEBench repeated to N1 and N2 samples (bench_scale.build_dataset), scored with
+`ciebench score --metrics psnr,mse`; prints each run's peak anonymous memory (RssAnon, sampled
+every 20 ms; mapped dataset pages excluded) and peak RSS, and their ratio. Not a timed test.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO.parent / "shared" / "ciebench"
 METRICS = ("psnr", "ssim", "lpips", "mse", "clip")
+CHEAP_METRICS = "psnr,mse"
 TOLERANCE = {"clip": 1e-4}  # others: 1e-5
+STAGE_ORDER = ("startup", "import", "index", "read", "decode", "load", "align", "clip_preprocess", "pixel", "ssim",
+               "locality", "lpips", "clip_text", "clip_forward", "writing", "summary")
 
 
 def _set_caches(root: Path) -> None:
@@ -44,13 +63,10 @@ def _set_caches(root: Path) -> None:
     (root / "hub").mkdir(parents=True, exist_ok=True)
 
 
-def prepare(source: Path, work: Path, protocol_name: str, limit: int | None) -> Path:
-    """Publish the models, write the predictions, and return the manifest the children read."""
-    from ciebench.datasets import read_dataset
+# ---- preparation (parent process) ---------------------------------------------------------------
+def publish_models(protocol_name: str) -> None:
     from ciebench.metrics.protocols import get_protocol
-    from ciebench.schema import EditSample
     from ciebench.tests.fixtures_models import image_size_of, publish_clip, publish_squeezenet1_1, vit_l14_config
-    from ciebench.tests.synthetic_edits import KINDS, synthetic_edit
 
     protocol = get_protocol(protocol_name)
     t0 = time.perf_counter()
@@ -58,73 +74,305 @@ def prepare(source: Path, work: Path, protocol_name: str, limit: int | None) -> 
     publish_squeezenet1_1()
     print(f"published random-weight {protocol.clip_model} (ViT-L/14 shapes) and squeezenet1_1 "
           f"in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def prepare(source: Path, work: Path, protocol_name: str, limit: int | None) -> Path:
+    """Write the predictions (and, for the floor, each sample's CLIP crop) and the manifest."""
+    from ciebench.datasets import read_dataset
+    from ciebench.metrics.align import align
+    from ciebench.metrics.clipscore import region_crop
+    from ciebench.metrics.protocols import get_protocol
+    from ciebench.schema import EditSample
+    from ciebench.tests.synthetic_edits import KINDS, synthetic_edit
+    from PIL import Image
+
+    protocol = get_protocol(protocol_name)
     loaded = read_dataset(str(source))
     rows = []
-    predictions = work / "predictions"
+    predictions, crops = work / "predictions", work / "crops"
     predictions.mkdir(parents=True, exist_ok=True)
+    crops.mkdir(exist_ok=True)
+    kinds = [k for k in KINDS if k != "identity"]
     for n in range(len(loaded.dataset) if limit is None else min(limit, len(loaded.dataset))):
         row = loaded.dataset[n]
         sample = EditSample.from_row(row)
-        kind = [k for k in KINDS if k != "identity"][n % (len(KINDS) - 1)]
+        kind = kinds[n % len(kinds)]
         pred_path = predictions / f"{sample.id}.png"
-        synthetic_edit(sample.image, sample.mask, kind, seed=n).save(pred_path)
+        edited = synthetic_edit(sample.image, sample.mask, kind, seed=n)
+        edited.save(pred_path)
+        aligned = align(sample.image, Image.open(pred_path), sample.mask, protocol)
+        crop = region_crop(aligned.prediction, aligned.mask, protocol.clip_crop == "inclusive")
+        crop_path = None
+        if crop is not None and sample.clip_text:
+            crop_path = crops / f"{sample.id}.png"
+            Image.fromarray(crop).save(crop_path)
         meta = json.loads(row["meta"])
         rows.append({"id": sample.id, "source": str(source / meta["image_path"]),
                      "mask": str(source / meta["mask_paths"][0]), "prediction": str(pred_path),
-                     "clip_text": sample.clip_text, "kind": kind})
+                     "crop": str(crop_path) if crop_path else None, "clip_text": sample.clip_text, "kind": kind})
     manifest = work / "manifest.json"
-    manifest.write_text(json.dumps({"protocol": protocol_name, "rows": rows}))
+    manifest.write_text(json.dumps({"protocol": protocol_name, "clip_model": protocol.clip_model, "source": str(source), "rows": rows}))
     return manifest
 
 
-def run_ours(manifest: dict, batch_size: int, workers: int, device: str) -> dict:
+# ---- the ways (child processes) -----------------------------------------------------------------
+def _timer():
+    from ciebench.metrics.timing import StageTimer
+
+    return StageTimer()
+
+
+def child_floor(manifest: dict, batch_size: int, device: str, out: Path, started: float) -> None:
+    """Only what the floor needs: torch, transformers, PIL; nothing of ciebench is imported."""
+    import torch
+    import transformers
     from PIL import Image
 
-    from ciebench.metrics.region import RegionScorer, ScoreItem
+    stages: dict[str, float] = {"import": time.perf_counter() - started}
 
-    t0 = time.perf_counter()
-    scorer = RegionScorer(manifest["protocol"], metrics=list(METRICS), device=device, batch_size=batch_size,
-                          workers=workers)
-    t1 = time.perf_counter()
-    # Files are opened lazily; decoding happens in the scorer's worker threads.
-    items = (ScoreItem(r["id"], Image.open(r["source"]), Image.open(r["mask"]), Image.open(r["prediction"]),
-                       r["clip_text"]) for r in manifest["rows"])
-    results = {sid: row for sid, row in scorer.score(items)}
-    t2 = time.perf_counter()
-    return {"load_s": t1 - t0, "score_s": t2 - t1, "results": results, "model_ids": scorer.model_ids()}
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        value = fn()
+        stages[name] = stages.get(name, 0.0) + time.perf_counter() - t0
+        return value
+
+    dev = torch.device(device)
+
+    def load():
+        model = transformers.CLIPModel.from_pretrained(manifest["clip_model"]).eval().to(dev)
+        cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+        return model, cls.from_pretrained(manifest["clip_model"])
+
+    model, processor = timed("load", load)
+    paths = [r["crop"] for r in manifest["rows"] if r["crop"]]
+    with torch.inference_mode():
+        for start in range(0, len(paths), batch_size):
+            part = paths[start:start + batch_size]
+            crops = timed("decode", lambda: [Image.open(p).convert("RGB") for p in part])
+            pixels = timed("clip_preprocess", lambda: processor(images=crops, return_tensors="pt")["pixel_values"])
+
+            def forward():
+                feats = model.get_image_features(pixel_values=pixels.to(dev))
+                feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
+                feats = feats / feats.norm(dim=-1, keepdim=True)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                return feats
+
+            timed("clip_forward", forward)
+    out.write_text(json.dumps({"stages": stages, "n_crops": len(paths), "threads": torch.get_num_threads()}))
 
 
-def run_published(manifest: dict) -> dict:
+def child_reference(manifest: dict, out: Path, started: float) -> None:
+    import torch
     from PIL import Image
 
     from ciebench.metrics.protocols import get_protocol
-    from ciebench.tests.metrics_reference import PublishedLoop
+    from ciebench.tests import metrics_reference as ref
 
+    timer = _timer()
+    import_s = time.perf_counter() - started
     protocol = get_protocol(manifest["protocol"])
     if protocol.size is None:
         raise SystemExit("the published loop exists for the parity protocols (cielr, smartedit) only")
-    t0 = time.perf_counter()
-    loop = PublishedLoop(size=protocol.size, clip_model=protocol.clip_model, ssim_crop=protocol.ssim_border == "crop")
-    t1 = time.perf_counter()
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            with timer.stage(name):
+                return fn(*args, **kwargs)
+        return wrapper
+
+    with timer.stage("load"):
+        loop = ref.PublishedLoop(size=protocol.size, clip_model=protocol.clip_model, ssim_crop=protocol.ssim_border == "crop")
+    ref.published_inputs = timed("align", ref.published_inputs)
+    ref.published_ssim = timed("ssim", ref.published_ssim)
+    loop.psnr, loop.mse = timed("pixel", loop.psnr), timed("pixel", loop.mse)
+    loop.lpips = timed("lpips", loop.lpips)
+    loop.processor = timed("clip_preprocess", loop.processor)  # images and texts, per text
+    loop.clip = timed("clip_forward", loop.clip)  # image and text towers, per text
+
+    def load_image(path):
+        with timer.stage("decode"):
+            image = Image.open(path)
+            image.load()
+            return image
+
     results = {}
-    for r in manifest["rows"]:
-        results[r["id"]] = loop.score(Image.open(r["source"]), Image.open(r["mask"]), Image.open(r["prediction"]),
-                                      r["clip_text"])
-    t2 = time.perf_counter()
-    return {"load_s": t1 - t0, "score_s": t2 - t1, "results": results}
-
-
-def child(args: argparse.Namespace) -> None:
-    import torch
-
-    _set_caches(Path(args.cache))
-    manifest = json.loads(Path(args.manifest).read_text())
     with torch.inference_mode():
-        out = run_ours(manifest, args.batch_size, args.workers, args.device) if args.way == "ours" else run_published(manifest)
-    # ru_maxrss is in KiB on Linux.
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out["threads"] = torch.get_num_threads()
-    Path(args.out).write_text(json.dumps(out, default=str, allow_nan=True))
+        for r in manifest["rows"]:
+            src, mask, pred = load_image(r["source"]), load_image(r["mask"]), load_image(r["prediction"])
+            results[r["id"]] = loop.score(src, mask, pred, r["clip_text"])
+    report = timer.report()
+    stages = {"import": import_s, **{k: v["wall_s"] for k, v in report["stages"].items()}}
+    out.write_text(json.dumps({"stages": stages, "results": results, "threads": torch.get_num_threads()}))
+
+
+# ---- running and measuring a child --------------------------------------------------------------
+def _rss_anon(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_process(cmd: list[str]) -> dict:
+    """Run `cmd`; its whole-process wall time, peak RSS (ru_maxrss) and sampled peak RssAnon."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    peak_anon, done = 0, threading.Event()
+
+    def sample():
+        nonlocal peak_anon
+        while not done.is_set():
+            peak_anon = max(peak_anon, _rss_anon(proc.pid))
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0,):
+        raise SystemExit(f"{' '.join(cmd[:4])} ... exited with {proc.returncode}")
+    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "peak_anon_mib": peak_anon / 2**20}
+
+
+def run_ciebench(dataset: str, predictions: Path, out: Path, protocol: str, metrics: str, batch_size: int,
+                 device: str, limit: int | None) -> dict:
+    cmd = [sys.executable, "-m", "ciebench", "score", "--dataset", dataset, "--predictions", str(predictions),
+           "--out", str(out), "--protocol", protocol, "--metrics", metrics, "--batch-size", str(batch_size),
+           "--device", device]
+    if limit is not None:
+        cmd += ["--limit", str(limit)]
+    measured = run_process(cmd)
+    summary = json.loads((out / "summary.json").read_text())
+    timing = summary["timing"]
+    stages = {"startup": measured["wall_s"] - timing["wall_s"], **{k: v["wall_s"] for k, v in timing["stages"].items()}}
+    stages["(idle)"] = timing["idle_s"]
+    with open(out / "samples.csv", newline="") as fh:
+        results = {r["sample_id"]: {m: float(r[m]) if r[m] not in ("", None) else math.nan for m in METRICS if m in r}
+                   for r in csv.DictReader(fh)}
+    return {**measured, "stages": stages, "results": results, "models": summary.get("models", {})}
+
+
+def _stats(values: list[float]) -> str:
+    return f"{min(values):.1f} / {statistics.median(values):.1f} / {max(values):.1f}"
+
+
+def bench_speed(args: argparse.Namespace, work: Path) -> None:
+    from ciebench.metrics.protocols import get_protocol
+
+    publish_models(args.protocol)
+    manifest_path = prepare(args.source, work, args.protocol, args.limit)
+    manifest = json.loads(manifest_path.read_text())
+    n = len(manifest["rows"])
+    with_reference = get_protocol(args.protocol).is_parity and args.device == "cpu" and not args.no_reference
+    ways = ["floor"] + (["reference"] if with_reference else []) + ["ciebench"]
+    runs: dict[str, list[dict]] = {w: [] for w in ways}
+    for rep in range(args.repeat):
+        for way in ways:  # interleaved, so a change in the machine's load hits every way alike
+            print(f"run {rep + 1}/{args.repeat}: {way} ...", flush=True)
+            if way == "ciebench":
+                runs[way].append(run_ciebench(str(args.source), work / "predictions", work / f"scored-{rep}",
+                                              args.protocol, ",".join(METRICS), args.batch_size, args.device, n))
+                _print_run(way, runs[way][-1])
+                continue
+            out = work / f"{way}-{rep}.json"
+            cmd = [sys.executable, __file__, "--way", way, "--manifest", str(manifest_path), "--out", str(out),
+                   "--batch-size", str(args.batch_size), "--device", args.device]
+            measured = run_process(cmd)
+            result = json.loads(out.read_text())
+            # "startup": the interpreter's start and everything before the child's first stage
+            result["stages"] = {"startup": measured["wall_s"] - sum(result["stages"].values()), **result["stages"]}
+            runs[way].append({**measured, **result})
+            _print_run(way, runs[way][-1])
+    report_speed(runs, n, args)
+
+
+def _print_run(way: str, run: dict) -> None:
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in run["stages"].items())
+    print(f"  {way}: whole process {run['wall_s']:.1f} s; stages (s): {stages}", flush=True)
+
+
+def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace) -> None:
+    walls = {w: [r["wall_s"] for r in rs] for w, rs in runs.items()}
+    print(f"\nCIEBench region metrics ({', '.join(METRICS)}), protocol {args.protocol}, {n} samples (synthetic "
+          f"edits), device {args.device}, batch {args.batch_size}, torch threads {runs['floor'][0]['threads']}; "
+          f"{args.repeat} run(s) per way, interleaved")
+    print(f"{'whole process':28}{'min / median / max s':>24}{'peak RSS':>12}")
+    for way, rs in runs.items():
+        print(f"  {way:26}{_stats(walls[way]):>24}{max(r['peak_rss_mib'] for r in rs):>8.0f} MiB")
+    floor_ratio = [c / f for c, f in zip(walls["ciebench"], walls["floor"])]
+    print(f"floor ratio (ciebench / floor, whole process, per run): {', '.join(f'{x:.3f}' for x in floor_ratio)}"
+          f"  -> median {statistics.median(floor_ratio):.3f}x (target <= 1.10x)")
+    if "reference" in runs:
+        ref_ratio = [r / c for r, c in zip(walls["reference"], walls["ciebench"])]
+        print(f"reference ratio (reference / ciebench, per run): {', '.join(f'{x:.2f}' for x in ref_ratio)}"
+              f"  -> median {statistics.median(ref_ratio):.2f}x")
+    # Per-stage table: median over runs of each stage's share of the wall clock, in seconds.
+    names = [s for s in STAGE_ORDER if any(s in r["stages"] for rs in runs.values() for r in rs)]
+    names += sorted({s for rs in runs.values() for r in rs for s in r["stages"]} - set(names))
+    print(f"\nper stage (seconds of wall clock, median over runs; overlapping stages share the clock)")
+    print(f"{'stage':18}" + "".join(f"{w:>12}" for w in runs))
+    for name in names:
+        cells = []
+        for rs in runs.values():
+            vals = [r["stages"][name] for r in rs if name in r["stages"]]
+            cells.append(f"{statistics.median(vals):>12.2f}" if vals else f"{'-':>12}")
+        print(f"{name:18}" + "".join(cells))
+    print(f"{'whole process':18}" + "".join(f"{statistics.median(walls[w]):>12.2f}" for w in runs))
+    if "reference" in runs:
+        ours, ref = runs["ciebench"][0]["results"], runs["reference"][0]["results"]
+        print("\nlargest |difference| per metric (ciebench vs reference):")
+        ok = True
+        for m in METRICS:
+            diffs = [_diff(float(ours[sid][m]), float(ref[sid][m])) for sid in ref]
+            tol = TOLERANCE.get(m, 1e-5)
+            bad = sum(d > tol for d in diffs)
+            ok &= bad == 0
+            print(f"  {m:6} {max(diffs):.3g}  (tolerance {tol:g}; {bad} over)")
+        print("results identical within tolerance" if ok else "RESULTS DIFFER beyond tolerance")
+
+
+def bench_memory(args: argparse.Namespace, work: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_scale import build_dataset
+
+    from ciebench.datasets import read_dataset
+    from ciebench.schema import EditSample
+    from ciebench.tests.synthetic_edits import synthetic_edit
+
+    sizes = [int(x) for x in args.memory.split(",")]
+    base = read_dataset(str(args.source)).dataset
+    edits = work / "edits"
+    edits.mkdir()
+    for n in range(len(base)):
+        sample = EditSample.from_row(base[n])
+        synthetic_edit(sample.image, sample.mask, "noise_in_mask", seed=n).save(edits / f"{sample.id}.png")
+    results = {}
+    for size in sizes:
+        dataset = build_dataset(args.source, size, work / f"data-{size}")
+        predictions = work / f"pred-{size}"
+        predictions.mkdir()
+        for k in range(size):  # ids r<copy>-<id>: links to the base sample's edit
+            base_id = base[k % len(base)]["id"]
+            os.link(edits / f"{base_id}.png", predictions / f"r{k // len(base):03d}-{base_id}.png")
+        print(f"scoring {size} samples ({CHEAP_METRICS}) ...", flush=True)
+        results[size] = run_ciebench(str(dataset), predictions, work / f"scored-{size}", args.protocol, CHEAP_METRICS,
+                                     args.batch_size, args.device, None)
+    print(f"\npeak memory of `ciebench score --metrics {CHEAP_METRICS}` (protocol {args.protocol}, batch {args.batch_size})")
+    print(f"{'samples':>10}{'wall s':>10}{'peak RssAnon':>16}{'peak RSS':>12}")
+    for size, r in results.items():
+        print(f"{size:>10}{r['wall_s']:>10.1f}{r['peak_anon_mib']:>12.0f} MiB{r['peak_rss_mib']:>8.0f} MiB")
+    lo, hi = results[sizes[0]], results[sizes[-1]]
+    print(f"ratio {sizes[-1]} / {sizes[0]}: RssAnon {hi['peak_anon_mib'] / lo['peak_anon_mib']:.3f}x, "
+          f"RSS {hi['peak_rss_mib'] / lo['peak_rss_mib']:.3f}x (target <= 1.2x)")
 
 
 def _diff(a: float, b: float) -> float:
@@ -134,62 +382,39 @@ def _diff(a: float, b: float) -> float:
 
 
 def main() -> None:
+    started = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
-    parser.add_argument("--protocol", default="cielr", choices=["cielr", "smartedit", "cielr-full", "smartedit-full"])
-    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--protocol", default="cielr")
+    parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--way", choices=["ours", "published"], help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--work", type=Path, help="keep models, inputs and outputs in this folder (published "
+                        "models are reused by later runs); default: a temporary folder")
+    parser.add_argument("--no-reference", action="store_true", help="skip the published per-image loop")
+    parser.add_argument("--memory", help="N1,N2: peak memory of scoring N1 and N2 generated samples (cheap metrics)")
+    parser.add_argument("--way", choices=["floor", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
-    parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.way:
-        child(args)
+        manifest = json.loads(Path(args.manifest).read_text())
+        if args.way == "floor":
+            child_floor(manifest, args.batch_size, args.device, Path(args.out), started)
+        else:
+            child_reference(manifest, Path(args.out), started)
         return
     if not (args.source / "updated_data.json").exists():
         raise SystemExit(f"no CIEBench release at {args.source} (pass --source)")
     with tempfile.TemporaryDirectory(prefix="ciebench-bench-metrics-") as tmp:
         work = Path(tmp)
-        _set_caches(work / "cache")
-        manifest = prepare(args.source, work, args.protocol, args.limit)
-        n = len(json.loads(manifest.read_text())["rows"])
-        outs = {}
-        for way in ("published", "ours"):
-            out_path = work / f"{way}.json"
-            cmd = [sys.executable, __file__, "--way", way, "--manifest", str(manifest), "--cache", str(work / "cache"),
-                   "--out", str(out_path), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-                   "--device", args.device]
-            print(f"running {way} ...", flush=True)
-            subprocess.run(cmd, check=True)
-            outs[way] = json.loads(out_path.read_text())
-        report(outs, n, args)
-
-
-def report(outs: dict, n: int, args: argparse.Namespace) -> None:
-    ours, ref = outs["ours"], outs["published"]
-    print(f"\nCIEBench region metrics, protocol {args.protocol}, {n} samples (synthetic edits), device {args.device}, "
-          f"torch threads {ours['threads']}; ciebench batch {args.batch_size}, {args.workers} worker threads")
-    print(f"{'':28}{'model load':>12}{'scoring':>12}{'per sample':>12}{'peak RSS':>12}")
-    for name, out in (("published per-image loop", ref), ("ciebench RegionScorer", ours)):
-        print(f"{name:28}{out['load_s']:>10.1f} s{out['score_s']:>10.1f} s{out['score_s'] / n:>10.2f} s"
-              f"{out['peak_rss_mib']:>8.0f} MiB")
-    print(f"speed-up (scoring wall time, published / ciebench): {ref['score_s'] / ours['score_s']:.2f}x")
-    print("largest |difference| per metric (ciebench vs published):")
-    worst_ok = True
-    for m in METRICS:
-        diffs = [_diff(float(ours["results"][sid][m]), float(ref["results"][sid][m])) for sid in ref["results"]]
-        tol = TOLERANCE.get(m, 1e-5)
-        bad = sum(d > tol for d in diffs)
-        worst_ok &= bad == 0
-        n_inf = sum(math.isinf(float(ours["results"][sid][m])) for sid in ours["results"])
-        print(f"  {m:6} {max(diffs):.3g}  (tolerance {tol:g}; {bad} over; {n_inf} samples at +inf)")
-    errors = {sid: r["error"] for sid, r in ours["results"].items() if "error" in r}
-    print(f"per-sample errors: {len(errors)}" + (f" {errors}" if errors else ""))
-    print("results identical within tolerance" if worst_ok else "RESULTS DIFFER beyond tolerance")
-    print(f"ciebench model ids: {json.dumps(ours['model_ids'], sort_keys=True)}")
+        cache = (args.work / "cache") if args.work else work / "cache"
+        _set_caches(cache)
+        if args.memory:
+            bench_memory(args, work)
+        else:
+            bench_speed(args, work)
 
 
 if __name__ == "__main__":

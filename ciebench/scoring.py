@@ -192,10 +192,15 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
     from .metrics.protocols import get_protocol
     from .metrics.region import METRIC_INFO
 
+    from .metrics.timing import StageTimer
+
+    timer = StageTimer()  # per-stage seconds, into summary.json "timing"
+    started = time.perf_counter()
     out = Path(out)
     protocol = get_protocol(options.protocol or loaded.default_protocol)
     region_metrics, use_idcs = resolve_metrics(options)
-    index, edit_types = _index_by_id(loaded, {p.sample_id for p in predictions})
+    with timer.stage("index"):
+        index, edit_types = _index_by_id(loaded, {p.sample_id for p in predictions})
     judge_session = None
     if use_idcs:  # fail fast: a bad judge config or unverifiable prompts stop before any region scoring
         from .judge.run import JudgeSession
@@ -218,19 +223,23 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
                 continue
             if pred.path is None or pred.status != OK:
                 continue
-            data = pred.path.read_bytes()
-            row["prediction"] = _relative(pred.path, out)
-            row["prediction_sha256"] = sha256_bytes(data)
+            with timer.stage("read"):
+                data = pred.path.read_bytes()
+                row["prediction"] = _relative(pred.path, out)
+                row["prediction_sha256"] = sha256_bytes(data)
             paths[key] = pred.path
             yield ScoreEntry(key, i, str(pred.path), data)
 
-    stage = region if region is not None else LocalRegionScoring()
-    started = time.perf_counter()
+    stage = region if region is not None else LocalRegionScoring(timer)
     expected = sum(p.path is not None and p.status == OK and p.sample_id in index for p in predictions)
     bar = tqdm(total=expected, desc="scoring", unit="img", disable=not progress)
     readable = set()
     pending = entries()
-    for key, values in stage.score(loaded, protocol, region_metrics, options, pending):
+    # A stage that runs elsewhere (Ray) reports no stages of its own: its results' waiting time is "region_remote".
+    results = stage.score(loaded, protocol, region_metrics, options, pending)
+    if not isinstance(stage, LocalRegionScoring):
+        results = _timed_iter(results, timer, "region_remote")
+    for key, values in results:
         bar.update(1)
         unreadable = values.pop(UNREADABLE, None)
         if unreadable is not None:
@@ -252,7 +261,8 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
     judge_info = None
     if use_idcs:
         keys = [k for k in rows if k in readable]
-        judge_info, judge_models = judge_session.run(keys, loaded, index, paths, rows, out, progress)
+        with timer.stage("judge"):
+            judge_info, judge_models = judge_session.run(keys, loaded, index, paths, rows, out, progress)
         models.update(judge_models)
     for row in rows.values():
         for m in region_metrics + (["idcs"] if use_idcs else []):
@@ -264,12 +274,15 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
     columns = region_metrics + (["idcs", "idcs_status", "idcs_error", "idcs_sentence", "idcs_failure", "idcs_passes",
                                  "idcs_protocol"] if use_idcs else [])
     ordered = list(rows.values())
-    write_samples(out, ordered, columns)
+    with timer.stage("writing"):
+        write_samples(out, ordered, columns)
     from .results import read_samples
 
     # n and coverage count against the dataset's samples asked for, not against what parses back
     expected_ids = [sid for sid in dict.fromkeys(p.sample_id for p in predictions) if sid in index]
-    summary = summarize(read_samples(out), metric_dirs, best_of="idcs" if use_idcs else None, sample_ids=expected_ids)
+    with timer.stage("summary"):
+        summary = summarize(read_samples(out), metric_dirs, best_of="idcs" if use_idcs else None,
+                            sample_ids=expected_ids)
     if judge_session is not None:
         judge_session.annotate(summary)
     summary.update({
@@ -283,6 +296,7 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
     })
     if header:
         summary.update(header)
+    summary["timing"] = timer.report()
     atomic_write_json(out / "summary.json", summary)
     n_missing = sum(r["status"] == Status.MISSING for r in ordered)
     return ScoreResult(rows=ordered, summary=summary, n_missing=n_missing)
@@ -294,16 +308,25 @@ UNREADABLE = "__unreadable__"  # the key under which `score_entries` reports a p
 class LocalRegionScoring:
     """Region metrics in this process: one `RegionScorer` (models loaded once), batched, streaming."""
 
-    def __init__(self) -> None:
+    def __init__(self, timer: Any = None) -> None:
         self._scorer = None
+        self._timer = timer  # a metrics.timing.StageTimer shared with the caller, or None
 
     def score(self, loaded: LoadedDataset, protocol: Any, metrics: list[str], options: ScoreOptions,
               entries: Iterable[ScoreEntry]) -> Iterator[tuple[tuple[str, int], dict[str, Any]]]:
         from .metrics.region import RegionScorer
 
-        self._scorer = RegionScorer(protocol, metrics=metrics, device=options.device, batch_size=options.batch_size)
-        samples = ((e.key, EditSample.from_row(loaded.dataset[e.index]), e.name, e.data) for e in entries)
-        yield from score_entries(self._scorer, samples)
+        self._scorer = RegionScorer(protocol, metrics=metrics, device=options.device, batch_size=options.batch_size,
+                                    timer=self._timer)
+        timer = self._scorer.timer
+
+        def samples():
+            for e in entries:
+                with timer.stage("decode"):  # the dataset decodes the source image and mask here
+                    sample = EditSample.from_row(loaded.dataset[e.index])
+                yield e.key, sample, e.name, e.data
+
+        yield from score_entries(self._scorer, samples())
 
     def model_ids(self) -> dict[str, str]:
         return dict(self._scorer.model_ids()) if self._scorer is not None else {}
@@ -319,10 +342,15 @@ def score_entries(scorer: Any, entries: Iterable[tuple[tuple[str, int], EditSamp
     keys: deque[tuple[str, int]] = deque()
     unreadable: deque[tuple[tuple[str, int], dict[str, Any]]] = deque()
 
+    from .metrics.timing import StageTimer
+
+    timer = getattr(scorer, "timer", None) or StageTimer()
+
     def items():
         for key, sample, name, data in entries:
             problems: list[Problem] = []
-            image = decode_image(data, name, key[0], "prediction", problems)
+            with timer.stage("decode"):
+                image = decode_image(data, name, key[0], "prediction", problems)
             if image is None:
                 unreadable.append((key, {UNREADABLE: problems[0].message if problems else "unreadable prediction"}))
                 continue
@@ -338,6 +366,18 @@ def score_entries(scorer: Any, entries: Iterable[tuple[tuple[str, int], EditSamp
         yield key, values
     while unreadable:
         yield unreadable.popleft()
+
+
+def _timed_iter(iterator: Iterable, timer: Any, name: str) -> Iterator:
+    """`iterator`, with the time spent waiting for each item counted as stage `name`."""
+    iterator = iter(iterator)
+    while True:
+        with timer.stage(name):
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+        yield item
 
 
 def _index_by_id(loaded: LoadedDataset, wanted: set[str]) -> tuple[dict[str, int], list[str]]:

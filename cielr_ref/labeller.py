@@ -53,7 +53,7 @@ class Owlv2Labeller:
             query = self.query_template.format(label=label)
             room = self.max_query_tokens - self._n_special
             ids = tok(query, add_special_tokens=False)["input_ids"]
-            while len(ids) > room:  # decoding can re-tokenise differently: shrink until it fits
+            while len(ids) > room > 0:  # decoding can re-tokenise differently: shrink until it fits
                 query = tok.decode(ids[:room], skip_special_tokens=True).strip()
                 ids = tok(query, add_special_tokens=False)["input_ids"]
                 room -= 1

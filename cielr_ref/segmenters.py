@@ -135,7 +135,6 @@ class Sam2Segmenter:
     def __init__(self, model_id: str = "facebook/sam2.1-hiera-large", params: AMGParams = AMGParams(),
                  device: str = "cpu", dtype: str = "float32", revision: str | None = None,
                  encoder_batch_size: int = 4):
-        import torch
         import transformers
 
         self.model_id, self.params, self.device = model_id, params, device

@@ -82,7 +82,8 @@ class RegionCLIP:
 
     @torch.inference_mode()
     def image_embeddings(self, pixel_values: Tensor) -> Tensor:
-        feats = _features(self.model.get_image_features(pixel_values=pixel_values.to(self.device)))
+        pixel_values = pixel_values.to(self.device, non_blocking=pixel_values.is_pinned())
+        feats = _features(self.model.get_image_features(pixel_values=pixel_values)).float()
         return feats / feats.norm(p=2, dim=-1, keepdim=True)
 
     @torch.inference_mode()

@@ -85,8 +85,10 @@ class SqueezeLPIPS(nn.Module):
         maps = []
         for block, head in zip(self.slices, self.heads):
             h = block(h)
-            f0, f1 = self._normalize(h[:n]), self._normalize(h[n:])
-            maps.append(head((f0 - f1) ** 2))
+            # Under bfloat16 autocast the convolutions return bfloat16: normalise and reduce in float32
+            # (no-ops in float32).
+            f0, f1 = self._normalize(h[:n].float()), self._normalize(h[n:].float())
+            maps.append(head((f0 - f1) ** 2).float())
         return maps
 
 

@@ -15,6 +15,9 @@ Presets (see docs/metrics.md for the formulas):
 - ``cielr-full`` / ``smartedit-full``: the parity presets with torchmetrics >= 1.5 SSIM borders
                  (whole map averaged). Published CIEBench / SmartEdit numbers predate torchmetrics
                  1.5, so the parity presets default to the 5-px crop.
+- ``exact-tf32`` / ``exact-bf16``: ``exact`` with the CLIP image tower and LPIPS run in TF32
+                 matmuls / bfloat16 autocast (faster on GPUs; deviation bound in docs/metrics.md).
+                 Parity presets refuse any precision but float32.
 """
 from __future__ import annotations
 
@@ -29,9 +32,14 @@ Weighting = Literal["multiply", "exact"]
 SSIMBorder = Literal["crop", "full"]
 ClipCrop = Literal["pil_exclusive", "inclusive"]
 PredictionResize = Literal["to_protocol_size", "to_source_size"]
+ModelPrecision = Literal["float32", "tf32", "bfloat16"]
+MODEL_PRECISIONS = ("float32", "tf32", "bfloat16")
 
 # Fields that name or describe a protocol but cannot change a number.
 _NOT_HASHED = ("name", "description")
+# Fields added after hashes were first recorded: left out of the hash at their default, so every
+# protocol that does not use them keeps the hash it always had.
+_HASHED_UNLESS_DEFAULT = {"model_precision": "float32"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,10 @@ class Protocol:
     locality_mask_level: int = 128
     # Predictions in other modes: PIL convert("RGB") (alpha dropped, grey replicated); 16-bit grey /257.
     prediction_mode: str = "pil_convert_rgb"
+    # Neural-network forwards (CLIP image tower, LPIPS): "float32"; "tf32" (TF32 matmuls and
+    # convolutions, CUDA only: float32 elsewhere); "bfloat16" (autocast). Text embeddings, pixel
+    # metrics and SSIM are never affected. Only non-parity protocols may leave float32.
+    model_precision: ModelPrecision = "float32"
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -91,15 +103,27 @@ class Protocol:
             raise ValueError(f"unknown arithmetic {self.arithmetic!r}")
         if self.weighting == "exact" and self.arithmetic != "float64":
             raise ValueError("the exact weighting is computed in float64 only")
+        if self.model_precision not in MODEL_PRECISIONS:
+            raise ValueError(f"model_precision must be one of {', '.join(MODEL_PRECISIONS)}, not {self.model_precision!r}")
+        if self.model_precision != "float32" and self.is_parity:
+            raise ValueError(f"protocol {self.name!r} reproduces published numbers, which were computed in float32: "
+                             f"model_precision {self.model_precision!r} is only allowed for non-parity protocols "
+                             "(use exact-tf32 / exact-bf16, or exact.with_(model_precision=...))")
         if self.ssim_kernel_size != int(3.5 * self.ssim_sigma + 0.5) * 2 + 1:
             raise ValueError("ssim_kernel_size must equal int(3.5 * sigma + 0.5) * 2 + 1 (torchmetrics' Gaussian window)")
+
+    @property
+    def is_parity(self) -> bool:
+        """Whether this protocol reproduces published numbers (their float32 torchmetrics arithmetic)."""
+        return self.arithmetic == "torchmetrics-float32"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
     def hash(self) -> str:
-        return stable_hash({k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED})
+        return stable_hash({k: v for k, v in self.to_dict().items()
+                            if k not in _NOT_HASHED and _HASHED_UNLESS_DEFAULT.get(k, object()) != v})
 
     def manifest(self) -> dict[str, Any]:
         """What a run records: every field plus the hash."""
@@ -150,6 +174,10 @@ PROTOCOLS: dict[str, Protocol] = {
                     description=CIELR.description + " Variant: SSIM over the whole map (torchmetrics>=1.5)."),
         SMARTEDIT.with_(name="smartedit-full", ssim_border="full",
                         description=SMARTEDIT.description + " Variant: SSIM over the whole map (torchmetrics>=1.5)."),
+        EXACT.with_(name="exact-tf32", model_precision="tf32",
+                    description=EXACT.description + " Variant: CLIP image tower and LPIPS with TF32 matmuls (CUDA)."),
+        EXACT.with_(name="exact-bf16", model_precision="bfloat16",
+                    description=EXACT.description + " Variant: CLIP image tower and LPIPS under bfloat16 autocast."),
     )
 }
 

@@ -4,17 +4,22 @@
     for sample_id, row in scorer.score(items):   # streaming, in input order
         ...
 
-Each model is loaded once per scorer. Worker threads decode, convert, align and CLIP-preprocess
-the next batch while the models work on the current one; LPIPS and CLIP forwards are batched
-(images of one size together), and each distinct CLIP text is encoded once. A sample whose
-preparation or computation fails yields NaNs plus an "error" entry; the run goes on.
+Each model is loaded once per scorer. A feeder thread pulls the input items (so lazy decoding in
+the caller's iterator runs off the main thread), worker threads convert, align and CLIP-preprocess
+the next batch, and (where cores allow) the pixel metrics, SSIM and LPIPS of a batch run in a
+thread beside its CLIP forward, all while the models work. LPIPS and CLIP forwards are batched (images of one size
+together; pinned host memory and asynchronous copies on CUDA), and each distinct CLIP text is
+encoded once. A sample whose preparation or computation fails yields NaNs plus an "error" entry;
+the run goes on. Every stage is timed (`metrics.timing.StageTimer`, `RegionScorer.timing()`).
 """
 from __future__ import annotations
 
 import difflib
 import hashlib
 import math
-from collections import deque
+import os
+import queue
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +35,10 @@ from .locality import COLUMNS as LOCALITY_COLUMNS
 from .locality import edit_locality
 from .perceptual import TRUNK_FILE, SqueezeLPIPS, background_lpips, lpips_heads_path
 from .pixel import background_mse_psnr
+from .precision import forward_precision
 from .protocols import Protocol, get_protocol
 from .ssim import background_ssim
+from .timing import StageTimer
 
 # metric column -> higher_is_better
 METRIC_INFO: dict[str, bool] = {
@@ -58,6 +65,7 @@ METRICS: dict[str, tuple[str, ...]] = {
 PRESERVATION = frozenset({"psnr", "ssim", "lpips", "mse"})
 NO_BACKGROUND = "psnr/mse/ssim/lpips undefined: the mask covers the whole image, no background is left to compare"
 _PIXELS_PER_CHUNK = 8 * 512 * 512  # images of one size are stacked up to about this many pixels
+_END = object()  # the feeder's end-of-input marker
 
 
 @dataclass
@@ -111,8 +119,13 @@ def _sha256(path: Path) -> str:
 
 
 class RegionScorer:
+    """`overlap`: run the pixel metrics, SSIM and LPIPS of a batch in a thread beside its CLIP forward
+    (results are identical either way). Default (None): on where cores allow, i.e. on CUDA (the CLIP
+    forward runs on the device) or when the CPU has at least twice torch's intra-op threads (else the
+    two threads' intra-op pools oversubscribe the cores). `timer`: a shared `StageTimer` (default: own)."""
+
     def __init__(self, protocol: Protocol | str = "cielr", metrics: Sequence[str] | None = None, device: str = "cpu",
-                 batch_size: int = 8, workers: int = 2) -> None:
+                 batch_size: int = 8, workers: int = 2, overlap: bool | None = None, timer: StageTimer | None = None) -> None:
         if batch_size < 1 or workers < 1:
             raise ValueError("batch_size and workers must be at least 1")
         self.protocol = get_protocol(protocol)
@@ -122,11 +135,36 @@ class RegionScorer:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.workers = workers
+        if overlap is None:
+            overlap = self.device.type == "cuda" or (os.cpu_count() or 1) >= 2 * torch.get_num_threads()
+        self.overlap = overlap
+        self.timer = timer or StageTimer()
         p = self.protocol
-        self._lpips = (SqueezeLPIPS.pretrained(p.lpips_version, p.lpips_norm_eps).to(self.device)
-                       if "lpips" in self.metrics else None)
-        self._clip = (RegionCLIP(p.clip_model, image_backend=p.clip_image_backend, max_tokens=p.clip_max_tokens,
-                                 device=self.device) if "clip" in self.metrics else None)
+        with self.timer.stage("load"):
+            self._lpips = (SqueezeLPIPS.pretrained(p.lpips_version, p.lpips_norm_eps).to(self.device)
+                           if "lpips" in self.metrics else None)
+        # CLIP (the large model) loads in a thread: decoding, aligning and the first batches' pixel
+        # metrics, SSIM and LPIPS run meanwhile. A load error is raised by `score` (or `model_ids`).
+        self._clip_future: Future | None = None
+        if "clip" in self.metrics:
+            loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ciebench-load")
+            self._clip_future = loader.submit(self._load_clip)
+            loader.shutdown(wait=False)
+
+    def _load_clip(self) -> RegionCLIP:
+        p = self.protocol
+        with self.timer.stage("load"):
+            return RegionCLIP(p.clip_model, image_backend=p.clip_image_backend, max_tokens=p.clip_max_tokens,
+                              device=self.device)
+
+    @property
+    def _clip(self) -> RegionCLIP | None:
+        """The loaded CLIP (waits for the loader thread; re-raises its error), None when not scored."""
+        return None if self._clip_future is None else self._clip_future.result()
+
+    def timing(self) -> dict:
+        """Per-stage seconds so far (see `metrics.timing.StageTimer.report`)."""
+        return self.timer.report()
 
     @staticmethod
     def required_assets(protocol: Protocol | str, metrics: Sequence[str] | None = None) -> list:
@@ -153,33 +191,66 @@ class RegionScorer:
             ids["lpips_trunk"] = f"{self.protocol.lpips_trunk} ({TRUNK_FILE})"
             ids["lpips_trunk_sha256"] = _sha256(trunk) if trunk.exists() else "unknown"
             ids["lpips_heads_sha256"] = _sha256(heads)
-        if self._clip is not None:
+        if self._clip_future is not None:
             ids.update(self._clip.model_ids())
         return ids
 
     # ---- streaming ---------------------------------------------------------------------------
     def score(self, items: Iterable[ScoreItem]) -> Iterator[tuple[str, dict[str, float]]]:
-        source = iter(items)
+        """Rows in input order. Memory stays flat: at most about two batches are decoded at a time."""
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ciebench-align")
-        queue: deque[Future] = deque()
+        side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ciebench-metrics") if self.overlap else None
+        # Futures of prepared samples, in input order. Look-ahead: the batch being scored plus one
+        # batch queued (and the item the feeder holds), so memory stays flat in the number of samples.
+        prepared: queue.Queue = queue.Queue(maxsize=self.batch_size)
+        stop = threading.Event()
 
-        def fill() -> None:
-            # Two batches in flight: the next one is prepared while the current one is scored.
-            while len(queue) < 2 * self.batch_size:
+        def put(obj) -> bool:
+            while not stop.is_set():
                 try:
-                    item = next(source)
-                except StopIteration:
-                    return
-                queue.append(pool.submit(self._prepare, item))
+                    prepared.put(obj, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
 
+        def feed() -> None:
+            # The caller's iterator runs here, so its decoding overlaps the models' work.
+            try:
+                for item in items:
+                    if not put(pool.submit(self._prepare, item)):
+                        return
+                put(_END)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
+                put(exc)
+
+        feeder = threading.Thread(target=feed, name="ciebench-feed", daemon=True)
+        feeder.start()
         try:
-            fill()
-            while queue:
-                batch = [queue.popleft().result() for _ in range(min(self.batch_size, len(queue)))]
-                fill()
-                yield from self._score_batch(batch)
+            done = False
+            while not done:
+                batch: list[_Prepared] = []
+                while len(batch) < self.batch_size:
+                    got = prepared.get()
+                    if got is _END:
+                        done = True
+                        break
+                    if isinstance(got, BaseException):
+                        raise got
+                    batch.append(got.result())
+                if batch:
+                    yield from self._score_batch(batch, side)
         finally:
+            stop.set()
+            while feeder.is_alive():  # unblock a feeder waiting on a full queue, then let it finish
+                try:
+                    prepared.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            feeder.join()
             pool.shutdown(wait=True, cancel_futures=True)
+            if side is not None:
+                side.shutdown(wait=True)
 
     def score_one(self, item: ScoreItem) -> dict[str, float]:
         return next(self.score([item]))[1]
@@ -189,30 +260,51 @@ class RegionScorer:
         prep = _Prepared(sample_id=str(getattr(item, "sample_id", "?")))
         try:
             prep.clip_text = [str(t) for t in (item.clip_text or [])]
-            aligned = align(item.source, item.prediction, item.mask, self.protocol)
-            prep.source, prep.prediction, prep.mask = aligned.tensors()
-            if self._clip is not None and prep.clip_text:
-                crop = region_crop(aligned.prediction, aligned.mask, self.protocol.clip_crop == "inclusive")
-                if crop is not None:
-                    prep.clip_pixels = self._clip.preprocess(crop)
+            with self.timer.stage("align"):
+                aligned = align(item.source, item.prediction, item.mask, self.protocol)
+                prep.source, prep.prediction, prep.mask = aligned.tensors()
+            if self._clip_future is not None and prep.clip_text:
+                clip = self._clip  # waits while the model is still loading
+                with self.timer.stage("clip_preprocess"):
+                    crop = region_crop(aligned.prediction, aligned.mask, self.protocol.clip_crop == "inclusive")
+                    if crop is not None:
+                        prep.clip_pixels = clip.preprocess(crop)
         except Exception as exc:  # noqa: BLE001 - one bad sample must not end the run
             prep.error = _describe(exc)
         return prep
 
     # ---- batched computation (caller's thread) ----------------------------------------------
-    def _score_batch(self, batch: list[_Prepared]) -> list[tuple[str, dict[str, float]]]:
-        rows: list[dict] = [dict.fromkeys(self.columns, math.nan) for _ in batch]
-        errors: list[list[str]] = [[p.error] if p.error else [] for p in batch]
+    def _score_batch(self, batch: list[_Prepared], side: ThreadPoolExecutor | None = None
+                     ) -> list[tuple[str, dict[str, float]]]:
         ready = [i for i, p in enumerate(batch) if p.error is None]
         families: list[tuple[str, Callable[[list[_Prepared]], list[dict[str, float]]]]] = []
         if any(m in self.metrics for m in ("psnr", "mse", "ssim", "locality")):
             families.append(("pixel", self._pixel_metrics))
         if self._lpips is not None:
             families.append(("lpips", self._lpips_metric))
-        if self._clip is not None:
-            families.append(("clip", self._clip_metric))
-        for name, fn in families:
-            self._run_family(name, fn, batch, ready, rows, errors)
+
+        def cpu_side() -> list[tuple[dict[int, dict], dict[int, str]]]:
+            return [self._run_family(name, fn, batch, ready) for name, fn in families]
+
+        # The pixel metrics, SSIM and LPIPS run beside the CLIP forward; the results are merged in a
+        # fixed family order, so rows and error messages do not depend on the threads' timing.
+        scores_clip = self._clip_future is not None
+        pending: Future | None = side.submit(cpu_side) if side is not None and scores_clip else None
+        results = cpu_side() if pending is None else []
+        if scores_clip:
+            if self._clip_future.exception() is not None:  # (waits for the load) a model that cannot load ends the run
+                if pending is not None:
+                    pending.result()
+                raise self._clip_future.exception()
+            clip = self._run_family("clip", self._clip_metric, batch, ready)
+            results = (pending.result() if pending is not None else results) + [clip]
+        rows: list[dict] = [dict.fromkeys(self.columns, math.nan) for _ in batch]
+        errors: list[list[str]] = [[p.error] if p.error else [] for p in batch]
+        for values, errs in results:
+            for i, v in values.items():
+                rows[i].update(v)
+            for i, e in errs.items():
+                errors[i].append(e)
         out = []
         for p, row, errs in zip(batch, rows, errors):
             if errs:
@@ -225,24 +317,26 @@ class RegionScorer:
         return out
 
     @staticmethod
-    def _run_family(name: str, fn, batch: list[_Prepared], ready: list[int], rows: list[dict],
-                    errors: list[list[str]]) -> None:
-        """Batched first; if the batch fails, sample by sample, so only the culprit gets the error."""
+    def _run_family(name: str, fn, batch: list[_Prepared], ready: list[int]
+                    ) -> tuple[dict[int, dict[str, float]], dict[int, str]]:
+        """({index: values}, {index: error}): batched first; if the batch fails, sample by sample, so
+        only the culprit gets the error."""
+        values: dict[int, dict[str, float]] = {}
+        errors: dict[int, str] = {}
         if not ready:
-            return
+            return values, errors
         try:
-            for i, values in zip(ready, fn([batch[i] for i in ready])):
-                rows[i].update(values)
-            return
+            return dict(zip(ready, fn([batch[i] for i in ready]))), errors
         except Exception as exc:  # noqa: BLE001
             if len(ready) == 1:
-                errors[ready[0]].append(f"{name}: {_describe(exc)}")
-                return
+                errors[ready[0]] = f"{name}: {_describe(exc)}"
+                return values, errors
         for i in ready:
             try:
-                rows[i].update(fn([batch[i]])[0])
+                values[i] = fn([batch[i]])[0]
             except Exception as exc:  # noqa: BLE001
-                errors[i].append(f"{name}: {_describe(exc)}")
+                errors[i] = f"{name}: {_describe(exc)}"
+        return values, errors
 
     def _chunks(self, preps: list[_Prepared]) -> Iterator[list[int]]:
         """Indices of same-size samples, stacked up to about `_PIXELS_PER_CHUNK` pixels."""
@@ -254,9 +348,16 @@ class RegionScorer:
             for start in range(0, len(idx), per_chunk):
                 yield idx[start:start + per_chunk]
 
+    def _to_device(self, tensors: list[Tensor]) -> Tensor:
+        """Stacked on the host and copied to the device: through pinned memory, asynchronously, on CUDA."""
+        stacked = torch.stack(tensors)
+        if self.device.type == "cuda":
+            return stacked.pin_memory().to(self.device, non_blocking=True)
+        return stacked.to(self.device)
+
     def _stack(self, preps: list[_Prepared], idx: list[int]) -> tuple[Tensor, Tensor, Tensor]:
         def stack(attr: str) -> Tensor:
-            return torch.stack([getattr(preps[i], attr) for i in idx]).to(self.device)
+            return self._to_device([getattr(preps[i], attr) for i in idx])
 
         return stack("prediction"), stack("source"), stack("mask")
 
@@ -264,21 +365,27 @@ class RegionScorer:
         p = self.protocol
         out: list[dict[str, float]] = [{} for _ in preps]
         for idx in self._chunks(preps):
-            pred, src, mask = self._stack(preps, idx)
+            with self.timer.stage("pixel"):
+                pred, src, mask = self._stack(preps, idx)
             values: dict[str, Tensor] = {}
             if "psnr" in self.metrics or "mse" in self.metrics:
-                mse, psnr = background_mse_psnr(pred, src, mask, p.weighting, p.data_range, p.arithmetic)
+                with self.timer.stage("pixel"):
+                    mse, psnr = background_mse_psnr(pred, src, mask, p.weighting, p.data_range, p.arithmetic)
                 if "mse" in self.metrics:
                     values["mse"] = mse
                 if "psnr" in self.metrics:
                     values["psnr"] = psnr
             if "ssim" in self.metrics:
-                values["ssim"] = background_ssim(pred, src, mask, p.weighting, p.ssim_border, p.data_range,
-                                                 p.ssim_sigma, p.ssim_kernel_size, p.ssim_k1, p.ssim_k2, p.arithmetic)
+                with self.timer.stage("ssim"):
+                    values["ssim"] = background_ssim(pred, src, mask, p.weighting, p.ssim_border, p.data_range,
+                                                     p.ssim_sigma, p.ssim_kernel_size, p.ssim_k1, p.ssim_k2,
+                                                     p.arithmetic)
             if "locality" in self.metrics:
-                loc = edit_locality(pred, src, mask, p.locality_threshold, p.locality_mask_level)
+                with self.timer.stage("locality"):
+                    loc = edit_locality(pred, src, mask, p.locality_threshold, p.locality_mask_level)
                 values.update({f"locality_{k}": v for k, v in loc.items()})
             for col, v in values.items():
+                v = v.tolist()  # one device-to-host copy per column, not one per sample
                 for j, i in enumerate(idx):
                     out[i][col] = float(v[j])
         return out
@@ -287,8 +394,10 @@ class RegionScorer:
     def _lpips_metric(self, preps: list[_Prepared]) -> list[dict[str, float]]:
         out: list[dict[str, float]] = [{} for _ in preps]
         for idx in self._chunks(preps):
-            pred, src, mask = self._stack(preps, idx)
-            v = background_lpips(pred, src, mask, self._lpips, self.protocol.weighting)
+            with self.timer.stage("lpips"):
+                pred, src, mask = self._stack(preps, idx)
+                with forward_precision(self.protocol.model_precision, self.device):
+                    v = background_lpips(pred, src, mask, self._lpips, self.protocol.weighting).tolist()
             for j, i in enumerate(idx):
                 out[i]["lpips"] = float(v[j])
         return out
@@ -299,9 +408,14 @@ class RegionScorer:
         idx = [i for i, prep in enumerate(preps) if prep.clip_pixels is not None]
         for start in range(0, len(idx), self.batch_size):
             part = idx[start:start + self.batch_size]
-            embeds = self._clip.image_embeddings(torch.stack([preps[i].clip_pixels for i in part]))
-            scores = self._clip.score_embeddings(embeds, [preps[i].clip_text for i in part], p.clip_scale,
-                                                 clamp=p.clip_clamp == "zero_after_mean")
+            with self.timer.stage("clip_forward"):
+                with forward_precision(p.model_precision, self.device):
+                    embeds = self._clip.image_embeddings(self._to_device([preps[i].clip_pixels for i in part]))
+                if embeds.is_cuda:  # CUDA runs asynchronously: wait, so the forward's time lands here
+                    torch.cuda.synchronize(embeds.device)
+            with self.timer.stage("clip_text"):  # each distinct text is encoded once, in float32
+                scores = self._clip.score_embeddings(embeds, [preps[i].clip_text for i in part], p.clip_scale,
+                                                     clamp=p.clip_clamp == "zero_after_mean").tolist()
             for j, i in enumerate(part):
                 out[i]["clip"] = float(scores[j])
         return out

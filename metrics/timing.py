@@ -1,0 +1,92 @@
+"""Where a scoring run's wall time goes, per stage, when stages overlap in threads.
+
+Every stage (decode, align, pixel metrics, SSIM, LPIPS, CLIP preprocess, CLIP forward, writing,
+summary, ...) is entered with `timer.stage(name)` from whichever thread runs it. Two numbers per
+stage:
+
+- `busy_s`: the time spent inside the stage, summed over threads (two workers aligning for 1 s each
+  count 2 s);
+- `wall_s`: the stage's share of the wall clock. At every instant the elapsed time is divided
+  equally among the stages running then (one worker aligning while the main thread runs the CLIP
+  forward: each gets half). So the `wall_s` of all stages plus `idle_s` (time when no stage ran)
+  equals the run's wall time exactly, and a stage that is fully hidden behind another shows how
+  much of the clock it shared rather than vanishing.
+
+Stages must not nest within one thread (a nested stage would share the clock with its parent).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+# The canonical order of the stages a scoring run reports (others follow in first-seen order).
+STAGES = ("index", "read", "decode", "load", "align", "clip_preprocess", "pixel", "ssim", "locality", "lpips",
+          "clip_text", "clip_forward", "region_remote", "judge", "writing", "summary")
+
+
+class StageTimer:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._start = self._last = time.perf_counter()
+        self._active: Counter[str] = Counter()
+        self._wall: defaultdict[str, float] = defaultdict(float)
+        self._busy: defaultdict[str, float] = defaultdict(float)
+        self._calls: Counter[str] = Counter()
+        self._idle = 0.0
+
+    def _advance(self, now: float) -> None:
+        # Called under the lock: hand the time since the last event to the stages running in it.
+        dt = now - self._last
+        self._last = now
+        running = sum(self._active.values())
+        if running == 0:
+            self._idle += dt
+            return
+        for name, count in self._active.items():
+            self._wall[name] += dt * count / running
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        with self._lock:
+            self._advance(t0)
+            self._active[name] += 1
+        try:
+            yield
+        finally:
+            t1 = time.perf_counter()
+            with self._lock:
+                self._advance(t1)
+                self._active[name] -= 1
+                if self._active[name] == 0:
+                    del self._active[name]
+                self._busy[name] += t1 - t0
+                self._calls[name] += 1
+
+    def report(self) -> dict[str, Any]:
+        """{"wall_s", "idle_s", "stages": {name: {"wall_s", "busy_s", "calls"}}}, seconds rounded to 1 ms;
+        stages in `STAGES` order."""
+        with self._lock:
+            now = time.perf_counter()
+            self._advance(now)
+            names = [s for s in STAGES if s in self._busy] + [s for s in self._busy if s not in STAGES]
+            return {
+                "wall_s": round(now - self._start, 3),
+                "idle_s": round(self._idle, 3),
+                "stages": {s: {"wall_s": round(self._wall[s], 3), "busy_s": round(self._busy[s], 3),
+                               "calls": self._calls[s]} for s in names},
+            }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a small text table (stage, share of wall, busy seconds, calls)."""
+    wall = report["wall_s"] or 1e-12
+    lines = [f"{'stage':16}{'wall s':>9}{'share':>8}{'busy s':>9}{'calls':>7}"]
+    for name, s in report["stages"].items():
+        lines.append(f"{name:16}{s['wall_s']:>9.3f}{s['wall_s'] / wall:>8.1%}{s['busy_s']:>9.3f}{s['calls']:>7}")
+    lines.append(f"{'(idle)':16}{report['idle_s']:>9.3f}{report['idle_s'] / wall:>8.1%}")
+    lines.append(f"{'total':16}{report['wall_s']:>9.3f}")
+    return "\n".join(lines)

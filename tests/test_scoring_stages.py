@@ -1,0 +1,111 @@
+"""Per-stage timing of a scoring run (`summary.json` "timing"): the stages account for the wall time,
+the stage clock shares overlapping stages correctly, and overlapping the metric families with the
+CLIP forward changes no number."""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import ciebench
+from ciebench.metrics.region import RegionScorer, ScoreItem
+from ciebench.metrics.timing import StageTimer, format_report
+from ciebench.scoring import ScoreOptions, find_predictions, score
+
+from .fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
+from .synthetic_edits import KINDS, synthetic_edit
+
+EXPECTED_STAGES = {"index", "read", "decode", "load", "align", "clip_preprocess", "pixel", "ssim", "locality", "lpips",
+                   "clip_text", "clip_forward", "writing", "summary"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def published_models():
+    publish_clip(CLIP_VIT_L14_336)
+    publish_squeezenet1_1()
+
+
+def test_stage_clock_shares_overlapping_stages():
+    timer = StageTimer()
+
+    def worker():
+        with timer.stage("a"):
+            time.sleep(0.4)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    time.sleep(0.1)
+    with timer.stage("b"):  # overlaps "a" for 0.2 s
+        time.sleep(0.2)
+    thread.join()
+    time.sleep(0.1)  # nothing running: idle
+    r = timer.report()
+    a, b = r["stages"]["a"], r["stages"]["b"]
+    # a alone 0.1 + shared 0.2 / 2 + alone 0.1 = 0.3; b: 0.2 / 2 = 0.1 (sleep overshoot allowed)
+    assert a["wall_s"] == pytest.approx(0.3, abs=0.04) and b["wall_s"] == pytest.approx(0.1, abs=0.03)
+    assert a["busy_s"] == pytest.approx(0.4, abs=0.04) and b["busy_s"] == pytest.approx(0.2, abs=0.03)
+    assert r["idle_s"] == pytest.approx(0.1, abs=0.04)
+    assert a["wall_s"] + b["wall_s"] + r["idle_s"] == pytest.approx(r["wall_s"], abs=0.003)
+    assert "total" in format_report(r)
+
+
+@pytest.fixture(scope="module")
+def mini_predictions(tmp_path_factory) -> Path:
+    pred = tmp_path_factory.mktemp("pred")
+    kinds = [k for k in KINDS if k != "identity"]
+    for n, row in enumerate(ciebench.load_dataset("mini")):
+        image = row["image"].convert("RGB")
+        synthetic_edit(image, row["mask"], kinds[n % len(kinds)], seed=n).save(pred / f"{row['id']}.png")
+    return pred
+
+
+def test_summary_timing_accounts_for_the_wall_time(tmp_path: Path, mini_predictions: Path):
+    loaded = ciebench.read_dataset("mini")
+    ids = loaded.dataset["id"]
+    t0 = time.perf_counter()
+    result = score(loaded, find_predictions(mini_predictions, ids), tmp_path / "out",
+                   ScoreOptions(protocol="cielr", batch_size=4), progress=False)
+    wall = time.perf_counter() - t0
+    timing = json.loads((tmp_path / "out" / "summary.json").read_text())["timing"]
+    assert timing == result.summary["timing"]
+    stages = timing["stages"]
+    assert set(stages) == EXPECTED_STAGES
+    total = sum(s["wall_s"] for s in stages.values())
+    # The named stages cover the measured wall time (what is left is loop overhead) ...
+    assert abs(total - wall) <= 0.10 * wall, (total, wall, timing)
+    # ... and the clock is split, never double counted.
+    assert total + timing["idle_s"] == pytest.approx(timing["wall_s"], abs=0.001 * (len(stages) + 2))
+    for name, s in stages.items():
+        assert s["calls"] > 0 and s["wall_s"] <= s["busy_s"] + 0.001, name
+    assert stages["decode"]["calls"] >= 2 * len(ids)  # the prediction and the dataset row, per sample
+
+
+def test_overlapping_the_metric_families_changes_no_number():
+    rows = list(ciebench.load_dataset("mini"))
+    items = [ScoreItem(r["id"], r["image"].convert("RGB"), r["mask"],
+                       synthetic_edit(r["image"].convert("RGB"), r["mask"], KINDS[n % len(KINDS)], seed=n), ["a lamp"])
+             for n, r in enumerate(rows[:5])]
+    on = dict(RegionScorer("cielr", batch_size=2, overlap=True).score(items))
+    off = dict(RegionScorer("cielr", batch_size=2, overlap=False).score(items))
+    assert on.keys() == off.keys()
+    for sid in on:
+        assert on[sid].keys() == off[sid].keys()
+        for k, v in on[sid].items():
+            assert v == off[sid][k] or (math.isnan(v) and math.isnan(off[sid][k])), (sid, k)
+
+
+def test_a_clip_model_that_cannot_load_ends_the_run_instead_of_failing_each_sample():
+    from ciebench.metrics.protocols import get_protocol
+
+    r = next(iter(ciebench.load_dataset("mini")))
+    item = ScoreItem(r["id"], r["image"].convert("RGB"), r["mask"], r["image"].convert("RGB"), ["a lamp"])
+    missing = get_protocol("cielr").with_(name="no-clip", clip_model="nobody/no-such-clip")
+    scorer = RegionScorer(missing, metrics=["psnr", "clip"], batch_size=2)  # CLIP loads in the background
+    with pytest.raises(OSError):
+        list(scorer.score([item, item]))
+    with pytest.raises(OSError):
+        scorer.model_ids()
