@@ -41,7 +41,6 @@ class Owlv2Labeller:
         limits = [int(getattr(tok, "model_max_length", 0) or 0),
                   int(getattr(self.model.config.text_config, "max_position_embeddings", 0) or 0)]
         self.max_query_tokens = min(x for x in limits if 0 < x < 100_000) if any(0 < x < 100_000 for x in limits) else 16
-        self._n_special = len(tok("", add_special_tokens=True)["input_ids"])
         self._queries: dict[str, str] = {}
         self.stats = CallStats()
 
@@ -51,12 +50,22 @@ class Owlv2Labeller:
         if query is None:
             tok = self.processor.tokenizer
             query = self.query_template.format(label=label)
-            room = self.max_query_tokens - self._n_special
-            ids = tok(query, add_special_tokens=False)["input_ids"]
-            while len(ids) > room > 0:  # decoding can re-tokenise differently: shrink until it fits
-                query = tok.decode(ids[:room], skip_special_tokens=True).strip()
-                ids = tok(query, add_special_tokens=False)["input_ids"]
-                room -= 1
+            limit = self.max_query_tokens
+
+            def fits(q: str) -> bool:  # counted as the model sees it, start and end tokens included
+                return len(tok(q)["input_ids"]) <= limit
+
+            if not fits(query):
+                special = set(tok.all_special_ids)
+                ids = [i for i in tok(query, add_special_tokens=False)["input_ids"] if i not in special]
+                keep = min(len(ids), limit)
+                query = ""
+                while keep > 0:  # decoding can re-tokenise differently: shrink until it fits
+                    cand = tok.decode(ids[:keep], skip_special_tokens=True).strip()
+                    if fits(cand):
+                        query = cand
+                        break
+                    keep -= 1
             self._queries[label] = query
         return query
 
