@@ -208,7 +208,7 @@ def test_editor_close_frees_its_shared_local_llm(monkeypatch):
     meet in one instance, and closing the editor leaves it to the judge alone."""
     import gc
 
-    from ciebench.llm import LLMConfig, client as client_mod, local_models
+    from ciebench.llm import LLMConfig, client as client_mod, local_backend, local_models
 
     loads = []
 
@@ -216,7 +216,7 @@ def test_editor_close_frees_its_shared_local_llm(monkeypatch):
         def __init__(self, model, revision, device, dtype):
             loads.append((model, device, dtype))
 
-    monkeypatch.setattr(client_mod, "_LocalModel", FakeModel)
+    monkeypatch.setattr(local_backend, "LocalModel", FakeModel)
     local_models.release_all()
     import torch
 
