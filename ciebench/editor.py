@@ -100,7 +100,9 @@ class Editor:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release models; called once at the end of a run."""
+        """Release models. Called when generation is over, before scoring (so the scorer gets their
+        memory), and again when the command ends: it must be idempotent, and a later `edit` may load
+        again."""
 
     def required_assets(self) -> list[Any]:
         """The files this configuration will load, as `ciebench.requirements.Requirement`s (hub repos at

@@ -164,6 +164,10 @@ def _run_locked(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOp
             else:
                 pending_keys.append((index, seed))
     (backend or generate_local)(editor, PendingSamples(loaded.dataset, pending_keys), out, options, stats)
+    # The editor's models are done: free them before the scoring models load (a local LLM the judge
+    # shares stays loaded while the judge holds it).
+    editor.close()
+    _free_memory()
     result = score(loaded, collect_predictions(out, todo), out, options.score,
                    header={"run": {"spec_hash": spec.spec_hash, "editor": spec.editor, "seeds": list(options.seeds),
                                    "editor_config_hash": spec.editor_config_hash,

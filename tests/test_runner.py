@@ -200,3 +200,30 @@ def test_readme_custom_editor_example_runs(tmp_path: Path, monkeypatch):
     run = tmp_path / "mine"
     _evaluate("--editor", "my_editor:Grayscale", "--dataset", "mini", "--out", str(run), "--limit", "2", *FAST)
     assert (_samples(run)["status"] == "ok").all()
+
+
+def test_the_editor_is_closed_before_scoring_starts(tmp_path, monkeypatch):
+    """Generation is over before scoring: the editor's models are released first, so the scoring
+    models get their memory (and a closed editor loads again if used later)."""
+    import ciebench.runner as runner_mod
+    from ciebench.datasets import read_dataset
+    from ciebench.scoring import ScoreOptions
+
+    from .editors_for_tests import CountingEditor
+
+    events = []
+
+    class Closing(CountingEditor):
+        def close(self) -> None:
+            events.append("close")
+
+    real_score = runner_mod.score
+
+    def score(*args, **kwargs):
+        events.append("score")
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(runner_mod, "score", score)
+    options = runner_mod.RunOptions(limit=2, progress=False, score=ScoreOptions(protocol="exact", metrics=("mse",)))
+    runner_mod.run(Closing(), read_dataset("mini"), tmp_path / "run", options)
+    assert events == ["close", "score"]
