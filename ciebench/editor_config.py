@@ -5,7 +5,6 @@ misspelt key is an error that lists the valid ones."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import yaml
 
 from .editor import Editor
-from .errors import UsageError
+from .errors import UsageError, did_you_mean
 from .registry import get_editor_class
 
 
@@ -56,8 +55,7 @@ def typed_options(cls: type[Editor], options: dict[str, Any]) -> dict[str, Any]:
     typed = {}
     for key, value in options.items():
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            raise EditorConfigError(f"{cls.__name__} has no option {key!r}." + (f" Did you mean {close[0]!r}?" if close else "")
+            raise EditorConfigError(f"{cls.__name__} has no option {key!r}." + did_you_mean(key, fields)
                                     + f" Options: {', '.join(fields)}")
         typed[key] = coerce(value, hints[key], key) if isinstance(value, str) else value
     return typed

@@ -26,6 +26,15 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130
 
 
+def did_you_mean(name: object, choices) -> str:
+    """" Did you mean 'x'?" for the closest of `choices`, or "" when none is close (for error messages
+    about an unknown name)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
 class CiebenchError(Exception):
     """Base of every user-caused error. `hint` says how to proceed; it is printed after the message."""
 

@@ -5,14 +5,13 @@ Editors come from three places, checked in this order: built-ins below, the entr
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
 
 
-from .errors import UsageError
+from .errors import UsageError, did_you_mean
 
 
 class RegistryError(UsageError, LookupError):
@@ -39,8 +38,7 @@ class Registry:
         if target is None and ":" in name:
             target = name
         if target is None:
-            close = difflib.get_close_matches(name, list(known), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, known)
             raise RegistryError(
                 f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(known))}; "
                 f"or pass package.module:Class.")

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .datasets import LoadedDataset
 from .datasets.files import decode_image
 from .datasets.problems import Problem
-from .errors import UsageError
+from .errors import UsageError, did_you_mean
 from .io import atomic_write_json, sha256_bytes, stable_hash
 from .results import OK, file_stem, summarize, write_samples
 from .cache import cache_root
@@ -161,10 +161,7 @@ def resolve_metrics(options: ScoreOptions) -> tuple[list[str], bool]:
         elif name in METRIC_INFO:
             region.append(name)
         else:
-            import difflib
-
-            close = difflib.get_close_matches(name, region_all + ["locality", "idcs"], n=1)
-            raise MetricNameError(f"unknown metric {name!r}." + (f" Did you mean {close[0]!r}?" if close else "")
+            raise MetricNameError(f"unknown metric {name!r}." + did_you_mean(name, region_all + ["locality", "idcs"])
                                   + f" Known: {', '.join(region_all + ['locality', 'idcs'])}")
     if use_idcs and options.judge is None:
         raise MetricNameError("metric 'idcs' needs a judge: pass --judge (e.g. qwen, openai, local, or a config file)")

@@ -21,7 +21,6 @@ skipped zeros and so silently dropped failures; here they are counted apart.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import threading
 from collections import Counter
@@ -32,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
+from ciebench.errors import did_you_mean
 from ciebench.io import stable_hash
 from ciebench.judge.cost import (Budget, CostReport, cached_reply, estimate_call, prepared_images,
                                  provider_host)
@@ -207,8 +207,7 @@ def get_judge_config(name_or_path: str | Path) -> JudgeConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a judge config is a mapping")
         return _from_file_data(data, default_name=path.stem)
-    close = difflib.get_close_matches(key, list(JUDGE_PRESETS), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(key, JUDGE_PRESETS)
     raise ValueError(f"unknown judge {key!r}: not a preset ({', '.join(JUDGE_PRESETS)}) and not a "
                      f".json/.yaml file.{hint}")
 

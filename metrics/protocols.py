@@ -21,11 +21,10 @@ Presets (see docs/metrics.md for the formulas):
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from ciebench.errors import UsageError
+from ciebench.errors import UsageError, did_you_mean
 from ciebench.io import stable_hash
 
 Weighting = Literal["multiply", "exact"]
@@ -192,9 +191,8 @@ def get_protocol(name: "str | Protocol") -> Protocol:
     try:
         return PROTOCOLS[name]
     except KeyError:
-        close = difflib.get_close_matches(str(name), list(PROTOCOLS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UnknownProtocolError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}.{hint}") from None
+        raise UnknownProtocolError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}."
+                                   f"{did_you_mean(name, PROTOCOLS)}") from None
 
 
 def list_protocols() -> list[str]:

@@ -14,7 +14,6 @@ the run goes on. Every stage is timed (`metrics.timing.StageTimer`, `RegionScore
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import math
 import os
@@ -28,6 +27,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 from PIL import Image
 from torch import Tensor
+
+from ciebench.errors import did_you_mean
 
 from .align import align
 from .clipscore import RegionCLIP, region_crop
@@ -88,8 +89,7 @@ def resolve_metrics(names: Sequence[str] | None) -> tuple[str, ...]:
             continue
         owner = next((m for m, cols in METRICS.items() if name in cols), None)
         if owner is None:
-            close = difflib.get_close_matches(name, list(METRICS) + list(METRIC_INFO), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, list(METRICS) + list(METRIC_INFO))
             raise ValueError(f"unknown region metric {name!r}; known: {', '.join(METRICS)}.{hint}")
         wanted.add(owner)
     return tuple(m for m in METRICS if m in wanted)

@@ -6,7 +6,6 @@ parquet file(s), or `hf:ORG/NAME[@revision]`.
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
@@ -19,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 import datasets
 
+from ..errors import did_you_mean
 from ..images import read_regular_file
 from ..schema import FEATURES, EditSample
 from .authors import find_annotation, read_authors_folder
@@ -72,8 +72,7 @@ def read_dataset(spec: str, *, verify: bool = True, sources: list[str] | None = 
         return _load_hub(spec)
     path = Path(spec).expanduser()
     if not path.exists():
-        close = difflib.get_close_matches(spec, NAMED, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+        hint = did_you_mean(spec, NAMED)
         raise DatasetError(
             f"unknown dataset {spec!r}: not a named dataset ({', '.join(NAMED)}), not 'hf:ORG/NAME[@rev]', "
             f"and no such file or folder.{hint}")

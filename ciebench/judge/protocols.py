@@ -23,12 +23,12 @@ Other benchmarks register their own protocols in `JUDGE_PROTOCOLS`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..assets import PinnedAsset, ResolvedAsset, resolve_asset
+from ..errors import did_you_mean
 from ..io import stable_hash
 from ..llm.prompts import PromptTemplate, get_template
 from . import extract
@@ -135,9 +135,8 @@ def get_judge_protocol(name: str) -> JudgeProtocol:
     try:
         return JUDGE_PROTOCOLS[name]
     except KeyError:
-        close = difflib.get_close_matches(str(name), list(JUDGE_PROTOCOLS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown judge protocol {name!r}; known: {', '.join(JUDGE_PROTOCOLS)}.{hint}") from None
+        raise ValueError(f"unknown judge protocol {name!r}; known: {', '.join(JUDGE_PROTOCOLS)}."
+                         f"{did_you_mean(name, JUDGE_PROTOCOLS)}") from None
 
 
 def list_judge_protocols() -> list[str]:
