@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_metrics import use_offline_caches  # noqa: E402  (a sibling script)
 
 REPO = Path(__file__).resolve().parents[1]
 # name -> (editor, preset, editor args beyond steps, hub id to publish)
@@ -41,17 +43,8 @@ EDITORS = {
 BASELINE = "instructpix2pix"
 
 
-def _set_caches(root: Path) -> None:
-    os.environ["HF_HUB_CACHE"] = str(root / "hub")
-    os.environ["TORCH_HOME"] = str(root / "torch")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    (root / "hub").mkdir(parents=True, exist_ok=True)
-
-
 def publish_all(root: Path) -> None:
-    _set_caches(root)
+    use_offline_caches(root)
     from ciebench.tests.fixtures_diffusers_editors import BUILDERS
     from ciebench.tests.fixtures_editors import publish_tiny_instruct_pix2pix
 
@@ -61,7 +54,7 @@ def publish_all(root: Path) -> None:
 
 
 def child(name: str, root: Path, n: int, steps: int, batch: int, device: str) -> dict:
-    _set_caches(root)
+    use_offline_caches(root)
     import pytest
     import torch
 

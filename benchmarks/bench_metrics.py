@@ -54,7 +54,8 @@ STAGE_ORDER = ("startup", "import", "index", "read", "decode", "load", "align", 
                "locality", "lpips", "clip_text", "clip_forward", "writing", "summary")
 
 
-def _set_caches(root: Path) -> None:
+def use_offline_caches(root: Path) -> None:
+    """Point the hub and torch caches at `root` and go offline (the models are published there)."""
     os.environ["HF_HUB_CACHE"] = str(root / "hub")
     os.environ["TORCH_HOME"] = str(root / "torch")
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -410,7 +411,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ciebench-bench-metrics-") as tmp:
         work = Path(tmp)
         cache = (args.work / "cache") if args.work else work / "cache"
-        _set_caches(cache)
+        use_offline_caches(cache)
         if args.memory:
             bench_memory(args, work)
         else:
