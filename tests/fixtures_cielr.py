@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from tests.tinyhub import publish
 
 SAM_ID = "facebook/sam2.1-hiera-large"
@@ -167,6 +170,16 @@ def publish_sd15_inpaint(repo_id: str = SD15_ID) -> str:
 STAGES = {"TASK: OBJECT LIST": "objects", "TASK: EDIT PLAN": "plan", "TASK: SUFFICIENCY CHECK": "sufficiency",
           "TASK: SPATIAL OPERATOR": "spatial", "TASK: REGION SELECTION": "select", "TASK: EXPLICIT ACTION": "action",
           "TASK: EDIT TYPE": "classify", "TASK: ONE-STEP EDIT": "onestep"}
+
+
+def scene_image(shift: int = 0) -> Image.Image:
+    """The CIELR tests' scene: a red square (shifted right by `shift`), a blue square and a green bar on
+    grey, 120 x 90."""
+    a = np.full((90, 120, 3), 200, dtype=np.uint8)
+    a[20:60, 10 + shift:50 + shift] = (255, 0, 0)
+    a[30:80, 70:110] = (0, 0, 255)
+    a[5:15, 60:100] = (0, 160, 0)
+    return Image.fromarray(a)
 
 
 def stage_of(text: str) -> str | None:

@@ -14,19 +14,11 @@ from ciebench.cielr_ref.editor import CIELRConfig, CIELREditor
 from ciebench.cielr_ref.executor import dilate
 from ciebench.editor import EditRequest
 from ciebench.registry import get_editor_class
-from tests.fixtures_cielr import (action, node, publish_cielr_models, regions_in, stage_of, sufficient)
+from tests.fixtures_cielr import (action, node, publish_cielr_models, regions_in, scene_image, stage_of, sufficient)
 from tests.llm_server import json_reply, raw, respond, serve_llm
 
 DILATION = 3
 OBJECTS = ["red square", "blue square", "wall"]
-
-
-def scene_image(shift: int = 0) -> Image.Image:
-    a = np.full((90, 120, 3), 200, dtype=np.uint8)
-    a[20:60, 10 + shift:50 + shift] = (255, 0, 0)
-    a[30:80, 70:110] = (0, 0, 255)
-    a[5:15, 60:100] = (0, 160, 0)
-    return Image.fromarray(a)
 
 
 @pytest.fixture(scope="module")

@@ -9,27 +9,18 @@ import re
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from ciebench.cielr_ref.editor import CIELREditor
 from ciebench.cielr_ref.reasoning import regions_prompt
 from ciebench.cielr_ref.ssr import Detection, build_ssr
 from ciebench.editor import EditRequest
-from tests.fixtures_cielr import (OWL_ID, action, node, publish_cielr_models, regions_in, stage_of, sufficient,
+from tests.fixtures_cielr import (OWL_ID, action, node, publish_cielr_models, regions_in, scene_image, stage_of, sufficient,
                                   tiny_editor_options)
 from tests.llm_server import respond, serve_llm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 OBJECTS = ["red square", "blue square", "wall"]
 REJECTED = "YOUR PREVIOUS ANSWER WAS REJECTED"
-
-
-def scene() -> Image.Image:
-    a = np.full((90, 120, 3), 200, dtype=np.uint8)
-    a[20:60, 10:50] = (255, 0, 0)
-    a[30:80, 70:110] = (0, 0, 255)
-    a[5:15, 60:100] = (0, 160, 0)
-    return Image.fromarray(a)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +58,7 @@ def script(**stages):
 def run(server, editor, answer, instruction="MARK what is red?", sample="s"):
     server.reset(rules=True)
     server.on(then=respond(answer))
-    res = editor.edit([EditRequest(sample, scene(), instruction, seed=0)])[0]
+    res = editor.edit([EditRequest(sample, scene_image(), instruction, seed=0)])[0]
     trace = dict(res.trace)
     trace.pop("artifacts")
     json.dumps(trace)

@@ -4,32 +4,22 @@ pinned by sha256 and served from file://), exact paste-back, the `sd-whole` back
 ablations end to end. Tiny real models from the offline hub cache; a scripted LLM on 127.0.0.1."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from ciebench.cielr_ref.editor import PRESETS, CIELRConfig, CIELREditor
 from ciebench.editor import EditRequest
 from ciebench.errors import IntegrityError
-from tests.fixtures_cielr import (action, publish_cielr_models, publish_sd15_inpaint, regions_in, stage_of,
+from tests.fixtures_cielr import (action, publish_cielr_models, publish_sd15_inpaint, regions_in, scene_image, stage_of,
                                   sufficient, tiny_editor_options)
 from tests.llm_server import respond, serve_llm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 OBJECTS = ["red square", "blue square", "wall"]
 FILL = (0.25, 0.5, 0.75)  # what the LaMa stand-in paints into the hole
-
-
-def scene() -> Image.Image:
-    a = np.full((90, 120, 3), 200, dtype=np.uint8)
-    a[20:60, 10:50] = (255, 0, 0)
-    a[30:80, 70:110] = (0, 0, 255)
-    a[5:15, 60:100] = (0, 160, 0)
-    return Image.fromarray(a)
 
 
 def lama_standin(path) -> str:
@@ -95,7 +85,7 @@ def answers(kind="remove", select=None, onestep=None):
 def run(server, editor, answer, instruction="MARK which one is red? remove it"):
     server.reset(rules=True)
     server.on(then=respond(answer))
-    src = scene()
+    src = scene_image()
     res = editor.edit([EditRequest("p", src, instruction, seed=1)])[0]
     trace = dict(res.trace)
     arts = {k: np.asarray(v, dtype=bool) for k, v in trace.pop("artifacts").items()}
@@ -250,7 +240,7 @@ def test_m2m_refines_each_mask_from_its_point_and_own_logits():
     publish_cielr_models()
     seg = Sam2Segmenter(SAM_ID, AMGParams(points_per_side=4, crop_n_layers=0, pred_iou_thresh=0.0,
                                           stability_score_thresh=0.0, mask_threshold=1.0, use_m2m=True))
-    inputs = seg.processor(images=[scene()], return_tensors="pt")
+    inputs = seg.processor(images=[scene_image()], return_tensors="pt")
     with torch.inference_mode():
         emb = seg.model.get_image_embeddings(inputs["pixel_values"])
         pts = torch.tensor([[10.0, 20.0], [40.0, 30.0], [55.0, 50.0]])
@@ -265,5 +255,5 @@ def test_m2m_refines_each_mask_from_its_point_and_own_logits():
             assert torch.allclose(batched[i], one.pred_masks[0, 0, 0].float(), atol=1e-4)
             assert torch.allclose(iou[i], one.iou_scores[0, 0, 0].float(), atol=1e-4)
     assert not torch.allclose(batched, low)  # the mask prompt changed the prediction
-    masks = seg.segment([scene()])[0]
+    masks = seg.segment([scene_image()])[0]
     assert masks and all(m.shape == (90, 120) and m.dtype == bool for m in masks)
