@@ -35,6 +35,7 @@ from ..assets import PinnedAsset
 from ..cache import cache_root
 from ..io import atomic_write_bytes, sha256_bytes
 from .base import Benchmark, Case, CountingAggregator, Groups, JudgeCall
+from .judging import jpeg_roundtrip
 
 COMMIT = "570eba6ebda0c45c013983a483afbf2fd12bfcbc"
 PROMPTS = PinnedAsset(
@@ -103,16 +104,6 @@ def _checked(scores: Any) -> list[float] | None:
 
 def overall(sc: float | None, pq: float | None) -> float | None:
     return None if sc is None or pq is None else math.sqrt(sc * pq)
-
-
-def _jpeg(image: Image.Image) -> Image.Image:
-    """Encoded as the official client sends it (PIL JPEG, default quality), then decoded."""
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG")
-    buf.seek(0)
-    out = Image.open(buf)
-    out.load()
-    return out
 
 
 class GEditBench(Benchmark):
@@ -185,7 +176,8 @@ class GEditBench(Benchmark):
             source = ImageOps.exif_transpose(src).convert("RGB")
         with Image.open(call.images[-1]) as out:
             output = out.convert("RGB").resize(source.size)  # the script's resize: PIL's default filter
-        return [_jpeg(source), _jpeg(output)] if call.dimension == SC else [_jpeg(output)]
+        # the official client sends JPEG at PIL's default quality
+        return [jpeg_roundtrip(source), jpeg_roundtrip(output)] if call.dimension == SC else [jpeg_roundtrip(output)]
 
     def parse(self, dimension: str, reply: str) -> float | None:
         scores = parse_scores(reply)

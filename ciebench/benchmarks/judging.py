@@ -32,8 +32,14 @@ def prepare_judge_image(path: Path, side: int = JUDGE_IMAGE_SIDE, quality: int |
         im = im.convert("RGB")
         if side:
             im.thumbnail((side, side))
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", **({"quality": quality} if quality else {}))
+        return jpeg_roundtrip(im, quality)
+
+
+def jpeg_roundtrip(image: Image.Image, quality: int | None = None) -> Image.Image:
+    """`image` JPEG-encoded (PIL's default quality unless `quality`) and decoded again: the pixels a
+    judge sees when a script sends JPEG."""
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", **({"quality": quality} if quality else {}))
     buf.seek(0)
     out = Image.open(buf)
     out.load()

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import io
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,6 +40,7 @@ from PIL import Image
 
 from ..assets import PinnedAsset
 from .base import Benchmark, Case, CountingAggregator, JudgeCall
+from .judging import prepare_judge_image
 from .prompts import PromptFileError
 
 COMMIT = "58cadba788b56ee718724e27d64c2c76c297d046"
@@ -208,15 +208,7 @@ class WiseEdit(Benchmark):
 
     def judge_image(self, path: Path, call: JudgeCall) -> Image.Image:
         """Fit within 512 x 512, RGB, JPEG quality 90 (the script's encode_image_to_base64)."""
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((512, 512))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=90)
-        buf.seek(0)
-        out = Image.open(buf)
-        out.load()
-        return out
+        return prepare_judge_image(path, side=512, quality=90)
 
     def parse(self, dimension: str, reply: str) -> float | None:
         value = parse_score(reply)
