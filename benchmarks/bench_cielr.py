@@ -6,7 +6,7 @@ concurrent LLM calls, against a scripted OpenAI-compatible HTTP server with a fi
 What runs: the real editor (`CIELREditor.edit` on all samples as one batch) with tiny random-weight
 SAM 2.1 / OWLv2 / Depth Anything V2 / SD-inpainting models from a temporary offline hub cache (they
 stand in for the real ones: this measures the orchestration, not the models), and the LLM / VLM served
-by tests/llm_server.py with `--latency` seconds before every answer. The scripted answers follow the
+by tests/support/llm_server.py with `--latency` seconds before every answer. The scripted answers follow the
 paper's chain for every sample (object list, plan, sufficiency check, region selection, action); one
 sample in four takes a semantic update (labeller re-run) and one in four a spatial update (operator
 call), so the call counts are those of a mixed run. Images are downscaled to `--max-side` and torch
@@ -64,7 +64,7 @@ def erring_responder(needs_reason: bool):
     import re
     import threading
 
-    from tests.fixtures_cielr import chain_responder, stage_of
+    from tests.support.fixtures_cielr import chain_responder, stage_of
 
     right = chain_responder()
     seen: set = set()
@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     from ciebench.datasets import iter_samples, load_dataset
     from ciebench.editor import EditRequest
     from ciebench.llm import LLMConfig
-    from tests.fixtures_cielr import chain_responder, publish_cielr_models, tiny_editor_options
-    from tests.llm_server import LLMServer, respond
+    from tests.support.fixtures_cielr import chain_responder, publish_cielr_models, tiny_editor_options
+    from tests.support.llm_server import LLMServer, respond
 
     t0 = time.perf_counter()
     publish_cielr_models()

@@ -6,7 +6,7 @@
 Each editor runs in a fresh child process (so `ru_maxrss`, the peak resident set, is its own; on CUDA
 also torch's peak allocated GPU memory) on the first --n images of the `mini` dataset (512x512 and
 600x400), after one warm-up image that loads the pipeline. The models are the test suite's tiny
-pipelines of the real classes (tests/fixtures_diffusers_editors.py) published into a temporary hub
+pipelines of the real classes (tests/support/fixtures_diffusers_editors.py) published into a temporary hub
 cache; Qwen-Image-Edit and LongCat-Image-Edit run with their internal 1-MP working area shrunk 256x,
 as in the tests, and Kontext / Klein with max_area 96x96, so the numbers measure the editors' wiring
 (loading, resizing, batching, seeding, pipeline overhead), not the models. The baseline is the tiny
@@ -45,8 +45,8 @@ BASELINE = "instructpix2pix"
 
 def publish_all(root: Path) -> None:
     use_offline_caches(root)
-    from ciebench.tests.fixtures_diffusers_editors import BUILDERS
-    from ciebench.tests.fixtures_editors import publish_tiny_instruct_pix2pix
+    from ciebench.tests.support.fixtures_diffusers_editors import BUILDERS
+    from ciebench.tests.support.fixtures_editors import publish_tiny_instruct_pix2pix
 
     publish_tiny_instruct_pix2pix()
     for hub_id in {v[3] for v in EDITORS.values()} - {"timbrooks/instruct-pix2pix"}:
@@ -62,7 +62,7 @@ def child(name: str, root: Path, n: int, steps: int, batch: int, device: str) ->
     from ciebench.editor import EditRequest
     from ciebench.editor_config import build_editor
     from ciebench.schema import EditSample
-    from ciebench.tests.fixtures_diffusers_editors import shrink_working_area
+    from ciebench.tests.support.fixtures_diffusers_editors import shrink_working_area
 
     shrink_working_area(pytest.MonkeyPatch())
     editor_name, preset, args, _ = EDITORS[name]

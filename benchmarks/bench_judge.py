@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 
 from ciebench.llm import LLMConfig  # noqa: E402
 from ciebench.metrics.idcs import IDCSJudge, JudgeConfig, JudgeItem  # noqa: E402
-from tests.llm_server import json_reply, reply, serve_llm  # noqa: E402
+from tests.support.llm_server import json_reply, reply, serve_llm  # noqa: E402
 
 
 def main() -> None:

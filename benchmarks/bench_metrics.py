@@ -21,7 +21,7 @@ LPIPS, CLIP preprocess, CLIP forward, writing, summary, ...). Printed: the whole
 reference's and ciebench's results per metric.
 
 Inputs: the real CIEBench (../shared/ciebench, or --source) with one synthetic edited image per
-sample (tests/synthetic_edits.py, rotating through its kinds). Models: real-size architectures with
+sample (tests/support/synthetic_edits.py, rotating through its kinds). Models: real-size architectures with
 random weights (CLIP ViT-L/14 at the protocol's size from the published config's shapes,
 torchvision squeezenet1_1), saved into a temporary offline hub cache and torch hub folder, so every
 way loads them through the real `from_pretrained` / torchvision weights paths.
@@ -67,7 +67,7 @@ def use_offline_caches(root: Path) -> None:
 # ---- preparation (parent process) ---------------------------------------------------------------
 def publish_models(protocol_name: str) -> None:
     from ciebench.metrics.protocols import get_protocol
-    from ciebench.tests.fixtures_models import image_size_of, publish_clip, publish_squeezenet1_1, vit_l14_config
+    from ciebench.tests.support.fixtures_models import image_size_of, publish_clip, publish_squeezenet1_1, vit_l14_config
 
     protocol = get_protocol(protocol_name)
     t0 = time.perf_counter()
@@ -84,7 +84,7 @@ def prepare(source: Path, work: Path, protocol_name: str, limit: int | None) -> 
     from ciebench.metrics.clipscore import region_crop
     from ciebench.metrics.protocols import get_protocol
     from ciebench.schema import EditSample
-    from ciebench.tests.synthetic_edits import KINDS, synthetic_edit
+    from ciebench.tests.support.synthetic_edits import KINDS, synthetic_edit
     from PIL import Image
 
     protocol = get_protocol(protocol_name)
@@ -169,7 +169,7 @@ def child_reference(manifest: dict, out: Path, started: float) -> None:
     from PIL import Image
 
     from ciebench.metrics.protocols import get_protocol
-    from ciebench.tests import metrics_reference as ref
+    from ciebench.tests.support import metrics_reference as ref
 
     timer = _timer()
     import_s = time.perf_counter() - started
@@ -347,7 +347,7 @@ def bench_memory(args: argparse.Namespace, work: Path) -> None:
 
     from ciebench.datasets import read_dataset
     from ciebench.schema import EditSample
-    from ciebench.tests.synthetic_edits import synthetic_edit
+    from ciebench.tests.support.synthetic_edits import synthetic_edit
 
     sizes = [int(x) for x in args.memory.split(",")]
     base = read_dataset(str(args.source)).dataset

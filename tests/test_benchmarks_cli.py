@@ -6,7 +6,7 @@ import json
 from typer.testing import CliRunner
 
 from ciebench.cli import app
-from tests.fixtures_benchmarks import make_rise_plus
+from tests.support.fixtures_benchmarks import make_rise_plus
 
 runner = CliRunner()
 

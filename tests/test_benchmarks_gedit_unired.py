@@ -24,7 +24,7 @@ from ciebench.benchmarks import prompts as prompt_module
 from ciebench.benchmarks.gedit import GROUPS, GEditBench, parse_scores
 from ciebench.benchmarks.unireditbench import UniREditBench, extract_first_score
 from ciebench.cli import app
-from tests.llm_server import respond, serve_llm
+from tests.support.llm_server import respond, serve_llm
 
 runner = CliRunner()
 

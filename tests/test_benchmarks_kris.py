@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from ciebench.benchmarks import get_benchmark
 from ciebench.benchmarks.kris import materialise_rows
 from ciebench.cli import app
-from tests.fixtures_benchmarks import KRIS_FIELDS, KrisJudge, make_kris, write_prompt_file
-from tests.llm_server import respond, serve_llm
+from tests.support.fixtures_benchmarks import KRIS_FIELDS, KrisJudge, make_kris, write_prompt_file
+from tests.support.llm_server import respond, serve_llm
 
 runner = CliRunner()
 VC, IF, VQ, KP = "consistency_score", "instruction_score", "quality_score", "knowledge_score"
@@ -60,7 +60,7 @@ def test_kris_end_to_end(tmp_path, monkeypatch):
         cfg.write_text(json.dumps({"model": "scripted", "base_url": server.base_url, "api_key_env": None,
                                    "max_retries": 0}))
         result = runner.invoke(app, ["evaluate", "--benchmark", "kris", "--benchmark-root", str(tmp_path / "data"),
-                                     "--editor", "tests.fixtures_benchmarks:StampEditor", "--out", str(out),
+                                     "--editor", "tests.support.fixtures_benchmarks:StampEditor", "--out", str(out),
                                      "--judge", str(cfg), "--judge-prompts", str(prompts)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())

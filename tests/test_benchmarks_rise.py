@@ -17,8 +17,8 @@ from ciebench.benchmarks import prompts as prompt_module
 from ciebench.benchmarks.rise import RiseBench
 from ciebench.cli import app
 from ciebench.registry import RegistryError
-from tests.fixtures_benchmarks import (PLUS_PROMPT_NAMES, V1_PROMPT_NAMES, ScriptedJudge, StampEditor, make_rise_plus, make_rise_v1, write_prompt_file)
-from tests.llm_server import respond, serve_llm
+from tests.support.fixtures_benchmarks import (PLUS_PROMPT_NAMES, V1_PROMPT_NAMES, ScriptedJudge, StampEditor, make_rise_plus, make_rise_v1, write_prompt_file)
+from tests.support.llm_server import respond, serve_llm
 
 runner = CliRunner()
 AC, IR, VP = "ApprConsistency", "Reasoning", "VisualPlausibility"
@@ -256,7 +256,7 @@ def _plus_run(tmp_path, editor: str, monkeypatch):
 
 def test_risebench_plus_multi_image_multi_turn(tmp_path, monkeypatch):
     StampEditor.calls.clear()
-    items, judge, out, summary = _plus_run(tmp_path, "tests.fixtures_benchmarks:StampEditor", monkeypatch)
+    items, judge, out, summary = _plus_run(tmp_path, "tests.support.fixtures_benchmarks:StampEditor", monkeypatch)
     expected = plus_expected(items)
     assert summary["headline"]["value"] == pytest.approx(expected["Overall"][1])
     for label in ("Overall", "Temporal", "Causal", "Spatial", "Logical", "Counterfactual", "Hybrid"):
@@ -281,7 +281,7 @@ def test_risebench_plus_multi_image_multi_turn(tmp_path, monkeypatch):
 
 
 def test_risebench_plus_unsupported_cases(tmp_path, monkeypatch):
-    items, judge, out, summary = _plus_run(tmp_path, "tests.fixtures_benchmarks:SingleEditor", monkeypatch)
+    items, judge, out, summary = _plus_run(tmp_path, "tests.support.fixtures_benchmarks:SingleEditor", monkeypatch)
     unsupported = {"causal_reasoning_1", "hybrid_reasoning_1", "hybrid_reasoning_2"}
     assert summary["ours"]["status_counts"] == {"ok": 5, "unsupported": 3}
     assert summary["run"]["generation"]["unsupported"] == 3 and summary["run"]["generation"]["failed"] == 0
@@ -334,8 +334,8 @@ def test_aggregation_parity_on_written_verdicts():
 
 def test_leaderboard_tables_per_benchmark_and_gallery(tmp_path, monkeypatch):
     StampEditor.calls.clear()
-    _, _, run_a, sa = _plus_run(tmp_path, "tests.fixtures_benchmarks:StampEditor", monkeypatch)
-    _, _, run_b, sb = _plus_run(tmp_path, "tests.fixtures_benchmarks:SingleEditor", monkeypatch)
+    _, _, run_a, sa = _plus_run(tmp_path, "tests.support.fixtures_benchmarks:StampEditor", monkeypatch)
+    _, _, run_b, sb = _plus_run(tmp_path, "tests.support.fixtures_benchmarks:SingleEditor", monkeypatch)
     other = tmp_path / "other"  # a run of another benchmark (its summary only): never mixed in
     other.mkdir()
     (other / "summary.json").write_text(json.dumps({"benchmark": {"name": "risebench"}, "headline": {
@@ -362,7 +362,7 @@ def test_leaderboard_tables_per_benchmark_and_gallery(tmp_path, monkeypatch):
 
 def test_interrupted_benchmark_run_resumes(tmp_path, monkeypatch):
     StampEditor.calls.clear()
-    items, judge, out, first = _plus_run(tmp_path, "tests.fixtures_benchmarks:StampEditor", monkeypatch)
+    items, judge, out, first = _plus_run(tmp_path, "tests.support.fixtures_benchmarks:StampEditor", monkeypatch)
     # simulate a kill: one multi-turn case never recorded, the verdict file torn mid-line
     (out / "records" / "hybrid_reasoning" / "hybrid_reasoning_1.json").unlink()
     verdicts = (out / "verdicts.jsonl").read_bytes()
@@ -373,7 +373,7 @@ def test_interrupted_benchmark_run_resumes(tmp_path, monkeypatch):
     with serve_llm() as server:
         server.on(then=respond(judge))
         result = runner.invoke(app, ["evaluate", "--benchmark", "risebench-plus", "--benchmark-root",
-                                     str(tmp_path / "riseplus"), "--editor", "tests.fixtures_benchmarks:StampEditor",
+                                     str(tmp_path / "riseplus"), "--editor", "tests.support.fixtures_benchmarks:StampEditor",
                                      "--out", str(out), "--judge-prompts", str(tmp_path / "pp"),
                                      "--judge", str(judge_file(tmp_path, server))])
     assert result.exit_code == 0, result.output

@@ -18,7 +18,7 @@ from ciebench.assets import PinnedAsset
 from ciebench.benchmarks import prompts as prompt_module
 from ciebench.benchmarks.wiseedit import (SUBSETS, TASK_METRICS, WiseEdit, hint_preamble, parse_score)
 from ciebench.cli import app
-from tests.llm_server import respond, serve_llm
+from tests.support.llm_server import respond, serve_llm
 
 runner = CliRunner()
 SINGLE = ("prompt_detail_preserving_single", "prompt_instruction_following_single", "prompt_visual_quality",

@@ -14,8 +14,8 @@ from ciebench.cielr_ref.editor import CIELRConfig, CIELREditor
 from ciebench.cielr_ref.executor import dilate
 from ciebench.editor import EditRequest
 from ciebench.registry import get_editor_class
-from tests.fixtures_cielr import (action, node, publish_cielr_models, regions_in, scene_image, stage_of, sufficient)
-from tests.llm_server import json_reply, raw, respond, serve_llm
+from tests.support.fixtures_cielr import (action, node, publish_cielr_models, regions_in, scene_image, stage_of, sufficient)
+from tests.support.llm_server import json_reply, raw, respond, serve_llm
 
 DILATION = 3
 OBJECTS = ["red square", "blue square", "wall"]
@@ -349,7 +349,7 @@ def test_segment_anything_backend_runs_a_tiny_sam():
 
 
 def test_sd15_inpainting_is_selectable(server):
-    from tests.fixtures_cielr import SD15_ID, publish_sd15_inpaint
+    from tests.support.fixtures_cielr import SD15_ID, publish_sd15_inpaint
 
     publish_sd15_inpaint()
     from ciebench.cielr_ref.executor import InpaintExecutor, InpaintJob, InpaintParams

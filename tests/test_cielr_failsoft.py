@@ -14,9 +14,9 @@ from ciebench.cielr_ref.editor import CIELREditor
 from ciebench.cielr_ref.reasoning import regions_prompt
 from ciebench.cielr_ref.ssr import Detection, build_ssr
 from ciebench.editor import EditRequest
-from tests.fixtures_cielr import (OWL_ID, action, node, publish_cielr_models, regions_in, scene_image, stage_of, sufficient,
+from tests.support.fixtures_cielr import (OWL_ID, action, node, publish_cielr_models, regions_in, scene_image, stage_of, sufficient,
                                   tiny_editor_options)
-from tests.llm_server import respond, serve_llm
+from tests.support.llm_server import respond, serve_llm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 OBJECTS = ["red square", "blue square", "wall"]

@@ -13,9 +13,9 @@ import pytest
 from ciebench.cielr_ref.editor import PRESETS, CIELRConfig, CIELREditor
 from ciebench.editor import EditRequest
 from ciebench.errors import IntegrityError
-from tests.fixtures_cielr import (action, publish_cielr_models, publish_sd15_inpaint, regions_in, scene_image, stage_of,
+from tests.support.fixtures_cielr import (action, publish_cielr_models, publish_sd15_inpaint, regions_in, scene_image, stage_of,
                                   sufficient, tiny_editor_options)
-from tests.llm_server import respond, serve_llm
+from tests.support.llm_server import respond, serve_llm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 OBJECTS = ["red square", "blue square", "wall"]
@@ -235,7 +235,7 @@ def test_m2m_refines_each_mask_from_its_point_and_own_logits():
     import torch
 
     from ciebench.cielr_ref.segmenters import AMGParams, Sam2Segmenter
-    from tests.fixtures_cielr import SAM_ID
+    from tests.support.fixtures_cielr import SAM_ID
 
     publish_cielr_models()
     seg = Sam2Segmenter(SAM_ID, AMGParams(points_per_side=4, crop_n_layers=0, pred_iou_thresh=0.0,

@@ -15,8 +15,8 @@ from ciebench.datasets import iter_samples, load_dataset
 from ciebench.editor import EditRequest
 from ciebench.results import file_stem
 from ciebench.runner import write_result
-from tests.fixtures_cielr import chain_responder, publish_cielr_models, tiny_editor_options
-from tests.llm_server import respond, serve_llm
+from tests.support.fixtures_cielr import chain_responder, publish_cielr_models, tiny_editor_options
+from tests.support.llm_server import respond, serve_llm
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

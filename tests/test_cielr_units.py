@@ -15,7 +15,7 @@ from ciebench.cielr_ref.reasoning import (ACTION_SCHEMA, PLAN_SCHEMA, SELECT_SCH
 from ciebench.cielr_ref.segmenters import crop_boxes, masks_to_boxes, point_grid
 from ciebench.cielr_ref.ssr import (UNKNOWN, Detection, Geometry, assign_labels, box_mask_overlap, build_ssr,
                                     overlap_matrix, relabel)
-from tests.fixtures_cielr import node
+from tests.support.fixtures_cielr import node
 
 H, W = 40, 60
 

@@ -24,7 +24,7 @@ from ciebench.errors import DataError
 from ciebench.images import ALLOWED_FORMATS, ImageRefused, open_image, read_regular_file
 from ciebench.schema import FEATURES
 
-from .fixtures_bad_data import box_mask, picture, png_bytes, spy_on_opens, write_jsonl_dataset, write_manifest
+from tests.support.fixtures_bad_data import box_mask, picture, png_bytes, spy_on_opens, write_jsonl_dataset, write_manifest
 
 SECRET = b"top-secret-bytes"
 

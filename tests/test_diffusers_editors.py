@@ -15,7 +15,7 @@ from ciebench.editor import EditRequest
 from ciebench.editor_config import build_editor
 from ciebench.spec import RunSpec
 
-from .fixtures_diffusers_editors import (FLUX2_KLEIN_4B, FLUX_KONTEXT, LONGCAT_EDIT, QWEN_EDIT, QWEN_EDIT_2509,
+from tests.support.fixtures_diffusers_editors import (FLUX2_KLEIN_4B, FLUX_KONTEXT, LONGCAT_EDIT, QWEN_EDIT, QWEN_EDIT_2509,
                                          QWEN_EDIT_2511, SD_IMG2IMG, diffusers_editor_hub,  # noqa: F401
                                          small_working_area)  # noqa: F401
 

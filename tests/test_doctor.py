@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from ciebench.cli import app
 from ciebench.doctor import (MEMORY_OVERHEAD, DoctorOptions, check_bundle_files, check_packages, run_doctor)
 from ciebench.prefetch import Configuration
-from tests.fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
-from tests.llm_server import error, json_reply, serve_llm
+from tests.support.fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
+from tests.support.llm_server import error, json_reply, serve_llm
 
 runner = CliRunner()
 GB = 1_000_000_000

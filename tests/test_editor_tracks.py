@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from ciebench.cli import app
 from ciebench.editor import EditResult, Editor
 
-from .llm_server import json_reply, serve_llm
+from tests.support.llm_server import json_reply, serve_llm
 
 runner = CliRunner()
 

@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ciebench.cli import app
-from tests.llm_server import json_reply, reply, serve_llm
+from tests.support.llm_server import json_reply, reply, serve_llm
 
 runner = CliRunner()
 SENTENCE = "The left half of the picture became noisy."
@@ -31,7 +31,7 @@ def judged_run(tmp_path_factory) -> Path:
         side = {"backend": "openai", "base_url": server.base_url, "api_key_env": None, "model": "judge-m"}
         judge = root / "judge.yaml"
         judge.write_text(yaml.safe_dump({"vlm": side, "llm": side}))
-        result = runner.invoke(app, ["evaluate", "--editor", "tests.editors_for_tests:NoisyEditor", "--dataset", "mini",
+        result = runner.invoke(app, ["evaluate", "--editor", "tests.support.editors_for_tests:NoisyEditor", "--dataset", "mini",
                                      "--out", str(run), "--limit", "3", "--metrics", "psnr,ssim,idcs",
                                      "--judge", str(judge)], env={"CIEBENCH_CACHE": str(root / "cache")})
     assert result.exit_code == 0, result.output

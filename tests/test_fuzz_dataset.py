@@ -29,7 +29,7 @@ from ciebench.cli import app
 from ciebench.datasets import read_dataset
 from ciebench.datasets.fields import sample_id_of
 
-from .fixtures_bad_data import picture, png_bytes, spy_on_opens, write_jsonl_dataset
+from tests.support.fixtures_bad_data import picture, png_bytes, spy_on_opens, write_jsonl_dataset
 
 runner = CliRunner()
 

@@ -1,4 +1,4 @@
-"""IDCS judge against a real HTTP server on 127.0.0.1 (tests/llm_server.py)."""
+"""IDCS judge against a real HTTP server on 127.0.0.1 (tests/support/llm_server.py)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ from PIL import Image
 from ciebench.llm import LLMConfig
 from ciebench.metrics.idcs import (DASHSCOPE_BASE_URL, JUDGE_PRESETS, IDCSJudge, JudgeConfig, JudgeItem,
                                    get_judge_config, idcs_summary, validate_score)
-from .llm_server import error, hang, json_reply, raw, reply, respond, serve_llm
+from tests.support.llm_server import error, hang, json_reply, raw, reply, respond, serve_llm
 
 SENTENCE = "The red apple on the table was replaced by a green pear."
 

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from ciebench.cli import app
 from ciebench.editor import EditRequest
 
-from .fixtures_editors import publish_tiny_instruct_pix2pix
-from .fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
+from tests.support.fixtures_editors import publish_tiny_instruct_pix2pix
+from tests.support.fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
 
 runner = CliRunner()
 SMALL = ["--editor-arg", "steps=2", "--editor-arg", "resolution=64"]

@@ -13,8 +13,8 @@ from pathlib import Path
 from ciebench.judge.batch import STATE_FILE, batch_judge
 from ciebench.llm import LLMConfig
 from ciebench.metrics.idcs import IDCSJudge, JudgeConfig
-from .batch_server import serve_batches
-from .fixtures_judge import SENTENCE, items
+from tests.support.batch_server import serve_batches
+from tests.support.fixtures_judge import SENTENCE, items
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ CHILD = """
 import sys
 sys.path.insert(0, {root!r})
 from tests.test_judge_batch import config
-from tests.fixtures_judge import items
+from tests.support.fixtures_judge import items
 from ciebench.metrics.idcs import IDCSJudge
 from ciebench.judge.batch import batch_judge
 judge = IDCSJudge(config({url!r}), cache_dir={cache!r})

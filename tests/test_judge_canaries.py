@@ -12,9 +12,9 @@ from ciebench.cli import app
 from ciebench.errors import DataError
 from ciebench.judge import canaries as C
 from ciebench.metrics.idcs import IDCSJudge
-from .fixtures_judge import judge_config
-from .leaderboard_runs import build_run
-from .llm_server import json_reply, reply, serve_llm
+from tests.support.fixtures_judge import judge_config
+from tests.support.leaderboard_runs import build_run
+from tests.support.llm_server import json_reply, reply, serve_llm
 
 runner = CliRunner()
 

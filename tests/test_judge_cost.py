@@ -13,8 +13,8 @@ import ciebench
 from ciebench.cli import app
 from ciebench.judge import Budget, image_tokens
 from ciebench.metrics.idcs import IDCSJudge
-from .fixtures_judge import SENTENCE, items, judge_config
-from .llm_server import json_reply, reply, serve_llm
+from tests.support.fixtures_judge import SENTENCE, items, judge_config
+from tests.support.llm_server import json_reply, reply, serve_llm
 
 runner = CliRunner()
 

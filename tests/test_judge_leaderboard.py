@@ -7,7 +7,7 @@ from ciebench.io import atomic_write_json
 from ciebench.judge import FAILURE_CLASSES
 from ciebench.leaderboard import leaderboard
 from ciebench.leaderboard.tables import group_runs, markdown_table
-from .leaderboard_runs import build_run
+from tests.support.leaderboard_runs import build_run
 
 
 def _judged(run, protocol, noise, failures):

@@ -14,8 +14,8 @@ import ciebench
 from ciebench.cli import app
 from ciebench.judge import judge_noise_interval, majority, median_score, within_noise
 from ciebench.metrics.idcs import IDCSJudge, idcs_summary
-from .fixtures_judge import SENTENCE, STANDIN_SOURCE, items, judge_config
-from .llm_server import json_reply, reply, respond, serve_llm
+from tests.support.fixtures_judge import SENTENCE, STANDIN_SOURCE, items, judge_config
+from tests.support.llm_server import json_reply, reply, respond, serve_llm
 
 runner = CliRunner()
 

@@ -1,5 +1,5 @@
 """Judge protocols (idcs-v1, idcs-paper), pinned prompts, provenance, failure taxonomy and safe embedding,
-against real HTTP servers on 127.0.0.1 (tests/llm_server.py, a static file server)."""
+against real HTTP servers on 127.0.0.1 (tests/support/llm_server.py, a static file server)."""
 from __future__ import annotations
 
 import json
@@ -12,9 +12,9 @@ from ciebench.judge import FAILURE_CLASSES, JUDGE_PROTOCOLS, PAPER_ASSET, resolv
 from ciebench.judge.extract import ExtractionError
 from ciebench.judge.parsing import python_int
 from ciebench.metrics.idcs import IDCSJudge, JudgeConfig, get_judge_config, idcs_summary
-from .fixtures_judge import (SENTENCE, STANDIN_DESCRIBE, STANDIN_SCORE, STANDIN_SOURCE, STANDIN_SYSTEM, items,
+from tests.support.fixtures_judge import (SENTENCE, STANDIN_DESCRIBE, STANDIN_SCORE, STANDIN_SOURCE, STANDIN_SYSTEM, items,
                              judge_config, serve_files, sha256, standin_asset)
-from .llm_server import error, hang, json_reply, raw, reply, respond, serve_llm
+from tests.support.llm_server import error, hang, json_reply, raw, reply, respond, serve_llm
 
 
 @pytest.fixture(autouse=True)

@@ -23,8 +23,8 @@ from ciebench.leaderboard.plots import editor_styles
 from ciebench.leaderboard.significance import sign_flip_test
 from ciebench.stats import bootstrap_mean_ci
 
-from .chromium_cdp import HeadlessChromium, find_chromium
-from .leaderboard_runs import build_standard_runs
+from tests.support.chromium_cdp import HeadlessChromium, find_chromium
+from tests.support.leaderboard_runs import build_standard_runs
 
 CIELR = "cielr__mini"
 SMARTEDIT = "smartedit__mini"

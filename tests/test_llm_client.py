@@ -1,4 +1,4 @@
-"""The LLM / VLM client layer against a real HTTP server on 127.0.0.1 (tests/llm_server.py)."""
+"""The LLM / VLM client layer against a real HTTP server on 127.0.0.1 (tests/support/llm_server.py)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from PIL import Image
 
 from ciebench.llm import (LLMCall, LLMConfig, PromptError, PromptTemplate, get_template, list_templates,
                           load_template_file, make_client, parse_json_reply)
-from .llm_server import drop, error, hang, json_reply, raw, reply, respond, serve_llm
+from tests.support.llm_server import drop, error, hang, json_reply, raw, reply, respond, serve_llm
 
 SCHEMA = {"type": "object", "properties": {"score": {"type": "integer", "enum": [1, 2, 3, 4, 5]}},
           "required": ["score"], "additionalProperties": False}

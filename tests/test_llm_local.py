@@ -1,5 +1,5 @@
 """The local transformers back end, through the real from_pretrained path with HF_HUB_OFFLINE=1 and a
-tiny random-weight Qwen2.5-VL from the temporary hub cache (tests/tiny_qwen.py)."""
+tiny random-weight Qwen2.5-VL from the temporary hub cache (tests/support/tiny_qwen.py)."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ from PIL import Image
 
 from ciebench.llm import LLMConfig, PromptTemplate, make_client
 from ciebench.llm import local_backend as client_mod
-from .tiny_qwen import ANSWER, publish_tiny_qwen
+from tests.support.tiny_qwen import ANSWER, publish_tiny_qwen
 
 SCHEMA = {"type": "object", "properties": {"score": {"type": "integer", "enum": [1, 2, 3, 4, 5]}},
           "required": ["score"], "additionalProperties": False}

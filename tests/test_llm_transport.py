@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ciebench.llm import LLMConfig, PromptTemplate, make_client
-from .llm_server import error, json_reply, raw, reply, respond, serve_llm
+from tests.support.llm_server import error, json_reply, raw, reply, respond, serve_llm
 
 ASK = PromptTemplate("ask", 1, "Question {{q}}", system="Answer briefly.")
 SCHEMA = {"type": "object", "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 5}},

@@ -16,7 +16,7 @@ from ciebench.cli import app
 from ciebench.datasets import iter_samples, read_dataset
 from ciebench.datasets.reasonedit import natural_key
 
-from .fixtures_bad_data import box_mask, picture, png_bytes, write_jsonl_dataset
+from tests.support.fixtures_bad_data import box_mask, picture, png_bytes, write_jsonl_dataset
 
 runner = CliRunner()
 

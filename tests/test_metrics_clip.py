@@ -13,8 +13,8 @@ from ciebench.metrics.align import mask_box
 from ciebench.metrics.clipscore import RegionCLIP, clip_score
 from ciebench.metrics.modules import RegionCLIPScore
 
-from .fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
-from .metrics_reference import PublishedLoop
+from tests.support.fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
+from tests.support.metrics_reference import PublishedLoop
 
 LONG_TEXT = "a very detailed description of the new object " * 20  # far beyond 77 tokens
 

@@ -9,7 +9,7 @@ from ciebench.metrics.functional import background_lpips
 from ciebench.metrics.modules import BackgroundLPIPS
 from ciebench.metrics.perceptual import SqueezeLPIPS
 
-from .fixtures_models import publish_squeezenet1_1
+from tests.support.fixtures_models import publish_squeezenet1_1
 
 
 @pytest.fixture(scope="module")

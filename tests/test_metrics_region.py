@@ -15,9 +15,9 @@ from ciebench.metrics.protocols import get_protocol
 from ciebench.metrics.region import METRIC_INFO, RegionScorer, ScoreItem, resolve_metrics
 from ciebench.schema import EditSample
 
-from .fixtures_models import CLIP_VIT_L14, CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
-from .metrics_reference import PublishedLoop, exact_lpips_reference, exact_reference, published_inputs
-from .synthetic_edits import KINDS, synthetic_edit
+from tests.support.fixtures_models import CLIP_VIT_L14, CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
+from tests.support.metrics_reference import PublishedLoop, exact_lpips_reference, exact_reference, published_inputs
+from tests.support.synthetic_edits import KINDS, synthetic_edit
 
 # 5: mask smaller than its image; 52: a tiny mask; 14: half the image; 55: portrait.
 SUBSET = ("5", "52", "14", "55")

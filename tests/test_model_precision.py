@@ -14,8 +14,8 @@ from ciebench.metrics.protocols import PROTOCOLS, get_protocol
 from ciebench.metrics.region import RegionScorer, ScoreItem
 from ciebench.schema import EditSample
 
-from .fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
-from .synthetic_edits import KINDS, synthetic_edit
+from tests.support.fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
+from tests.support.synthetic_edits import KINDS, synthetic_edit
 
 # The documented bounds (docs/metrics.md, "Model precision"): largest |bf16 - float32| over CIEBench.
 BF16_CLIP_BOUND = 0.5  # CLIP score points (score = 100 * cos)

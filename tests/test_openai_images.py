@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from ciebench.cli import app
 from ciebench.editor import EditRequest
 
-from .images_server import Action, error, image_reply, png, refusal, serve_images, url_reply
+from tests.support.images_server import Action, error, image_reply, png, refusal, serve_images, url_reply
 
 runner = CliRunner()
 KEY = "sk-test-0123456789abcdef"

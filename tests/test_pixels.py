@@ -19,7 +19,7 @@ from ciebench.metrics.align import align, to_mask
 from ciebench.metrics.protocols import get_protocol
 from ciebench.metrics.region import NO_BACKGROUND, RegionScorer, ScoreItem
 
-from .fixtures_bad_data import box_mask, picture, png16_rgb, write_manifest
+from tests.support.fixtures_bad_data import box_mask, picture, png16_rgb, write_manifest
 
 runner = CliRunner()
 

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from ciebench.cli import app
 from ciebench.requirements import hub_repo, select_hub_files
 
-from .fixtures_editors import publish_tiny_instruct_pix2pix
-from .fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
+from tests.support.fixtures_editors import publish_tiny_instruct_pix2pix
+from tests.support.fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -171,7 +171,7 @@ def test_transformers_selection_prefers_safetensors_and_falls_back_to_bin():
 def test_online_prefetch_takes_sizes_from_the_hub_metadata_and_downloads(tmp_path: Path):
     """Against a Hub-compatible server on 127.0.0.1: the plan's sizes are the server's file metadata
     (before anything is downloaded), then the files arrive in an empty hub cache and the bundle."""
-    from .fake_hub import serve_hub
+    from tests.support.fake_hub import serve_hub
 
     from ciebench.prefetch import human_bytes
 

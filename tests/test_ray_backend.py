@@ -56,7 +56,7 @@ def _rows(run: Path, drop: tuple[str, ...] = ("edit_seconds",)) -> list[dict[str
 
 
 def test_ray_with_two_workers_writes_the_same_run_as_local(tmp_path: Path, ciebench_root: Path):
-    args = ["--editor", "tests.editors_for_ray:PatchEditor", "--dataset", str(ciebench_root),
+    args = ["--editor", "tests.support.editors_for_ray:PatchEditor", "--dataset", str(ciebench_root),
             "--batch-size", "2", *METRICS]
     local, distributed = tmp_path / "local", tmp_path / "ray"
     _evaluate(*args, "--out", str(local))
@@ -101,7 +101,7 @@ def test_a_worker_killed_mid_sample_is_replaced_and_every_sample_is_done_once(tm
     run, log, marker = tmp_path / "run", tmp_path / "edits.txt", tmp_path / "crashed.txt"
     ids = [str(i) for i in range(16)]
     victim = "5"  # CIEBench ids are 0..85 in folder order; the 6th is mid-run for both workers
-    result = _evaluate("--editor", "tests.editors_for_ray:CrashingEditor", "--editor-arg", f"log={log}",
+    result = _evaluate("--editor", "tests.support.editors_for_ray:CrashingEditor", "--editor-arg", f"log={log}",
                        "--editor-arg", f"crash_on={victim}", "--editor-arg", f"marker={marker}",
                        "--editor-arg", "delay=0.05", "--dataset", str(ciebench_root), "--limit", "16",
                        "--out", str(run), *METRICS, *RAY2)
@@ -124,7 +124,7 @@ def test_a_sample_that_always_kills_its_worker_fails_alone_after_the_retry_limit
     from ciebench.datasets import read_dataset
     from ciebench.distributed import RayBackend, RayOptions
     from ciebench.runner import PendingSamples, RunOptions, RunStats
-    from tests.editors_for_ray import CrashingEditor
+    from tests.support.editors_for_ray import CrashingEditor
 
     loaded = read_dataset("mini")
     poison = loaded.dataset["id"][2]
@@ -146,7 +146,7 @@ def test_a_sample_that_always_kills_its_worker_fails_alone_after_the_retry_limit
 def test_a_local_run_killed_part_way_resumes_on_ray_without_redoing_finished_samples(tmp_path: Path,
                                                                                     ciebench_root: Path):
     run, log = tmp_path / "run", tmp_path / "calls.txt"
-    args = ["--editor", "tests.editors_for_tests:CountingEditor", "--editor-arg", f"log={log}",
+    args = ["--editor", "tests.support.editors_for_tests:CountingEditor", "--editor-arg", f"log={log}",
             "--dataset", str(ciebench_root), "--limit", "12", "--out", str(run), *METRICS]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "ciebench", "evaluate", *args, "--editor-arg", "delay=0.4"],
@@ -182,12 +182,12 @@ def test_the_editor_recipe_rebuilds_the_command_line_editor_without_the_config_f
     config = tmp_path / "editor.yaml"
     config.write_text("delay: 0.25\nalways: true\n")
     args = ["crash_on=7", f"log={tmp_path / 'log.txt'}"]
-    recipe = pickle.loads(pickle.dumps(EditorRecipe.from_cli("tests.editors_for_ray:CrashingEditor", args, config)))
+    recipe = pickle.loads(pickle.dumps(EditorRecipe.from_cli("tests.support.editors_for_ray:CrashingEditor", args, config)))
     config.unlink()  # a worker on another machine has no such file: the recipe carries its text
     rebuilt = recipe.build()
     assert rebuilt.config.delay == 0.25 and rebuilt.config.always is True and rebuilt.config.crash_on == "7"
     config.write_text("delay: 0.25\nalways: true\n")
-    assert rebuilt.describe() == build_editor("tests.editors_for_ray:CrashingEditor", args, config).describe()
-    from tests.editors_for_ray import PatchEditor
+    assert rebuilt.describe() == build_editor("tests.support.editors_for_ray:CrashingEditor", args, config).describe()
+    from tests.support.editors_for_ray import PatchEditor
 
     assert EditorRecipe.from_editor(PatchEditor()).build().describe() == PatchEditor().describe()

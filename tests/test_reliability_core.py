@@ -1,5 +1,5 @@
 """Issue 11 (sections 1, 2, 3 predictions/gallery, 5, 6 editor outputs, 8, 10, 11) and issue 17 §4:
-ciebench under odd and hostile input. Every bad input is generated here (tests/fixtures_reliability.py)."""
+ciebench under odd and hostile input. Every bad input is generated here (tests/support/fixtures_reliability.py)."""
 from __future__ import annotations
 
 import errno
@@ -23,11 +23,11 @@ from ciebench.results import file_stem, id_stem, read_samples, summarize, write_
 from ciebench.scoring import find_predictions
 from ciebench.status import Status
 
-from .fixtures_reliability import ODD_IDS, hold_lock, jsonl_dataset, write_image
+from tests.support.fixtures_reliability import ODD_IDS, hold_lock, jsonl_dataset, write_image
 
 runner = CliRunner()
 FAST = ["--metrics", "psnr,mse"]
-HERE = "tests.fixtures_reliability"
+HERE = "tests.support.fixtures_reliability"
 
 
 def _cli(*args: str):
@@ -184,7 +184,7 @@ def test_predictions_resolve_strictly_inside_the_folder(tmp_path, caplog):
 def test_gallery_copies_nothing_from_outside_the_run(tmp_path, caplog):
     from ciebench.leaderboard import write_gallery
 
-    from .leaderboard_runs import build_run
+    from tests.support.leaderboard_runs import build_run
 
     run = build_run(tmp_path, "identity", "identity")
     write_image(tmp_path / "private" / "holiday.png", 9, size=(64, 48))

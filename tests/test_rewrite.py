@@ -1,4 +1,4 @@
-"""`rewrite:EDITOR` with a scripted LLM server (tests/llm_server.py)."""
+"""`rewrite:EDITOR` with a scripted LLM server (tests/support/llm_server.py)."""
 from __future__ import annotations
 
 import json
@@ -13,8 +13,8 @@ from ciebench.cli import app
 from ciebench.editor import EditRequest
 from ciebench.editor_config import build_editor
 
-from .fixtures_editors import publish_tiny_instruct_pix2pix
-from .llm_server import error, json_reply, respond, serve_llm
+from tests.support.fixtures_editors import publish_tiny_instruct_pix2pix
+from tests.support.llm_server import error, json_reply, respond, serve_llm
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

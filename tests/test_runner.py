@@ -54,10 +54,10 @@ def test_identity_on_mini_gives_infinite_psnr_and_writes_the_run_layout(tmp_path
 
 
 def test_faulty_editor_gives_three_clear_statuses_and_scores_the_rest(tmp_path: Path):
-    from tests.editors_for_tests import FaultyEditor
+    from tests.support.editors_for_tests import FaultyEditor
 
     run = tmp_path / "faulty"
-    _evaluate("--editor", "tests.editors_for_tests:FaultyEditor", "--dataset", "mini", "--out", str(run),
+    _evaluate("--editor", "tests.support.editors_for_tests:FaultyEditor", "--dataset", "mini", "--out", str(run),
               "--batch-size", "4", *FAST)
     frame = _samples(run).set_index("sample_id")
     assert frame.loc[FaultyEditor.RAISE, "status"] == "edit_error"
@@ -77,7 +77,7 @@ def test_same_spec_and_seed_give_byte_identical_images_and_seeds_summary(tmp_pat
     runs = []
     for name in ("a", "b"):
         run = tmp_path / name
-        _evaluate("--editor", "tests.editors_for_tests:NoisyEditor", "--dataset", "mini", "--out", str(run),
+        _evaluate("--editor", "tests.support.editors_for_tests:NoisyEditor", "--dataset", "mini", "--out", str(run),
                   "--seeds", "0,1", "--limit", "3", *FAST)
         runs.append(run)
     files = sorted(p.name for p in (runs[0] / "images").iterdir())
@@ -106,7 +106,7 @@ def test_a_different_spec_in_the_same_folder_is_refused_unless_overwrite(tmp_pat
 def test_resume_skips_finished_samples_and_redoes_a_tampered_image(tmp_path: Path):
     run = tmp_path / "run"
     log = tmp_path / "calls.txt"
-    args = ["--editor", "tests.editors_for_tests:CountingEditor", "--editor-arg", f"log={log}",
+    args = ["--editor", "tests.support.editors_for_tests:CountingEditor", "--editor-arg", f"log={log}",
             "--dataset", "mini", "--out", str(run), *FAST]
     _evaluate(*args)
     assert len(log.read_text().split()) == 9
@@ -120,7 +120,7 @@ def test_resume_skips_finished_samples_and_redoes_a_tampered_image(tmp_path: Pat
 def test_sigkill_part_way_then_rerun_finishes_every_sample_once(tmp_path: Path):
     run = tmp_path / "run"
     log = tmp_path / "calls.txt"
-    cmd = [sys.executable, "-m", "ciebench", "evaluate", "--editor", "tests.editors_for_tests:CountingEditor",
+    cmd = [sys.executable, "-m", "ciebench", "evaluate", "--editor", "tests.support.editors_for_tests:CountingEditor",
            "--editor-arg", f"log={log}", "--editor-arg", "delay=0.4", "--dataset", "mini", "--out", str(run), *FAST]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -172,7 +172,7 @@ def test_registry_entry_point_module_class_and_did_you_mean(tmp_path: Path, monk
     assert (frame["status"] == "ok").all() and np.isfinite(frame["psnr"]).all()
     assert "flip" in runner.invoke(app, ["editors"]).output
 
-    assert get_editor_class("tests.editors_for_tests:NoisyEditor").__name__ == "NoisyEditor"
+    assert get_editor_class("tests.support.editors_for_tests:NoisyEditor").__name__ == "NoisyEditor"
     with pytest.raises(RegistryError, match="Did you mean 'instructpix2pix'"):
         get_editor_class("instructpix2pi")
     result = runner.invoke(app, ["evaluate", "--editor", "identiti", "--out", str(tmp_path / "x")])
@@ -209,7 +209,7 @@ def test_the_editor_is_closed_before_scoring_starts(tmp_path, monkeypatch):
     from ciebench.datasets import read_dataset
     from ciebench.scoring import ScoreOptions
 
-    from .editors_for_tests import CountingEditor
+    from tests.support.editors_for_tests import CountingEditor
 
     events = []
 

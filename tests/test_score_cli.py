@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 import ciebench
 from ciebench.cli import app
 
-from .fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
-from .llm_server import json_reply, reply, serve_llm
+from tests.support.fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
+from tests.support.llm_server import json_reply, reply, serve_llm
 
 runner = CliRunner()
 

@@ -16,8 +16,8 @@ from ciebench.metrics.region import RegionScorer, ScoreItem
 from ciebench.metrics.timing import StageTimer, format_report
 from ciebench.scoring import ScoreOptions, find_predictions, score
 
-from .fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
-from .synthetic_edits import KINDS, synthetic_edit
+from tests.support.fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
+from tests.support.synthetic_edits import KINDS, synthetic_edit
 
 EXPECTED_STAGES = {"index", "read", "decode", "load", "align", "clip_preprocess", "pixel", "ssim", "locality", "lpips",
                    "clip_text", "clip_forward", "writing", "summary"}

@@ -1,5 +1,5 @@
 """The `smartedit` editor end to end on CPU: tiny random-weight stand-ins of every official repo are
-published in the temporary offline hub cache (tests/smartedit_tiny.py), `prepare` assembles them, and
+published in the temporary offline hub cache (tests/support/smartedit_tiny.py), `prepare` assembles them, and
 `SmartEditEditor.edit` / `ciebench evaluate` run the real loading and inference code."""
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from ciebench.baselines.smartedit_weights import (MANIFEST, PreparedWeights, Sma
                                                   default_weights_dir, read_sharded, save_sharded)
 from ciebench.cli import app
 from ciebench.editor import EditRequest
-from tests.smartedit_layout import official_layout
-from tests.smartedit_tiny import publish_tiny_smartedit
+from tests.support.smartedit_layout import official_layout
+from tests.support.smartedit_tiny import publish_tiny_smartedit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

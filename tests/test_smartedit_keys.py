@@ -1,8 +1,8 @@
 """Key conformance: the keys (and shapes) our SmartEdit modules expect are exactly those of the official
 checkpoint files.
 
-The expected lists are committed fixtures, tests/fixtures/smartedit_keys_{7b,13b}.txt, written by
-tests/smartedit_layout.py from an account of the official architecture that does not import our
+The expected lists are committed fixtures, tests/support/fixtures/smartedit_keys_{7b,13b}.txt, written by
+tests/support/smartedit_layout.py from an account of the official architecture that does not import our
 implementation: the released training script's split of the state dict into four files, the LLaMA
 (transformers 4.28) + peft (< 0.7) LoRA naming, SmartEdit's BLIP-2 Q-Former and SAM two-way
 transformer modules, and diffusers' SD 1.5 UNet with 8 input channels (see that module's docstring).
@@ -25,7 +25,7 @@ import pytest
 
 from ciebench.baselines.smartedit_modules import KeyMap, build_skeleton
 from ciebench.baselines.smartedit_weights import compare_keys
-from tests.smartedit_layout import FIXTURE_FILES, FIXTURES, read_fixture, render_fixture
+from tests.support.smartedit_layout import FIXTURE_FILES, FIXTURES, read_fixture, render_fixture
 
 LLAMA = {"7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32),
          "13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40)}

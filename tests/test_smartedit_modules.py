@@ -24,8 +24,8 @@ from ciebench.baselines.smartedit_modules import MODULATION_SCALE, SmartEditMode
 from ciebench.baselines.smartedit_text import (ADDED_TOKENS, DEFAULT_HUMAN_TEMPLATE, SYSTEM_MESSAGE, SmartEditTokenizer,
                                                build_prompt)
 from ciebench.baselines.smartedit_weights import compare_keys
-from tests.smartedit_layout import official_layout
-from tests.smartedit_tiny import LLM, UNET, VISION, _official_files, _sentencepiece_model, tiny_dims
+from tests.support.smartedit_layout import official_layout
+from tests.support.smartedit_tiny import LLM, UNET, VISION, _official_files, _sentencepiece_model, tiny_dims
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

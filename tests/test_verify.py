@@ -20,7 +20,7 @@ METRICS = "psnr,mse,ssim,locality"
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("verify") / "noisy"
-    result = runner.invoke(app, ["evaluate", "--editor", "tests.editors_for_tests:NoisyEditor", "--dataset", "mini",
+    result = runner.invoke(app, ["evaluate", "--editor", "tests.support.editors_for_tests:NoisyEditor", "--dataset", "mini",
                                  "--out", str(run), "--limit", "4", "--metrics", METRICS])
     assert result.exit_code == 0, result.output
     return run

@@ -4,7 +4,7 @@ A real HTTP server (``ThreadingHTTPServer`` in a daemon thread, ephemeral port) 
 ``POST /v1/chat/completions`` and replays scripted answers, so client code runs its real network path
 (sockets, timeouts, retries, concurrency) without any outside service::
 
-    from tests.llm_server import serve_llm, reply, json_reply, error, hang, raw, drop, respond
+    from .llm_server import serve_llm, reply, json_reply, error, hang, raw, drop, respond
 
     with serve_llm(latency_s=0.0) as server:
         server.on("how consistent", json_reply({"score": 4}))                 # match on prompt text

@@ -32,7 +32,7 @@ How each file's keys follow from the release:
   keys enumerated below block by block (ResNet blocks, Transformer2D blocks with 1x1-conv projections,
   GEGLU feed-forward), 686 of them for SD 1.5.
 
-Regenerate the committed fixtures with `python -m tests.smartedit_layout`.
+Regenerate the committed fixtures with `python -m tests.support.smartedit_layout`.
 """
 from __future__ import annotations
 
@@ -251,7 +251,7 @@ def official_layout(d: OfficialDims) -> dict[str, dict[str, Shape]]:
 def render_fixture(d: OfficialDims, title: str) -> str:
     lines = [f"# {title}: keys and shapes of the official checkpoint files, one per line:",
              "# <part>\\t<key as stored in the official file>\\t<shape>",
-             "# Derived from the released SmartEdit source by tests/smartedit_layout.py (see its docstring);",
+             "# Derived from the released SmartEdit source by tests/support/smartedit_layout.py (see its docstring);",
              "# parts: " + ", ".join(f"{p} = {f}" for p, f in FILES.items())]
     for part, keys in official_layout(d).items():
         for key, shape in keys.items():

@@ -2,7 +2,7 @@
 
 Every repo the real `smartedit` editor reads gets a random-weight stand-in with the official file
 names and formats: the SmartEdit checkpoint folders as .bin pickles with the official key names
-(enumerated by tests/smartedit_layout.py, not by the implementation under test), a sharded LLaVA delta
+(enumerated by tests/support/smartedit_layout.py, not by the implementation under test), a sharded LLaVA delta
 (.bin + index), a sharded safetensors LLaMA base, Vicuna's config + a real sentencepiece model,
 CLIP and InstructPix2Pix parts saved with `save_pretrained`. Sizes are tiny; structure and names are
 the official ones.
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from tests.smartedit_layout import OfficialDims, official_layout
-from tests.fixtures_models import publish_clip
-from tests.fixtures_editors import TINY_CROSS_DIM, TINY_IP2P_UNET, publish_tiny_instruct_pix2pix
-from tests.tinyhub import publish
+from .smartedit_layout import OfficialDims, official_layout
+from .fixtures_models import publish_clip
+from .fixtures_editors import TINY_CROSS_DIM, TINY_IP2P_UNET, publish_tiny_instruct_pix2pix
+from .tinyhub import publish
 
 VARIANT_REPOS = {
     "7b": {"smartedit": "TencentARC/SmartEdit-7B", "vicuna": "lmsys/vicuna-7b-delta-v1.1",
@@ -40,7 +40,7 @@ LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atten
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32,
               patch_size=8)
 CROSS_DIM = TINY_CROSS_DIM  # UNet cross-attention width = Q-Former width = text-encoder width
-UNET = TINY_IP2P_UNET  # the session's one tiny InstructPix2Pix (tests/fixtures_editors.py)
+UNET = TINY_IP2P_UNET  # the session's one tiny InstructPix2Pix (tests/support/fixtures_editors.py)
 ADAPTER_CONFIG = {"base_model_name_or_path": "vicuna", "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
                   "init_lora_weights": True, "lora_alpha": 16, "lora_dropout": 0.05, "modules_to_save": None,
                   "peft_type": "LORA", "r": 8, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
@@ -167,7 +167,7 @@ def publish_tiny_smartedit(variant: str = "7b") -> dict[str, object]:
 
     publish(repos["smartedit"], smartedit)
 
-    publish_clip(CLIP_REPO)  # the session's one tiny CLIP ViT-L/14 (tests/fixtures_models.py)
+    publish_clip(CLIP_REPO)  # the session's one tiny CLIP ViT-L/14 (tests/support/fixtures_models.py)
 
     publish_tiny_instruct_pix2pix(IP2P_REPO)
     return {"dims": dims, "base_vocab": base_vocab, "repos": repos}

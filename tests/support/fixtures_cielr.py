@@ -10,7 +10,7 @@ real hub ids, so the editor's real `from_pretrained` code paths run offline:
 - Depth Anything V2 (`DepthAnythingForDepthEstimation` over a toy DINOv2),
 - Stable Diffusion inpainting (9-channel UNet, VAE, CLIP text encoder and tokenizer, DDIM scheduler).
 
-The CLIP tokenizer is the real one, from tests/fixtures_models.py (rebuilt from the BPE file that
+The CLIP tokenizer is the real one, from tests/support/fixtures_models.py (rebuilt from the BPE file that
 open_clip ships).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.tinyhub import publish
+from .tinyhub import publish
 
 SAM_ID = "facebook/sam2.1-hiera-large"
 OWL_ID = "google/owlv2-large-patch14-ensemble"
@@ -31,8 +31,8 @@ SAM_SIZE = 64
 
 
 def save_clip_tokenizer(folder: Path, max_length: int = 77):
-    """Save the real CLIP tokenizer (tests/fixtures_models.py builds it) into `folder`; return it."""
-    from tests.fixtures_models import clip_tokenizer
+    """Save the real CLIP tokenizer (tests/support/fixtures_models.py builds it) into `folder`; return it."""
+    from .fixtures_models import clip_tokenizer
 
     tok = clip_tokenizer(folder / "_bpe")
     tok.model_max_length = max_length

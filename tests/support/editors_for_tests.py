@@ -1,4 +1,4 @@
-"""Editors used by the runner tests (importable as tests.editors_for_tests:Class from subprocesses)."""
+"""Editors used by the runner tests (importable as tests.support.editors_for_tests:Class from subprocesses)."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Editors for the Ray backend tests (importable by Ray workers as tests.editors_for_ray:Class)."""
+"""Editors for the Ray backend tests (importable by Ray workers as tests.support.editors_for_ray:Class)."""
 from __future__ import annotations
 
 import os

@@ -1,5 +1,5 @@
 """Stand-ins for the judge tests: a Python source shaped like the authors' IDCS code (our own wording,
-never theirs), a static file server on 127.0.0.1, and judge configs pointing at tests/llm_server.py."""
+never theirs), a static file server on 127.0.0.1, and judge configs pointing at tests/support/llm_server.py."""
 from __future__ import annotations
 
 import dataclasses

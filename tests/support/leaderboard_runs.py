@@ -16,7 +16,7 @@ similarity between the mean colour inside the mask and the target colour, ``loca
 changed-pixel map against the mask, and ``idcs`` = max(0, 2 ``clip`` - 1) when the background
 PSNR is at least 20 dB, else 0 (a judge that fails wrecked images). The real scorer can replace `score` later.
 
-Run ``python -m tests.leaderboard_runs OUT`` to write the runs into OUT (used for docs/leaderboard.md).
+Run ``python -m tests.support.leaderboard_runs OUT`` to write the runs into OUT (used for docs/leaderboard.md).
 """
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def build_run(root: Path, name: str, editor: str, *, seeds=(0,), protocol: str =
     loaded_revision = read_dataset("mini").revision
     protocol_block = {"name": protocol, "version": protocol_version,
                       "hash": stable_hash({"name": protocol, "version": protocol_version})}
-    editor_block = {"name": editor, "class": f"tests.leaderboard_runs:{editor}", "version": "0",
+    editor_block = {"name": editor, "class": f"tests.support.leaderboard_runs:{editor}", "version": "0",
                     "config": {"preset": "default"}, "oracle_mask": False}
     config_hash = stable_hash({k: editor_block[k] for k in ("class", "version", "config")})  # as RunSpec does
     spec = {"editor": editor_block, "editor_config_hash": config_hash,
