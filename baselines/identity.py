@@ -1,5 +1,6 @@
 """`identity`: returns the source unchanged. The preservation upper bound and the reasoning lower
-bound that every leaderboard should show."""
+bound that every leaderboard should show. Deterministic by design: the request's seed is ignored,
+so every seed of a run gives the source itself."""
 from __future__ import annotations
 
 from ciebench.editor import EditRequest, EditResult, Editor

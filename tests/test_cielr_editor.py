@@ -291,13 +291,19 @@ def test_multi_step_instructions_apply_in_order(server, editor):
     assert steps[1]["prompt"] == "a yellow ball"
 
 
-def test_same_seed_same_image(server, editor):
+def test_same_seed_same_image_other_seed_other_image(server, editor):
     script = Script({"MARK-DET": [{"instruction": "MARK-DET replace the square", "edit_type": "replace"}]},
                     sufficiency=lambda r, q: sufficient(), select=smallest,
                     action=lambda r, q: action("replace", "square", new_object="a cat"))
     a = run(server, editor, script, [EditRequest("d", scene_image(), "MARK-DET", seed=7)])[0]
     b = run(server, editor, script, [EditRequest("d", scene_image(), "MARK-DET", seed=7)])[0]
+    c = run(server, editor, script, [EditRequest("d", scene_image(), "MARK-DET", seed=8)])[0]
+    assert a.status == b.status == c.status == "ok", [a.error, b.error, c.error]
     assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    # same reasoning (scripted answers), same region: only the inpainting noise differs
+    mask = lambda r: np.asarray(r.trace["artifacts"]["step1_mask.png"], dtype=bool)  # noqa: E731
+    assert np.array_equal(mask(a), mask(c))
+    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
 
 
 # -------------------------------------------------------------------------------------- config

@@ -59,6 +59,9 @@ def test_seeded_outputs_are_identical_and_batch_independent():
         assert np.array_equal(np.asarray(x.image), np.asarray(z.image))
         assert np.abs(np.asarray(x.image, dtype=int) - np.asarray(y.image, dtype=int)).max() <= 1
     assert not np.array_equal(np.asarray(batched[0].image), np.asarray(batched[1].image))
+    # the seed alone changes the image: same source and instruction, another seed
+    reseeded = editor.edit([EditRequest("a", source, "make it red", seed=13)])[0]
+    assert not np.array_equal(np.asarray(reseeded.image), np.asarray(single[0].image))
 
 
 def test_magicbrush_loads_its_own_checkpoint_id():

@@ -67,9 +67,14 @@ def test_rewrite_instructpix2pix_edits_with_the_rewritten_instruction():
         assert wrapped.track == "rewrite" and wrapped.inner.config.steps == 2
         out, failed = wrapped.edit([EditRequest("a", source, "which thing keeps coffee hot? paint it", seed=3),
                                     EditRequest("b", source, "impossible", seed=4)])
+        # alone, like `out` (a batch of one ok sample): batched diffusion may differ by rounding
+        reseeded = wrapped.edit([EditRequest("c", source, "which thing keeps coffee hot? paint it", seed=5)])[0]
     direct = build_editor("instructpix2pix", ["steps=2", "resolution=64"]).edit(
         [EditRequest("a", source, "make the mug red", seed=3)])[0]
     assert out.status == "ok" and np.array_equal(np.asarray(out.image), np.asarray(direct.image))
+    # the request's seed reaches the inner editor: same rewrite, another seed, another image
+    assert reseeded.trace["rewritten_instruction"] == "make the mug red"
+    assert not np.array_equal(np.asarray(reseeded.image), np.asarray(out.image))
     assert out.trace["instruction"] == "which thing keeps coffee hot? paint it"
     assert out.trace["rewritten_instruction"] == "make the mug red" and "working_size" in out.trace["inner"]
     assert failed.status == "error" and "sample b: the rewriter failed" in failed.error and failed.image is None

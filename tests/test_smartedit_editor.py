@@ -170,8 +170,9 @@ def test_half_precision_paths_run_and_stay_close_to_float32(editor, llm_dtype, d
 def test_sampled_decoding_is_seeded_by_the_request(cache):
     ed = SmartEditEditor(temperature=0.7, steps=2, resolution=64)
     try:
-        a, b = ed.edit([_request(seed=5), _request(seed=5)])
+        a, b, c = ed.edit([_request(seed=5), _request(seed=5), _request(seed=6)])
         assert a.trace["llm_generated_text"] == b.trace["llm_generated_text"] and _png(a.image) == _png(b.image)
+        assert _png(c.image) != _png(a.image)
     finally:
         ed.close()
 
