@@ -35,8 +35,9 @@ from PIL import Image
 
 from ciebench.cache import cache_root
 from ciebench.editor import EditorConfig, EditRequest, EditResult, Editor
-from ciebench.llm import LLMClient, LLMConfig, make_client
+from ciebench.llm import LLMConfig, make_client
 
+from .components import DepthModel, Inpainter, Labeller, Reasoner, Segmenter
 from .executor import InpaintExecutor, InpaintJob, InpaintParams
 from .lama import BIG_LAMA
 from .reasoning import ABLATIONS, Ask, ChainFailure, ChainResult, Detect, ReasoningChain, Settings
@@ -91,18 +92,19 @@ class CIELRConfig(EditorConfig):
     labeller_model: str = "google/owlv2-large-patch14-ensemble"
     label_threshold: float = 0.1
     label_query_template: str = "{label}"
-    min_overlap: float = 0.0  # a segment is "Unknown" unless some box overlaps it by more than this
-    merge_unknown: bool = True  # merge all "Unknown" segments into one region (as released)
+    # label-assignment and reasoning defaults are the chain's own (reasoning.Settings), so they cannot drift
+    min_overlap: float = Settings.min_overlap  # a segment is "Unknown" unless some box overlaps it by more than this
+    merge_unknown: bool = Settings.merge_unknown  # merge all "Unknown" segments into one region (as released)
     # Depth.
     depth_model: str = "depth-anything/Depth-Anything-V2-Large-hf"
     # Reasoning chain.
-    max_ssr_versions: int = 2  # SSR builds per step (1 = no updates)
-    max_steps: int = 3  # steps of a multi-step instruction
-    max_objects: int = 30  # objects the VLM may list (= detector queries of version 1)
-    plan: bool = True  # decompose into steps; False: one step, edit type from a separate call (release)
-    ablation: str = "none"  # "none" | "no_update" (SSR built once) | "no_chain" (one combined prompt)
-    feedback_retries: int = 2  # re-asks carrying the rejection reason; 0: blind client resampling
-    max_regions_in_prompt: int = 40  # regions listed per prompt, largest first (the rest summarised)
+    max_ssr_versions: int = Settings.max_ssr_versions  # SSR builds per step (1 = no updates)
+    max_steps: int = Settings.max_steps  # steps of a multi-step instruction
+    max_objects: int = Settings.max_objects  # objects the VLM may list (= detector queries of version 1)
+    plan: bool = Settings.plan  # decompose into steps; False: one step, edit type from a separate call (release)
+    ablation: str = Settings.ablation  # "none" | "no_update" (SSR built once) | "no_chain" (one combined prompt)
+    feedback_retries: int = Settings.feedback_retries  # re-asks carrying the rejection reason; 0: blind resampling
+    max_regions_in_prompt: int = Settings.max_regions_in_prompt  # regions per prompt, largest first (rest summarised)
     # Execution (diffusers inpainting on a crop around the region).
     inpaint_model: str = "stabilityai/stable-diffusion-2-inpainting"
     # defaults are the executor's own, so the two cannot drift apart
@@ -113,9 +115,9 @@ class CIELRConfig(EditorConfig):
     dilation_px: int = InpaintParams.dilation_px
     feather: bool = InpaintParams.feather
     context: float = InpaintParams.context
-    remove_prompt: str = "background"
-    remove_negative_prompt: str = "object, person, animal, text, watermark"
-    negative_prompt: str = ""
+    remove_prompt: str = Settings.remove_prompt
+    remove_negative_prompt: str = Settings.remove_negative_prompt
+    negative_prompt: str = Settings.negative_prompt
     safety_checker: bool = True  # keep the pipeline's safety checker when the checkpoint ships one
     # Removal back end: "sd-crop" (the inpainting model above, on the crop), "sd-whole" (the release's
     # alternative: SD 1.5 inpainting on the whole image with a fixed prompt) or "lama" (Big-LaMa, as
@@ -240,21 +242,23 @@ class CIELREditor(Editor):
 
     def __init__(self, config: CIELRConfig | None = None, **options: Any):
         super().__init__(config, **options)
-        self.segmenter: Any = None
-        self.labeller: Any = None
-        self.depth_model: Any = None
-        self.executor: Any = None
-        self.remover: Any = None  # the removal back end when it is not the executor ("lama", "sd-whole")
-        self.llm_client: LLMClient | None = None
-        self.vlm_client: LLMClient | None = None
+        # components (protocols in components.py), loaded on first `edit` unless swapped in with `use`
+        self.segmenter: Segmenter | None = None
+        self.labeller: Labeller | None = None
+        self.depth_model: DepthModel | None = None
+        self.executor: Inpainter | None = None
+        self.remover: Inpainter | None = None  # the removal back end when it is not the executor ("lama", "sd-whole")
+        self.llm_client: Reasoner | None = None
+        self.vlm_client: Reasoner | None = None
         self._calls = 0
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------ components
-    def use(self, *, segmenter: Any = None, labeller: Any = None, depth: Any = None, executor: Any = None,
-            llm: LLMClient | None = None, vlm: LLMClient | None = None, remover: Any = None) -> "CIELREditor":
-        """Swap in components (anything with the same methods: `segment`, `detect`, `estimate`,
-        `run`, each with a `stats` CallStats and a `describe()`), e.g. a fine-tuned segmenter."""
+    def use(self, *, segmenter: Segmenter | None = None, labeller: Labeller | None = None,
+            depth: DepthModel | None = None, executor: Inpainter | None = None, llm: Reasoner | None = None,
+            vlm: Reasoner | None = None, remover: Inpainter | None = None) -> "CIELREditor":
+        """Swap in components: any object that follows the protocol in components.py (no base class
+        needed), e.g. a fine-tuned segmenter."""
         for attr, value in (("segmenter", segmenter), ("labeller", labeller), ("depth_model", depth),
                             ("executor", executor), ("llm_client", llm), ("vlm_client", vlm), ("remover", remover)):
             if value is not None:
@@ -378,11 +382,10 @@ class CIELREditor(Editor):
         # The removal prompt the chain records is the one the removal back end really uses.
         remove = {"sd-crop": (c.remove_prompt, c.remove_negative_prompt), "sd-whole": (c.sd_whole_prompt, ""),
                   "lama": ("", "")}[c.removal]
-        return Settings(max_objects=c.max_objects, max_steps=c.max_steps, max_ssr_versions=c.max_ssr_versions,
-                        min_overlap=c.min_overlap, merge_unknown=c.merge_unknown, remove_prompt=remove[0],
-                        remove_negative_prompt=remove[1], negative_prompt=c.negative_prompt, plan=c.plan,
-                        ablation=c.ablation, feedback_retries=c.feedback_retries,
-                        max_regions_in_prompt=c.max_regions_in_prompt)
+        # every chain setting the config has (all but max_labels) is passed by its name
+        own = {f.name for f in dataclasses.fields(c)}
+        shared = {f.name: getattr(c, f.name) for f in dataclasses.fields(Settings) if f.name in own}
+        return Settings(**{**shared, "remove_prompt": remove[0], "remove_negative_prompt": remove[1]})
 
     # ------------------------------------------------------------------------------ edit
     def edit(self, requests: list[EditRequest]) -> list[EditResult]:

@@ -121,8 +121,10 @@ class ChainFailure(Exception):
         self.stage, self.message = stage, message
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
+    """What the chain may do. The one source of these defaults: `CIELRConfig` takes its own from here."""
+
     max_objects: int = 30
     max_steps: int = 3
     max_ssr_versions: int = 2

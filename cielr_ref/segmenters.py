@@ -1,6 +1,7 @@
 """Automatic mask generation: SAM 2.1 through transformers (default) or the `segment-anything` package.
 
-A segmenter turns images into lists of boolean masks (image size, largest first):
+A segmenter (protocol `components.Segmenter`) turns images into lists of boolean masks (image size,
+largest first):
 
     seg = Sam2Segmenter("facebook/sam2.1-hiera-large", AMGParams(), device="cuda")
     masks = seg.segment([image])[0]
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -52,18 +53,6 @@ class AMGParams:
     points_per_batch: int = 64
     crop_edge_atol: float = 20.0
     use_m2m: bool = False  # SAM 2's mask-to-mask pass: each kept mask re-predicted with itself as prompt
-
-
-class Segmenter(Protocol):
-    """What the editor needs from a segmenter."""
-
-    stats: CallStats
-
-    def segment(self, images: Sequence[Image.Image], keys: Sequence[Any] = ()) -> list[list[np.ndarray]]:
-        ...
-
-    def describe(self) -> dict[str, Any]:
-        ...
 
 
 # ---------------------------------------------------------------------------------- crop geometry

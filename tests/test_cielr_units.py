@@ -1,6 +1,7 @@
 """CIELR building blocks without models: SSR, label assignment, operators, paste-back, validation."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jsonschema
@@ -229,3 +230,53 @@ def test_amg_grid_crops_and_boxes():
     m = torch.zeros((2, 10, 12), dtype=torch.bool)
     m[0, 2:5, 3:8] = True
     assert masks_to_boxes(m).tolist() == [[3, 2, 7, 4], [0, 0, 0, 0]]
+
+
+# -------------------------------------------------------------------------------------- components and settings
+def test_builtin_components_follow_their_protocols():
+    """Every built-in component has each method its protocol declares, with the same parameters in the
+    same order (extra trailing parameters only with defaults)."""
+    import inspect
+
+    from ciebench.cielr_ref import components
+    from ciebench.cielr_ref.depth import DepthEstimator
+    from ciebench.cielr_ref.executor import InpaintExecutor
+    from ciebench.cielr_ref.labeller import Owlv2Labeller
+    from ciebench.cielr_ref.lama import LamaRemover
+    from ciebench.cielr_ref.segmenters import Sam2Segmenter, SegmentAnythingSegmenter
+    from ciebench.llm import LLMClient
+
+    implementations = {components.Segmenter: (Sam2Segmenter, SegmentAnythingSegmenter),
+                       components.Labeller: (Owlv2Labeller,), components.DepthModel: (DepthEstimator,),
+                       components.Inpainter: (InpaintExecutor, LamaRemover), components.Reasoner: (LLMClient,)}
+    methods = {components.Segmenter: ("segment", "describe"), components.Labeller: ("detect", "describe"),
+               components.DepthModel: ("estimate", "describe"), components.Inpainter: ("run", "describe"),
+               components.Reasoner: ("complete",)}
+    for protocol, classes in implementations.items():
+        for cls in classes:
+            for name in methods[protocol]:
+                declared = list(inspect.signature(getattr(protocol, name)).parameters.values())
+                actual = list(inspect.signature(getattr(cls, name)).parameters.values())
+                assert [p.name for p in actual[:len(declared)]] == [p.name for p in declared], (cls, name)
+                assert all(p.default is not inspect.Parameter.empty for p in actual[len(declared):]), (cls, name)
+    assert isinstance(getattr(LLMClient, "model_id"), property)
+
+
+def test_the_chain_settings_are_the_configs_and_the_removal_prompt_is_the_back_ends():
+    from ciebench.cielr_ref.editor import CIELREditor
+    from ciebench.cielr_ref.reasoning import Settings
+
+    options = dict(max_objects=7, max_steps=2, max_ssr_versions=1, min_overlap=0.25, merge_unknown=False,
+                   negative_prompt="blurry", plan=False, ablation="no_update", feedback_retries=0,
+                   max_regions_in_prompt=5, remove_prompt="empty room", remove_negative_prompt="chair")
+    expected = Settings(max_objects=7, max_steps=2, max_ssr_versions=1, max_labels=64, min_overlap=0.25,
+                        merge_unknown=False, remove_prompt="empty room", remove_negative_prompt="chair",
+                        negative_prompt="blurry", plan=False, ablation="no_update", feedback_retries=0,
+                        max_regions_in_prompt=5)
+    assert CIELREditor(**options).settings() == expected
+    lama = CIELREditor(**options, removal="lama").settings()
+    assert (lama.remove_prompt, lama.remove_negative_prompt) == ("", "")
+    whole = CIELREditor(**options, removal="sd-whole", sd_whole_prompt="white wall").settings()
+    assert (whole.remove_prompt, whole.remove_negative_prompt) == ("white wall", "")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        expected.max_objects = 8  # a spec that decides results stays as built
