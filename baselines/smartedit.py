@@ -22,21 +22,19 @@ Pipeline for one request (official settings unless noted):
 Precision: the official inference ran the LLM, CLIP, Q-Former and BIM in float32 and the diffusion
 part in float16; `llm_dtype="bfloat16"` (preset `lite`) halves the LLM's memory, at the price of
 possibly different greedy decisions. Weights come from a folder made once by
-`ciebench baselines smartedit prepare` (see smartedit_weights.py); with `prepare_if_missing` the
-first run makes it.
+`ciebench baselines smartedit prepare` (smartedit_prepare.py; sources in smartedit_sources.py, the
+folder's format in smartedit_checkpoint.py); with `prepare_if_missing` the first run makes it.
+Loading at edit time (strict, every key from exactly one file) is smartedit_load.py.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import inspect
-import json
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -44,11 +42,12 @@ from PIL import Image
 from ciebench.editor import EditorConfig, EditRequest, EditResult, Editor
 
 from .smartedit_text import DEFAULT_HUMAN_TEMPLATE, NUM_IMAGE_TOKENS, build_prompt
-from .smartedit_weights import (CLIP_REPO, IP2P_REPO, VARIANTS, PreparedWeights, SmartEditWeightsError, Sources,
-                                default_weights_dir, describe_sources, prepare)
+from .smartedit_sources import CLIP_REPO, IP2P_REPO, VARIANTS, Sources, default_weights_dir
+
+if TYPE_CHECKING:
+    from .smartedit_load import SmartEditParts
 
 DTYPES = ("float32", "bfloat16", "float16")
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -117,7 +116,7 @@ class SmartEditEditor(Editor):
         src = cfg.sources()  # record the concrete repos in the run spec
         self.config = dataclasses.replace(cfg, smartedit_repo=src.smartedit_repo, vicuna_repo=src.vicuna_repo,
                                           llava_delta_repo=src.llava_delta_repo, llama_base_repo=src.llama_base_repo)
-        self._parts: dict[str, Any] | None = None
+        self._parts: SmartEditParts | None = None
 
     # ----------------------------------------------------------------------------------------------
     def weights_dir(self) -> Path:
@@ -126,7 +125,7 @@ class SmartEditEditor(Editor):
     def required_assets(self) -> list:
         from ciebench.requirements import hub_repo, local_path
 
-        from .smartedit_weights import CLIP_FILES, IP2P_FILES
+        from .smartedit_sources import CLIP_FILES, IP2P_FILES
 
         cfg, who = self.config, f"editor {self.name}"
         return [local_path(str(self.weights_dir()), used_by=who,
@@ -134,75 +133,11 @@ class SmartEditEditor(Editor):
                 hub_repo(cfg.clip_repo, used_by=who, layout="files", files=CLIP_FILES),
                 hub_repo(cfg.ip2p_repo, used_by=who, layout="files", files=IP2P_FILES)]
 
-    def _torch_dtype(self, name: str):
-        import torch
+    def _load(self) -> "SmartEditParts":
+        if self._parts is None:
+            from .smartedit_load import load_parts
 
-        if name == "auto":
-            return torch.float16 if str(self.device).startswith("cuda") else torch.float32
-        return getattr(torch, name)
-
-    def _load(self) -> dict[str, Any]:
-        if self._parts is not None:
-            return self._parts
-        import torch
-        from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler
-        from huggingface_hub import hf_hub_download
-        from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
-
-        from .smartedit_text import SmartEditTokenizer
-        from .smartedit_weights import load_weights, skeleton_for
-
-        cfg = self.config
-        folder = self.weights_dir()
-        if not (folder / "smartedit_manifest.json").exists():
-            if not cfg.prepare_if_missing:
-                raise SmartEditWeightsError(f"no prepared SmartEdit weights at {folder}; run "
-                                            f"`ciebench baselines smartedit prepare --variant {cfg.variant}`")
-            log.warning("no prepared SmartEdit weights at %s: preparing them now (one-time; downloads about "
-                        "52 GB for 7B, 90 GB for 13B; see docs/smartedit.md)", folder)
-            prepare(cfg.sources(), folder, echo=log.warning)
-        prepared = PreparedWeights(folder)
-        if prepared.sources != cfg.sources():
-            raise SmartEditWeightsError(f"{folder} was prepared from {prepared.sources}, the config asks for "
-                                        f"{cfg.sources()}")
-        device = torch.device(self.device)
-        llm_dtype, diff_dtype = self._torch_dtype(cfg.llm_dtype), self._torch_dtype(cfg.diffusion_dtype)
-
-        def dtype_for(key: str) -> torch.dtype:
-            if key.startswith(("model.", "lm_head.")):
-                return llm_dtype
-            return diff_dtype if key.startswith("unet.") else torch.float32
-
-        model = skeleton_for(prepared, cfg.attn_implementation)
-        report = load_weights(model, prepared, device, dtype_for)
-        log.info("SmartEdit weights loaded strictly from %s: %s", folder, report.summary())
-        with _quiet_transformers():  # the CLIP checkpoint's text tower is, rightly, not loaded
-            vision = CLIPVisionModel.from_pretrained(cfg.clip_repo)
-        model.vision_tower = vision.to(device=device, dtype=torch.float32)
-        model.to(device).eval().requires_grad_(False)
-        processor = json.loads(Path(hf_hub_download(cfg.clip_repo, "preprocessor_config.json")).read_text(encoding="utf-8"))
-        mean = torch.tensor(processor["image_mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(processor["image_std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
-
-        vae = AutoencoderKL.from_pretrained(cfg.ip2p_repo, subfolder="vae", torch_dtype=diff_dtype)
-        vae.to(device).eval().requires_grad_(False)
-        scheduler_config = EulerAncestralDiscreteScheduler.from_pretrained(cfg.ip2p_repo, subfolder="scheduler").config
-        # negative conditioning: InstructPix2Pix's CLIP text encoder on the empty prompt
-        with _quiet_transformers():
-            clip_tok = CLIPTokenizer.from_pretrained(cfg.ip2p_repo, subfolder="tokenizer")
-            text_encoder = CLIPTextModel.from_pretrained(cfg.ip2p_repo, subfolder="text_encoder")
-        text_encoder.to(device=device, dtype=diff_dtype).eval()
-        ids = clip_tok("", padding="max_length", max_length=model.sd_query_tokens.shape[1], truncation=True,
-                       return_tensors="pt").input_ids.to(device)
-        with torch.no_grad():
-            null_embeds = text_encoder(ids)[0].to(diff_dtype)
-        del text_encoder
-        self._parts = {
-            "model": model, "tokenizer": SmartEditTokenizer(prepared.tokenizer_file), "vae": vae,
-            "scheduler_config": scheduler_config, "null_embeds": null_embeds, "mean": mean, "std": std,
-            "image_size": int(vision.config.image_size), "llm_dtype": llm_dtype, "diff_dtype": diff_dtype,
-            "provenance": describe_sources(prepared),
-        }
+            self._parts = load_parts(self.config, self.weights_dir(), str(self.device))
         return self._parts
 
     def to(self, device: str) -> "SmartEditEditor":
@@ -238,26 +173,26 @@ class SmartEditEditor(Editor):
             native = self._generate(parts, request.image, conditioning, modulation, request.seed)
             done = time.perf_counter()
             image = native if native.size == request.image.size else native.resize(request.image.size, Image.BICUBIC)
-            trace.update(seed=request.seed, native_size=list(native.size), weights=parts["provenance"])
+            trace.update(seed=request.seed, native_size=list(native.size), weights=parts.provenance)
             if self.config.save_native_output:
                 trace["artifacts"] = {"smartedit_native.png": native}
             results.append(EditResult(image=image, trace=trace, timings={
                 "llm_seconds": understood - started, "diffusion_seconds": done - understood}))
         return results
 
-    def _understand(self, parts: dict[str, Any], request: EditRequest):
+    def _understand(self, parts: "SmartEditParts", request: EditRequest):
         """Steps 1-3: conditioning tokens (1 x 77 x D) and the UNet modulation (1 x C x h x w)."""
         import torch
 
         from .smartedit_modules import MODULATION_SCALE
 
-        cfg, model, tok = self.config, parts["model"], parts["tokenizer"]
-        device, llm_dtype, diff_dtype = torch.device(self.device), parts["llm_dtype"], parts["diff_dtype"]
-        size = parts["image_size"]
+        cfg, model, tok = self.config, parts.model, parts.tokenizer
+        device, llm_dtype, diff_dtype = torch.device(self.device), parts.llm_dtype, parts.diff_dtype
+        size = parts.image_size
         with torch.no_grad():
             vit = np.asarray(request.image.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
             pixels = torch.from_numpy(vit).permute(2, 0, 1).unsqueeze(0).to(device)
-            pixels = (pixels - parts["mean"]) / parts["std"]
+            pixels = (pixels - parts.mean) / parts.std
             clip_features = model.encode_image(pixels)
             image_embeds = model.mm_projector(clip_features)
 
@@ -275,14 +210,10 @@ class SmartEditEditor(Editor):
                     f"the LLM produced {len(states)} of {NUM_IMAGE_TOKENS} image tokens before stopping", trace)
             query = model.qformer(torch.cat(states, dim=1).float())
             conditioning = query.to(diff_dtype)
-            latent = cfg.resolution // self._vae_scale(parts)
+            latent = cfg.resolution // parts.vae_scale
             modulation, residual = model.bim(clip_features, conditioning.float(), (latent, latent))
             conditioning = conditioning + MODULATION_SCALE * residual.to(diff_dtype)
         return conditioning, modulation.to(diff_dtype), trace
-
-    @staticmethod
-    def _vae_scale(parts: dict[str, Any]) -> int:
-        return 2 ** (len(parts["vae"].config.block_out_channels) - 1)
 
     def _image_token_states(self, model: Any, tok: Any, inputs_embeds: Any, seed: int):
         """SmartEdit's decoding loop: feed the prompt, then one token at a time; the final hidden state
@@ -321,26 +252,26 @@ class SmartEditEditor(Editor):
                 break
         return states, generated
 
-    def _generate(self, parts: dict[str, Any], image: Image.Image, conditioning: Any, modulation: Any,
+    def _generate(self, parts: "SmartEditParts", image: Image.Image, conditioning: Any, modulation: Any,
                   seed: int) -> Image.Image:
         """Step 4: InstructPix2Pix-style sampling with the modulated UNet."""
         import torch
         from diffusers import EulerAncestralDiscreteScheduler
         from diffusers.utils.torch_utils import randn_tensor
 
-        cfg, model, vae = self.config, parts["model"], parts["vae"]
-        device, dtype = torch.device(self.device), parts["diff_dtype"]
-        scheduler = EulerAncestralDiscreteScheduler.from_config(parts["scheduler_config"])
+        cfg, model, vae = self.config, parts.model, parts.vae
+        device, dtype = torch.device(self.device), parts.diff_dtype
+        scheduler = EulerAncestralDiscreteScheduler.from_config(parts.scheduler_config)
         with torch.no_grad():
             src = np.asarray(image.convert("RGB").resize((cfg.resolution, cfg.resolution), Image.BICUBIC), dtype=np.float32)
             x = torch.from_numpy(2.0 * (src / 255.0) - 1.0).permute(2, 0, 1).unsqueeze(0).to(device, dtype)
             image_latents = vae.encode(x).latent_dist.mode()
             image_latents = torch.cat([image_latents, image_latents, torch.zeros_like(image_latents)])
-            embeds = torch.cat([conditioning, parts["null_embeds"], parts["null_embeds"]])
+            embeds = torch.cat([conditioning, parts.null_embeds, parts.null_embeds])
 
             generator = torch.Generator(device=device).manual_seed(int(seed))
             scheduler.set_timesteps(cfg.steps, device=device)
-            side = cfg.resolution // self._vae_scale(parts)
+            side = cfg.resolution // parts.vae_scale
             latents = randn_tensor((1, vae.config.latent_channels, side, side), generator=generator, device=device,
                                    dtype=dtype) * scheduler.init_noise_sigma
             g, ig = cfg.guidance_scale, cfg.image_guidance_scale
@@ -359,22 +290,3 @@ class SmartEditEditor(Editor):
             decoded = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
             decoded = (decoded / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
         return Image.fromarray((decoded * 255).round().astype(np.uint8))
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
-def prepare_weights(variant: str = "7b", out_dir: str | Path | None = None, force: bool = False,
-                    **source_overrides: Any) -> Path:
-    """Python entry point of `ciebench baselines smartedit prepare`: download and assemble the weights
-    of one variant once (see smartedit_weights.prepare). Returns the prepared folder."""
-    return prepare(Sources.for_variant(variant, **source_overrides), out_dir, force=force, echo=print)

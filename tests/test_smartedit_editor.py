@@ -17,9 +17,10 @@ import numpy as np  # noqa: E402
 from PIL import Image
 from typer.testing import CliRunner
 
-from ciebench.baselines.smartedit import SmartEditConfig, SmartEditEditor, prepare_weights
-from ciebench.baselines.smartedit_weights import (MANIFEST, PreparedWeights, SmartEditWeightsError, Sources,
-                                                  default_weights_dir, read_sharded, save_sharded)
+from ciebench.baselines.smartedit import SmartEditConfig, SmartEditEditor
+from ciebench.baselines.smartedit_checkpoint import MANIFEST, PreparedWeights, read_sharded, save_sharded
+from ciebench.baselines.smartedit_prepare import prepare_weights
+from ciebench.baselines.smartedit_sources import SmartEditWeightsError, Sources, default_weights_dir
 from ciebench.cli import app
 from ciebench.editor import EditRequest
 from tests.support.smartedit_layout import official_layout
@@ -98,7 +99,7 @@ def test_loaded_values_follow_the_official_loader(editor, cache):
     base = LlamaForCausalLM.from_pretrained(repos["llama"]).state_dict()
     llm = load(repos["smartedit"], "LLM-15000/adapter_model.bin")
     eq = load(repos["smartedit"], "embeddings_qformer/checkpoint-15000_embeddings_qformer.bin")
-    model = editor._load()["model"]
+    model = editor._load().model
     embed, head = model.llm.get_input_embeddings().weight, model.lm_head.weight
     for ours, key, official in ((embed, "model.embed_tokens.weight", llm["model.base_model.model.embed_tokens.weight"]),
                                 (head, "lm_head.weight", eq["lm_head.weight"])):
@@ -179,7 +180,7 @@ def test_sampled_decoding_is_seeded_by_the_request(cache):
 
 def test_stopping_before_32_image_tokens_is_a_clear_per_sample_failure(editor, monkeypatch):
     editor.edit([_request()])  # loaded
-    tok = editor._parts["tokenizer"]
+    tok = editor._parts.tokenizer
     # the tiny LLM emits <img_0> then <img_1>: make <img_1> the end-of-sequence token
     monkeypatch.setattr(tok, "eos_id", tok.added["<img_1>"])
     result = editor.edit([_request()])[0]

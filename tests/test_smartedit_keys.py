@@ -24,7 +24,7 @@ import functools
 import pytest
 
 from ciebench.baselines.smartedit_modules import KeyMap, build_skeleton
-from ciebench.baselines.smartedit_weights import compare_keys
+from ciebench.baselines.smartedit_checkpoint import compare_keys
 from tests.support.smartedit_layout import FIXTURE_FILES, FIXTURES, read_fixture, render_fixture
 
 LLAMA = {"7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32),

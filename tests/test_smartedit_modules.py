@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ciebench.baselines.smartedit_modules import MODULATION_SCALE, SmartEditModel
 from ciebench.baselines.smartedit_text import (ADDED_TOKENS, DEFAULT_HUMAN_TEMPLATE, SYSTEM_MESSAGE, SmartEditTokenizer,
                                                build_prompt)
-from ciebench.baselines.smartedit_weights import compare_keys
+from ciebench.baselines.smartedit_checkpoint import compare_keys
 from tests.support.smartedit_layout import official_layout
 from tests.support.smartedit_tiny import LLM, UNET, VISION, _official_files, _sentencepiece_model, tiny_dims
 

@@ -36,7 +36,8 @@ def smartedit_prepare(
     force: bool = typer.Option(False, "--force", help="Replace an existing preparation."),
 ) -> None:
     """Download SmartEdit and its base weights, merge LLaVA-1.1's rows, convert to safetensors, check keys."""
-    from ciebench.baselines.smartedit_weights import SmartEditWeightsError, Sources, prepare
+    from ciebench.baselines.smartedit_prepare import prepare
+    from ciebench.baselines.smartedit_sources import SmartEditWeightsError, Sources
 
     try:
         sources = Sources.for_variant(variant, step=step, smartedit_repo=smartedit_repo, smartedit_revision=revision,
@@ -53,7 +54,8 @@ def smartedit_prepare(
 @smartedit_app.command("check")
 def smartedit_check(folder: Path = typer.Argument(..., help="A folder written by `prepare`.")) -> None:
     """Check a prepared folder's keys and shapes against the architecture (reads file headers only)."""
-    from ciebench.baselines.smartedit_weights import SmartEditWeightsError, check_prepared
+    from ciebench.baselines.smartedit_checkpoint import check_prepared
+    from ciebench.baselines.smartedit_sources import SmartEditWeightsError
 
     try:
         report = check_prepared(folder)
