@@ -6,7 +6,6 @@ import logging
 import typer
 
 from . import handling
-from .data import app as data_app
 from .handling import CommandApp
 
 app = CommandApp(
@@ -16,7 +15,6 @@ app = CommandApp(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.add_typer(data_app, name="data")
 
 
 @app.callback()
@@ -34,8 +32,14 @@ def main() -> None:
     app()
 
 
-# Command modules register on `app`; each imports its heavy dependencies only when its command runs.
-from . import run_commands  # noqa: E402,F401
-from . import travel  # noqa: E402,F401  (verify, prefetch, doctor, export, data push)
-from . import benchmarks  # noqa: E402,F401  (`ciebench benchmarks`)
-from . import judge  # noqa: E402,F401  (`ciebench judge ...`)
+# One way to register: each module below declares its commands with `@app.command` on this root app,
+# or declares its own `CommandApp` group, added here. Heavy dependencies load only when a command runs.
+from . import run_commands  # noqa: E402,F401  (evaluate, score, editors, metrics)
+from . import leaderboard  # noqa: E402,F401
+from . import benchmarks  # noqa: E402,F401
+from . import travel  # noqa: E402,F401  (verify, prefetch, doctor, export)
+from . import baselines, data, judge  # noqa: E402  (command groups)
+
+app.add_typer(data.app, name="data")
+app.add_typer(judge.app, name="judge")
+app.add_typer(baselines.app, name="baselines")

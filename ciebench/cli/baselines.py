@@ -3,7 +3,7 @@
     ciebench baselines smartedit prepare [--variant 7b|13b] [--out DIR] [--force]
     ciebench baselines smartedit check DIR
 
-Importing this module registers the group on the root `ciebench` app (see run_commands.py)."""
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from ..errors import ExitCode
 from .handling import CommandApp
 
 app = CommandApp(help="One-time setup of baseline editors (downloads, weight merges, conversions).",
@@ -23,7 +24,7 @@ app.add_typer(smartedit_app, name="smartedit")
 @smartedit_app.command("prepare")
 def smartedit_prepare(
     variant: str = typer.Option("7b", "--variant", help="7b or 13b."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Target folder; default $CIEBENCH_CACHE/smartedit/<repo>-step<step>, "
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Target folder; default $CIEBENCH_CACHE/smartedit/<repo>-step<step>, "
                                                             "where the `smartedit` editor looks by default."),
     step: int = typer.Option(15000, "--step", help="Checkpoint step of the released folders."),
     smartedit_repo: Optional[str] = typer.Option(None, "--smartedit-repo", help="Default: TencentARC/SmartEdit-7B or -13B."),
@@ -46,7 +47,7 @@ def smartedit_prepare(
         folder = prepare(sources, out, force=force, echo=typer.echo)
     except (SmartEditWeightsError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(int(ExitCode.INCOMPLETE))
     hint = "" if out is None else f" --editor-arg weights_dir={folder}"
     typer.echo(f"ready: ciebench evaluate --editor smartedit{hint} --editor-arg variant={variant} ...")
 
@@ -61,18 +62,9 @@ def smartedit_check(folder: Path = typer.Argument(..., help="A folder written by
         report = check_prepared(folder)
     except SmartEditWeightsError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(int(ExitCode.INCOMPLETE))
     typer.echo(report.summary())
     if not report.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(int(ExitCode.INCOMPLETE))
     typer.echo("ok: every expected key present once, no unexpected key, all shapes equal")
 
-
-def _register() -> None:
-    from . import app as root
-
-    if not any(group.name == "baselines" for group in root.registered_groups):
-        root.add_typer(app, name="baselines")
-
-
-_register()

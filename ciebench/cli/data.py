@@ -1,18 +1,18 @@
-"""`ciebench data ...`: prepare, validate and describe datasets."""
+"""`ciebench data ...`: prepare, validate, describe and push datasets."""
 from __future__ import annotations
 
 import collections
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from ..errors import ExitCode
 from .handling import CommandApp
+from .options import DATASET_HELP, DatasetArg, IgnoreChecksumsOpt
 
 app = CommandApp(help="Prepare, validate and describe datasets.", no_args_is_help=True)
 
-DATASET_HELP = ("'mini' (embedded), 'ciebench' (official release, downloaded and verified), a folder in the "
-                "authors' or Reason-Edit layout, a JSONL manifest, a saved HF dataset, parquet, or hf:ORG/NAME[@rev].")
 
 
 @app.command("prepare")
@@ -21,7 +21,7 @@ def prepare_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: new, empty, or an earlier `data prepare` output "
                                                        "(replaced). Never a folder with other files."),
     fmt: str = typer.Option("arrow", "--format", help="arrow (save_to_disk), parquet, or hub (the Hub's dataset repository layout: README.md card + data/test-*.parquet)."),
-    ignore_checksums: bool = typer.Option(False, "--ignore-checksums", help="Accept a CIEBench release whose files differ from the shipped sha256 manifest."),
+    ignore_checksums: IgnoreChecksumsOpt = False,
 ) -> None:
     """Convert a dataset source into an HF dataset on disk."""
     from ..datasets.prepare import prepare
@@ -35,8 +35,8 @@ def prepare_cmd(
 
 @app.command("validate")
 def validate_cmd(
-    dataset: str = typer.Argument(..., help=DATASET_HELP),
-    ignore_checksums: bool = typer.Option(False, "--ignore-checksums"),
+    dataset: DatasetArg,
+    ignore_checksums: IgnoreChecksumsOpt = False,
 ) -> None:
     """Check every sample; print one line per problem; exit 1 when any error is found."""
     from ..datasets import read_dataset
@@ -52,7 +52,7 @@ def validate_cmd(
 
 
 @app.command("info")
-def info_cmd(dataset: str = typer.Argument(..., help=DATASET_HELP)) -> None:
+def info_cmd(dataset: DatasetArg) -> None:
     """Counts per edit type, image sizes and notes."""
     from ..datasets import read_dataset
 
@@ -77,3 +77,17 @@ def info_cmd(dataset: str = typer.Argument(..., help=DATASET_HELP)) -> None:
             typer.echo(f"  {sample_id}: {note}")
     if loaded.problems:
         typer.echo(f"problems:  {len(loaded.problems)} (run `ciebench data validate {dataset}`)")
+
+
+@app.command("push")
+def push_cmd(
+    folder: Path = typer.Argument(..., help="A folder written by `ciebench data prepare SRC --format hub` (or `ciebench export`)."),
+    repo_id: str = typer.Argument(..., help="ORG/NAME of the Hub dataset repository (created if absent)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch to push to (default: main)."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+) -> None:
+    """Upload a Hub-layout dataset folder with huggingface_hub (token from HF_TOKEN or `hf auth login`)."""
+    from ..datasets.hub_layout import push_dataset
+
+    url = push_dataset(folder, repo_id, revision=revision, private=private)
+    typer.echo(f"pushed {folder} to {repo_id}: {url}")

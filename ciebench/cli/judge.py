@@ -1,49 +1,22 @@
-"""`ciebench judge ...` and the judge options shared by `score` and `evaluate`."""
+"""`ciebench judge ...` (protocols, agreement, canaries), and the judge options of `score` and `evaluate` as one object."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Optional
 
 import typer
 
-from . import app
+from ..errors import ExitCode
+from .handling import CommandApp
+from .options import DatasetOpt, JudgePromptsOpt, JudgeProtocolOpt
 
-judge_app = typer.Typer(help="Judge protocols, agreement between judges, drift canaries.", no_args_is_help=True)
-app.add_typer(judge_app, name="judge")
-
-JudgeProtocolOpt = Annotated[Optional[str], typer.Option(
-    "--judge-protocol", help="idcs-v1 (ciebench's prompts) | idcs-paper (the authors' prompts, fetched at a pinned "
-                             "commit); default: the judge config's (idcs-v1).")]
-JudgePassesOpt = Annotated[int, typer.Option(
-    "--judge-passes", help="Independent verdicts per sample (distinct seeds); the sample's score is their median "
-                           "and a judge-noise interval is reported.")]
-JudgePromptsOpt = Annotated[Optional[str], typer.Option(
-    "--judge-prompts", help="Folder with local copies of the pinned prompt files of the judge protocol or the "
-                            "benchmark (verified by sha256; default: fetched at the pinned commit).")]
-MaxCostOpt = Annotated[Optional[float], typer.Option(
-    "--max-cost", help="USD: stop issuing judge calls before the estimate of spent + committed cost exceeds it; "
-                       "the rest is reported as not judged and a rerun continues.")]
-JudgeCanariesOpt = Annotated[str, typer.Option(
-    "--judge-canaries", help="Re-judge the canaries of a calibrated judge (`ciebench judge calibrate`): day (once a "
-                             "UTC day), run (every run) or off.")]
-JudgeBatchOpt = Annotated[bool, typer.Option(
-    "--judge-batch", help="Send judge calls through the provider's OpenAI-compatible Batch API (cheaper, slower); "
-                          "a rerun after a crash resumes the pending batch.")]
-DryRunOpt = Annotated[bool, typer.Option(
-    "--dry-run", help="Print the judge calls, tokens and cost this scoring would need (cached calls are free); "
-                      "send nothing.")]
-
+app = CommandApp(help="Judge protocols, agreement between judges, drift canaries.", no_args_is_help=True)
 
 def judge_run_options(protocol: Optional[str], passes: int, prompts: Optional[str], max_cost: Optional[float],
                       canaries: str = "day", batch: bool = False):
-    from ..errors import CiebenchError
     from ..judge.run import JudgeRunOptions
 
-    try:
-        return JudgeRunOptions(protocol=protocol, passes=passes, prompts_dir=prompts, max_cost=max_cost,
-                               canaries=canaries, batch=batch)
-    except CiebenchError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(int(exc.exit_code))
+    return JudgeRunOptions(protocol=protocol, passes=passes, prompts_dir=prompts, max_cost=max_cost,
+                           canaries=canaries, batch=batch)
 
 
 def list_judge_protocols_lines() -> list[str]:
@@ -63,7 +36,7 @@ def _spec_hash(proto) -> str:
     return stable_hash(proto.to_dict())
 
 
-@judge_app.command("protocols")
+@app.command("protocols")
 def protocols_cmd() -> None:
     """List judge protocols. The hash in a run's summary also covers the exact prompt texts."""
     typer.echo("judge protocols:")
@@ -71,7 +44,7 @@ def protocols_cmd() -> None:
         typer.echo(line)
 
 
-@judge_app.command("agreement")
+@app.command("agreement")
 def agreement_cmd(
     runs: list[str] = typer.Argument(..., help="Pairs A B [A B ...]: run folders scored by two judges on the same "
                                                "predictions, or a run and a human-ratings CSV (sample_id, seed, rater, score)."),
@@ -84,19 +57,14 @@ def agreement_cmd(
     Kendall's tau of the system ranking under judge A vs judge B."""
     from pathlib import Path
 
-    from ..errors import CiebenchError
+    from ..errors import UsageError
     from ..io import atomic_write_json, atomic_write_text
     from ..judge.agreement import load_scores, pair_agreement, ranking_tau, scatter_plot
 
     if len(runs) % 2:
-        typer.echo("error: give pairs of runs: A B [A B ...]", err=True)
-        raise typer.Exit(2)
-    try:
-        pairs = [pair_agreement(load_scores(a, metric), load_scores(b, metric), lo, hi)
-                 for a, b in zip(runs[::2], runs[1::2])]
-    except CiebenchError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(int(exc.exit_code))
+        raise UsageError("give pairs of runs: A B [A B ...]")
+    pairs = [pair_agreement(load_scores(a, metric), load_scores(b, metric), lo, hi)
+             for a, b in zip(runs[::2], runs[1::2])]
     header = f"{'A':<24} {'B':<24} {'n':>5} {'spearman [95% CI]':>26} {'kappa_q [95% CI]':>26} {'mean A':>7} {'mean B':>7}"
     typer.echo(header)
     rows = []
@@ -131,7 +99,7 @@ def _csv(text: str) -> str:
     return f'"{text}"'
 
 
-@judge_app.command("calibrate")
+@app.command("calibrate")
 def calibrate_cmd(
     judge: str = typer.Option(..., "--judge", help="Judge preset or config file."),
     canaries: Optional[str] = typer.Option(None, "--canaries", help="mini (default: the embedded images with "
@@ -144,7 +112,7 @@ def calibrate_cmd(
     protocol hash), later times report agreement with them."""
     import dataclasses
 
-    from ..errors import CiebenchError
+    from ..errors import UsageError
     from ..judge import canaries as canary_mod
     from ..metrics.idcs import IDCSJudge, get_judge_config
 
@@ -156,9 +124,8 @@ def calibrate_cmd(
         # Calibration always asks afresh (no answer cache), so it measures today's model.
         idcs = IDCSJudge(config, cache_dir=None, prompts_dir=prompts)
         result = canary_mod.calibrate(idcs, canary_mod.judge_hash_of(config, idcs.protocol.hash), canary_set, threshold)
-    except (CiebenchError, ValueError) as exc:
-        typer.echo(f"error: {exc.one_line() if isinstance(exc, CiebenchError) else exc}", err=True)
-        raise typer.Exit(int(getattr(exc, "exit_code", 2)))
+    except ValueError as exc:  # a judge config with a bad value
+        raise UsageError(str(exc)) from exc
     typer.echo(f"canary set {result['set']} ({result['n']} canaries, {result['scored']} scored), judge "
                f"{config.name} / {idcs.protocol.name}")
     if result["reference_created"]:
@@ -169,23 +136,19 @@ def calibrate_cmd(
                    f"{'n/a' if value is None else f'{value:.1%}'} of {result['compared']} canaries")
         if result.get("warning"):
             typer.echo(f"warning: {result['warning']}", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(int(ExitCode.INCOMPLETE))
 
 
-@judge_app.command("freeze")
+@app.command("freeze")
 def freeze_cmd(
     run: str = typer.Argument(..., help="A scored run folder."),
     out: str = typer.Option(..., "--out", "-o", help="Folder for the canary set."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="The run's dataset (default: from its spec.json)."),
+    dataset: DatasetOpt = None,
 ) -> None:
-    """Freeze a run's predictions (with their sources and instructions) as a canary set."""
-    from ..errors import CiebenchError
+    """Freeze a run's predictions (with their sources and instructions) as a canary set. The dataset
+    defaults to the one in the run's spec.json."""
     from ..judge.canaries import freeze_run, load_canaries
 
-    try:
-        folder = freeze_run(run, out, dataset)
-        n = len(load_canaries(folder).items)
-    except CiebenchError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(int(exc.exit_code))
+    folder = freeze_run(run, out, dataset)
+    n = len(load_canaries(folder).items)
     typer.echo(f"wrote {n} canaries to {folder}; use it with --canaries {folder}")

@@ -6,7 +6,11 @@ from typing import List, Optional
 
 import typer
 
+from . import app
+from .options import DatasetOpt
 
+
+@app.command("leaderboard")
 def leaderboard_cmd(
     runs: List[Path] = typer.Argument(..., help="Run directories (each with samples.csv; spec.json and summary.json when present)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: new, empty, or an earlier leaderboard (its files are replaced)."),
@@ -14,7 +18,7 @@ def leaderboard_cmd(
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level for the Holm-adjusted paired tests."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG and SVG plots."),
     gallery: bool = typer.Option(True, "--gallery/--no-gallery", help="Write gallery/index.html."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Dataset for the gallery's source images and masks (default: each run's dataset spec)."),
+    dataset: DatasetOpt = None,
     full_images: bool = typer.Option(True, "--full-images/--thumbnails-only", help="Copy full-size PNGs into the gallery (thumbnails link to them)."),
     page_size: int = typer.Option(20, "--page-size", help="Gallery samples per page."),
     by_track: bool = typer.Option(False, "--by-track", help="Separate tables by editor track (direct, rewrite, agentic)."),
@@ -23,7 +27,8 @@ def leaderboard_cmd(
 
     Writes leaderboard.csv/.md, by_edit_type.csv, significance.csv, plots/ and gallery/index.html
     into --out. Runs under different protocols or datasets go to separate tables (see
-    docs/leaderboard.md)."""
+    docs/leaderboard.md). --dataset gives the gallery's source images and masks (default: each
+    run's dataset spec)."""
     from ..errors import UsageError
     from ..leaderboard import write_leaderboard
 

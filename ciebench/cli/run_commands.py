@@ -10,9 +10,12 @@ import typer
 from ..errors import CiebenchError
 from . import app
 from . import benchmarks as _bench
-from .data import DATASET_HELP
-from .judge import (DryRunOpt, JudgeBatchOpt, JudgeCanariesOpt, JudgePassesOpt, JudgePromptsOpt, JudgeProtocolOpt, MaxCostOpt,
-                    judge_run_options, list_judge_protocols_lines)
+from .judge import judge_run_options, list_judge_protocols_lines
+from .options import (DATASET_HELP, BackendOpt, BenchmarkOpt, BenchmarkRootOpt, CpusPerWorkerOpt, DeviceOpt, DryRunOpt,
+                      EditorArgOpt, EditorOpt, GpusPerWorkerOpt, IgnoreChecksumsOpt, JudgeBatchOpt, JudgeCanariesOpt,
+                      JudgeOpt, JudgePassesOpt, JudgePromptsOpt, JudgeProtocolOpt, LimitOpt, MaxCostOpt, MetricsOpt,
+                      MinCoverageOpt, NumWorkersOpt, PresetOpt, ProtocolOpt, RayAddressOpt, ScoreBatchSizeOpt, SeedsOpt,
+                      split_names)
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -23,10 +26,6 @@ def _seeds(text: str) -> tuple[int, ...]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise typer.BadParameter("--seeds needs distinct integers, e.g. 0,1,2")
     return seeds
-
-
-def _metrics(text: Optional[str]) -> Optional[tuple[str, ...]]:
-    return tuple(m.strip() for m in text.split(",") if m.strip()) if text else None
 
 
 def _load(dataset: str, ignore_checksums: bool):
@@ -110,40 +109,17 @@ def _ray_backend(backend: str, ray_address: Optional[str], num_workers: Optional
                                  cpus_per_worker=cpus_per_worker))
 
 
-BACKEND_HELP = "local | ray (shard samples to Ray workers; see docs/scale.md)."
-RAY_ADDRESS_HELP = ("Ray cluster to join: auto (the cluster of `ray start` on this machine), HOST:PORT, or "
-                    "ray://HOST:10001. Default: $RAY_ADDRESS, else a private local Ray for this run.")
-NUM_WORKERS_HELP = "Ray workers (default: as many as the cluster's GPUs, or CPUs, allow)."
-GPUS_HELP = "GPUs per Ray worker (default 1 with --device cuda, else 0; fractions share a GPU)."
-CPUS_HELP = "CPUs per Ray worker."
-
-# Options shared by `evaluate` and `score`, declared once.
-ProtocolOpt = Annotated[Optional[str], typer.Option("--protocol", "-p", help="cielr | smartedit | exact | cielr-full | smartedit-full (default: the dataset's).")]
-MetricsOpt = Annotated[Optional[str], typer.Option("--metrics", help="Comma-separated metrics (default: all region metrics, + idcs with --judge).")]
-JudgeOpt = Annotated[Optional[str], typer.Option("--judge", help="IDCS judge preset (qwen, openai, local, lite) or config file; omit for no IDCS.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N")]
-BackendOpt = Annotated[str, typer.Option("--backend", help=BACKEND_HELP)]
-RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help=RAY_ADDRESS_HELP)]
-NumWorkersOpt = Annotated[Optional[int], typer.Option("--num-workers", help=NUM_WORKERS_HELP)]
-GpusPerWorkerOpt = Annotated[Optional[float], typer.Option("--gpus-per-worker", help=GPUS_HELP)]
-CpusPerWorkerOpt = Annotated[float, typer.Option("--cpus-per-worker", help=CPUS_HELP)]
-MinCoverageOpt = Annotated[Optional[float], typer.Option("--min-coverage", help="Exit 1 when any metric covers less than this fraction of samples (e.g. 0.95).")]
-IgnoreChecksumsOpt = Annotated[bool, typer.Option("--ignore-checksums", help="Accept a CIEBench release that differs from the shipped sha256 manifest.")]
-BenchmarkOpt = Annotated[Optional[str], typer.Option("--benchmark", help="Registered benchmark (see `ciebench benchmarks`); replaces --dataset.")]
-BenchmarkRootOpt = Annotated[Optional[str], typer.Option("--benchmark-root", help="The benchmark's folder in its official layout (default: its hub snapshot).")]
-
-
 def _fmt(v) -> str:
     return f"{v:8.4f}" if isinstance(v, float) else f"{str(v):>8}"
 
 
 @app.command("evaluate")
 def evaluate_cmd(
-    editor: str = typer.Option(..., "--editor", "-e", help="Registered editor name (see `ciebench editors`) or package.module:Class."),
-    dataset: str = typer.Option("mini", "--dataset", "-d", help=DATASET_HELP),
+    editor: EditorOpt,
+    dataset: Annotated[str, typer.Option("--dataset", "-d", metavar="DATASET", help=DATASET_HELP)] = "mini",
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (created; an existing one with the same spec is resumed)."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N samples."),
-    seeds: str = typer.Option("0", "--seeds", help="Comma-separated run seeds, e.g. 0,1,2."),
+    limit: LimitOpt = None,
+    seeds: SeedsOpt = "0",
     protocol: ProtocolOpt = None,
     metrics: MetricsOpt = None,
     judge: JudgeOpt = None,
@@ -154,9 +130,9 @@ def evaluate_cmd(
     judge_canaries: JudgeCanariesOpt = "day",
     device: DeviceOpt = "cpu",
     batch_size: int = typer.Option(1, "--batch-size", "-b", help="Editor batch size (scoring batches separately)."),
-    editor_arg: list[str] = typer.Option([], "--editor-arg", help="Editor option key=value (repeatable), typed by the editor's config."),
+    editor_arg: EditorArgOpt = [],
     editor_config: Optional[Path] = typer.Option(None, "--editor-config", help="YAML file of editor options."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Named editor preset (e.g. lite)."),
+    preset: PresetOpt = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run with a different spec in --out (only its own files)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo samples that failed in an earlier attempt."),
     min_coverage: MinCoverageOpt = None,
@@ -179,7 +155,7 @@ def evaluate_cmd(
     dataset = (_bench.dataset_spec(bench, benchmark_root) or dataset) if bench else dataset
     judged_benchmark = bench is not None and bench.pipeline != "dataset"
     if not judged_benchmark:
-        score_options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device,
+        score_options = ScoreOptions(protocol=protocol, metrics=split_names(metrics), judge=judge, device=device,
                                      judge_options=judge_run_options(judge_protocol, judge_passes, judge_prompts,
                                                                      max_cost, judge_canaries))
         resolve_metrics(score_options)  # an unknown --metrics name fails before any model loads
@@ -227,7 +203,8 @@ def evaluate_cmd(
 
 @app.command("score")
 def score_cmd(
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help=DATASET_HELP + " Required unless --benchmark."),
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", metavar="DATASET",
+                                                   help=DATASET_HELP + " Required unless --benchmark.")] = None,
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Folder of <id>.png|jpg|webp edited images "
                                                "(with --benchmark: the benchmark's official output layout), or "
                                                "hf:ORG/NAME[@rev] of a run exported with `ciebench export`."),
@@ -243,8 +220,8 @@ def score_cmd(
     judge_batch: JudgeBatchOpt = False,
     dry_run: DryRunOpt = False,
     device: DeviceOpt = "cpu",
-    batch_size: int = typer.Option(8, "--batch-size", "-b"),
-    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Only the first N samples."),
+    batch_size: ScoreBatchSizeOpt = 8,
+    limit: LimitOpt = None,
     allow_missing: bool = typer.Option(False, "--allow-missing", help="Exit 0 even when predictions are missing or unreadable "
                                                                       "(still non-zero when nothing scored, or below --min-coverage)."),
     min_coverage: MinCoverageOpt = None,
@@ -278,7 +255,7 @@ def score_cmd(
         predictions = exported_predictions(str(predictions))
     if not predictions.is_dir():
         raise UsageError(f"--predictions {predictions} is not a folder")
-    options = ScoreOptions(protocol=protocol, metrics=_metrics(metrics), judge=judge, device=device, batch_size=batch_size,
+    options = ScoreOptions(protocol=protocol, metrics=split_names(metrics), judge=judge, device=device, batch_size=batch_size,
                            judge_options=judge_run_options(judge_protocol, judge_passes, judge_prompts, max_cost,
                                                            judge_canaries, judge_batch))
     resolve_metrics(options)
@@ -354,9 +331,3 @@ def metrics_cmd() -> None:
         proto = get_protocol(name)
         typer.echo(f"  {name:<15} hash {proto.hash}  {getattr(proto, 'description', '')}")
 
-
-from .leaderboard import leaderboard_cmd  # noqa: E402  (cheap: the leaderboard package loads when it runs)
-
-app.command("leaderboard")(leaderboard_cmd)
-
-from . import baselines as _baselines  # noqa: E402,F401  (registers `ciebench baselines smartedit ...`)
