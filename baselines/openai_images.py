@@ -10,8 +10,10 @@ elsewhere, as the API documents. The reply's `data[0].b64_json` is the image (a 
 the key); it is resized back to the source size.
 
 The API key is read from the environment variable named by `api_key_env` at request time and sent only
-in the Authorization header of requests to `base_url` (redirects are not followed, image URLs are fetched
-without it); it never reaches traces, caches or errors. HTTP 429 / 5xx and connection errors are retried
+in the Authorization header of requests to `base_url` (image URLs are fetched without it); it never
+reaches traces, caches or errors. Requests go through the LLM client's bounded transport
+(`ciebench.llm.transport`): an overall deadline of `timeout_s` from connect to last byte, a size cap on
+the reply, and redirects refused. HTTP 429 / 5xx and connection errors are retried
 with exponential backoff and jitter (Retry-After honoured, capped). A refusal (content filter /
 moderation block) is the result status "refused" with the server's message, never an image.
 
@@ -32,10 +34,7 @@ import random
 import re
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,12 +48,14 @@ from ciebench.editor import EditorConfig, EditRequest, EditResult, Editor
 from ciebench.io import atomic_write_bytes, atomic_write_json, png_bytes, stable_hash
 from ciebench.llm.config import is_provider_host, key_env_for
 from ciebench.llm.http_backend import RETRY_STATUS, parse_retry_after
+from ciebench.llm.transport import TransportError, encode_multipart, get, post
 
 log = logging.getLogger("ciebench.openai_images")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 CACHE_FORMAT = 1
 REFUSED = "refused"  # result status of a content-filter / moderation refusal
+MAX_REPLY_BYTES = 64 * 1024 * 1024  # a base64 PNG at the largest API size is well under this
 _REFUSAL_CODES = ("moderation_blocked", "content_policy_violation", "content_filter", "safety")
 _REFUSAL_TEXT = re.compile(r"safety system|content polic|moderation|content filter|refus", re.IGNORECASE)
 
@@ -100,13 +101,6 @@ class OpenAIImagesConfig(EditorConfig):
         return key_env_for(self.host, self.api_key_env)
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect would carry the Authorization header to another URL: treat it as an error instead."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D401
-        return None
-
-
 @dataclass
 class _Answer:
     status: str  # ok | refused | error
@@ -129,7 +123,6 @@ class OpenAIImagesEditor(Editor):
     def __init__(self, config=None, **options):
         super().__init__(config, **options)
         self.oracle_mask = self.config.use_mask  # the runner then passes the GT mask and reports it as such
-        self._opener = urllib.request.build_opener(_NoRedirect)
         self._lock = threading.Lock()
         self._rng = random.Random()
         self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "refused": 0, "cost": 0.0}
@@ -183,9 +176,9 @@ class OpenAIImagesEditor(Editor):
     def _request(self, prompt: str, image: Image.Image, mask: Image.Image | None) -> _Answer:
         c = self.config
         fields = {"model": c.model, "prompt": prompt, "n": "1", "size": c.size, "quality": c.quality}
-        files = {"image": ("image.png", png_bytes(image))}
+        files = {"image": ("image.png", png_bytes(image), "image/png")}
         if mask is not None:
-            files["mask"] = ("mask.png", png_bytes(mask))
+            files["mask"] = ("mask.png", png_bytes(mask), "image/png")
         body, content_type = encode_multipart(fields, files)
         answer = _Answer(status="error", error="no attempt made")
         for attempt in range(c.max_retries + 1):
@@ -213,23 +206,17 @@ class OpenAIImagesEditor(Editor):
             return _Answer(status="error", error=f"environment variable {c.key_env} is not set (the API key for {c.endpoint})")
         with self._lock:
             self.stats["requests"] += 1
-        try:
-            with self._opener.open(urllib.request.Request(url, data=body, headers=headers, method="POST"),
-                                   timeout=c.timeout_s) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            try:
-                raw = exc.read()
-            except Exception:  # noqa: BLE001 - the body is informative only
-                raw = b""
-            message = self._redact(_error_message(raw))
-            if exc.code == 400 and _is_refusal(raw):
+        try:  # one bounded request: overall deadline, size cap, redirects refused (the key must not follow)
+            resp = post(url, body, headers, deadline_s=c.timeout_s, max_bytes=MAX_REPLY_BYTES)
+        except TransportError as exc:
+            return _Answer(status="error", error=self._redact(str(exc)), retryable=exc.kind in ("timeout", "transport"))
+        if resp.status >= 400:
+            message = self._redact(_error_message(resp.body))
+            if resp.status == 400 and _is_refusal(resp.body):
                 return _Answer(status=REFUSED, error=f"refused by the server's content filter: {message}")
-            return _Answer(status="error", error=f"HTTP {exc.code} from {url}: {message}",
-                           retryable=exc.code in RETRY_STATUS, retry_after=parse_retry_after(exc.headers))
-        except (TimeoutError, OSError) as exc:
-            return _Answer(status="error", error=f"connection error to {url}: {type(exc).__name__}: {exc}", retryable=True)
-        return self._parse(raw)
+            return _Answer(status="error", error=f"HTTP {resp.status} from {url}: {message}",
+                           retryable=resp.status in RETRY_STATUS, retry_after=parse_retry_after(resp.headers))
+        return self._parse(resp.body)
 
     def _parse(self, raw: bytes) -> _Answer:
         try:
@@ -258,9 +245,11 @@ class OpenAIImagesEditor(Editor):
 
     def _download(self, url: str) -> bytes:
         """An image URL from the reply: fetched without the Authorization header (it may be another host)."""
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "ciebench-images/1"}),
-                                    timeout=self.config.timeout_s) as resp:
-            return resp.read()
+        resp = get(url, {"User-Agent": "ciebench-images/1"}, deadline_s=self.config.timeout_s,
+                   max_bytes=MAX_REPLY_BYTES)
+        if resp.status >= 400:
+            raise OSError(f"HTTP {resp.status} fetching the reply's image URL")
+        return resp.body
 
     def _backoff(self, retry: int, retry_after: float | None) -> float:
         c = self.config
@@ -328,19 +317,6 @@ class OpenAIImagesEditor(Editor):
                                                        "model": self.config.model, "endpoint": self.config.endpoint})
         except OSError as exc:
             log.warning("could not write image cache entry %s: %s", key, exc)
-
-
-def encode_multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
-    """multipart/form-data body and its Content-Type (files sent as image/png)."""
-    boundary = f"ciebench-{uuid.uuid4().hex}"
-    parts: list[bytes] = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, (filename, data) in files.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                     f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def _pixels_sha(image: Image.Image) -> str:

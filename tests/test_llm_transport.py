@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import time
 
 import pytest
 
 from ciebench.llm import LLMConfig, PromptTemplate, make_client
+from tests.support.dribbler import Dribbler
 from tests.support.llm_server import error, json_reply, raw, reply, respond, serve_llm
 
 ASK = PromptTemplate("ask", 1, "Question {{q}}", system="Answer briefly.")
@@ -77,55 +77,9 @@ def test_redirects_are_refused_so_the_key_never_follows(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------ deadline and size
-class _Dribbler:
-    """A raw TCP server that sends a valid HTTP response one byte every `gap` seconds."""
-
-    def __init__(self, gap: float, headers_too: bool):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.gap, self.headers_too = gap, headers_too
-        self.stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
-
-    def _serve(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._dribble, args=(conn,), daemon=True).start()
-
-    def _dribble(self, conn: socket.socket) -> None:
-        body = json.dumps({"choices": [{"message": {"content": "x" * 200}, "finish_reason": "stop"}]}).encode()
-        head = f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        try:
-            conn.recv(65536)
-            if not self.headers_too:
-                conn.sendall(head)
-            for b in (head + body if self.headers_too else body):
-                if self.stop.is_set():
-                    break
-                conn.sendall(bytes([b]))
-                time.sleep(self.gap)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
-
-
 @pytest.mark.parametrize("headers_too", [False, True])
 def test_a_dribbling_server_cannot_hang_a_call(tmp_path, headers_too):
-    d = _Dribbler(gap=0.05, headers_too=headers_too)
+    d = Dribbler(gap=0.05, headers_too=headers_too)
     try:
         client = make_client(LLMConfig(base_url=d.base_url, model="m", timeout_s=0.6, max_retries=1,
                                        backoff_base_s=0.01), tmp_path)
@@ -286,3 +240,65 @@ def test_text_parts_between_images_keep_their_place(server, tmp_path):
     assert client.complete(ASK, {"q": "a"}, ["Source:", a, "Edited image:", b], text_first=True).ok
     assert client.complete(ASK, {"q": "a"}, ["Input image:", a, "Edited image:", b], text_first=True).cached
     assert server.count == 2
+
+
+# ------------------------------------------------------------------ GET and multipart (the same rules)
+def test_get_follows_the_same_deadline_cap_and_redirect_rules():
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ciebench.llm.transport import TransportError, get
+
+    class Files(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.endswith("/moved"):
+                self.send_response(302)
+                self.send_header("Location", "http://127.0.0.1:1/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = b"z" * (10_000 if self.path.endswith("/big") else 10)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    d = Dribbler(gap=0.05, headers_too=True)
+    try:
+        assert get(base + "/small", {}, deadline_s=2.0, max_bytes=1024).body == b"z" * 10
+        with pytest.raises(TransportError) as redirect:
+            get(base + "/moved", {}, deadline_s=2.0, max_bytes=1024)
+        assert redirect.value.kind == "redirect"
+        with pytest.raises(TransportError) as big:
+            get(base + "/big", {}, deadline_s=2.0, max_bytes=1024)
+        assert big.value.kind == "too_large"
+        t0 = time.monotonic()
+        with pytest.raises(TransportError) as slow:
+            get(d.base_url + "/files/x", {}, deadline_s=0.5, max_bytes=1 << 20)
+        assert slow.value.kind == "timeout" and time.monotonic() - t0 < 1.5
+    finally:
+        d.close()
+        httpd.shutdown()
+
+
+def test_multipart_bodies_parse_back_with_the_standard_library():
+    """The encoder's output, read by an independent multipart parser (email), gives back every field
+    and file byte for byte."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    from ciebench.llm.transport import encode_multipart
+
+    data = bytes(range(256)) * 3
+    body, content_type = encode_multipart({"model": "gpt-image-1", "prompt": "make it blue"},
+                                          {"image": ("image.png", data, "image/png")})
+    message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    parts = {p.get_param("name", header="content-disposition"): p for p in message.iter_parts()}
+    assert parts["model"].get_content() == "gpt-image-1" and parts["prompt"].get_content() == "make it blue"
+    assert parts["image"].get_filename() == "image.png" and parts["image"].get_content_type() == "image/png"
+    assert parts["image"].get_payload(decode=True) == data

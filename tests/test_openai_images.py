@@ -138,3 +138,30 @@ def test_config_rejects_a_key_in_place_of_a_variable_name():
 
     with pytest.raises(ValueError, match="NAME of an environment variable"):
         OpenAIImagesEditor(api_key_env="sk-abc-def")
+
+
+def test_requests_share_the_clients_deadline_and_size_cap(monkeypatch):
+    """openai-images sends through the same bounded transport as the LLM client: a server that dribbles
+    its reply is cut at `timeout_s`, and a reply over the size cap fails without a retry."""
+    import time
+
+    from ciebench.baselines import openai_images
+    from tests.support.dribbler import Dribbler
+
+    d = Dribbler(gap=0.05, headers_too=True)
+    try:
+        from ciebench.baselines.openai_images import OpenAIImagesEditor
+
+        editor = OpenAIImagesEditor(base_url=d.base_url, api_key_env="CIEB_IMAGES_KEY", backoff_base_s=0.001,
+                                    timeout_s=0.5, max_retries=1)
+        t0 = time.monotonic()
+        slow = editor.edit([_request(seed=11)])[0]
+        assert slow.status == "error" and "timed out" in slow.error and time.monotonic() - t0 < 2 * 0.5 + 1.0
+    finally:
+        d.close()
+    with serve_images() as api:
+        api.script(image_reply(size=(256, 256)))
+        capped = _editor(api, max_retries=3)
+        monkeypatch.setattr(openai_images, "MAX_REPLY_BYTES", 64)
+        big = capped.edit([_request(seed=12)])[0]
+        assert big.status == "error" and "64-byte cap" in big.error and api.count == 1

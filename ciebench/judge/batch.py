@@ -20,16 +20,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import EnvironmentProblem
 from ..io import atomic_write_json, stable_hash
-from ..llm.transport import TransportError, post
+from ..llm.transport import HTTPResponse, TransportError, encode_multipart, get, post
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +48,6 @@ class BatchCall:
     text_first: bool = False
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:  # the key must not follow a redirect
-        return None
-
-
 class BatchAPI:
     """The four endpoints, against the judge config's base URL and key."""
 
@@ -68,38 +60,30 @@ class BatchAPI:
         key = self.client.api_key()
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _post(self, path: str, body: bytes, content_type: str) -> dict[str, Any]:
+    def _send(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> HTTPResponse:
+        headers = {**self._headers(), "Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
         try:
-            resp = post(self.base + path, body, {**self._headers(), "Content-Type": content_type,
-                                                 "Accept": "application/json"},
-                        deadline_s=self.timeout_s, max_bytes=MAX_FILE_BYTES)
+            resp = (post(self.base + path, body or b"", headers, deadline_s=self.timeout_s, max_bytes=MAX_FILE_BYTES)
+                    if method == "POST" else
+                    get(self.base + path, headers, deadline_s=self.timeout_s, max_bytes=MAX_FILE_BYTES))
         except TransportError as exc:
             raise EnvironmentProblem(f"batch API: {exc}") from None
         if resp.status >= 400:
             raise EnvironmentProblem(f"batch API: HTTP {resp.status} from {self.base + path}: "
                                      f"{resp.body[:300].decode('utf-8', 'replace')}")
-        return json.loads(resp.body)
+        return resp
+
+    def _post(self, path: str, body: bytes, content_type: str) -> dict[str, Any]:
+        return json.loads(self._send("POST", path, body, content_type).body)
 
     def _get(self, path: str) -> bytes:
-        req = urllib.request.Request(self.base + path, headers=self._headers(), method="GET")
-        opener = urllib.request.build_opener(_NoRedirect)
-        try:
-            with opener.open(req, timeout=self.timeout_s) as resp:  # noqa: S310 (http(s) endpoint from config)
-                data = resp.read(MAX_FILE_BYTES + 1)
-        except urllib.error.HTTPError as exc:
-            raise EnvironmentProblem(f"batch API: HTTP {exc.code} from {self.base + path}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise EnvironmentProblem(f"batch API: cannot reach {self.base + path}: {exc}") from None
-        if len(data) > MAX_FILE_BYTES:
-            raise EnvironmentProblem(f"batch API: {self.base + path} is larger than {MAX_FILE_BYTES} bytes")
-        return data
+        return self._send("GET", path).body
 
     def upload(self, jsonl: bytes) -> str:
-        boundary = uuid.uuid4().hex
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
-                f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"judge.jsonl\"\r\n"
-                f"Content-Type: application/jsonl\r\n\r\n").encode() + jsonl + f"\r\n--{boundary}--\r\n".encode()
-        return str(self._post("/files", body, f"multipart/form-data; boundary={boundary}")["id"])
+        body, content_type = encode_multipart({"purpose": "batch"}, {"file": ("judge.jsonl", jsonl, "application/jsonl")})
+        return str(self._post("/files", body, content_type)["id"])
 
     def create(self, file_id: str) -> dict[str, Any]:
         body = json.dumps({"input_file_id": file_id, "endpoint": "/v1/chat/completions",
@@ -114,12 +98,9 @@ class BatchAPI:
 
 
 def _entry(call: BatchCall) -> tuple[str, dict[str, Any], Any]:
-    """(cache key, request body, prepared request) exactly as a live call would send it."""
-    c = call.client
-    request, image_shas, key = c._request(call.template, call.variables, call.images, call.schema, call.text_first)
-    fmt = c.config.response_format if call.schema is not None else "none"
-    body = c._backend.body(request, c.config.temperature, c.config.seed, fmt)
-    return key, body, (request, image_shas)
+    """(cache key, request body, prepared call) exactly as a live call would send it."""
+    prepared = call.client.prepare(call.template, call.variables, call.images, call.schema, call.text_first)
+    return prepared.key, call.client.request_body(prepared), prepared
 
 
 def run_stage(name: str, calls: Sequence[BatchCall], state_dir: Path, poll_s: float = 10.0,
@@ -173,7 +154,7 @@ def run_stage(name: str, calls: Sequence[BatchCall], state_dir: Path, poll_s: fl
             if item is None or not isinstance(response.get("body"), dict):
                 failed += 1
                 continue
-            if _store(rec["custom_id"], item, int(response.get("status_code") or 200), response["body"]):
+            if _store(item, int(response.get("status_code") or 200), response["body"]):
                 stored += 1
             else:
                 failed += 1
@@ -181,22 +162,9 @@ def run_stage(name: str, calls: Sequence[BatchCall], state_dir: Path, poll_s: fl
     return {"submitted": len(pending), "stored": stored, "failed": failed}
 
 
-def _store(key: str, item: tuple[BatchCall, dict[str, Any], Any], status: int, body: dict[str, Any]) -> bool:
-    call, _, (request, image_shas) = item
-    c = call.client
-    if status >= 400:
-        return False
-    outcome = c._backend.parse(status, json.dumps(body).encode("utf-8"))
-    if outcome.error is not None:
-        return False
-    usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
-    c._account(outcome, usage)
-    parsed, problem, _ = c._check(outcome.text, call.schema, call.validate)
-    if problem is not None:
-        return False
-    c._cache.put(key, call.template, request, image_shas, outcome, parsed, usage, outcome.served_model, 1,
-                 c.config.temperature, c.config.seed)
-    return True
+def _store(item: tuple[BatchCall, dict[str, Any], Any], status: int, body: dict[str, Any]) -> bool:
+    call, _, prepared = item
+    return call.client.accept(prepared, status, json.dumps(body).encode("utf-8"), call.validate)
 
 
 def batch_judge(judge: Any, items: Sequence[Any], state_dir: str | Path, poll_s: float = 10.0,

@@ -62,7 +62,7 @@ def provider_host(config: Any) -> str | None:
 # ------------------------------------------------------------------------------------- the cache
 def prepared_images(client: Any, images: Sequence[Any]) -> list[Any]:
     """The images exactly as the client sends them (mode and downscaling), for sizes and token counts."""
-    return [client._prepare_image(im) for im in images]
+    return [client.prepare_image(im) for im in images]
 
 
 def cached_reply(client: Any, template: Any, variables: dict[str, Any], images: Sequence[Any],

@@ -101,6 +101,17 @@ class LLMCall:
     text_first: bool = False
 
 
+@dataclass(frozen=True)
+class PreparedCall:
+    """A call rendered exactly as it is sent: the request, its cache key, and what decides acceptance."""
+
+    key: str
+    request: ModelRequest
+    image_shas: tuple[str, ...]
+    template: PromptTemplate
+    schema: dict | None = None
+
+
 class LLMClient:
     def __init__(self, config: LLMConfig, cache_dir: str | Path | None = None):
         self.config = config
@@ -146,7 +157,8 @@ class LLMClient:
         failed call; template errors (missing or unexpected variables) and invalid schemas raise, as
         they are caller bugs."""
         t0 = time.monotonic()
-        request, image_shas, key = self._request(template, variables, images, schema, text_first)
+        call = self.prepare(template, variables, images, schema, text_first)
+        request, image_shas, key = call.request, list(call.image_shas), call.key
         with self._lock:
             self._stats["calls"] += 1
         hit = self._cached_reply(key, schema, validate, t0)
@@ -216,23 +228,53 @@ class LLMClient:
                validate: Callable[[Any], str | None] | None = None, text_first: bool = False) -> LLMReply | None:
         """The cached reply `complete` would return for this call, or None when it would send a request
         (for dry runs and cost limits). Sends nothing and counts nothing."""
-        _, _, key = self._request(template, variables, images, schema, text_first)
+        key = self.prepare(template, variables, images, schema, text_first).key
         return self._cached_reply(key, schema, validate, time.monotonic())
 
-    def _request(self, template: PromptTemplate, variables: dict[str, Any] | None, images: Sequence[Image.Image | str],
-                 schema: dict | None, text_first: bool) -> tuple[ModelRequest, list[str], str]:
+    def prepare(self, template: PromptTemplate, variables: dict[str, Any] | None = None,
+                images: Sequence[Image.Image | str] = (), schema: dict | None = None,
+                text_first: bool = False) -> PreparedCall:
+        """The call `complete` would send, rendered and keyed, without sending it."""
         variables = dict(variables or {})
         text = template.render(**variables)
         system = template.render_system(**variables)
         if schema is not None:
             self._validator(schema)  # raises on an invalid schema
-        prepared = [im if isinstance(im, str) else self._prepare_image(im) for im in images]
+        prepared = [im if isinstance(im, str) else self.prepare_image(im) for im in images]
         image_shas = [f"text:{sha256_bytes(im.encode('utf-8'))}" if isinstance(im, str) else _image_sha256(im)
                       for im in prepared]
         key = self.cache_key(template, system, text, image_shas, schema, text_first)
         request = ModelRequest(system=system, text=text, images=prepared, schema=schema,
-                           schema_name=_schema_name(schema, template.name), text_first=text_first)
-        return request, image_shas, key
+                               schema_name=_schema_name(schema, template.name), text_first=text_first)
+        return PreparedCall(key, request, tuple(image_shas), template, schema)
+
+    def request_body(self, call: PreparedCall) -> dict[str, Any]:
+        """The exact JSON body a live HTTP call sends for `call` (for the Batch API's input file)."""
+        if not isinstance(self._backend, OpenAIBackend):
+            raise TypeError("request bodies exist for the OpenAI-compatible HTTP back end only")
+        fmt = self.config.response_format if call.schema is not None else "none"
+        return self._backend.body(call.request, self.config.temperature, self.config.seed, fmt)
+
+    def accept(self, call: PreparedCall, http_status: int, body: bytes,
+               validate: Callable[[Any], str | None] | None = None) -> bool:
+        """Take a reply obtained outside `complete` (a Batch API result line) as if it were a live one:
+        parse, account, check against the schema and `validate`, and cache it when valid. Returns
+        whether it was accepted; a rejected reply leaves the call to be sent live."""
+        if http_status >= 400 or not isinstance(self._backend, OpenAIBackend):
+            return False
+        outcome = self._backend.parse(http_status, body)
+        if outcome.error is not None:
+            return False
+        if outcome.text:
+            outcome.text = self._redact(outcome.text)
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
+        self._account(outcome, usage)
+        parsed, problem, _ = self._check(outcome.text, call.schema, validate)
+        if problem is not None:
+            return False
+        self._cache.put(call.key, call.template, call.request, list(call.image_shas), outcome, parsed, usage,
+                        outcome.served_model, 1, self.config.temperature, self.config.seed)
+        return True
 
     def _cached_reply(self, key: str, schema: dict | None, validate, t0: float) -> LLMReply | None:
         rec = self._cache.get(key)
@@ -364,7 +406,8 @@ class LLMClient:
                 return None, f"rejected: {problem}", "out_of_range"
         return parsed, None, None
 
-    def _prepare_image(self, image: Image.Image) -> Image.Image:
+    def prepare_image(self, image: Image.Image) -> Image.Image:
+        """The image exactly as it is sent: RGB, downscaled to `image_max_side`."""
         if not isinstance(image, Image.Image):
             raise TypeError(f"images must be PIL images, got {type(image).__name__}")
         im = image if image.mode == "RGB" else image.convert("RGB")

@@ -1,4 +1,4 @@
-"""One bounded HTTP POST for model APIs: an overall deadline from connect to last byte, a cap on the
+"""One bounded HTTP request (POST or GET) for model APIs: an overall deadline from connect to last byte, a cap on the
 response size, and no redirects.
 
 urllib's timeout applies per socket operation, so a server that dribbles one byte a second never
@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from email.message import Message
 
@@ -48,6 +49,16 @@ def _ssl_context() -> ssl.SSLContext:
 
 def post(url: str, body: bytes, headers: dict[str, str], *, deadline_s: float, max_bytes: int) -> HTTPResponse:
     """POST `body` to `url`. Raises TransportError; HTTP error statuses (4xx/5xx) are returned."""
+    return request("POST", url, body, headers, deadline_s=deadline_s, max_bytes=max_bytes)
+
+
+def get(url: str, headers: dict[str, str], *, deadline_s: float, max_bytes: int) -> HTTPResponse:
+    """GET `url`, under the same deadline, size cap and redirect rule as `post`."""
+    return request("GET", url, None, headers, deadline_s=deadline_s, max_bytes=max_bytes)
+
+
+def request(method: str, url: str, body: bytes | None, headers: dict[str, str], *, deadline_s: float,
+            max_bytes: int) -> HTTPResponse:
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise TransportError(f"unsupported URL {url!r}", "transport")
@@ -69,7 +80,7 @@ def post(url: str, body: bytes, headers: dict[str, str], *, deadline_s: float, m
     timer.daemon = True
     timer.start()
     try:
-        conn.request("POST", target, body=body, headers=headers)
+        conn.request(method, target, body=body, headers=headers)
         resp = conn.getresponse()
         if 300 <= resp.status < 400:
             location = resp.getheader("Location") or "(no Location)"
@@ -105,6 +116,19 @@ def post(url: str, body: bytes, headers: dict[str, str], *, deadline_s: float, m
     finally:
         timer.cancel()
         conn.close()
+
+
+def encode_multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
+    """A multipart/form-data body and its Content-Type; `files`: name -> (filename, data, content type)."""
+    boundary = f"ciebench-{uuid.uuid4().hex}"
+    parts: list[bytes] = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, (filename, data, content_type) in files.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                     f"Content-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def _connection(parsed: urllib.parse.SplitResult, deadline_s: float
