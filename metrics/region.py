@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ciebench.devices import resolve_device
 from ciebench.errors import did_you_mean
 
 from .align import align
@@ -132,7 +133,7 @@ class RegionScorer:
         self.metrics = resolve_metrics(metrics)
         self.columns = [c for m in self.metrics for c in METRICS[m]]
         self._preservation = [c for c in self.columns if c in PRESERVATION]
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.batch_size = batch_size
         self.workers = workers
         if overlap is None:

@@ -295,6 +295,19 @@ def test_stopping_early_leaves_no_work_behind():
     assert len(made) <= 6  # a bounded look-ahead, not the whole input
 
 
-def test_tensors_follow_the_scorer_device():
-    scorer = RegionScorer("cielr", metrics=["lpips"], device="cpu")
-    assert scorer.device == torch.device("cpu") and next(scorer._lpips.parameters()).device.type == "cpu"
+def test_a_device_this_machine_lacks_fails_before_any_model_loads(monkeypatch):
+    """`--device cuda` without a GPU, `cuda:N` past the last GPU and a misspelt device are one-line
+    errors naming the device, raised before the scoring models load."""
+    from ciebench.errors import EnvironmentProblem, UsageError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(EnvironmentProblem, match="no CUDA device"):
+        RegionScorer("cielr", metrics=["lpips"], device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(EnvironmentProblem, match="has 2 CUDA device"):
+        RegionScorer("cielr", metrics=["lpips"], device="cuda:2")
+    with pytest.raises(UsageError, match="'gpu' is not a device"):
+        RegionScorer("cielr", metrics=["lpips"], device="gpu")
+    with pytest.raises(UsageError):
+        RegionScorer("cielr", metrics=["lpips"], device="cpu:1")
