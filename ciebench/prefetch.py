@@ -9,6 +9,7 @@ pinned assets through `ciebench.assets`; the CIEBench release through its conver
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -38,12 +39,14 @@ class Configuration:
     metrics: tuple[str, ...] | None = None
     judge: str | None = None
     score: bool = True  # False: generation only (no scoring models)
+    benchmark: str | None = None  # a registered benchmark (instead of, or giving, the dataset)
+    judge_prompts: str | None = None  # a benchmark's unpinned prompt folder (--judge-prompts)
 
     def to_dict(self) -> dict[str, Any]:
         return {"editors": list(self.editors), "preset": self.preset, "editor_args": list(self.editor_args),
                 "dataset": self.dataset, "protocol": self.protocol,
                 "metrics": list(self.metrics) if self.metrics is not None else None, "judge": self.judge,
-                "score": self.score}
+                "score": self.score, "benchmark": self.benchmark, "judge_prompts": self.judge_prompts}
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,12 @@ def configuration_requirements(config: Configuration) -> tuple[list[Requirement]
             notes.append(f"editor {name} declares no assets (Editor.required_assets); whatever it downloads "
                          "at run time is not prefetched")
         reqs += editor.required_assets()
+    if config.benchmark is not None:
+        bench_reqs, dataset = benchmark_requirements(config)
+        reqs += bench_reqs
+        if dataset is None:  # a judge-scored benchmark: its judges score, no region models
+            return dedupe(reqs), notes
+        config = dataclasses.replace(config, dataset=dataset, benchmark=None)
     reqs += dataset_requirements(config.dataset)
     if config.score:
         from .metrics.region import RegionScorer
@@ -133,6 +142,41 @@ def dataset_requirements(spec: str | None) -> list[Requirement]:
         raise UsageError(f"prefetch does not bundle hub datasets ({spec}) yet",
                          hint="prepare it into a local folder with `ciebench data prepare` and use that folder")
     return [local_path(spec, used_by=f"dataset {spec}", detail="a local dataset: not copied into bundles")]
+
+
+def benchmark_requirements(config: Configuration) -> tuple[list[Requirement], str | None]:
+    """A benchmark's needs: its hub dataset (the files its loader reads), its pinned judge prompts and
+    its judges' endpoints or local models. Also the dataset spec when the benchmark runs through the
+    dataset pipeline (CIEBench, Reason-Edit), else None."""
+    from .benchmarks import get_benchmark
+    from .benchmarks.session import judge_configs
+    from .requirements import hub_repo, local_path, pinned_asset
+
+    bench = get_benchmark(config.benchmark)
+    used_by = f"benchmark {bench.name}"
+    if bench.pipeline == "dataset":
+        try:
+            return [], bench.dataset_for(None)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    reqs: list[Requirement] = []
+    if bench.hub_id:
+        reqs.append(hub_repo(bench.hub_id, used_by=used_by, revision=bench.hub_revision, repo_type="dataset",
+                             layout="files", files=bench.hub_files))
+    reqs += [pinned_asset(a, used_by=used_by) for a in bench.pinned_assets()]
+    if bench.prompts is None and config.judge_prompts:
+        reqs.append(local_path(str(Path(config.judge_prompts) / bench.prompt_file), used_by=f"{used_by}: judge prompts",
+                               detail=f"{bench.prompt_file} from {bench.prompt_source} (not pinned; not bundled)"))
+    elif bench.prompts is None:
+        raise UsageError(f"{bench.name}: its prompt file is not pinned by sha256; pass --judge-prompts DIR holding "
+                         f"{bench.prompt_file} from {bench.prompt_source}")
+    try:
+        judges = judge_configs(bench, config.judge)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    for role, llm in sorted(judges.items()):
+        reqs += llm.required_assets(f"{used_by}: judge {role}")
+    return reqs, None
 
 
 def default_protocol(spec: str | None) -> str:

@@ -222,3 +222,61 @@ def test_pinned_assets_are_fetched_and_bundled_where_resolve_asset_finds_them(tm
     monkeypatch.setenv("CIEBENCH_CACHE", str(bundle / "ciebench"))
     resolved = resolve_asset(asset, offline=True)
     assert resolved.origin == "cache" and resolved.verified and resolved.path.is_relative_to(bundle)
+
+
+# ------------------------------------------------------------------------------------- benchmarks
+def _publish_gedit_snapshot() -> Path:
+    from tests.support.tinyhub import publish
+
+    def save(folder: Path) -> None:
+        (folder / "data").mkdir()
+        (folder / "data" / "train-00000-of-00001.parquet").write_bytes(b"PAR1 stand-in rows PAR1")
+        (folder / "README.md").write_text("GEdit-Bench stand-in\n")
+
+    return publish("stepfun-ai/GEdit-Bench", save, repo_type="dataset")
+
+
+def test_prefetch_takes_a_benchmark_its_hub_data_prompts_and_judges(tmp_path: Path, monkeypatch):
+    """`prefetch --benchmark gedit`: the benchmark's hub dataset (every file its loader reads), its pinned
+    prompt file and its judge's endpoint; then, from the bundle alone, the benchmark finds its data."""
+    from ciebench.assets import PinnedAsset
+    from ciebench.benchmarks.gedit import GEditBench
+
+    snapshot = _publish_gedit_snapshot()
+    # offline and not cached: the pinned prompt file is named, nothing is silently left out
+    result = runner.invoke(app, ["prefetch", "--benchmark", "gedit", "--dry-run"])
+    assert result.exit_code == 4, result.output
+    assert "asset gedit" in result.output.lower() and "not cached" in result.output
+    assert "hub dataset stepfun-ai/GEdit-Bench@main (files)" in result.output
+    assert "endpoint" in result.output and "judge main" in result.output
+    # with the prompt file reachable (a file:// stand-in here), the bundle holds data and prompts
+    stand_in = tmp_path / "gedit_prompts.py"
+    stand_in.write_text('SC_PROMPT = "rate {instruction}"\n')
+    digest = hashlib.sha256(stand_in.read_bytes()).hexdigest()
+    monkeypatch.setattr(GEditBench, "prompts", PinnedAsset("gedit/prompts", stand_in.as_uri(), digest, "stand-in"))
+    bundle = tmp_path / "bundle"
+    result = runner.invoke(app, ["prefetch", "--benchmark", "gedit", "--bundle", str(bundle)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    files = {e["repo_file"] for e in manifest["files"] if e["ref"] == "stepfun-ai/GEdit-Bench"}
+    assert files == {"README.md", "data/train-00000-of-00001.parquet"}
+    assert any(e["sha256"] == digest for e in manifest["files"])
+    empty = tmp_path / "empty"
+    env = dict(os.environ, CIEBENCH_BUNDLE=str(bundle), HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(empty / "hub"),
+               HF_HOME=str(empty / "hf"), CIEBENCH_CACHE=str(empty / "cache"), PYTHONPATH=str(REPO))
+    code = ("from ciebench.bundle import activate_bundle; import os; activate_bundle(os.environ['CIEBENCH_BUNDLE']); "
+            "from ciebench.benchmarks import get_benchmark; print(get_benchmark('gedit').hub_folder())")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    folder = Path(proc.stdout.strip())
+    assert folder.is_relative_to(bundle)
+    assert (folder / "data" / "train-00000-of-00001.parquet").read_bytes() == \
+        (snapshot / "data" / "train-00000-of-00001.parquet").read_bytes()
+
+
+def test_prefetch_of_a_dataset_benchmark_is_its_dataset():
+    """CIEBench runs through the dataset pipeline: prefetching the benchmark is prefetching the release."""
+    from ciebench.prefetch import Configuration, configuration_requirements
+
+    reqs, _ = configuration_requirements(Configuration(benchmark="ciebench", metrics=("psnr",)))
+    assert [(r.kind, r.ref) for r in reqs] == [("dataset", "ciebench")]

@@ -76,6 +76,7 @@ class Benchmark:
     needs: ClassVar[tuple[str, ...]] = ()
     hub_id: ClassVar[str | None] = None
     hub_revision: ClassVar[str | None] = None
+    hub_files: ClassVar[tuple[str, ...]] = ("*",)  # what the loader reads of the hub repository (glob patterns)
     code: ClassVar[str] = ""  # where the official rules live, e.g. "PhoenixZ810/RISEBench@<sha>:gpt_eval.py"
     headline: ClassVar[str] = ""  # official name of the headline number
     dimensions: ClassVar[tuple[str, ...]] = ()
@@ -106,6 +107,13 @@ class Benchmark:
 
     def cases(self, root: str | Path | None = None) -> Iterator[Case]:
         raise NotImplementedError
+
+    def pinned_assets(self) -> tuple[Any, ...]:
+        """Every file of another project this benchmark fetches at a pinned commit (for prefetch and
+        bundles): its judge prompts, plus what a benchmark adds (ImgEdit: its edit annotations)."""
+        if self.prompts is None:
+            return ()
+        return self.prompts if isinstance(self.prompts, tuple) else (self.prompts,)
 
     def hub_folder(self) -> Path:
         """The benchmark's hub dataset repository as a local snapshot (downloaded once, then cached)."""

@@ -65,11 +65,15 @@ class _ImgEdit(Benchmark):
     licence = "not stated"
     hub_id = "sysuyy/ImgEdit"
     hub_revision = None  # not pinned: the hub revision could not be read offline
+    hub_files = ("Benchmark.tar",)
     dimensions = (SCORE,)
     needs = ("judge: gpt-4o (scripts) or gpt-4.1 (paper), OpenAI-compatible VLM",
              "the source images: Benchmark.tar from the hub, or --benchmark-root DIR")
     judges = {"main": {"model": "gpt-4o", "temperature": None}}
     languages = ("en",)
+
+    def pinned_assets(self) -> tuple[Any, ...]:
+        return (*super().pinned_assets(), self.edits)
 
     def cases(self, root: str | Path | None = None) -> Iterator[Case]:
         folder = Path(root) if root is not None else self._hub_images()

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import CiebenchError, ExitCode
 from . import app
-from .options import (DatasetOpt, DeviceOpt, EditorArgOpt, EditorsOpt, JudgeOpt, LimitOpt, MetricsOpt, PresetOpt,
+from .options import (BenchmarkOpt, DatasetOpt, DeviceOpt, JudgePromptsOpt, EditorArgOpt, EditorsOpt, JudgeOpt, LimitOpt, MetricsOpt, PresetOpt,
                       ProtocolOpt, RunDirArg, ScoreBatchSizeOpt, SeedsOpt, split_names)
 
 
@@ -65,6 +65,8 @@ def prefetch_cmd(
     protocol: ProtocolOpt = None,
     metrics: MetricsOpt = None,
     judge: JudgeOpt = None,
+    benchmark: BenchmarkOpt = None,
+    judge_prompts: JudgePromptsOpt = None,
     no_score: bool = typer.Option(False, "--no-score", help="Generation only: skip the scoring models."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Write a self-contained offline bundle here."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and print sizes; download nothing."),
@@ -76,7 +78,8 @@ def prefetch_cmd(
 
     metric_names = split_names(metrics)
     config = Configuration(editors=tuple(editor), preset=preset, editor_args=tuple(editor_arg), dataset=dataset,
-                           protocol=protocol, metrics=metric_names, judge=judge, score=not no_score)
+                           protocol=protocol, metrics=metric_names, judge=judge, score=not no_score,
+                           benchmark=benchmark, judge_prompts=judge_prompts)
     result = plan(config)
     by_req: dict = {}
     for f in result.files:
@@ -113,6 +116,8 @@ def doctor_cmd(
     protocol: ProtocolOpt = None,
     metrics: MetricsOpt = None,
     judge: JudgeOpt = None,
+    benchmark: BenchmarkOpt = None,
+    judge_prompts: JudgePromptsOpt = None,
     device: DeviceOpt = "cpu",
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The run folder (for the disk-space check)."),
     seeds: SeedsOpt = "0",
@@ -126,8 +131,10 @@ def doctor_cmd(
     from ..prefetch import Configuration
 
     metric_names = split_names(metrics)
-    config = Configuration(editors=tuple(editor), preset=preset, editor_args=tuple(editor_arg), dataset=dataset,
-                           protocol=protocol, metrics=metric_names, judge=judge)
+    config = Configuration(editors=tuple(editor), preset=preset, editor_args=tuple(editor_arg),
+                           dataset=None if benchmark else dataset, protocol=protocol, metrics=metric_names,
+                           judge=judge, benchmark=benchmark,
+                           judge_prompts=judge_prompts)
     if offline and bundle is not None:
         use_bundle(str(bundle))
     checks = run_doctor(DoctorOptions(config, device=device, out=out, seeds=len([s for s in seeds.split(",") if s.strip()]),
