@@ -31,6 +31,7 @@ from typing import Any
 from PIL import Image
 
 from ciebench.editor import EditorConfig, EditRequest, EditResult, Editor
+from ciebench.turns import MULTI_IMAGE
 
 SETTINGS_FILE = "diffusers_editors.json"
 RESOLUTION_POLICIES = ("pipeline", "area", "source")
@@ -91,6 +92,12 @@ class DiffusersEditConfig(EditorConfig):
     quantization: str = "none"  # none | bnb-nf4 | bnb-int8 (bitsandbytes, transformer + text encoder)
 
 
+# Pipelines whose `image` argument, given as a list, is the set of reference images of ONE prompt
+# (diffusers 0.42: QwenImageEditPlusPipeline.__call__ and Flux2(Klein)Pipeline.__call__ loop over it as
+# condition images), not a batch of samples. They take multi-image cases, and cannot batch samples.
+REFERENCE_LIST_PIPELINES = frozenset({"QwenImageEditPlusPipeline", "Flux2KleinPipeline", "Flux2Pipeline"})
+
+
 def resolve_config(config: DiffusersEditConfig) -> DiffusersEditConfig:
     """Fill every unset setting from the table entry `config.model`, then check the result."""
     if config.model is not None:
@@ -107,6 +114,9 @@ def resolve_config(config: DiffusersEditConfig) -> DiffusersEditConfig:
             raise DiffusersEditorError(f"{name} must be one of {allowed}, not {value!r}")
     if config.resolution_policy in ("area", "source") and not config.max_area:
         raise DiffusersEditorError(f"resolution_policy={config.resolution_policy} needs max_area (pixels)")
+    if config.batch and config.pipeline in REFERENCE_LIST_PIPELINES:
+        raise DiffusersEditorError(f"batch=true: {config.pipeline} reads a list of images as the reference images of "
+                                   "one prompt, so it cannot batch samples; unset batch")
     return config
 
 
@@ -137,6 +147,8 @@ class DiffusersEditor(Editor):
         self.config = resolve_config(self.config)
         self._pipe = None
         self._accepts: frozenset[str] = frozenset()
+        if self.config.pipeline in REFERENCE_LIST_PIPELINES:  # per instance: the preset decides the pipeline
+            self.supports = frozenset({MULTI_IMAGE})
 
     # ------------------------------------------------------------------------------------ loading
     def _dtype(self):
@@ -244,12 +256,17 @@ class DiffusersEditor(Editor):
         images = [r.image.convert("RGB") for r in batch]
         if size is not None:
             images = [im.resize(size, Image.BICUBIC) for im in images]
+        # A multi-image case (one request, since these pipelines never batch): the source first, then
+        # the other inputs in the case's order, as the pipeline's reference images.
+        image_arg = images if len(batch) > 1 else images[0]
+        if len(batch) == 1 and len(batch[0].images) > 1 and self.config.pipeline in REFERENCE_LIST_PIPELINES:
+            image_arg = [images[0], *(im.convert("RGB") for im in batch[0].images[1:])]
         kwargs = self.call_kwargs()
         if size is not None and {"height", "width"} <= self._accepts:  # else the resized input decides
             kwargs.update(width=size[0], height=size[1])
         if "negative_prompt" in kwargs and len(batch) > 1:
             kwargs["negative_prompt"] = [kwargs["negative_prompt"]] * len(batch)
-        output = pipe(image=images if len(batch) > 1 else images[0],
+        output = pipe(image=image_arg,
                       prompt=[r.instruction for r in batch] if len(batch) > 1 else batch[0].instruction,
                       generator=[torch.Generator(device="cpu").manual_seed(r.seed) for r in batch], **kwargs)
         if len(output.images) != len(batch):

@@ -191,3 +191,45 @@ def test_editors_command_lists_licence_download_and_memory_per_preset():
     assert not klein.rstrip().endswith("(estimate)")  # the 4B card states its memory: not an estimate
     assert any("9b: black-forest-labs/FLUX.2-klein-9B" in l and "Non-Commercial" in l for l in lines)
     assert any(l.startswith("cielr") and "track: agentic" in l for l in lines)
+
+
+@pytest.mark.parametrize("editor", ["qwen-image-edit", "flux2-klein"])
+def test_multi_image_cases_reach_the_pipeline_as_reference_images(editor, diffusers_editor_hub):
+    """Qwen-Image-Edit-2509/2511 and FLUX.2 [klein] read a list `image` as the reference images of one
+    prompt: a case with two inputs sends both, the source first, and the second input changes the
+    result (same seed); single-image pipelines do not declare multi_image; such pipelines refuse to
+    batch samples (a batch would be taken as references)."""
+    from ciebench.baselines.diffusers_editors import DiffusersEditorError
+    from ciebench.turns import MULTI_IMAGE, unsupported_reason
+
+    hub_id, _, options = BUILTINS[editor]
+    diffusers_editor_hub(hub_id)
+    ed = build_editor(editor, _pairs(options))
+    assert MULTI_IMAGE in ed.supports and unsupported_reason(ed, 2, 1) is None
+    assert MULTI_IMAGE in ed.describe()["supports"]
+    rng = np.random.default_rng(3)
+    source, ref_a, ref_b = (Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(3))
+    calls = []
+    pipe = ed._pipeline()
+    original = type(pipe).__call__
+    type(pipe).__call__ = lambda self, *a, **k: (calls.append(k["image"]), original(self, *a, **k))[1]
+    try:
+        with_a = ed.edit([EditRequest("m", source, "combine them", seed=4, images=[source, ref_a])])[0]
+        with_b = ed.edit([EditRequest("m", source, "combine them", seed=4, images=[source, ref_b])])[0]
+    finally:
+        type(pipe).__call__ = original
+    assert with_a.status == "ok" and with_a.image.size == source.size
+    assert isinstance(calls[0], list) and len(calls[0]) == 2
+    assert np.array_equal(np.asarray(calls[0][0]), np.asarray(source))
+    assert np.array_equal(np.asarray(calls[0][1]), np.asarray(ref_a))
+    assert not np.array_equal(np.asarray(with_a.image), np.asarray(with_b.image))
+    with pytest.raises(DiffusersEditorError, match="cannot batch samples"):
+        build_editor(editor, _pairs({**options, "batch": True}))
+
+
+def test_single_image_pipelines_do_not_declare_multi_image():
+    from ciebench.turns import MULTI_IMAGE
+
+    for editor in ("flux-kontext", "longcat-image-edit"):
+        assert MULTI_IMAGE not in build_editor(editor, _pairs(BUILTINS[editor][2])).supports
+    assert MULTI_IMAGE not in build_editor("qwen-image-edit", ["steps=2"], None, "base").supports  # first release
