@@ -135,6 +135,8 @@ def _thumb(src: Path, dest: Path) -> str:
 
 def write_benchmark_gallery(name: str, runs: list[Path], out: Path) -> Path:
     """index.html: one block per case (inputs, then per run: every turn and the final output)."""
+    from ciebench.benchmarks.run import output_image_path
+
     cases: dict[str, dict[str, Any]] = {}
     for k, run in enumerate(runs):
         for record_path in sorted((run / "records").glob("*/*.json")):
@@ -143,7 +145,7 @@ def write_benchmark_gallery(name: str, runs: list[Path], out: Path) -> Path:
             case = cases.setdefault(key, {"inputs": record.get("inputs") or [], "instruction": record.get("instruction", ""),
                                           "runs": []})
             images = [(f"turn {t['turn']}", run / t["image"]) for t in record.get("turns") or [] if t.get("image")]
-            final = run / "images" / record_path.parent.name / f"{record_path.stem}.png"
+            final = output_image_path(run, record_path.parent.name, record_path.stem)
             if final.is_file():
                 images.append(("output", final))
             case["runs"].append((k, record.get("status"), record.get("error"), images))
