@@ -144,25 +144,27 @@ def _matches(root: Path, stem: str, listings: dict[Path, dict[str, list[str]]]) 
 
 
 def resolve_metrics(options: ScoreOptions) -> tuple[list[str], bool]:
-    """(region metric names, whether IDCS is scored)."""
-    from .metrics.region import METRIC_INFO
+    """(region metric columns, whether IDCS is scored) for the metric or column names `options` asks
+    for; the names, their columns and their order come from the metric catalogue."""
+    from .metrics import catalogue
 
-    region_all = list(METRIC_INFO)
+    region_all = catalogue.columns(catalogue.REGION_FAMILIES)
+    groups = catalogue.metric_columns(catalogue.REGION_FAMILIES)
     if options.metrics is None:
         return region_all, options.judge is not None
     wanted = list(options.metrics)
     use_idcs = "idcs" in wanted
+    known = region_all + [g for g in groups if g not in region_all] + ["idcs"]
     region = []
     for name in wanted:
         if name == "idcs":
             continue
-        if name == "locality":
-            region += [m for m in region_all if m.startswith("locality_")]
-        elif name in METRIC_INFO:
+        if name in region_all:
             region.append(name)
+        elif name in groups:
+            region += list(groups[name])
         else:
-            raise MetricNameError(f"unknown metric {name!r}." + did_you_mean(name, region_all + ["locality", "idcs"])
-                                  + f" Known: {', '.join(region_all + ['locality', 'idcs'])}")
+            raise MetricNameError(f"unknown metric {name!r}." + did_you_mean(name, known) + f" Known: {', '.join(known)}")
     if use_idcs and options.judge is None:
         raise MetricNameError("metric 'idcs' needs a judge: pass --judge (e.g. qwen, openai, local, or a config file)")
     return region, use_idcs
@@ -186,8 +188,8 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
     Images stream through: a sample and its prediction are decoded when they are scored. `region`
     computes the region metrics (default `LocalRegionScoring`, in this process); it takes
     `ScoreEntry`s and yields (key, values) in any order, so `ciebench.distributed` can run it on Ray."""
+    from .metrics import catalogue
     from .metrics.protocols import get_protocol
-    from .metrics.region import METRIC_INFO
 
     from .metrics.timing import StageTimer
 
@@ -265,9 +267,7 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
         for m in region_metrics + (["idcs"] if use_idcs else []):
             row.setdefault(m, math.nan)
 
-    metric_dirs = {m: METRIC_INFO[m] for m in region_metrics}
-    if use_idcs:
-        metric_dirs["idcs"] = True
+    metric_dirs = catalogue.directions(region_metrics + (["idcs"] if use_idcs else []))
     columns = region_metrics + (["idcs", "idcs_status", "idcs_error", "idcs_sentence", "idcs_failure", "idcs_passes",
                                  "idcs_protocol"] if use_idcs else [])
     ordered = list(rows.values())

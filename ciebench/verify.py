@@ -329,7 +329,10 @@ def check_summary(summary: dict[str, Any], samples: pd.DataFrame) -> Check:
     if not summary:
         return Check("summary", FAIL, "summary.json is missing", ("summary.json",))
     declared = summary.get("metrics") or {}
-    directions = {m: bool(b.get("higher_is_better", True)) for m, b in declared.items() if isinstance(b, dict)}
+    from .metrics.catalogue import higher_is_better
+
+    directions = {m: bool(b.get("higher_is_better", higher_is_better(m))) for m, b in declared.items()
+                  if isinstance(b, dict)}
     best_of = "idcs" if "idcs" in directions else None
     fresh = summarize(samples, directions, best_of=best_of)
     problems: list[str] = []

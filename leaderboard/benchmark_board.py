@@ -18,6 +18,7 @@ from PIL import Image
 
 from ciebench import outdir
 from ciebench.io import atomic_write_bytes, atomic_write_text
+from ciebench.metrics import catalogue
 
 from .report import csv_text
 from .tables import md_escape
@@ -51,7 +52,8 @@ def row_label(row: dict[str, Any]) -> str:
 
 
 def benchmark_tables(paths: list[Path]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-    """{benchmark name: (main table, per-category table)}; rows sorted by the headline, best first."""
+    """{benchmark name: (main table, per-category table)}; rows sorted by the headline, best first (its
+    direction from the metric catalogue; higher is better for a headline the catalogue does not know)."""
     by_bench: dict[str, list[tuple[Path, dict]]] = {}
     for path in paths:
         summary = json.loads((path / "summary.json").read_text())
@@ -81,7 +83,8 @@ def benchmark_tables(paths: list[Path]) -> dict[str, tuple[pd.DataFrame, pd.Data
                                  **{k: v for k, v in r.items()
                                     if not isinstance(v, str) and not str(k).endswith("(1-5)")}})
         headline = runs[0][1]["headline"]["name"]
-        main = pd.DataFrame(main_rows).sort_values(headline, ascending=False, na_position="last", kind="stable")
+        main = pd.DataFrame(main_rows).sort_values(headline, ascending=not catalogue.higher_is_better(headline),
+                                                    na_position="last", kind="stable")
         out[name] = (main.reset_index(drop=True), pd.DataFrame(cat_rows))
     return out
 
@@ -132,6 +135,8 @@ def _thumb(src: Path, dest: Path) -> str:
 
 def write_benchmark_gallery(name: str, runs: list[Path], out: Path) -> Path:
     """index.html: one block per case (inputs, then per run: every turn and the final output)."""
+    from ciebench.benchmarks.run import output_image_path
+
     cases: dict[str, dict[str, Any]] = {}
     for k, run in enumerate(runs):
         for record_path in sorted((run / "records").glob("*/*.json")):
@@ -140,7 +145,7 @@ def write_benchmark_gallery(name: str, runs: list[Path], out: Path) -> Path:
             case = cases.setdefault(key, {"inputs": record.get("inputs") or [], "instruction": record.get("instruction", ""),
                                           "runs": []})
             images = [(f"turn {t['turn']}", run / t["image"]) for t in record.get("turns") or [] if t.get("image")]
-            final = run / "images" / record_path.parent.name / f"{record_path.stem}.png"
+            final = output_image_path(run, record_path.parent.name, record_path.stem)
             if final.is_file():
                 images.append(("output", final))
             case["runs"].append((k, record.get("status"), record.get("error"), images))

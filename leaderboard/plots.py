@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from ..io import atomic_write_bytes
-from .runs import PRESERVATION_METRICS, SUCCESS_METRICS, metric_title, slugify
+from ..metrics import catalogue
+from .runs import metric_title, slugify
 
 # Okabe & Ito (2008); yellow last: it has the least contrast on white.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
@@ -156,13 +157,13 @@ def plot_edit_type_bars(bet: pd.DataFrame, metric: str, higher: bool, stem: str 
 
 
 def choose_tradeoff_axes(metrics: dict[str, bool], lb: pd.DataFrame) -> tuple[str | None, str | None]:
-    """(preservation metric, success metric) for the scatter: first of PRESERVATION_METRICS /
-    SUCCESS_METRICS with a value in the table."""
+    """(preservation metric, success metric) for the scatter: the first metric of the catalogue's
+    preservation / success role (in display order) with a value in the table."""
     def has(m: str) -> bool:
         return m in metrics and m in lb and lb[m].notna().any()
 
-    x = next((m for m in PRESERVATION_METRICS if has(m)), None)
-    y = next((m for m in SUCCESS_METRICS if has(m)), None)
+    x = next((m for m in catalogue.with_role(catalogue.PRESERVATION) if has(m)), None)
+    y = next((m for m in catalogue.with_role(catalogue.SUCCESS) if has(m)), None)
     return x, y
 
 

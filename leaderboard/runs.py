@@ -14,28 +14,24 @@ import pandas as pd
 
 from ..errors import UsageError
 from ..io import read_json_object
+from ..metrics import catalogue
 from ..results import BASE_COLUMNS, read_samples, summarize
 from ..status import Status
 
 log = logging.getLogger(__name__)
 
-# Direction of the metrics ciebench knows; a run's summary.json ("higher_is_better") takes precedence.
-HIGHER_IS_BETTER = {
-    "idcs": True, "clip": True, "psnr": True, "ssim": True,
-    "locality_f1": True, "locality_precision": True, "locality_recall": True,
-    "lpips": False, "mse": False,
-}
+# Views (taken at import, for callers that read them) of the metric catalogue, ciebench.metrics.catalogue,
+# where every metric's direction, title and order are defined; this package itself asks the catalogue.
+# A run's summary.json ("higher_is_better") takes precedence over the catalogue's direction.
+HIGHER_IS_BETTER = {name: info.higher_is_better for name, info in catalogue.CATALOGUE.items()}
 # Display order of metric columns; unknown metrics follow alphabetically.
-METRIC_ORDER = ["idcs", "clip", "psnr", "ssim", "lpips", "mse", "locality_f1", "locality_precision", "locality_recall"]
+METRIC_ORDER = catalogue.display_order(catalogue.CATALOGUE)
 # The primary (sort) metric of a table is the first of these that any of its runs has: instruction
 # success first (IDCS, then CLIP), then locality, then preservation.
-PRIMARY_ORDER = ["idcs", "clip", "locality_f1", "psnr", "ssim", "lpips", "mse"]
+PRIMARY_ORDER = catalogue.primary_order()
 # Scatter axes: preservation (x) against instruction success (y), first available of each list.
-PRESERVATION_METRICS = ["psnr", "ssim", "lpips", "mse"]
-SUCCESS_METRICS = ["idcs", "clip"]
-METRIC_TITLES = {"idcs": "IDCS", "clip": "CLIP score", "psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS",
-                 "mse": "MSE", "locality_f1": "Locality F1", "locality_precision": "Locality precision",
-                 "locality_recall": "Locality recall"}
+PRESERVATION_METRICS = catalogue.with_role(catalogue.PRESERVATION)
+SUCCESS_METRICS = catalogue.with_role(catalogue.SUCCESS)
 _NON_METRIC_SUFFIXES = ("_status", "_error", "_sentence", "_seconds", "_sha256")
 
 
@@ -44,14 +40,8 @@ class RunError(UsageError, ValueError):
     (exit code 2: a bad command line)."""
 
 
-def metric_title(metric: str) -> str:
-    return METRIC_TITLES.get(metric, metric)
-
-
-def order_metrics(names: Iterable[str]) -> list[str]:
-    names = list(dict.fromkeys(names))
-    known = [m for m in METRIC_ORDER if m in names]
-    return known + sorted(m for m in names if m not in METRIC_ORDER)
+metric_title = catalogue.title
+order_metrics = catalogue.display_order
 
 
 @dataclass
@@ -275,7 +265,7 @@ def _metric_directions(samples: pd.DataFrame, summary: dict[str, Any], path: Pat
             if m not in samples.columns:
                 continue
             hib = block.get("higher_is_better") if isinstance(block, dict) else None
-            out[m] = bool(hib) if hib is not None else HIGHER_IS_BETTER.get(m, True)
+            out[m] = bool(hib) if hib is not None else catalogue.higher_is_better(m)
     else:
         for col in samples.columns:
             if col in BASE_COLUMNS or col.endswith(_NON_METRIC_SUFFIXES):
@@ -283,9 +273,9 @@ def _metric_directions(samples: pd.DataFrame, summary: dict[str, Any], path: Pat
             values = pd.to_numeric(samples[col], errors="coerce")
             if samples[col].notna().sum() and values.notna().sum() < samples[col].notna().sum():
                 continue  # text column
-            if col not in HIGHER_IS_BETTER:
+            if catalogue.get(col) is None:
                 log.warning("%s: metric %r has no known direction; treating higher as better", path, col)
-            out[col] = HIGHER_IS_BETTER.get(col, True)
+            out[col] = catalogue.higher_is_better(col)
     return {m: out[m] for m in order_metrics(out)}
 
 

@@ -12,8 +12,9 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from ..metrics import catalogue
 from ..stats import from_json_number
-from .runs import (PRIMARY_ORDER, Run, RunError, dataset_short_name, load_runs, metric_title, number_repeats,
+from .runs import (Run, RunError, dataset_short_name, load_runs, metric_title, number_repeats,
                    order_metrics, slugify)
 from .judge_columns import add_judge_columns, judge_notes
 from .significance import ALPHA, compare_runs, significance_matrix
@@ -89,14 +90,15 @@ def _choose_primary(runs: list[Run], metrics: dict[str, bool], requested: str | 
             return requested, f"{requested} (chosen with --primary)"
         fallback, why = _choose_primary(runs, metrics, None)
         return fallback, f"{why}; the requested primary metric {requested!r} has no values in this table"
-    for m in PRIMARY_ORDER:
+    primary_order = catalogue.primary_order()
+    for m in primary_order:
         if m in metrics and defined(m):
             if m == "idcs":
                 return m, "idcs"
-            return m, f"{m} (no IDCS values in this table; fallback order: {', '.join(PRIMARY_ORDER)})"
+            return m, f"{m} (no IDCS values in this table; fallback order: {', '.join(primary_order)})"
     for m in metrics:
         if defined(m):
-            return m, f"{m} (first metric with values; none of {', '.join(PRIMARY_ORDER)} present)"
+            return m, f"{m} (first metric with values; none of {', '.join(primary_order)} present)"
     return None, "no metric values: unsorted"
 
 
@@ -302,14 +304,20 @@ def format_value(v: Any, digits: int = 4) -> str:
     return f"{f:.{digits}g}"
 
 
-def format_ci(mean: Any, low: Any, high: Any) -> str:
-    m = format_value(mean)
+def format_ci(mean: Any, low: Any, high: Any, digits: int = 4) -> str:
+    m = format_value(mean, digits)
     if m == "–":
         return m
-    lo, hi = format_value(low), format_value(high)
+    lo, hi = format_value(low, digits), format_value(high, digits)
     if lo == hi == m:
         return m
     return f"{m} [{lo}, {hi}]"
+
+
+def _digits(metric: str) -> int:
+    """Significant digits the catalogue gives `metric` (4 for a metric it does not know)."""
+    info = catalogue.get(metric)
+    return info.digits if info is not None else 4
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
@@ -359,7 +367,7 @@ def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
         cells = [rank + mark, md_escape(r["run"]), md_escape(r["track"] or "–"), _md_hash(r["config_hash"]),
                  str(int(r["n"])), (f"{100 * float(r['coverage']):.0f}%" if not pd.isna(r["coverage"]) else "–") + partial]
         for m in metrics:
-            text = format_ci(r[m], r[f"{m}_ci_low"], r[f"{m}_ci_high"])
+            text = format_ci(r[m], r[f"{m}_ci_low"], r[f"{m}_ci_high"], _digits(m))
             t = r[f"{m}_tied_best"]
             if not pd.isna(t) and bool(t) and text != "–":
                 text = f"**{text}**"

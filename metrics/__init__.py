@@ -1,4 +1,5 @@
-"""ciebench.metrics: region metrics (torchmetrics-style classes and functional twins), scoring
+"""ciebench.metrics: the metric catalogue (`ciebench.metrics.catalogue`: every metric's name,
+direction, title and family), region metrics (torchmetrics-style classes and functional twins), scoring
 protocols, the batched `RegionScorer`, and the IDCS judge (`ciebench.metrics.idcs`).
 
 Names resolve lazily so importing the package does not import torch or transformers."""
@@ -13,6 +14,8 @@ _EXPORTS = {
     "RegionScorer": "ciebench.metrics.region",
     "ScoreItem": "ciebench.metrics.region",
     "METRIC_INFO": "ciebench.metrics.region",
+    "MetricInfo": "ciebench.metrics.catalogue",
+    "CATALOGUE": "ciebench.metrics.catalogue",
     "BackgroundPSNR": "ciebench.metrics.modules",
     "BackgroundMSE": "ciebench.metrics.modules",
     "BackgroundSSIM": "ciebench.metrics.modules",

@@ -43,6 +43,8 @@ from ciebench.judge.protocols import (DEFAULT_JUDGE_PROTOCOL, ResolvedJudgeProto
 from ciebench.llm import LLMClient, LLMConfig, get_template, make_client
 from ciebench.stats import bootstrap_mean_ci
 
+from .catalogue import CATALOGUE
+
 DESCRIBE_TEMPLATE = "idcs_describe"
 SCORE_TEMPLATE = "idcs_score"
 SCORE_MIN, SCORE_MAX = 1, 5
@@ -577,7 +579,7 @@ def idcs_summary(verdicts: Sequence[Verdict], missing: int = 0) -> dict[str, Any
     if n_passes > 1:
         noise = judge_noise_interval([v.pass_scores for v in verdicts])
         out["judge_noise"] = noise.to_dict() if noise is not None else None
-    out["higher_is_better"] = True
+    out["higher_is_better"] = CATALOGUE["idcs"].higher_is_better
     return out
 
 

@@ -18,8 +18,6 @@ import math
 import torch
 from torch import Tensor
 
-COLUMNS = ("locality_precision", "locality_recall", "locality_f1")
-
 
 def _levels(x: Tensor) -> Tensor:
     if x.dtype == torch.uint8:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from . import catalogue
 from .clipscore import RegionCLIP, clip_score
 from .locality import edit_locality
 from .perceptual import SqueezeLPIPS, background_lpips
@@ -49,7 +50,7 @@ class _PerImageMean(Metric):
 class BackgroundPSNR(_PerImageMean):
     """Mean per-image background PSNR (dB); +inf when an image's background is unchanged."""
 
-    higher_is_better = True
+    higher_is_better = catalogue.CATALOGUE["psnr"].higher_is_better
 
     def update(self, preds: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         p = self.protocol
@@ -57,14 +58,14 @@ class BackgroundPSNR(_PerImageMean):
 
 
 class BackgroundMSE(_PerImageMean):
-    higher_is_better = False
+    higher_is_better = catalogue.CATALOGUE["mse"].higher_is_better
 
     def update(self, preds: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         self._accumulate(background_mse(preds, target, mask, self.protocol.weighting, self.protocol.arithmetic))
 
 
 class BackgroundSSIM(_PerImageMean):
-    higher_is_better = True
+    higher_is_better = catalogue.CATALOGUE["ssim"].higher_is_better
 
     def update(self, preds: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         p = self.protocol
@@ -75,7 +76,7 @@ class BackgroundSSIM(_PerImageMean):
 class BackgroundLPIPS(_PerImageMean):
     """Pass `net` to share one loaded network between metric instances."""
 
-    higher_is_better = False
+    higher_is_better = catalogue.CATALOGUE["lpips"].higher_is_better
 
     def __init__(self, protocol: Protocol | str = "cielr", net: SqueezeLPIPS | None = None, **kwargs: Any) -> None:
         super().__init__(protocol, **kwargs)
@@ -90,7 +91,7 @@ class RegionCLIPScore(_PerImageMean):
     accumulates unclamped scores and `compute` returns max(0, mean); images without a box or text
     are undefined. `images` are uint8 (or float in [0, 1]) (B, 3, H, W) on the protocol's grid."""
 
-    higher_is_better = True
+    higher_is_better = catalogue.CATALOGUE["clip"].higher_is_better
 
     def __init__(self, protocol: Protocol | str = "cielr", clip: RegionCLIP | None = None, **kwargs: Any) -> None:
         super().__init__(protocol, **kwargs)
@@ -111,7 +112,7 @@ class EditLocality(Metric):
 
     is_differentiable = False
     full_state_update = False
-    higher_is_better = True
+    higher_is_better = catalogue.CATALOGUE["locality_f1"].higher_is_better
 
     def __init__(self, protocol: Protocol | str = "cielr", **kwargs: Any) -> None:
         super().__init__(**kwargs)

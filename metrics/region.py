@@ -31,9 +31,9 @@ from torch import Tensor
 from ciebench.devices import resolve_device
 from ciebench.errors import did_you_mean
 
+from . import catalogue
 from .align import align
 from .clipscore import RegionCLIP, region_crop
-from .locality import COLUMNS as LOCALITY_COLUMNS
 from .locality import edit_locality
 from .perceptual import TRUNK_FILE, SqueezeLPIPS, background_lpips, lpips_heads_path
 from .pixel import background_mse_psnr
@@ -42,26 +42,10 @@ from .protocols import Protocol, get_protocol
 from .ssim import background_ssim
 from .timing import StageTimer
 
-# metric column -> higher_is_better
-METRIC_INFO: dict[str, bool] = {
-    "psnr": True,
-    "ssim": True,
-    "lpips": False,
-    "mse": False,
-    "clip": True,
-    "locality_precision": True,
-    "locality_recall": True,
-    "locality_f1": True,
-}
-# Metric names a user can ask for -> the columns they produce.
-METRICS: dict[str, tuple[str, ...]] = {
-    "psnr": ("psnr",),
-    "ssim": ("ssim",),
-    "lpips": ("lpips",),
-    "mse": ("mse",),
-    "clip": ("clip",),
-    "locality": LOCALITY_COLUMNS,
-}
+# Region columns -> higher_is_better, and metric names a user can ask for -> the columns they
+# produce, both in the scorer's column order: views of the catalogue (metrics.catalogue).
+METRIC_INFO: dict[str, bool] = catalogue.directions(catalogue.columns(catalogue.REGION_FAMILIES))
+METRICS: dict[str, tuple[str, ...]] = catalogue.metric_columns(catalogue.REGION_FAMILIES)
 # Metrics of the unchanged region: NaN, with NO_BACKGROUND as the row's "note", when the mask covers
 # the whole image.
 PRESERVATION = frozenset({"psnr", "ssim", "lpips", "mse"})
@@ -79,8 +63,9 @@ class ScoreItem:
     clip_text: list[str] = field(default_factory=list)
 
 
-def resolve_metrics(names: Sequence[str] | None) -> tuple[str, ...]:
-    """Metric names (or column names such as `locality_f1`) -> metric names in canonical order."""
+def region_metric_names(names: Sequence[str] | None) -> tuple[str, ...]:
+    """Region metric names or column names (`locality_f1`) -> the region metrics that compute them, in
+    the scorer's order (None: all of them)."""
     if names is None:
         return tuple(METRICS)
     wanted = set()
@@ -130,7 +115,7 @@ class RegionScorer:
         if batch_size < 1 or workers < 1:
             raise ValueError("batch_size and workers must be at least 1")
         self.protocol = get_protocol(protocol)
-        self.metrics = resolve_metrics(metrics)
+        self.metrics = region_metric_names(metrics)
         self.columns = [c for m in self.metrics for c in METRICS[m]]
         self._preservation = [c for c in self.columns if c in PRESERVATION]
         self.device = resolve_device(device)
@@ -175,7 +160,7 @@ class RegionScorer:
 
         from ciebench.requirements import hub_repo, torchvision_weights
 
-        p, wanted = get_protocol(protocol), resolve_metrics(metrics)
+        p, wanted = get_protocol(protocol), region_metric_names(metrics)
         out = []
         if "lpips" in wanted:
             out.append(torchvision_weights(SqueezeNet1_1_Weights.IMAGENET1K_V1, used_by=f"protocol {p.name}: LPIPS trunk"))

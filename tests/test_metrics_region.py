@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ciebench.metrics.protocols import get_protocol
-from ciebench.metrics.region import METRIC_INFO, RegionScorer, ScoreItem, resolve_metrics
+from ciebench.metrics.region import METRIC_INFO, RegionScorer, ScoreItem, region_metric_names
 from ciebench.schema import EditSample
 
 from tests.support.fixtures_models import CLIP_VIT_L14, CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
@@ -275,7 +275,7 @@ def test_metric_selection_model_ids_and_names():
     assert list(METRIC_INFO) == ["psnr", "ssim", "lpips", "mse", "clip", "locality_precision", "locality_recall", "locality_f1"]
     assert METRIC_INFO["lpips"] is False and METRIC_INFO["mse"] is False and METRIC_INFO["psnr"] is True
     with pytest.raises(ValueError, match="Did you mean 'lpips'"):
-        resolve_metrics(["lpip"])
+        region_metric_names(["lpip"])
     with pytest.raises(ValueError, match="unknown protocol"):
         RegionScorer("cielrr")
 

@@ -48,6 +48,12 @@ def record_path(out: Path, case: Case) -> Path:
     return out / "records" / case.output_folder / f"{case.id}.json"
 
 
+def output_image_path(out: Path, folder: str, case_id: str) -> Path:
+    """Where a run writes a case's final image: images/<output folder>/<case id>.png, beside its record
+    records/<output folder>/<case id>.json (the leaderboard's gallery finds it by this rule)."""
+    return out / "images" / folder / f"{case_id}.png"
+
+
 def prepare_run(out: Path, spec: dict[str, Any], overwrite: bool) -> None:
     """Write spec.json, or check that the run in `out` has the same spec (then it resumes)."""
     spec = {**spec, "spec_hash": stable_hash(spec)}
@@ -79,7 +85,7 @@ def _done(out: Path, case: Case, retry_failed: bool) -> bool:
         return True
     if record.get("status") != "ok":
         return not retry_failed
-    image = out / "images" / case.output_folder / f"{case.id}.png"
+    image = output_image_path(out, case.output_folder, case.id)
     return image.is_file() and sha256_file(image) == record.get("image_sha256")
 
 
@@ -132,7 +138,7 @@ def generate(benchmark: Benchmark, editor: Editor, cases: Iterable[Case], out: P
             record["turns"] = _write_turns(out, case, turns)
             if result.status == "ok" and result.image is not None:
                 png = png_bytes(as_pil(result.image))
-                atomic_write_bytes(out / "images" / case.output_folder / f"{case.id}.png", png)
+                atomic_write_bytes(output_image_path(out, case.output_folder, case.id), png)
                 record["image_sha256"] = sha256_bytes(png)
                 stats.generated += 1
             else:

@@ -315,14 +315,20 @@ def editors_cmd() -> None:
 
 @app.command("metrics")
 def metrics_cmd() -> None:
-    """List metrics and protocols."""
+    """List metrics (from the metric catalogue) and protocols."""
+    from ..metrics import catalogue
     from ..metrics.protocols import get_protocol, list_protocols
-    from ..metrics.region import METRIC_INFO
 
-    typer.echo("metrics (column: higher is better):")
-    for name, higher in METRIC_INFO.items():
-        typer.echo(f"  {name:<20} {'higher' if higher else 'lower'} is better")
-    typer.echo(f"  {'idcs':<20} higher is better (needs --judge)")
+    typer.echo("metrics (column: direction, --metrics name, family, title):")
+    for info in catalogue.CATALOGUE.values():
+        if info.family != catalogue.BENCHMARK:
+            needs = f" (needs {info.needs})" if info.needs else ""
+            typer.echo(f"  {info.name:<20} {info.direction + ' is better':<17} {info.metric:<9} {info.family:<13} "
+                       f"{info.title}{needs}")
+    typer.echo("benchmark headlines (--benchmark):")
+    for info in catalogue.CATALOGUE.values():
+        if info.family == catalogue.BENCHMARK:
+            typer.echo(f"  {info.name:<46} {info.direction + ' is better':<17} {info.description}")
     typer.echo("judge protocols (--judge-protocol):")
     for line in list_judge_protocols_lines():
         typer.echo(line)
