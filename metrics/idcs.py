@@ -305,11 +305,11 @@ class IDCSJudge:
         self.describe_template = self.protocol.describe
         self.score_template = self.protocol.score
         if spec.parser == "json_score":
-            self._score_schema: dict | None = score_schema(spec.score_min, spec.score_max)
-            self._validate_score = json_score_validator(spec.score_min, spec.score_max)
+            self.score_schema: dict | None = score_schema(spec.score_min, spec.score_max)
+            self.validate_score = json_score_validator(spec.score_min, spec.score_max)
         else:  # the authors' plain-integer answer: no response_format, int() parsing
-            self._score_schema = None
-            self._validate_score = python_int_validator(spec.score_min, spec.score_max)
+            self.score_schema = None
+            self.validate_score = python_int_validator(spec.score_min, spec.score_max)
         vlm_cfg, llm_cfg = config.vlm, config.llm
         if "describe" in self.protocol.max_tokens:
             vlm_cfg = dataclasses.replace(vlm_cfg, max_tokens=self.protocol.max_tokens["describe"])
@@ -321,13 +321,13 @@ class IDCSJudge:
         self.concurrency = concurrency or max(vlm_cfg.concurrency, llm_cfg.concurrency)
         # One client pair per pass: pass k asks with seed + k and keeps its own cache slot, so passes
         # are independent verdicts and pass 0 shares the cache of a one-pass run.
-        self._clients: list[tuple[LLMClient, LLMClient]] = []
+        self.clients: list[tuple[LLMClient, LLMClient]] = []
         for k in range(passes):
             cache_k = None if cache_dir is None else (Path(cache_dir) if k == 0 else Path(cache_dir) / f"pass-{k}")
-            self._clients.append((
+            self.clients.append((
                 make_client(dataclasses.replace(vlm_cfg, seed=pass_seed(vlm_cfg.seed, k)), cache_dir=cache_k),
                 make_client(dataclasses.replace(llm_cfg, seed=pass_seed(llm_cfg.seed, k)), cache_dir=cache_k)))
-        self.vlm, self.llm = self._clients[0]
+        self.vlm, self.llm = self.clients[0]
         self._text_first = spec.text_first
         self._lock = threading.Lock()
         self._counts = {"items": 0, "ok": 0, "errors": 0, "not_judged": 0, "fully_cached": 0}
@@ -362,7 +362,7 @@ class IDCSJudge:
         return Verdict(sid, None, status, first.error, sentence, cached, calls, usage, failure, **common)
 
     def _judge_pass(self, item: JudgeItem, k: int) -> PassVerdict:
-        vlm, llm = self._clients[k]
+        vlm, llm = self.clients[k]
         seed = vlm.config.seed
         if not isinstance(item.source, Image.Image) or not isinstance(item.edited, Image.Image):
             return PassVerdict(k, seed, None, "missing_prediction", "source and edited images are required")
@@ -382,8 +382,8 @@ class IDCSJudge:
         embedding = self.protocol.protocol.embedding
         variables = {"instruction": embed(item.instruction.strip(), embedding),
                      "description": embed(sentence, embedding)}
-        scored, prov_s = self._call(llm, "score", self.score_template, variables, [], self._score_schema,
-                                    self._validate_score, {})
+        scored, prov_s = self._call(llm, "score", self.score_template, variables, [], self.score_schema,
+                                    self.validate_score, {})
         prov["score"] = prov_s
         calls = described.attempts + (scored.attempts if scored is not None else 0)
         usage = _usage(described, *([scored] if scored is not None else []))
@@ -394,7 +394,7 @@ class IDCSJudge:
         if not scored.ok:
             return PassVerdict(k, seed, None, classify(scored), f"score: {scored.error}", sentence, cached, calls,
                                usage, prov)
-        value = int(scored.parsed["score"]) if self._score_schema is not None else python_int(scored.text)
+        value = int(scored.parsed["score"]) if self.score_schema is not None else python_int(scored.text)
         return PassVerdict(k, seed, value, None, None, sentence, cached, calls, usage, prov)
 
     def _call(self, client: LLMClient, stage: str, template: Any, variables: dict[str, Any], images: list,
@@ -481,7 +481,7 @@ class IDCSJudge:
         embedding = self.protocol.protocol.embedding
         for item in items:
             for k in range(self.passes):
-                vlm, llm = self._clients[k]
+                vlm, llm = self.clients[k]
                 images = [item.source, item.edited]
                 prepared = prepared_images(vlm, images)
                 sentence = cached_reply(vlm, self.describe_template, {}, images, None, validate_sentence,
@@ -494,7 +494,7 @@ class IDCSJudge:
                 variables = {"instruction": embed(item.instruction.strip(), embedding),
                              "description": embed((sentence or TYPICAL_SENTENCE).strip(), embedding)}
                 hit = sentence is not None and cached_reply(llm, self.score_template, variables, [],
-                                                            self._score_schema, self._validate_score) is not None
+                                                            self.score_schema, self.validate_score) is not None
                 report.add("score", None if hit else estimate_call(
                     llm.config, "score", self.score_template.render_system(**variables),
                     self.score_template.render(**variables)))
@@ -503,7 +503,7 @@ class IDCSJudge:
     def model_ids(self) -> dict[str, str]:
         ids = {"vlm": self.vlm.model_id, "llm": self.llm.model_id}
         for part, idx in (("vlm", 0), ("llm", 1)):
-            served = sorted({m for pair in self._clients for m in pair[idx].served_models})
+            served = sorted({m for pair in self.clients for m in pair[idx].served_models})
             if served:
                 ids[f"{part}_served"] = ",".join(served)
         return ids
@@ -512,8 +512,8 @@ class IDCSJudge:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             counts = dict(self._counts)
-        vlm = _sum_stats(pair[0].stats for pair in self._clients)
-        llm = _sum_stats(pair[1].stats for pair in self._clients)
+        vlm = _sum_stats(pair[0].stats for pair in self.clients)
+        llm = _sum_stats(pair[1].stats for pair in self.clients)
         total = {k: vlm[k] + llm[k] for k in ("requests", "cache_hits", "retries", "failures",
                                               "prompt_tokens", "completion_tokens")}
         total["cost"] = round(vlm["cost"] + llm["cost"], 8)

@@ -176,18 +176,18 @@ def batch_judge(judge: Any, items: Sequence[Any], state_dir: str | Path, poll_s:
     state_dir = Path(state_dir)
     text_first = {"text_first": True} if judge.protocol.protocol.text_first else {}
     describe = [BatchCall(vlm, judge.describe_template, {}, [it.source, it.edited], None, validate_sentence,
-                          **text_first) for it in items for vlm, _ in judge._clients]
+                          **text_first) for it in items for vlm, _ in judge.clients]
     run_stage("describe", describe, state_dir, poll_s, max_wait_s)
     embedding = judge.protocol.protocol.embedding
     score = []
     for it in items:
-        for vlm, llm in judge._clients:
+        for vlm, llm in judge.clients:
             hit = vlm.lookup(judge.describe_template, {}, [it.source, it.edited], None, validate_sentence,
                              **text_first)
             if hit is None:
                 continue
             variables = {"instruction": embed(it.instruction.strip(), embedding),
                          "description": embed(hit.text.strip(), embedding)}
-            score.append(BatchCall(llm, judge.score_template, variables, [], judge._score_schema, judge._validate_score))
+            score.append(BatchCall(llm, judge.score_template, variables, [], judge.score_schema, judge.validate_score))
     run_stage("score", score, state_dir, poll_s, max_wait_s)
     return judge.judge(items, **judge_kwargs)
