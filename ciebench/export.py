@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import datasets
 import yaml
 
-from . import __version__
+from . import __version__, outdir
 from .cache import cache_root
 from .datasets.hub_layout import CARD, SPLIT, default_config, write_shards
 from .errors import DataError, IntegrityError, OutputConflict
@@ -43,8 +42,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     features = run_features(metrics)
     rows = [_row(run_dir, rec, metrics) for rec in samples.to_dict("records")]
     dataset = datasets.Dataset.from_list(rows, features=features)
-    staging = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}-"))
-    try:
+    with outdir.staged(out) as staging:
         checksums, sizes = write_shards(dataset, staging)
         for name in RUN_FILES:
             if (run_dir / name).is_file():
@@ -52,13 +50,6 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
                 shutil.copyfile(run_dir / name, staging / "run" / name)
         metadata = _card_metadata(run_dir, dataset, summary, checksums, sizes)
         atomic_write_text(staging / CARD, _render_card(metadata, summary))
-        if out.exists():
-            out.rmdir()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return metadata
 
 
@@ -181,8 +172,8 @@ def materialize_predictions(spec: str, cache: Path | None = None) -> Path:
     target = (cache or cache_root() / "predictions") / stable_hash({"spec": spec, "fingerprint": ds._fingerprint})
     if (target / ".complete").is_file():
         return target
-    staging = Path(tempfile.mkdtemp(dir=_ensure(target.parent), prefix=".materialize-"))
-    try:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with outdir.staged(target) as staging:
         for row in ds.select_columns(["sample_id", "seed", "image", "prediction_sha256"]):
             if row["image"] is None or row["image"].get("bytes") is None:
                 continue
@@ -192,18 +183,8 @@ def materialize_predictions(spec: str, cache: Path | None = None) -> Path:
                                      "its prediction_sha256")
             (staging / f"{file_stem(row['sample_id'], int(row['seed']))}.png").write_bytes(data)
         (staging / ".complete").write_text("")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
-
-def _ensure(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _json(path: Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import fnmatch
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -161,3 +162,20 @@ def lock(out: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A staging folder beside `out`, filled by the caller: on success it replaces `out` in one rename
+    (an earlier `out` is removed first), on any failure it is deleted, so no reader ever sees a
+    half-written folder."""
+    staging = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}-"))
+    try:
+        yield staging
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

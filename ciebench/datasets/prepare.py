@@ -39,8 +39,7 @@ def prepare(source: str, out: Path, *, fmt: str = "arrow", verify: bool = True) 
 def _prepare_into(source: str, out: Path, fmt: str, verify: bool) -> LoadedDataset:
     with tempfile.TemporaryDirectory() as tmp:
         loaded = _read_any(source, Path(tmp), verify)
-        staging = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}-"))
-        try:
+        with outdir.staged(out) as staging:
             if fmt == "arrow":
                 loaded.dataset.save_to_disk(str(staging))
             elif fmt == "hub":
@@ -54,13 +53,6 @@ def _prepare_into(source: str, out: Path, fmt: str, verify: bool) -> LoadedDatas
                 "problems": [str(p) for p in loaded.problems], "format": fmt,
             }, indent=2))
             outdir.write_marker(staging, "dataset")
-            if out.exists():
-                shutil.rmtree(out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            staging.rename(out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     return loaded
 
 
