@@ -33,19 +33,6 @@ DryRunOpt = Annotated[bool, typer.Option(
                       "send nothing.")]
 
 
-def judge_run_options(protocol: Optional[str], passes: int, prompts: Optional[str], max_cost: Optional[float],
-                      canaries: str = "day", batch: bool = False):
-    from ..errors import CiebenchError
-    from ..judge.run import JudgeRunOptions
-
-    try:
-        return JudgeRunOptions(protocol=protocol, passes=passes, prompts_dir=prompts, max_cost=max_cost,
-                               canaries=canaries, batch=batch)
-    except CiebenchError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(int(exc.exit_code))
-
-
 def list_judge_protocols_lines() -> list[str]:
     """One line per judge protocol, for `ciebench metrics` and `ciebench judge protocols`."""
     from ..judge.protocols import JUDGE_PROTOCOLS
