@@ -90,7 +90,7 @@ def evaluate(editor: str | Editor, dataset: DatasetArg, out: str | Path, *,
     dataset = _benchmark_dataset(bench, benchmark_root) if bench is not None else dataset
     score_options = _score_options(protocol, metrics, judge, device, None, judge_protocol, judge_passes,
                                    judge_prompts, max_cost, judge_canaries)
-    built = _backend(backend, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device)
+    built = _backend(backend, ray_address, num_workers, gpus_per_worker)
     loaded = _load(dataset, ignore_checksums, on_problem)
     ed = _editor(editor, editor_args, editor_config, preset)
     options = RunOptions(seeds=seeds, limit=limit, batch_size=batch_size, device=device, overwrite=overwrite,
@@ -171,7 +171,7 @@ def _score_inputs(dataset, predictions, limit, protocol, metrics, judge, judge_p
         raise UsageError(f"--predictions {predictions} is not a folder")
     options = _score_options(protocol, metrics, judge, device, batch_size, judge_protocol, judge_passes,
                              judge_prompts, max_cost, judge_canaries, judge_batch)
-    built = _backend(backend, ray_address, num_workers, gpus_per_worker, None, device)
+    built = _backend(backend, ray_address, num_workers, gpus_per_worker)
     loaded = _load(dataset, ignore_checksums, on_problem)
     ids = loaded.dataset["id"][: limit if limit is not None else None]
     return loaded, predictions, find_predictions(predictions, ids), options, built
@@ -221,7 +221,7 @@ def _score_options(protocol, metrics, judge, device, batch_size, judge_protocol,
     return options
 
 
-def _backend(backend: Any, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device) -> Backend | None:
+def _backend(backend: Any, ray_address, num_workers, gpus_per_worker) -> Backend | None:
     """The caller's `Backend`, or None after checking the options of a named one (built later, once the
     editor's recipe is known)."""
     from .backend import Backend
