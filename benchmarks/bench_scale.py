@@ -115,14 +115,24 @@ class AnonPeak:
 
 
 
-def timed_generation(generate, phases: dict, anon):
-    """Wrap a generation backend so the edit phase's wall time and peak memory are recorded."""
-    def wrapped(*args):
-        started = time.perf_counter()
-        generate(*args)
-        phases["edit_s"] = time.perf_counter() - started
-        phases["edit_peak_anon_mb"] = anon.peak / 2**20
-    return wrapped
+def timed_generation(backend, phases: dict, anon):
+    """`backend` (a ciebench Backend) with the edit phase's wall time and peak memory recorded."""
+    from ciebench.backend import Backend
+
+    class Timed(Backend):
+        def generate(self, *args):
+            started = time.perf_counter()
+            backend.generate(*args)
+            phases["edit_s"] = time.perf_counter() - started
+            phases["edit_peak_anon_mb"] = anon.peak / 2**20
+
+        def score_regions(self, *args):
+            return backend.score_regions(*args)
+
+        def model_ids(self):
+            return backend.model_ids()
+
+    return Timed()
 
 
 def child(args) -> dict:
@@ -140,11 +150,11 @@ def child(args) -> dict:
                              score=ScoreOptions(metrics=("psnr", "mse"), batch_size=8))
         phases: dict[str, float] = {}
         if args.workers == 0:
-            from ciebench import runner
+            from ciebench.backend import LocalBackend
 
             t0 = time.perf_counter()
             stats, result = run(editor, loaded, Path(args.out), options,
-                                backend=timed_generation(runner.generate_local, phases, anon))
+                                backend=timed_generation(LocalBackend(), phases, anon))
             total = time.perf_counter() - t0
             phases["ray_start_s"] = 0.0
         else:
@@ -159,8 +169,7 @@ def child(args) -> dict:
             try:
                 t0 = time.perf_counter()
                 stats, result = run(editor, loaded, Path(args.out), options,
-                                    backend=timed_generation(backend.generate, phases, anon),
-                                    region=backend.region_scoring())
+                                    backend=timed_generation(backend, phases, anon))
                 total = time.perf_counter() - t0
             finally:
                 ray.shutdown()

@@ -17,6 +17,13 @@ _EXPORTS = {
     "EditRequest": "ciebench.editor",
     "EditResult": "ciebench.editor",
     "EditorConfig": "ciebench.editor",
+    "evaluate": "ciebench.api",
+    "score": "ciebench.api",
+    "RunResult": "ciebench.api",
+    "Backend": "ciebench.backend",
+    "LocalBackend": "ciebench.backend",
+    "RayBackend": "ciebench.distributed",
+    "RayOptions": "ciebench.distributed",
 }
 
 

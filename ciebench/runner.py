@@ -21,13 +21,14 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from . import __version__, outdir
+from .backend import Backend, LocalBackend
 from .datasets import LoadedDataset
 from .editor import EditRequest, EditResult, Editor
 from .errors import DataError, OutputConflict, UsageError
@@ -71,7 +72,9 @@ class RunStats:
     editor_calls: int = 0  # calls of Editor.edit (a batch counts once)
 
 
-def build_spec(editor: Editor, loaded: LoadedDataset, options: RunOptions) -> RunSpec:
+def build_spec(editor: Editor | None, loaded: LoadedDataset, options: RunOptions,
+               predictions: str | None = None) -> RunSpec:
+    """The spec of a run of `editor`, or with `editor` None of scoring the folder `predictions`."""
     from .metrics.protocols import get_protocol
 
     protocol = get_protocol(options.score.protocol or loaded.default_protocol)
@@ -82,8 +85,11 @@ def build_spec(editor: Editor, loaded: LoadedDataset, options: RunOptions) -> Ru
 
         judge = judge_spec(options.score)
     n = len(loaded.dataset) if options.limit is None else min(options.limit, len(loaded.dataset))
+    notes = {"device": options.device, "batch_size": options.batch_size}
+    if editor is not None:
+        notes["track"] = editor.track
     return RunSpec(
-        editor=editor.describe(),
+        editor=editor.describe() if editor is not None else None,
         dataset={"spec": loaded.spec, "kind": loaded.kind, "revision": loaded.revision, "n": n},
         seeds=tuple(options.seeds),
         protocol={**protocol.to_dict(), "hash": protocol.hash},
@@ -91,7 +97,8 @@ def build_spec(editor: Editor, loaded: LoadedDataset, options: RunOptions) -> Ru
         judge=judge,
         limit=options.limit,
         ciebench_version=__version__,
-        notes={"device": options.device, "batch_size": options.batch_size, "track": editor.track},
+        notes=notes,
+        predictions=predictions,
     )
 
 
@@ -130,11 +137,10 @@ def is_done(out: Path, stem: str, retry_failed: bool) -> bool:
 
 
 def run(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOptions,
-        backend: Callable[..., None] | None = None, region: Any = None) -> tuple[RunStats, ScoreResult]:
-    """Generate every missing (sample, seed), then score the whole run. `backend` replaces the local
-    generation loop (same arguments as `generate_local`) for distributed execution; `region` replaces
-    the in-process region scoring (see `scoring.score`). Samples are decoded only when they are used,
-    so memory does not grow with the dataset."""
+        backend: Backend | None = None) -> tuple[RunStats, ScoreResult]:
+    """Generate every missing (sample, seed), then score the whole run, both through `backend`
+    (default `LocalBackend`: this process; `ciebench.distributed.RayBackend`: Ray workers). Samples are
+    decoded only when they are used, so memory does not grow with the dataset."""
     out = Path(out)
     if options.limit is not None and options.limit < 0:
         raise UsageError(f"--limit must be 0 or more, not {options.limit}")
@@ -147,11 +153,11 @@ def run(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOptions,
         if removed:
             log.info("%s: removed %d temporary file(s) left by an interrupted run", out, removed)
         prepare_run_dir(out, spec, options.overwrite)
-        return _run_locked(editor, loaded, out, options, spec, backend, region)
+        return _run_locked(editor, loaded, out, options, spec, backend if backend is not None else LocalBackend())
 
 
 def _run_locked(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOptions, spec: RunSpec,
-                backend: Callable[..., None] | None, region: Any) -> tuple[RunStats, ScoreResult]:
+                backend: Backend) -> tuple[RunStats, ScoreResult]:
     stats = RunStats()
     n = len(loaded.dataset) if options.limit is None else min(options.limit, len(loaded.dataset))
     ids = [str(i) for i in loaded.dataset["id"][:n]] if n else []
@@ -163,7 +169,7 @@ def _run_locked(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOp
                 stats.skipped += 1
             else:
                 pending_keys.append((index, seed))
-    (backend or generate_local)(editor, PendingSamples(loaded.dataset, pending_keys), out, options, stats)
+    backend.generate(editor, PendingSamples(loaded.dataset, pending_keys), out, options, stats)
     # The editor's models are done: free them before the scoring models load (a local LLM the judge
     # shares stays loaded while the judge holds it).
     editor.close()
@@ -173,7 +179,7 @@ def _run_locked(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOp
                                    "editor_config_hash": spec.editor_config_hash,
                                    "generation": {"generated": stats.generated, "skipped": stats.skipped,
                                                   "failed": stats.failed, "editor_calls": stats.editor_calls}}},
-                   progress=options.progress, region=region)
+                   progress=options.progress, backend=backend)
     return stats, result
 
 
@@ -198,8 +204,9 @@ class PendingSamples(Sequence):
         return EditSample.from_row(self.dataset[index]), seed
 
 
-def generate_local(editor: Editor, pending: list[tuple[EditSample, int]], out: Path, options: RunOptions,
+def generate_local(editor: Editor, pending: Sequence[tuple[EditSample, int]], out: Path, options: RunOptions,
                    stats: RunStats) -> None:
+    """`LocalBackend.generate`: the editor in this process, in batches of `options.batch_size`."""
     editor.to(options.device)
     bar = tqdm(total=len(pending), desc=f"editing ({editor.display_name()})", unit="img", disable=not options.progress)
     try:

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
+from .backend import Backend, LocalBackend
 from .datasets import LoadedDataset
 from .datasets.files import decode_image
 from .datasets.problems import Problem
@@ -182,12 +183,11 @@ class ScoreEntry:
 
 
 def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, options: ScoreOptions,
-          header: dict[str, Any] | None = None, progress: bool = True, region: Any = None) -> ScoreResult:
+          header: dict[str, Any] | None = None, progress: bool = True, backend: Backend | None = None) -> ScoreResult:
     """Score `predictions` against `loaded` and write samples.csv/jsonl and summary.json into `out`.
 
-    Images stream through: a sample and its prediction are decoded when they are scored. `region`
-    computes the region metrics (default `LocalRegionScoring`, in this process); it takes
-    `ScoreEntry`s and yields (key, values) in any order, so `ciebench.distributed` can run it on Ray."""
+    Images stream through: a sample and its prediction are decoded when they are scored. `backend`
+    computes the region metrics (default `LocalBackend`, in this process; `RayBackend` on Ray)."""
     from .metrics import catalogue
     from .metrics.protocols import get_protocol
 
@@ -229,16 +229,12 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
             paths[key] = pred.path
             yield ScoreEntry(key, i, str(pred.path), data)
 
-    stage = region if region is not None else LocalRegionScoring(timer)
+    backend = backend if backend is not None else LocalBackend()
     expected = sum(p.path is not None and p.status == OK and p.sample_id in index for p in predictions)
     bar = tqdm(total=expected, desc="scoring", unit="img", disable=not progress)
     readable = set()
     pending = entries()
-    # A stage that runs elsewhere (Ray) reports no stages of its own: its results' waiting time is "region_remote".
-    results = stage.score(loaded, protocol, region_metrics, options, pending)
-    if not isinstance(stage, LocalRegionScoring):
-        results = _timed_iter(results, timer, "region_remote")
-    for key, values in results:
+    for key, values in backend.score_regions(loaded, protocol, region_metrics, options, pending, timer):
         bar.update(1)
         unreadable = values.pop(UNREADABLE, None)
         if unreadable is not None:
@@ -255,7 +251,7 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
     for _ in pending:  # every prediction gets its row, even where a scorer stopped early
         pass
     bar.close()
-    models = dict(stage.model_ids())
+    models = dict(backend.model_ids())
 
     judge_info = None
     if use_idcs:
@@ -363,18 +359,6 @@ def score_entries(scorer: Any, entries: Iterable[tuple[tuple[str, int], EditSamp
         yield key, values
     while unreadable:
         yield unreadable.popleft()
-
-
-def _timed_iter(iterator: Iterable, timer: Any, name: str) -> Iterator:
-    """`iterator`, with the time spent waiting for each item counted as stage `name`."""
-    iterator = iter(iterator)
-    while True:
-        with timer.stage(name):
-            try:
-                item = next(iterator)
-            except StopIteration:
-                return
-        yield item
 
 
 def _index_by_id(loaded: LoadedDataset, wanted: set[str]) -> tuple[dict[str, int], list[str]]:

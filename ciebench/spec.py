@@ -11,7 +11,7 @@ from .io import stable_hash
 
 @dataclass(frozen=True)
 class RunSpec:
-    editor: dict[str, Any]  # Editor.describe(): name, class, version, config, oracle_mask
+    editor: dict[str, Any] | None  # Editor.describe(): name, class, version, config, oracle_mask; None: `score`
     dataset: dict[str, Any]  # spec, kind, revision, n
     seeds: tuple[int, ...]
     protocol: dict[str, Any]  # name, hash and every field
@@ -20,16 +20,17 @@ class RunSpec:
     limit: int | None = None
     ciebench_version: str = ""
     notes: dict[str, Any] = field(default_factory=dict)  # recorded, not hashed (device, backend)
+    predictions: str | None = None  # `ciebench score`: the folder of predictions scored; recorded, not hashed
 
     @property
     def editor_config_hash(self) -> str:
-        return stable_hash({k: self.editor.get(k) for k in ("class", "version", "config")})
+        return stable_hash({k: (self.editor or {}).get(k) for k in ("class", "version", "config")})
 
     @property
     def spec_hash(self) -> str:
         """Hash of what decides the results. The dataset enters by its kind, content revision and size,
         not by how its path was spelled, so `ds`, `./ds` and `/abs/ds/` resume the same run."""
-        decided = {k: v for k, v in asdict(self).items() if k != "notes"}
+        decided = {k: v for k, v in asdict(self).items() if k not in ("notes", "predictions")}
         decided["dataset"] = {k: v for k, v in self.dataset.items() if k != "spec"}
         return stable_hash(decided)
 
@@ -37,8 +38,11 @@ class RunSpec:
         d = asdict(self)
         d["seeds"] = list(self.seeds)
         d["metrics"] = list(self.metrics)
-        d["spec_hash"] = self.spec_hash
-        d["editor_config_hash"] = self.editor_config_hash
+        if self.editor is not None:
+            # A `score` spec has no hash: its results depend on the predictions' content, which a spec
+            # cannot pin, so two scorings with one spec need not agree (and `verify` skips the check).
+            d["spec_hash"] = self.spec_hash
+            d["editor_config_hash"] = self.editor_config_hash
         return d
 
 

@@ -1,4 +1,5 @@
-"""`ciebench benchmarks`, and the `--benchmark` paths of `evaluate` and `score`."""
+"""`ciebench benchmarks`, and the judge-scored `--benchmark` paths of `evaluate` and `score` (the
+benchmark itself runs in `ciebench.api.evaluate` and `ciebench.benchmarks.session`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,63 +36,31 @@ def resolve(name: str):
     return get_benchmark(name)  # an unknown name: RegistryError, exit 2, with a did-you-mean
 
 
-def dataset_spec(bench: Any, root: Optional[str]) -> Optional[str]:
-    """The `--dataset` spec when the benchmark runs through the dataset pipeline, else None."""
-    if bench.pipeline != "dataset":
-        return None
-    try:
-        return bench.dataset_for(root)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-
-
-def check_unsupported_options(seeds: str, backend: str, protocol: Optional[str], metrics: Optional[str]) -> None:
-    """Options of the dataset pipeline that a judge-scored benchmark run would otherwise ignore."""
-    problems = []
-    if seeds.strip() != "0":
-        problems.append("--seeds (a benchmark run uses the run seed 0, as the official protocols do)")
-    if backend != "local":
-        problems.append("--backend ray")
-    if protocol or metrics:
-        problems.append("--protocol / --metrics (the benchmark's official judge protocol applies)")
-    if problems:
-        raise UsageError("not available with a judge-scored --benchmark: " + "; ".join(problems))
-
-
-def _options(root, limit, judge, judge_prompts, overwrite=False, retry_failed=False):
-    from ..benchmarks.session import BenchOptions
-
-    return BenchOptions(root=root, limit=limit, judge=judge, judge_prompts=judge_prompts, overwrite=overwrite,
-                        retry_failed=retry_failed)
-
-
-def evaluate(bench: Any, editor: Any, out: Path, root, limit, judge, judge_prompts, overwrite, retry_failed) -> None:
-    from ..benchmarks import session
-
-    _guard(lambda: session.evaluate(bench, editor, out, _options(root, limit, judge, judge_prompts, overwrite, retry_failed)), out)
-
-
 def score(bench: Any, predictions: Optional[Path], verdicts: Optional[Path], out: Path, root, limit, judge,
           judge_prompts) -> None:
+    from ..api import benchmark_errors
     from ..benchmarks import session
 
     if verdicts is not None:
-        _guard(lambda: session.reaggregate(bench, verdicts, out), out)
+        run = lambda: session.reaggregate(bench, verdicts, out)  # noqa: E731
     elif predictions is not None:
-        _guard(lambda: session.score(bench, predictions, out, _options(root, limit, judge, judge_prompts)), out)
+        options = session.BenchOptions(root=root, limit=limit, judge=judge, judge_prompts=judge_prompts)
+        run = lambda: session.score(bench, predictions, out, options)  # noqa: E731
     else:
         raise UsageError("--benchmark needs --predictions DIR (official output layout) or --verdicts FILE")
 
+    def translated():
+        with benchmark_errors():
+            return run()
 
-def _guard(fn, out: Path) -> None:
-    """Run one benchmark command; user errors become `CiebenchError`s with their exit codes (the CLI
-    prints one line), and the exit code tells whether anything was scored."""
+    guard(translated, out)
+
+
+def guard(fn, out: Path) -> None:
+    """Run one benchmark command (`fn` returns its summary), print the summary, and let the exit code
+    tell whether anything was scored."""
     try:
         summary = fn()
-    except (ValueError, KeyError) as exc:  # a malformed annotation, verdict file or case
-        raise DataError(str(exc)) from exc
-    except FileNotFoundError as exc:  # the benchmark's data or a published file is not here
-        raise DataError(str(exc), hint="pass the benchmark's folder with --benchmark-root") from exc
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: finished cases are kept in {out}; rerun the same command to resume.", err=True)
         raise typer.Exit(int(ExitCode.INTERRUPTED))

@@ -11,14 +11,6 @@ from .options import DatasetOpt, JudgePromptsOpt, JudgeProtocolOpt
 
 app = CommandApp(help="Judge protocols, agreement between judges, drift canaries.", no_args_is_help=True)
 
-def judge_run_options(protocol: Optional[str], passes: int, prompts: Optional[str], max_cost: Optional[float],
-                      canaries: str = "day", batch: bool = False):
-    from ..judge.run import JudgeRunOptions
-
-    return JudgeRunOptions(protocol=protocol, passes=passes, prompts_dir=prompts, max_cost=max_cost,
-                           canaries=canaries, batch=batch)
-
-
 def list_judge_protocols_lines() -> list[str]:
     """One line per judge protocol, for `ciebench metrics` and `ciebench judge protocols`."""
     from ..judge.protocols import JUDGE_PROTOCOLS

@@ -1,7 +1,7 @@
 """`ciebench evaluate | score | editors | metrics`: running editors and scoring predictions."""
 from __future__ import annotations
 
-import dataclasses
+import functools
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +10,7 @@ import typer
 from ..errors import CiebenchError
 from . import app
 from . import benchmarks as _bench
-from .judge import judge_run_options, list_judge_protocols_lines
+from .judge import list_judge_protocols_lines
 from .options import (DATASET_HELP, BackendOpt, BenchmarkOpt, BenchmarkRootOpt, CpusPerWorkerOpt, DeviceOpt, DryRunOpt,
                       EditorArgOpt, EditorOpt, GpusPerWorkerOpt, IgnoreChecksumsOpt, JudgeBatchOpt, JudgeCanariesOpt,
                       JudgeOpt, JudgePassesOpt, JudgePromptsOpt, JudgeProtocolOpt, LimitOpt, MaxCostOpt, MetricsOpt,
@@ -28,16 +28,8 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
-def _load(dataset: str, ignore_checksums: bool):
-    from ..datasets import read_dataset
-    from ..errors import DataError
-
-    loaded = read_dataset(dataset, verify=not ignore_checksums)
-    for problem in loaded.problems:
-        typer.echo(str(problem), err=True)
-    if len(loaded.dataset) == 0:
-        raise DataError(f"dataset {dataset} has no usable samples", hint=f"see `ciebench data validate {dataset}`")
-    return loaded
+def _print_problem(problem) -> None:
+    typer.echo(str(problem), err=True)
 
 
 def _check_result(summary: dict, requested: Optional[tuple[str, ...]], min_coverage: Optional[float]) -> None:
@@ -85,28 +77,6 @@ def _print_summary(summary: dict, out: Path) -> None:
     typer.echo(f"  statuses: {counts}")
 
 
-def _ray_backend(backend: str, ray_address: Optional[str], num_workers: Optional[int], gpus_per_worker: Optional[float],
-                 cpus_per_worker: float, device: str):
-    """None for the local backend, else a `RayBackend` (not yet connected)."""
-    if backend == "local":
-        if ray_address or num_workers is not None or gpus_per_worker is not None:
-            raise typer.BadParameter("--ray-address, --num-workers and --gpus-per-worker need --backend ray")
-        return None
-    if backend != "ray":
-        raise typer.BadParameter(f"unknown backend {backend!r}; available: local, ray")
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        from ..errors import EnvironmentProblem
-
-        raise EnvironmentProblem("--backend ray needs Ray", hint="pip install 'ciebench[ray]'") from None
-    from ..distributed import RayBackend, RayOptions
-
-    if num_workers is not None and num_workers < 1:
-        raise typer.BadParameter("--num-workers must be at least 1")
-    gpus = gpus_per_worker if gpus_per_worker is not None else (1.0 if device.startswith("cuda") else 0.0)
-    return RayBackend(RayOptions(address=ray_address, num_workers=num_workers, gpus_per_worker=gpus,
-                                 cpus_per_worker=cpus_per_worker))
 
 
 def _fmt(v) -> str:
@@ -146,45 +116,23 @@ def evaluate_cmd(
     benchmark_root: BenchmarkRootOpt = None,
 ) -> None:
     """Run an editor on a dataset into a resumable run directory, then score it."""
-    from ..editor_config import build_editor
-    from ..runner import RunOptions, run
-    from ..scoring import ScoreOptions, resolve_metrics
+    from .. import api
+    from ..errors import ExitCode
 
     _coverage(min_coverage)
     bench = _bench.resolve(benchmark) if benchmark else None
-    dataset = (_bench.dataset_spec(bench, benchmark_root) or dataset) if bench else dataset
-    judged_benchmark = bench is not None and bench.pipeline != "dataset"
-    if not judged_benchmark:
-        score_options = ScoreOptions(protocol=protocol, metrics=split_names(metrics), judge=judge, device=device,
-                                     judge_options=judge_run_options(judge_protocol, judge_passes, judge_prompts,
-                                                                     max_cost, judge_canaries))
-        resolve_metrics(score_options)  # an unknown --metrics name fails before any model loads
-    distributed = _ray_backend(backend, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device)
-    loaded = None if judged_benchmark else _load(dataset, ignore_checksums)
-    ed = build_editor(editor, editor_arg, editor_config, preset)
-    if loaded is None:  # a judge-scored benchmark (RISEBench, ...): its own generation and official scoring
-        try:
-            _bench.check_unsupported_options(seeds=seeds, backend=backend, protocol=protocol, metrics=metrics)
-            return _bench.evaluate(bench, ed, out, benchmark_root, limit, judge, judge_prompts, overwrite, retry_failed)
-        finally:
-            ed.close()
-    if distributed is not None:
-        from ..distributed import EditorRecipe
-
-        distributed.recipe = EditorRecipe.from_cli(editor, editor_arg, editor_config, preset)
-    options = RunOptions(
-        seeds=_seeds(seeds), limit=limit, batch_size=batch_size, device=device, overwrite=overwrite,
-        retry_failed=retry_failed, score=score_options,
-    )
-    from ..errors import ExitCode
-
+    run = functools.partial(
+        api.evaluate, editor, dataset, out, seeds=_seeds(seeds), limit=limit, protocol=protocol,
+        metrics=split_names(metrics), judge=judge, judge_protocol=judge_protocol, judge_passes=judge_passes,
+        judge_prompts=judge_prompts, max_cost=max_cost, judge_canaries=judge_canaries, device=device,
+        batch_size=batch_size, editor_args=editor_arg, editor_config=editor_config, preset=preset, overwrite=overwrite,
+        retry_failed=retry_failed, backend=backend, ray_address=ray_address, num_workers=num_workers,
+        gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, ignore_checksums=ignore_checksums,
+        benchmark=benchmark, benchmark_root=benchmark_root, on_problem=_print_problem)
+    if bench is not None and bench.pipeline != "dataset":  # a judge-scored benchmark (RISEBench, ...)
+        return _bench.guard(lambda: run().summary, out)
     try:
-        if distributed is None:
-            stats, result = run(ed, loaded, out, options)
-        else:
-            with distributed:
-                stats, result = run(ed, loaded, out, options, backend=distributed.generate,
-                                    region=distributed.region_scoring())
+        result = run()
     except CiebenchError as exc:
         if exc.hint is None and out.is_dir():
             exc.hint = f"finished samples are kept in {out}; rerun the same command to resume"
@@ -194,11 +142,10 @@ def evaluate_cmd(
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: finished samples are kept in {out}; rerun the same command to resume.", err=True)
         raise typer.Exit(int(ExitCode.INTERRUPTED))
-    finally:
-        ed.close()
+    stats = result.stats
     typer.echo(f"generated {stats.generated}, resumed {stats.skipped}, failed {stats.failed}")
     _print_summary(result.summary, out)
-    _check_result(result.summary, score_options.metrics, min_coverage)
+    _check_result(result.summary, split_names(metrics), min_coverage)
 
 
 @app.command("score")
@@ -236,60 +183,42 @@ def score_cmd(
     verdicts: Optional[Path] = typer.Option(None, "--verdicts", help="With --benchmark: re-aggregate per-case verdicts (verdicts.jsonl, or the official judge .xlsx/.csv) without a judge."),
 ) -> None:
     """Score a folder of edited images against a dataset."""
-    from .. import outdir
+    from .. import api
     from ..errors import IncompleteResult, UsageError
-    from ..io import atomic_write_json
-    from ..scoring import ScoreOptions, find_predictions, resolve_metrics, score
     from ..status import Status
 
     _coverage(min_coverage)
     bench = _bench.resolve(benchmark) if benchmark else None
     if bench is not None and bench.pipeline != "dataset":
         return _bench.score(bench, predictions, verdicts, out, benchmark_root, limit, judge, judge_prompts)
-    dataset = _bench.dataset_spec(bench, benchmark_root) if bench else dataset
-    if dataset is None or predictions is None:
+    if (dataset is None and bench is None) or predictions is None:
         raise UsageError("score needs --dataset (or --benchmark) and --predictions")
     if str(predictions).startswith("hf:"):  # a run exported with `ciebench export --format hub`
         from .travel import exported_predictions
 
         predictions = exported_predictions(str(predictions))
-    if not predictions.is_dir():
-        raise UsageError(f"--predictions {predictions} is not a folder")
-    options = ScoreOptions(protocol=protocol, metrics=split_names(metrics), judge=judge, device=device, batch_size=batch_size,
-                           judge_options=judge_run_options(judge_protocol, judge_passes, judge_prompts, max_cost,
-                                                           judge_canaries, judge_batch))
-    resolve_metrics(options)
-    distributed = _ray_backend(backend, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device)
-    loaded = _load(dataset, ignore_checksums)
-    ids = loaded.dataset["id"][: limit if limit is not None else None]
+    options = dict(limit=limit, protocol=protocol, metrics=split_names(metrics), judge=judge,
+                   judge_protocol=judge_protocol, judge_passes=judge_passes, judge_prompts=judge_prompts,
+                   max_cost=max_cost, judge_canaries=judge_canaries, judge_batch=judge_batch, device=device,
+                   batch_size=batch_size, backend=backend, ray_address=ray_address, num_workers=num_workers,
+                   gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                   ignore_checksums=ignore_checksums, benchmark=benchmark, benchmark_root=benchmark_root,
+                   on_problem=_print_problem)
     if dry_run:
-        from ..judge.run import dry_run_report
-
-        for line in dry_run_report(loaded, find_predictions(predictions, ids), options):
+        for line in api.estimate_judging(dataset, predictions, **options):
             typer.echo(line)
         return
-    outdir.claim(out, "score")
-    with outdir.lock(out):
-        outdir.clean_stale_temp(out)
-        atomic_write_json(out / "spec.json", {"editor": None, "predictions": str(predictions.resolve()),
-                                              "dataset": {"spec": dataset, "revision": loaded.revision, "n": len(ids)},
-                                              "score_options": dataclasses.asdict(options)})
-        try:
-            if distributed is None:
-                result = score(loaded, find_predictions(predictions, ids), out, options)
-            else:
-                with distributed:
-                    result = score(loaded, find_predictions(predictions, ids), out, options,
-                                   region=distributed.region_scoring())
-        except CiebenchError:
-            raise
-        except (OSError, RuntimeError) as exc:  # a model that cannot be loaded (offline, missing weights)
-            raise _environment(exc, out, resumable=False) from exc
+    try:
+        result = api.score(dataset, predictions, out, **options)
+    except CiebenchError:
+        raise
+    except (OSError, RuntimeError) as exc:  # a model that cannot be loaded (offline, missing weights)
+        raise _environment(exc, out, resumable=False) from exc
     _print_summary(result.summary, out)
     bad = [r for r in result.rows if r["status"] != Status.OK]
     for row in bad:
         typer.echo(f"  {row['status']}: sample {row['sample_id']}: {row['error']}", err=True)
-    _check_result(result.summary, options.metrics, min_coverage)
+    _check_result(result.summary, split_names(metrics), min_coverage)
     if bad and not allow_missing:
         raise IncompleteResult(f"{len(bad)} prediction(s) missing or unusable", hint="pass --allow-missing to accept")
 

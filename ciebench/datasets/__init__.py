@@ -41,7 +41,7 @@ NAMED = ("mini", "ciebench")
 class LoadedDataset:
     dataset: datasets.Dataset
     spec: str
-    kind: str  # mini | ciebench-release | authors | reasonedit | jsonl | saved | parquet | hub
+    kind: str  # mini | ciebench-release | authors | reasonedit | jsonl | saved | parquet | hub | memory
     problems: list[Problem] = field(default_factory=list)
     revision: str = ""  # content hash, or the release / hub revision
     default_protocol: str = "cielr"
@@ -102,6 +102,13 @@ def read_dataset(spec: str, *, verify: bool = True, sources: list[str] | None = 
     raise DatasetError(
         f"{path}: unrecognised dataset folder; expected updated_data.json/benchmark.json (CIEBench layout), "
         f"{MANIFEST_NAME}, a saved HF dataset, parquet files, or Reason-Edit category folders (1-Left-Right/ ...)")
+
+
+def wrap_dataset(dataset: datasets.Dataset, spec: str = "<in-memory dataset>") -> LoadedDataset:
+    """A `datasets.Dataset` already in memory (e.g. from `load_dataset`) as a `LoadedDataset`, checked row
+    by row like a saved one. Image paths in it are not followed (embed the bytes); `spec` is what the run
+    records as the dataset's name."""
+    return _wrap(dataset, spec, "memory", [])
 
 
 def iter_samples(dataset: datasets.Dataset, limit: int | None = None) -> Iterator[EditSample]:
