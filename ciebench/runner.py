@@ -32,6 +32,7 @@ from .datasets import LoadedDataset
 from .editor import EditRequest, EditResult, Editor
 from .errors import DataError, OutputConflict, UsageError
 from .io import atomic_write_bytes, atomic_write_json, json_safe, json_text, png_bytes, sha256_bytes, sha256_file
+from .isolate import run_isolated
 from .results import file_stem
 from .schema import EditSample
 from .scoring import Prediction, ScoreOptions, ScoreResult, resolve_metrics, score
@@ -222,24 +223,24 @@ def make_request(editor: Editor, sample: EditSample, seed: int) -> EditRequest:
 
 def edit_isolated(editor: Editor, requests: list[EditRequest], stats: RunStats) -> list[EditResult]:
     """Call the editor on a batch; if the batch fails, call it per request so one bad sample fails alone."""
-    started = time.perf_counter()
-    try:
+    def call(batch: list[EditRequest]) -> list[EditResult]:
+        started = time.perf_counter()
         stats.editor_calls += 1
-        results = editor.edit(requests)
-        if len(results) != len(requests):
-            raise RuntimeError(f"editor returned {len(results)} results for {len(requests)} requests")
-        elapsed = (time.perf_counter() - started) / max(1, len(requests))
+        results = editor.edit(batch)
+        if len(results) != len(batch):
+            raise RuntimeError(f"editor returned {len(results)} results for {len(batch)} requests")
+        elapsed = (time.perf_counter() - started) / max(1, len(batch))
         for r in results:
             r.timings.setdefault("edit_seconds", elapsed)
         return results
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # noqa: BLE001 (OOM and library errors must not end the run)
-        if len(requests) == 1:
-            return [EditResult.failure(f"{type(exc).__name__}: {exc}")]
-        log.warning("batch of %d failed (%s); retrying one by one", len(requests), exc)
+
+    def retry_alone(exc: BaseException, n: int) -> None:
+        log.warning("batch of %d failed (%s); retrying one by one", n, exc)
         _free_memory()
-        return [edit_isolated(editor, [r], stats)[0] for r in requests]
+
+    # BaseException: OOM and library errors must not end the run
+    return run_isolated(call, requests, lambda _, exc: EditResult.failure(f"{type(exc).__name__}: {exc}"),
+                        catch=BaseException, on_batch_failure=retry_alone)
 
 
 @dataclass
