@@ -49,12 +49,12 @@ from ciebench.editor import EditorConfig, EditRequest, EditResult, Editor
 from ciebench.io import atomic_write_bytes, atomic_write_json, png_bytes, stable_hash
 from ciebench.llm.config import is_provider_host, key_env_for
 from ciebench.llm.http_backend import RETRY_STATUS, parse_retry_after
+from ciebench.status import EDITOR_FAILURE, Status
 
 log = logging.getLogger("ciebench.openai_images")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 CACHE_FORMAT = 1
-REFUSED = "refused"  # result status of a content-filter / moderation refusal
 _REFUSAL_CODES = ("moderation_blocked", "content_policy_violation", "content_filter", "safety")
 _REFUSAL_TEXT = re.compile(r"safety system|content polic|moderation|content filter|refus", re.IGNORECASE)
 
@@ -109,7 +109,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 @dataclass
 class _Answer:
-    status: str  # ok | refused | error
+    status: str  # Status.OK | Status.REFUSED | EDITOR_FAILURE
     image: Image.Image | None = None
     error: str | None = None
     usage: dict[str, Any] | None = None
@@ -153,13 +153,13 @@ class OpenAIImagesEditor(Editor):
             if budget:
                 return EditResult.failure(budget, trace={"cache_key": key})
             answer = self._request(r.instruction, source, mask)
-            if answer.status in ("ok", REFUSED):
+            if answer.status in (Status.OK, Status.REFUSED):
                 self._cache_put(key, answer)
         trace = {"model": self.config.model, "endpoint": self.config.endpoint, "cache_key": key, "cached": cached,
                  "attempts": answer.attempts, "usage": answer.usage or {},
                  "cost": 0.0 if cached else self._cost(answer), "mask_sent": mask is not None}
         timings = {"edit_seconds": time.perf_counter() - started}
-        if answer.status == "ok":
+        if answer.status == Status.OK:
             return EditResult(image=answer.image.convert("RGB").resize(source.size, Image.BICUBIC), trace=trace,
                               timings=timings)
         return EditResult(image=None, status=answer.status, error=answer.error, trace=trace, timings=timings)
@@ -187,7 +187,7 @@ class OpenAIImagesEditor(Editor):
         if mask is not None:
             files["mask"] = ("mask.png", png_bytes(mask))
         body, content_type = encode_multipart(fields, files)
-        answer = _Answer(status="error", error="no attempt made")
+        answer = _Answer(status=EDITOR_FAILURE, error="no attempt made")
         for attempt in range(c.max_retries + 1):
             if attempt:
                 with self._lock:
@@ -210,7 +210,7 @@ class OpenAIImagesEditor(Editor):
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
         elif c.key_env and is_provider_host(c.host):
-            return _Answer(status="error", error=f"environment variable {c.key_env} is not set (the API key for {c.endpoint})")
+            return _Answer(status=EDITOR_FAILURE, error=f"environment variable {c.key_env} is not set (the API key for {c.endpoint})")
         with self._lock:
             self.stats["requests"] += 1
         try:
@@ -224,11 +224,11 @@ class OpenAIImagesEditor(Editor):
                 raw = b""
             message = self._redact(_error_message(raw))
             if exc.code == 400 and _is_refusal(raw):
-                return _Answer(status=REFUSED, error=f"refused by the server's content filter: {message}")
-            return _Answer(status="error", error=f"HTTP {exc.code} from {url}: {message}",
+                return _Answer(status=Status.REFUSED, error=f"refused by the server's content filter: {message}")
+            return _Answer(status=EDITOR_FAILURE, error=f"HTTP {exc.code} from {url}: {message}",
                            retryable=exc.code in RETRY_STATUS, retry_after=parse_retry_after(exc.headers))
         except (TimeoutError, OSError) as exc:
-            return _Answer(status="error", error=f"connection error to {url}: {type(exc).__name__}: {exc}", retryable=True)
+            return _Answer(status=EDITOR_FAILURE, error=f"connection error to {url}: {type(exc).__name__}: {exc}", retryable=True)
         return self._parse(raw)
 
     def _parse(self, raw: bytes) -> _Answer:
@@ -237,8 +237,8 @@ class OpenAIImagesEditor(Editor):
             item = payload["data"][0]
         except (ValueError, KeyError, IndexError, TypeError):
             if _is_refusal(raw):
-                return _Answer(status=REFUSED, error=f"refused: {self._redact(_error_message(raw))}")
-            return _Answer(status="error", error=f"malformed reply (no data[0]): {raw[:200]!r}", retryable=True)
+                return _Answer(status=Status.REFUSED, error=f"refused: {self._redact(_error_message(raw))}")
+            return _Answer(status=EDITOR_FAILURE, error=f"malformed reply (no data[0]): {raw[:200]!r}", retryable=True)
         usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
         try:
             if item.get("b64_json"):
@@ -247,14 +247,14 @@ class OpenAIImagesEditor(Editor):
                 data = self._download(item["url"])
             else:
                 reason = item.get("revised_prompt") or item.get("refusal") or "no image in the reply"
-                return _Answer(status=REFUSED if _REFUSAL_TEXT.search(str(reason)) else "error", error=str(reason),
+                return _Answer(status=Status.REFUSED if _REFUSAL_TEXT.search(str(reason)) else EDITOR_FAILURE, error=str(reason),
                                usage=usage)
             image = Image.open(io.BytesIO(data))
             image.load()
         except Exception as exc:  # noqa: BLE001 - a broken image is a failed answer, retried
-            return _Answer(status="error", error=f"unreadable image in the reply: {type(exc).__name__}: {exc}",
+            return _Answer(status=EDITOR_FAILURE, error=f"unreadable image in the reply: {type(exc).__name__}: {exc}",
                            retryable=True, usage=usage)
-        return _Answer(status="ok", image=image, usage=usage)
+        return _Answer(status=Status.OK, image=image, usage=usage)
 
     def _download(self, url: str) -> bytes:
         """An image URL from the reply: fetched without the Authorization header (it may be another host)."""
@@ -279,15 +279,15 @@ class OpenAIImagesEditor(Editor):
 
     # ------------------------------------------------------------------------------------ cost
     def _cost(self, answer: _Answer) -> float:
-        if answer.status != "ok" and not answer.usage:
+        if answer.status != Status.OK and not answer.usage:
             return 0.0
         c, usage = self.config, answer.usage or {}
-        cost = (c.price_per_image if answer.status == "ok" else 0.0) \
+        cost = (c.price_per_image if answer.status == Status.OK else 0.0) \
             + _int(usage.get("input_tokens")) / 1e6 * c.price_per_1m_input_tokens \
             + _int(usage.get("output_tokens")) / 1e6 * c.price_per_1m_output_tokens
         with self._lock:
             self.stats["cost"] = round(self.stats["cost"] + cost, 8)
-            self.stats["refused"] += answer.status == REFUSED
+            self.stats["refused"] += answer.status == Status.REFUSED
         return round(cost, 8)
 
     def _over_budget(self) -> str | None:
@@ -309,7 +309,7 @@ class OpenAIImagesEditor(Editor):
             if rec.get("key") != key or rec.get("format") != CACHE_FORMAT:
                 return None
             image = None
-            if rec["status"] == "ok":
+            if rec["status"] == Status.OK:
                 image = Image.open(folder / f"{key}.png")
                 image.load()
         except (OSError, ValueError, KeyError):

@@ -37,6 +37,7 @@ from ciebench.cache import cache_root
 from ciebench.editor import EditorConfig, EditRequest, EditResult, Editor
 from ciebench.isolate import run_isolated
 from ciebench.llm import LLMClient, LLMConfig, make_client
+from ciebench.status import EDITOR_FAILURE, Status
 
 from .executor import InpaintExecutor, InpaintJob, InpaintParams
 from .lama import BIG_LAMA
@@ -570,8 +571,8 @@ class CIELREditor(Editor):
         trace["artifacts"] = artifacts
         timings_out = {k: float(v) for k, v in timings.items() if isinstance(v, (int, float))}
         if s.failed:
-            return EditResult(image=None, status="error", error=s.error, trace=trace, timings=timings_out)
-        return EditResult(image=s.images[-1], status="ok", trace=trace, timings=timings_out)
+            return EditResult(image=None, status=EDITOR_FAILURE, error=s.error, trace=trace, timings=timings_out)
+        return EditResult(image=s.images[-1], status=Status.OK, trace=trace, timings=timings_out)
 
     def _trace(self, s: _Sample) -> tuple[dict[str, Any], dict[str, Image.Image]]:
         c = self.config
@@ -599,7 +600,7 @@ class CIELREditor(Editor):
             "sample_id": s.request.sample_id,
             "instruction": s.request.instruction,
             "seed": int(s.request.seed),
-            "status": "error" if s.failed else "ok",
+            "status": EDITOR_FAILURE if s.failed else Status.OK,
             "error": s.error,
             "failed_stage": s.error_stage,
             "objects": chain.objects if chain else [],
