@@ -48,10 +48,6 @@ RUN_SUBDIRS = ("images", "traces", "records")
 FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
 
 
-class RunError(OutputConflict):
-    """--out holds a run with a different spec."""
-
-
 @dataclass
 class RunOptions:
     seeds: tuple[int, ...] = (0,)
@@ -108,7 +104,7 @@ def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
         if existing.get("spec_hash") == spec.spec_hash:
             return
         if not overwrite:
-            raise RunError(
+            raise OutputConflict(
                 f"{out} holds a run with a different spec (spec_hash {existing.get('spec_hash')} != {spec.spec_hash})",
                 hint="use another --out, or pass --overwrite to discard that run (only its own files are deleted)")
         outdir.clear(out, "run")

@@ -27,8 +27,9 @@ from PIL import Image
 from ..images import open_image_file
 from ..io import atomic_write_bytes, atomic_write_text, png_bytes
 from ..results import file_stem, id_stem, natural_key
+from ..stats import json_number
 from ..status import Status
-from .runs import Run, json_value, load_runs, metric_title, order_metrics
+from .runs import Run, load_runs, metric_title, order_metrics
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +229,12 @@ def _inside(run: Run, relative: str) -> Path | None:
 
 
 def _compact(v: Any) -> Any:
-    """A metric value for the page: 7 significant digits (display and sorting need no more)."""
-    v = json_value(v)
+    """A metric value for the page in the one JSON number form (`stats.json_number`), to 7 significant
+    digits (display and sorting need no more)."""
+    try:
+        v = json_number(v)
+    except (TypeError, ValueError):  # not a number: shown as it is
+        return v
     return float(f"{v:.7g}") if isinstance(v, float) else v
 
 
@@ -398,10 +403,15 @@ _JS = r"""
     if (vals.some(function (x) { return !isFinite(x); })) return vals.reduce(function (a, b) { return a + b; });
     return vals.reduce(function (a, b) { return a + b; }, 0) / vals.length;
   }
-  function natural(a, b) {
-    var na = /^\d+$/.test(a), nb = /^\d+$/.test(b);
-    if (na && nb) return (+a) - (+b);
-    if (na !== nb) return na ? -1 : 1;
+  function natural(a, b) {  // ciebench.results.natural_key: digit runs as numbers, before text; spelling breaks ties
+    var ra = a.match(/[0-9]+|[^0-9]+/g) || [], rb = b.match(/[0-9]+|[^0-9]+/g) || [];
+    for (var i = 0; i < Math.min(ra.length, rb.length); i++) {
+      var da = /^[0-9]/.test(ra[i]), db = /^[0-9]/.test(rb[i]);
+      if (da !== db) return da ? -1 : 1;
+      var x = da ? +ra[i] : ra[i].toLowerCase(), y = db ? +rb[i] : rb[i].toLowerCase();
+      if (x !== y) return x < y ? -1 : 1;
+    }
+    if (ra.length !== rb.length) return ra.length - rb.length;
     return a < b ? -1 : a > b ? 1 : 0;
   }
   function filtered() {

@@ -12,9 +12,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from ..errors import UsageError
 from ..io import read_json_object
-from ..results import BASE_COLUMNS, read_samples, summarize
+from ..results import BASE_COLUMNS, RunFolderError, read_samples, summarize
 from ..status import Status
 
 log = logging.getLogger(__name__)
@@ -39,9 +38,7 @@ METRIC_TITLES = {"idcs": "IDCS", "clip": "CLIP score", "psnr": "PSNR (dB)", "ssi
 _NON_METRIC_SUFFIXES = ("_status", "_error", "_sentence", "_seconds", "_sha256")
 
 
-class RunError(UsageError, ValueError):
-    """A path given as a run that is not a readable run directory, or runs that cannot be compared
-    (exit code 2: a bad command line)."""
+RunError = RunFolderError  # a path given as a run that is not a readable run directory, or runs that cannot be compared
 
 
 def metric_title(metric: str) -> str:
@@ -309,21 +306,6 @@ def dataset_short_name(spec: str) -> str:
     if spec.startswith("hf:"):
         return spec[3:].split("@")[0].rstrip("/").split("/")[-1] or spec
     return Path(spec.rstrip("/")).name or spec
-
-
-def json_value(v: Any) -> Any:
-    """A metric value for JSON: None for NaN, "inf"/"-inf" strings for infinities."""
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return v
-    if math.isnan(f):
-        return None
-    if math.isinf(f):
-        return "inf" if f > 0 else "-inf"
-    return f
 
 
 __all__ = ["Run", "RunError", "load_run", "load_runs", "assign_labels", "HIGHER_IS_BETTER", "METRIC_ORDER",

@@ -5,9 +5,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import CiebenchError, ExitCode, UsageError
 from . import app
+from .handling import CommandApp
 
-judge_app = typer.Typer(help="Judge protocols, agreement between judges, drift canaries.", no_args_is_help=True)
+judge_app = CommandApp(help="Judge protocols, agreement between judges, drift canaries.", no_args_is_help=True)
 app.add_typer(judge_app, name="judge")
 
 JudgeProtocolOpt = Annotated[Optional[str], typer.Option(
@@ -35,15 +37,10 @@ DryRunOpt = Annotated[bool, typer.Option(
 
 def judge_run_options(protocol: Optional[str], passes: int, prompts: Optional[str], max_cost: Optional[float],
                       canaries: str = "day", batch: bool = False):
-    from ..errors import CiebenchError
     from ..judge.run import JudgeRunOptions
 
-    try:
-        return JudgeRunOptions(protocol=protocol, passes=passes, prompts_dir=prompts, max_cost=max_cost,
-                               canaries=canaries, batch=batch)
-    except CiebenchError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(int(exc.exit_code))
+    return JudgeRunOptions(protocol=protocol, passes=passes, prompts_dir=prompts, max_cost=max_cost,
+                           canaries=canaries, batch=batch)
 
 
 def list_judge_protocols_lines() -> list[str]:
@@ -84,19 +81,13 @@ def agreement_cmd(
     Kendall's tau of the system ranking under judge A vs judge B."""
     from pathlib import Path
 
-    from ..errors import CiebenchError
     from ..io import atomic_write_json, atomic_write_text
     from ..judge.agreement import load_scores, pair_agreement, ranking_tau, scatter_plot
 
     if len(runs) % 2:
-        typer.echo("error: give pairs of runs: A B [A B ...]", err=True)
-        raise typer.Exit(2)
-    try:
-        pairs = [pair_agreement(load_scores(a, metric), load_scores(b, metric), lo, hi)
-                 for a, b in zip(runs[::2], runs[1::2])]
-    except CiebenchError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(int(exc.exit_code))
+        raise UsageError("give pairs of runs: A B [A B ...]")
+    pairs = [pair_agreement(load_scores(a, metric), load_scores(b, metric), lo, hi)
+             for a, b in zip(runs[::2], runs[1::2])]
     header = f"{'A':<24} {'B':<24} {'n':>5} {'spearman [95% CI]':>26} {'kappa_q [95% CI]':>26} {'mean A':>7} {'mean B':>7}"
     typer.echo(header)
     rows = []
@@ -144,7 +135,6 @@ def calibrate_cmd(
     protocol hash), later times report agreement with them."""
     import dataclasses
 
-    from ..errors import CiebenchError
     from ..judge import canaries as canary_mod
     from ..metrics.idcs import IDCSJudge, get_judge_config
 
@@ -156,9 +146,10 @@ def calibrate_cmd(
         # Calibration always asks afresh (no answer cache), so it measures today's model.
         idcs = IDCSJudge(config, cache_dir=None, prompts_dir=prompts)
         result = canary_mod.calibrate(idcs, canary_mod.judge_hash_of(config, idcs.protocol.hash), canary_set, threshold)
-    except (CiebenchError, ValueError) as exc:
-        typer.echo(f"error: {exc.one_line() if isinstance(exc, CiebenchError) else exc}", err=True)
-        raise typer.Exit(int(getattr(exc, "exit_code", 2)))
+    except CiebenchError:
+        raise
+    except ValueError as exc:  # a malformed canary set or prompt source: a bad argument
+        raise UsageError(str(exc)) from exc
     typer.echo(f"canary set {result['set']} ({result['n']} canaries, {result['scored']} scored), judge "
                f"{config.name} / {idcs.protocol.name}")
     if result["reference_created"]:
@@ -169,7 +160,7 @@ def calibrate_cmd(
                    f"{'n/a' if value is None else f'{value:.1%}'} of {result['compared']} canaries")
         if result.get("warning"):
             typer.echo(f"warning: {result['warning']}", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(int(ExitCode.INCOMPLETE))
 
 
 @judge_app.command("freeze")
@@ -179,13 +170,8 @@ def freeze_cmd(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="The run's dataset (default: from its spec.json)."),
 ) -> None:
     """Freeze a run's predictions (with their sources and instructions) as a canary set."""
-    from ..errors import CiebenchError
     from ..judge.canaries import freeze_run, load_canaries
 
-    try:
-        folder = freeze_run(run, out, dataset)
-        n = len(load_canaries(folder).items)
-    except CiebenchError as exc:
-        typer.echo(f"error: {exc.one_line()}", err=True)
-        raise typer.Exit(int(exc.exit_code))
+    folder = freeze_run(run, out, dataset)
+    n = len(load_canaries(folder).items)
     typer.echo(f"wrote {n} canaries to {folder}; use it with --canaries {folder}")

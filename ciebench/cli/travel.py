@@ -7,13 +7,9 @@ from typing import Optional
 
 import typer
 
+from ..errors import CiebenchError, ExitCode
 from . import app
-from ..errors import CiebenchError
-
-
-def _fail(exc: CiebenchError) -> None:
-    typer.echo(f"error: {exc.one_line()}", err=True)
-    raise typer.Exit(int(exc.exit_code))
+from .handling import fail
 
 
 @app.command("verify")
@@ -34,11 +30,8 @@ def verify_cmd(
 
     if subset < 1:
         raise typer.BadParameter("--subset must be at least 1")
-    try:
-        result = verify_run(run, dataset=dataset, subset=subset, all_samples=all_rows, rescore=not no_rescore,
-                            seed=seed, device=device, batch_size=batch_size)
-    except CiebenchError as exc:
-        _fail(exc)
+    result = verify_run(run, dataset=dataset, subset=subset, all_samples=all_rows, rescore=not no_rescore,
+                        seed=seed, device=device, batch_size=batch_size)
     for check in result.checks:
         typer.echo(check.line())
     if not no_write:
@@ -48,7 +41,7 @@ def verify_cmd(
     else:
         names = ", ".join(c.name for c in result.failed)
         typer.echo(f"{run}: NOT verified (failed: {names})")
-        raise typer.Exit(1)
+        raise typer.Exit(int(ExitCode.INCOMPLETE))
 
 
 from .data import app as _data_app  # noqa: E402
@@ -64,21 +57,19 @@ def push_cmd(
     """Upload a Hub-layout dataset folder with huggingface_hub (token from HF_TOKEN or `hf auth login`)."""
     from ..datasets.hub_layout import push_dataset
 
-    try:
-        url = push_dataset(folder, repo_id, revision=revision, private=private)
-    except CiebenchError as exc:
-        _fail(exc)
+    url = push_dataset(folder, repo_id, revision=revision, private=private)
     typer.echo(f"pushed {folder} to {repo_id}: {url}")
 
 
 def use_bundle(folder: str) -> None:
-    """`ciebench --bundle DIR ...` / CIEBENCH_BUNDLE=DIR: every cache points into the bundle, no network."""
+    """`ciebench --bundle DIR ...` / CIEBENCH_BUNDLE=DIR: every cache points into the bundle, no network.
+    (Runs in the root callback, outside the commands' error handling.)"""
     from ..bundle import activate_bundle
 
     try:
         activate_bundle(folder)
     except CiebenchError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @app.command("prefetch")
@@ -102,34 +93,31 @@ def prefetch_cmd(
     metric_names = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
     config = Configuration(editors=tuple(editor), preset=preset, editor_args=tuple(editor_arg), dataset=dataset,
                            protocol=protocol, metrics=metric_names, judge=judge, score=not no_score)
-    try:
-        result = plan(config)
-        by_req: dict = {}
-        for f in result.files:
-            by_req.setdefault(f.requirement.key, (f.requirement, []))[1].append(f)
-        for req, files in by_req.values():
-            here = sum(f.local is not None for f in files)
-            total = sum(f.size or 0 for f in files)
-            typer.echo(f"{req.describe():<70} {len(files):>4} file(s) {human_bytes(total):>10}  "
-                       f"{here}/{len(files)} here  [{req.used_by}]")
-        for note in result.notes:
-            typer.echo(f"note: {note}")
-        for missing in result.missing:
-            typer.echo(f"MISSING: {missing}", err=True)
-        typer.echo(f"total: {len(result.files)} file(s), {human_bytes(result.total_bytes)}; "
-                   f"to download: {len(result.to_download)} file(s), "
-                   f"{human_bytes(sum(f.size or 0 for f in result.to_download))}")
-        if result.missing:
-            raise typer.Exit(4)
-        if dry_run:
-            return
-        download(result)
-        if bundle is not None:
-            manifest = write_bundle(result, bundle)
-            typer.echo(f"bundle: {bundle} ({len(manifest['files'])} file(s), {human_bytes(manifest['total_bytes'])}); "
-                       f"use it with CIEBENCH_BUNDLE={bundle}")
-    except CiebenchError as exc:
-        _fail(exc)
+    result = plan(config)
+    by_req: dict = {}
+    for f in result.files:
+        by_req.setdefault(f.requirement.key, (f.requirement, []))[1].append(f)
+    for req, files in by_req.values():
+        here = sum(f.local is not None for f in files)
+        total = sum(f.size or 0 for f in files)
+        typer.echo(f"{req.describe():<70} {len(files):>4} file(s) {human_bytes(total):>10}  "
+                   f"{here}/{len(files)} here  [{req.used_by}]")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    for missing in result.missing:
+        typer.echo(f"MISSING: {missing}", err=True)
+    typer.echo(f"total: {len(result.files)} file(s), {human_bytes(result.total_bytes)}; "
+               f"to download: {len(result.to_download)} file(s), "
+               f"{human_bytes(sum(f.size or 0 for f in result.to_download))}")
+    if result.missing:
+        raise typer.Exit(int(ExitCode.ENVIRONMENT))
+    if dry_run:
+        return
+    download(result)
+    if bundle is not None:
+        manifest = write_bundle(result, bundle)
+        typer.echo(f"bundle: {bundle} ({len(manifest['files'])} file(s), {human_bytes(manifest['total_bytes'])}); "
+                   f"use it with CIEBENCH_BUNDLE={bundle}")
 
 
 @app.command("doctor")
@@ -158,27 +146,21 @@ def doctor_cmd(
                            protocol=protocol, metrics=metric_names, judge=judge)
     if offline and bundle is not None:
         use_bundle(str(bundle))
-    try:
-        checks = run_doctor(DoctorOptions(config, device=device, out=out, seeds=len([s for s in seeds.split(",") if s.strip()]),
-                                          limit=limit, offline=offline, bundle=bundle))
-    except CiebenchError as exc:
-        _fail(exc)
+    checks = run_doctor(DoctorOptions(config, device=device, out=out, seeds=len([s for s in seeds.split(",") if s.strip()]),
+                                      limit=limit, offline=offline, bundle=bundle))
     for check in checks:
         typer.echo(check.line())
     failed = [c for c in checks if not c.ok]
     typer.echo(f"{len(checks) - len(failed)}/{len(checks)} checks passed")
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(int(ExitCode.INCOMPLETE))
 
 
 def exported_predictions(spec: str) -> Path:
     """`score --predictions hf:ORG/NAME`: the exported run's images as a local folder."""
     from ..export import materialize_predictions
 
-    try:
-        return materialize_predictions(spec)
-    except CiebenchError as exc:
-        _fail(exc)
+    return materialize_predictions(spec)
 
 
 @app.command("export")
@@ -195,10 +177,8 @@ def export_cmd(
 
     if fmt != "hub":
         raise typer.BadParameter("--format: only 'hub' is supported")
-    try:
-        metadata = export_run(run, out)
-        typer.echo(f"exported {metadata['dataset_info']['splits'][0]['num_examples']} row(s) of {run} to {out}")
-        if push:
-            typer.echo(f"pushed to {push}: {push_dataset(out, push, private=private)}")
-    except CiebenchError as exc:
-        _fail(exc)
+    metadata = export_run(run, out)
+    typer.echo(f"exported {metadata['dataset_info']['splits'][0]['num_examples']} row(s) of {run} to {out}")
+    if push:
+        typer.echo(f"pushed to {push}: {push_dataset(out, push, private=private)}")
+
