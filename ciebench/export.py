@@ -23,7 +23,7 @@ from .cache import cache_root
 from .datasets.hub_layout import CARD, SPLIT, default_config, write_shards
 from .errors import DataError, IntegrityError, OutputConflict
 from .io import atomic_write_text, read_json_object, sha256_bytes, stable_hash
-from .results import RunFolderError, file_stem, read_samples
+from .results import file_stem, read_samples, require_run_folder
 
 RUN_FILES = ("spec.json", "summary.json", "samples.csv", "samples.jsonl", "verify.json")
 TEXT_COLUMNS = ("idcs_status", "idcs_error", "idcs_sentence")
@@ -31,9 +31,7 @@ TEXT_COLUMNS = ("idcs_status", "idcs_error", "idcs_sentence")
 
 def export_run(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     """Write `run_dir` as a Hub dataset repository into `out` (created; must not exist or be empty)."""
-    run_dir, out = Path(run_dir), Path(out)
-    if not (run_dir / "samples.csv").is_file():
-        raise RunFolderError(f"{run_dir}: not a run folder (no samples.csv)")
+    run_dir, out = require_run_folder(run_dir), Path(out)
     if out.exists() and any(out.iterdir()):
         raise OutputConflict(f"{out} exists and is not empty", hint="choose a new --out folder")
     samples = read_samples(run_dir)

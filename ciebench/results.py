@@ -38,6 +38,15 @@ class RunFolderError(UsageError, ValueError):
     together: exit 2 in every command (leaderboard, verify, export, judge)."""
 
 
+def require_run_folder(path: str | Path) -> Path:
+    """`path` as a Path when it is a scored run folder (it holds samples.csv), else `RunFolderError`."""
+    path = Path(path)
+    if not (path / "samples.csv").is_file():
+        raise RunFolderError(f"{path}: not a run directory (no samples.csv); score it first with `ciebench evaluate` "
+                             "or `ciebench score`")
+    return path
+
+
 _PLAIN_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _PREFIX_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 PREFIX_LENGTH = 40

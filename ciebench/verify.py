@@ -24,7 +24,7 @@ import pandas as pd
 from . import __version__
 from .errors import DataError
 from .io import atomic_write_json, read_json_object, sha256_file
-from .results import RunFolderError, read_samples, summarize
+from .results import read_samples, require_run_folder, summarize
 from .stats import from_json_number
 from .status import Status
 
@@ -96,9 +96,7 @@ def verify_run(run_dir: str | Path, *, dataset: str | None = None, subset: int =
     """Every check on `run_dir`. `dataset` overrides the dataset spec recorded in spec.json (a run
     that travelled without its dataset's path); `subset` rows are re-scored (all with `all_samples`),
     drawn with `seed` (random when None, and reported)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "samples.csv").is_file():
-        raise RunFolderError(f"{run_dir}: not a run folder (no samples.csv)")
+    run_dir = require_run_folder(run_dir)
     spec = _read_json(run_dir / "spec.json")
     summary = _read_json(run_dir / "summary.json")
     samples = read_samples(run_dir)

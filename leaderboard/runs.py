@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from ..io import read_json_object
-from ..results import BASE_COLUMNS, RunFolderError, read_samples, summarize
+from ..results import BASE_COLUMNS, RunFolderError, read_samples, require_run_folder, summarize
 from ..status import Status
 
 log = logging.getLogger(__name__)
@@ -193,9 +193,7 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    path = Path(path)
-    if not (path / "samples.csv").is_file():
-        raise RunError(f"{path}: not a run directory (no samples.csv); score it first with `ciebench evaluate` or `ciebench score`")
+    path = require_run_folder(path)
     spec = _read_json(path / "spec.json")
     summary = _read_json(path / "summary.json")
     samples = read_samples(path)
