@@ -32,6 +32,7 @@ from PIL import Image
 
 from ciebench.editor import EditorConfig, EditRequest, EditResult, Editor
 from ciebench.turns import MULTI_IMAGE
+from ciebench.errors import UsageError
 
 SETTINGS_FILE = "diffusers_editors.json"
 RESOLUTION_POLICIES = ("pipeline", "area", "source")
@@ -43,8 +44,8 @@ CALL_ARGS = {"steps": "num_inference_steps", "guidance_scale": "guidance_scale",
              "negative_prompt": "negative_prompt", "strength": "strength", "auto_resize": "_auto_resize"}
 
 
-class DiffusersEditorError(ValueError):
-    pass
+class DiffusersEditorError(UsageError, ValueError):
+    """A bad option of the diffusers editor, or one this machine cannot honour (exit code 2)."""
 
 
 @lru_cache(maxsize=1)

@@ -49,12 +49,12 @@ from ciebench.io import atomic_write_bytes, atomic_write_json, png_bytes, stable
 from ciebench.llm.config import is_provider_host, key_env_for
 from ciebench.llm.http_backend import RETRY_STATUS, parse_retry_after
 from ciebench.llm.transport import TransportError, encode_multipart, get, post
+from ciebench.status import EDITOR_FAILURE, Status
 
 log = logging.getLogger("ciebench.openai_images")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 CACHE_FORMAT = 1
-REFUSED = "refused"  # result status of a content-filter / moderation refusal
 MAX_REPLY_BYTES = 64 * 1024 * 1024  # a base64 PNG at the largest API size is well under this
 _REFUSAL_CODES = ("moderation_blocked", "content_policy_violation", "content_filter", "safety")
 _REFUSAL_TEXT = re.compile(r"safety system|content polic|moderation|content filter|refus", re.IGNORECASE)
@@ -103,7 +103,7 @@ class OpenAIImagesConfig(EditorConfig):
 
 @dataclass
 class _Answer:
-    status: str  # ok | refused | error
+    status: str  # Status.OK | Status.REFUSED | EDITOR_FAILURE
     image: Image.Image | None = None
     error: str | None = None
     usage: dict[str, Any] | None = None
@@ -146,13 +146,13 @@ class OpenAIImagesEditor(Editor):
             if budget:
                 return EditResult.failure(budget, trace={"cache_key": key})
             answer = self._request(r.instruction, source, mask)
-            if answer.status in ("ok", REFUSED):
+            if answer.status in (Status.OK, Status.REFUSED):
                 self._cache_put(key, answer)
         trace = {"model": self.config.model, "endpoint": self.config.endpoint, "cache_key": key, "cached": cached,
                  "attempts": answer.attempts, "usage": answer.usage or {},
                  "cost": 0.0 if cached else self._cost(answer), "mask_sent": mask is not None}
         timings = {"edit_seconds": time.perf_counter() - started}
-        if answer.status == "ok":
+        if answer.status == Status.OK:
             return EditResult(image=answer.image.convert("RGB").resize(source.size, Image.BICUBIC), trace=trace,
                               timings=timings)
         return EditResult(image=None, status=answer.status, error=answer.error, trace=trace, timings=timings)
@@ -180,7 +180,7 @@ class OpenAIImagesEditor(Editor):
         if mask is not None:
             files["mask"] = ("mask.png", png_bytes(mask), "image/png")
         body, content_type = encode_multipart(fields, files)
-        answer = _Answer(status="error", error="no attempt made")
+        answer = _Answer(status=EDITOR_FAILURE, error="no attempt made")
         for attempt in range(c.max_retries + 1):
             if attempt:
                 with self._lock:
@@ -203,18 +203,18 @@ class OpenAIImagesEditor(Editor):
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
         elif c.key_env and is_provider_host(c.host):
-            return _Answer(status="error", error=f"environment variable {c.key_env} is not set (the API key for {c.endpoint})")
+            return _Answer(status=EDITOR_FAILURE, error=f"environment variable {c.key_env} is not set (the API key for {c.endpoint})")
         with self._lock:
             self.stats["requests"] += 1
         try:  # one bounded request: overall deadline, size cap, redirects refused (the key must not follow)
             resp = post(url, body, headers, deadline_s=c.timeout_s, max_bytes=MAX_REPLY_BYTES)
         except TransportError as exc:
-            return _Answer(status="error", error=self._redact(str(exc)), retryable=exc.kind in ("timeout", "transport"))
+            return _Answer(status=EDITOR_FAILURE, error=self._redact(str(exc)), retryable=exc.kind in ("timeout", "transport"))
         if resp.status >= 400:
             message = self._redact(_error_message(resp.body))
             if resp.status == 400 and _is_refusal(resp.body):
-                return _Answer(status=REFUSED, error=f"refused by the server's content filter: {message}")
-            return _Answer(status="error", error=f"HTTP {resp.status} from {url}: {message}",
+                return _Answer(status=Status.REFUSED, error=f"refused by the server's content filter: {message}")
+            return _Answer(status=EDITOR_FAILURE, error=f"HTTP {resp.status} from {url}: {message}",
                            retryable=resp.status in RETRY_STATUS, retry_after=parse_retry_after(resp.headers))
         return self._parse(resp.body)
 
@@ -224,8 +224,8 @@ class OpenAIImagesEditor(Editor):
             item = payload["data"][0]
         except (ValueError, KeyError, IndexError, TypeError):
             if _is_refusal(raw):
-                return _Answer(status=REFUSED, error=f"refused: {self._redact(_error_message(raw))}")
-            return _Answer(status="error", error=f"malformed reply (no data[0]): {raw[:200]!r}", retryable=True)
+                return _Answer(status=Status.REFUSED, error=f"refused: {self._redact(_error_message(raw))}")
+            return _Answer(status=EDITOR_FAILURE, error=f"malformed reply (no data[0]): {raw[:200]!r}", retryable=True)
         usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
         try:
             if item.get("b64_json"):
@@ -234,14 +234,14 @@ class OpenAIImagesEditor(Editor):
                 data = self._download(item["url"])
             else:
                 reason = item.get("revised_prompt") or item.get("refusal") or "no image in the reply"
-                return _Answer(status=REFUSED if _REFUSAL_TEXT.search(str(reason)) else "error", error=str(reason),
+                return _Answer(status=Status.REFUSED if _REFUSAL_TEXT.search(str(reason)) else EDITOR_FAILURE, error=str(reason),
                                usage=usage)
             image = Image.open(io.BytesIO(data))
             image.load()
         except Exception as exc:  # noqa: BLE001 - a broken image is a failed answer, retried
-            return _Answer(status="error", error=f"unreadable image in the reply: {type(exc).__name__}: {exc}",
+            return _Answer(status=EDITOR_FAILURE, error=f"unreadable image in the reply: {type(exc).__name__}: {exc}",
                            retryable=True, usage=usage)
-        return _Answer(status="ok", image=image, usage=usage)
+        return _Answer(status=Status.OK, image=image, usage=usage)
 
     def _download(self, url: str) -> bytes:
         """An image URL from the reply: fetched without the Authorization header (it may be another host)."""
@@ -268,15 +268,15 @@ class OpenAIImagesEditor(Editor):
 
     # ------------------------------------------------------------------------------------ cost
     def _cost(self, answer: _Answer) -> float:
-        if answer.status != "ok" and not answer.usage:
+        if answer.status != Status.OK and not answer.usage:
             return 0.0
         c, usage = self.config, answer.usage or {}
-        cost = (c.price_per_image if answer.status == "ok" else 0.0) \
+        cost = (c.price_per_image if answer.status == Status.OK else 0.0) \
             + _int(usage.get("input_tokens")) / 1e6 * c.price_per_1m_input_tokens \
             + _int(usage.get("output_tokens")) / 1e6 * c.price_per_1m_output_tokens
         with self._lock:
             self.stats["cost"] = round(self.stats["cost"] + cost, 8)
-            self.stats["refused"] += answer.status == REFUSED
+            self.stats["refused"] += answer.status == Status.REFUSED
         return round(cost, 8)
 
     def _over_budget(self) -> str | None:
@@ -298,7 +298,7 @@ class OpenAIImagesEditor(Editor):
             if rec.get("key") != key or rec.get("format") != CACHE_FORMAT:
                 return None
             image = None
-            if rec["status"] == "ok":
+            if rec["status"] == Status.OK:
                 image = Image.open(folder / f"{key}.png")
                 image.load()
         except (OSError, ValueError, KeyError):

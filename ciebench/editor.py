@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from .status import Status
+from .status import EDITOR_FAILURE, Status
 
 
 @dataclass
@@ -44,14 +44,14 @@ class EditRequest:
 @dataclass
 class EditResult:
     image: Image.Image | None = None
-    status: str = Status.OK  # Status.OK, or "error" (the run records it as Status.EDIT_ERROR)
+    status: str = Status.OK  # Status.OK, REFUSED, UNSUPPORTED, or EDITOR_FAILURE (the row says Status.EDIT_ERROR)
     error: str | None = None
     trace: dict[str, Any] | None = None  # JSON-serialisable; written to traces/<id>.json
     timings: dict[str, float] = field(default_factory=dict)  # seconds, by stage
 
     @classmethod
     def failure(cls, error: str, trace: dict[str, Any] | None = None) -> "EditResult":
-        return cls(image=None, status="error", error=error, trace=trace)
+        return cls(image=None, status=EDITOR_FAILURE, error=error, trace=trace)
 
 
 @dataclass(frozen=True)

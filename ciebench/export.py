@@ -9,7 +9,6 @@ without calling a judge. `materialize_predictions` turns such a dataset back int
 """
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -22,8 +21,8 @@ from . import __version__, outdir
 from .cache import cache_root
 from .datasets.hub_layout import CARD, SPLIT, default_config, write_shards
 from .errors import DataError, IntegrityError, OutputConflict
-from .io import atomic_write_text, sha256_bytes, stable_hash
-from .results import file_stem, read_samples
+from .io import atomic_write_text, read_json_object, sha256_bytes, stable_hash
+from .results import file_stem, read_samples, require_run_folder
 
 RUN_FILES = ("spec.json", "summary.json", "samples.csv", "samples.jsonl", "verify.json")
 TEXT_COLUMNS = ("idcs_status", "idcs_error", "idcs_sentence")
@@ -31,13 +30,11 @@ TEXT_COLUMNS = ("idcs_status", "idcs_error", "idcs_sentence")
 
 def export_run(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     """Write `run_dir` as a Hub dataset repository into `out` (created; must not exist or be empty)."""
-    run_dir, out = Path(run_dir), Path(out)
-    if not (run_dir / "samples.csv").is_file():
-        raise DataError(f"{run_dir}: not a run folder (no samples.csv)")
+    run_dir, out = require_run_folder(run_dir), Path(out)
     if out.exists() and any(out.iterdir()):
         raise OutputConflict(f"{out} exists and is not empty", hint="choose a new --out folder")
     samples = read_samples(run_dir)
-    summary = _json(run_dir / "summary.json")
+    summary = read_json_object(run_dir / "summary.json", DataError)
     metrics = [m for m in (summary.get("metrics") or {}) if m in samples.columns]
     features = run_features(metrics)
     rows = [_row(run_dir, rec, metrics) for rec in samples.to_dict("records")]
@@ -93,8 +90,8 @@ def _row(run_dir: Path, rec: dict[str, Any], metrics: list[str]) -> dict[str, An
 
 def _card_metadata(run_dir: Path, dataset: datasets.Dataset, summary: dict[str, Any], checksums: dict[str, str],
                    sizes: dict[str, int]) -> dict[str, Any]:
-    spec = _json(run_dir / "spec.json")
-    verification = _json(run_dir / "verify.json")
+    spec = read_json_object(run_dir / "spec.json", DataError)
+    verification = read_json_object(run_dir / "verify.json", DataError)
     return {
         "license": "other",
         "license_name": "source-licence",
@@ -185,14 +182,6 @@ def materialize_predictions(spec: str, cache: Path | None = None) -> Path:
         (staging / ".complete").write_text("")
     return target
 
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable JSON ({exc})") from exc
-    return data if isinstance(data, dict) else {}
 
 
 def _text(value: Any) -> str:

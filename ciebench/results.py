@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from .errors import UsageError
 from .io import atomic_write_text
 from .stats import bootstrap_mean_ci, json_number
 
@@ -32,6 +33,20 @@ OK = Status.OK  # row statuses: see ciebench.status.Status
 # '-' and starts with a letter or digit: such names are safe on every file system, and distinct even
 # where names are case-insensitive. Any other id gets a readable prefix, '.', and a hash of the whole
 # id; a verbatim stem never contains '.', so the two forms cannot collide.
+class RunFolderError(UsageError, ValueError):
+    """A path given as a run folder that is not one or cannot be read, or runs that cannot be used
+    together: exit 2 in every command (leaderboard, verify, export, judge)."""
+
+
+def require_run_folder(path: str | Path) -> Path:
+    """`path` as a Path when it is a scored run folder (it holds samples.csv), else `RunFolderError`."""
+    path = Path(path)
+    if not (path / "samples.csv").is_file():
+        raise RunFolderError(f"{path}: not a run directory (no samples.csv); score it first with `ciebench evaluate` "
+                             "or `ciebench score`")
+    return path
+
+
 _PLAIN_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _PREFIX_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 PREFIX_LENGTH = 40
@@ -53,11 +68,15 @@ def file_stem(sample_id: str, seed: int) -> str:
     return f"{id_stem(sample_id)}__s{int(seed)}"
 
 
-def natural_key(sample_id: str) -> tuple:
-    """Sort key for sample ids: ASCII-digit ids by number (then by spelling, so '7' and '007' stay
-    distinct and ordered), before any other id, which sorts as text."""
-    s = str(sample_id)
-    return (0, int(s), s) if s.isascii() and s.isdigit() else (1, 0, s)
+_RUNS = re.compile(r"[0-9]+|[^0-9]+")
+
+
+def natural_key(text: str) -> tuple:
+    """The one natural sort key (sample ids, file stems): "2" before "10", "a2" before "a10". Runs of
+    ASCII digits compare as numbers and before text, other runs as case-folded text; the exact spelling
+    breaks ties, so "7" and "007" stay distinct and ordered. Numeric ids come before all others."""
+    s = str(text)
+    return tuple((0, int(run), "") if run[0] in "0123456789" else (1, 0, run.lower()) for run in _RUNS.findall(s)), s
 
 
 def write_samples(run_dir: Path, rows: list[dict[str, Any]], metric_columns: Iterable[str]) -> None:

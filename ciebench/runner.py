@@ -33,6 +33,7 @@ from .datasets import LoadedDataset
 from .editor import EditRequest, EditResult, Editor
 from .errors import DataError, OutputConflict, UsageError
 from .io import atomic_write_bytes, atomic_write_json, json_safe, json_text, png_bytes, sha256_bytes, sha256_file
+from .isolate import run_isolated
 from .results import file_stem
 from .schema import EditSample
 from .scoring import Prediction, ScoreOptions, ScoreResult, resolve_metrics, score
@@ -46,10 +47,6 @@ RUN_SUBDIRS = ("images", "traces", "records")
 # Errors that no retry of the same write can fix and that would hit every sample alike: they end the
 # run (finished samples stay), instead of being recorded against one sample.
 FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
-
-
-class RunError(OutputConflict):
-    """--out holds a run with a different spec."""
 
 
 @dataclass
@@ -114,7 +111,7 @@ def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
         if existing.get("spec_hash") == spec.spec_hash:
             return
         if not overwrite:
-            raise RunError(
+            raise OutputConflict(
                 f"{out} holds a run with a different spec (spec_hash {existing.get('spec_hash')} != {spec.spec_hash})",
                 hint="use another --out, or pass --overwrite to discard that run (only its own files are deleted)")
         outdir.clear(out, "run")
@@ -229,24 +226,24 @@ def make_request(editor: Editor, sample: EditSample, seed: int) -> EditRequest:
 
 def edit_isolated(editor: Editor, requests: list[EditRequest], stats: RunStats) -> list[EditResult]:
     """Call the editor on a batch; if the batch fails, call it per request so one bad sample fails alone."""
-    started = time.perf_counter()
-    try:
+    def call(batch: list[EditRequest]) -> list[EditResult]:
+        started = time.perf_counter()
         stats.editor_calls += 1
-        results = editor.edit(requests)
-        if len(results) != len(requests):
-            raise RuntimeError(f"editor returned {len(results)} results for {len(requests)} requests")
-        elapsed = (time.perf_counter() - started) / max(1, len(requests))
+        results = editor.edit(batch)
+        if len(results) != len(batch):
+            raise RuntimeError(f"editor returned {len(results)} results for {len(batch)} requests")
+        elapsed = (time.perf_counter() - started) / max(1, len(batch))
         for r in results:
             r.timings.setdefault("edit_seconds", elapsed)
         return results
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # noqa: BLE001 (OOM and library errors must not end the run)
-        if len(requests) == 1:
-            return [EditResult.failure(f"{type(exc).__name__}: {exc}")]
-        log.warning("batch of %d failed (%s); retrying one by one", len(requests), exc)
+
+    def retry_alone(exc: BaseException, n: int) -> None:
+        log.warning("batch of %d failed (%s); retrying one by one", n, exc)
         _free_memory()
-        return [edit_isolated(editor, [r], stats)[0] for r in requests]
+
+    # BaseException: OOM and library errors must not end the run
+    return run_isolated(call, requests, lambda _, exc: EditResult.failure(f"{type(exc).__name__}: {exc}"),
+                        catch=BaseException, on_batch_failure=retry_alone)
 
 
 @dataclass

@@ -55,10 +55,14 @@ def _num(v: float):
 
 
 def json_number(v):
+    """The one JSON number codec, writing: a float, or "nan" / "inf" / "-inf" (JSON has no such
+    literals); None stays None. Every file ciebench writes (records, samples.jsonl, summary.json, the
+    gallery's page data) goes through it, most via `io.json_safe`."""
     return _num(float(v)) if v is not None else None
 
 
 def from_json_number(v) -> float:
+    """Reading `json_number`'s forms back, and the older ones: null (NaN), "NaN", "Infinity"."""
     if v is None:
         return math.nan
-    return float(v)  # float("inf") / float("nan") parse the string forms
+    return float(v)  # float("inf") / float("nan") / float("Infinity") parse the string forms

@@ -53,5 +53,22 @@ _MEANING = {
     Status.JUDGE_ERROR: "the benchmark's judge gave no usable verdict (counted, retried on the next run)",
 }
 
+# What an editor reports for its own failure (`EditResult.status`, kept as such in records/<stem>.json);
+# its row status is Status.EDIT_ERROR. Besides it an editor reports Status.OK, Status.REFUSED or
+# Status.UNSUPPORTED.
+EDITOR_FAILURE = "error"
+
+
+class VerdictStatus(str, Enum):
+    """The `<metric>_status` column of a judged metric (`idcs_status`): what became of its verdict."""
+
+    OK = "ok"                  # a score
+    ERROR = "error"            # the judge gave no usable verdict (the reason in `idcs_error`, `idcs_failure`)
+    NOT_JUDGED = "not_judged"  # never asked: no usable prediction, or stopped at --max-cost (a rerun judges it)
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
 # Generation statuses that are failures of the editor's output (as opposed to a missing file).
 GENERATION_FAILURES = frozenset({Status.EDIT_ERROR, Status.INVALID, Status.OUT_OF_RANGE, Status.RECORD_ERROR})

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .editor import EditRequest, EditResult, Editor
+from .status import Status
 
 MULTI_IMAGE = "multi_image"
 MULTI_TURN = "multi_turn"
@@ -51,7 +52,7 @@ def drive_turns(editor: Editor, request: EditRequest, turns: list[str],
         current = dataclasses.replace(current, instruction=text, meta=meta)
         result = edit([current])[0]
         done.append(result)
-        if result.status != "ok" or result.image is None:
+        if result.status != Status.OK or result.image is None:
             error = result.error or "editor returned no image"
             return TurnOutcome(final=EditResult.failure(f"turn {k + 1}/{len(turns)}: {error}"), turns=done)
         image = as_pil(result.image)

@@ -24,8 +24,9 @@ import pandas as pd
 from . import __version__
 from .errors import DataError
 from .io import atomic_write_json, read_json_object, sha256_file
-from .results import read_samples, summarize
+from .results import read_samples, require_run_folder, summarize
 from .stats import from_json_number
+from .status import Status
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 VERIFY_FILE = "verify.json"
@@ -95,9 +96,7 @@ def verify_run(run_dir: str | Path, *, dataset: str | None = None, subset: int =
     """Every check on `run_dir`. `dataset` overrides the dataset spec recorded in spec.json (a run
     that travelled without its dataset's path); `subset` rows are re-scored (all with `all_samples`),
     drawn with `seed` (random when None, and reported)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "samples.csv").is_file():
-        raise DataError(f"{run_dir}: not a run folder (no samples.csv)")
+    run_dir = require_run_folder(run_dir)
     spec = _read_json(run_dir / "spec.json")
     summary = _read_json(run_dir / "summary.json")
     samples = read_samples(run_dir)
@@ -140,7 +139,7 @@ def check_images(run_dir: Path, samples: pd.DataFrame, records: dict[str, dict])
             problems.append(f"sample {row.sample_id} seed {row.seed}: records/{Path(rel).stem}.json has image sha256 "
                             f"{str(record.get('image_sha256'))[:12]}..., samples.csv {sha[:12]}...")
     for stem, record in records.items():
-        if record.get("status") == "ok" and record.get("image_sha256"):
+        if record.get("status") == Status.OK and record.get("image_sha256"):
             path = run_dir / "images" / f"{stem}.png"
             if not path.is_file():
                 problems.append(f"records/{stem}.json: images/{stem}.png is missing")
@@ -291,7 +290,7 @@ def check_rescore(run_dir: Path, spec: dict[str, Any], summary: dict[str, Any], 
     if revision and loaded.revision != revision:
         return Check("rescore", FAIL, f"dataset {ds_spec!r} has revision {loaded.revision}, the run used {revision}",
                      (f"dataset revision {loaded.revision} != {revision}",))
-    ok = samples[(samples["status"] == "ok") & samples["prediction"].notna()]
+    ok = samples[(samples["status"] == Status.OK) & samples["prediction"].notna()]
     ids = {str(s): i for i, s in enumerate(loaded.dataset["id"])}
     rows = list(ok.itertuples(index=False))
     seed = seed if seed is not None else random.SystemRandom().randrange(1 << 31)

@@ -35,7 +35,9 @@ from PIL import Image
 
 from ciebench.cache import cache_root
 from ciebench.editor import EditorConfig, EditRequest, EditResult, Editor
+from ciebench.isolate import run_isolated
 from ciebench.llm import LLMConfig, make_client
+from ciebench.status import EDITOR_FAILURE, Status
 
 from .components import DepthModel, Inpainter, Labeller, Reasoner, Segmenter
 from .executor import InpaintExecutor, InpaintJob, InpaintParams
@@ -491,44 +493,31 @@ class CIELREditor(Editor):
 
     def _scene(self, samples: list[_Sample]) -> None:
         live = [s for s in samples if not s.failed]
-        try:
-            masks = self.segmenter.segment([s.image for s in live], keys=[s.key for s in live])
-            for s, m in zip(live, masks):
+        for s, m in zip(live, self._per_image(live, self.segmenter.segment, "segmentation")):
+            if not s.failed:
                 s.segments = m
-        except Exception as exc:  # noqa: BLE001 - fall back to one image at a time to isolate the culprit
-            for s in live:
-                try:
-                    s.segments = self.segmenter.segment([s.image], keys=[s.key])[0]
-                except Exception as exc1:  # noqa: BLE001
-                    s.fail("segmentation", f"{type(exc1).__name__}: {exc1}")
-            log.debug("batched segmentation failed (%s); ran per image", exc)
         live = [s for s in samples if not s.failed]
-        try:
-            maps = self.depth_model.estimate([s.image for s in live], keys=[s.key for s in live])
-            for s, d in zip(live, maps):
+        for s, d in zip(live, self._per_image(live, self.depth_model.estimate, "depth")):
+            if not s.failed:
                 s.depth = d
-        except Exception:  # noqa: BLE001
-            for s in live:
-                try:
-                    s.depth = self.depth_model.estimate([s.image], keys=[s.key])[0]
-                except Exception as exc1:  # noqa: BLE001
-                    s.fail("depth", f"{type(exc1).__name__}: {exc1}")
+
+    @staticmethod
+    def _per_image(live: list[_Sample], model, stage: str) -> list:
+        """`model` on the images of `live` batched; if the batch fails, image by image (a batch of one
+        too: the batched path may be what failed), so only the culprit fails, at `stage`."""
+        return run_isolated(lambda batch: model([s.image for s in batch], keys=[s.key for s in batch]), live,
+                            lambda s, exc: s.fail(stage, f"{type(exc).__name__}: {exc}"), retry_single=True,
+                            on_batch_failure=lambda exc, n: log.debug("batched %s failed (%s); ran per image",
+                                                                      stage, exc))
 
     def _detect(self, batch: list[tuple[_Sample, Detect]], advance) -> None:
         batch = [(s, d) for s, d in batch if s.gen is not None]
         if not batch:
             return
-        try:
-            found = self.labeller.detect([s.image for s, _ in batch], [d.labels for _, d in batch],
-                                         keys=[s.key for s, _ in batch])
-        except Exception:  # noqa: BLE001 - isolate the failing image
-            found = []
-            for s, d in batch:
-                try:
-                    found.append(self.labeller.detect([s.image], [d.labels], keys=[s.key])[0])
-                except Exception as exc1:  # noqa: BLE001
-                    s.fail("labeller", f"{type(exc1).__name__}: {exc1}")
-                    found.append(None)
+        found = run_isolated(
+            lambda part: self.labeller.detect([s.image for s, _ in part], [d.labels for _, d in part],
+                                              keys=[s.key for s, _ in part]),
+            batch, lambda sd, exc: sd[0].fail("labeller", f"{type(exc).__name__}: {exc}"), retry_single=True)
         for (s, _), dets in zip(batch, found):
             if dets is not None and s.gen is not None:
                 advance(s, dets)
@@ -585,8 +574,8 @@ class CIELREditor(Editor):
         trace["artifacts"] = artifacts
         timings_out = {k: float(v) for k, v in timings.items() if isinstance(v, (int, float))}
         if s.failed:
-            return EditResult(image=None, status="error", error=s.error, trace=trace, timings=timings_out)
-        return EditResult(image=s.images[-1], status="ok", trace=trace, timings=timings_out)
+            return EditResult(image=None, status=EDITOR_FAILURE, error=s.error, trace=trace, timings=timings_out)
+        return EditResult(image=s.images[-1], status=Status.OK, trace=trace, timings=timings_out)
 
     def _trace(self, s: _Sample) -> tuple[dict[str, Any], dict[str, Image.Image]]:
         c = self.config
@@ -614,7 +603,7 @@ class CIELREditor(Editor):
             "sample_id": s.request.sample_id,
             "instruction": s.request.instruction,
             "seed": int(s.request.seed),
-            "status": "error" if s.failed else "ok",
+            "status": EDITOR_FAILURE if s.failed else Status.OK,
             "error": s.error,
             "failed_stage": s.error_stage,
             "objects": chain.objects if chain else [],

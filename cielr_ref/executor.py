@@ -22,6 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from ciebench.isolate import run_isolated
+
 from .common import CallStats, chunks, group_by, torch_dtype
 
 
@@ -182,18 +184,8 @@ class InpaintExecutor:
         ready = sorted(prepared)
         for group in group_by(ready, lambda i: prepared[i]["size"]):
             for batch in chunks([ready[g] for g in group], self.params.batch_size):
-                try:
-                    results = self._call(jobs, prepared, batch)
-                except Exception as exc:  # noqa: BLE001 - isolate a failing job from the rest
-                    if len(batch) == 1:
-                        outcomes[batch[0]] = InpaintOutcome(None, f"execution: {type(exc).__name__}: {exc}")
-                        continue
-                    results = []
-                    for i in batch:
-                        try:
-                            results += self._call(jobs, prepared, [i])
-                        except Exception as exc1:  # noqa: BLE001
-                            results.append(InpaintOutcome(None, f"execution: {type(exc1).__name__}: {exc1}"))
+                results = run_isolated(lambda part: self._call(jobs, prepared, part), batch,
+                                       lambda i, exc: InpaintOutcome(None, f"execution: {type(exc).__name__}: {exc}"))
                 for i, res in zip(batch, results):
                     outcomes[i] = res
         return outcomes  # type: ignore[return-value]

@@ -29,8 +29,9 @@ from PIL import Image
 from ..images import open_image_file
 from ..io import atomic_write_bytes, atomic_write_text, png_bytes
 from ..results import file_stem, id_stem, natural_key
+from ..stats import json_number
 from ..status import Status
-from .runs import Run, json_value, load_runs, metric_title, order_metrics
+from .runs import Run, load_runs, metric_title, order_metrics
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +231,12 @@ def _inside(run: Run, relative: str) -> Path | None:
 
 
 def _compact(v: Any) -> Any:
-    """A metric value for the page: 7 significant digits (display and sorting need no more)."""
-    v = json_value(v)
+    """A metric value for the page in the one JSON number form (`stats.json_number`), to 7 significant
+    digits (display and sorting need no more)."""
+    try:
+        v = json_number(v)
+    except (TypeError, ValueError):  # not a number: shown as it is
+        return v
     return float(f"{v:.7g}") if isinstance(v, float) else v
 
 

@@ -12,10 +12,9 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from ..errors import UsageError
 from ..io import read_json_object
 from ..metrics import catalogue
-from ..results import BASE_COLUMNS, read_samples, summarize
+from ..results import BASE_COLUMNS, RunFolderError, read_samples, require_run_folder, summarize
 from ..status import Status
 
 log = logging.getLogger(__name__)
@@ -35,9 +34,7 @@ SUCCESS_METRICS = catalogue.with_role(catalogue.SUCCESS)
 _NON_METRIC_SUFFIXES = ("_status", "_error", "_sentence", "_seconds", "_sha256")
 
 
-class RunError(UsageError, ValueError):
-    """A path given as a run that is not a readable run directory, or runs that cannot be compared
-    (exit code 2: a bad command line)."""
+RunError = RunFolderError  # a path given as a run that is not a readable run directory, or runs that cannot be compared
 
 
 metric_title = catalogue.title
@@ -186,9 +183,7 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    path = Path(path)
-    if not (path / "samples.csv").is_file():
-        raise RunError(f"{path}: not a run directory (no samples.csv); score it first with `ciebench evaluate` or `ciebench score`")
+    path = require_run_folder(path)
     spec = _read_json(path / "spec.json")
     summary = _read_json(path / "summary.json")
     samples = read_samples(path)
@@ -299,21 +294,6 @@ def dataset_short_name(spec: str) -> str:
     if spec.startswith("hf:"):
         return spec[3:].split("@")[0].rstrip("/").split("/")[-1] or spec
     return Path(spec.rstrip("/")).name or spec
-
-
-def json_value(v: Any) -> Any:
-    """A metric value for JSON: None for NaN, "inf"/"-inf" strings for infinities."""
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return v
-    if math.isnan(f):
-        return None
-    if math.isinf(f):
-        return "inf" if f > 0 else "-inf"
-    return f
 
 
 __all__ = ["Run", "RunError", "load_run", "load_runs", "assign_labels", "HIGHER_IS_BETTER", "METRIC_ORDER",

@@ -42,6 +42,7 @@ from ciebench.judge.protocols import (DEFAULT_JUDGE_PROTOCOL, ResolvedJudgeProto
                                       resolve_judge_protocol)
 from ciebench.llm import LLMClient, LLMConfig, get_template, make_client
 from ciebench.stats import bootstrap_mean_ci
+from ciebench.status import VerdictStatus
 
 from .catalogue import CATALOGUE
 
@@ -260,7 +261,7 @@ class PassVerdict:
 class Verdict:
     sample_id: str
     score: float | int | None  # one pass: the integer; several: the median of the valid passes
-    status: str  # "ok" | "error" | "not_judged"
+    status: str  # a VerdictStatus
     error: str | None = None
     sentence: str | None = None  # the VLM's difference description (of the first valid pass)
     cached: bool = False  # every call answered from the cache
@@ -273,7 +274,7 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok" and self.score is not None
+        return self.status == VerdictStatus.OK and self.score is not None
 
     @property
     def pass_scores(self) -> list[int | None]:
@@ -341,7 +342,7 @@ class IDCSJudge:
         verdict = self._combine(str(item.sample_id), passes)
         with self._lock:
             self._counts["items"] += 1
-            key = "ok" if verdict.ok else ("not_judged" if verdict.status == "not_judged" else "errors")
+            key = "ok" if verdict.ok else ("not_judged" if verdict.status == VerdictStatus.NOT_JUDGED else "errors")
             self._counts[key] += 1
             self._counts["fully_cached"] += int(verdict.cached)
         return verdict
@@ -354,9 +355,9 @@ class IDCSJudge:
         common = dict(protocol=self.protocol.name, protocol_hash=self.protocol.hash, passes=passes)
         if valid:
             score: float | int | None = valid[0].score if self.passes == 1 else median_score([p.score for p in valid])
-            return Verdict(sid, score, "ok", None, valid[0].sentence, cached, calls, usage, None, **common)
+            return Verdict(sid, score, VerdictStatus.OK, None, valid[0].sentence, cached, calls, usage, None, **common)
         first = passes[0]
-        status = "not_judged" if all(p.failure == "not_judged" for p in passes) else "error"
+        status = VerdictStatus.NOT_JUDGED if all(p.failure == "not_judged" for p in passes) else VerdictStatus.ERROR
         failure = Counter(p.failure for p in passes if p.failure).most_common(1)[0][0]
         sentence = next((p.sentence for p in passes if p.sentence), None)
         return Verdict(sid, None, status, first.error, sentence, cached, calls, usage, failure, **common)

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ciebench.devices import resolve_device
 from ciebench.errors import did_you_mean
+from ciebench.isolate import run_isolated
 
 from . import catalogue
 from .align import align
@@ -307,22 +308,15 @@ class RegionScorer:
                     ) -> tuple[dict[int, dict[str, float]], dict[int, str]]:
         """({index: values}, {index: error}): batched first; if the batch fails, sample by sample, so
         only the culprit gets the error."""
-        values: dict[int, dict[str, float]] = {}
         errors: dict[int, str] = {}
         if not ready:
-            return values, errors
-        try:
-            return dict(zip(ready, fn([batch[i] for i in ready]))), errors
-        except Exception as exc:  # noqa: BLE001
-            if len(ready) == 1:
-                errors[ready[0]] = f"{name}: {_describe(exc)}"
-                return values, errors
-        for i in ready:
-            try:
-                values[i] = fn([batch[i]])[0]
-            except Exception as exc:  # noqa: BLE001
-                errors[i] = f"{name}: {_describe(exc)}"
-        return values, errors
+            return {}, errors
+
+        def failed(i: int, exc: BaseException) -> None:
+            errors[i] = f"{name}: {_describe(exc)}"
+
+        outcomes = run_isolated(lambda idx: fn([batch[i] for i in idx]), ready, failed)
+        return {i: v for i, v in zip(ready, outcomes) if i not in errors}, errors
 
     def _chunks(self, preps: list[_Prepared]) -> Iterator[list[int]]:
         """Indices of same-size samples, stacked up to about `_PIXELS_PER_CHUNK` pixels."""

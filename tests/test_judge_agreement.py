@@ -97,4 +97,5 @@ def test_runs_and_human_ratings_through_the_cli(tmp_path):
     with pytest.raises(DataError, match="bad.csv:2"):
         load_scores(bad)
     result = runner.invoke(app, ["judge", "agreement", str(judge1), str(tmp_path / "missing")])
-    assert result.exit_code == 3 and "no such run folder" in result.output
+    # issue 17 §4: a path that is not a run folder exits 2 in every command (RunFolderError)
+    assert result.exit_code == 2 and "no such run folder" in result.output

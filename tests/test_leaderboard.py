@@ -339,7 +339,8 @@ def test_gallery_is_self_contained(board):
         (row,) = next(o for o in s["outputs"] if o["run"] == damaged_idx)["rows"]
         for name, value in zip(names, row["m"]):
             expected = csv.loc[s["id"], name]
-            assert (value is None and math.isnan(expected)) or value == pytest.approx(expected, rel=1e-6), (s["id"], name)
+            # issue 17 §4: NaN in the one JSON number form ("nan"), as in samples.jsonl and summary.json
+            assert (value == "nan" and math.isnan(expected)) or value == pytest.approx(expected, rel=1e-6), (s["id"], name)
     trace_js = (gallery / traced[0]["trace"]).read_text()
     assert trace_js.startswith("window.ciebenchTrace(") and '"steps"' in trace_js and "edit region" in trace_js
 

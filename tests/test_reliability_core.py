@@ -250,12 +250,11 @@ def test_user_error_classes_map_to_documented_exit_codes():
     from ciebench.leaderboard import RunError as LeaderboardRunError
     from ciebench.metrics.protocols import UnknownProtocolError
     from ciebench.registry import RegistryError
-    from ciebench.runner import RunError
     from ciebench.scoring import MetricNameError
 
     expected = {RegistryError: ExitCode.USAGE, EditorConfigError: ExitCode.USAGE, UnknownProtocolError: ExitCode.USAGE,
                 MetricNameError: ExitCode.USAGE, LeaderboardRunError: ExitCode.USAGE, DatasetError: ExitCode.DATA,
-                ChecksumError: ExitCode.INTEGRITY, DistributedError: ExitCode.ENVIRONMENT, RunError: ExitCode.OUTPUT_CONFLICT}
+                ChecksumError: ExitCode.INTEGRITY, DistributedError: ExitCode.ENVIRONMENT, OutputConflict: ExitCode.OUTPUT_CONFLICT}
     for cls, code in expected.items():
         assert issubclass(cls, CiebenchError) and cls.exit_code == code, cls
     # the old bases stay, so `except ValueError` / `except LookupError` elsewhere keep working

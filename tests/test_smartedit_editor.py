@@ -241,9 +241,10 @@ def test_cli_prepare_and_check(cache, tmp_path):
     assert result.exit_code == 0 and "ok:" in result.output
 
 
-def test_cli_prepare_reports_errors_with_exit_code_1(cache, tmp_path):
+def test_cli_prepare_reports_an_unknown_variant_as_a_usage_error(cache, tmp_path):
+    # issue 17 §4: a bad option value exits 2 (ExitCode.USAGE) in every command, as in `evaluate`
     result = runner.invoke(app, ["baselines", "smartedit", "prepare", "--variant", "70b", "--out", str(tmp_path / "x")])
-    assert result.exit_code == 1 and "unknown SmartEdit variant '70b'" in result.output
+    assert result.exit_code == 2 and "unknown SmartEdit variant '70b'" in result.output
 
 
 def test_cli_evaluate_with_the_smartedit_editor(cache, tmp_path):

@@ -34,6 +34,7 @@ from PIL import Image, ImageOps
 from ..assets import PinnedAsset
 from ..cache import cache_root
 from ..io import atomic_write_bytes, sha256_bytes
+from ..status import Status
 from .base import Benchmark, Case, CountingAggregator, Groups, JudgeCall
 from .judging import jpeg_roundtrip
 
@@ -201,7 +202,7 @@ class GEditBench(Benchmark):
             yield {"id": key, "category": group, "categories": [group], "language": item["instruction_language"],
                    "output_folder": f"fullset/{group}/{item['instruction_language']}",
                    "flags": ["intersection"] if _true(item["intersection_exist"]) else [],
-                   "status": "ok" if ok else "judge_error", "dims": dims, "source_row": n}
+                   "status": Status.OK if ok else Status.JUDGE_ERROR, "dims": dims, "source_row": n}
 
     def missing_verdict(self, case: Case) -> dict[str, float | None]:
         return {}  # the script skips a missing output: not scored, counted as missing here
@@ -237,7 +238,7 @@ class GEditAggregator(CountingAggregator):
         status = row["status"]
         dims = row.get("dims") or {}
         sc, pq = dims.get(SC), dims.get(PQ)
-        if status != "ok" or sc is None or pq is None:
+        if status != Status.OK or sc is None or pq is None:
             return
         self.scored += 1
         if row["language"] not in self.languages:

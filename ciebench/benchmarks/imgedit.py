@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Iterator
 from ..assets import PinnedAsset, resolve_asset
 from ..cache import cache_root
 from ..errors import EnvironmentProblem
+from ..status import Status
 from .base import Benchmark, Case, CountingAggregator, Groups, JudgeCall
 
 COMMIT = "547185d12c08267a862b94248576e1746e479937"
@@ -172,7 +173,7 @@ class ImgEditAggregator(CountingAggregator):
 
     def add(self, row: dict[str, Any]) -> None:
         self.count(row)
-        value = (row.get("dims") or {}).get(SCORE) if row["status"] == "ok" else None
+        value = (row.get("dims") or {}).get(SCORE) if row["status"] == Status.OK else None
         if value is None:
             return
         self.scored += 1

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..status import Status
 from .base import Aggregator, Benchmark, Case, Groups, JudgeCall, percent
 
 VC, IF, VQ, KP = "consistency_score", "instruction_score", "quality_score", "knowledge_score"
@@ -209,7 +210,7 @@ class KrisAggregator(Aggregator):
     def add(self, row: dict[str, Any]) -> None:
         status = row["status"]
         self.status_counts[status] = self.status_counts.get(status, 0) + 1
-        if status not in ("ok", "judge_error"):
+        if status not in (Status.OK, Status.JUDGE_ERROR):
             return  # missing / unsupported: no scores (the scripts skip them)
         task = row["category"]
         labels = ["Overall", KNOWLEDGE_TYPE.get(task, "Other"), task]

@@ -14,9 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..assets import PinnedAsset, ResolvedAsset, resolve_asset
+from ..errors import DataError
 
 
-class PromptFileError(ValueError):
+class PromptFileError(DataError, ValueError):
     pass
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 from ..assets import PinnedAsset
+from ..status import Status
 from .base import Aggregator, Benchmark, Case, Groups, JudgeCall, RunningMean, percent
 
 AC, IR, VP = "ApprConsistency", "Reasoning", "VisualPlausibility"
@@ -333,11 +334,11 @@ class RiseAggregator(Aggregator):
         logical, cf = "logical" in flags, "consistency_free" in flags
         # A case whose replies could not all be parsed has no scores at all, as in the scripts (its
         # score is left out of the means; it counts as not accurate).
-        dims = {} if status == "judge_error" else row["dims"]
+        dims = {} if status == Status.JUDGE_ERROR else row["dims"]
         score = case_score(dims, logical, cf)
         complete = case_complete(dims, logical, cf)
         for name, table in self.tables.items():
-            if name == "supported_only" and status == "unsupported":
+            if name == "supported_only" and status == Status.UNSUPPORTED:
                 continue
             for label in self._labels(row, flags):
                 table.add(label, "score", score)

@@ -24,15 +24,11 @@ from ..editor import EditRequest, EditResult, Editor
 from ..errors import OutputConflict
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, png_bytes, sha256_bytes, sha256_file, stable_hash
 from ..spec import derive_seed
+from ..status import Status
 from ..turns import as_pil, drive_turns, unsupported_reason
 from .base import Benchmark, Case, find_output
 
-DONE_STATUSES = ("ok", "missing", "unsupported")  # a verdict with one of these is final; judge errors are retried
-
-
-class BenchmarkRunError(OutputConflict):
-    """The output folder holds another run (other spec or judge): exit 5."""
-    pass
+DONE_STATUSES = (Status.OK, Status.MISSING, Status.UNSUPPORTED)  # a verdict with one of these is final; judge errors are retried
 
 
 @dataclass
@@ -63,8 +59,8 @@ def prepare_run(out: Path, spec: dict[str, Any], overwrite: bool) -> None:
         if old.get("spec_hash") == spec["spec_hash"]:
             return
         if not overwrite:
-            raise BenchmarkRunError(f"{out} holds a different run (benchmark {old.get('benchmark')}, spec_hash "
-                                    f"{old.get('spec_hash')} != {spec['spec_hash']}); use another --out or --overwrite")
+            raise OutputConflict(f"{out} holds a different run (benchmark {old.get('benchmark')}, spec_hash "
+                                 f"{old.get('spec_hash')} != {spec['spec_hash']}); use another --out or --overwrite")
         import shutil
 
         for sub in ("images", "turns", "records"):
@@ -81,9 +77,9 @@ def _done(out: Path, case: Case, retry_failed: bool) -> bool:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    if record.get("status") == "unsupported":
+    if record.get("status") == Status.UNSUPPORTED:
         return True
-    if record.get("status") != "ok":
+    if record.get("status") != Status.OK:
         return not retry_failed
     image = output_image_path(out, case.output_folder, case.id)
     return image.is_file() and sha256_file(image) == record.get("image_sha256")
@@ -109,19 +105,19 @@ def generate(benchmark: Benchmark, editor: Editor, cases: Iterable[Case], out: P
             if _done(out, case, retry_failed):
                 stats.skipped += 1
                 continue
-            record: dict[str, Any] = {"id": case.id, "category": case.category, "status": "ok", "error": None,
+            record: dict[str, Any] = {"id": case.id, "category": case.category, "status": Status.OK, "error": None,
                                       "image_sha256": None, "n_images": len(case.images), "n_turns": len(case.turns),
                                       "inputs": [str(p) for p in case.images], "instruction": case.instruction}
             reason = unsupported_reason(editor, len(case.images), len(case.turns))
             if reason:
-                record.update(status="unsupported", error=reason)
+                record.update(status=Status.UNSUPPORTED, error=reason)
                 stats.unsupported += 1
                 atomic_write_json(record_path(out, case), record)
                 continue
             try:
                 images = [_read_rgb(p) for p in case.images]
             except OSError as exc:
-                record.update(status="input_error", error=f"cannot read input image of case {case.id}: {exc}")
+                record.update(status=Status.INPUT_ERROR, error=f"cannot read input image of case {case.id}: {exc}")
                 stats.failed += 1
                 atomic_write_json(record_path(out, case), record)
                 continue
@@ -136,13 +132,13 @@ def generate(benchmark: Benchmark, editor: Editor, cases: Iterable[Case], out: P
                 result, turns = _edit(editor, [request], stats)[0], []
             record["timings"] = {"edit_seconds": time.perf_counter() - started}
             record["turns"] = _write_turns(out, case, turns)
-            if result.status == "ok" and result.image is not None:
+            if result.status == Status.OK and result.image is not None:
                 png = png_bytes(as_pil(result.image))
                 atomic_write_bytes(output_image_path(out, case.output_folder, case.id), png)
                 record["image_sha256"] = sha256_bytes(png)
                 stats.generated += 1
             else:
-                record.update(status="edit_error", error=result.error or "editor returned no image")
+                record.update(status=Status.EDIT_ERROR, error=result.error or "editor returned no image")
                 stats.failed += 1
             atomic_write_json(record_path(out, case), record)
     finally:
@@ -159,7 +155,7 @@ def _write_turns(out: Path, case: Case, turns: list[EditResult]) -> list[dict[st
     written = []
     for k, turn in enumerate(turns, start=1):
         entry: dict[str, Any] = {"turn": k, "instruction": case.turns[k - 1], "status": turn.status, "error": turn.error}
-        if turn.status == "ok" and turn.image is not None:
+        if turn.status == Status.OK and turn.image is not None:
             rel = f"turns/{case.output_folder}/{case.id}/turn_{k}.png"
             png = png_bytes(as_pil(turn.image))
             atomic_write_bytes(out / rel, png)
@@ -215,19 +211,19 @@ def _verdict(benchmark: Benchmark, case: Case, images: Path, judge: Any, records
             record = json.loads(record_path(records, case).read_text())
         except (OSError, json.JSONDecodeError):
             record = {}
-        if record.get("status") == "unsupported":
-            return benchmark.verdict_row(case, "unsupported", benchmark.missing_verdict(case), error=record.get("error"))
+        if record.get("status") == Status.UNSUPPORTED:
+            return benchmark.verdict_row(case, Status.UNSUPPORTED, benchmark.missing_verdict(case), error=record.get("error"))
     output = find_output(images / case.output_folder, case.id)
     if output is None:
-        return benchmark.verdict_row(case, "missing", benchmark.missing_verdict(case),
+        return benchmark.verdict_row(case, Status.MISSING, benchmark.missing_verdict(case),
                                      error=f"no output {case.output_folder}/{case.id}.(png|jpg|jpeg) in {images}")
     if judge is None:
-        return benchmark.verdict_row(case, "judge_error", {}, error="no judge configured")
+        return benchmark.verdict_row(case, Status.JUDGE_ERROR, {}, error="no judge configured")
     try:
         judged = judge.judge(case, output)
     except (ValueError, OSError) as exc:  # a malformed case or unreadable file: this case only
-        return benchmark.verdict_row(case, "judge_error", {}, error=f"case {case.id}: {exc}")
-    status = "judge_error" if judged.errors else "ok"
+        return benchmark.verdict_row(case, Status.JUDGE_ERROR, {}, error=f"case {case.id}: {exc}")
+    status = Status.JUDGE_ERROR if judged.errors else Status.OK
     return benchmark.verdict_row(case, status, judged.dims, replies=judged.replies,
                                  error="; ".join(judged.errors.values()) or None)
 

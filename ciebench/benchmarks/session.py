@@ -10,13 +10,13 @@ from typing import Any
 
 from .. import outdir
 from ..editor import Editor
-from ..errors import UsageError
+from ..errors import OutputConflict, UsageError
 from ..io import atomic_write_json
 from ..llm.client import LLMConfig
 from .base import Benchmark
 from .judging import BenchJudge
 from .prompts import PromptSet, load_prompts, load_unpinned
-from .run import BenchmarkRunError, aggregate, generate, judge_cases, latest_verdicts, prepare_run, write_summary
+from .run import aggregate, generate, judge_cases, latest_verdicts, prepare_run, write_summary
 
 
 @dataclass
@@ -108,8 +108,8 @@ def check_judge(out: Path, judge: BenchJudge) -> None:
     if path.exists() and (out / "verdicts.jsonl").exists():
         old = json.loads(path.read_text())
         if old != identity:
-            raise BenchmarkRunError(f"the verdicts in {out} were made by another judge ({old} != {identity}); "
-                                    f"delete {out / 'verdicts.jsonl'} to judge again, or use another --out")
+            raise OutputConflict(f"the verdicts in {out} were made by another judge ({old} != {identity}); "
+                                 f"delete {out / 'verdicts.jsonl'} to judge again, or use another --out")
     atomic_write_json(path, identity)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..assets import PinnedAsset
+from ..status import Status
 from .base import Benchmark, Case, CountingAggregator, Groups, JudgeCall, percent
 
 COMMIT = "a7015c5c2d17aecb1a5af4af1b234c357d86cc7d"
@@ -141,7 +142,7 @@ class UniREditBench(Benchmark):
             dims = {d: (None if pd.isna(item[d]) else float(item[d])) for d in (AC, R, VP)}
             name = str(item["name"])
             yield {"id": str(item["idx"]), "category": name, "categories": [name], "output_folder": name,
-                   "flags": [], "status": "ok" if None not in dims.values() else "judge_error", "dims": dims,
+                   "flags": [], "status": Status.OK if None not in dims.values() else Status.JUDGE_ERROR, "dims": dims,
                    "source_row": n}
 
     def missing_verdict(self, case: Case) -> dict[str, float | None]:

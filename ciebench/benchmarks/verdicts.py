@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..status import Status
 from .base import Benchmark
 from .run import latest_verdicts
 from .rise import AC, HYBRID, IR, VP, plus_flags
@@ -43,7 +44,7 @@ def _official_table(path: Path) -> Iterator[dict[str, Any]]:
         yield {"id": str(item["index"]), "category": categories[0], "categories": list(categories),
                "output_folder": HYBRID if multi_turn else categories[0],
                "subtask": _text(item.get("subcategory", item.get("subtask"))), "task_type": _text(item.get("task_type")),
-               "flags": sorted(flags), "status": "ok" if dims[IR] is not None else "judge_error", "dims": dims,
+               "flags": sorted(flags), "status": Status.OK if dims[IR] is not None else Status.JUDGE_ERROR, "dims": dims,
                "source_row": n}
 
 

@@ -39,6 +39,7 @@ from typing import Any, Iterator
 from PIL import Image
 
 from ..assets import PinnedAsset
+from ..status import Status
 from .base import Benchmark, Case, CountingAggregator, JudgeCall
 from .judging import prepare_judge_image
 from .prompts import PromptFileError
@@ -266,7 +267,7 @@ class WiseEditAggregator(CountingAggregator):
         for language in LANGUAGES:
             r = by_language.get(language)
             dims = (r or {}).get("dims") or {}
-            if r is None or r["status"] != "ok" or any(not dims.get(m) for m in metrics):
+            if r is None or r["status"] != Status.OK or any(not dims.get(m) for m in metrics):
                 self.dropped_rows += 1
                 return
         self.kept_rows += 1

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import ExitCode
+from ..errors import ExitCode, UsageError
 from .handling import CommandApp
 
 app = CommandApp(help="One-time setup of baseline editors (downloads, weight merges, conversions).",
@@ -38,16 +38,15 @@ def smartedit_prepare(
 ) -> None:
     """Download SmartEdit and its base weights, merge LLaVA-1.1's rows, convert to safetensors, check keys."""
     from ciebench.baselines.smartedit_prepare import prepare
-    from ciebench.baselines.smartedit_sources import SmartEditWeightsError, Sources
+    from ciebench.baselines.smartedit_sources import Sources
 
     try:
         sources = Sources.for_variant(variant, step=step, smartedit_repo=smartedit_repo, smartedit_revision=revision,
                                       vicuna_repo=vicuna_repo, llava_delta_repo=llava_delta_repo,
                                       llama_base_repo=llama_base_repo)
-        folder = prepare(sources, out, force=force, echo=typer.echo)
-    except (SmartEditWeightsError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(int(ExitCode.INCOMPLETE))
+    except ValueError as exc:  # an unknown --variant
+        raise UsageError(str(exc)) from exc
+    folder = prepare(sources, out, force=force, echo=typer.echo)  # SmartEditWeightsError: exit 4
     hint = "" if out is None else f" --editor-arg weights_dir={folder}"
     typer.echo(f"ready: ciebench evaluate --editor smartedit{hint} --editor-arg variant={variant} ...")
 
@@ -56,13 +55,8 @@ def smartedit_prepare(
 def smartedit_check(folder: Path = typer.Argument(..., help="A folder written by `prepare`.")) -> None:
     """Check a prepared folder's keys and shapes against the architecture (reads file headers only)."""
     from ciebench.baselines.smartedit_checkpoint import check_prepared
-    from ciebench.baselines.smartedit_sources import SmartEditWeightsError
 
-    try:
-        report = check_prepared(folder)
-    except SmartEditWeightsError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(int(ExitCode.INCOMPLETE))
+    report = check_prepared(folder)  # not a prepared folder: SmartEditWeightsError, exit 4
     typer.echo(report.summary())
     if not report.ok:
         raise typer.Exit(int(ExitCode.INCOMPLETE))

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 
 from ..errors import DataError, ExitCode, IncompleteResult, UsageError
+from ..status import Status
 
 from . import app
 
@@ -68,7 +69,7 @@ def guard(fn, out: Path) -> None:
     ours = summary.get("ours") or {}
     if not ours.get("cases"):
         raise DataError("the benchmark has no cases here", hint="check --benchmark-root and --limit")
-    if not (ours.get("status_counts") or {}).get("ok"):
+    if not (ours.get("status_counts") or {}).get(Status.OK):
         raise IncompleteResult(f"no case of {summary['benchmark']['name']} was scored; see {out}/summary.json")
 
 

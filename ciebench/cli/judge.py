@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import ExitCode
+from ..errors import CiebenchError, ExitCode, UsageError
 from .handling import CommandApp
 from .options import DatasetOpt, JudgePromptsOpt, JudgeProtocolOpt
 
@@ -49,7 +49,6 @@ def agreement_cmd(
     Kendall's tau of the system ranking under judge A vs judge B."""
     from pathlib import Path
 
-    from ..errors import UsageError
     from ..io import atomic_write_json, atomic_write_text
     from ..judge.agreement import load_scores, pair_agreement, ranking_tau, scatter_plot
 
@@ -104,7 +103,6 @@ def calibrate_cmd(
     protocol hash), later times report agreement with them."""
     import dataclasses
 
-    from ..errors import UsageError
     from ..judge import canaries as canary_mod
     from ..metrics.idcs import IDCSJudge, get_judge_config
 
@@ -116,7 +114,9 @@ def calibrate_cmd(
         # Calibration always asks afresh (no answer cache), so it measures today's model.
         idcs = IDCSJudge(config, cache_dir=None, prompts_dir=prompts)
         result = canary_mod.calibrate(idcs, canary_mod.judge_hash_of(config, idcs.protocol.hash), canary_set, threshold)
-    except ValueError as exc:  # a judge config with a bad value
+    except CiebenchError:
+        raise
+    except ValueError as exc:  # a malformed canary set or prompt source: a bad argument
         raise UsageError(str(exc)) from exc
     typer.echo(f"canary set {result['set']} ({result['n']} canaries, {result['scored']} scored), judge "
                f"{config.name} / {idcs.protocol.name}")

@@ -46,7 +46,8 @@ def verify_cmd(
 
 
 def use_bundle(folder: str) -> None:
-    """`ciebench --bundle DIR ...` / CIEBENCH_BUNDLE=DIR: every cache points into the bundle, no network."""
+    """`ciebench --bundle DIR ...` / CIEBENCH_BUNDLE=DIR: every cache points into the bundle, no network.
+    (Runs in the root callback, outside the commands' error handling.)"""
     from ..bundle import activate_bundle
     from .handling import fail
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..images import ImageRefused, read_regular_file
+from ..results import natural_key
 from ..schema import make_row
 from .files import check_pair, read_image
 from .problems import Problem
@@ -27,12 +28,6 @@ def is_reasonedit_folder(root: Path) -> bool:
 
 def category_name(folder: str) -> str:
     return folder.split("-", 1)[1].lower()
-
-
-def natural_key(stem: str) -> tuple:
-    """Order "2" before "10": digit runs compare as numbers, the rest as text."""
-    return tuple((0, int(part), "") if part[0] in "0123456789" else (1, 0, part.lower())
-                 for part in re.findall(r"[0-9]+|[^0-9]+", stem))
 
 
 def _texts(category: Path) -> list[Path]:

@@ -25,6 +25,7 @@ import pandas as pd
 from scipy import stats as sstats
 
 from ..errors import DataError
+from ..results import RunFolderError, require_run_folder
 
 REPLICATES = 2000
 SEED = 0
@@ -40,9 +41,7 @@ def load_scores(path: str | Path, metric: str = "idcs") -> Scores:
     """A run folder (``samples.csv``) or a human-ratings CSV (``sample_id, seed, rater, score``)."""
     path = Path(path)
     if path.is_dir():
-        table = path / "samples.csv"
-        if not table.is_file():
-            raise DataError(f"{path} is not a scored run folder: no samples.csv")
+        table = require_run_folder(path) / "samples.csv"
         frame = pd.read_csv(table, dtype={"sample_id": str}, keep_default_na=False, na_values=[""])
         if metric not in frame.columns:
             raise DataError(f"{table} has no {metric!r} column (was it scored with a judge?)")
@@ -54,7 +53,7 @@ def load_scores(path: str | Path, metric: str = "idcs") -> Scores:
         frame = _human_ratings(path)
         name = path.stem
     else:
-        raise DataError(f"{path}: no such run folder or ratings file")
+        raise RunFolderError(f"{path}: no such run folder or ratings file")
     frame["seed"] = frame["seed"].astype(int)
     series = frame.set_index(["sample_id", "seed"])["score"].astype(float)
     return Scores(name, series)

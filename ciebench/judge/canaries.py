@@ -30,6 +30,8 @@ from PIL import Image
 from ..cache import cache_root
 from ..errors import DataError, UsageError
 from ..io import atomic_write_bytes, atomic_write_json, png_bytes, sha256_bytes, stable_hash
+from ..results import RunFolderError
+from ..status import Status
 
 DEFAULT_THRESHOLD = 0.9
 CANARY_MODES = ("day", "run", "off")
@@ -91,7 +93,7 @@ def freeze_run(run_dir: str | Path, out: str | Path, dataset: str | None = None)
     spec_path = run_dir / "spec.json"
     samples = run_dir / "samples.jsonl"
     if not spec_path.is_file() or not samples.is_file():
-        raise DataError(f"{run_dir} is not a run folder (spec.json and samples.jsonl needed)")
+        raise RunFolderError(f"{run_dir} is not a run folder (spec.json and samples.jsonl needed)")
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     dataset = dataset or (spec.get("dataset") or {}).get("spec")
     if not dataset:
@@ -102,7 +104,7 @@ def freeze_run(run_dir: str | Path, out: str | Path, dataset: str | None = None)
     for line in samples.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         rel = row.get("prediction")
-        if row.get("status") != "ok" or not rel or row.get("sample_id") not in index:
+        if row.get("status") != Status.OK or not rel or row.get("sample_id") not in index:
             continue
         pred = (run_dir / rel).resolve()
         if run_dir.resolve() not in pred.parents or not pred.is_file():

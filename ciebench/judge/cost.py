@@ -146,10 +146,6 @@ class CostReport:
                 f"{', '.join(d['image_token_rules']) or '-'}"]
 
 
-class BudgetExceeded(Exception):
-    pass
-
-
 class Budget:
     """Spent plus reserved cost never exceeds `max_usd` (thread-safe)."""
 

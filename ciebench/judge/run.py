@@ -16,6 +16,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
+from ..status import VerdictStatus
 from .cost import Budget
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class JudgeSession:
         for key, row in rows.items():
             if key not in judged:
                 self.n_missing += 1
-                row.update({"idcs_status": "not_judged", "idcs_error": "no usable prediction",
+                row.update({"idcs_status": VerdictStatus.NOT_JUDGED, "idcs_error": "no usable prediction",
                             "idcs_failure": "missing_prediction", "idcs_protocol": self.judge.protocol.name})
         return self.info(), self.judge.model_ids()
 

@@ -32,10 +32,15 @@
     if (vals.some(function (x) { return !isFinite(x); })) return vals.reduce(function (a, b) { return a + b; });
     return vals.reduce(function (a, b) { return a + b; }, 0) / vals.length;
   }
-  function natural(a, b) {
-    var na = /^\d+$/.test(a), nb = /^\d+$/.test(b);
-    if (na && nb) return (+a) - (+b);
-    if (na !== nb) return na ? -1 : 1;
+  function natural(a, b) {  // ciebench.results.natural_key: digit runs as numbers, before text; spelling breaks ties
+    var ra = a.match(/[0-9]+|[^0-9]+/g) || [], rb = b.match(/[0-9]+|[^0-9]+/g) || [];
+    for (var i = 0; i < Math.min(ra.length, rb.length); i++) {
+      var da = /^[0-9]/.test(ra[i]), db = /^[0-9]/.test(rb[i]);
+      if (da !== db) return da ? -1 : 1;
+      var x = da ? +ra[i] : ra[i].toLowerCase(), y = db ? +rb[i] : rb[i].toLowerCase();
+      if (x !== y) return x < y ? -1 : 1;
+    }
+    if (ra.length !== rb.length) return ra.length - rb.length;
     return a < b ? -1 : a > b ? 1 : 0;
   }
   function filtered() {
