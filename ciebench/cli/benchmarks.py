@@ -45,40 +45,50 @@ def dataset_spec(bench: Any, root: Optional[str]) -> Optional[str]:
         raise UsageError(str(exc)) from exc
 
 
-def check_unsupported_options(seeds: str, backend: str, protocol: Optional[str], metrics: Optional[str]) -> None:
-    """Options of the dataset pipeline that a judge-scored benchmark run would otherwise ignore."""
+def check_unsupported_options(seeds: str, backend: str) -> None:
+    """Options of the dataset pipeline that a judge-scored benchmark run would otherwise ignore.
+    (`--metrics` / `--protocol` choose ciebench's region metrics on cases with a ground-truth image.)"""
     problems = []
     if seeds.strip() != "0":
         problems.append("--seeds (a benchmark run uses the run seed 0, as the official protocols do)")
     if backend != "local":
         problems.append("--backend ray")
-    if protocol or metrics:
-        problems.append("--protocol / --metrics (the benchmark's official judge protocol applies)")
     if problems:
         raise UsageError("not available with a judge-scored --benchmark: " + "; ".join(problems))
 
 
-def _options(root, limit, judge, judge_prompts, overwrite=False, retry_failed=False):
+def region_options(metrics: Optional[str], protocol: Optional[str], device: str = "cpu") -> Any:
+    """`--metrics` / `--protocol` / `--device` of a judge-scored benchmark run: ciebench's region metrics
+    (default psnr, mse, ssim, locality under the exact protocol; `--metrics none` turns them off)."""
+    from ..benchmarks.region import region_options as build
+    from .options import split_names
+
+    return build(split_names(metrics), protocol, device)
+
+
+def _options(root, limit, judge, judge_prompts, overwrite=False, retry_failed=False, region=None):
     from ..benchmarks.session import BenchOptions
 
     return BenchOptions(root=root, limit=limit, judge=judge, judge_prompts=judge_prompts, overwrite=overwrite,
-                        retry_failed=retry_failed)
+                        retry_failed=retry_failed, region=region)
 
 
-def evaluate(bench: Any, editor: Any, out: Path, root, limit, judge, judge_prompts, overwrite, retry_failed) -> None:
+def evaluate(bench: Any, editor: Any, out: Path, root, limit, judge, judge_prompts, overwrite, retry_failed,
+             region=None) -> None:
     from ..benchmarks import session
 
-    _guard(lambda: session.evaluate(bench, editor, out, _options(root, limit, judge, judge_prompts, overwrite, retry_failed)), out)
+    options = _options(root, limit, judge, judge_prompts, overwrite, retry_failed, region)
+    _guard(lambda: session.evaluate(bench, editor, out, options), out)
 
 
 def score(bench: Any, predictions: Optional[Path], verdicts: Optional[Path], out: Path, root, limit, judge,
-          judge_prompts) -> None:
+          judge_prompts, region=None) -> None:
     from ..benchmarks import session
 
     if verdicts is not None:
         _guard(lambda: session.reaggregate(bench, verdicts, out), out)
     elif predictions is not None:
-        _guard(lambda: session.score(bench, predictions, out, _options(root, limit, judge, judge_prompts)), out)
+        _guard(lambda: session.score(bench, predictions, out, _options(root, limit, judge, judge_prompts, region=region)), out)
     else:
         raise UsageError("--benchmark needs --predictions DIR (official output layout) or --verdicts FILE")
 
@@ -124,3 +134,9 @@ def print_summary(summary: dict, out: Path) -> None:
         typer.echo(f"  {label:<34} {cells}")
     counts = ", ".join(f"{k}: {v}" for k, v in summary["ours"]["status_counts"].items())
     typer.echo(f"  cases: {summary['ours']['cases']} ({counts})")
+    region = summary["ours"].get("region")
+    if region and "overall" in region:
+        means = ", ".join(f"{k} {v['mean']:.4f}" for k, v in region["overall"].items() if v["mean"] is not None)
+        rc = ", ".join(f"{k}: {v}" for k, v in region["status_counts"].items())
+        typer.echo(f"  ours, region metrics (not official; {region['protocol']['name']} protocol): {means or '-'}")
+        typer.echo(f"    cases: {region['cases']} ({rc}); rows in {out}/{region['files']['rows']}")

@@ -159,13 +159,16 @@ def evaluate_cmd(
                                      judge_options=judge_run_options(judge_protocol, judge_passes, judge_prompts,
                                                                      max_cost, judge_canaries))
         resolve_metrics(score_options)  # an unknown --metrics name fails before any model loads
+    else:  # ciebench's region metrics on the benchmark's cases with a ground-truth image
+        region = _bench.region_options(metrics, protocol, device)
     distributed = _ray_backend(backend, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device)
     loaded = None if judged_benchmark else _load(dataset, ignore_checksums)
     ed = build_editor(editor, editor_arg, editor_config, preset)
     if loaded is None:  # a judge-scored benchmark (RISEBench, ...): its own generation and official scoring
         try:
-            _bench.check_unsupported_options(seeds=seeds, backend=backend, protocol=protocol, metrics=metrics)
-            return _bench.evaluate(bench, ed, out, benchmark_root, limit, judge, judge_prompts, overwrite, retry_failed)
+            _bench.check_unsupported_options(seeds=seeds, backend=backend)
+            return _bench.evaluate(bench, ed, out, benchmark_root, limit, judge, judge_prompts, overwrite, retry_failed,
+                                   region=region)
         finally:
             ed.close()
     if distributed is not None:
@@ -245,7 +248,8 @@ def score_cmd(
     _coverage(min_coverage)
     bench = _bench.resolve(benchmark) if benchmark else None
     if bench is not None and bench.pipeline != "dataset":
-        return _bench.score(bench, predictions, verdicts, out, benchmark_root, limit, judge, judge_prompts)
+        return _bench.score(bench, predictions, verdicts, out, benchmark_root, limit, judge, judge_prompts,
+                            region=_bench.region_options(metrics, protocol, device))
     dataset = _bench.dataset_spec(bench, benchmark_root) if bench else dataset
     if dataset is None or predictions is None:
         raise UsageError("score needs --dataset (or --benchmark) and --predictions")
