@@ -196,6 +196,10 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
                 if truth is None:
                     write(case, Status.NOT_APPLICABLE, {}, "the case has no ground-truth image or mask")
                     continue
+                if len(case.images) > 1:
+                    write(case, Status.NOT_APPLICABLE, {}, f"the case has several input images ({len(case.images)}): "
+                                                            "no single source whose unchanged region could be compared")
+                    continue
                 output = find_output(images / case.output_folder, case.id)
                 if output is None:
                     write(case, Status.MISSING, {}, f"no output {key}.(png|jpg|jpeg) in {images}")
