@@ -93,6 +93,13 @@ def test_region_metrics_beside_the_official_scores(tmp_path, unired):
         assert summary["headline"]["name"] == "Overall Accuracy"
         assert not any("psnr" in str(k) or "mse" in str(k) for r in summary["official"] for k in r)
         assert "psnr" not in (out / "official_scores.csv").read_text()
+        # the leaderboard shows them as ours, after the official columns
+        from ciebench.leaderboard.benchmark_board import benchmark_tables
+
+        main, _ = benchmark_tables([out])["unireditbench"]
+        cols = list(main.columns)
+        assert cols.index("ours mse") > cols.index("Overall Accuracy") and "ours region_fraction" not in cols
+        assert main["ours mse"][0] == pytest.approx(mse / 2, rel=1e-6) and main["ours psnr"][0] == math.inf
 
         # resumable: a rerun computes nothing again; other options in the same folder are refused
         result = score(tmp_path, server, out)
