@@ -23,7 +23,10 @@ runner = CliRunner()
 def rows_of(out) -> dict[str, dict]:
     rows = {}
     for line in (out / "region_metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill
+            continue
         rows[f"{row['output_folder']}/{row['id']}"] = row
     return rows
 
@@ -138,3 +141,33 @@ def test_lpips_on_request(tmp_path, unired):
     rows = rows_of(tmp_path / "l")
     assert rows["real_world_a/1"]["lpips"] > 0
     assert rows["real_world_c/1"]["lpips"] is None  # no region left to compare
+
+
+def test_a_scorer_that_cannot_load_keeps_the_official_summary(tmp_path, unired, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-torch-hub"))  # no SqueezeNet trunk
+    with serve_llm() as server:
+        server.on(then=respond(lambda req: "**Final Score**: 5"))
+        result = score(tmp_path, server, tmp_path / "x", "--metrics", "lpips")
+    assert result.exit_code == 4, result.output  # the machine lacks the model: exit 4, after the official summary
+    summary = json.loads((tmp_path / "x" / "summary.json").read_text())
+    assert summary["headline"]["value"] == 1.0  # the official numbers are written
+    assert summary["ours"]["region"]["status"] == "error" and "did not run" in summary["ours"]["region"]["reason"]
+    assert "region metrics: error" in result.output
+
+
+def test_a_torn_row_is_skipped_and_the_case_redone(tmp_path, unired):
+    out = tmp_path / "t"
+    with serve_llm() as server:
+        server.on(then=respond(lambda req: "**Final Score**: 5"))
+        assert score(tmp_path, server, out).exit_code == 0
+        rows = (out / "region_metrics.jsonl").read_text().splitlines()
+        kept = [r for r in rows if '"real_world_a"' not in r or '"id": "1"' not in r]
+        torn = next(r for r in rows if r not in kept)
+        (out / "region_metrics.jsonl").write_text("\n".join(kept) + "\n" + torn[: len(torn) // 2])  # killed mid-line
+        result = score(tmp_path, server, out)
+        assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run"]["region_metrics"] == {"resumed": 4, "ok": 1}
+    assert rows_of(out)["real_world_a/1"] == json.loads(torn)

@@ -163,7 +163,7 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
     holds about two batches of images), so memory does not grow with the number of cases."""
     from ..images import open_image_file, to_rgb8
     from ..metrics.region import RegionScorer, ScoreItem
-    from .run import predictions_root
+    from .run import _ends_with_newline, predictions_root
 
     images = predictions_root(predictions)
     path = out / ROWS_FILE
@@ -174,6 +174,9 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
     bar = tqdm(total=total, desc=f"region metrics {benchmark.name}", unit="case", disable=not progress)
 
     with open(path, "a", encoding="utf-8") as sink:
+        if path.stat().st_size and not _ends_with_newline(path):
+            sink.write("\n")  # a line torn by a kill stays a lone unreadable line; it is skipped on reading
+
         def write(case: Case, status: str, values: dict[str, Any], reason: str | None = None) -> None:
             row = {"id": case.id, "category": case.category, "output_folder": case.output_folder,
                    "status": str(status), "reason": reason, **values}

@@ -157,9 +157,13 @@ def _finish(benchmark: Benchmark, options: BenchOptions, predictions: Path, out:
         result["ours"] = {**(result.get("ours") or {}), "region": {
             "status": "not_applicable", "reason": f"{benchmark.name} carries no ground-truth images or masks"}}
     elif options.region is not None:
-        counts, block = run_region(benchmark, _cases(benchmark, options), predictions, out, options.region,
-                                   progress=options.progress, total=total)
-        header["run"]["region_metrics"] = counts
+        try:
+            counts, block = run_region(benchmark, _cases(benchmark, options), predictions, out, options.region,
+                                       progress=options.progress, total=total)
+            header["run"]["region_metrics"] = counts
+        except (OSError, RuntimeError) as exc:  # e.g. LPIPS weights not available offline: the official numbers stay
+            block = {"status": "error", "reason": f"region metrics did not run: {type(exc).__name__}: {exc}; rows "
+                                                  "finished so far are kept and a rerun resumes them"}
         result["ours"] = {**(result.get("ours") or {}), "region": block}
     return write_summary(benchmark, out, result, header)
 

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..errors import DataError, ExitCode, IncompleteResult, UsageError
+from ..errors import DataError, EnvironmentProblem, ExitCode, IncompleteResult, UsageError
 
 from . import app
 
@@ -111,6 +111,10 @@ def _guard(fn, out: Path) -> None:
         raise DataError("the benchmark has no cases here", hint="check --benchmark-root and --limit")
     if not (ours.get("status_counts") or {}).get("ok"):
         raise IncompleteResult(f"no case of {summary['benchmark']['name']} was scored; see {out}/summary.json")
+    region = ours.get("region") or {}
+    if region.get("status") == "error":  # the official numbers are written; ciebench's region metrics are not
+        raise EnvironmentProblem(region["reason"], hint=f"the official numbers are in {out}/summary.json; make the "
+                                 "model available (`ciebench prefetch`) and rerun to resume, or choose other --metrics")
 
 
 def print_summary(summary: dict, out: Path) -> None:
@@ -140,3 +144,5 @@ def print_summary(summary: dict, out: Path) -> None:
         rc = ", ".join(f"{k}: {v}" for k, v in region["status_counts"].items())
         typer.echo(f"  ours, region metrics (not official; {region['protocol']['name']} protocol): {means or '-'}")
         typer.echo(f"    cases: {region['cases']} ({rc}); rows in {out}/{region['files']['rows']}")
+    elif region:
+        typer.echo(f"  ours, region metrics: {region['status']}: {region['reason']}")
