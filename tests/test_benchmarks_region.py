@@ -171,3 +171,20 @@ def test_a_torn_row_is_skipped_and_the_case_redone(tmp_path, unired):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["run"]["region_metrics"] == {"resumed": 4, "ok": 1}
     assert rows_of(out)["real_world_a/1"] == json.loads(torn)
+
+
+def test_evaluate_scores_the_run_images(tmp_path, unired):
+    # the identity editor returns the source: nothing outside (or inside) the region changed
+    out = tmp_path / "run"
+    with serve_llm() as server:
+        server.on(then=respond(lambda req: "**Final Score**: 5"))
+        result = runner.invoke(app, ["evaluate", "--benchmark", "unireditbench", "--benchmark-root",
+                                     str(tmp_path / "UniREditBench"), "--editor", "identity", "--out", str(out),
+                                     "--judge", str(judge_file(tmp_path, server)), "--metrics", "mse,locality"])
+        assert result.exit_code == 0, result.output
+    rows = rows_of(out)
+    row = rows["real_world_a/1"]
+    assert row["status"] == "ok" and row["mse"] == 0
+    assert row["locality_recall"] == 0 and row["locality_f1"] == 0 and row["locality_precision"] is None
+    assert rows["game_world_b/2"]["status"] == "ok"  # evaluate made the output the score folder lacked
+    assert rows["game_world_b/1"]["status"] == "not_applicable"
