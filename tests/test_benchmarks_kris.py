@@ -74,7 +74,8 @@ def test_kris_end_to_end(tmp_path, monkeypatch):
         assert row["Knowledge Plausibility"] == (pytest.approx((means[KP] - 1) * 25) if KP in means else None)
     assert summary["judge"]["prompts"]["verified"] is False  # the unpinned prompt file is recorded as such
     # ciebench's region metrics (ours): cases without gt_img are not applicable, never a number
-    region = {f"{r['output_folder']}/{r['id']}": r for r in map(json.loads, (out / "region_metrics.jsonl").read_text().splitlines())}
+    lines = (out / "region_metrics.jsonl").read_text().splitlines()
+    region = {f"{r['output_folder']}/{r['id']}": r for r in map(json.loads, lines)}
     assert region["count_change/1"]["status"] == "not_applicable" and "psnr" not in region["count_change/1"]
     assert "no ground-truth image" in region["count_change/1"]["reason"]
     assert region["viewpoint_change/1"]["status"] == "ok"

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from ciebench.benchmarks.region import GroundTruthRule
 from ciebench.benchmarks.unireditbench import UniREditBench
 from ciebench.cli import app
-from tests.support.fixtures_gt_region import make_gt_unired, background_of_rect
+from tests.support.fixtures_gt_region import background_of_rect, make_gt_unired
 from tests.support.llm_server import respond, serve_llm
 from tests.test_benchmarks_gedit_unired import UNIRED_PROMPTS, judge_file, pin_stand_in
 
@@ -39,7 +39,8 @@ def unired(tmp_path, monkeypatch):
 
 
 def score(tmp_path, server, out, *extra):
-    return runner.invoke(app, ["score", "--benchmark", "unireditbench", "--benchmark-root", str(tmp_path / "UniREditBench"),
+    return runner.invoke(app, ["score", "--benchmark", "unireditbench",
+                               "--benchmark-root", str(tmp_path / "UniREditBench"),
                                "--predictions", str(tmp_path / "outputs"), "--out", str(out),
                                "--judge", str(judge_file(tmp_path, server)), *extra])
 

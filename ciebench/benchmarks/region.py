@@ -16,7 +16,7 @@ import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -26,6 +26,9 @@ from ..io import atomic_write_json, json_text, stable_hash
 from ..stats import from_json_number
 from ..status import Status
 from .base import Benchmark, Case, RunningMean, find_output
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 ROWS_FILE = "region_metrics.jsonl"
 IDENTITY_FILE = "region_metrics.json"
@@ -146,8 +149,13 @@ def check_identity(out: Path, options: RegionOptions) -> None:
         if old != identity:
             from .run import BenchmarkRunError
 
-            raise BenchmarkRunError(f"the region metrics in {out} were computed with other options ({old} != {identity}); "
-                                    f"delete {out / ROWS_FILE} to compute them again, or use another --out")
+            def short(i: dict[str, Any]) -> str:
+                return (f"metrics {','.join(i.get('metrics') or [])}, protocol {(i.get('protocol') or {}).get('name')} "
+                        f"({(i.get('protocol') or {}).get('hash')}), rule {(i.get('rule') or {}).get('hash')}")
+
+            raise BenchmarkRunError(f"the region metrics in {out} were computed with other options ({short(old)}; now "
+                                    f"{short(identity)}); delete {out / ROWS_FILE} to compute them again, or use "
+                                    "another --out")
     atomic_write_json(path, identity)
 
 
@@ -214,7 +222,7 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
                 except NotApplicable as exc:
                     write(case, Status.NOT_APPLICABLE, {}, str(exc))
                     continue
-                except (OSError, ValueError, DataError) as exc:  # an unreadable input, ground truth or output: this case only
+                except (OSError, ValueError, DataError) as exc:  # unreadable input, truth or output: this case only
                     write(case, Status.METRIC_ERROR, {}, f"case {case.id}: {exc}")
                     continue
                 fraction = float(np.count_nonzero(np.asarray(mask))) / (mask.size[0] * mask.size[1])

@@ -88,7 +88,8 @@ def score(bench: Any, predictions: Optional[Path], verdicts: Optional[Path], out
     if verdicts is not None:
         _guard(lambda: session.reaggregate(bench, verdicts, out), out)
     elif predictions is not None:
-        _guard(lambda: session.score(bench, predictions, out, _options(root, limit, judge, judge_prompts, region=region)), out)
+        options = _options(root, limit, judge, judge_prompts, region=region)
+        _guard(lambda: session.score(bench, predictions, out, options), out)
     else:
         raise UsageError("--benchmark needs --predictions DIR (official output layout) or --verdicts FILE")
 
