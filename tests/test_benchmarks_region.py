@@ -189,3 +189,15 @@ def test_evaluate_scores_the_run_images(tmp_path, unired):
     assert row["locality_recall"] == 0 and row["locality_f1"] == 0 and row["locality_precision"] is None
     assert rows["game_world_b/2"]["status"] == "ok"  # evaluate made the output the score folder lacked
     assert rows["game_world_b/1"]["status"] == "not_applicable"
+
+
+def test_a_repeated_case_key_does_not_break_the_stream(tmp_path, unired):
+    from ciebench.benchmarks.region import RegionOptions, region_cases
+
+    bench = UniREditBench()
+    cases = list(bench.cases(tmp_path / "UniREditBench"))
+    out = tmp_path / "dup"
+    out.mkdir()
+    counts = region_cases(bench, cases + cases[:2], tmp_path / "outputs", out, RegionOptions(metrics=("mse",)),
+                          progress=False)
+    assert counts == {"resumed": 0, "ok": 5, "not_applicable": 1, "missing": 1}

@@ -10,6 +10,7 @@ final), their means go to the summary under `ours.region`, never into the offici
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -178,6 +179,7 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
     final = _final_keys(path)
     counts: dict[str, int] = {"resumed": 0}
     pending: dict[str, tuple[Case, float]] = {}  # scorer input id -> case; bounded by the scorer's look-ahead
+    serial = itertools.count()
     lock = threading.Lock()  # rows are written by the feeder thread (not applicable) and this one (scored)
     bar = tqdm(total=total, desc=f"region metrics {benchmark.name}", unit="case", disable=not progress)
 
@@ -226,9 +228,10 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
                     write(case, Status.METRIC_ERROR, {}, f"case {case.id}: {exc}")
                     continue
                 fraction = float(np.count_nonzero(np.asarray(mask))) / (mask.size[0] * mask.size[1])
+                sid = f"{next(serial)}:{key}"  # unique even if an annotation repeats a key
                 with lock:
-                    pending[key] = (case, fraction)
-                yield ScoreItem(sample_id=key, source=source, mask=mask, prediction=prediction)
+                    pending[sid] = (case, fraction)
+                yield ScoreItem(sample_id=sid, source=source, mask=mask, prediction=prediction)
 
         scorer = RegionScorer(options.protocol, metrics=options.metrics, device=options.device,
                               batch_size=options.batch_size)
