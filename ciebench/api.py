@@ -85,7 +85,7 @@ def evaluate(editor: str | Editor, dataset: DatasetArg, out: str | Path, *,
     if bench is not None and bench.pipeline != "dataset":
         return _evaluate_benchmark(bench, editor, out, benchmark_root, limit, judge, judge_prompts, overwrite,
                                    retry_failed, seeds=seeds, backend=backend, protocol=protocol, metrics=metrics,
-                                   editor_args=editor_args, editor_config=editor_config, preset=preset,
+                                   device=device, editor_args=editor_args, editor_config=editor_config, preset=preset,
                                    progress=progress)
     dataset = _benchmark_dataset(bench, benchmark_root) if bench is not None else dataset
     score_options = _score_options(protocol, metrics, judge, device, None, judge_protocol, judge_passes,
@@ -315,23 +315,24 @@ def _benchmark_dataset(bench: Any, root: str | None) -> str:
 
 
 def _evaluate_benchmark(bench: Any, editor: Any, out: Path, root, limit, judge, judge_prompts, overwrite,
-                        retry_failed, *, seeds, backend, protocol, metrics, editor_args, editor_config,
+                        retry_failed, *, seeds, backend, protocol, metrics, device, editor_args, editor_config,
                         preset, progress) -> RunResult:
-    """A judge-scored benchmark (RISEBench, ...): its own generation and official scoring."""
+    """A judge-scored benchmark (RISEBench, ...): its own generation and official scoring; `metrics`,
+    `protocol` and `device` choose ciebench's region metrics on cases with a ground-truth image."""
     from .benchmarks import session
+    from .benchmarks.region import region_options
 
     problems = []
     if seeds != (0,):
         problems.append("--seeds (a benchmark run uses the run seed 0, as the official protocols do)")
     if backend != "local":
         problems.append("--backend ray")
-    if protocol or metrics:
-        problems.append("--protocol / --metrics (the benchmark's official judge protocol applies)")
     if problems:
         raise UsageError("not available with a judge-scored --benchmark: " + "; ".join(problems))
+    region = region_options(tuple(metrics) if metrics is not None else None, protocol, device)  # before any model loads
     ed = _editor(editor, editor_args, editor_config, preset)
     options = session.BenchOptions(root=root, limit=limit, judge=judge, judge_prompts=judge_prompts,
-                                   overwrite=overwrite, retry_failed=retry_failed, progress=progress)
+                                   overwrite=overwrite, retry_failed=retry_failed, progress=progress, region=region)
     try:
         with benchmark_errors():
             summary = session.evaluate(bench, ed, out, options)

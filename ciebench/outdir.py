@@ -42,7 +42,7 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     # card `data prepare` writes
     # `--benchmark` runs of judge-scored benchmarks (evaluate, score, re-aggregation)
     "benchmark": ("spec.json", "images", "turns", "records", "verdicts.jsonl", "summary.json", "official_scores.csv",
-                  "judge.json", ".llm-cache"),
+                  "judge.json", ".llm-cache", "region_metrics.jsonl", "region_metrics.json"),
     "dataset": ("data-*.arrow", "dataset_info.json", "state.json", "data.parquet", "ciebench_card.json",
                 "README.md", "data"),
 }

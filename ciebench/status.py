@@ -25,6 +25,7 @@ class Status(str, Enum):
     METRIC_ERROR = "metric_error"      # a metric failed on a readable prediction
     UNKNOWN_SAMPLE = "unknown_sample"  # a prediction for an id the dataset does not have
     JUDGE_ERROR = "judge_error"        # a benchmark judge gave no usable verdict (retried on the next run)
+    NOT_APPLICABLE = "not_applicable"  # a metric that the case cannot define (no ground truth, another aspect ratio)
 
     # Written as its value everywhere (CSV, JSON, f-strings), never as "Status.OK".
     __str__ = str.__str__
@@ -51,6 +52,8 @@ _MEANING = {
     Status.METRIC_ERROR: "a metric failed on this prediction",
     Status.UNKNOWN_SAMPLE: "a prediction for an id that is not in the dataset",
     Status.JUDGE_ERROR: "the benchmark's judge gave no usable verdict (counted, retried on the next run)",
+    Status.NOT_APPLICABLE: "the metric is not defined for this case (e.g. region metrics of a benchmark case without "
+                           "a ground-truth image, or one whose aspect ratio differs from the source's); never a number",
 }
 
 # What an editor reports for its own failure (`EditResult.status`, kept as such in records/<stem>.json);

@@ -1,7 +1,8 @@
 """Leaderboard tables and gallery for judge-scored benchmark runs (RISEBench, RISEBench++, KRIS-Bench).
 
 One table per benchmark (runs of different benchmarks never mix): the official headline first (with
-its CI where the benchmark has one), then the official overall row and every category row; a
+its CI where the benchmark has one), then the official overall row and every category row, then
+ciebench's own region metrics where the run has them (columns "ours psnr", ...); a
 per-category table per benchmark; and a static gallery page per benchmark showing, for each case,
 every input image, every turn of a multi-turn case and each run's final output.
 """
@@ -18,6 +19,7 @@ from PIL import Image
 
 from ciebench import outdir
 from ciebench.io import atomic_write_bytes, atomic_write_text
+from ciebench.stats import from_json_number
 from ciebench.metrics import catalogue
 
 from .report import csv_text
@@ -73,6 +75,11 @@ def benchmark_tables(paths: list[Path]) -> dict[str, tuple[pd.DataFrame, pd.Data
                     row[f"{row_label(overall)} {key}"] = value
             counts = (s.get("ours") or {}).get("status_counts") or {}
             row.update({f"n_{k}": v for k, v in counts.items()})
+            # ciebench's region metrics (cases with a ground-truth image): ours, named so, after the official columns
+            region = (s.get("ours") or {}).get("region") or {}
+            for col, cell in (region.get("overall") or {}).items():
+                if col != "region_fraction":
+                    row[f"ours {col}"] = None if cell["mean"] is None else from_json_number(cell["mean"])
             main_rows.append(row)
             for r in table[1:]:
                 label = row_label(r)

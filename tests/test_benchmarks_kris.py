@@ -73,6 +73,16 @@ def test_kris_end_to_end(tmp_path, monkeypatch):
         assert row["Visual Consistency (1-5)"] == pytest.approx(means[VC])
         assert row["Knowledge Plausibility"] == (pytest.approx((means[KP] - 1) * 25) if KP in means else None)
     assert summary["judge"]["prompts"]["verified"] is False  # the unpinned prompt file is recorded as such
+    # ciebench's region metrics (ours): cases without gt_img are not applicable, never a number
+    lines = (out / "region_metrics.jsonl").read_text().splitlines()
+    region = {f"{r['output_folder']}/{r['id']}": r for r in map(json.loads, lines)}
+    assert region["count_change/1"]["status"] == "not_applicable" and "psnr" not in region["count_change/1"]
+    assert "no ground-truth image" in region["count_change/1"]["reason"]
+    assert region["viewpoint_change/1"]["status"] == "ok"
+    # temporal: gt_img is the missing frame of several inputs, no single source to preserve
+    assert region["temporal_prediction/3"]["status"] == "not_applicable"
+    assert "several input images" in region["temporal_prediction/3"]["reason"]
+    assert summary["ours"]["region"]["status_counts"] == {"not_applicable": 7, "ok": 1}
     seen = {(c, p): (n, t) for c, p, n, t in judge.seen}
     # per-family judge inputs
     assert seen[("viewpoint_change/1", "prompt_view_instruction_following")][0] == 3  # source, output, ground truth

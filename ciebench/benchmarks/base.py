@@ -92,6 +92,9 @@ class Benchmark:
     prompt_file: ClassVar[str] = "utils.py"
     prompt_source: ClassVar[str] = ""
     judges: ClassVar[dict[str, dict[str, Any]]] = {"main": {}}
+    # Cases may carry a ground-truth image (`Case.ground_truth_image`): ciebench's region metrics run on
+    # them (benchmarks/region.py), reported as ours beside the official numbers.
+    ground_truth: ClassVar[bool] = False
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "title": self.title, "size": self.size, "categories": list(self.categories),

@@ -91,6 +91,7 @@ class KrisBench(Benchmark):
     dimensions = (VC, IF, VQ, KP)
     judges = {"main": {"model": "gpt-4o", "temperature": None}}
     prompts = None
+    ground_truth = True  # gt_img: the expected output, where a case has one
     prompt_file = "prompts.py"
     prompt_source = "mercurystraw/Kris_Bench: the prompt module its metrics_*.py import (ReasonEdit.prompts / utils/prompts.py)"
 

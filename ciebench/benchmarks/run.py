@@ -65,7 +65,8 @@ def prepare_run(out: Path, spec: dict[str, Any], overwrite: bool) -> None:
 
         for sub in ("images", "turns", "records"):
             shutil.rmtree(out / sub, ignore_errors=True)
-        for name in ("verdicts.jsonl", "summary.json", "official_scores.csv"):
+        for name in ("verdicts.jsonl", "summary.json", "official_scores.csv", "region_metrics.jsonl",
+                     "region_metrics.json"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, spec)

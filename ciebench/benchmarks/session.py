@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from ..llm.client import LLMConfig
 from .base import Benchmark
 from .judging import BenchJudge
 from .prompts import PromptSet, load_prompts, load_unpinned
+from .region import RegionOptions, run_region
 from .run import aggregate, generate, judge_cases, latest_verdicts, prepare_run, write_summary
 
 
@@ -28,6 +29,8 @@ class BenchOptions:
     overwrite: bool = False
     retry_failed: bool = False
     progress: bool = True
+    # ciebench's region metrics on cases with a ground-truth image (None: off); see benchmarks/region.py
+    region: RegionOptions | None = field(default_factory=RegionOptions)
 
 
 def judge_configs(benchmark: Benchmark, spec: str | None) -> dict[str, LLMConfig]:
@@ -142,7 +145,27 @@ def _evaluate(benchmark: Benchmark, editor: Editor, out: Path, options: BenchOpt
                          progress=options.progress, total=total)
     header = {"run": {"editor": editor.describe(), "generation": stats.__dict__, "judging": counts},
               "judge": judge.provenance()}
-    return write_summary(benchmark, out, aggregate(benchmark, latest_verdicts(out / "verdicts.jsonl")), header)
+    return _finish(benchmark, options, out, out, header, total)
+
+
+def _finish(benchmark: Benchmark, options: BenchOptions, predictions: Path, out: Path, header: dict[str, Any],
+            total: int) -> dict[str, Any]:
+    """The official aggregation, plus ciebench's region metrics under `ours.region` (never in the official
+    table or headline), then summary.json."""
+    result = aggregate(benchmark, latest_verdicts(out / "verdicts.jsonl"))
+    if options.region is not None and not benchmark.ground_truth:
+        result["ours"] = {**(result.get("ours") or {}), "region": {
+            "status": "not_applicable", "reason": f"{benchmark.name} carries no ground-truth images or masks"}}
+    elif options.region is not None:
+        try:
+            counts, block = run_region(benchmark, _cases(benchmark, options), predictions, out, options.region,
+                                       progress=options.progress, total=total)
+            header["run"]["region_metrics"] = counts
+        except (OSError, RuntimeError) as exc:  # e.g. LPIPS weights not available offline: the official numbers stay
+            block = {"status": "error", "reason": f"region metrics did not run: {type(exc).__name__}: {exc}; rows "
+                                                  "finished so far are kept and a rerun resumes them"}
+        result["ours"] = {**(result.get("ours") or {}), "region": block}
+    return write_summary(benchmark, out, result, header)
 
 
 def score(benchmark: Benchmark, predictions: Path, out: Path, options: BenchOptions) -> dict[str, Any]:
@@ -156,7 +179,7 @@ def score(benchmark: Benchmark, predictions: Path, out: Path, options: BenchOpti
                              progress=options.progress, total=total)
         header = {"predictions": str(Path(predictions).resolve()), "run": {"judging": counts},
                   "judge": judge.provenance()}
-        return write_summary(benchmark, out, aggregate(benchmark, latest_verdicts(out / "verdicts.jsonl")), header)
+        return _finish(benchmark, options, Path(predictions), out, header, total)
 
 
 def reaggregate(benchmark: Benchmark, verdicts: Path, out: Path) -> dict[str, Any]:

@@ -80,6 +80,7 @@ class UniREditBench(Benchmark):
     dimensions = (AC, R, VP)
     judges = {"main": {"model": "gpt-4.1-2025-04-14", "temperature": 0.0, "max_tokens": 4096}}
     prompts = PROMPTS
+    ground_truth = True  # reference_image_path: the expected output of every case
 
     def cases(self, root: str | Path | None = None) -> Iterator[Case]:
         folder = Path(root) if root is not None else self.hub_folder()

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..errors import DataError, ExitCode, IncompleteResult, UsageError
+from ..errors import DataError, EnvironmentProblem, ExitCode, IncompleteResult, UsageError
 from ..status import Status
 
 from . import app
@@ -38,14 +38,16 @@ def resolve(name: str):
 
 
 def score(bench: Any, predictions: Optional[Path], verdicts: Optional[Path], out: Path, root, limit, judge,
-          judge_prompts) -> None:
+          judge_prompts, region: Any = None) -> None:
+    """`ciebench score --benchmark`: re-aggregate published verdicts, or judge an official output folder
+    (with ciebench's region metrics `region` on cases with a ground-truth image)."""
     from ..api import benchmark_errors
     from ..benchmarks import session
 
     if verdicts is not None:
         run = lambda: session.reaggregate(bench, verdicts, out)  # noqa: E731
     elif predictions is not None:
-        options = session.BenchOptions(root=root, limit=limit, judge=judge, judge_prompts=judge_prompts)
+        options = session.BenchOptions(root=root, limit=limit, judge=judge, judge_prompts=judge_prompts, region=region)
         run = lambda: session.score(bench, predictions, out, options)  # noqa: E731
     else:
         raise UsageError("--benchmark needs --predictions DIR (official output layout) or --verdicts FILE")
@@ -71,6 +73,14 @@ def guard(fn, out: Path) -> None:
         raise DataError("the benchmark has no cases here", hint="check --benchmark-root and --limit")
     if not (ours.get("status_counts") or {}).get(Status.OK):
         raise IncompleteResult(f"no case of {summary['benchmark']['name']} was scored; see {out}/summary.json")
+    region = ours.get("region") or {}
+    if region.get("status") == "error":  # the official numbers are written; ciebench's region metrics are not
+        raise EnvironmentProblem(region["reason"], hint=f"the official numbers are in {out}/summary.json; make the "
+                                 "model available (`ciebench prefetch`) and rerun to resume, or choose other --metrics")
+    region = ours.get("region") or {}
+    if region.get("status") == "error":  # the official numbers are written; ciebench's region metrics are not
+        raise EnvironmentProblem(region["reason"], hint=f"the official numbers are in {out}/summary.json; make the "
+                                 "model available (`ciebench prefetch`) and rerun to resume, or choose other --metrics")
 
 
 def print_summary(summary: dict, out: Path) -> None:
@@ -94,3 +104,19 @@ def print_summary(summary: dict, out: Path) -> None:
         typer.echo(f"  {label:<34} {cells}")
     counts = ", ".join(f"{k}: {v}" for k, v in summary["ours"]["status_counts"].items())
     typer.echo(f"  cases: {summary['ours']['cases']} ({counts})")
+    region = summary["ours"].get("region")
+    if region and "overall" in region:
+        means = ", ".join(f"{k} {v['mean']:.4f}" for k, v in region["overall"].items() if v["mean"] is not None)
+        rc = ", ".join(f"{k}: {v}" for k, v in region["status_counts"].items())
+        typer.echo(f"  ours, region metrics (not official; {region['protocol']['name']} protocol): {means or '-'}")
+        typer.echo(f"    cases: {region['cases']} ({rc}); rows in {out}/{region['files']['rows']}")
+    elif region:
+        typer.echo(f"  ours, region metrics: {region['status']}: {region['reason']}")
+    region = summary["ours"].get("region")
+    if region and "overall" in region:
+        means = ", ".join(f"{k} {v['mean']:.4f}" for k, v in region["overall"].items() if v["mean"] is not None)
+        rc = ", ".join(f"{k}: {v}" for k, v in region["status_counts"].items())
+        typer.echo(f"  ours, region metrics (not official; {region['protocol']['name']} protocol): {means or '-'}")
+        typer.echo(f"    cases: {region['cases']} ({rc}); rows in {out}/{region['files']['rows']}")
+    elif region:
+        typer.echo(f"  ours, region metrics: {region['status']}: {region['reason']}")

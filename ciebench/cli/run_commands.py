@@ -190,7 +190,10 @@ def score_cmd(
     _coverage(min_coverage)
     bench = _bench.resolve(benchmark) if benchmark else None
     if bench is not None and bench.pipeline != "dataset":
-        return _bench.score(bench, predictions, verdicts, out, benchmark_root, limit, judge, judge_prompts)
+        from ..benchmarks.region import region_options
+
+        return _bench.score(bench, predictions, verdicts, out, benchmark_root, limit, judge, judge_prompts,
+                            region=region_options(split_names(metrics), protocol, device))
     if (dataset is None and bench is None) or predictions is None:
         raise UsageError("score needs --dataset (or --benchmark) and --predictions")
     if str(predictions).startswith("hf:"):  # a run exported with `ciebench export --format hub`
