@@ -63,9 +63,12 @@ class RunOptions:
 
 @dataclass
 class RunStats:
+    """Counts of one generation pass (the dataset runner's and a benchmark's)."""
+
     generated: int = 0
     skipped: int = 0
     failed: int = 0
+    unsupported: int = 0  # cases the editor does not take (several images or turns): not failures
     editor_calls: int = 0  # calls of Editor.edit (a batch counts once)
 
 

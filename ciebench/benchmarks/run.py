@@ -13,9 +13,8 @@ import io
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -28,16 +27,10 @@ from ..status import Status
 from ..turns import as_pil, drive_turns, unsupported_reason
 from .base import Benchmark, Case, find_output
 
+if TYPE_CHECKING:  # the runner loads the scoring stack: imported when generation runs
+    from ..runner import RunStats
+
 DONE_STATUSES = (Status.OK, Status.MISSING, Status.UNSUPPORTED)  # a verdict with one of these is final; judge errors are retried
-
-
-@dataclass
-class GenerationStats:
-    generated: int = 0
-    skipped: int = 0
-    failed: int = 0
-    unsupported: int = 0
-    editor_calls: int = 0
 
 
 def record_path(out: Path, case: Case) -> Path:
@@ -86,19 +79,18 @@ def _done(out: Path, case: Case, retry_failed: bool) -> bool:
     return image.is_file() and sha256_file(image) == record.get("image_sha256")
 
 
-def _edit(editor: Editor, requests: list[EditRequest], stats: GenerationStats) -> list[EditResult]:
-    from ..runner import RunStats, edit_isolated
+def _edit(editor: Editor, requests: list[EditRequest], stats: RunStats) -> list[EditResult]:
+    from ..runner import edit_isolated
 
-    run_stats = RunStats()
-    results = edit_isolated(editor, requests, run_stats)
-    stats.editor_calls += run_stats.editor_calls
-    return results
+    return edit_isolated(editor, requests, stats)
 
 
 def generate(benchmark: Benchmark, editor: Editor, cases: Iterable[Case], out: Path, *, seed: int = 0,
-             retry_failed: bool = False, progress: bool = True, total: int | None = None) -> GenerationStats:
+             retry_failed: bool = False, progress: bool = True, total: int | None = None) -> RunStats:
     """Edit every case not yet done into the official layout under `out`; one case at a time."""
-    stats = GenerationStats()
+    from ..runner import RunStats
+
+    stats = RunStats()
     bar = tqdm(total=total, desc=f"{benchmark.name} ({editor.display_name()})", unit="case", disable=not progress)
     try:
         for case in cases:
