@@ -15,6 +15,7 @@ from ciebench.llm import LLMConfig
 from ciebench.metrics.idcs import IDCSJudge, JudgeConfig
 from tests.support.batch_server import serve_batches
 from tests.support.fixtures_judge import SENTENCE, items
+from tests.support.predictions import identity_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,14 +79,11 @@ def test_score_with_judge_batch(tmp_path, monkeypatch):
     import yaml
     from typer.testing import CliRunner
 
-    import ciebench
     from ciebench.cli import app
 
     monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
     pred = tmp_path / "pred"
-    pred.mkdir()
-    for row in list(ciebench.load_dataset("mini"))[:2]:
-        row["image"].convert("RGB").save(pred / f"{row['id']}.png")
+    identity_predictions(pred, 2)
     with serve_batches(lambda body: SENTENCE if isinstance(body["messages"][-1]["content"], list)
                        else json.dumps({"score": 3})) as (server, url):
         cfg = tmp_path / "judge.yaml"

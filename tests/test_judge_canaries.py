@@ -15,6 +15,7 @@ from ciebench.metrics.idcs import IDCSJudge
 from tests.support.fixtures_judge import judge_config
 from tests.support.leaderboard_runs import build_run
 from tests.support.llm_server import json_reply, reply, serve_llm
+from tests.support.predictions import identity_predictions
 
 runner = CliRunner()
 
@@ -75,11 +76,7 @@ def test_calibrate_then_detect_a_server_that_changed_its_answers(tmp_path):
 @pytest.mark.heavy
 def test_scoring_reports_canary_drift_in_the_summary(tmp_path):
     pred = tmp_path / "pred"
-    pred.mkdir()
-    import ciebench
-
-    for row in list(ciebench.load_dataset("mini"))[:1]:
-        row["image"].convert("RGB").save(pred / f"{row['id']}.png")
+    identity_predictions(pred, 1)
     with serve_llm() as server:
         script(server)
         cfg = tmp_path / "judge.yaml"

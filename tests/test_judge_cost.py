@@ -3,18 +3,17 @@ stopping in time with a resumable run."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-import ciebench
 from ciebench.cli import app
 from ciebench.judge import Budget, image_tokens
 from ciebench.metrics.idcs import IDCSJudge
 from tests.support.fixtures_judge import SENTENCE, items, judge_config
 from tests.support.llm_server import json_reply, reply, serve_llm
+from tests.support.predictions import identity_predictions
 
 runner = CliRunner()
 
@@ -89,9 +88,7 @@ def test_max_cost_stops_before_the_budget_and_the_run_resumes(tmp_path):
 def test_score_dry_run_prints_the_estimate_and_sends_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
     pred = tmp_path / "pred"
-    pred.mkdir()
-    for row in list(ciebench.load_dataset("mini"))[:2]:
-        row["image"].convert("RGB").save(pred / f"{row['id']}.png")
+    identity_predictions(pred, 2)
     with serve_llm() as server:
         cfg = tmp_path / "judge.yaml"
         cfg.write_text(yaml.safe_dump({"extends": "openai", "vlm": {"base_url": server.base_url},

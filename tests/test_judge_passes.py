@@ -10,12 +10,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import ciebench
 from ciebench.cli import app
 from ciebench.judge import judge_noise_interval, majority, median_score, within_noise
 from ciebench.metrics.idcs import IDCSJudge, idcs_summary
 from tests.support.fixtures_judge import SENTENCE, STANDIN_SOURCE, items, judge_config
 from tests.support.llm_server import json_reply, reply, respond, serve_llm
+from tests.support.predictions import identity_predictions
 
 runner = CliRunner()
 
@@ -55,10 +55,7 @@ def test_passes_ask_with_distinct_seeds_and_the_sample_score_is_their_median(tmp
 
 def _predictions(tmp_path: Path, n: int) -> tuple[Path, list[dict]]:
     pred = tmp_path / "pred"
-    pred.mkdir()
-    rows = list(ciebench.load_dataset("mini"))[:n]
-    for row in rows:
-        row["image"].convert("RGB").save(pred / f"{row['id']}.png")
+    rows = identity_predictions(pred, n)
     return pred, rows
 
 

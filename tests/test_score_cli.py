@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from PIL import Image
 from typer.testing import CliRunner
 
 import ciebench
@@ -17,6 +16,7 @@ from ciebench.cli import app
 
 from tests.support.fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
 from tests.support.llm_server import json_reply, reply, serve_llm
+from tests.support.predictions import identity_predictions
 
 runner = CliRunner()
 
@@ -86,10 +86,7 @@ def test_unknown_metric_and_idcs_without_judge_are_clear_errors(tmp_path: Path):
 
 def test_idcs_through_score_uses_the_cache_on_rescoring(tmp_path: Path, monkeypatch):
     pred = tmp_path / "pred"
-    pred.mkdir()
-    dataset = list(ciebench.load_dataset("mini"))[:4]
-    for row in dataset:
-        row["image"].convert("RGB").save(pred / f"{row['id']}.png")
+    dataset = identity_predictions(pred, 4)
     scores = {row["id"]: s for row, s in zip(dataset, (5, 4, 2, 1))}
     with serve_llm() as server:
         server.on(has_images=True, then=reply("The object was removed."))
