@@ -77,10 +77,6 @@ def guard(fn, out: Path) -> None:
     if region.get("status") == "error":  # the official numbers are written; ciebench's region metrics are not
         raise EnvironmentProblem(region["reason"], hint=f"the official numbers are in {out}/summary.json; make the "
                                  "model available (`ciebench prefetch`) and rerun to resume, or choose other --metrics")
-    region = ours.get("region") or {}
-    if region.get("status") == "error":  # the official numbers are written; ciebench's region metrics are not
-        raise EnvironmentProblem(region["reason"], hint=f"the official numbers are in {out}/summary.json; make the "
-                                 "model available (`ciebench prefetch`) and rerun to resume, or choose other --metrics")
 
 
 def print_summary(summary: dict, out: Path) -> None:
@@ -104,14 +100,6 @@ def print_summary(summary: dict, out: Path) -> None:
         typer.echo(f"  {label:<34} {cells}")
     counts = ", ".join(f"{k}: {v}" for k, v in summary["ours"]["status_counts"].items())
     typer.echo(f"  cases: {summary['ours']['cases']} ({counts})")
-    region = summary["ours"].get("region")
-    if region and "overall" in region:
-        means = ", ".join(f"{k} {v['mean']:.4f}" for k, v in region["overall"].items() if v["mean"] is not None)
-        rc = ", ".join(f"{k}: {v}" for k, v in region["status_counts"].items())
-        typer.echo(f"  ours, region metrics (not official; {region['protocol']['name']} protocol): {means or '-'}")
-        typer.echo(f"    cases: {region['cases']} ({rc}); rows in {out}/{region['files']['rows']}")
-    elif region:
-        typer.echo(f"  ours, region metrics: {region['status']}: {region['reason']}")
     region = summary["ours"].get("region")
     if region and "overall" in region:
         means = ", ".join(f"{k} {v['mean']:.4f}" for k, v in region["overall"].items() if v["mean"] is not None)
