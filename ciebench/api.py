@@ -206,10 +206,13 @@ def _seeds(seeds: Iterable[int]) -> tuple[int, ...]:
 
 def _score_options(protocol, metrics, judge, device, batch_size, judge_protocol, judge_passes, judge_prompts,
                    max_cost, judge_canaries, judge_batch=False) -> ScoreOptions:
-    """The scoring options, checked now: an unknown metric fails before any model loads."""
+    """The scoring options, checked now: an unknown metric or a device this machine lacks fails before
+    any model loads (and before any sample is edited)."""
+    from .devices import resolve_device
     from .judge.run import JudgeRunOptions
     from .scoring import ScoreOptions, resolve_metrics
 
+    resolve_device(device)
     if isinstance(metrics, str):
         raise UsageError(f"metrics takes a list of names, e.g. ['psnr', 'ssim'], not the string {metrics!r}")
     judge_options = JudgeRunOptions(protocol=judge_protocol, passes=judge_passes, prompts_dir=judge_prompts,

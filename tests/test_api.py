@@ -196,3 +196,18 @@ def test_the_readme_python_example_runs(tmp_path: Path, monkeypatch):
     assert (tmp_path / "runs" / "identity" / "summary.json").is_file()
     spec = json.loads((tmp_path / "runs" / "identity-scored" / "spec.json").read_text())
     assert spec["editor"] is None and spec["dataset"]["n"] == 4
+
+
+def test_a_device_this_machine_lacks_fails_before_any_sample_is_edited(tmp_path: Path, monkeypatch):
+    """`device="cuda"` without a GPU is refused up front, not after the editor has run on every sample."""
+    import torch
+
+    from ciebench.errors import EnvironmentProblem
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(EnvironmentProblem, match="no CUDA device"):
+        ciebench.evaluate("identity", "mini", tmp_path / "run", device="cuda", metrics=["psnr"])
+    assert not (tmp_path / "run" / "images").exists()
+    with pytest.raises(EnvironmentProblem, match="no CUDA device"):
+        ciebench.score("mini", tmp_path, tmp_path / "scored", device="cuda", metrics=["psnr"])
+    assert not (tmp_path / "scored").exists()
