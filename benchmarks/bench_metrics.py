@@ -221,7 +221,8 @@ def _rss_anon(pid: int) -> int:
 
 
 def run_process(cmd: list[str]) -> dict:
-    """Run `cmd`; its whole-process wall time, peak RSS (ru_maxrss) and sampled peak RssAnon."""
+    """Run `cmd`; its whole-process wall time, CPU time (user + system, all threads), peak RSS
+    (ru_maxrss) and sampled peak RssAnon."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     peak_anon, done = 0, threading.Event()
@@ -241,7 +242,8 @@ def run_process(cmd: list[str]) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0,):
         raise SystemExit(f"{' '.join(cmd[:4])} ... exited with {proc.returncode}")
-    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "peak_anon_mib": peak_anon / 2**20}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024,
+            "peak_anon_mib": peak_anon / 2**20}
 
 
 def run_ciebench(dataset: str, predictions: Path, out: Path, protocol: str, metrics: str, batch_size: int,
@@ -262,8 +264,16 @@ def run_ciebench(dataset: str, predictions: Path, out: Path, protocol: str, metr
     return {**measured, "stages": stages, "results": results, "models": summary.get("models", {})}
 
 
-def _stats(values: list[float]) -> str:
-    return f"{min(values):.1f} / {statistics.median(values):.1f} / {max(values):.1f}"
+def _stats(values: list[float], digits: int = 1) -> str:
+    return " / ".join(f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
+
+
+def _ratios(label: str, num: list[float], den: list[float], target: str = "") -> None:
+    """Per-round ratios (rounds are interleaved, so each pair saw about the same load), their median
+    and their spread (min..max)."""
+    ratio = [a / b for a, b in zip(num, den)]
+    print(f"  {label:34}{', '.join(f'{x:.3f}' for x in ratio)}  -> median {statistics.median(ratio):.3f}x "
+          f"(spread {min(ratio):.3f}..{max(ratio):.3f}){target}")
 
 
 def bench_speed(args: argparse.Namespace, work: Path) -> None:
@@ -277,7 +287,9 @@ def bench_speed(args: argparse.Namespace, work: Path) -> None:
     ways = ["floor"] + (["reference"] if with_reference else []) + ["ciebench"]
     runs: dict[str, list[dict]] = {w: [] for w in ways}
     for rep in range(args.repeat):
-        for way in ways:  # interleaved, so a change in the machine's load hits every way alike
+        # Interleaved, and in reverse order every other round (floor, ciebench, ciebench, floor, ...),
+        # so a drift in the machine's load hits every way alike.
+        for way in (ways if rep % 2 == 0 else ways[::-1]):
             print(f"run {rep + 1}/{args.repeat}: {way} ...", flush=True)
             if way == "ciebench":
                 runs[way].append(run_ciebench(str(args.source), work / "predictions", work / f"scored-{rep}",
@@ -286,7 +298,7 @@ def bench_speed(args: argparse.Namespace, work: Path) -> None:
                 continue
             out = work / f"{way}-{rep}.json"
             cmd = [sys.executable, __file__, "--way", way, "--manifest", str(manifest_path), "--out", str(out),
-                   "--batch-size", str(args.batch_size), "--device", args.device]
+                   "--batch-size", str(args.batch_size), "--device", args.device, "--threads", str(args.threads)]
             measured = run_process(cmd)
             result = json.loads(out.read_text())
             # "startup": the interpreter's start and everything before the child's first stage
@@ -298,24 +310,28 @@ def bench_speed(args: argparse.Namespace, work: Path) -> None:
 
 def _print_run(way: str, run: dict) -> None:
     stages = ", ".join(f"{k} {v:.1f}" for k, v in run["stages"].items())
-    print(f"  {way}: whole process {run['wall_s']:.1f} s; stages (s): {stages}", flush=True)
+    print(f"  {way}: whole process {run['wall_s']:.1f} s wall, {run['cpu_s']:.1f} s CPU; stages (s): {stages}",
+          flush=True)
 
 
 def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace) -> None:
     walls = {w: [r["wall_s"] for r in rs] for w, rs in runs.items()}
+    cpus = {w: [r["cpu_s"] for r in rs] for w, rs in runs.items()}
     print(f"\nCIEBench region metrics ({', '.join(METRICS)}), protocol {args.protocol}, {n} samples (synthetic "
-          f"edits), device {args.device}, batch {args.batch_size}, torch threads {runs['floor'][0]['threads']}; "
-          f"{args.repeat} run(s) per way, interleaved")
-    print(f"{'whole process':28}{'min / median / max s':>24}{'peak RSS':>12}")
+          f"edits), device {args.device}, batch {args.batch_size}, torch threads {runs['floor'][0]['threads']} "
+          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} for every way); {args.repeat} round(s), interleaved")
+    print(f"{'whole process':28}{'wall min / median / max s':>28}{'CPU min / median / max s':>28}{'peak RSS':>12}")
     for way, rs in runs.items():
-        print(f"  {way:26}{_stats(walls[way]):>24}{max(r['peak_rss_mib'] for r in rs):>8.0f} MiB")
-    floor_ratio = [c / f for c, f in zip(walls["ciebench"], walls["floor"])]
-    print(f"floor ratio (ciebench / floor, whole process, per run): {', '.join(f'{x:.3f}' for x in floor_ratio)}"
-          f"  -> median {statistics.median(floor_ratio):.3f}x (target <= 1.10x)")
+        print(f"  {way:26}{_stats(walls[way]):>28}{_stats(cpus[way]):>28}{max(r['peak_rss_mib'] for r in rs):>8.0f} MiB")
+    print(f"noise: identical floor runs differ by up to {max(walls['floor']) / min(walls['floor']) - 1:.0%} wall, "
+          f"{max(cpus['floor']) / min(cpus['floor']) - 1:.0%} CPU")
+    print("floor ratio (ciebench / floor, whole process, per round):")
+    _ratios("wall clock", walls["ciebench"], walls["floor"], " (target <= 1.10x)")
+    _ratios("CPU time (less sensitive to load)", cpus["ciebench"], cpus["floor"])
     if "reference" in runs:
-        ref_ratio = [r / c for r, c in zip(walls["reference"], walls["ciebench"])]
-        print(f"reference ratio (reference / ciebench, per run): {', '.join(f'{x:.2f}' for x in ref_ratio)}"
-              f"  -> median {statistics.median(ref_ratio):.2f}x")
+        print("reference ratio (reference / ciebench, whole process, per round):")
+        _ratios("wall clock", walls["reference"], walls["ciebench"])
+        _ratios("CPU time", cpus["reference"], cpus["ciebench"])
     # Per-stage table: median over runs of each stage's share of the wall clock, in seconds.
     names = [s for s in STAGE_ORDER if any(s in r["stages"] for rs in runs.values() for r in rs)]
     names += sorted({s for rs in runs.values() for r in rs for s in r["stages"]} - set(names))
@@ -390,7 +406,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every way, interleaved; the ratios are "
+                        "reported per round with their median and spread")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="intra-op threads of every way (OMP_NUM_THREADS / MKL_NUM_THREADS); default: all cores")
     parser.add_argument("--work", type=Path, help="keep models, inputs and outputs in this folder (published "
                         "models are reused by later runs); default: a temporary folder")
     parser.add_argument("--no-reference", action="store_true", help="skip the published per-image loop")
@@ -399,6 +418,8 @@ def main() -> None:
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # Set before any child starts (and before torch is imported here), so every way runs with the same pool.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     if args.way:
         manifest = json.loads(Path(args.manifest).read_text())
         if args.way == "floor":
