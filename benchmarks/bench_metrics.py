@@ -26,6 +26,13 @@ random weights (CLIP ViT-L/14 at the protocol's size from the published config's
 torchvision squeezenet1_1), saved into a temporary offline hub cache and torch hub folder, so every
 way loads them through the real `from_pretrained` / torchvision weights paths.
 
+--breakdown: in one process, the CPU time (all threads) of each piece of work on the first --limit
+samples (at most 8, one batch): CLIP image forward, LPIPS, pixel metrics + SSIM, alignment + CLIP
+preprocessing, CLIP text tower; each as a share of the CLIP forward, which is all the floor does. Each
+is warmed up, then timed --repeat times and the minimum kept (on a loaded machine, threads that spin
+while waiting inflate CPU time; the minimum is the least disturbed run). It says how far above the
+floor the whole process must stay whatever the scheduling.
+
 --memory N1,N2: CIEBench repeated to N1 and N2 samples (bench_scale.build_dataset), scored with
 `ciebench score --metrics psnr,mse`; prints each run's peak anonymous memory (RssAnon, sampled
 every 20 ms; mapped dataset pages excluded) and peak RSS, and their ratio. Not a timed test.
@@ -357,6 +364,53 @@ def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace) 
         print("results identical within tolerance" if ok else "RESULTS DIFFER beyond tolerance")
 
 
+def bench_breakdown(args: argparse.Namespace, work: Path) -> None:
+    import torch
+    from PIL import Image
+
+    from ciebench.metrics.region import RegionScorer, ScoreItem
+
+    publish_models(args.protocol)
+    manifest = json.loads(prepare(args.source, work, args.protocol, min(args.limit, 8)).read_text())
+    scorer = RegionScorer(args.protocol, device=args.device, batch_size=args.batch_size)
+    items = [ScoreItem(r["id"], Image.open(r["source"]), Image.open(r["mask"]), Image.open(r["prediction"]),
+                       r["clip_text"]) for r in manifest["rows"]]
+    preps = [scorer._prepare(item) for item in items]
+    clip = scorer._clip
+    pixels = torch.stack([p.clip_pixels for p in preps if p.clip_pixels is not None])
+    texts = [t for p in preps for t in p.clip_text]
+
+    def uncached_texts():
+        clip._texts.clear()
+        return clip.text_embeddings(texts)
+
+    work_items = {  # each runs once to warm up (the CLIP forward on one crop), then is timed --repeat times
+        "clip_forward (image tower)": lambda warm=False: clip.image_embeddings(pixels[:1] if warm else pixels),
+        "lpips": lambda warm=False: scorer._lpips_metric(preps),
+        "pixel + ssim": lambda warm=False: scorer._pixel_metrics(preps),
+        "align + clip_preprocess": lambda warm=False: [scorer._prepare(item) for item in items],
+        "clip_text (uncached)": lambda warm=False: uncached_texts(),
+    }
+    cpu = {}
+    with torch.inference_mode():
+        for name, fn in work_items.items():
+            fn(warm=True)
+            times = []
+            for _ in range(args.repeat):
+                t0 = time.process_time()
+                fn()
+                times.append(time.process_time() - t0)
+            cpu[name] = min(times)
+    base = cpu["clip_forward (image tower)"]
+    print(f"\nCPU seconds (all threads; minimum of {args.repeat}) on {len(items)} samples ({len(pixels)} CLIP crops), "
+          f"protocol {args.protocol}, torch threads {torch.get_num_threads()}:")
+    for name, value in cpu.items():
+        print(f"  {name:30}{value:8.2f} s{value / base:8.1%} of the CLIP forward")
+    extra = sum(cpu.values()) - base
+    print(f"  {'everything but the CLIP forward':30}{extra:8.2f} s{extra / base:8.1%}  -> per-sample work alone puts "
+          f"ciebench at >= {1 + extra / base:.3f}x the floor's CPU time (before imports and dataset reading)")
+
+
 def bench_memory(args: argparse.Namespace, work: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_scale import build_dataset
@@ -413,6 +467,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep models, inputs and outputs in this folder (published "
                         "models are reused by later runs); default: a temporary folder")
     parser.add_argument("--no-reference", action="store_true", help="skip the published per-image loop")
+    parser.add_argument("--breakdown", action="store_true", help="CPU time of each piece of work, in one process")
     parser.add_argument("--memory", help="N1,N2: peak memory of scoring N1 and N2 generated samples (cheap metrics)")
     parser.add_argument("--way", choices=["floor", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
@@ -435,6 +490,8 @@ def main() -> None:
         use_offline_caches(cache)
         if args.memory:
             bench_memory(args, work)
+        elif args.breakdown:
+            bench_breakdown(args, work)
         else:
             bench_speed(args, work)
 
