@@ -26,6 +26,13 @@ random weights (CLIP ViT-L/14 at the protocol's size from the published config's
 torchvision squeezenet1_1), saved into a temporary offline hub cache and torch hub folder, so every
 way loads them through the real `from_pretrained` / torchvision weights paths.
 
+--breakdown: in one process, the CPU time (all threads) of each piece of work on the first --limit
+samples (at most 8, one batch): CLIP image forward, LPIPS, pixel metrics + SSIM, alignment + CLIP
+preprocessing, CLIP text tower; each as a share of the CLIP forward, which is all the floor does. Each
+is warmed up, then timed --repeat times and the minimum kept (on a loaded machine, threads that spin
+while waiting inflate CPU time; the minimum is the least disturbed run). It says how far above the
+floor the whole process must stay whatever the scheduling.
+
 --memory N1,N2: CIEBench repeated to N1 and N2 samples (bench_scale.build_dataset), scored with
 `ciebench score --metrics psnr,mse`; prints each run's peak anonymous memory (RssAnon, sampled
 every 20 ms; mapped dataset pages excluded) and peak RSS, and their ratio. Not a timed test.
@@ -221,7 +228,8 @@ def _rss_anon(pid: int) -> int:
 
 
 def run_process(cmd: list[str]) -> dict:
-    """Run `cmd`; its whole-process wall time, peak RSS (ru_maxrss) and sampled peak RssAnon."""
+    """Run `cmd`; its whole-process wall time, CPU time (user + system, all threads), peak RSS
+    (ru_maxrss) and sampled peak RssAnon."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     peak_anon, done = 0, threading.Event()
@@ -241,7 +249,8 @@ def run_process(cmd: list[str]) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0,):
         raise SystemExit(f"{' '.join(cmd[:4])} ... exited with {proc.returncode}")
-    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "peak_anon_mib": peak_anon / 2**20}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024,
+            "peak_anon_mib": peak_anon / 2**20}
 
 
 def run_ciebench(dataset: str, predictions: Path, out: Path, protocol: str, metrics: str, batch_size: int,
@@ -262,8 +271,16 @@ def run_ciebench(dataset: str, predictions: Path, out: Path, protocol: str, metr
     return {**measured, "stages": stages, "results": results, "models": summary.get("models", {})}
 
 
-def _stats(values: list[float]) -> str:
-    return f"{min(values):.1f} / {statistics.median(values):.1f} / {max(values):.1f}"
+def _stats(values: list[float], digits: int = 1) -> str:
+    return " / ".join(f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
+
+
+def _ratios(label: str, num: list[float], den: list[float], target: str = "") -> None:
+    """Per-round ratios (rounds are interleaved, so each pair saw about the same load), their median
+    and their spread (min..max)."""
+    ratio = [a / b for a, b in zip(num, den)]
+    print(f"  {label:34}{', '.join(f'{x:.3f}' for x in ratio)}  -> median {statistics.median(ratio):.3f}x "
+          f"(spread {min(ratio):.3f}..{max(ratio):.3f}){target}")
 
 
 def bench_speed(args: argparse.Namespace, work: Path) -> None:
@@ -277,7 +294,9 @@ def bench_speed(args: argparse.Namespace, work: Path) -> None:
     ways = ["floor"] + (["reference"] if with_reference else []) + ["ciebench"]
     runs: dict[str, list[dict]] = {w: [] for w in ways}
     for rep in range(args.repeat):
-        for way in ways:  # interleaved, so a change in the machine's load hits every way alike
+        # Interleaved, and in reverse order every other round (floor, ciebench, ciebench, floor, ...),
+        # so a drift in the machine's load hits every way alike.
+        for way in (ways if rep % 2 == 0 else ways[::-1]):
             print(f"run {rep + 1}/{args.repeat}: {way} ...", flush=True)
             if way == "ciebench":
                 runs[way].append(run_ciebench(str(args.source), work / "predictions", work / f"scored-{rep}",
@@ -286,7 +305,7 @@ def bench_speed(args: argparse.Namespace, work: Path) -> None:
                 continue
             out = work / f"{way}-{rep}.json"
             cmd = [sys.executable, __file__, "--way", way, "--manifest", str(manifest_path), "--out", str(out),
-                   "--batch-size", str(args.batch_size), "--device", args.device]
+                   "--batch-size", str(args.batch_size), "--device", args.device, "--threads", str(args.threads)]
             measured = run_process(cmd)
             result = json.loads(out.read_text())
             # "startup": the interpreter's start and everything before the child's first stage
@@ -298,24 +317,28 @@ def bench_speed(args: argparse.Namespace, work: Path) -> None:
 
 def _print_run(way: str, run: dict) -> None:
     stages = ", ".join(f"{k} {v:.1f}" for k, v in run["stages"].items())
-    print(f"  {way}: whole process {run['wall_s']:.1f} s; stages (s): {stages}", flush=True)
+    print(f"  {way}: whole process {run['wall_s']:.1f} s wall, {run['cpu_s']:.1f} s CPU; stages (s): {stages}",
+          flush=True)
 
 
 def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace) -> None:
     walls = {w: [r["wall_s"] for r in rs] for w, rs in runs.items()}
+    cpus = {w: [r["cpu_s"] for r in rs] for w, rs in runs.items()}
     print(f"\nCIEBench region metrics ({', '.join(METRICS)}), protocol {args.protocol}, {n} samples (synthetic "
-          f"edits), device {args.device}, batch {args.batch_size}, torch threads {runs['floor'][0]['threads']}; "
-          f"{args.repeat} run(s) per way, interleaved")
-    print(f"{'whole process':28}{'min / median / max s':>24}{'peak RSS':>12}")
+          f"edits), device {args.device}, batch {args.batch_size}, torch threads {runs['floor'][0]['threads']} "
+          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} for every way); {args.repeat} round(s), interleaved")
+    print(f"{'whole process':28}{'wall min / median / max s':>28}{'CPU min / median / max s':>28}{'peak RSS':>12}")
     for way, rs in runs.items():
-        print(f"  {way:26}{_stats(walls[way]):>24}{max(r['peak_rss_mib'] for r in rs):>8.0f} MiB")
-    floor_ratio = [c / f for c, f in zip(walls["ciebench"], walls["floor"])]
-    print(f"floor ratio (ciebench / floor, whole process, per run): {', '.join(f'{x:.3f}' for x in floor_ratio)}"
-          f"  -> median {statistics.median(floor_ratio):.3f}x (target <= 1.10x)")
+        print(f"  {way:26}{_stats(walls[way]):>28}{_stats(cpus[way]):>28}{max(r['peak_rss_mib'] for r in rs):>8.0f} MiB")
+    print(f"noise: identical floor runs differ by up to {max(walls['floor']) / min(walls['floor']) - 1:.0%} wall, "
+          f"{max(cpus['floor']) / min(cpus['floor']) - 1:.0%} CPU")
+    print("floor ratio (ciebench / floor, whole process, per round):")
+    _ratios("wall clock", walls["ciebench"], walls["floor"], " (target <= 1.10x)")
+    _ratios("CPU time (less sensitive to load)", cpus["ciebench"], cpus["floor"])
     if "reference" in runs:
-        ref_ratio = [r / c for r, c in zip(walls["reference"], walls["ciebench"])]
-        print(f"reference ratio (reference / ciebench, per run): {', '.join(f'{x:.2f}' for x in ref_ratio)}"
-              f"  -> median {statistics.median(ref_ratio):.2f}x")
+        print("reference ratio (reference / ciebench, whole process, per round):")
+        _ratios("wall clock", walls["reference"], walls["ciebench"])
+        _ratios("CPU time", cpus["reference"], cpus["ciebench"])
     # Per-stage table: median over runs of each stage's share of the wall clock, in seconds.
     names = [s for s in STAGE_ORDER if any(s in r["stages"] for rs in runs.values() for r in rs)]
     names += sorted({s for rs in runs.values() for r in rs for s in r["stages"]} - set(names))
@@ -339,6 +362,53 @@ def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace) 
             ok &= bad == 0
             print(f"  {m:6} {max(diffs):.3g}  (tolerance {tol:g}; {bad} over)")
         print("results identical within tolerance" if ok else "RESULTS DIFFER beyond tolerance")
+
+
+def bench_breakdown(args: argparse.Namespace, work: Path) -> None:
+    import torch
+    from PIL import Image
+
+    from ciebench.metrics.region import RegionScorer, ScoreItem
+
+    publish_models(args.protocol)
+    manifest = json.loads(prepare(args.source, work, args.protocol, min(args.limit, 8)).read_text())
+    scorer = RegionScorer(args.protocol, device=args.device, batch_size=args.batch_size)
+    items = [ScoreItem(r["id"], Image.open(r["source"]), Image.open(r["mask"]), Image.open(r["prediction"]),
+                       r["clip_text"]) for r in manifest["rows"]]
+    preps = [scorer._prepare(item) for item in items]
+    clip = scorer._clip
+    pixels = torch.stack([p.clip_pixels for p in preps if p.clip_pixels is not None])
+    texts = [t for p in preps for t in p.clip_text]
+
+    def uncached_texts():
+        clip._texts.clear()
+        return clip.text_embeddings(texts)
+
+    work_items = {  # each runs once to warm up (the CLIP forward on one crop), then is timed --repeat times
+        "clip_forward (image tower)": lambda warm=False: clip.image_embeddings(pixels[:1] if warm else pixels),
+        "lpips": lambda warm=False: scorer._lpips_metric(preps),
+        "pixel + ssim": lambda warm=False: scorer._pixel_metrics(preps),
+        "align + clip_preprocess": lambda warm=False: [scorer._prepare(item) for item in items],
+        "clip_text (uncached)": lambda warm=False: uncached_texts(),
+    }
+    cpu = {}
+    with torch.inference_mode():
+        for name, fn in work_items.items():
+            fn(warm=True)
+            times = []
+            for _ in range(args.repeat):
+                t0 = time.process_time()
+                fn()
+                times.append(time.process_time() - t0)
+            cpu[name] = min(times)
+    base = cpu["clip_forward (image tower)"]
+    print(f"\nCPU seconds (all threads; minimum of {args.repeat}) on {len(items)} samples ({len(pixels)} CLIP crops), "
+          f"protocol {args.protocol}, torch threads {torch.get_num_threads()}:")
+    for name, value in cpu.items():
+        print(f"  {name:30}{value:8.2f} s{value / base:8.1%} of the CLIP forward")
+    extra = sum(cpu.values()) - base
+    print(f"  {'everything but the CLIP forward':30}{extra:8.2f} s{extra / base:8.1%}  -> per-sample work alone puts "
+          f"ciebench at >= {1 + extra / base:.3f}x the floor's CPU time (before imports and dataset reading)")
 
 
 def bench_memory(args: argparse.Namespace, work: Path) -> None:
@@ -390,15 +460,21 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every way, interleaved; the ratios are "
+                        "reported per round with their median and spread")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="intra-op threads of every way (OMP_NUM_THREADS / MKL_NUM_THREADS); default: all cores")
     parser.add_argument("--work", type=Path, help="keep models, inputs and outputs in this folder (published "
                         "models are reused by later runs); default: a temporary folder")
     parser.add_argument("--no-reference", action="store_true", help="skip the published per-image loop")
+    parser.add_argument("--breakdown", action="store_true", help="CPU time of each piece of work, in one process")
     parser.add_argument("--memory", help="N1,N2: peak memory of scoring N1 and N2 generated samples (cheap metrics)")
     parser.add_argument("--way", choices=["floor", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # Set before any child starts (and before torch is imported here), so every way runs with the same pool.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     if args.way:
         manifest = json.loads(Path(args.manifest).read_text())
         if args.way == "floor":
@@ -414,6 +490,8 @@ def main() -> None:
         use_offline_caches(cache)
         if args.memory:
             bench_memory(args, work)
+        elif args.breakdown:
+            bench_breakdown(args, work)
         else:
             bench_speed(args, work)
 
