@@ -52,6 +52,8 @@ import threading
 import time
 from pathlib import Path
 
+from procmem import rss_anon  # benchmarks/, this script's folder
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO.parent / "shared" / "ciebench"
 METRICS = ("psnr", "ssim", "lpips", "mse", "clip")
@@ -216,17 +218,6 @@ def child_reference(manifest: dict, out: Path, started: float) -> None:
 
 
 # ---- running and measuring a child --------------------------------------------------------------
-def _rss_anon(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def run_process(cmd: list[str]) -> dict:
     """Run `cmd`; its whole-process wall time, CPU time (user + system, all threads), peak RSS
     (ru_maxrss) and sampled peak RssAnon."""
@@ -237,7 +228,7 @@ def run_process(cmd: list[str]) -> dict:
     def sample():
         nonlocal peak_anon
         while not done.is_set():
-            peak_anon = max(peak_anon, _rss_anon(proc.pid))
+            peak_anon = max(peak_anon, rss_anon(proc.pid))
             done.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -342,7 +333,7 @@ def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace) 
     # Per-stage table: median over runs of each stage's share of the wall clock, in seconds.
     names = [s for s in STAGE_ORDER if any(s in r["stages"] for rs in runs.values() for r in rs)]
     names += sorted({s for rs in runs.values() for r in rs for s in r["stages"]} - set(names))
-    print(f"\nper stage (seconds of wall clock, median over runs; overlapping stages share the clock)")
+    print("\nper stage (seconds of wall clock, median over runs; overlapping stages share the clock)")
     print(f"{'stage':18}" + "".join(f"{w:>12}" for w in runs))
     for name in names:
         cells = []

@@ -30,6 +30,8 @@ from pathlib import Path
 
 from ciebench.editor import EditorConfig, EditResult, Editor
 
+from procmem import rss_anon  # benchmarks/, this script's folder
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO.parent / "shared" / "ciebench"
 
@@ -90,19 +92,9 @@ class AnonPeak:
         self.peak, self.every, self._stop = 0, every, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _read(self) -> int:
-        try:
-            with open("/proc/self/status") as fh:
-                for line in fh:
-                    if line.startswith("RssAnon:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
-
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._read())
+            self.peak = max(self.peak, rss_anon())
             self._stop.wait(self.every)
 
     def __enter__(self):
