@@ -19,9 +19,10 @@ from .errors import DataError, UsageError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ciebench.datasets import LoadedDataset
+    from ciebench.datasets.problems import Problem
+
     from .backend import Backend
-    from .datasets import LoadedDataset
-    from .datasets.problems import Problem
     from .editor import Editor
     from .runner import RunStats
     from .scoring import ScoreOptions
@@ -145,7 +146,7 @@ def estimate_judging(dataset: DatasetArg, predictions: str | Path, **options: An
     options would send and cost (cached calls are free), as printable lines. Nothing is sent or written."""
     import inspect
 
-    from .judge.run import dry_run_report
+    from ciebench.judge.run import dry_run_report
 
     given = inspect.signature(score).bind(dataset, predictions, None, **options)  # score's own option names and defaults
     given.apply_defaults()
@@ -208,8 +209,9 @@ def _score_options(protocol, metrics, judge, device, batch_size, judge_protocol,
                    max_cost, judge_canaries, judge_batch=False) -> ScoreOptions:
     """The scoring options, checked now: an unknown metric or a device this machine lacks fails before
     any model loads (and before any sample is edited)."""
+    from ciebench.judge.run import JudgeRunOptions
+
     from .devices import resolve_device
-    from .judge.run import JudgeRunOptions
     from .scoring import ScoreOptions, resolve_metrics
 
     resolve_device(device)
@@ -282,7 +284,7 @@ def _editor(editor: Any, args: Iterable[str], config: str | Path | None, preset:
 
 
 def _load(dataset: Any, ignore_checksums: bool, on_problem: Callable[[Problem], None] | None) -> LoadedDataset:
-    from .datasets import LoadedDataset, read_dataset, wrap_dataset
+    from ciebench.datasets import LoadedDataset, read_dataset, wrap_dataset
 
     if isinstance(dataset, LoadedDataset):
         loaded = dataset
@@ -305,7 +307,7 @@ def _load(dataset: Any, ignore_checksums: bool, on_problem: Callable[[Problem], 
 def _benchmark(name: str | None) -> Any:
     if name is None:
         return None
-    from .benchmarks import get_benchmark
+    from ciebench.benchmarks import get_benchmark
 
     return get_benchmark(name)  # an unknown name: RegistryError, with a did-you-mean
 
@@ -322,8 +324,8 @@ def _evaluate_benchmark(bench: Any, editor: Any, out: Path, root, limit, judge, 
                         preset, progress) -> RunResult:
     """A judge-scored benchmark (RISEBench, ...): its own generation and official scoring; `metrics`,
     `protocol` and `device` choose ciebench's region metrics on cases with a ground-truth image."""
-    from .benchmarks import session
-    from .benchmarks.region import region_options
+    from ciebench.benchmarks import session
+    from ciebench.benchmarks.region import region_options
 
     problems = []
     if seeds != (0,):

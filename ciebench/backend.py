@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 if TYPE_CHECKING:  # the runner and the scorer import this module: no import back at run time
-    from .datasets import LoadedDataset
+    from ciebench.datasets import LoadedDataset
+    from ciebench.metrics.timing import StageTimer
+
     from .editor import Editor
-    from .metrics.timing import StageTimer
     from .runner import PendingSamples, RunOptions, RunStats
     from .scoring import ScoreEntry, ScoreOptions
 

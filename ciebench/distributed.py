@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator
 from tqdm.auto import tqdm
 
 from .backend import Backend, Key
-from .editor import EditResult, Editor
+from .editor import Editor, EditResult
 from .ray_pool import DistributedError, GaveUp, RayOptions, RaySession, Task, WorkerPool
 from .runner import PendingSamples, RunOptions, RunStats, commit_result, prepare_result
 from .scoring import ScoreEntry, ScoreOptions
@@ -155,7 +155,7 @@ class RegionWorker:
     def __init__(self, protocol: Any, metrics: list[str], device: str, batch_size: int, features: Any,
                  threads: int | None = None):
         _use_threads(threads, device)
-        from .metrics.region import RegionScorer
+        from ciebench.metrics.region import RegionScorer
 
         self.scorer = RegionScorer(protocol, metrics=metrics, device=device, batch_size=batch_size)
         self.features = features

@@ -129,9 +129,10 @@ def check_endpoints(requirements: list[Requirement], offline: bool = False) -> l
 
 
 def probe_endpoint(config: Any, name: str, offline: bool = False) -> DoctorCheck:
+    from ciebench.llm.client import make_client
+    from ciebench.llm.prompts import PromptTemplate
+
     from .assets import is_local_url
-    from .llm.client import make_client
-    from .llm.prompts import PromptTemplate
 
     if offline and not is_local_url(config.endpoint):
         return DoctorCheck(name, False, f"{config.endpoint} is not on this machine and --offline is set")
@@ -208,7 +209,7 @@ def _same_fs(path: Path) -> bool:
 
 def _dataset_bytes(spec: str | None, limit: int | None) -> tuple[float, int]:
     """(mean stored bytes of a source image, samples to run); (0, 0) when the dataset is not readable here."""
-    from .datasets import DatasetError, read_dataset
+    from ciebench.datasets import DatasetError, read_dataset
 
     if not spec:
         return 0.0, 0

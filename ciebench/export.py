@@ -17,9 +17,10 @@ from typing import Any
 import datasets
 import yaml
 
+from ciebench.datasets.hub_layout import CARD, SPLIT, default_config, write_shards
+
 from . import __version__, outdir
 from .cache import cache_root
-from .datasets.hub_layout import CARD, SPLIT, default_config, write_shards
 from .errors import DataError, IntegrityError, OutputConflict
 from .io import atomic_write_text, read_json_object, sha256_bytes, stable_hash
 from .results import file_stem, read_samples, require_run_folder

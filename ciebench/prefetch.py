@@ -21,8 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .errors import EnvironmentProblem, UsageError
-from .requirements import (ASSET, DATASET, ENDPOINT, HUB, LOCAL, TORCH_CHECKPOINT, Requirement, dedupe,
-                           select_hub_files)
+from .requirements import ASSET, DATASET, ENDPOINT, HUB, LOCAL, TORCH_CHECKPOINT, Requirement, dedupe, select_hub_files
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,8 @@ def configuration_requirements(config: Configuration) -> tuple[list[Requirement]
         config = dataclasses.replace(config, dataset=dataset, benchmark=None)
     reqs += dataset_requirements(config.dataset)
     if config.score:
-        from .metrics.region import RegionScorer
+        from ciebench.metrics.region import RegionScorer
+
         from .scoring import ScoreOptions, resolve_metrics
 
         try:
@@ -116,7 +116,7 @@ def configuration_requirements(config: Configuration) -> tuple[list[Requirement]
         protocol = config.protocol or default_protocol(config.dataset)
         reqs += RegionScorer.required_assets(protocol, region)
         if use_idcs:
-            from .metrics.idcs import get_judge_config
+            from ciebench.metrics.idcs import get_judge_config
 
             try:
                 reqs += get_judge_config(config.judge).required_assets()
@@ -148,8 +148,9 @@ def benchmark_requirements(config: Configuration) -> tuple[list[Requirement], st
     """A benchmark's needs: its hub dataset (the files its loader reads), its pinned judge prompts and
     its judges' endpoints or local models. Also the dataset spec when the benchmark runs through the
     dataset pipeline (CIEBench, Reason-Edit), else None."""
-    from .benchmarks import get_benchmark
-    from .benchmarks.session import judge_configs
+    from ciebench.benchmarks import get_benchmark
+    from ciebench.benchmarks.session import judge_configs
+
     from .requirements import hub_repo, local_path, pinned_asset
 
     bench = get_benchmark(config.benchmark)
@@ -182,7 +183,7 @@ def benchmark_requirements(config: Configuration) -> tuple[list[Requirement], st
 def default_protocol(spec: str | None) -> str:
     if spec in (None, "mini", "ciebench"):
         return "cielr"
-    from .datasets import DatasetError, read_dataset
+    from ciebench.datasets import DatasetError, read_dataset
 
     try:
         return read_dataset(spec).default_protocol
@@ -309,14 +310,14 @@ def _plan_asset(req: Requirement, offline: bool, out: Plan) -> None:
 def _plan_dataset(req: Requirement, offline: bool, out: Plan) -> None:
     import datasets
 
-    from .datasets.release import cache_dir
+    from ciebench.datasets.release import cache_dir
 
     converted = cache_dir() / "dataset"
     if not (converted / "state.json").is_file():
         if offline:
             out.missing.append(f"dataset ciebench: no converted copy at {converted}")
             return
-        from .datasets import read_dataset
+        from ciebench.datasets import read_dataset
 
         read_dataset("ciebench")  # downloads, verifies against the shipped sha256 manifest, converts
     root = Path(datasets.config.HF_DATASETS_CACHE)

@@ -18,7 +18,7 @@ import threading
 from typing import Any, ClassVar
 
 from .cache import cache_root
-from .editor import EditorConfig, EditRequest, EditResult, Editor
+from .editor import Editor, EditorConfig, EditRequest, EditResult
 
 PREFIX = "rewrite:"
 TEMPLATE = "rewrite_instruction"
@@ -50,7 +50,7 @@ def rewrite_editor_class(inner: type[Editor]) -> type[Editor]:
 
 
 def _make(inner: type[Editor]) -> type[Editor]:
-    from .llm import get_template
+    from ciebench.llm import get_template
 
     inner_config = inner.Config if dataclasses.is_dataclass(inner.Config) else EditorConfig
     # A subclass of the inner config, so option types resolve in the inner editor's own module.
@@ -71,7 +71,7 @@ class RewriteEditor(Editor):
     inner_cls: ClassVar[type[Editor]]
 
     def __init__(self, config=None, **options: Any):
-        from .llm import LLMConfig, get_template
+        from ciebench.llm import LLMConfig, get_template
 
         super().__init__(config, **options)
         cfg = self.config
@@ -96,7 +96,7 @@ class RewriteEditor(Editor):
                 "llm_config_hash": self.llm_config.hash, "with_image": self.config.rewriter_with_image}
 
     def edit(self, requests: list[EditRequest]) -> list[EditResult]:
-        from .llm import LLMCall, make_client
+        from ciebench.llm import LLMCall, make_client
 
         if self._client is None:
             self._client = make_client(self.llm_config, cache_dir=cache_root() / "llm")

@@ -27,10 +27,11 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ciebench.datasets import LoadedDataset
+
 from . import __version__, outdir
 from .backend import Backend, LocalBackend
-from .datasets import LoadedDataset
-from .editor import EditRequest, EditResult, Editor
+from .editor import Editor, EditRequest, EditResult
 from .errors import DataError, OutputConflict, UsageError
 from .io import atomic_write_bytes, atomic_write_json, json_safe, json_text, png_bytes, sha256_bytes, sha256_file
 from .isolate import run_isolated
@@ -75,13 +76,13 @@ class RunStats:
 def build_spec(editor: Editor | None, loaded: LoadedDataset, options: RunOptions,
                predictions: str | None = None) -> RunSpec:
     """The spec of a run of `editor`, or with `editor` None of scoring the folder `predictions`."""
-    from .metrics.protocols import get_protocol
+    from ciebench.metrics.protocols import get_protocol
 
     protocol = get_protocol(options.score.protocol or loaded.default_protocol)
     region, use_idcs = resolve_metrics(options.score)
     judge = None
     if use_idcs:
-        from .judge.run import judge_spec
+        from ciebench.judge.run import judge_spec
 
         judge = judge_spec(options.score)
     n = len(loaded.dataset) if options.limit is None else min(options.limit, len(loaded.dataset))

@@ -17,14 +17,15 @@ from typing import Any, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
+from ciebench.datasets import LoadedDataset
+from ciebench.datasets.files import decode_image
+from ciebench.datasets.problems import Problem
+
 from .backend import Backend, LocalBackend
-from .datasets import LoadedDataset
-from .datasets.files import decode_image
-from .datasets.problems import Problem
+from .cache import cache_root
 from .errors import UsageError, did_you_mean
 from .io import atomic_write_json, sha256_bytes, stable_hash
 from .results import OK, file_stem, summarize, write_samples
-from .cache import cache_root
 from .schema import EditSample
 from .status import Status
 from .versions import package_versions
@@ -147,7 +148,7 @@ def _matches(root: Path, stem: str, listings: dict[Path, dict[str, list[str]]]) 
 def resolve_metrics(options: ScoreOptions) -> tuple[list[str], bool]:
     """(region metric columns, whether IDCS is scored) for the metric or column names `options` asks
     for; the names, their columns and their order come from the metric catalogue."""
-    from .metrics import catalogue
+    from ciebench.metrics import catalogue
 
     region_all = catalogue.columns(catalogue.REGION_FAMILIES)
     groups = catalogue.metric_columns(catalogue.REGION_FAMILIES)
@@ -188,10 +189,9 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
 
     Images stream through: a sample and its prediction are decoded when they are scored. `backend`
     computes the region metrics (default `LocalBackend`, in this process; `RayBackend` on Ray)."""
-    from .metrics import catalogue
-    from .metrics.protocols import get_protocol
-
-    from .metrics.timing import StageTimer
+    from ciebench.metrics import catalogue
+    from ciebench.metrics.protocols import get_protocol
+    from ciebench.metrics.timing import StageTimer
 
     timer = StageTimer()  # per-stage seconds, into summary.json "timing"
     started = time.perf_counter()
@@ -202,7 +202,7 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
         index, edit_types = _index_by_id(loaded, {p.sample_id for p in predictions})
     judge_session = None
     if use_idcs:  # fail fast: a bad judge config or unverifiable prompts stop before any region scoring
-        from .judge.run import JudgeSession
+        from ciebench.judge.run import JudgeSession
 
         judge_session = JudgeSession.open(options)
     rows: dict[tuple[str, int], dict[str, Any]] = {}
@@ -307,7 +307,7 @@ class LocalRegionScoring:
 
     def score(self, loaded: LoadedDataset, protocol: Any, metrics: list[str], options: ScoreOptions,
               entries: Iterable[ScoreEntry]) -> Iterator[tuple[tuple[str, int], dict[str, Any]]]:
-        from .metrics.region import RegionScorer
+        from ciebench.metrics.region import RegionScorer
 
         self._scorer = RegionScorer(protocol, metrics=metrics, device=options.device, batch_size=options.batch_size,
                                     timer=self._timer)
@@ -330,12 +330,12 @@ def score_entries(scorer: Any, entries: Iterable[tuple[tuple[str, int], EditSamp
     """Decode each prediction and run `scorer` (a RegionScorer) over the readable ones, lazily and in
     order; yields (key, metric values), or (key, {UNREADABLE: message}) for a prediction that does not
     decode. Shared by the local scorer and the Ray workers, so both score exactly alike."""
-    from .metrics.region import ScoreItem
+    from ciebench.metrics.region import ScoreItem
 
     keys: deque[tuple[str, int]] = deque()
     unreadable: deque[tuple[tuple[str, int], dict[str, Any]]] = deque()
 
-    from .metrics.timing import StageTimer
+    from ciebench.metrics.timing import StageTimer
 
     timer = getattr(scorer, "timer", None) or StageTimer()
 

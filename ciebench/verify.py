@@ -237,7 +237,7 @@ def recorded_protocol(spec: dict[str, Any], summary: dict[str, Any]) -> dict[str
 
 
 def check_protocol(spec: dict[str, Any], summary: dict[str, Any]) -> Check:
-    from .metrics.protocols import PROTOCOLS, Protocol
+    from ciebench.metrics.protocols import PROTOCOLS, Protocol
 
     recorded = recorded_protocol(spec, summary)
     if not recorded:
@@ -265,9 +265,10 @@ def check_protocol(spec: dict[str, Any], summary: dict[str, Any]) -> Check:
 def check_rescore(run_dir: Path, spec: dict[str, Any], summary: dict[str, Any], samples: pd.DataFrame, *,
                   dataset: str | None, subset: int, all_samples: bool, seed: int | None, device: str,
                   batch_size: int) -> Check:
-    from .datasets import DatasetError, read_dataset
-    from .metrics.protocols import Protocol
-    from .scoring import LocalRegionScoring, ScoreEntry, ScoreOptions, UNREADABLE
+    from ciebench.datasets import DatasetError, read_dataset
+    from ciebench.metrics.protocols import Protocol
+
+    from .scoring import UNREADABLE, LocalRegionScoring, ScoreEntry, ScoreOptions
 
     metrics = [m for m in PIXEL_METRICS + MODEL_METRICS if m in samples.columns and m in (summary.get("metrics") or {})]
     if not metrics:
@@ -328,7 +329,7 @@ def check_summary(summary: dict[str, Any], samples: pd.DataFrame) -> Check:
     if not summary:
         return Check("summary", FAIL, "summary.json is missing", ("summary.json",))
     declared = summary.get("metrics") or {}
-    from .metrics.catalogue import higher_is_better
+    from ciebench.metrics.catalogue import higher_is_better
 
     directions = {m: bool(b.get("higher_is_better", higher_is_better(m))) for m, b in declared.items()
                   if isinstance(b, dict)}

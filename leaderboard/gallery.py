@@ -26,11 +26,12 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image
 
-from ..images import open_image_file
-from ..io import atomic_write_bytes, atomic_write_text, png_bytes
-from ..results import file_stem, id_stem, natural_key
-from ..stats import json_number
-from ..status import Status
+from ciebench.images import open_image_file
+from ciebench.io import atomic_write_bytes, atomic_write_text, png_bytes
+from ciebench.results import file_stem, id_stem, natural_key
+from ciebench.stats import json_number
+from ciebench.status import Status
+
 from .runs import Run, load_runs, metric_title, order_metrics
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 def _load_sources(specs: Iterable[str], wanted: set[str]) -> tuple[dict[str, Any], list[str]]:
     """EditSamples by id from the first dataset spec that loads; notes about what failed."""
-    from ..datasets import read_dataset
+    from ciebench.datasets import read_dataset
 
     notes = []
     found: dict[str, Any] = {}
@@ -101,7 +102,7 @@ def _load_sources(specs: Iterable[str], wanted: set[str]) -> tuple[dict[str, Any
         ids = loaded.dataset["id"]
         for i, sample_id in enumerate(ids):
             if sample_id in wanted and sample_id not in found:
-                from ..schema import EditSample
+                from ciebench.schema import EditSample
 
                 found[sample_id] = EditSample.from_row(loaded.dataset[i])
         if wanted <= set(found):
@@ -111,7 +112,7 @@ def _load_sources(specs: Iterable[str], wanted: set[str]) -> tuple[dict[str, Any
 
 def _release_cached() -> bool:
     try:
-        from ..datasets.release import cache_dir
+        from ciebench.datasets.release import cache_dir
 
         return (cache_dir() / "dataset" / "state.json").exists()
     except Exception:  # noqa: BLE001

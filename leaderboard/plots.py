@@ -14,9 +14,10 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+from ciebench.metrics import catalogue
 
-from ..io import atomic_write_bytes
-from ..metrics import catalogue
+from ciebench.io import atomic_write_bytes
+
 from .runs import metric_title, slugify
 
 # Okabe & Ito (2008); yellow last: it has the least contrast on white.

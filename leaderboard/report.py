@@ -20,8 +20,9 @@ from typing import Iterable
 
 import pandas as pd
 
-from .. import outdir
-from ..io import atomic_write_text
+from ciebench import outdir
+from ciebench.io import atomic_write_text
+
 from .runs import Run
 from .significance import ALPHA, significance_matrix
 from .tables import Table, group_runs, index_frame, markdown_document
@@ -110,7 +111,6 @@ def _write(tables: list[Table], out: Path, *, plots: bool, gallery: bool, datase
             result.files += write_plots(t, out / "plots" / t.slug, styles)
     if gallery:
         from .gallery import write_gallery
-
         from .plots import editor_styles
 
         run_tables = {str(r.path): t.slug for t in tables for r in t.runs} if len(tables) > 1 else None

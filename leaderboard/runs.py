@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+from ciebench.metrics import catalogue
 
-from ..io import read_json_object
-from ..metrics import catalogue
-from ..results import BASE_COLUMNS, RunFolderError, read_samples, require_run_folder, summarize
-from ..status import Status
+from ciebench.io import read_json_object
+from ciebench.results import BASE_COLUMNS, RunFolderError, read_samples, require_run_folder, summarize
+from ciebench.status import Status
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class Run:
     def verification(self) -> str:
         """"verified (ciebench X)" when `ciebench verify` passed and no vouched-for file changed since,
         "failed (ciebench X)", "stale (...)" after a later edit, or "no"."""
-        from ..verify import read_verification
+        from ciebench.verify import read_verification
 
         record = read_verification(self.path)
         if record is None:
@@ -168,7 +168,7 @@ class Run:
 
     def per_sample(self, metric: str) -> pd.Series:
         """Per-sample score (mean over seeds, NaN dropped), as `summarize` computes it, indexed by sample_id."""
-        from ..results import _seed_mean
+        from ciebench.results import _seed_mean
 
         if metric not in self.samples.columns or not len(self.samples):
             return pd.Series(dtype=float)

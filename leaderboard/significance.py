@@ -27,7 +27,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from ..stats import bootstrap_mean_ci
+from ciebench.stats import bootstrap_mean_ci
 
 ALPHA = 0.05
 PERMUTATIONS = 10_000

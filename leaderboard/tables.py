@@ -11,12 +11,12 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+from ciebench.metrics import catalogue
 
-from ..metrics import catalogue
-from ..stats import from_json_number
-from .runs import (Run, RunError, dataset_short_name, load_runs, metric_title, number_repeats,
-                   order_metrics, slugify)
+from ciebench.stats import from_json_number
+
 from .judge_columns import add_judge_columns, judge_notes
+from .runs import Run, RunError, dataset_short_name, load_runs, metric_title, number_repeats, order_metrics, slugify
 from .significance import ALPHA, compare_runs, significance_matrix
 
 

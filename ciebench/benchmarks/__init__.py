@@ -5,7 +5,8 @@
 """
 from __future__ import annotations
 
-from ..registry import Registry, RegistryError
+from ciebench.registry import Registry, RegistryError
+
 from .base import Benchmark, Case, JudgeCall
 
 BENCHMARKS = Registry(

@@ -31,10 +31,11 @@ from typing import Any, Iterator
 
 from PIL import Image, ImageOps
 
-from ..assets import PinnedAsset
-from ..cache import cache_root
-from ..io import atomic_write_bytes, sha256_bytes
-from ..status import Status
+from ciebench.assets import PinnedAsset
+from ciebench.cache import cache_root
+from ciebench.io import atomic_write_bytes, sha256_bytes
+from ciebench.status import Status
+
 from .base import Benchmark, Case, CountingAggregator, Groups, JudgeCall
 from .judging import jpeg_roundtrip
 

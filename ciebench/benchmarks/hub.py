@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import EnvironmentProblem
+from ciebench.errors import EnvironmentProblem
 
 
 def snapshot(hub_id: str | None, revision: str | None) -> Path:

@@ -23,10 +23,11 @@ import tarfile
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
-from ..assets import PinnedAsset, resolve_asset
-from ..cache import cache_root
-from ..errors import EnvironmentProblem
-from ..status import Status
+from ciebench.assets import PinnedAsset, resolve_asset
+from ciebench.cache import cache_root
+from ciebench.errors import EnvironmentProblem
+from ciebench.status import Status
+
 from .base import Benchmark, Case, CountingAggregator, Groups, JudgeCall
 
 COMMIT = "547185d12c08267a862b94248576e1746e479937"

@@ -16,8 +16,9 @@ from typing import Any
 
 from PIL import Image
 
-from ..llm.client import LLMClient, LLMConfig, make_client
-from ..llm.prompts import PromptTemplate
+from ciebench.llm.client import LLMClient, LLMConfig, make_client
+from ciebench.llm.prompts import PromptTemplate
+
 from .base import Benchmark, Case, JudgeCall
 from .prompts import PromptSet
 

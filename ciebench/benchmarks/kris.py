@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..status import Status
+from ciebench.status import Status
+
 from .base import Aggregator, Benchmark, Case, Groups, JudgeCall, percent
 
 VC, IF, VQ, KP = "consistency_score", "instruction_score", "quality_score", "knowledge_score"
@@ -257,7 +258,7 @@ def materialise_hub(hub_id: str | None, revision: str | None) -> Path:
     """The hub copy as the official folder layout, written once under the cache."""
     import datasets
 
-    from ..cache import cache_root
+    from ciebench.cache import cache_root
 
     target = cache_root() / "benchmarks" / "kris" / (revision or "main")
     if (target / "complete").is_file():
@@ -273,7 +274,7 @@ def materialise_hub(hub_id: str | None, revision: str | None) -> Path:
 def materialise_rows(rows, target: Path) -> Path:
     """Rows (category, image_id, ori_images [PIL], ori_img names, gt_image / gt_img, ins_en, explain_en:
     the fields lmms-eval reads from the mirror) written as <task>/annotation.json + image files."""
-    from ..io import atomic_write_json, atomic_write_text
+    from ciebench.io import atomic_write_json, atomic_write_text
 
     annotations: dict[str, dict[str, Any]] = {}
     for n, row in enumerate(rows):
@@ -300,7 +301,7 @@ def _save(image: Any, path: Path) -> None:
 
     from PIL import Image
 
-    from ..io import atomic_write_bytes
+    from ciebench.io import atomic_write_bytes
 
     if isinstance(image, dict):
         image = Image.open(io.BytesIO(image["bytes"]))

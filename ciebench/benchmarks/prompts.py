@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from ..assets import PinnedAsset, ResolvedAsset, resolve_asset
-from ..errors import DataError
+from ciebench.assets import PinnedAsset, ResolvedAsset, resolve_asset
+from ciebench.errors import DataError
 
 
 class PromptFileError(DataError, ValueError):
@@ -113,7 +113,7 @@ def load_prompts(asset: PinnedAsset | tuple[PinnedAsset, ...], local_dir: str | 
 def load_unpinned(path: str | Path, source: str, name: str) -> PromptSet:
     """Prompts from a file whose sha256 is not pinned yet (RISEBench++: no byte-exact copy was
     available when the pin was written). The actual sha256 is recorded as unverified."""
-    from ..io import sha256_file
+    from ciebench.io import sha256_file
 
     path = Path(path)
     if not path.is_file():

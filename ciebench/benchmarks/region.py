@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import DataError, OutputConflict, UsageError
-from ..io import atomic_write_json, json_text, stable_hash
-from ..stats import from_json_number
-from ..status import Status
+from ciebench.errors import DataError, OutputConflict, UsageError
+from ciebench.io import atomic_write_json, json_text, stable_hash
+from ciebench.stats import from_json_number
+from ciebench.status import Status
+
 from .base import Benchmark, Case, RunningMean, find_output
 
 if TYPE_CHECKING:
@@ -81,8 +82,8 @@ def change_mask(source: "Image.Image", truth: "Image.Image", rule: GroundTruthRu
     from PIL import Image
     from scipy import ndimage
 
-    from ..images import to_rgb8
-    from ..metrics.align import pil_filter
+    from ciebench.images import to_rgb8
+    from ciebench.metrics.align import pil_filter
 
     sw, sh = source.size
     tw, th = truth.size
@@ -114,7 +115,7 @@ class RegionOptions:
     rule: GroundTruthRule = field(default_factory=GroundTruthRule)
 
     def identity(self) -> dict[str, Any]:
-        from ..metrics.protocols import get_protocol
+        from ciebench.metrics.protocols import get_protocol
 
         return {"metrics": list(self.metrics), "protocol": get_protocol(self.protocol).manifest(),
                 "rule": self.rule.manifest()}
@@ -123,8 +124,8 @@ class RegionOptions:
 def region_options(metrics: tuple[str, ...] | None, protocol: str | None, device: str = "cpu") -> RegionOptions | None:
     """`--metrics` / `--protocol` of a judge-scored benchmark run -> region options (None: `--metrics none`).
     An unknown or unavailable name fails here, before anything runs."""
-    from ..metrics.protocols import get_protocol
-    from ..metrics.region import region_metric_names
+    from ciebench.metrics.protocols import get_protocol
+    from ciebench.metrics.region import region_metric_names
 
     if metrics is not None and tuple(metrics) == ("none",):
         return None
@@ -168,8 +169,9 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
                  *, progress: bool = True, total: int | None = None) -> dict[str, int]:
     """Append one region row per case not yet final to out/region_metrics.jsonl; streaming (the scorer
     holds about two batches of images), so memory does not grow with the number of cases."""
-    from ..images import open_image_file, to_rgb8
-    from ..metrics.region import RegionScorer, ScoreItem
+    from ciebench.images import open_image_file, to_rgb8
+    from ciebench.metrics.region import RegionScorer, ScoreItem
+
     from .run import _ends_with_newline, predictions_root
 
     images = predictions_root(predictions)
@@ -295,7 +297,7 @@ def summarize(rows: Iterable[dict[str, Any]], options: RegionOptions, columns: l
 
 
 def region_columns(options: RegionOptions) -> list[str]:
-    from ..metrics.region import METRICS
+    from ciebench.metrics.region import METRICS
 
     return [c for m in options.metrics for c in METRICS[m]] + ["region_fraction"]
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
-from ..assets import PinnedAsset
-from ..status import Status
+from ciebench.assets import PinnedAsset
+from ciebench.status import Status
+
 from .base import Aggregator, Benchmark, Case, Groups, JudgeCall, RunningMean, percent
 
 AC, IR, VP = "ApprConsistency", "Reasoning", "VisualPlausibility"

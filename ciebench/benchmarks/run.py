@@ -19,16 +19,25 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..editor import EditRequest, EditResult, Editor
-from ..errors import OutputConflict
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, png_bytes, sha256_bytes, sha256_file, stable_hash
-from ..spec import derive_seed
-from ..status import Status
-from ..turns import as_pil, drive_turns, unsupported_reason
+from ciebench.editor import Editor, EditRequest, EditResult
+from ciebench.errors import OutputConflict
+from ciebench.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    png_bytes,
+    sha256_bytes,
+    sha256_file,
+    stable_hash,
+)
+from ciebench.spec import derive_seed
+from ciebench.status import Status
+from ciebench.turns import as_pil, drive_turns, unsupported_reason
+
 from .base import Benchmark, Case, find_output
 
 if TYPE_CHECKING:  # the runner loads the scoring stack: imported when generation runs
-    from ..runner import RunStats
+    from ciebench.runner import RunStats
 
 DONE_STATUSES = (Status.OK, Status.MISSING, Status.UNSUPPORTED)  # a verdict with one of these is final; judge errors are retried
 
@@ -80,7 +89,7 @@ def _done(out: Path, case: Case, retry_failed: bool) -> bool:
 
 
 def _edit(editor: Editor, requests: list[EditRequest], stats: RunStats) -> list[EditResult]:
-    from ..runner import edit_isolated
+    from ciebench.runner import edit_isolated
 
     return edit_isolated(editor, requests, stats)
 
@@ -88,7 +97,7 @@ def _edit(editor: Editor, requests: list[EditRequest], stats: RunStats) -> list[
 def generate(benchmark: Benchmark, editor: Editor, cases: Iterable[Case], out: Path, *, seed: int = 0,
              retry_failed: bool = False, progress: bool = True, total: int | None = None) -> RunStats:
     """Edit every case not yet done into the official layout under `out`; one case at a time."""
-    from ..runner import RunStats
+    from ciebench.runner import RunStats
 
     stats = RunStats()
     bar = tqdm(total=total, desc=f"{benchmark.name} ({editor.display_name()})", unit="case", disable=not progress)

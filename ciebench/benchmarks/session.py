@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import outdir
-from ..editor import Editor
-from ..errors import OutputConflict, UsageError
-from ..io import atomic_write_json
-from ..llm.client import LLMConfig
+from ciebench import outdir
+from ciebench.editor import Editor
+from ciebench.errors import OutputConflict, UsageError
+from ciebench.io import atomic_write_json
+from ciebench.llm.client import LLMConfig
+
 from .base import Benchmark
 from .judging import BenchJudge
 from .prompts import PromptSet, load_prompts, load_unpinned

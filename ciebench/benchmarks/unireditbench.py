@@ -26,8 +26,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..assets import PinnedAsset
-from ..status import Status
+from ciebench.assets import PinnedAsset
+from ciebench.status import Status
+
 from .base import Benchmark, Case, CountingAggregator, Groups, JudgeCall, percent
 
 COMMIT = "a7015c5c2d17aecb1a5af4af1b234c357d86cc7d"

@@ -9,10 +9,11 @@ import math
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..status import Status
+from ciebench.status import Status
+
 from .base import Benchmark
-from .run import latest_verdicts
 from .rise import AC, HYBRID, IR, VP, plus_flags
+from .run import latest_verdicts
 
 
 def read_verdict_file(benchmark: Benchmark, path: Path) -> Iterator[dict[str, Any]]:

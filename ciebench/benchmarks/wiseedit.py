@@ -38,8 +38,9 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from ..assets import PinnedAsset
-from ..status import Status
+from ciebench.assets import PinnedAsset
+from ciebench.status import Status
+
 from .base import Benchmark, Case, CountingAggregator, JudgeCall
 from .judging import prepare_judge_image
 from .prompts import PromptFileError

@@ -11,7 +11,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import ExitCode, UsageError
+from ciebench.errors import ExitCode, UsageError
+
 from .handling import CommandApp
 
 app = CommandApp(help="One-time setup of baseline editors (downloads, weight merges, conversions).",

@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 import typer
 
-from ..errors import DataError, EnvironmentProblem, ExitCode, IncompleteResult, UsageError
-from ..status import Status
+from ciebench.errors import DataError, EnvironmentProblem, ExitCode, IncompleteResult, UsageError
+from ciebench.status import Status
 
 from . import app
 
@@ -16,8 +16,8 @@ from . import app
 @app.command("benchmarks")
 def benchmarks_cmd() -> None:
     """List registered benchmarks: size, languages, categories, licence and what they need."""
-    from ..benchmarks import BENCHMARKS, get_benchmark
-    from ..registry import RegistryError
+    from ciebench.benchmarks import BENCHMARKS, get_benchmark
+    from ciebench.registry import RegistryError
 
     for name in BENCHMARKS.names():
         try:
@@ -32,7 +32,7 @@ def benchmarks_cmd() -> None:
 
 
 def resolve(name: str):
-    from ..benchmarks import get_benchmark
+    from ciebench.benchmarks import get_benchmark
 
     return get_benchmark(name)  # an unknown name: RegistryError, exit 2, with a did-you-mean
 
@@ -41,8 +41,8 @@ def score(bench: Any, predictions: Optional[Path], verdicts: Optional[Path], out
           judge_prompts, region: Any = None) -> None:
     """`ciebench score --benchmark`: re-aggregate published verdicts, or judge an official output folder
     (with ciebench's region metrics `region` on cases with a ground-truth image)."""
-    from ..api import benchmark_errors
-    from ..benchmarks import session
+    from ciebench.api import benchmark_errors
+    from ciebench.benchmarks import session
 
     if verdicts is not None:
         run = lambda: session.reaggregate(bench, verdicts, out)  # noqa: E731

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import ExitCode
+from ciebench.errors import ExitCode
+
 from .handling import CommandApp
 from .options import DATASET_HELP, DatasetArg, IgnoreChecksumsOpt
 
@@ -24,7 +25,7 @@ def prepare_cmd(
     ignore_checksums: IgnoreChecksumsOpt = False,
 ) -> None:
     """Convert a dataset source into an HF dataset on disk."""
-    from ..datasets.prepare import prepare
+    from ciebench.datasets.prepare import prepare
 
     # the whole folder is replaced, so it may hold nothing but an earlier prepared dataset (prepare checks)
     loaded = prepare(source, out, fmt=fmt, verify=not ignore_checksums)
@@ -39,7 +40,7 @@ def validate_cmd(
     ignore_checksums: IgnoreChecksumsOpt = False,
 ) -> None:
     """Check every sample; print one line per problem; exit 1 when any error is found."""
-    from ..datasets import read_dataset
+    from ciebench.datasets import read_dataset
 
     loaded = read_dataset(dataset, verify=not ignore_checksums)
     for problem in loaded.problems:
@@ -54,7 +55,7 @@ def validate_cmd(
 @app.command("info")
 def info_cmd(dataset: DatasetArg) -> None:
     """Counts per edit type, image sizes and notes."""
-    from ..datasets import read_dataset
+    from ciebench.datasets import read_dataset
 
     loaded = read_dataset(dataset)
     ds = loaded.dataset
@@ -87,7 +88,7 @@ def push_cmd(
     private: bool = typer.Option(False, "--private", help="Create the repository as private."),
 ) -> None:
     """Upload a Hub-layout dataset folder with huggingface_hub (token from HF_TOKEN or `hf auth login`)."""
-    from ..datasets.hub_layout import push_dataset
+    from ciebench.datasets.hub_layout import push_dataset
 
     url = push_dataset(folder, repo_id, revision=revision, private=private)
     typer.echo(f"pushed {folder} to {repo_id}: {url}")

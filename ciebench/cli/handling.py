@@ -19,7 +19,7 @@ from typing import Any, Callable
 import click
 import typer
 
-from ..errors import CiebenchError, EnvironmentProblem, ExitCode
+from ciebench.errors import CiebenchError, EnvironmentProblem, ExitCode
 
 VERBOSE = False  # set by the root callback's -v
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})

@@ -5,7 +5,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import CiebenchError, ExitCode, UsageError
+from ciebench.errors import CiebenchError, ExitCode, UsageError
+
 from .handling import CommandApp
 from .options import DatasetOpt, JudgePromptsOpt, JudgeProtocolOpt
 
@@ -13,7 +14,7 @@ app = CommandApp(help="Judge protocols, agreement between judges, drift canaries
 
 def list_judge_protocols_lines() -> list[str]:
     """One line per judge protocol, for `ciebench metrics` and `ciebench judge protocols`."""
-    from ..judge.protocols import JUDGE_PROTOCOLS
+    from ciebench.judge.protocols import JUDGE_PROTOCOLS
 
     lines = []
     for name, proto in JUDGE_PROTOCOLS.items():
@@ -23,7 +24,7 @@ def list_judge_protocols_lines() -> list[str]:
 
 
 def _spec_hash(proto) -> str:
-    from ..io import stable_hash
+    from ciebench.io import stable_hash
 
     return stable_hash(proto.to_dict())
 
@@ -49,8 +50,8 @@ def agreement_cmd(
     Kendall's tau of the system ranking under judge A vs judge B."""
     from pathlib import Path
 
-    from ..io import atomic_write_json, atomic_write_text
-    from ..judge.agreement import load_scores, pair_agreement, ranking_tau, scatter_plot
+    from ciebench.io import atomic_write_json, atomic_write_text
+    from ciebench.judge.agreement import load_scores, pair_agreement, ranking_tau, scatter_plot
 
     if len(runs) % 2:
         raise UsageError("give pairs of runs: A B [A B ...]")
@@ -103,8 +104,8 @@ def calibrate_cmd(
     protocol hash), later times report agreement with them."""
     import dataclasses
 
-    from ..judge import canaries as canary_mod
-    from ..metrics.idcs import IDCSJudge, get_judge_config
+    from ciebench.judge import canaries as canary_mod
+    from ciebench.metrics.idcs import IDCSJudge, get_judge_config
 
     try:
         config = get_judge_config(judge)
@@ -139,7 +140,7 @@ def freeze_cmd(
 ) -> None:
     """Freeze a run's predictions (with their sources and instructions) as a canary set. The dataset
     defaults to the one in the run's spec.json."""
-    from ..judge.canaries import freeze_run, load_canaries
+    from ciebench.judge.canaries import freeze_run, load_canaries
 
     folder = freeze_run(run, out, dataset)
     n = len(load_canaries(folder).items)

@@ -29,8 +29,8 @@ def leaderboard_cmd(
     into --out. Runs under different protocols or datasets go to separate tables (see
     docs/leaderboard.md). --dataset gives the gallery's source images and masks (default: each
     run's dataset spec)."""
-    from ..errors import UsageError
-    from ..leaderboard import write_leaderboard
+    from ciebench.errors import UsageError
+    from ciebench.leaderboard import write_leaderboard
 
     if not 0 < alpha < 1:
         raise typer.BadParameter("--alpha must lie between 0 and 1")
@@ -39,7 +39,7 @@ def leaderboard_cmd(
     for run in runs:
         if not run.is_dir():
             raise UsageError(f"{run} is not a folder")
-    from ..leaderboard.benchmark_board import is_benchmark_run, write_benchmark_boards
+    from ciebench.leaderboard.benchmark_board import is_benchmark_run, write_benchmark_boards
 
     bench_runs = [r for r in runs if is_benchmark_run(r)]  # judge-scored benchmarks: own tables, never mixed
     runs = [r for r in runs if r not in bench_runs]

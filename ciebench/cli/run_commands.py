@@ -7,15 +7,41 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import CiebenchError
+from ciebench.errors import CiebenchError
+
 from . import app
 from . import benchmarks as _bench
 from .judge import list_judge_protocols_lines
-from .options import (DATASET_HELP, BackendOpt, BenchmarkOpt, BenchmarkRootOpt, CpusPerWorkerOpt, DeviceOpt, DryRunOpt,
-                      EditorArgOpt, EditorOpt, GpusPerWorkerOpt, IgnoreChecksumsOpt, JudgeBatchOpt, JudgeCanariesOpt,
-                      JudgeOpt, JudgePassesOpt, JudgePromptsOpt, JudgeProtocolOpt, LimitOpt, MaxCostOpt, MetricsOpt,
-                      MinCoverageOpt, NumWorkersOpt, PresetOpt, ProtocolOpt, RayAddressOpt, ScoreBatchSizeOpt, SeedsOpt,
-                      split_names)
+from .options import (
+    DATASET_HELP,
+    BackendOpt,
+    BenchmarkOpt,
+    BenchmarkRootOpt,
+    CpusPerWorkerOpt,
+    DeviceOpt,
+    DryRunOpt,
+    EditorArgOpt,
+    EditorOpt,
+    GpusPerWorkerOpt,
+    IgnoreChecksumsOpt,
+    JudgeBatchOpt,
+    JudgeCanariesOpt,
+    JudgeOpt,
+    JudgePassesOpt,
+    JudgePromptsOpt,
+    JudgeProtocolOpt,
+    LimitOpt,
+    MaxCostOpt,
+    MetricsOpt,
+    MinCoverageOpt,
+    NumWorkersOpt,
+    PresetOpt,
+    ProtocolOpt,
+    RayAddressOpt,
+    ScoreBatchSizeOpt,
+    SeedsOpt,
+    split_names,
+)
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -34,8 +60,8 @@ def _print_problem(problem) -> None:
 
 def _check_result(summary: dict, requested: Optional[tuple[str, ...]], min_coverage: Optional[float]) -> None:
     """Exit non-zero (ExitCode.INCOMPLETE) when the result does not answer what was asked."""
-    from ..errors import IncompleteResult
-    from ..results import result_problems
+    from ciebench.errors import IncompleteResult
+    from ciebench.results import result_problems
 
     wanted = []
     if requested is not None:  # the columns the names given to --metrics stand for
@@ -56,7 +82,8 @@ def _coverage(value: Optional[float]) -> Optional[float]:
 
 def _environment(exc: BaseException, out: Path, resumable: bool):
     """A model, file or endpoint this machine cannot provide, as a one-line EnvironmentProblem."""
-    from ..errors import EnvironmentProblem
+    from ciebench.errors import EnvironmentProblem
+
     from .handling import DISK_FULL_ERRNOS, disk_full
 
     if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
@@ -116,8 +143,8 @@ def evaluate_cmd(
     benchmark_root: BenchmarkRootOpt = None,
 ) -> None:
     """Run an editor on a dataset into a resumable run directory, then score it."""
-    from .. import api
-    from ..errors import ExitCode
+    from ciebench import api
+    from ciebench.errors import ExitCode
 
     _coverage(min_coverage)
     bench = _bench.resolve(benchmark) if benchmark else None
@@ -183,14 +210,14 @@ def score_cmd(
     verdicts: Optional[Path] = typer.Option(None, "--verdicts", help="With --benchmark: re-aggregate per-case verdicts (verdicts.jsonl, or the official judge .xlsx/.csv) without a judge."),
 ) -> None:
     """Score a folder of edited images against a dataset."""
-    from .. import api
-    from ..errors import IncompleteResult, UsageError
-    from ..status import Status
+    from ciebench import api
+    from ciebench.errors import IncompleteResult, UsageError
+    from ciebench.status import Status
 
     _coverage(min_coverage)
     bench = _bench.resolve(benchmark) if benchmark else None
     if bench is not None and bench.pipeline != "dataset":
-        from ..benchmarks.region import region_options
+        from ciebench.benchmarks.region import region_options
 
         return _bench.score(bench, predictions, verdicts, out, benchmark_root, limit, judge, judge_prompts,
                             region=region_options(split_names(metrics), protocol, device))
@@ -229,7 +256,7 @@ def score_cmd(
 @app.command("editors")
 def editors_cmd() -> None:
     """List registered editors and what they need."""
-    from ..registry import EDITORS, RegistryError, load_object
+    from ciebench.registry import EDITORS, RegistryError, load_object
 
     for name, target in EDITORS.names().items():
         try:
@@ -248,8 +275,8 @@ def editors_cmd() -> None:
 @app.command("metrics")
 def metrics_cmd() -> None:
     """List metrics (from the metric catalogue) and protocols."""
-    from ..metrics import catalogue
-    from ..metrics.protocols import get_protocol, list_protocols
+    from ciebench.metrics import catalogue
+    from ciebench.metrics.protocols import get_protocol, list_protocols
 
     typer.echo("metrics (column: direction, --metrics name, family, title):")
     for info in catalogue.CATALOGUE.values():

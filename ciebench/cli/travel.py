@@ -7,10 +7,26 @@ from typing import Optional
 
 import typer
 
-from ..errors import CiebenchError, ExitCode
+from ciebench.errors import CiebenchError, ExitCode
+
 from . import app
-from .options import (BenchmarkOpt, DatasetOpt, DeviceOpt, JudgePromptsOpt, EditorArgOpt, EditorsOpt, JudgeOpt, LimitOpt, MetricsOpt, PresetOpt,
-                      ProtocolOpt, RunDirArg, ScoreBatchSizeOpt, SeedsOpt, split_names)
+from .options import (
+    BenchmarkOpt,
+    DatasetOpt,
+    DeviceOpt,
+    EditorArgOpt,
+    EditorsOpt,
+    JudgeOpt,
+    JudgePromptsOpt,
+    LimitOpt,
+    MetricsOpt,
+    PresetOpt,
+    ProtocolOpt,
+    RunDirArg,
+    ScoreBatchSizeOpt,
+    SeedsOpt,
+    split_names,
+)
 
 
 @app.command("verify")
@@ -27,7 +43,7 @@ def verify_cmd(
 ) -> None:
     """Check a run after the fact: image and trace hashes, spec and protocol hashes, a re-score of the
     deterministic metrics, the summary re-aggregated. One verdict per check; exit 0 only when none fails."""
-    from ..verify import verify_run, write_verification
+    from ciebench.verify import verify_run, write_verification
 
     if subset < 1:
         raise typer.BadParameter("--subset must be at least 1")
@@ -48,7 +64,8 @@ def verify_cmd(
 def use_bundle(folder: str) -> None:
     """`ciebench --bundle DIR ...` / CIEBENCH_BUNDLE=DIR: every cache points into the bundle, no network.
     (Runs in the root callback, outside the commands' error handling.)"""
-    from ..bundle import activate_bundle
+    from ciebench.bundle import activate_bundle
+
     from .handling import fail
 
     try:
@@ -74,8 +91,8 @@ def prefetch_cmd(
 ) -> None:
     """Resolve everything a configuration will load, download what is missing, print the total; with
     --bundle, write an offline bundle (use it with CIEBENCH_BUNDLE=DIR or `ciebench --bundle DIR`)."""
-    from ..bundle import write_bundle
-    from ..prefetch import Configuration, download, human_bytes, plan
+    from ciebench.bundle import write_bundle
+    from ciebench.prefetch import Configuration, download, human_bytes, plan
 
     metric_names = split_names(metrics)
     config = Configuration(editors=tuple(editor), preset=preset, editor_args=tuple(editor_arg), dataset=dataset,
@@ -128,8 +145,8 @@ def doctor_cmd(
 ) -> None:
     """Preflight for an `evaluate` command line: files, endpoints, GPU memory per stage, disk, package
     versions. One line per check; exit 0 only when every check passes."""
-    from ..doctor import DoctorOptions, run_doctor
-    from ..prefetch import Configuration
+    from ciebench.doctor import DoctorOptions, run_doctor
+    from ciebench.prefetch import Configuration
 
     metric_names = split_names(metrics)
     config = Configuration(editors=tuple(editor), preset=preset, editor_args=tuple(editor_arg),
@@ -150,7 +167,7 @@ def doctor_cmd(
 
 def exported_predictions(spec: str) -> Path:
     """`score --predictions hf:ORG/NAME`: the exported run's images as a local folder."""
-    from ..export import materialize_predictions
+    from ciebench.export import materialize_predictions
 
     return materialize_predictions(spec)
 
@@ -164,8 +181,8 @@ def export_cmd(
     private: bool = typer.Option(False, "--private", help="With --push: create the repository as private."),
 ) -> None:
     """Export a run as a Hub dataset others can re-score (`ciebench score --predictions hf:ORG/NAME`)."""
-    from ..datasets.hub_layout import push_dataset
-    from ..export import export_run
+    from ciebench.datasets.hub_layout import push_dataset
+    from ciebench.export import export_run
 
     if fmt != "hub":
         raise typer.BadParameter("--format: only 'hub' is supported")

@@ -18,9 +18,10 @@ from typing import Any, Callable, Iterator
 
 import datasets
 
-from ..errors import did_you_mean
-from ..images import read_regular_file
-from ..schema import FEATURES, EditSample
+from ciebench.errors import did_you_mean
+from ciebench.images import read_regular_file
+from ciebench.schema import FEATURES, EditSample
+
 from .authors import find_annotation, read_authors_folder
 from .files import check_pair, decode_image, read_contained
 from .jsonl import MANIFEST_NAME, read_jsonl_manifest

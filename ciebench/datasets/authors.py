@@ -5,10 +5,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..schema import make_row
+from ciebench.schema import make_row
+
 from .edit_types import derive_edit_type
-from .files import check_pair, read_image, union_masks
 from .fields import FieldTypes, is_optional_str, is_str, is_texts, sample_id_of, type_errors
+from .files import check_pair, read_image, union_masks
 from .problems import DatasetError, Problem
 
 ANNOTATION_FILES = ("updated_data.json", "benchmark.json")

@@ -9,7 +9,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..images import MAX_PIXELS, ImageRefused, mask_is_label_map, open_image, read_regular_file, to_mask8, to_rgb8
+from ciebench.images import (
+    MAX_PIXELS,
+    ImageRefused,
+    mask_is_label_map,
+    open_image,
+    read_regular_file,
+    to_mask8,
+    to_rgb8,
+)
+
 from .problems import Problem
 
 __all__ = ["MAX_PIXELS", "ReadImage", "resolve_inside", "read_image", "read_contained", "decode_image", "check_pair",

@@ -16,8 +16,9 @@ from typing import Any
 import datasets
 import yaml
 
-from ..errors import EnvironmentProblem, UsageError
-from ..io import atomic_write_text, sha256_file
+from ciebench.errors import EnvironmentProblem, UsageError
+from ciebench.io import atomic_write_text, sha256_file
+
 from . import LoadedDataset
 
 SPLIT = "test"

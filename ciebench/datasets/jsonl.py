@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..schema import make_row
+from ciebench.schema import make_row
+
 from .edit_types import derive_edit_type
 from .fields import FieldTypes, is_optional_str, is_str, is_texts, json_type, sample_id_of, type_errors
 from .files import check_pair, read_image

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..schema import make_row
+from ciebench.schema import make_row
+
 from .problems import Problem
 
 

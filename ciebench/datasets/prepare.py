@@ -6,9 +6,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .. import outdir
-from ..errors import UsageError
-from ..io import atomic_write_text
+from ciebench import outdir
+from ciebench.errors import UsageError
+from ciebench.io import atomic_write_text
+
 from . import LoadedDataset, read_dataset
 from .release import download, locate_release, unpack
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import DataError
+from ciebench.errors import DataError
 
 
 class DatasetError(DataError):

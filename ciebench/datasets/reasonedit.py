@@ -10,9 +10,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..images import ImageRefused, read_regular_file
-from ..results import natural_key
-from ..schema import make_row
+from ciebench.images import ImageRefused, read_regular_file
+from ciebench.results import natural_key
+from ciebench.schema import make_row
+
 from .files import check_pair, read_image
 from .problems import Problem
 

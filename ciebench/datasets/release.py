@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ..errors import ExitCode, IntegrityError
-from ..io import sha256_file
+from ciebench.errors import ExitCode, IntegrityError
+from ciebench.io import sha256_file
+
 from .authors import ANNOTATION_FILES
 from .problems import DatasetError
 

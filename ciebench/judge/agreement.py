@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sstats
 
-from ..errors import DataError
-from ..results import RunFolderError, require_run_folder
+from ciebench.errors import DataError
+from ciebench.results import RunFolderError, require_run_folder
 
 REPLICATES = 2000
 SEED = 0

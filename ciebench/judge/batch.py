@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import EnvironmentProblem
-from ..io import atomic_write_json, stable_hash
-from ..llm.transport import HTTPResponse, TransportError, encode_multipart, get, post
+from ciebench.errors import EnvironmentProblem
+from ciebench.io import atomic_write_json, stable_hash
+from ciebench.llm.transport import HTTPResponse, TransportError, encode_multipart, get, post
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,8 @@ def _store(item: tuple[BatchCall, dict[str, Any], Any], status: int, body: dict[
 def batch_judge(judge: Any, items: Sequence[Any], state_dir: str | Path, poll_s: float = 10.0,
                 max_wait_s: float = 24 * 3600.0, **judge_kwargs: Any) -> list[Any]:
     """IDCS through the Batch API: a describe batch, a score batch, then the usual judging from the cache."""
-    from ..metrics.idcs import validate_sentence
+    from ciebench.metrics.idcs import validate_sentence
+
     from .parsing import embed
 
     state_dir = Path(state_dir)

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..cache import cache_root
-from ..errors import DataError, UsageError
-from ..io import atomic_write_bytes, atomic_write_json, png_bytes, sha256_bytes, stable_hash
-from ..results import RunFolderError
-from ..status import Status
+from ciebench.cache import cache_root
+from ciebench.errors import DataError, UsageError
+from ciebench.io import atomic_write_bytes, atomic_write_json, png_bytes, sha256_bytes, stable_hash
+from ciebench.results import RunFolderError
+from ciebench.status import Status
 
 DEFAULT_THRESHOLD = 0.9
 CANARY_MODES = ("day", "run", "off")
@@ -66,7 +66,7 @@ def _pixels_sha(im: Image.Image) -> str:
 
 
 def mini_canaries() -> CanarySet:
-    from ..datasets import iter_samples, load_dataset
+    from ciebench.datasets import iter_samples, load_dataset
 
     items = []
     for s in iter_samples(load_dataset("mini")):
@@ -86,8 +86,8 @@ def mini_canaries() -> CanarySet:
 
 def freeze_run(run_dir: str | Path, out: str | Path, dataset: str | None = None) -> Path:
     """Write a scored run's (readable) predictions as a canary set folder `out`."""
-    from ..datasets import read_dataset
-    from ..schema import EditSample
+    from ciebench.datasets import read_dataset
+    from ciebench.schema import EditSample
 
     run_dir, out = Path(run_dir), Path(out)
     spec_path = run_dir / "spec.json"
@@ -156,7 +156,7 @@ def store_path(judge_hash: str, set_hash: str) -> Path:
 
 
 def judge_canaries(judge: Any, canaries: CanarySet) -> dict[str, int | None]:
-    from ..metrics.idcs import JudgeItem
+    from ciebench.metrics.idcs import JudgeItem
 
     verdicts = judge.judge([JudgeItem(c.id, c.source, c.edited, c.instruction) for c in canaries.items])
     return {v.sample_id: (v.score if v.ok else None) for v in verdicts}

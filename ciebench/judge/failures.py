@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from typing import Any, Iterable
 
-from ..llm.config import FAILURE_CLASSES as CLIENT_FAILURE_CLASSES
+from ciebench.llm.config import FAILURE_CLASSES as CLIENT_FAILURE_CLASSES
 
 # The client's classes (transport, rate_limit, server_error, request_rejected, content_filter,
 # unparsable, out_of_range, config), then the judge's own: missing_prediction (nothing to judge) and

@@ -27,10 +27,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..assets import PinnedAsset, ResolvedAsset, resolve_asset
-from ..errors import did_you_mean
-from ..io import stable_hash
-from ..llm.prompts import PromptTemplate, get_template
+from ciebench.assets import PinnedAsset, ResolvedAsset, resolve_asset
+from ciebench.errors import did_you_mean
+from ciebench.io import stable_hash
+from ciebench.llm.prompts import PromptTemplate, get_template
+
 from . import extract
 
 # The authors' IDCS code (CIEBench / imgREDT release, MIT licence). The blob is identical in

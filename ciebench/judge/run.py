@@ -15,8 +15,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..errors import UsageError
-from ..status import VerdictStatus
+from ciebench.errors import UsageError
+from ciebench.status import VerdictStatus
+
 from .cost import Budget
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,8 @@ class JudgeSession:
     @classmethod
     def open(cls, options: Any) -> "JudgeSession":
         """Build the judge from `ScoreOptions` (judge, cache_dir, judge_options); raises on any problem."""
-        from ..cache import cache_root
-        from ..metrics.idcs import IDCSJudge, get_judge_config
+        from ciebench.cache import cache_root
+        from ciebench.metrics.idcs import IDCSJudge, get_judge_config
 
         jopts = options.judge_options or JudgeRunOptions()
         config = get_judge_config(options.judge)
@@ -85,7 +86,8 @@ class JudgeSession:
 
     def check_canaries(self) -> dict[str, Any] | None:
         """Re-judge the canaries when this judge was calibrated (see `ciebench.judge.canaries`)."""
-        from ..metrics.idcs import IDCSJudge
+        from ciebench.metrics.idcs import IDCSJudge
+
         from . import canaries
 
         if self.options.canaries == "off":
@@ -106,9 +108,9 @@ class JudgeSession:
         return self.canary
 
     def items(self, keys: list, loaded: Any, index: dict, paths: dict) -> list:
-        from ..datasets.files import decode_image
-        from ..metrics.idcs import JudgeItem
-        from ..schema import EditSample
+        from ciebench.datasets.files import decode_image
+        from ciebench.metrics.idcs import JudgeItem
+        from ciebench.schema import EditSample
 
         items = []
         for k in keys:
@@ -167,7 +169,7 @@ class JudgeSession:
 
     def annotate(self, summary: dict[str, Any]) -> None:
         """Protocol, failure classes, passes and judge noise beside the IDCS mean in `summary`."""
-        from ..metrics.idcs import idcs_summary
+        from ciebench.metrics.idcs import idcs_summary
 
         judged = idcs_summary(self.verdicts, missing=self.n_missing)
         entry = summary.setdefault("metrics", {}).setdefault("idcs", {})
@@ -187,7 +189,7 @@ class JudgeSession:
 def judge_spec(options: Any) -> dict[str, Any]:
     """The judge part of a run spec: the config (with a protocol override applied) and its hash, plus
     the passes when more than one (so a resumed run never mixes protocols or pass counts)."""
-    from ..metrics.idcs import get_judge_config
+    from ciebench.metrics.idcs import get_judge_config
 
     jopts = options.judge_options or JudgeRunOptions()
     cfg = get_judge_config(options.judge)
@@ -207,10 +209,10 @@ def judge_spec(options: Any) -> dict[str, Any]:
 
 def dry_run_report(loaded: Any, predictions: list, options: Any) -> list[str]:
     """`score --dry-run`: what judging these predictions would send and cost; nothing is sent."""
-    from ..datasets.files import decode_image
-    from ..metrics.idcs import JudgeItem
-    from ..scoring import resolve_metrics
-    from ..schema import EditSample
+    from ciebench.datasets.files import decode_image
+    from ciebench.metrics.idcs import JudgeItem
+    from ciebench.schema import EditSample
+    from ciebench.scoring import resolve_metrics
 
     _, use_idcs = resolve_metrics(options)
     if not use_idcs:

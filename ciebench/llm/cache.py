@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..io import atomic_write_json
+from ciebench.io import atomic_write_json
+
 from .config import LLMConfig
 from .exchange import ModelOutcome, ModelRequest
 from .prompts import PromptTemplate

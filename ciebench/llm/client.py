@@ -44,9 +44,10 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from ..io import sha256_bytes, stable_hash
+from ciebench.io import sha256_bytes, stable_hash
+
 from .cache import CACHE_FORMAT, ReplyCache
-from .config import (BACKENDS, DEFAULT_LOCAL_MODEL, FAILURE_CLASSES, PROVIDER_KEY_ENVS, LLMConfig)
+from .config import BACKENDS, DEFAULT_LOCAL_MODEL, FAILURE_CLASSES, PROVIDER_KEY_ENVS, LLMConfig
 from .exchange import ModelOutcome, ModelRequest, excerpt
 from .http_backend import OpenAIBackend
 from .local_backend import TransformersBackend, release_local_models

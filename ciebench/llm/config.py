@@ -8,7 +8,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from ..io import stable_hash
+from ciebench.io import stable_hash
 
 BACKENDS = ("openai", "transformers")
 RESPONSE_FORMATS = ("json_schema", "json_object", "none")
@@ -143,7 +143,7 @@ class LLMConfig:
 
     def required_assets(self, used_by: str) -> list:
         """A local model's hub files, or the endpoint a request goes to (see ciebench.requirements)."""
-        from ..requirements import endpoint, hub_repo
+        from ciebench.requirements import endpoint, hub_repo
 
         if self.backend == "transformers":
             return [hub_repo(self.model, used_by=used_by, revision=self.revision)]

@@ -8,7 +8,8 @@ import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..io import png_bytes
+from ciebench.io import png_bytes
+
 from .config import is_provider_host
 from .exchange import ModelOutcome, ModelRequest, excerpt
 from .transport import TransportError, post
