@@ -35,6 +35,14 @@ def did_you_mean(name: object, choices) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
+def lookup(table, name: str, what: str, error: type[Exception]):
+    """`table[name]`, or `error` naming the unknown `what`, the known names and the closest one."""
+    try:
+        return table[name]
+    except KeyError:
+        raise error(f"unknown {what} {name!r}; known: {', '.join(table)}.{did_you_mean(name, table)}") from None
+
+
 class CiebenchError(Exception):
     """Base of every user-caused error. `hint` says how to proceed; it is printed after the message."""
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from ciebench.errors import UsageError, did_you_mean
+from ciebench.errors import UsageError, lookup
 from ciebench.io import stable_hash
 
 Weighting = Literal["multiply", "exact"]
@@ -188,11 +188,7 @@ class UnknownProtocolError(UsageError, ValueError):
 def get_protocol(name: "str | Protocol") -> Protocol:
     if isinstance(name, Protocol):
         return name
-    try:
-        return PROTOCOLS[name]
-    except KeyError:
-        raise UnknownProtocolError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}."
-                                   f"{did_you_mean(name, PROTOCOLS)}") from None
+    return lookup(PROTOCOLS, name, "protocol", UnknownProtocolError)
 
 
 def list_protocols() -> list[str]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ciebench.assets import PinnedAsset, ResolvedAsset, resolve_asset
-from ciebench.errors import did_you_mean
+from ciebench.errors import lookup
 from ciebench.io import stable_hash
 from ciebench.llm.prompts import PromptTemplate, get_template
 
@@ -133,11 +133,7 @@ DEFAULT_JUDGE_PROTOCOL = "idcs-v1"
 
 
 def get_judge_protocol(name: str) -> JudgeProtocol:
-    try:
-        return JUDGE_PROTOCOLS[name]
-    except KeyError:
-        raise ValueError(f"unknown judge protocol {name!r}; known: {', '.join(JUDGE_PROTOCOLS)}."
-                         f"{did_you_mean(name, JUDGE_PROTOCOLS)}") from None
+    return lookup(JUDGE_PROTOCOLS, name, "judge protocol", ValueError)
 
 
 def list_judge_protocols() -> list[str]:
