@@ -8,6 +8,7 @@ number of cases.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
@@ -245,6 +246,18 @@ class Groups:
     def count(self, label: str, column: str) -> int:
         cell = self.cells.get((label, column))
         return cell.rows if cell else 0
+
+
+def read_annotations(path: Path, benchmark: str, kind: type) -> Any:
+    """A benchmark's annotation file: JSON holding a `kind` (list or dict) of cases. A file that cannot
+    be read or holds something else is a ValueError naming the benchmark and the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{benchmark}: cannot read {path}: {exc}") from exc
+    if not isinstance(data, kind):
+        raise ValueError(f"{benchmark}: {path} is not a JSON {'list' if kind is list else 'object'} of cases")
+    return data
 
 
 def percent(score: float | None) -> float | None:

@@ -18,7 +18,6 @@ used. The multi-turn suite is judged by people in the official protocol: not sco
 """
 from __future__ import annotations
 
-import json
 import tarfile
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -28,7 +27,7 @@ from ciebench.cache import cache_root
 from ciebench.errors import EnvironmentProblem
 from ciebench.status import Status
 
-from .base import Benchmark, Case, CountingAggregator, Groups, JudgeCall
+from .base import Benchmark, Case, CountingAggregator, Groups, JudgeCall, read_annotations
 
 COMMIT = "547185d12c08267a862b94248576e1746e479937"
 _RAW = f"https://raw.githubusercontent.com/PKU-YuanGroup/ImgEdit/{COMMIT}/Benchmark"
@@ -81,12 +80,7 @@ class _ImgEdit(Benchmark):
         folder = Path(root) if root is not None else self._hub_images()
         local = folder / self.annotation_name
         path = local if local.is_file() else resolve_asset(self.edits).path
-        try:
-            edits = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{self.name}: cannot read {path}: {exc}") from exc
-        if not isinstance(edits, dict):
-            raise ValueError(f"{self.name}: {path} is not a JSON object of cases")
+        edits = read_annotations(path, self.name, dict)
         for key, item in edits.items():
             try:
                 yield self._case(str(key), item, folder)

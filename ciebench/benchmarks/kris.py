@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from ciebench.status import Status
 
-from .base import Aggregator, Benchmark, Case, Groups, JudgeCall, percent
+from .base import Aggregator, Benchmark, Case, Groups, JudgeCall, percent, read_annotations
 
 VC, IF, VQ, KP = "consistency_score", "instruction_score", "quality_score", "knowledge_score"
 DIM_NAMES = {VC: "Visual Consistency", IF: "Instruction Following", VQ: "Visual Quality", KP: "Knowledge Plausibility"}
@@ -107,10 +107,7 @@ class KrisBench(Benchmark):
             raise FileNotFoundError(f"kris: no <task>/annotation.json under {base} (tasks: {', '.join(TASKS)})")
         for task in found:
             path = base / task / "annotation.json"
-            try:
-                annotations = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ValueError(f"kris: cannot read {path}: {exc}") from exc
+            annotations = read_annotations(path, "kris", dict)
             for key, entry in annotations.items():
                 try:
                     yield self._case(task, str(key), entry, base / task)

@@ -6,7 +6,6 @@ the scripts are listed in docs/benchmarks.md; each is marked "differs:" below.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any, ClassVar, Iterator
 from ciebench.assets import PinnedAsset
 from ciebench.status import Status
 
-from .base import Aggregator, Benchmark, Case, Groups, JudgeCall, RunningMean, percent
+from .base import Aggregator, Benchmark, Case, Groups, JudgeCall, RunningMean, percent, read_annotations
 
 AC, IR, VP = "ApprConsistency", "Reasoning", "VisualPlausibility"
 TEMPORAL, CAUSAL, SPATIAL, LOGICAL = "temporal_reasoning", "causal_reasoning", "spatial_reasoning", "logical_reasoning"
@@ -127,10 +126,7 @@ class _Rise(Benchmark):
 
     def cases(self, root: str | Path | None = None) -> Iterator[Case]:
         path, base = self._annotation(self._root(root))
-        try:
-            items = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{self.name}: cannot read {path}: {exc}") from exc
+        items = read_annotations(path, self.name, list)
         for n, item in enumerate(items):
             try:
                 yield self._case(item, base)

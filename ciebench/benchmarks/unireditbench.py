@@ -21,7 +21,6 @@ accepted too.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,7 +28,7 @@ from typing import Any, Iterator
 from ciebench.assets import PinnedAsset
 from ciebench.status import Status
 
-from .base import Benchmark, Case, CountingAggregator, Groups, JudgeCall, percent
+from .base import Benchmark, Case, CountingAggregator, Groups, JudgeCall, percent, read_annotations
 
 COMMIT = "a7015c5c2d17aecb1a5af4af1b234c357d86cc7d"
 PROMPTS = PinnedAsset(
@@ -87,12 +86,7 @@ class UniREditBench(Benchmark):
         folder = Path(root) if root is not None else self.hub_folder()
         path = folder if folder.is_file() else folder / "data.json"
         base = path.parent
-        try:
-            items = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{self.name}: cannot read {path}: {exc}") from exc
-        if not isinstance(items, list):
-            raise ValueError(f"{self.name}: {path} is not a JSON list of cases")
+        items = read_annotations(path, self.name, list)
         for n, item in enumerate(items):
             try:
                 yield self._case(item, base)
