@@ -3,13 +3,17 @@
 The environment is set at import time, before any Hugging Face library reads it."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 _ROOT = Path(tempfile.mkdtemp(prefix="ciebench-tests-"))
+# The tiny models published here take ~170 MB per session: removed when the session's process ends.
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 os.environ["HF_HOME"] = str(_ROOT / "hf")
 os.environ["HF_HUB_CACHE"] = str(_ROOT / "hf" / "hub")
 os.environ["HF_DATASETS_CACHE"] = str(_ROOT / "hf" / "datasets")
