@@ -58,6 +58,23 @@ def test_parity_ssim_equals_torchmetrics_per_image(border):
         torch.testing.assert_close(background_ssim(preds, target, mask, "multiply", "full"), tm, atol=1e-5, rtol=0)
 
 
+def test_parity_ssim_map_is_bitwise_torchmetrics_on_a_real_pair(ciebench_root):
+    """The parity path runs its grouped convolution channels-last (faster on CPU); the map must stay
+    bitwise torchmetrics' own, on a real CIEBench image at the cielr size."""
+    import numpy as np
+
+    from ciebench.datasets import read_dataset
+    from ciebench.metrics.ssim import ssim_map_torchmetrics
+    from ciebench.schema import EditSample
+
+    image = EditSample.from_row(read_dataset(str(ciebench_root)).dataset[0]).image.convert("RGB").resize((512, 512))
+    target = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
+    g = torch.Generator().manual_seed(0)
+    preds = (target + 0.05 * torch.randn(target.shape, generator=g)).clamp(0, 1)
+    _, full = structural_similarity_index_measure(preds, target, data_range=1.0, return_full_image=True)
+    assert torch.equal(ssim_map_torchmetrics(preds, target), full)
+
+
 def test_exact_psnr_mse_ssim_equal_numpy_and_skimage():
     preds, target, mask = _pair(3, h=40, w=52)
     psnr = background_psnr(preds, target, mask, "exact")
