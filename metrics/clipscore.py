@@ -37,29 +37,41 @@ def _revision(model_id: str) -> str:
     return Path(path).parent.name if isinstance(path, str) else "unknown"
 
 
-def _image_processor(model_id: str, backend: str):
-    import transformers
+class CLIPPreprocessor:
+    """A CLIP model's image processor alone: small and quick to load, so crops can be preprocessed
+    while the model itself is still loading. `__call__` is thread-safe (pure PIL / numpy)."""
 
-    if backend == "pil":
-        cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
-        return cls.from_pretrained(model_id)
-    if backend == "torchvision":
-        return transformers.AutoImageProcessor.from_pretrained(model_id, backend="torchvision")
-    raise ValueError(f"unknown CLIP image backend {backend!r} (pil | torchvision)")
+    def __init__(self, model_id: str, backend: str = "pil") -> None:
+        import transformers
+
+        if backend == "pil":
+            cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+            self.processor = cls.from_pretrained(model_id)
+        elif backend == "torchvision":
+            self.processor = transformers.AutoImageProcessor.from_pretrained(model_id, backend="torchvision")
+        else:
+            raise ValueError(f"unknown CLIP image backend {backend!r} (pil | torchvision)")
+
+    def __call__(self, crop: np.ndarray) -> Tensor:
+        """uint8 (H, W, 3) crop -> pixel values (3, S, S)."""
+        out = self.processor(images=crop, return_tensors="pt", input_data_format="channels_last")
+        return out["pixel_values"][0]
 
 
 class RegionCLIP:
     """One loaded CLIP model with its processor, tokenizer and a text-embedding cache.
 
-    `preprocess` is thread-safe (pure PIL / numpy), so callers can run it in worker threads."""
+    `preprocess` is thread-safe (pure PIL / numpy), so callers can run it in worker threads.
+    `preprocessor`: an already loaded `CLIPPreprocessor` of `model_id` (default: load one)."""
 
     def __init__(self, model_id: str, *, image_backend: str = "pil", max_tokens: int = 77,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", preprocessor: CLIPPreprocessor | None = None) -> None:
         from transformers import AutoTokenizer, CLIPModel
 
         self.model_id = model_id
+        self.preprocessor = preprocessor or CLIPPreprocessor(model_id, image_backend)
+        self.image_processor = self.preprocessor.processor
         self.model = CLIPModel.from_pretrained(model_id).eval().to(torch.device(device))
-        self.image_processor = _image_processor(model_id, image_backend)
         self.tokenizer = AutoTokenizer.from_pretrained(model_id)
         self.max_tokens = max_tokens
         self._texts: dict[str, Tensor] = {}
@@ -77,8 +89,7 @@ class RegionCLIP:
 
     def preprocess(self, crop: np.ndarray) -> Tensor:
         """uint8 (H, W, 3) crop -> pixel values (3, S, S)."""
-        out = self.image_processor(images=crop, return_tensors="pt", input_data_format="channels_last")
-        return out["pixel_values"][0]
+        return self.preprocessor(crop)
 
     @torch.inference_mode()
     def image_embeddings(self, pixel_values: Tensor) -> Tensor:

@@ -109,3 +109,33 @@ def test_a_clip_model_that_cannot_load_ends_the_run_instead_of_failing_each_samp
         list(scorer.score([item, item]))
     with pytest.raises(OSError):
         scorer.model_ids()
+
+
+def test_the_first_batch_is_prepared_and_scored_while_the_clip_model_loads(monkeypatch):
+    """Only the small image processor is needed to CLIP-preprocess: the first batch's crops, pixel
+    metrics, SSIM and LPIPS must not wait for the CLIP model. The model's load is held until LPIPS
+    has scored a batch; a scorer that waited for the model first would never release it."""
+    import ciebench.metrics.region as region
+
+    lpips_ran, model_loaded = threading.Event(), threading.Event()
+    real_clip, real_lpips = region.RegionCLIP, RegionScorer._lpips_metric
+
+    def slow_clip(*args, **kwargs):
+        if not lpips_ran.wait(timeout=60):
+            raise TimeoutError("LPIPS never ran while the CLIP model was loading")
+        model_loaded.set()
+        return real_clip(*args, **kwargs)
+
+    def lpips_metric(self, preps):
+        if not model_loaded.is_set():
+            assert all(p.clip_pixels is not None for p in preps), "crops were not preprocessed before the model loaded"
+            lpips_ran.set()
+        return real_lpips(self, preps)
+
+    monkeypatch.setattr(region, "RegionCLIP", slow_clip)
+    monkeypatch.setattr(RegionScorer, "_lpips_metric", lpips_metric)
+    rows = list(ciebench.load_dataset("mini"))[:3]
+    items = [ScoreItem(r["id"], r["image"].convert("RGB"), r["mask"], r["image"].convert("RGB"), ["a lamp"]) for r in rows]
+    scores = dict(RegionScorer("cielr", batch_size=2, overlap=False).score(items))
+    assert lpips_ran.is_set() and model_loaded.is_set()
+    assert all(not math.isnan(v["clip"]) and v["lpips"] == 0 for v in scores.values())
