@@ -7,7 +7,9 @@
 Three ways, each a whole fresh process, timed from outside (start-up and imports count):
 
 - floor: a bare process that imports torch and transformers, loads the same CLIP and runs its image
-  forward on the same crops (saved as lossless PNGs), at the same batch size, dtype and device;
+  forward on the same crops (saved as lossless PNGs), at the same batch size, dtype and device, with
+  the same allocator setting as ciebench's process (`ciebench.allocator`; --allocator system gives
+  every way glibc's defaults);
 - reference: the published per-image loop (`tests/metrics_reference.PublishedLoop`: torchmetrics
   modules and one CLIP forward per image and text), parity protocols only;
 - ciebench: the real `python -m ciebench score` over a folder of predictions; its per-stage account
@@ -133,7 +135,8 @@ def _timer():
 
 
 def child_floor(manifest: dict, batch_size: int, device: str, out: Path, started: float) -> None:
-    """Only what the floor needs: torch, transformers, PIL; nothing of ciebench is imported."""
+    """Only what the floor needs: torch, transformers, PIL; of ciebench only its allocator setting
+    (applied in `main`), so the floor's memory comes from where ciebench's does."""
     import torch
     import transformers
     from PIL import Image
@@ -317,7 +320,8 @@ def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace) 
     cpus = {w: [r["cpu_s"] for r in rs] for w, rs in runs.items()}
     print(f"\nCIEBench region metrics ({', '.join(METRICS)}), protocol {args.protocol}, {n} samples (synthetic "
           f"edits), device {args.device}, batch {args.batch_size}, torch threads {runs['floor'][0]['threads']} "
-          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} for every way); {args.repeat} round(s), interleaved")
+          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, allocator {args.allocator} for every way); "
+          f"{args.repeat} round(s), interleaved")
     print(f"{'whole process':28}{'wall min / median / max s':>28}{'CPU min / median / max s':>28}{'peak RSS':>12}")
     for way, rs in runs.items():
         print(f"  {way:26}{_stats(walls[way]):>28}{_stats(cpus[way]):>28}{max(r['peak_rss_mib'] for r in rs):>8.0f} MiB")
@@ -457,6 +461,9 @@ def main() -> None:
                         help="intra-op threads of every way (OMP_NUM_THREADS / MKL_NUM_THREADS); default: all cores")
     parser.add_argument("--work", type=Path, help="keep models, inputs and outputs in this folder (published "
                         "models are reused by later runs); default: a temporary folder")
+    parser.add_argument("--allocator", choices=["tuned", "system"], default="tuned",
+                        help="memory allocator of every way (ciebench.allocator; CIEBENCH_ALLOCATOR): ciebench's "
+                        "setting (default), or glibc's defaults")
     parser.add_argument("--no-reference", action="store_true", help="skip the published per-image loop")
     parser.add_argument("--breakdown", action="store_true", help="CPU time of each piece of work, in one process")
     parser.add_argument("--memory", help="N1,N2: peak memory of scoring N1 and N2 generated samples (cheap metrics)")
@@ -466,6 +473,10 @@ def main() -> None:
     args = parser.parse_args()
     # Set before any child starts (and before torch is imported here), so every way runs with the same pool.
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    os.environ["CIEBENCH_ALLOCATOR"] = args.allocator  # read by every way's process, ciebench's CLI included
+    from ciebench.allocator import reuse_freed_memory
+
+    reuse_freed_memory()  # here too: the floor, the reference and --breakdown run in this script's process
     if args.way:
         manifest = json.loads(Path(args.manifest).read_text())
         if args.way == "floor":

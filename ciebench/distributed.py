@@ -109,7 +109,11 @@ def driver_threads(options: RayOptions) -> int | None:
     return torch.get_num_threads()
 
 
-def _use_threads(threads: int | None, device: str) -> None:
+def _set_up_worker(threads: int | None, device: str) -> None:
+    """A worker process computes as the driver's would: same allocator settings, same threads."""
+    from .allocator import reuse_freed_memory
+
+    reuse_freed_memory()
     # Set explicitly: whether Ray's OMP_NUM_THREADS reaches torch depends on when torch was imported.
     if threads and device == "cpu":
         import torch
@@ -121,7 +125,7 @@ class EditWorker:
     """A Ray actor: the editor, built once; edits batches of raw rows into `PreparedResult`s."""
 
     def __init__(self, recipe: EditorRecipe, features: Any, device: str, threads: int | None = None):
-        _use_threads(threads, device)
+        _set_up_worker(threads, device)
         self.editor = recipe.build()
         self.editor.to(device)
         self.features = features
@@ -154,7 +158,7 @@ class RegionWorker:
 
     def __init__(self, protocol: Any, metrics: list[str], device: str, batch_size: int, features: Any,
                  threads: int | None = None):
-        _use_threads(threads, device)
+        _set_up_worker(threads, device)
         from ciebench.metrics.region import RegionScorer
 
         self.scorer = RegionScorer(protocol, metrics=metrics, device=device, batch_size=batch_size)

@@ -5,6 +5,8 @@ import logging
 
 import typer
 
+from ciebench.allocator import reuse_freed_memory
+
 from . import handling
 from .handling import CommandApp
 
@@ -22,6 +24,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
           bundle: str = typer.Option("", "--bundle", envvar="CIEBENCH_BUNDLE", help="Use an offline bundle (from `ciebench prefetch --bundle`) for everything; no network.")) -> None:
     handling.VERBOSE = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    reuse_freed_memory()  # this process is ours: large tensors reuse freed memory (ciebench.allocator)
     if bundle:
         from .travel import use_bundle
 

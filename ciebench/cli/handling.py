@@ -63,13 +63,18 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class CommandApp(typer.Typer):
-    """A `typer.Typer` whose every command runs inside `handle_errors`."""
+    """A `typer.Typer` whose every command, and its callback, runs inside `handle_errors`."""
 
     def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        register = super().command(*args, **kwargs)
+        return _handled(super().command(*args, **kwargs))
 
-        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-            register(handle_errors(fn))
-            return fn
+    def callback(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return _handled(super().callback(*args, **kwargs))
 
-        return decorator
+
+def _handled(register: Callable[[Callable[..., Any]], Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        register(handle_errors(fn))
+        return fn
+
+    return decorator
