@@ -285,3 +285,63 @@ def test_data_info_mini_prints_counts():
     result = runner.invoke(app, ["data", "info", "mini"])
     assert result.exit_code == 0, result.output
     assert "samples:   9" in result.output and "recolor" in result.output
+
+
+# --- reading a saved dataset: no writes beside it, memory flat in its rows ------------------------------
+
+def _save_noise_dataset(folder: Path, n: int) -> None:
+    """`n` rows, each with its own incompressible 160x160 image (~77 KB as PNG) and a mask."""
+    import datasets
+
+    from ciebench.schema import FEATURES
+
+    rng = np.random.default_rng(0)
+
+    def png(array):
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="PNG")
+        return buf.getvalue()
+
+    mask = np.zeros((160, 160), np.uint8)
+    mask[40:120, 40:120] = 255
+    rows = {"id": [f"s{i}" for i in range(n)],
+            "image": [{"bytes": png(rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)), "path": None} for _ in range(n)],
+            "mask": [{"bytes": png(mask), "path": None}] * n, "instruction": ["Remove it."] * n,
+            "clip_text": [["wall"]] * n, "edit_type": ["remove"] * n, "notes": [""] * n, "meta": ["{}"] * n}
+    datasets.Dataset.from_dict(rows, features=FEATURES).save_to_disk(str(folder))
+
+
+def test_reading_a_saved_dataset_writes_nothing_into_its_folder(tmp_path: Path):
+    # datasets' `cast` used to rewrite the whole table into a cache-*.arrow file beside the user's data
+    folder = tmp_path / "saved"
+    _save_noise_dataset(folder, 6)
+    before = sorted(p.name for p in folder.iterdir())
+    loaded = read_dataset(str(folder))
+    assert len(loaded.dataset) == 6 and not loaded.problems
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_checking_a_saved_dataset_does_not_hold_every_image_at_once(tmp_path: Path):
+    """The row-by-row check keeps Python memory flat in the number of rows: 4x the rows (each image
+    ~77 KB of its own) may add far less than an image per extra row to the traced peak (ids and
+    indices remain: about 1 KB per row)."""
+    import gc
+    import tracemalloc
+
+    def peak_while_reading(n: int) -> int:
+        folder = tmp_path / f"saved-{n}"
+        _save_noise_dataset(folder, n)
+        read_dataset(str(folder))  # the first read pays one-off imports and caches
+        gc.collect()
+        tracemalloc.start()
+        try:
+            loaded = read_dataset(str(folder))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert len(loaded.dataset) == n
+        return peak
+
+    small, large = peak_while_reading(30), peak_while_reading(120)
+    per_row = (large - small) / 90
+    assert per_row < 10_000, (small, large)  # holding every checked row was ~77 KB per row

@@ -163,14 +163,20 @@ def _wrap(dataset: datasets.Dataset, spec: str, kind: str, roots: list[Path]) ->
     if missing:
         raise DatasetError(f"{spec}: dataset lacks ciebench columns {missing}; convert it with `ciebench data prepare`")
     try:
-        dataset = dataset.select_columns(list(FEATURES)).cast(FEATURES)
+        # `cast` rewrites the whole table (into a cache file beside a saved dataset: 146 MB for
+        # 2,000 CIEBench rows), so it runs only when the schema differs from ciebench's.
+        if list(dataset.column_names) != list(FEATURES):
+            dataset = dataset.select_columns(list(FEATURES))
+        if dataset.features != FEATURES:
+            dataset = dataset.cast(FEATURES)
     except Exception as exc:  # noqa: BLE001
         raise DatasetError(f"{spec}: columns do not fit ciebench's schema ({type(exc).__name__}: {exc})") from exc
     raw = dataset.cast_column("image", datasets.Image(decode=False)).cast_column("mask", datasets.Image(decode=False))
     problems: list[Problem] = []
     keep: list[int] = []
-    rows: list[dict[str, Any]] = []
-    from_paths = False
+    # Only rows whose images were read from files are kept: holding every checked row would hold
+    # every image's bytes at once, and peak memory would grow with the number of samples.
+    read_from_paths: dict[int, dict[str, Any]] = {}
     seen: set[str] = set()
     for i, row in enumerate(raw):
         checked = _check_row(row, i, roots, seen, problems)
@@ -178,12 +184,13 @@ def _wrap(dataset: datasets.Dataset, spec: str, kind: str, roots: list[Path]) ->
             continue
         row, read_a_path = checked
         keep.append(i)
-        rows.append(row)
-        from_paths = from_paths or read_a_path
-    if from_paths:
+        if read_a_path:
+            read_from_paths[i] = row
+    if read_from_paths:
         # Rows that pointed at files now carry those files' bytes: nothing outside the checked
         # folder can be read later, whatever the working directory.
-        dataset = datasets.Dataset.from_list(rows, features=FEATURES) if rows else _empty()
+        rows = [read_from_paths.get(i) or raw[i] for i in keep]
+        dataset = datasets.Dataset.from_list(rows, features=FEATURES)
     elif len(keep) < len(dataset):
         dataset = dataset.select(keep, keep_in_memory=True)
     loaded = LoadedDataset(dataset=dataset, spec=spec, kind=kind, problems=problems)
