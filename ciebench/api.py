@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
+from .allocator import reuse_freed_memory
 from .errors import DataError, UsageError
 
 if TYPE_CHECKING:
@@ -77,9 +78,11 @@ def evaluate(editor: str | Editor, dataset: DatasetArg, out: str | Path, *,
     `Backend` instance, used as is and left open. An existing `out` with the same spec is resumed:
     finished samples are not redone. `benchmark` (see `ciebench benchmarks`) replaces `dataset`; a
     judge-scored benchmark runs its own generation and official scoring. Dataset problems (skipped
-    samples) go to `on_problem`, or to the log."""
+    samples) go to `on_problem`, or to the log. Like the `ciebench` command, it sets this process's
+    allocator to reuse freed memory (`ciebench.allocator`; CIEBENCH_ALLOCATOR=system leaves it)."""
     from .runner import RunOptions, run
 
+    reuse_freed_memory()
     out = Path(out)
     seeds = _seeds(seeds)
     bench = _benchmark(benchmark)
@@ -129,7 +132,8 @@ def score(dataset: DatasetArg, predictions: str | Path, out: str | Path, *,
     as a run's, with `editor` null and `predictions` recorded). A prediction that is missing or
     unreadable is a row with that status, not an error: see `RunResult.rows`. `benchmark` replaces
     `dataset` for a benchmark scored through the dataset pipeline (a judge-scored one has its own
-    `ciebench score --benchmark`)."""
+    `ciebench score --benchmark`). Sets the allocator as `evaluate` does."""
+    reuse_freed_memory()
     loaded, predictions, found, options, built = _score_inputs(
         dataset, predictions, limit, protocol, metrics, judge, judge_protocol, judge_passes, judge_prompts, max_cost,
         judge_canaries, judge_batch, device, batch_size, backend, ray_address, num_workers, gpus_per_worker,

@@ -57,3 +57,14 @@ def test_a_wrong_setting_is_a_usage_error_naming_the_variable(monkeypatch):
     result = CliRunner().invoke(app, ["metrics"])  # the root callback applies it for every command
     assert result.exit_code == 2
     assert "CIEBENCH_ALLOCATOR='fast'" in result.output
+
+
+def test_the_python_api_applies_the_setting_too(monkeypatch, tmp_path):
+    import ciebench
+
+    monkeypatch.setenv(ENV, "fast")  # read first: a wrong value stops before any dataset is touched
+    with pytest.raises(UsageError, match="CIEBENCH_ALLOCATOR='fast'"):
+        ciebench.evaluate("identity", "mini", tmp_path / "run")
+    with pytest.raises(UsageError, match="CIEBENCH_ALLOCATOR='fast'"):
+        ciebench.score("mini", tmp_path / "predictions", tmp_path / "scored")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "scored").exists()
