@@ -3,11 +3,11 @@
 By default glibc maps every block above a dynamic threshold (at most 32 MiB) with a fresh mmap and
 unmaps it on free. In a scoring run (LPIPS's 33 MB maps and worker threads beside the CLIP forward)
 large tensors kept landing on fresh pages, batch after batch: the extra time was system time (page
-faults and zeroing), not computation. `reuse_freed_memory` serves blocks up to 256 MiB from
-malloc's heap and keeps up to 1 GiB of freed memory for reuse. Measured (benchmarks/bench_metrics.py, 20 CIEBench samples,
-real-size CLIP ViT-L/14-336 and SqueezeNet, 2 CPU cores): `ciebench score`'s CLIP forward took
-51.7 s with glibc's defaults against a bare process's 45.9 s for the same forward; with this
-setting 46.0 s against 45.9 s, and the whole run 57.4 s instead of 63.6 s. Values are unchanged
+faults and zeroing), not computation. `reuse_freed_memory` serves blocks up to 256 MiB from malloc's
+heap and keeps up to 1 GiB of freed memory for reuse. Measured (benchmarks/bench_metrics.py, 20
+CIEBench samples, real-size CLIP ViT-L/14-336 and SqueezeNet, 2 CPU cores): `ciebench score`'s CLIP
+forward took 51.7 s with glibc's defaults against a bare process's 45.9 s for the same forward; with
+this setting 46.0 s against 45.9 s, and the whole run 57.4 s instead of 63.6 s. Values are unchanged
 (only where memory comes from changes); the cost is resident memory that stays at its peak instead
 of shrinking between batches.
 

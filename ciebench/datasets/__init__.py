@@ -189,7 +189,7 @@ def _wrap(dataset: datasets.Dataset, spec: str, kind: str, roots: list[Path]) ->
     if read_from_paths:
         # Rows that pointed at files now carry those files' bytes: nothing outside the checked
         # folder can be read later, whatever the working directory.
-        rows = [read_from_paths.get(i) or raw[i] for i in keep]
+        rows = [read_from_paths.get(i) or _without_paths(raw[i]) for i in keep]
         dataset = datasets.Dataset.from_list(rows, features=FEATURES)
     elif len(keep) < len(dataset):
         dataset = dataset.select(keep, keep_in_memory=True)
@@ -265,6 +265,11 @@ def _read_from_roots(roots: list[Path], path: str, sample_id: str, role: str, pr
         problems.append(Problem("error", sample_id, path, f"{role} is a bare path with no dataset folder to resolve it in; rejected"))
         return None
     return read_contained(roots[0], rel, sample_id, role, problems)
+
+
+def _without_paths(row: dict[str, Any]) -> dict[str, Any]:
+    """A checked row whose images all carried bytes, as `_check_row` returns those: bytes only."""
+    return {**row, **{role: {"bytes": row[role]["bytes"], "path": None} for role in ("image", "mask") if row[role]}}
 
 
 def _empty() -> datasets.Dataset:
