@@ -70,7 +70,6 @@ class RegionCLIP:
 
         self.model_id = model_id
         self.preprocessor = preprocessor or CLIPPreprocessor(model_id, image_backend)
-        self.image_processor = self.preprocessor.processor
         self.model = CLIPModel.from_pretrained(model_id).eval().to(torch.device(device))
         self.tokenizer = AutoTokenizer.from_pretrained(model_id)
         self.max_tokens = max_tokens
@@ -82,9 +81,10 @@ class RegionCLIP:
         return next(self.model.parameters()).device
 
     def model_ids(self) -> dict[str, str]:
-        crop = getattr(self.image_processor, "crop_size", None) or {}
+        processor = self.preprocessor.processor
+        crop = getattr(processor, "crop_size", None) or {}
         return {"clip": self.model_id, "clip_revision": _revision(self.model_id),
-                "clip_image_processor": f"{type(self.image_processor).__name__}@{crop.get('height', '?')}",
+                "clip_image_processor": f"{type(processor).__name__}@{crop.get('height', '?')}",
                 "clip_tokenizer": type(self.tokenizer).__name__}
 
     def preprocess(self, crop: np.ndarray) -> Tensor:
