@@ -329,36 +329,64 @@ def score_entries(scorer: Any, entries: Iterable[tuple[tuple[str, int], EditSamp
                   ) -> Iterator[tuple[tuple[str, int], dict[str, Any]]]:
     """Decode each prediction and run `scorer` (a RegionScorer) over the readable ones, lazily and in
     order; yields (key, metric values), or (key, {UNREADABLE: message}) for a prediction that does not
-    decode. Shared by the local scorer and the Ray workers, so both score exactly alike."""
+    decode. Shared by the local scorer and the Ray workers, so both score exactly alike.
+
+    Predictions decode in `scorer.workers` threads, a few ahead of the scorer, so that on a GPU the
+    host's serial part per sample is only reading the dataset row (PIL and zlib release the GIL)."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from ciebench.metrics.region import ScoreItem
-
-    keys: deque[tuple[str, int]] = deque()
-    unreadable: deque[tuple[tuple[str, int], dict[str, Any]]] = deque()
-
     from ciebench.metrics.timing import StageTimer
 
+    # Every entry's key in input order, with {UNREADABLE: message} for a prediction that does not
+    # decode: filled by the scorer's feeder thread, emptied here, so rows come back in input order.
+    keys: deque[tuple[tuple[str, int], dict[str, Any] | None]] = deque()
     timer = getattr(scorer, "timer", None) or StageTimer()
+    workers = getattr(scorer, "workers", None) or 2
+
+    def decode(key: tuple[str, int], name: str, data: bytes) -> tuple[Any, str | None]:
+        problems: list[Problem] = []
+        with timer.stage("decode"):
+            image = decode_image(data, name, key[0], "prediction", problems)
+        if image is None:
+            return None, problems[0].message if problems else "unreadable prediction"
+        return image.image, None
 
     def items():
-        for key, sample, name, data in entries:
-            problems: list[Problem] = []
-            with timer.stage("decode"):
-                image = decode_image(data, name, key[0], "prediction", problems)
+        # Decoded images wait here at most `2 * workers` at a time: memory stays flat.
+        ahead: deque[tuple[tuple[str, int], EditSample, Future]] = deque()
+
+        def ready():
+            key, sample, future = ahead.popleft()
+            image, problem = future.result()
             if image is None:
-                unreadable.append((key, {UNREADABLE: problems[0].message if problems else "unreadable prediction"}))
-                continue
-            keys.append(key)
-            yield ScoreItem(sample_id=key[0], source=sample.image, mask=sample.mask, prediction=image.image,
+                keys.append((key, {UNREADABLE: problem}))
+                return
+            keys.append((key, None))
+            yield ScoreItem(sample_id=key[0], source=sample.image, mask=sample.mask, prediction=image,
                             clip_text=sample.clip_text)
 
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ciebench-decode") as pool:
+            try:
+                for key, sample, name, data in entries:
+                    ahead.append((key, sample, pool.submit(decode, key, name, data)))
+                    if len(ahead) > 2 * workers:
+                        yield from ready()
+                while ahead:
+                    yield from ready()
+            finally:
+                for _key, _sample, future in ahead:  # stopped early: drop what is not started
+                    future.cancel()
+
     for sample_id, values in scorer.score(items()):
-        while unreadable:
-            yield unreadable.popleft()
-        key = keys.popleft()
+        key, unreadable = keys.popleft()
+        while unreadable is not None:
+            yield key, unreadable
+            key, unreadable = keys.popleft()
         assert sample_id == key[0], (sample_id, key)
         yield key, values
-    while unreadable:
-        yield unreadable.popleft()
+    while keys:  # unreadable ones after the last scored one
+        yield keys.popleft()
 
 
 def _index_by_id(loaded: LoadedDataset, wanted: set[str]) -> tuple[dict[str, int], list[str]]:

@@ -139,3 +139,62 @@ def test_the_first_batch_is_prepared_and_scored_while_the_clip_model_loads(monke
     scores = dict(RegionScorer("cielr", batch_size=2, overlap=False).score(items))
     assert lpips_ran.is_set() and model_loaded.is_set()
     assert all(not math.isnan(v["clip"]) and v["lpips"] == 0 for v in scores.values())
+
+
+def test_predictions_decode_in_parallel_and_come_back_in_input_order(monkeypatch):
+    """`score_entries` decodes predictions in the scorer's worker threads (on a GPU the host's serial
+    part must be small). The first two decodes wait for each other: decoding one at a time would break
+    the barrier. Rows keep the input order, and an unreadable prediction keeps its place."""
+    import io
+
+    import ciebench.scoring as scoring
+    from ciebench.schema import EditSample
+
+    real_decode, calls, lock = scoring.decode_image, [], threading.Lock()
+    barrier = threading.Barrier(2, timeout=20)
+
+    def decode(*args, **kwargs):
+        with lock:
+            calls.append(threading.current_thread().name)
+            first_two = len(calls) <= 2
+        if first_two:
+            barrier.wait()  # raises BrokenBarrierError if the other decode never runs meanwhile
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "decode_image", decode)
+    samples = [EditSample.from_row(r) for r in list(ciebench.load_dataset("mini"))[:5]]
+    predictions = [synthetic_edit(s.image, s.mask, KINDS[1 + n % (len(KINDS) - 1)], seed=n) for n, s in enumerate(samples)]
+    entries = []
+    for n, (s, image) in enumerate(zip(samples, predictions)):
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        data = buffer.getvalue()[:300] if n == 2 else buffer.getvalue()  # a truncated PNG
+        entries.append(((s.id, 0), s, f"pred/{s.id}.png", data))
+
+    scorer = RegionScorer("cielr", metrics=["psnr", "mse"], batch_size=2, workers=2)
+    got = list(scoring.score_entries(scorer, iter(entries)))
+
+    assert [key for key, _ in got] == [e[0] for e in entries]
+    assert len(set(calls[:2])) == 2 and all(name.startswith("ciebench-decode") for name in calls)
+    bad = got[2][1]
+    assert set(bad) == {scoring.UNREADABLE} and bad[scoring.UNREADABLE].startswith("prediction is unreadable")
+    # Independent expectation: the same scorer on the images themselves, decoded here by PIL.
+    direct = dict(RegionScorer("cielr", metrics=["psnr", "mse"], batch_size=1, workers=1).score(
+        ScoreItem(s.id, s.image, s.mask, image) for n, (s, image) in enumerate(zip(samples, predictions)) if n != 2))
+    assert len(direct) == 4
+    for key, values in got[:2] + got[3:]:
+        assert values == direct[key[0]]
+
+
+def test_preparation_threads_scale_with_the_cores_only_off_the_cpu(monkeypatch):
+    import os
+
+    import torch
+
+    from ciebench.metrics.region import default_workers
+
+    assert default_workers(torch.device("cpu")) == 2  # a CPU run's cores belong to the models
+    for cores, threads, expected in ((2, 2, 2), (6, 6, 3), (16, 16, 8), (64, 64, 8), (16, 4, 2), (4, 16, 2)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
+        monkeypatch.setattr(torch, "get_num_threads", lambda n=threads: n)
+        assert default_workers(torch.device("cuda")) == expected, (cores, threads)
