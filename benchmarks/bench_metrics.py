@@ -11,7 +11,7 @@ Three ways, each a whole fresh process, timed from outside (start-up and imports
   the same allocator setting as ciebench's process (`ciebench.allocator`; --allocator system gives
   every way glibc's defaults);
 - reference: the published per-image loop (`tests/metrics_reference.PublishedLoop`: torchmetrics
-  modules and one CLIP forward per image and text), parity protocols only;
+  modules and one CLIP forward per image and text, on the same device), parity protocols only;
 - ciebench: the real `python -m ciebench score` over a folder of predictions; its per-stage account
   comes from the run's summary.json "timing" (stage shares of the wall clock, `metrics.timing`),
   "startup" being the rest of the process (imports, CLI, reading and verifying the dataset).
@@ -19,7 +19,9 @@ Three ways, each a whole fresh process, timed from outside (start-up and imports
 Per stage, each way reports its share of the wall clock (decode, align, pixel metrics, SSIM,
 LPIPS, CLIP preprocess, CLIP forward, writing, summary, ...). Printed: the whole-process walls
 (min / median / max over --repeat runs), the floor ratio (ciebench / floor), the reference ratio
-(reference / ciebench), the per-stage table, peak memory, and the largest difference between the
+(reference / ciebench), the same ratios for scoring only (the process less start-up, imports and
+model load: the measure of the GPU targets, 86 samples in under 5 s, at least 5x the reference,
+within 1.3x of the floor), the per-stage table, peak memory, and the largest difference between the
 reference's and ciebench's results per metric.
 
 Inputs: the real CIEBench (../shared/ciebench, or --source) with one synthetic edited image per
@@ -176,7 +178,7 @@ def child_floor(manifest: dict, batch_size: int, device: str, out: Path, started
     out.write_text(json.dumps({"stages": stages, "n_crops": len(paths), "threads": torch.get_num_threads()}))
 
 
-def child_reference(manifest: dict, out: Path, started: float) -> None:
+def child_reference(manifest: dict, device: str, out: Path, started: float) -> None:
     import torch
     from PIL import Image
 
@@ -189,14 +191,20 @@ def child_reference(manifest: dict, out: Path, started: float) -> None:
     if protocol.size is None:
         raise SystemExit("the published loop exists for the parity protocols (cielr, smartedit) only")
 
+    dev = torch.device(device)
+
     def timed(name, fn):
         def wrapper(*args, **kwargs):
             with timer.stage(name):
-                return fn(*args, **kwargs)
+                value = fn(*args, **kwargs)
+                if dev.type == "cuda":  # the loop's float() waits right after; the wait belongs to the stage
+                    torch.cuda.synchronize(dev)
+                return value
         return wrapper
 
     with timer.stage("load"):
-        loop = ref.PublishedLoop(size=protocol.size, clip_model=protocol.clip_model, ssim_crop=protocol.ssim_border == "crop")
+        loop = ref.PublishedLoop(size=protocol.size, clip_model=protocol.clip_model,
+                                 ssim_crop=protocol.ssim_border == "crop", device=device)
     ref.published_inputs = timed("align", ref.published_inputs)
     ref.published_ssim = timed("ssim", ref.published_ssim)
     loop.psnr, loop.mse = timed("pixel", loop.psnr), timed("pixel", loop.mse)
@@ -284,7 +292,7 @@ def bench_speed(args: argparse.Namespace, work: Path) -> None:
     manifest_path = prepare(args.source, work, args.protocol, args.limit)
     manifest = json.loads(manifest_path.read_text())
     n = len(manifest["rows"])
-    with_reference = get_protocol(args.protocol).is_parity and args.device == "cpu" and not args.no_reference
+    with_reference = get_protocol(args.protocol).is_parity and not args.no_reference
     ways = ["floor"] + (["reference"] if with_reference else []) + ["ciebench"]
     runs: dict[str, list[dict]] = {w: [] for w in ways}
     for rep in range(args.repeat):
@@ -327,13 +335,27 @@ def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace) 
         print(f"  {way:26}{_stats(walls[way]):>28}{_stats(cpus[way]):>28}{max(r['peak_rss_mib'] for r in rs):>8.0f} MiB")
     print(f"noise: identical floor runs differ by up to {max(walls['floor']) / min(walls['floor']) - 1:.0%} wall, "
           f"{max(cpus['floor']) / min(cpus['floor']) - 1:.0%} CPU")
+    gpu = args.device.startswith("cuda")
     print("floor ratio (ciebench / floor, whole process, per round):")
-    _ratios("wall clock", walls["ciebench"], walls["floor"], " (target <= 1.10x)")
+    _ratios("wall clock", walls["ciebench"], walls["floor"], f" (target <= {'1.30' if gpu else '1.10'}x)")
     _ratios("CPU time (less sensitive to load)", cpus["ciebench"], cpus["floor"])
     if "reference" in runs:
         print("reference ratio (reference / ciebench, whole process, per round):")
         _ratios("wall clock", walls["reference"], walls["ciebench"])
         _ratios("CPU time", cpus["reference"], cpus["ciebench"])
+    # The GPU targets count scoring only: the process less its start-up, imports and model loading
+    # (each way's "load" stage is its share of the clock, so loading hidden behind work is not removed).
+    scoring = {w: [r["wall_s"] - sum(r["stages"].get(k, 0.0) for k in ("startup", "import", "load")) for r in rs]
+               for w, rs in runs.items()}
+    print("scoring only (whole process less start-up, imports and model load; ciebench's start-up includes reading "
+          "and checking the dataset; min / median / max s):")
+    for way in runs:
+        target = f" (target on a GPU: < {5 * n / 86:.2f} s, i.e. 86 samples in 5 s)" if way == "ciebench" and gpu else ""
+        print(f"  {way:26}{_stats(scoring[way], 2):>28}{target}")
+    _ratios("ciebench / floor", scoring["ciebench"], scoring["floor"])
+    if "reference" in runs:
+        _ratios("reference / ciebench", scoring["reference"], scoring["ciebench"],
+                " (target on a GPU >= 5x)" if gpu else "")
     # Per-stage table: median over runs of each stage's share of the wall clock, in seconds.
     names = [s for s in STAGE_ORDER if any(s in r["stages"] for rs in runs.values() for r in rs)]
     names += sorted({s for rs in runs.values() for r in rs for s in r["stages"]} - set(names))
@@ -482,7 +504,7 @@ def main() -> None:
         if args.way == "floor":
             child_floor(manifest, args.batch_size, args.device, Path(args.out), started)
         else:
-            child_reference(manifest, Path(args.out), started)
+            child_reference(manifest, args.device, Path(args.out), started)
         return
     if not (args.source / "updated_data.json").exists():
         raise SystemExit(f"no CIEBench release at {args.source} (pass --source)")

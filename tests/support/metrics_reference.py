@@ -24,17 +24,18 @@ class PublishedLoop:
     size: int
     clip_model: str
     ssim_crop: bool = True  # torchmetrics < 1.5 averaged the SSIM map without a 5-px border
+    device: str = "cpu"  # the scripts move each image's tensors and the models to one device
 
     def __post_init__(self) -> None:
         import transformers
         from torchmetrics import MeanSquaredError
         from torchmetrics.image import LearnedPerceptualImagePatchSimilarity, PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
-        self.mse = MeanSquaredError()
-        self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
-        self.lpips = LearnedPerceptualImagePatchSimilarity(net_type="squeeze")
-        self.clip = transformers.CLIPModel.from_pretrained(self.clip_model).eval()
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0).to(self.device)
+        self.mse = MeanSquaredError().to(self.device)
+        self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0).to(self.device)
+        self.lpips = LearnedPerceptualImagePatchSimilarity(net_type="squeeze").to(self.device)
+        self.clip = transformers.CLIPModel.from_pretrained(self.clip_model).eval().to(self.device)
         image_processor_cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
         self.processor = transformers.CLIPProcessor(
             image_processor=image_processor_cls.from_pretrained(self.clip_model),
@@ -43,6 +44,7 @@ class PublishedLoop:
     @torch.no_grad()
     def score(self, source: Image.Image, mask: Image.Image | None, prediction: Image.Image, texts: list[str]) -> dict[str, float]:
         t_pred, t_gt, pred, mask_img = published_inputs(source, mask, prediction, self.size)
+        t_pred, t_gt = t_pred.to(self.device), t_gt.to(self.device)
         out = {
             "psnr": float(self.psnr(t_pred, t_gt)),
             "mse": float(self.mse(t_pred, t_gt)),
@@ -65,7 +67,7 @@ class PublishedLoop:
         scores = []
         for text in texts:
             inputs = self.processor(text=[text], images=[pixels], return_tensors="pt", padding=True,
-                                    truncation=True, max_length=77)
+                                    truncation=True, max_length=77).to(self.device)
             outputs = self.clip(**inputs)
             scores.append(100 * float((outputs.image_embeds * outputs.text_embeds).sum()))
         value = float(np.mean(scores))
