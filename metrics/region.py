@@ -233,15 +233,21 @@ class RegionScorer:
                     continue
             return False
 
+        source = iter(items)
+
         def feed() -> None:
             # The caller's iterator runs here, so its decoding overlaps the models' work.
             try:
-                for item in items:
+                for item in source:
                     if not put(pool.submit(self._prepare, item)):
                         return
                 put(_END)
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
                 put(exc)
+            finally:
+                close = getattr(source, "close", None)
+                if close is not None:  # a generator stopped early releases what it holds (threads, files) now
+                    close()
 
         feeder = threading.Thread(target=feed, name="ciebench-feed", daemon=True)
         feeder.start()

@@ -141,14 +141,29 @@ def test_the_first_batch_is_prepared_and_scored_while_the_clip_model_loads(monke
     assert all(not math.isnan(v["clip"]) and v["lpips"] == 0 for v in scores.values())
 
 
+def _entries(n: int, truncated: int | None = None):
+    """`score_entries` input for the first `n` mini samples: synthetic edits as PNG bytes, the one at
+    index `truncated` cut short (unreadable)."""
+    import io
+
+    from ciebench.schema import EditSample
+
+    samples = [EditSample.from_row(r) for r in list(ciebench.load_dataset("mini"))[:n]]
+    predictions = [synthetic_edit(s.image, s.mask, KINDS[1 + i % (len(KINDS) - 1)], seed=i) for i, s in enumerate(samples)]
+    entries = []
+    for i, (s, image) in enumerate(zip(samples, predictions)):
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        data = buffer.getvalue()[:300] if i == truncated else buffer.getvalue()
+        entries.append(((s.id, 0), s, f"pred/{s.id}.png", data))
+    return samples, predictions, entries
+
+
 def test_predictions_decode_in_parallel_and_come_back_in_input_order(monkeypatch):
     """`score_entries` decodes predictions in the scorer's worker threads (on a GPU the host's serial
     part must be small). The first two decodes wait for each other: decoding one at a time would break
     the barrier. Rows keep the input order, and an unreadable prediction keeps its place."""
-    import io
-
     import ciebench.scoring as scoring
-    from ciebench.schema import EditSample
 
     real_decode, calls, lock = scoring.decode_image, [], threading.Lock()
     barrier = threading.Barrier(2, timeout=20)
@@ -162,14 +177,7 @@ def test_predictions_decode_in_parallel_and_come_back_in_input_order(monkeypatch
         return real_decode(*args, **kwargs)
 
     monkeypatch.setattr(scoring, "decode_image", decode)
-    samples = [EditSample.from_row(r) for r in list(ciebench.load_dataset("mini"))[:5]]
-    predictions = [synthetic_edit(s.image, s.mask, KINDS[1 + n % (len(KINDS) - 1)], seed=n) for n, s in enumerate(samples)]
-    entries = []
-    for n, (s, image) in enumerate(zip(samples, predictions)):
-        buffer = io.BytesIO()
-        image.save(buffer, "PNG")
-        data = buffer.getvalue()[:300] if n == 2 else buffer.getvalue()  # a truncated PNG
-        entries.append(((s.id, 0), s, f"pred/{s.id}.png", data))
+    samples, predictions, entries = _entries(5, truncated=2)
 
     scorer = RegionScorer("cielr", metrics=["psnr", "mse"], batch_size=2, workers=2)
     got = list(scoring.score_entries(scorer, iter(entries)))
@@ -184,6 +192,33 @@ def test_predictions_decode_in_parallel_and_come_back_in_input_order(monkeypatch
     assert len(direct) == 4
     for key, values in got[:2] + got[3:]:
         assert values == direct[key[0]]
+
+
+def test_scoring_stopped_early_leaves_no_thread_behind():
+    import ciebench.scoring as scoring
+
+    ours = ("ciebench-decode", "ciebench-feed", "ciebench-align")
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(ours)]
+    rows = scoring.score_entries(RegionScorer("cielr", metrics=["psnr"], batch_size=2, workers=2), iter(_entries(6)[2]))
+    next(rows)
+    rows.close()  # the consumer stops after the first row: the feeder, the decoders and the workers end
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(ours)]
+
+    # The caller's generator is closed too, even while the caller still holds it.
+    released = threading.Event()
+    samples, predictions, _ = _entries(6)
+
+    def held():
+        try:
+            yield from (ScoreItem(s.id, s.image, s.mask, image) for s, image in zip(samples, predictions))
+        finally:
+            released.set()
+
+    source = held()
+    rows = RegionScorer("cielr", metrics=["psnr"], batch_size=2, workers=2).score(source)
+    next(rows)
+    rows.close()
+    assert released.is_set()
 
 
 def test_preparation_threads_scale_with_the_cores_only_off_the_cpu(monkeypatch):
