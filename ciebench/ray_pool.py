@@ -2,9 +2,11 @@
 
 `WorkerPool` starts actors from a factory, feeds them `Task`s (at most `RayOptions.window` in flight
 per actor) and yields (task, result) as results arrive. Actors never restart by themselves
-(`max_restarts=0`). When one dies, every task it had finished is kept, the task it was running is
-charged one attempt and resubmitted (a batch split into single items, so an item that kills its
-worker fails alone), the tasks queued behind it are resubmitted free, and a new actor replaces it (at
+(`max_restarts=0`). When one dies, every task whose result reached the driver is kept, the first
+one whose result did not (the task it was running, or the one it had just finished when the death
+cut off that result's reply: Ray cannot tell them apart, so that one is done again) is charged one
+attempt and resubmitted (a batch split into single items, so an item that kills its worker fails
+alone), the tasks queued behind it are resubmitted free, and a new actor replaces it (at
 most `RayOptions.restarts_allowed` in a run). An item whose worker died more than `max_retries` times
 comes back as `GaveUp`. `RaySession` connects to (or starts) Ray. The editing and scoring actors that
 run on this pool live in `ciebench.distributed`.
@@ -308,7 +310,7 @@ class WorkerPool:
         log.warning("a Ray %s died (%s); %d task(s) of it are checked and resubmitted", self.label, message, len(refs))
         blamed = False
         resubmit: list[Task] = []
-        for ref in refs:  # submission order: the first failed task is the one the actor was running
+        for ref in refs:  # submission order: the first failed task was running (or had just finished)
             _, task = inflight.pop(ref)
             try:
                 result = ray.get(ref, timeout=0)
