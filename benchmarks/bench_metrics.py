@@ -387,6 +387,9 @@ def bench_breakdown(args: argparse.Namespace, work: Path) -> None:
 
     from ciebench.metrics.region import RegionScorer, ScoreItem
 
+    if args.device != "cpu":  # process time does not wait for asynchronous device work
+        raise SystemExit("--breakdown measures CPU time and runs on --device cpu only; on a GPU, read the "
+                         "per-stage table of the speed run (each stage waits for its device work)")
     publish_models(args.protocol)
     manifest = json.loads(prepare(args.source, work, args.protocol, min(args.limit, 8)).read_text())
     scorer = RegionScorer(args.protocol, device=args.device, batch_size=args.batch_size)
