@@ -7,14 +7,17 @@
 Three ways, each a whole fresh process, timed from outside (start-up and imports count):
 
 - floor: a bare process that imports torch and transformers, loads the same CLIP and runs its image
-  forward on the same crops (saved as lossless PNGs), at the same batch size, dtype and device, with
+  forward on the same crops (saved as lossless PNGs), at the same batch size, forward precision (the protocol's), device, with
   the same allocator setting as ciebench's process (`ciebench.allocator`; --allocator system gives
   every way glibc's defaults);
 - reference: the published per-image loop (`tests/metrics_reference.PublishedLoop`: torchmetrics
   modules and one CLIP forward per image and text, on the same device), parity protocols only;
 - ciebench: the real `python -m ciebench score` over a folder of predictions; its per-stage account
   comes from the run's summary.json "timing" (stage shares of the wall clock, `metrics.timing`),
-  "startup" being the rest of the process (imports, CLI, reading and verifying the dataset).
+  "startup" being the rest of the process (imports, CLI, reading and verifying the dataset);
+- float32, for a protocol with reduced-precision forwards (`exact-bf16`, `exact-tf32`): the same
+  command with the preset that is that protocol in float32 (`exact`), for the speed-up and the
+  largest deviation per metric (against the documented bfloat16 bounds, `metrics.precision`).
 
 Per stage, each way reports its share of the wall clock (decode, align, pixel metrics, SSIM,
 LPIPS, CLIP preprocess, CLIP forward, writing, summary, ...). Printed: the whole-process walls
@@ -44,6 +47,7 @@ every 20 ms; mapped dataset pages excluded) and peak RSS, and their ratio. Not a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -125,7 +129,8 @@ def prepare(source: Path, work: Path, protocol_name: str, limit: int | None) -> 
                      "mask": str(source / meta["mask_paths"][0]), "prediction": str(pred_path),
                      "crop": str(crop_path) if crop_path else None, "clip_text": sample.clip_text, "kind": kind})
     manifest = work / "manifest.json"
-    manifest.write_text(json.dumps({"protocol": protocol_name, "clip_model": protocol.clip_model, "source": str(source), "rows": rows}))
+    manifest.write_text(json.dumps({"protocol": protocol_name, "clip_model": protocol.clip_model,
+                                    "model_precision": protocol.model_precision, "source": str(source), "rows": rows}))
     return manifest
 
 
@@ -160,7 +165,14 @@ def child_floor(manifest: dict, batch_size: int, device: str, out: Path, started
 
     model, processor = timed("load", load)
     paths = [r["crop"] for r in manifest["rows"] if r["crop"]]
-    with torch.inference_mode():
+    # The protocol's forward precision, as ciebench applies it (metrics.precision), written out here
+    # so the floor imports nothing of ciebench's scoring: bfloat16 autocast, or TF32 on CUDA.
+    precision = manifest.get("model_precision", "float32")
+    if precision == "tf32" and dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    autocast = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if precision == "bfloat16"
+                else contextlib.nullcontext())
+    with torch.inference_mode(), autocast:
         for start in range(0, len(paths), batch_size):
             part = paths[start:start + batch_size]
             crops = timed("decode", lambda: [Image.open(p).convert("RGB") for p in part])
@@ -169,6 +181,7 @@ def child_floor(manifest: dict, batch_size: int, device: str, out: Path, started
             def forward():
                 feats = model.get_image_features(pixel_values=pixels.to(dev))
                 feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
+                feats = feats.float()
                 feats = feats / feats.norm(dim=-1, keepdim=True)
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
@@ -293,16 +306,18 @@ def bench_speed(args: argparse.Namespace, work: Path) -> None:
     manifest = json.loads(manifest_path.read_text())
     n = len(manifest["rows"])
     with_reference = get_protocol(args.protocol).is_parity and not args.no_reference
-    ways = ["floor"] + (["reference"] if with_reference else []) + ["ciebench"]
+    twin = float32_twin(args.protocol)
+    ways = ["floor"] + (["reference"] if with_reference else []) + ["ciebench"] + (["float32"] if twin else [])
     runs: dict[str, list[dict]] = {w: [] for w in ways}
     for rep in range(args.repeat):
         # Interleaved, and in reverse order every other round (floor, ciebench, ciebench, floor, ...),
         # so a drift in the machine's load hits every way alike.
         for way in (ways if rep % 2 == 0 else ways[::-1]):
             print(f"run {rep + 1}/{args.repeat}: {way} ...", flush=True)
-            if way == "ciebench":
-                runs[way].append(run_ciebench(str(args.source), work / "predictions", work / f"scored-{rep}",
-                                              args.protocol, ",".join(METRICS), args.batch_size, args.device, n))
+            if way in ("ciebench", "float32"):
+                runs[way].append(run_ciebench(str(args.source), work / "predictions", work / f"scored-{way}-{rep}",
+                                              args.protocol if way == "ciebench" else twin, ",".join(METRICS),
+                                              args.batch_size, args.device, n))
                 _print_run(way, runs[way][-1])
                 continue
             out = work / f"{way}-{rep}.json"
@@ -315,6 +330,22 @@ def bench_speed(args: argparse.Namespace, work: Path) -> None:
             runs[way].append({**measured, **result})
             _print_run(way, runs[way][-1])
     report_speed(runs, n, args)
+
+
+def float32_twin(name: str) -> str | None:
+    """For a protocol with reduced-precision forwards (`exact-bf16`), the preset that is the same in
+    float32 (`exact`); None for a float32 protocol."""
+    from ciebench.metrics.protocols import PROTOCOLS, get_protocol
+
+    protocol = get_protocol(name)
+    if protocol.model_precision == "float32":
+        return None
+    want = {k: v for k, v in protocol.to_dict().items() if k not in ("name", "description")}
+    want["model_precision"] = "float32"
+    for other, q in PROTOCOLS.items():
+        if {k: v for k, v in q.to_dict().items() if k not in ("name", "description")} == want:
+            return other
+    raise SystemExit(f"no preset is {name} in float32: its precision cannot be measured against one")
 
 
 def _print_run(way: str, run: dict) -> None:
@@ -356,6 +387,8 @@ def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace) 
     if "reference" in runs:
         _ratios("reference / ciebench", scoring["reference"], scoring["ciebench"],
                 " (target on a GPU >= 5x)" if gpu else "")
+    if "float32" in runs:
+        _ratios(f"speed-up ({float32_twin(args.protocol)} / {args.protocol})", scoring["float32"], scoring["ciebench"])
     # Per-stage table: median over runs of each stage's share of the wall clock, in seconds.
     names = [s for s in STAGE_ORDER if any(s in r["stages"] for rs in runs.values() for r in rs)]
     names += sorted({s for rs in runs.values() for r in rs for s in r["stages"]} - set(names))
@@ -379,6 +412,18 @@ def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace) 
             ok &= bad == 0
             print(f"  {m:6} {max(diffs):.3g}  (tolerance {tol:g}; {bad} over)")
         print("results identical within tolerance" if ok else "RESULTS DIFFER beyond tolerance")
+    if "float32" in runs:
+        from ciebench.metrics.precision import BF16_BOUNDS
+        from ciebench.metrics.protocols import get_protocol
+
+        ours, full = runs["ciebench"][0]["results"], runs["float32"][0]["results"]
+        print(f"\nlargest |{args.protocol} - {float32_twin(args.protocol)}| per metric (reduced- against full-precision "
+              "forwards; same inputs):")
+        for m in METRICS:
+            diffs = [_diff(float(ours[sid][m]), float(full[sid][m])) for sid in full]
+            bound = BF16_BOUNDS.get(m) if get_protocol(args.protocol).model_precision == "bfloat16" else None
+            verdict = "" if bound is None else f"  (documented bound {bound:g}: {'within' if max(diffs) <= bound else 'OVER'})"
+            print(f"  {m:6} {max(diffs):.3g}{verdict}")
 
 
 def bench_breakdown(args: argparse.Namespace, work: Path) -> None:

@@ -19,6 +19,11 @@ from typing import Iterator
 
 import torch
 
+# The largest |bfloat16 - float32| documented for `exact-bf16` against `exact` on CIEBench
+# (docs/metrics.md, "Model precision"); tests/test_model_precision.py asserts them and
+# benchmarks/bench_metrics.py prints a run's deviation against them.
+BF16_BOUNDS = {"clip": 0.5, "lpips": 0.01}  # CLIP in score points (100 x cosine)
+
 _tf32_lock = threading.Lock()
 _tf32_users = 0
 _tf32_saved: tuple[bool, bool] | None = None

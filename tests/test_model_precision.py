@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ciebench.io import stable_hash
-from ciebench.metrics.precision import forward_precision
+from ciebench.metrics.precision import BF16_BOUNDS, forward_precision
 from ciebench.metrics.protocols import PROTOCOLS, get_protocol
 from ciebench.metrics.region import RegionScorer, ScoreItem
 from ciebench.schema import EditSample
@@ -18,8 +18,8 @@ from tests.support.fixtures_models import CLIP_VIT_L14_336, publish_clip, publis
 from tests.support.synthetic_edits import KINDS, synthetic_edit
 
 # The documented bounds (docs/metrics.md, "Model precision"): largest |bf16 - float32| over CIEBench.
-BF16_CLIP_BOUND = 0.5  # CLIP score points (score = 100 * cos)
-BF16_LPIPS_BOUND = 0.01
+BF16_CLIP_BOUND = BF16_BOUNDS["clip"]  # CLIP score points (score = 100 * cos)
+BF16_LPIPS_BOUND = BF16_BOUNDS["lpips"]
 LPIPS_SIDE = 128  # LPIPS here on a 128x128 grid: bfloat16 convolutions are emulated (slow) on CPUs
 
 
