@@ -127,10 +127,11 @@ def _sha256(path: Path) -> str:
 
 
 class RegionScorer:
-    """`workers`: preparation threads (default: `default_workers`). `overlap`: run the pixel metrics, SSIM and LPIPS of a batch in a thread beside its CLIP forward
-    (results are identical either way). Default (None): on where cores allow, i.e. on CUDA (the CLIP
-    forward runs on the device) or when the CPU has at least twice torch's intra-op threads (else the
-    two threads' intra-op pools oversubscribe the cores). `timer`: a shared `StageTimer` (default: own)."""
+    """`workers`: preparation threads (default: `default_workers`). `overlap`: run the pixel metrics,
+    SSIM and LPIPS of a batch in a thread beside its CLIP forward (results are identical either way).
+    Default (None): on where cores allow, i.e. on CUDA (the CLIP forward runs on the device) or when the
+    CPU has at least twice torch's intra-op threads (else the two threads' intra-op pools oversubscribe
+    the cores). `timer`: a shared `StageTimer` (default: own)."""
 
     def __init__(self, protocol: Protocol | str = "cielr", metrics: Sequence[str] | None = None, device: str = "cpu",
                  batch_size: int = 8, workers: int | None = None, overlap: bool | None = None,
