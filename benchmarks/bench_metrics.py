@@ -4,12 +4,12 @@
     python benchmarks/bench_metrics.py --limit 86 --device cuda --protocol exact-bf16
     python benchmarks/bench_metrics.py --memory 250,2000              # peak memory, cheap metrics
 
-Three ways, each a whole fresh process, timed from outside (start-up and imports count):
+The ways, each a whole fresh process, timed from outside (start-up and imports count):
 
 - floor: a bare process that imports torch and transformers, loads the same CLIP and runs its image
-  forward on the same crops (saved as lossless PNGs), at the same batch size, forward precision (the protocol's), device, with
-  the same allocator setting as ciebench's process (`ciebench.allocator`; --allocator system gives
-  every way glibc's defaults);
+  forward on the same crops (saved as lossless PNGs), at the same batch size, device and forward
+  precision (the protocol's), with the same allocator setting as ciebench's process
+  (`ciebench.allocator`; --allocator system gives every way glibc's defaults);
 - reference: the published per-image loop (`tests/metrics_reference.PublishedLoop`: torchmetrics
   modules and one CLIP forward per image and text, on the same device), parity protocols only;
 - ciebench: the real `python -m ciebench score` over a folder of predictions; its per-stage account
