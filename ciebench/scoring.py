@@ -13,7 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -29,6 +29,9 @@ from .results import OK, file_stem, summarize, write_samples
 from .schema import EditSample
 from .status import Status
 from .versions import package_versions
+
+if TYPE_CHECKING:
+    from ciebench.metrics.region import RegionScorer
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +328,7 @@ class LocalRegionScoring:
         return dict(self._scorer.model_ids()) if self._scorer is not None else {}
 
 
-def score_entries(scorer: Any, entries: Iterable[tuple[tuple[str, int], EditSample, str, bytes]]
+def score_entries(scorer: RegionScorer, entries: Iterable[tuple[tuple[str, int], EditSample, str, bytes]]
                   ) -> Iterator[tuple[tuple[str, int], dict[str, Any]]]:
     """Decode each prediction and run `scorer` (a RegionScorer) over the readable ones, lazily and in
     order; yields (key, metric values), or (key, {UNREADABLE: message}) for a prediction that does not
@@ -336,13 +339,11 @@ def score_entries(scorer: Any, entries: Iterable[tuple[tuple[str, int], EditSamp
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from ciebench.metrics.region import ScoreItem
-    from ciebench.metrics.timing import StageTimer
 
     # Every entry's key in input order, with {UNREADABLE: message} for a prediction that does not
     # decode: filled by the scorer's feeder thread, emptied here, so rows come back in input order.
     keys: deque[tuple[tuple[str, int], dict[str, Any] | None]] = deque()
-    timer = getattr(scorer, "timer", None) or StageTimer()
-    workers = getattr(scorer, "workers", None) or 2
+    timer, workers = scorer.timer, scorer.workers
 
     def decode(key: tuple[str, int], name: str, data: bytes) -> tuple[Any, str | None]:
         problems: list[Problem] = []
