@@ -11,7 +11,8 @@ The ways, each a whole fresh process, timed from outside (start-up and imports c
   precision (the protocol's), with the same allocator setting as ciebench's process
   (`ciebench.allocator`; --allocator system gives every way glibc's defaults);
 - reference: the published per-image loop (`tests/metrics_reference.PublishedLoop`: torchmetrics
-  modules and one CLIP forward per image and text, on the same device), parity protocols only;
+  modules and one CLIP forward per image and text, on the same device, in IEEE float32 as ciebench
+  computes the parity protocols: not PyTorch's default TF32 cuDNN convolutions), parity protocols only;
 - ciebench: the real `python -m ciebench score` over a folder of predictions; its per-stage account
   comes from the run's summary.json "timing" (stage shares of the wall clock, `metrics.timing`),
   "startup" being the rest of the process (imports, CLI, reading and verifying the dataset);
@@ -69,6 +70,15 @@ CHEAP_METRICS = "psnr,mse"
 TOLERANCE = {"clip": 1e-4}  # others: 1e-5
 STAGE_ORDER = ("startup", "import", "index", "read", "decode", "load", "align", "clip_preprocess", "pixel", "ssim",
                "locality", "lpips", "clip_text", "clip_forward", "writing", "summary")
+
+
+def strict_float32(tf32: bool = False) -> None:
+    """A fresh child process's float32 math: IEEE everywhere, or TF32 matmuls and convolutions on
+    CUDA. The legacy setters keep PyTorch's legacy and per-op flags consistent in a fresh process."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def use_offline_caches(root: Path) -> None:
@@ -166,10 +176,10 @@ def child_floor(manifest: dict, batch_size: int, device: str, out: Path, started
     model, processor = timed("load", load)
     paths = [r["crop"] for r in manifest["rows"] if r["crop"]]
     # The protocol's forward precision, as ciebench applies it (metrics.precision), written out here
-    # so the floor imports nothing of ciebench's scoring: bfloat16 autocast, or TF32 on CUDA.
+    # so the floor imports nothing of ciebench's scoring: bfloat16 autocast, or TF32 on CUDA, else
+    # IEEE float32 (PyTorch's default would run cuDNN's float32 convolutions in TF32).
     precision = manifest.get("model_precision", "float32")
-    if precision == "tf32" and dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    strict_float32(tf32=precision == "tf32" and dev.type == "cuda")
     autocast = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if precision == "bfloat16"
                 else contextlib.nullcontext())
     with torch.inference_mode(), autocast:
@@ -205,6 +215,7 @@ def child_reference(manifest: dict, device: str, out: Path, started: float) -> N
         raise SystemExit("the published loop exists for the parity protocols (cielr, smartedit) only")
 
     dev = torch.device(device)
+    strict_float32()  # the parity protocols' float32, as ciebench computes it (metrics.precision)
 
     def timed(name, fn):
         def wrapper(*args, **kwargs):

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .align import crop_box, mask_box
+from .precision import float32_math
 
 
 def _features(output) -> Tensor:
@@ -94,7 +95,8 @@ class RegionCLIP:
     @torch.inference_mode()
     def image_embeddings(self, pixel_values: Tensor) -> Tensor:
         pixel_values = pixel_values.to(self.device, non_blocking=pixel_values.is_pinned())
-        feats = _features(self.model.get_image_features(pixel_values=pixel_values)).float()
+        with float32_math():  # the caller's forward precision, else IEEE float32
+            feats = _features(self.model.get_image_features(pixel_values=pixel_values)).float()
         return feats / feats.norm(p=2, dim=-1, keepdim=True)
 
     @torch.inference_mode()
@@ -104,8 +106,11 @@ class RegionCLIP:
             new = list(dict.fromkeys(t for t in texts if t not in self._texts))
             if new:
                 tokens = self.tokenizer(new, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
-                feats = _features(self.model.get_text_features(input_ids=tokens["input_ids"].to(self.device),
-                                                               attention_mask=tokens["attention_mask"].to(self.device)))
+                # IEEE float32 always: the cache serves every precision, so no forward's mode may leak in.
+                with float32_math("ieee"):
+                    feats = _features(self.model.get_text_features(
+                        input_ids=tokens["input_ids"].to(self.device),
+                        attention_mask=tokens["attention_mask"].to(self.device)))
                 feats = feats / feats.norm(p=2, dim=-1, keepdim=True)
                 self._texts.update(zip(new, feats))
             return torch.stack([self._texts[t] for t in texts]) if texts else torch.empty(0)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .pixel import Weighting, background_weight, check_pair, masked_pair, weighted_mean
+from .precision import float32_math
 
 # SqueezeNet feature indices where the lpips taps end (slices [0:2], [2:5], ... [12:13]).
 _TAPS = (2, 5, 8, 10, 11, 12, 13)
@@ -86,12 +87,13 @@ class SqueezeLPIPS(nn.Module):
         n = x0.shape[0]
         h = ((torch.cat((x0, x1)) - self.shift) / self.scale).contiguous(memory_format=torch.channels_last)
         maps = []
-        for block, head in zip(self.slices, self.heads):
-            h = block(h)
-            # Under bfloat16 autocast the convolutions return bfloat16: normalise and reduce in float32
-            # (no-ops in float32).
-            f0, f1 = self._normalize(h[:n].float()), self._normalize(h[n:].float())
-            maps.append(head((f0 - f1) ** 2).float())
+        with float32_math():  # the caller's forward precision, else IEEE float32
+            for block, head in zip(self.slices, self.heads):
+                h = block(h)
+                # Under bfloat16 autocast the convolutions return bfloat16: normalise and reduce in
+                # float32 (no-ops in float32).
+                f0, f1 = self._normalize(h[:n].float()), self._normalize(h[n:].float())
+                maps.append(head((f0 - f1) ** 2).float())
         return maps
 
 

@@ -416,8 +416,9 @@ class RegionScorer:
         for idx in self._chunks(preps):
             with self.timer.stage("lpips"):
                 pred, src, mask = self._stack(preps, idx)
-                with forward_precision(self.protocol.model_precision, self.device):
-                    v = background_lpips(pred, src, mask, self._lpips, self.protocol.weighting).tolist()
+                with forward_precision(self.protocol.model_precision, self.device):  # held while dispatching only
+                    values = background_lpips(pred, src, mask, self._lpips, self.protocol.weighting)
+                v = values.tolist()
             for j, i in enumerate(idx):
                 out[i]["lpips"] = float(v[j])
         return out

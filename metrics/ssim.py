@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .pixel import Arithmetic, Weighting, background_weight, check_pair, default_arithmetic, masked_pair, weighted_mean
+from .precision import float32_math
 
 Border = Literal["crop", "full"]
 
@@ -86,13 +87,14 @@ def ssim_map_torchmetrics(image_p: Tensor, image_t: Tensor, data_range: float = 
     pad = (kernel_size - 1) // 2
     _check_size(p, pad)
     g = gaussian_window(kernel_size, sigma, torch.float32, p.device)[None]
-    kernel = torch.matmul(g.t(), g).expand(c, 1, kernel_size, kernel_size)
     p = F.pad(p, (pad, pad, pad, pad), mode="reflect")
     t = F.pad(t, (pad, pad, pad, pad), mode="reflect")
     # channels-last: the grouped 11x11 convolution runs about a third faster on CPU (oneDNN), with
     # bitwise the same sums as torchmetrics' contiguous layout.
     stacked = torch.cat((p, t, p * p, t * t, p * t)).contiguous(memory_format=torch.channels_last)
-    stats = F.conv2d(stacked, kernel.contiguous(memory_format=torch.channels_last), groups=c).split(1)
+    with float32_math("ieee"):  # never TF32 (cuDNN's default on recent GPUs) or oneDNN bfloat16
+        kernel = torch.matmul(g.t(), g).expand(c, 1, kernel_size, kernel_size)
+        stats = F.conv2d(stacked, kernel.contiguous(memory_format=torch.channels_last), groups=c).split(1)
     return _ssim_from_stats(*stats, (k1 * data_range) ** 2, (k2 * data_range) ** 2)
 
 

@@ -4,12 +4,13 @@ docs/metrics.md documents, on all 86 CIEBench samples (synthetic edits)."""
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
 
 from ciebench.io import stable_hash
-from ciebench.metrics.precision import BF16_BOUNDS, forward_precision
+from ciebench.metrics.precision import BF16_BOUNDS, float32_math, forward_precision
 from ciebench.metrics.protocols import PROTOCOLS, get_protocol
 from ciebench.metrics.region import RegionScorer, ScoreItem
 from ciebench.schema import EditSample
@@ -49,18 +50,157 @@ def test_precision_field_keeps_every_existing_hash_and_is_hashed_when_set():
         exact.with_(name="x", model_precision="float16")
 
 
-def test_forward_precision_contexts():
-    cpu = torch.device("cpu")
+def _process_settings() -> tuple:
+    """Every float32 math setting of the process, legacy readings included ("mixed" where PyTorch
+    refuses to read them)."""
+    def read(fn):
+        try:
+            return fn()
+        except RuntimeError:
+            return "mixed"
+    leaves = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn,
+              torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv, torch.backends.mkldnn.rnn)
+    return (tuple(leaf.fp32_precision for leaf in leaves), torch.backends.fp32_precision,
+            read(torch.get_float32_matmul_precision), read(lambda: torch.backends.cudnn.allow_tf32),
+            read(lambda: torch.backends.cuda.matmul.allow_tf32))
+
+
+@pytest.fixture
+def restore_process_settings():
+    """Tests here change the process's float32 settings as a user's script would; put them back."""
+    yield
+    torch.backends.fp32_precision = "none"
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's defaults
+    for leaf, value in ((torch.backends.cuda.matmul, "none"), (torch.backends.mkldnn.matmul, "none"),
+                        (torch.backends.mkldnn.conv, "none"), (torch.backends.mkldnn.rnn, "none")):
+        leaf.fp32_precision = value
+
+
+def test_forward_precision_contexts(restore_process_settings):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # flags only; nothing runs on the device
     a, b = torch.randn(64, 64), torch.randn(64, 64)
     with forward_precision("bfloat16", cpu):
         assert (a @ b).dtype == torch.bfloat16
+        assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"  # float32 ops inside autocast
     assert (a @ b).dtype == torch.float32
-    saved = torch.backends.cuda.matmul.allow_tf32
-    with forward_precision("tf32", torch.device("cuda")):  # flags only; nothing runs on the device
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-    assert torch.backends.cuda.matmul.allow_tf32 == saved
+    # A user's script asked for fast float32 matmuls (TF32 on CUDA, bfloat16 in oneDNN on CPUs),
+    # and PyTorch's default already runs cuDNN's float32 convolutions in TF32.
+    torch.set_float32_matmul_precision("medium")
+    before = _process_settings()
+    assert before[0][:4] == ("tf32", "tf32", "tf32", "bf16")
+    for precision, device in (("float32", cuda), ("float32", cpu), ("tf32", cpu), ("bfloat16", cuda)):
+        with forward_precision(precision, device):
+            inside = _process_settings()
+            assert inside[0] == ("ieee",) * 6, (precision, device)
+            # the legacy settings agree (cuBLAS raises on every float32 matmul when they do not)
+            assert inside[2:] == ("highest", False, False)
+        assert _process_settings() == before
+    with forward_precision("tf32", cuda):
+        assert _process_settings()[0] == ("tf32", "tf32", "tf32", "ieee", "ieee", "ieee")
+        assert _process_settings()[2:] == ("high", True, True)
+    assert _process_settings() == before
     with pytest.raises(ValueError):
         forward_precision("float16", cpu)
+
+
+def test_an_inconsistent_process_setting_keeps_its_per_op_flags(restore_process_settings):
+    # transformers' enable_tf32 sets the generic new-API flag; PyTorch then refuses the legacy reads
+    torch.backends.fp32_precision = "tf32"
+    before = _process_settings()
+    assert before[2] == "mixed"
+    with forward_precision("float32", torch.device("cuda")):
+        assert _process_settings()[0] == ("ieee",) * 6
+    assert _process_settings() == before  # "highest" was, and is, what the legacy setting holds
+
+
+def test_float32_modes_take_turns_across_threads(restore_process_settings):
+    cuda = torch.device("cuda")
+    held, entered, release = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, tuple] = {}
+
+    def tf32_forward():
+        with forward_precision("tf32", cuda):
+            held.set()
+            release.wait(10)
+            seen["tf32 at release"] = _process_settings()[0]
+
+    def ieee_work():
+        held.wait(10)
+        with float32_math("ieee"):
+            entered.set()
+            seen["ieee"] = _process_settings()[0]
+
+    threads = [threading.Thread(target=tf32_forward), threading.Thread(target=ieee_work)]
+    for t in threads:
+        t.start()
+    assert held.wait(10)
+    assert not entered.wait(0.3)  # the IEEE work waits while a TF32 forward dispatches
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert entered.is_set()
+    assert seen["tf32 at release"][:3] == ("tf32",) * 3  # the other thread did not switch it meanwhile
+    assert seen["ieee"] == ("ieee",) * 6
+
+    # holders of one mode share it
+    both = threading.Barrier(2, timeout=10)
+
+    def share():
+        with float32_math("ieee"):
+            both.wait()
+
+    pair = [threading.Thread(target=share) for _ in range(2)]
+    for t in pair:
+        t.start()
+    for t in pair:
+        t.join(10)
+    assert not both.broken
+
+    # inside a forward, the metrics' own float32 work follows it; another mode there is an error
+    with forward_precision("tf32", cuda):
+        with float32_math():
+            assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        with pytest.raises(RuntimeError, match="requested inside"):
+            with float32_math("ieee"):
+                pass
+    with float32_math():
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+
+
+def test_parity_scores_ignore_the_process_float32_settings(all_items, restore_process_settings, monkeypatch):
+    """Parity protocols compute IEEE float32 whatever the process asked for: the same values as with
+    PyTorch's defaults, and every forward and SSIM convolution dispatched in IEEE mode."""
+    items = all_items[:6]
+    expected = _scores("cielr", None, items)
+    seen: list[tuple] = []
+    conv2d = torch.nn.functional.conv2d
+
+    def spy_conv2d(*args, **kwargs):
+        seen.append(("conv2d",) + _process_settings()[0])
+        return conv2d(*args, **kwargs)
+
+    def record(name):
+        return lambda module, args: seen.append((name,) + _process_settings()[0])
+
+    torch.set_float32_matmul_precision("medium")  # oneDNN bfloat16 matmuls, TF32 on CUDA
+    torch.backends.mkldnn.conv.fp32_precision = "bf16"
+    before = _process_settings()
+    scorer = RegionScorer("cielr", batch_size=16)
+    clip = scorer._clip.model
+    hooks = [clip.vision_model.register_forward_pre_hook(record("clip_image")),
+             clip.text_model.register_forward_pre_hook(record("clip_text")),
+             scorer._lpips.register_forward_pre_hook(record("lpips"))]
+    monkeypatch.setattr(torch.nn.functional, "conv2d", spy_conv2d)
+    try:
+        got = dict(scorer.score(items))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert {name for name, *_ in seen} >= {"clip_image", "clip_text", "lpips", "conv2d"}
+    assert all(tuple(flags) == ("ieee",) * 6 for _, *flags in seen), sorted(set(seen))
+    assert got == expected
+    assert _process_settings() == before
 
 
 @pytest.fixture(scope="module")
