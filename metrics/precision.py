@@ -22,6 +22,7 @@ into a float32 SSIM in another. The process's own settings are restored when the
 """
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -126,6 +127,20 @@ class _ModeLock:
 
 
 _LOCK = _ModeLock()
+
+
+def _reset_in_forked_child() -> None:
+    """A child forked while another thread held a mode inherits the lock held by a thread that does
+    not exist there (its first other mode would wait forever) and that mode's flags: start afresh
+    with the process's own settings."""
+    global _LOCK
+    saved = _LOCK._saved
+    _LOCK = _ModeLock()
+    if saved is not None:
+        saved.restore()
+
+
+os.register_at_fork(after_in_child=_reset_in_forked_child)
 
 
 def float32_math(mode: MathMode | None = None):

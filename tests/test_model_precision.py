@@ -168,6 +168,45 @@ def test_float32_modes_take_turns_across_threads(restore_process_settings):
         assert torch.backends.cuda.matmul.fp32_precision == "ieee"
 
 
+def _child_takes_ieee(queue) -> None:
+    with float32_math("ieee"):
+        inside = _process_settings()[0]
+    queue.put((inside, _process_settings()[0]))
+
+
+def test_a_child_forked_while_a_mode_is_held_starts_afresh(restore_process_settings):
+    import multiprocessing
+
+    before = _process_settings()
+    held, release = threading.Event(), threading.Event()
+
+    def tf32_forward():
+        with forward_precision("tf32", torch.device("cuda")):
+            held.set()
+            release.wait(20)
+
+    holder = threading.Thread(target=tf32_forward)
+    holder.start()
+    try:
+        assert held.wait(10)
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_child_takes_ieee, args=(queue,), daemon=True)
+        child.start()
+        try:
+            inside, after = queue.get(timeout=30)  # the inherited TF32 holder does not exist in the child
+            child.join(10)
+        finally:
+            if child.is_alive():  # it waits for ever on the inherited lock
+                child.kill()
+    finally:
+        release.set()
+        holder.join(10)
+    assert inside == ("ieee",) * 6
+    assert after == before[0]  # the process's own settings, not the forward's TF32
+    assert child.exitcode == 0
+
+
 def test_parity_scores_ignore_the_process_float32_settings(all_items, restore_process_settings, monkeypatch):
     """Parity protocols compute IEEE float32 whatever the process asked for: the same values as with
     PyTorch's defaults, and every forward and SSIM convolution dispatched in IEEE mode."""
