@@ -39,9 +39,17 @@ BF16_BOUNDS = {"clip": 0.5, "lpips": 0.01}  # CLIP in score points (100 x cosine
 
 MathMode = Literal["ieee", "tf32"]
 
-_CUDNN_LEAVES = (torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
-_ONEDNN_LEAVES = (torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv, torch.backends.mkldnn.rnn)
-_LEAVES = (torch.backends.cuda.matmul,) + _CUDNN_LEAVES + _ONEDNN_LEAVES
+
+def _leaves(module, *names: str) -> tuple:
+    """The per-op flags (`fp32_precision`, PyTorch >= 2.9) this PyTorch has; none before 2.9, where
+    the legacy settings alone decide (and `allow_tf32 = False` also keeps oneDNN off bfloat16)."""
+    found = (getattr(module, name, None) for name in names)
+    return tuple(leaf for leaf in found if leaf is not None and hasattr(leaf, "fp32_precision"))
+
+
+_CUDNN_LEAVES = _leaves(torch.backends.cudnn, "conv", "rnn")
+_ONEDNN_LEAVES = _leaves(torch.backends.mkldnn, "matmul", "conv", "rnn")
+_LEAVES = _leaves(torch.backends.cuda, "matmul") + _CUDNN_LEAVES + _ONEDNN_LEAVES
 
 
 @dataclass(frozen=True)
@@ -140,7 +148,8 @@ def _reset_in_forked_child() -> None:
         saved.restore()
 
 
-os.register_at_fork(after_in_child=_reset_in_forked_child)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_reset_in_forked_child)
 
 
 def float32_math(mode: MathMode | None = None):
