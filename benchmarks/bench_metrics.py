@@ -375,6 +375,11 @@ def _print_run(way: str, run: dict) -> None:
 
 
 def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace, other_device: dict | None) -> None:
+    from ciebench.metrics.precision import BF16_BOUNDS
+    from ciebench.metrics.protocols import get_protocol
+
+    precision = get_protocol(args.protocol).model_precision
+    twin = float32_twin(args.protocol)
     walls = {w: [r["wall_s"] for r in rs] for w, rs in runs.items()}
     cpus = {w: [r["cpu_s"] for r in rs] for w, rs in runs.items()}
     print(f"\nCIEBench region metrics ({', '.join(METRICS)}), protocol {args.protocol}, {n} samples (synthetic "
@@ -408,7 +413,7 @@ def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace, 
         _ratios("reference / ciebench", scoring["reference"], scoring["ciebench"],
                 " (target on a GPU >= 5x)" if gpu else "")
     if "float32" in runs:
-        _ratios(f"speed-up ({float32_twin(args.protocol)} / {args.protocol})", scoring["float32"], scoring["ciebench"])
+        _ratios(f"speed-up ({twin} / {args.protocol})", scoring["float32"], scoring["ciebench"])
     # Per-stage table: median over runs of each stage's share of the wall clock, in seconds.
     names = [s for s in STAGE_ORDER if any(s in r["stages"] for rs in runs.values() for r in rs)]
     names += sorted({s for rs in runs.values() for r in rs for s in r["stages"]} - set(names))
@@ -425,20 +430,14 @@ def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace, 
     if "reference" in runs:
         print_differences("ciebench vs reference", ours, runs["reference"][0]["results"], TOLERANCE, "tolerance")
     if "float32" in runs:
-        from ciebench.metrics.precision import BF16_BOUNDS
-        from ciebench.metrics.protocols import get_protocol
-
-        bounds = BF16_BOUNDS if get_protocol(args.protocol).model_precision == "bfloat16" else {}
-        print_differences(f"{args.protocol} - {float32_twin(args.protocol)}: reduced- against full-precision "
-                          "forwards, same inputs", ours, runs["float32"][0]["results"], bounds, "documented bound")
+        print_differences(f"{args.protocol} - {twin}: reduced- against full-precision forwards, same inputs", ours,
+                          runs["float32"][0]["results"], BF16_BOUNDS if precision == "bfloat16" else {},
+                          "documented bound")
     if other_device is not None:
-        from ciebench.metrics.protocols import get_protocol
-
         # float32 protocols compute IEEE float32 on every device (metrics.precision): only the order
         # of float32 sums differs, so the reference tolerance applies.
-        same = get_protocol(args.protocol).model_precision == "float32"
         print_differences(f"ciebench on {args.device} vs on {args.check_device}", ours, other_device["results"],
-                          TOLERANCE if same else {}, "tolerance")
+                          TOLERANCE if precision == "float32" else {}, "tolerance")
 
 
 def print_differences(title: str, ours: dict, theirs: dict, limits: dict[str, float], limit_name: str) -> None:
