@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -50,31 +51,54 @@ def test_precision_field_keeps_every_existing_hash_and_is_hashed_when_set():
         exact.with_(name="x", model_precision="float16")
 
 
-def _process_settings() -> tuple:
-    """Every float32 math setting of the process, legacy readings included ("mixed" where PyTorch
-    refuses to read them)."""
+# PyTorch >= 2.9 has per-op float32 flags (`fp32_precision`) beside the legacy settings; before
+# 2.9 the legacy settings alone decide, and the tests check those.
+_PER_OP = [(torch.backends.cuda, "matmul"), (torch.backends.cudnn, "conv"), (torch.backends.cudnn, "rnn"),
+           (torch.backends.mkldnn, "matmul"), (torch.backends.mkldnn, "conv"), (torch.backends.mkldnn, "rnn")]
+PER_OP_FLAGS = all(hasattr(getattr(m, n, None), "fp32_precision") for m, n in _PER_OP)
+
+
+class Settings(NamedTuple):
+    """Every float32 math setting of the process ("mixed" where PyTorch refuses to read one)."""
+    leaves: tuple  # the six per-op flags; () before PyTorch 2.9
+    generic: str | None  # torch.backends.fp32_precision
+    legacy: tuple  # get_float32_matmul_precision(), cudnn.allow_tf32, cuda.matmul.allow_tf32
+
+    @property
+    def mode(self) -> tuple:
+        return self.leaves, self.legacy
+
+
+# What a held mode must look like: the legacy readings agree with the per-op flags (cuBLAS raises
+# on every float32 matmul when they do not).
+IEEE = (("ieee",) * 6 if PER_OP_FLAGS else (), ("highest", False, False))
+TF32 = (("tf32",) * 3 + ("ieee",) * 3 if PER_OP_FLAGS else (), ("high", True, True))
+
+
+def _process_settings() -> Settings:
     def read(fn):
         try:
             return fn()
         except RuntimeError:
             return "mixed"
-    leaves = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn,
-              torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv, torch.backends.mkldnn.rnn)
-    return (tuple(leaf.fp32_precision for leaf in leaves), torch.backends.fp32_precision,
-            read(torch.get_float32_matmul_precision), read(lambda: torch.backends.cudnn.allow_tf32),
-            read(lambda: torch.backends.cuda.matmul.allow_tf32))
+    leaves = tuple(getattr(m, n).fp32_precision for m, n in _PER_OP) if PER_OP_FLAGS else ()
+    return Settings(leaves, getattr(torch.backends, "fp32_precision", None),
+                    (read(torch.get_float32_matmul_precision), read(lambda: torch.backends.cudnn.allow_tf32),
+                     read(lambda: torch.backends.cuda.matmul.allow_tf32)))
 
 
 @pytest.fixture
 def restore_process_settings():
     """Tests here change the process's float32 settings as a user's script would; put them back."""
     yield
-    torch.backends.fp32_precision = "none"
+    if PER_OP_FLAGS:
+        torch.backends.fp32_precision = "none"
     torch.set_float32_matmul_precision("highest")
     torch.backends.cudnn.allow_tf32 = True  # PyTorch's defaults
-    for leaf, value in ((torch.backends.cuda.matmul, "none"), (torch.backends.mkldnn.matmul, "none"),
-                        (torch.backends.mkldnn.conv, "none"), (torch.backends.mkldnn.rnn, "none")):
-        leaf.fp32_precision = value
+    if PER_OP_FLAGS:
+        for leaf in (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv,
+                     torch.backends.mkldnn.rnn):
+            leaf.fp32_precision = "none"
 
 
 def test_forward_precision_contexts(restore_process_settings):
@@ -82,35 +106,34 @@ def test_forward_precision_contexts(restore_process_settings):
     a, b = torch.randn(64, 64), torch.randn(64, 64)
     with forward_precision("bfloat16", cpu):
         assert (a @ b).dtype == torch.bfloat16
-        assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"  # float32 ops inside autocast
+        assert _process_settings().mode == IEEE  # float32 ops inside autocast
     assert (a @ b).dtype == torch.float32
     # A user's script asked for fast float32 matmuls (TF32 on CUDA, bfloat16 in oneDNN on CPUs),
     # and PyTorch's default already runs cuDNN's float32 convolutions in TF32.
     torch.set_float32_matmul_precision("medium")
     before = _process_settings()
-    assert before[0][:4] == ("tf32", "tf32", "tf32", "bf16")
+    assert before.legacy == ("medium", True, True)
+    if PER_OP_FLAGS:
+        assert before.leaves[:4] == ("tf32", "tf32", "tf32", "bf16")
     for precision, device in (("float32", cuda), ("float32", cpu), ("tf32", cpu), ("bfloat16", cuda)):
         with forward_precision(precision, device):
-            inside = _process_settings()
-            assert inside[0] == ("ieee",) * 6, (precision, device)
-            # the legacy settings agree (cuBLAS raises on every float32 matmul when they do not)
-            assert inside[2:] == ("highest", False, False)
+            assert _process_settings().mode == IEEE, (precision, device)
         assert _process_settings() == before
     with forward_precision("tf32", cuda):
-        assert _process_settings()[0] == ("tf32", "tf32", "tf32", "ieee", "ieee", "ieee")
-        assert _process_settings()[2:] == ("high", True, True)
+        assert _process_settings().mode == TF32
     assert _process_settings() == before
     with pytest.raises(ValueError):
         forward_precision("float16", cpu)
 
 
+@pytest.mark.skipif(not PER_OP_FLAGS, reason="PyTorch < 2.9 has one set of float32 settings, never inconsistent")
 def test_an_inconsistent_process_setting_keeps_its_per_op_flags(restore_process_settings):
     # transformers' enable_tf32 sets the generic new-API flag; PyTorch then refuses the legacy reads
     torch.backends.fp32_precision = "tf32"
     before = _process_settings()
-    assert before[2] == "mixed"
+    assert before.legacy[0] == "mixed"
     with forward_precision("float32", torch.device("cuda")):
-        assert _process_settings()[0] == ("ieee",) * 6
+        assert _process_settings().leaves == IEEE[0]
     assert _process_settings() == before  # "highest" was, and is, what the legacy setting holds
 
 
@@ -123,13 +146,13 @@ def test_float32_modes_take_turns_across_threads(restore_process_settings):
         with forward_precision("tf32", cuda):
             held.set()
             release.wait(10)
-            seen["tf32 at release"] = _process_settings()[0]
+            seen["tf32 at release"] = _process_settings().mode
 
     def ieee_work():
         held.wait(10)
         with float32_math("ieee"):
             entered.set()
-            seen["ieee"] = _process_settings()[0]
+            seen["ieee"] = _process_settings().mode
 
     threads = [threading.Thread(target=tf32_forward), threading.Thread(target=ieee_work)]
     for t in threads:
@@ -140,8 +163,8 @@ def test_float32_modes_take_turns_across_threads(restore_process_settings):
     for t in threads:
         t.join(10)
     assert entered.is_set()
-    assert seen["tf32 at release"][:3] == ("tf32",) * 3  # the other thread did not switch it meanwhile
-    assert seen["ieee"] == ("ieee",) * 6
+    assert seen["tf32 at release"] == TF32  # the other thread did not switch it meanwhile
+    assert seen["ieee"] == IEEE
 
     # holders of one mode share it
     both = threading.Barrier(2, timeout=10)
@@ -160,18 +183,18 @@ def test_float32_modes_take_turns_across_threads(restore_process_settings):
     # inside a forward, the metrics' own float32 work follows it; another mode there is an error
     with forward_precision("tf32", cuda):
         with float32_math():
-            assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+            assert _process_settings().mode == TF32
         with pytest.raises(RuntimeError, match="requested inside"):
             with float32_math("ieee"):
                 pass
     with float32_math():
-        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        assert _process_settings().mode == IEEE
 
 
 def _child_takes_ieee(queue) -> None:
     with float32_math("ieee"):
-        inside = _process_settings()[0]
-    queue.put((inside, _process_settings()[0]))
+        inside = _process_settings().mode
+    queue.put((inside, _process_settings()))
 
 
 def test_a_child_forked_while_a_mode_is_held_starts_afresh(restore_process_settings):
@@ -202,8 +225,8 @@ def test_a_child_forked_while_a_mode_is_held_starts_afresh(restore_process_setti
     finally:
         release.set()
         holder.join(10)
-    assert inside == ("ieee",) * 6
-    assert after == before[0]  # the process's own settings, not the forward's TF32
+    assert inside == IEEE
+    assert after == before  # the process's own settings, not the forward's TF32
     assert child.exitcode == 0
 
 
@@ -216,14 +239,15 @@ def test_parity_scores_ignore_the_process_float32_settings(all_items, restore_pr
     conv2d = torch.nn.functional.conv2d
 
     def spy_conv2d(*args, **kwargs):
-        seen.append(("conv2d",) + _process_settings()[0])
+        seen.append(("conv2d", _process_settings().mode))
         return conv2d(*args, **kwargs)
 
     def record(name):
-        return lambda module, args: seen.append((name,) + _process_settings()[0])
+        return lambda module, args: seen.append((name, _process_settings().mode))
 
     torch.set_float32_matmul_precision("medium")  # oneDNN bfloat16 matmuls, TF32 on CUDA
-    torch.backends.mkldnn.conv.fp32_precision = "bf16"
+    if PER_OP_FLAGS:
+        torch.backends.mkldnn.conv.fp32_precision = "bf16"
     before = _process_settings()
     scorer = RegionScorer("cielr", batch_size=16)
     clip = scorer._clip.model
@@ -236,8 +260,8 @@ def test_parity_scores_ignore_the_process_float32_settings(all_items, restore_pr
     finally:
         for h in hooks:
             h.remove()
-    assert {name for name, *_ in seen} >= {"clip_image", "clip_text", "lpips", "conv2d"}
-    assert all(tuple(flags) == ("ieee",) * 6 for _, *flags in seen), sorted(set(seen))
+    assert {name for name, _ in seen} >= {"clip_image", "clip_text", "lpips", "conv2d"}
+    assert all(mode == IEEE for _, mode in seen), sorted(set(seen))
     assert got == expected
     assert _process_settings() == before
 
