@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np  # noqa: E402
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -165,7 +166,18 @@ def test_half_precision_paths_run_and_stay_close_to_float32(editor, llm_dtype, d
     finally:
         ed.close()
     assert result.status == "ok" and ed.describe()["config"]["diffusion_dtype"] == diffusion_dtype
+    if _cpu_noise_depends_on_dtype(getattr(torch, diffusion_dtype)):
+        pytest.skip(f"this PyTorch ({torch.__version__}) draws another CPU random stream for {diffusion_dtype} than "
+                    "for float32 from the same seed, so the two paths start from different noise")
     assert np.abs(np.asarray(result.image, dtype=np.float32) - reference).mean() < 8.0
+
+
+def _cpu_noise_depends_on_dtype(dtype) -> bool:
+    """PyTorch 2.8 (not 2.14) has a vectorised CPU normal sampler for float32 only: other dtypes get
+    another stream from the same seed."""
+    def draw(dt):
+        return torch.randn(64, generator=torch.Generator().manual_seed(0), dtype=dt).float()
+    return bool((draw(torch.float32) - draw(dtype)).abs().max() > 0.1)
 
 
 def test_sampled_decoding_is_seeded_by_the_request(cache):
