@@ -74,7 +74,8 @@ class RegionCLIP:
         self.model = CLIPModel.from_pretrained(model_id).eval().to(torch.device(device))
         self.tokenizer = AutoTokenizer.from_pretrained(model_id)
         self.max_tokens = max_tokens
-        self._texts: dict[str, Tensor] = {}
+        # keyed by device too: a model moved to another device (a torchmetrics `.to()`) encodes anew there
+        self._texts: dict[tuple[torch.device, str], Tensor] = {}
         self._lock = threading.Lock()
 
     @property
@@ -103,17 +104,18 @@ class RegionCLIP:
     def text_embeddings(self, texts: Sequence[str]) -> Tensor:
         """Unit-norm embeddings (T, D); each distinct text is encoded once per instance."""
         with self._lock:
-            new = list(dict.fromkeys(t for t in texts if t not in self._texts))
+            device = self.device
+            new = list(dict.fromkeys(t for t in texts if (device, t) not in self._texts))
             if new:
                 tokens = self.tokenizer(new, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
                 # IEEE float32 always: the cache serves every precision, so no forward's mode may leak in.
                 with float32_math("ieee"):
                     feats = _features(self.model.get_text_features(
-                        input_ids=tokens["input_ids"].to(self.device),
-                        attention_mask=tokens["attention_mask"].to(self.device)))
+                        input_ids=tokens["input_ids"].to(device),
+                        attention_mask=tokens["attention_mask"].to(device)))
                 feats = feats / feats.norm(p=2, dim=-1, keepdim=True)
-                self._texts.update(zip(new, feats))
-            return torch.stack([self._texts[t] for t in texts]) if texts else torch.empty(0)
+                self._texts.update(((device, t), f) for t, f in zip(new, feats))
+            return torch.stack([self._texts[device, t] for t in texts]) if texts else torch.empty(0)
 
     def score_embeddings(self, image_embeds: Tensor, texts: Sequence[Sequence[str]], scale: float = 100.0,
                          clamp: bool = True) -> Tensor:
@@ -121,13 +123,16 @@ class RegionCLIP:
         flat = [t for ts in texts for t in ts]
         text_embeds = self.text_embeddings(flat).to(image_embeds.device) if flat else None
         out = torch.full((len(texts),), math.nan, dtype=torch.float64)
-        start = 0
+        spans, start = [], 0  # (sample, its texts' rows)
         for i, ts in enumerate(texts):
-            if not ts:
-                continue
-            sims = scale * (image_embeds[i:i + 1] @ text_embeds[start:start + len(ts)].T)
-            start += len(ts)
-            value = sims.double().mean()
+            if ts:
+                spans.append((i, start, start + len(ts)))
+                start += len(ts)
+        # float32 matmuls: TF32 on CUDA under the process's "high", or while another thread holds "tf32"
+        with float32_math("ieee"):
+            sims = [scale * (image_embeds[i:i + 1] @ text_embeds[a:b].T) for i, a, b in spans]
+        for (i, _, _), s in zip(spans, sims):  # reading a value waits for the device: outside the mode
+            value = s.double().mean()
             out[i] = value.clamp_min(0.0) if clamp else value
         return out
 

@@ -144,3 +144,33 @@ def test_metric_class_clamps_after_averaging(models):
     assert metric.compute().item() == pytest.approx(max(raw.mean().item(), 0.0), abs=1e-4)
     assert clip.model_ids()["clip"] == clip.model_id
     assert len(clip.model_ids()["clip_revision"]) == 40
+
+
+def test_texts_are_encoded_again_after_the_model_moves_device(models, monkeypatch):
+    """A torchmetrics `.to(device)` moves the model after texts were cached on the old device: the
+    cached rows must not meet the new device's. No GPU here: the meta device is another device all
+    the same (CLIP's text tower cannot run on it, so there it returns placeholders of the right shape)."""
+    clip, _ = models
+    clip._texts.clear()
+    first = clip.text_embeddings(["wall", "lamp"])
+    encoded: list[tuple[str, int]] = []
+    original = clip.model.get_text_features
+
+    def text_features(input_ids, attention_mask):
+        encoded.append((input_ids.device.type, input_ids.shape[0]))
+        if input_ids.device.type == "meta":
+            return torch.empty(input_ids.shape[0], first.shape[1], device="meta")
+        return original(input_ids=input_ids, attention_mask=attention_mask)
+
+    monkeypatch.setattr(clip.model, "get_text_features", text_features)
+    weights = {k: v.clone() for k, v in clip.model.state_dict().items()}
+    try:
+        clip.model.to("meta")
+        moved = clip.text_embeddings(["wall", "sofa"])  # "wall" is cached, but on the CPU
+        assert moved.device.type == "meta" and moved.shape == first.shape
+        assert encoded == [("meta", 2)]
+    finally:
+        clip.model.to_empty(device="cpu")
+        clip.model.load_state_dict(weights)
+    again = clip.text_embeddings(["wall", "lamp"])  # back on the CPU: the CPU rows serve again
+    assert encoded == [("meta", 2)] and torch.equal(again, first)

@@ -255,12 +255,19 @@ def test_parity_scores_ignore_the_process_float32_settings(all_items, restore_pr
              clip.text_model.register_forward_pre_hook(record("clip_text")),
              scorer._lpips.register_forward_pre_hook(record("lpips"))]
     monkeypatch.setattr(torch.nn.functional, "conv2d", spy_conv2d)
+    matmul = torch.Tensor.__matmul__
+
+    def spy_matmul(a, b):  # the metrics' own float32 products (CLIP's image-text similarity)
+        seen.append(("@", _process_settings().mode))
+        return matmul(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", spy_matmul)
     try:
         got = dict(scorer.score(items))
     finally:
         for h in hooks:
             h.remove()
-    assert {name for name, _ in seen} >= {"clip_image", "clip_text", "lpips", "conv2d"}
+    assert {name for name, _ in seen} >= {"clip_image", "clip_text", "lpips", "conv2d", "@"}
     assert all(mode == IEEE for _, mode in seen), sorted(set(seen))
     assert got == expected
     assert _process_settings() == before
