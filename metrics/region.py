@@ -149,6 +149,10 @@ class RegionScorer:
         if overlap is None:
             overlap = self.device.type == "cuda" or (os.cpu_count() or 1) >= 2 * torch.get_num_threads()
         self.overlap = overlap
+        # On CUDA the side thread queues its kernels on a stream of its own: on the shared default
+        # stream each thread's wait for its results would also wait for the other's kernels (so
+        # their time would land in the other's stage), and the two could never run together.
+        self._side_stream = torch.cuda.Stream(self.device) if overlap and self.device.type == "cuda" else None
         self.timer = timer or StageTimer()
         p = self.protocol
         # CLIP loads in a thread, its small image processor first: LPIPS loads meanwhile, then the
@@ -310,11 +314,14 @@ class RegionScorer:
             families.append(("lpips", self._lpips_metric))
 
         def cpu_side() -> list[tuple[dict[int, dict], dict[int, str]]]:
-            return [self._run_family(name, fn, batch, ready) for name, fn in families]
+            with torch.cuda.stream(self._side_stream):  # no-op without a side stream (CPU, or no overlap)
+                return [self._run_family(name, fn, batch, ready) for name, fn in families]
 
         # The pixel metrics, SSIM and LPIPS run beside the CLIP forward; the results are merged in a
         # fixed family order, so rows and error messages do not depend on the threads' timing.
         scores_clip = self._clip_future is not None
+        if self._side_stream is not None:  # what this thread queued on the device so far comes first
+            self._side_stream.wait_stream(torch.cuda.current_stream(self.device))
         pending: Future | None = side.submit(cpu_side) if side is not None and scores_clip else None
         results = cpu_side() if pending is None else []
         if scores_clip:
@@ -432,8 +439,8 @@ class RegionScorer:
             with self.timer.stage("clip_forward"):
                 with forward_precision(p.model_precision, self.device):
                     embeds = self._clip.image_embeddings(self._to_device([preps[i].clip_pixels for i in part]))
-                if embeds.is_cuda:  # CUDA runs asynchronously: wait, so the forward's time lands here
-                    torch.cuda.synchronize(embeds.device)
+                if embeds.is_cuda:  # CUDA runs asynchronously: wait (for this thread's stream, not the
+                    torch.cuda.current_stream(embeds.device).synchronize()  # side thread's), so the time lands here
             with self.timer.stage("clip_text"):  # each distinct text is encoded once, in float32
                 scores = self._clip.score_embeddings(embeds, [preps[i].clip_text for i in part], p.clip_scale,
                                                      clamp=p.clip_clamp == "zero_after_mean").tolist()
