@@ -102,7 +102,7 @@ class RegionCLIP:
 
     @torch.inference_mode()
     def text_embeddings(self, texts: Sequence[str]) -> Tensor:
-        """Unit-norm embeddings (T, D); each distinct text is encoded once per instance."""
+        """Unit-norm embeddings (T, D); each distinct text is encoded once per instance and device."""
         with self._lock:
             device = self.device
             new = list(dict.fromkeys(t for t in texts if (device, t) not in self._texts))

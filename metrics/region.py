@@ -439,8 +439,10 @@ class RegionScorer:
             with self.timer.stage("clip_forward"):
                 with forward_precision(p.model_precision, self.device):
                     embeds = self._clip.image_embeddings(self._to_device([preps[i].clip_pixels for i in part]))
-                if embeds.is_cuda:  # CUDA runs asynchronously: wait (for this thread's stream, not the
-                    torch.cuda.current_stream(embeds.device).synchronize()  # side thread's), so the time lands here
+                # CUDA runs asynchronously: wait for this thread's stream (not the side thread's), so
+                # the forward's time lands here
+                if embeds.is_cuda:
+                    torch.cuda.current_stream(embeds.device).synchronize()
             with self.timer.stage("clip_text"):  # each distinct text is encoded once, in float32
                 scores = self._clip.score_embeddings(embeds, [preps[i].clip_text for i in part], p.clip_scale,
                                                      clamp=p.clip_clamp == "zero_after_mean").tolist()
