@@ -12,16 +12,9 @@ from PIL import Image
 
 from ciebench.images import to_mask8, to_rgb8
 
-from .protocols import Protocol
+from .protocols import PIL_FILTERS, Protocol
 
-_FILTERS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
+_FILTERS = {name: getattr(Image.Resampling, name.upper()) for name in PIL_FILTERS}
 
 
 def pil_filter(name: str) -> Image.Resampling:

@@ -34,6 +34,12 @@ PredictionResize = Literal["to_protocol_size", "to_source_size"]
 ModelPrecision = Literal["float32", "tf32", "bfloat16"]
 MODEL_PRECISIONS = ("float32", "tf32", "bfloat16")
 
+PIL_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")  # metrics.align.pil_filter
+# Fields that describe the only behaviour ciebench computes (see their comments in `Protocol`).
+_ONE_IMPLEMENTATION = {"ssim_padding": "reflect", "lpips_net": "squeeze", "lpips_input": "2x-1",
+                       "lpips_trunk": "torchvision/squeezenet1_1/IMAGENET1K_V1", "clip_text_reduce": "mean",
+                       "prediction_mode": "pil_convert_rgb"}
+
 # Fields that name or describe a protocol but cannot change a number.
 _NOT_HASHED = ("name", "description")
 # Fields added after hashes were first recorded: left out of the hash at their default, so every
@@ -108,6 +114,16 @@ class Protocol:
             raise ValueError(f"protocol {self.name!r} reproduces published numbers, which were computed in float32: "
                              f"model_precision {self.model_precision!r} is only allowed for non-parity protocols "
                              "(use exact-tf32 / exact-bf16, or exact.with_(model_precision=...))")
+        if self.clip_clamp not in ("zero_after_mean", "none"):
+            raise ValueError(f"clip_clamp must be 'zero_after_mean' or 'none', not {self.clip_clamp!r}")
+        if self.image_filter not in PIL_FILTERS or self.mask_filter not in PIL_FILTERS:
+            raise ValueError(f"image_filter and mask_filter must be one of {', '.join(PIL_FILTERS)}, not "
+                             f"{self.image_filter!r} / {self.mask_filter!r}")
+        # Fields that name the one behaviour implemented: another value would be recorded in the
+        # manifest but not computed, so the numbers would silently disagree with their protocol.
+        for name, implemented in _ONE_IMPLEMENTATION.items():
+            if getattr(self, name) != implemented:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not implemented (only {implemented!r})")
         if self.ssim_kernel_size != int(3.5 * self.ssim_sigma + 0.5) * 2 + 1:
             raise ValueError("ssim_kernel_size must equal int(3.5 * sigma + 0.5) * 2 + 1 (torchmetrics' Gaussian window)")
 

@@ -60,3 +60,21 @@ def test_inconsistent_protocols_are_refused():
         get_protocol("cielr").with_(name="bad", size=None)  # no size needs predictions resized to the source
     with pytest.raises(ValueError):
         get_protocol("cielr").with_(name="bad", ssim_sigma=2.0)  # window no longer 11 taps
+
+
+@pytest.mark.parametrize("change", [dict(clip_clamp="zero-after-mean"), dict(image_filter="cubic"),
+                                    dict(mask_filter="Nearest"), dict(ssim_padding="zeros"), dict(lpips_net="alex"),
+                                    dict(lpips_input="x"), dict(clip_text_reduce="max"),
+                                    dict(prediction_mode="composite_on_white"),
+                                    dict(lpips_trunk="torchvision/squeezenet1_1/OTHER")])
+def test_a_value_that_would_be_recorded_but_not_computed_is_refused(change):
+    # Before this check, clip_clamp="zero-after-mean" silently scored without the clamp.
+    with pytest.raises(ValueError, match=next(iter(change))):
+        get_protocol("exact").with_(name="bad", **change)
+
+
+def test_every_value_that_is_computed_is_accepted():
+    exact = get_protocol("exact")
+    assert exact.with_(name="unclamped", clip_clamp="none").clip_clamp == "none"
+    for name in ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"):
+        assert exact.with_(name=name, image_filter=name, mask_filter=name).image_filter == name
