@@ -3,6 +3,7 @@
     python benchmarks/bench_metrics.py --limit 20 --repeat 3          # floor vs reference vs ciebench
     python benchmarks/bench_metrics.py --limit 86 --device cuda --protocol exact-bf16
     python benchmarks/bench_metrics.py --memory 250,2000              # peak memory, cheap metrics
+    python benchmarks/bench_metrics.py --limit 86 --protocol exact-tf32 --emulate-tf32 nearest,truncate
 
 The ways, each a whole fresh process, timed from outside (start-up and imports count):
 
@@ -18,7 +19,7 @@ The ways, each a whole fresh process, timed from outside (start-up and imports c
   "startup" being the rest of the process (imports, CLI, reading and verifying the dataset);
 - float32, for a protocol with reduced-precision forwards (`exact-bf16`, `exact-tf32`): the same
   command with the preset that is that protocol in float32 (`exact`), for the speed-up and the
-  largest deviation per metric (against the documented bfloat16 bounds, `metrics.precision`).
+  largest deviation per metric (against the documented bfloat16 and TF32 bounds, `metrics.precision`).
 
 --check-device DEV (e.g. cpu beside --device cuda): ciebench once more on DEV, and the largest
 difference per metric between the two devices' results (a float32 protocol computes IEEE float32
@@ -44,6 +45,12 @@ preprocessing, CLIP text tower; each as a share of the CLIP forward, which is al
 is warmed up, then timed --repeat times and the minimum kept (on a loaded machine, threads that spin
 while waiting inflate CPU time; the minimum is the least disturbed run). It says how far above the
 floor the whole process must stay whatever the scheduling.
+
+--emulate-tf32 nearest,truncate (with --protocol exact-tf32 --device cpu): TF32's effect measured
+without a GPU, in this process. The float32 twin (`exact`) and, per rounding, `exact-tf32` with the
+CLIP and LPIPS forwards' float32 products taking TF32-rounded inputs (tests/support/emulated_tf32.py),
+CLIP unclamped; prints the largest deviation per metric against the documented TF32 bounds
+(`metrics.precision`). No timing.
 
 --memory N1,N2: CIEBench repeated to N1 and N2 samples (bench_scale.build_dataset), scored with
 `ciebench score --metrics psnr,mse`; prints each run's peak anonymous memory (RssAnon, sampled
@@ -352,6 +359,51 @@ def bench_speed(args: argparse.Namespace, work: Path) -> None:
     report_speed(runs, n, args, other_device)
 
 
+def bench_tf32_emulation(args: argparse.Namespace, work: Path) -> None:
+    """`--protocol` (a tf32 one) with TF32 emulated on this CPU, per rounding, against its float32 twin:
+    the largest deviation per metric against the documented bound. In this process (emulation is slow:
+    no timing), with the CLIP clamp at 0 off: a clamp can only shrink a difference, and most of a
+    random-weight CLIP's cosines are negative, so clamped they would read 0 and hide it."""
+    from ciebench.datasets import read_dataset
+    from ciebench.metrics.precision import TF32_BOUNDS
+    from ciebench.metrics.protocols import get_protocol
+    from ciebench.metrics.region import RegionScorer, ScoreItem
+    from ciebench.schema import EditSample
+    from ciebench.tests.support.emulated_tf32 import emulated_tf32_forwards
+    from PIL import Image
+
+    roundings = [r.strip() for r in args.emulate_tf32.split(",") if r.strip()]
+    if get_protocol(args.protocol).model_precision != "tf32" or args.device != "cpu":
+        raise SystemExit("--emulate-tf32 measures a tf32 protocol on a CPU: pass --protocol exact-tf32 --device cpu")
+    twin = float32_twin(args.protocol)
+    publish_models(args.protocol)
+    rows = json.loads(prepare(args.source, work, args.protocol, args.limit).read_text())["rows"]
+    dataset = read_dataset(str(args.source)).dataset
+    items = []
+    for n, row in enumerate(rows):
+        sample = EditSample.from_row(dataset[n])
+        assert sample.id == row["id"], (sample.id, row["id"])
+        items.append(ScoreItem(sample.id, sample.image, sample.mask, Image.open(row["prediction"]).convert("RGB"),
+                               list(sample.clip_text)))
+
+    def score(name: str) -> dict:
+        t0 = time.perf_counter()
+        protocol = get_protocol(name).with_(name=f"{name}-unclamped", clip_clamp="none")
+        got = {sid: row for sid, row in RegionScorer(protocol, metrics=METRICS, batch_size=args.batch_size).score(items)}
+        print(f"  {len(got)} samples in {time.perf_counter() - t0:.1f} s", flush=True)
+        return got
+
+    print(f"{twin} (float32), CLIP unclamped ...", flush=True)
+    float32 = score(twin)
+    for rounding in roundings:
+        print(f"{args.protocol}, CLIP unclamped, TF32 emulated with rounding {rounding} ...", flush=True)
+        with emulated_tf32_forwards(rounding) as calls:
+            tf32 = score(args.protocol)
+        print("  emulated products: " + ", ".join(f"{op} {k}" for op, k in sorted(calls.items())))
+        print_differences(f"{args.protocol} with emulated TF32 ({rounding}) - {twin}, {len(items)} samples, CLIP "
+                          "unclamped", tf32, float32, TF32_BOUNDS, "documented bound")
+
+
 def float32_twin(name: str) -> str | None:
     """For a protocol with reduced-precision forwards (`exact-bf16`), the preset that is the same in
     float32 (`exact`); None for a float32 protocol."""
@@ -375,7 +427,7 @@ def _print_run(way: str, run: dict) -> None:
 
 
 def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace, other_device: dict | None) -> None:
-    from ciebench.metrics.precision import BF16_BOUNDS
+    from ciebench.metrics.precision import DEVIATION_BOUNDS
     from ciebench.metrics.protocols import get_protocol
 
     precision = get_protocol(args.protocol).model_precision
@@ -431,8 +483,7 @@ def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace, 
         print_differences("ciebench vs reference", ours, runs["reference"][0]["results"], TOLERANCE, "tolerance")
     if "float32" in runs:
         print_differences(f"{args.protocol} - {twin}: reduced- against full-precision forwards, same inputs", ours,
-                          runs["float32"][0]["results"], BF16_BOUNDS if precision == "bfloat16" else {},
-                          "documented bound")
+                          runs["float32"][0]["results"], DEVIATION_BOUNDS.get(precision, {}), "documented bound")
     if other_device is not None:
         # float32 protocols compute IEEE float32 on every device (metrics.precision): only the order
         # of float32 sums differs, so the reference tolerance applies.
@@ -570,6 +621,9 @@ def main() -> None:
                         "print the largest difference per metric: a float32 protocol gives the same numbers on both")
     parser.add_argument("--breakdown", action="store_true", help="CPU time of each piece of work, in one process")
     parser.add_argument("--memory", help="N1,N2: peak memory of scoring N1 and N2 generated samples (cheap metrics)")
+    parser.add_argument("--emulate-tf32", metavar="ROUNDINGS", help="nearest,truncate: on a CPU, score --protocol "
+                        "(exact-tf32) with TF32 emulated (tests/support/emulated_tf32.py) per rounding, and print "
+                        "the largest deviation from its float32 twin against the documented bound")
     parser.add_argument("--way", choices=["floor", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -597,6 +651,8 @@ def main() -> None:
             bench_memory(args, work)
         elif args.breakdown:
             bench_breakdown(args, work)
+        elif args.emulate_tf32:
+            bench_tf32_emulation(args, work)
         else:
             bench_speed(args, work)
 

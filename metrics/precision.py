@@ -36,6 +36,10 @@ from .protocols import MODEL_PRECISIONS
 # (docs/metrics.md, "Model precision"); tests/test_model_precision.py asserts them and
 # benchmarks/bench_metrics.py prints a run's deviation against them.
 BF16_BOUNDS = {"clip": 0.5, "lpips": 0.01}  # CLIP in score points (100 x cosine)
+# The same for `exact-tf32`, measured with TF32 emulated on a CPU (tests/support/emulated_tf32.py;
+# no GPU was available): at most 0.051 CLIP points and 1.6e-4 LPIPS, bounds about 5x and 12x above.
+TF32_BOUNDS = {"clip": 0.25, "lpips": 0.002}
+DEVIATION_BOUNDS = {"bfloat16": BF16_BOUNDS, "tf32": TF32_BOUNDS}  # by Protocol.model_precision
 
 MathMode = Literal["ieee", "tf32"]
 

@@ -1,6 +1,7 @@
 """Model precision options (`Protocol.model_precision`): refused by the parity presets, no-ops where
-they cannot apply, and the bfloat16 deviation of `exact-bf16` from `exact` within the bound that
-docs/metrics.md documents, on all 86 CIEBench samples (synthetic edits)."""
+they cannot apply, and the bfloat16 and TF32 deviations of `exact-bf16` and `exact-tf32` from `exact`
+within the bounds that docs/metrics.md documents, on all 86 CIEBench samples (synthetic edits; TF32
+emulated on the CPU, tests/support/emulated_tf32.py)."""
 from __future__ import annotations
 
 import math
@@ -11,11 +12,12 @@ import pytest
 import torch
 
 from ciebench.io import stable_hash
-from ciebench.metrics.precision import BF16_BOUNDS, float32_math, forward_precision
+from ciebench.metrics.precision import BF16_BOUNDS, TF32_BOUNDS, float32_math, forward_precision
 from ciebench.metrics.protocols import PROTOCOLS, get_protocol
 from ciebench.metrics.region import RegionScorer, ScoreItem
 from ciebench.schema import EditSample
 
+from tests.support.emulated_tf32 import ROUNDINGS, emulated_tf32_forwards
 from tests.support.fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
 from tests.support.synthetic_edits import KINDS, synthetic_edit
 
@@ -324,3 +326,22 @@ def test_bf16_deviation_bound_on_all_ciebench_samples(all_items):
     assert clip_dev > 0 and lpips_dev > 0  # bfloat16 really ran
     assert clip_dev <= BF16_CLIP_BOUND
     assert lpips_dev <= BF16_LPIPS_BOUND
+
+
+@pytest.mark.heavy  # about 40 s on a 2-core machine
+def test_tf32_deviation_bound_on_all_ciebench_samples(all_items):
+    # Unclamped CLIP: the clamp at 0 can only shrink a difference, and most of a random-weight
+    # CLIP's cosines are negative, so clamped they would all read 0 and hide the deviation.
+    def unclamped(name: str):
+        return get_protocol(name).with_(name=f"{name}-unclamped", clip_clamp="none")
+
+    float32 = _scores(unclamped("exact"), ["clip", "lpips"], all_items)
+    for rounding in ROUNDINGS:
+        with emulated_tf32_forwards(rounding) as calls:
+            tf32 = _scores(unclamped("exact-tf32"), ["clip", "lpips"], all_items)
+        assert calls["linear"] > 0 and calls["conv2d"] > 0  # the emulation really ran in both models
+        clip_dev = _largest_deviation(float32, tf32, "clip")
+        lpips_dev = _largest_deviation(float32, tf32, "lpips")
+        print(f"tf32 ({rounding}) largest deviation on 86 samples: clip {clip_dev:.4g} points, lpips {lpips_dev:.4g}")
+        assert 0 < clip_dev <= TF32_BOUNDS["clip"]
+        assert 0 < lpips_dev <= TF32_BOUNDS["lpips"]
