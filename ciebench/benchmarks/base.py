@@ -93,6 +93,11 @@ class Benchmark:
     prompt_file: ClassVar[str] = "utils.py"
     prompt_source: ClassVar[str] = ""
     judges: ClassVar[dict[str, dict[str, Any]]] = {"main": {}}
+    # Each dimension's score scale as the aggregation reads it (after `map_scores`). A value outside
+    # it (NaN included) is a judge error, never a score: the official scripts check nothing, so a
+    # judge's "Final Score: 10" on a 1-5 scale would reach the headline as a percentage above 100.
+    # None: the benchmark's own parser checks (WiseEdit, whose 0 is a meaningful failure score).
+    score_scale: ClassVar[tuple[float, float] | None] = None
     # Cases may carry a ground-truth image (`Case.ground_truth_image`): ciebench's region metrics run on
     # them (benchmarks/region.py), reported as ours beside the official numbers.
     ground_truth: ClassVar[bool] = False
@@ -168,6 +173,28 @@ class Benchmark:
 
     def aggregator(self) -> "Aggregator":
         raise NotImplementedError
+
+    def off_scale(self, dims: dict[str, float | None]) -> dict[str, str]:
+        """{dimension: why} for each score outside `score_scale`."""
+        if self.score_scale is None:
+            return {}
+        lo, hi = self.score_scale
+        return {d: f"{self.name}: {d} scored {v!r}, outside the benchmark's {lo:g}-{hi:g} scale"
+                for d, v in dims.items() if v is not None and not lo <= v <= hi}
+
+    def checked_verdict(self, row: dict[str, Any]) -> dict[str, Any]:
+        """`row` as the aggregation may read it: a judged case with an off-scale score has that score
+        dropped and becomes a judge error. Verdicts read back from a file need it (an official table,
+        or a verdicts.jsonl written before the check); the judge applies the same check when it runs."""
+        from ciebench.status import Status
+
+        if row.get("status") not in (Status.OK, Status.JUDGE_ERROR):
+            return row
+        problems = self.off_scale(row.get("dims") or {})
+        if not problems:
+            return row
+        error = "; ".join(e for e in (row.get("error"), *problems.values()) if e)
+        return {**row, "dims": {**row["dims"], **dict.fromkeys(problems)}, "status": Status.JUDGE_ERROR, "error": error}
 
     def verdict_row(self, case: Case, status: str, dims: dict[str, float | None], **extra: Any) -> dict[str, Any]:
         """The per-case record the aggregation reads (one line of verdicts.jsonl)."""

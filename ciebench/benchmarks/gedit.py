@@ -121,6 +121,7 @@ class GEditBench(Benchmark):
     code = f"stepfun-ai/Step1X-Edit@{COMMIT}:GEdit-Bench/"
     headline = "GEdit-Bench-EN avg_overall"
     dimensions = (SC, PQ)
+    score_scale = (0, 10)  # also read back from the official per-sample CSV
     judges = {"main": {"model": "gpt-4.1", "temperature": None, "max_tokens": 1400}}
     prompts = PROMPTS
 

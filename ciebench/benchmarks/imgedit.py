@@ -51,11 +51,15 @@ SCORE = "score"
 
 
 def item_score(reply: str) -> float | None:
-    """The scripts' `extract_scores_and_average`: the mean of every `name: N` line, to 2 decimals."""
+    """The scripts' `extract_scores_and_average`: the mean of every `name: N` line, to 2 decimals.
+    differs: a criterion scored outside 1-5 is a ValueError (a judge error), where the scripts average
+    it in."""
     scores = []
     for line in (reply or "").splitlines():
         parts = line.strip().split(": ")
         if len(parts) == 2 and parts[1].isdigit():
+            if not 1 <= int(parts[1]) <= 5:
+                raise ValueError(f"criterion {parts[0]!r} scored {parts[1]}, outside the 1-5 scale")
             scores.append(int(parts[1]))
     return round(sum(scores) / len(scores), 2) if scores else None
 
@@ -72,6 +76,7 @@ class _ImgEdit(Benchmark):
              "the source images: Benchmark.tar from the hub, or --benchmark-root DIR")
     judges = {"main": {"model": "gpt-4o", "temperature": None}}
     languages = ("en",)
+    score_scale = (1, 5)  # the mean of 1-5 criteria
 
     def pinned_assets(self) -> tuple[Any, ...]:
         return (*super().pinned_assets(), self.edits)

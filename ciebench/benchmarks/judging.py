@@ -74,13 +74,21 @@ class BenchJudge:
         for call in self.benchmark.judge_calls(case, output):
             text, error = self._ask(case, call)
             replies[call.dimension] = text
-            scores = self.benchmark.parse_many(call.dimension, text) if text is not None else {call.dimension: None}
-            if text is not None and any(v is None for v in scores.values()):
-                error = f"{self.benchmark.name} case {case.id} ({call.dimension}): no score found in the judge's reply"
+            where = f"{self.benchmark.name} case {case.id} ({call.dimension})"
+            try:
+                scores = self.benchmark.parse_many(call.dimension, text) if text is not None else {call.dimension: None}
+            except ValueError as exc:  # a parser that can tell what is wrong with the reply
+                scores, error = {call.dimension: None}, f"{where}: {exc}"
+            if not error and text is not None and any(v is None for v in scores.values()):
+                error = f"{where}: no score found in the judge's reply"
             if error:
                 errors[call.dimension] = error
             raw.update(scores)
-        return CaseJudgement(dims=self.benchmark.map_scores(case, raw), replies=replies, errors=errors)
+        dims = self.benchmark.map_scores(case, raw)
+        for dim, why in self.benchmark.off_scale(dims).items():
+            dims[dim] = None
+            errors.setdefault(dim, f"case {case.id}: {why}")
+        return CaseJudgement(dims=dims, replies=replies, errors=errors)
 
     def _ask(self, case: Case, call: JudgeCall) -> tuple[str | None, str | None]:
         what = f"{self.benchmark.name} case {case.id} ({call.dimension}, {call.prompt})"

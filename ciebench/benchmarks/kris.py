@@ -90,6 +90,7 @@ class KrisBench(Benchmark):
     code = "mercurystraw/Kris_Bench@2114fec9afadbabf5964032cf7d0b5e3074243a2"
     headline = "Overall Score"
     dimensions = (VC, IF, VQ, KP)
+    score_scale = (1, 5)
     judges = {"main": {"model": "gpt-4o", "temperature": None}}
     prompts = None
     ground_truth = True  # gt_img: the expected output, where a case has one
@@ -209,8 +210,10 @@ class KrisAggregator(Aggregator):
     def add(self, row: dict[str, Any]) -> None:
         status = row["status"]
         self.status_counts[status] = self.status_counts.get(status, 0) + 1
-        if status not in (Status.OK, Status.JUDGE_ERROR):
-            return  # missing / unsupported: no scores (the scripts skip them)
+        if status != Status.OK:
+            # missing / unsupported: no scores (the scripts skip them); a judge error has none either,
+            # so every dimension mean covers the same cases and coverage counts only scored ones
+            return
         task = row["category"]
         labels = ["Overall", KNOWLEDGE_TYPE.get(task, "Other"), task]
         for dim in dimensions_for(task):

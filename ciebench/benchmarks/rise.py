@@ -108,6 +108,7 @@ def plus_flags(item: dict[str, Any], categories: tuple[str, ...]) -> set[str]:
 class _Rise(Benchmark):
     annotation_names: ClassVar[tuple[str, ...]] = ()
     dimensions = (AC, IR, VP)
+    score_scale = (1, 5)  # after mapping: logical cases' 0/1 is 1 or 5
     needs = ("judge: OpenAI-compatible VLM",)
     licence = "not stated"
 

@@ -268,7 +268,7 @@ def latest_verdicts(path: Path) -> Iterator[dict[str, Any]]:
 def aggregate(benchmark: Benchmark, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     agg = benchmark.aggregator()
     for row in rows:
-        agg.add(row)
+        agg.add(benchmark.checked_verdict(row))
     return agg.result()
 
 

@@ -73,6 +73,7 @@ class UniREditBench(Benchmark):
     languages = ("en",)
     licence = "Apache-2.0"
     needs = ("judge: gpt-4.1-2025-04-14 (OpenAI-compatible VLM)",)
+    score_scale = (1, 5)
     hub_id = "maplebb/UniREditBench"
     hub_revision = None  # not pinned: the hub revision could not be read offline; the snapshot's is recorded
     code = f"Maplebb/UniREditBench@{COMMIT}:eval/gpt_eval_uniredit.py"
@@ -158,7 +159,8 @@ class UniREditAggregator(CountingAggregator):
 
     def add(self, row: dict[str, Any]) -> None:
         self.count(row)
-        dims = row.get("dims") or {}
+        # A case with any unparsed reply has no scores at all, as in the script (all three None).
+        dims = {} if row["status"] == Status.JUDGE_ERROR else row.get("dims") or {}
         score, complete = case_score(dims), case_complete(dims)
         if score is not None:
             self.scored += 1
