@@ -137,6 +137,14 @@ class RegionCLIP:
         return out
 
 
+def clip_texts(texts: str | Sequence[str] | None) -> list[str]:
+    """One sample's CLIP texts as a list: a plain string is one text (not its characters), and empty
+    or whitespace-only texts are dropped, so a sample with none has no CLIP score (NaN) rather than
+    a score against the empty prompt averaged in."""
+    items = [texts] if isinstance(texts, str) else list(texts or [])
+    return [str(t) for t in items if str(t).strip()]
+
+
 def region_crop(image: np.ndarray, mask: np.ndarray, inclusive: bool) -> np.ndarray | None:
     return crop_box(image, mask_box(mask, inclusive))
 
@@ -159,7 +167,7 @@ def clip_score(images: Tensor, masks: Tensor, texts: Sequence[str | Sequence[str
     arrays = _as_uint8_hwc(images)
     m = masks[:, 0] if masks.ndim == 4 else masks
     m = m.cpu().numpy()
-    per_text = [[t] if isinstance(t, str) else list(t) for t in texts]
+    per_text = [clip_texts(t) for t in texts]
     if len(per_text) != len(arrays):
         raise ValueError(f"{len(arrays)} images but {len(per_text)} text entries")
     crops = [region_crop(a, mm, crop == "inclusive") for a, mm in zip(arrays, m)]

@@ -34,7 +34,7 @@ from ciebench.isolate import run_isolated
 
 from . import catalogue
 from .align import align
-from .clipscore import CLIPPreprocessor, RegionCLIP, region_crop
+from .clipscore import CLIPPreprocessor, RegionCLIP, clip_texts, region_crop
 from .locality import edit_locality
 from .perceptual import TRUNK_FILE, SqueezeLPIPS, background_lpips, lpips_heads_path
 from .pixel import background_mse_psnr
@@ -82,7 +82,7 @@ class ScoreItem:
     source: Image.Image  # RGB
     mask: Image.Image | None  # mode L, 255 = edit region; any size (nearest-resized), None = no region
     prediction: Image.Image  # any mode and size (see metrics.align.to_rgb and the protocol's resize)
-    clip_text: list[str] = field(default_factory=list)
+    clip_text: list[str] = field(default_factory=list)  # a plain string is one text; blank texts are dropped
 
 
 def region_metric_names(names: Sequence[str] | None) -> tuple[str, ...]:
@@ -289,7 +289,7 @@ class RegionScorer:
     def _prepare(self, item: ScoreItem) -> _Prepared:
         prep = _Prepared(sample_id=str(getattr(item, "sample_id", "?")))
         try:
-            prep.clip_text = [str(t) for t in (item.clip_text or [])]
+            prep.clip_text = clip_texts(item.clip_text)
             with self.timer.stage("align"):
                 aligned = align(item.source, item.prediction, item.mask, self.protocol)
                 prep.source, prep.prediction, prep.mask = aligned.tensors()
@@ -342,9 +342,10 @@ class RegionScorer:
         for p, row, errs in zip(batch, rows, errors):
             if errs:
                 row["error"] = "; ".join(errs)
-            elif self._preservation and bool((p.mask >= 1).all()):
+            if self._preservation and p.mask is not None and bool((p.mask >= 1).all()):
                 # The parity formula would compare two all-zero images and report a perfect score
-                # (PSNR inf, MSE 0) for any editor; with no background the metrics are undefined.
+                # (PSNR inf, MSE 0) for any editor; with no background the metrics are undefined,
+                # also when another metric of the sample failed.
                 row.update(dict.fromkeys(self._preservation, math.nan), note=NO_BACKGROUND)
             out.append((p.sample_id, row))
         return out

@@ -191,6 +191,35 @@ def test_all_ones_mask(toy_scorers):
     assert "error" not in parity and "error" not in exact
 
 
+def test_all_ones_mask_stays_undefined_when_another_metric_fails(toy_scorers, monkeypatch):
+    source, _ = _toy(1)
+    pred = synthetic_edit(source, None, "noise_everywhere")
+    scorer = toy_scorers["cielr"]
+
+    def out_of_memory(preps):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(scorer, "_clip_metric", out_of_memory)
+    row = scorer.score_one(ScoreItem("o", source, Image.new("L", source.size, 255), pred, ["lamp"]))
+    assert "clip: RuntimeError: CUDA out of memory" in row["error"]
+    # before: PSNR inf, MSE 0, SSIM 1 (the parity quirk), which made the run's mean PSNR inf
+    assert all(math.isnan(row[m]) for m in PIXEL_METRICS) and "no background" in row["note"]
+
+
+def test_blank_clip_texts_are_no_texts_and_a_string_is_one_text():
+    source, mask = _toy(7)
+    pred = synthetic_edit(source, mask, "noise_in_mask")
+    unclamped = get_protocol("exact").with_(name="exact-unclamped", clip_clamp="none")  # a random CLIP's cosines are often < 0
+    texts = {"one": ["blue bottle"], "with-blank": ["blue bottle", "", "  "], "string": "blue bottle",
+             "blank": [""], "spaces": ["   "], "none": []}
+    rows = dict(RegionScorer(unclamped, metrics=["clip"]).score(
+        [ScoreItem(name, source, mask, pred, t) for name, t in texts.items()]))
+    assert rows["one"]["clip"] != 0 and math.isfinite(rows["one"]["clip"])
+    assert rows["with-blank"]["clip"] == rows["one"]["clip"]  # not averaged with the empty prompt's score
+    assert rows["string"]["clip"] == rows["one"]["clip"]  # one text, not one per character
+    assert all(math.isnan(rows[n]["clip"]) and "error" not in rows[n] for n in ("blank", "spaces", "none"))
+
+
 @pytest.mark.parametrize("name", ["cielr", "exact"])
 def test_grey_and_rgba_predictions_are_converted_like_pil(toy_scorers, name):
     source, mask = _toy(2)
