@@ -122,3 +122,48 @@ def test_push_uploads_card_and_shards_and_never_writes_the_token(tmp_path: Path,
 def test_push_refuses_a_folder_that_is_not_hub_layout(tmp_path: Path):
     result = runner.invoke(app, ["data", "push", str(tmp_path), "me/x"])
     assert result.exit_code == 2 and "not a Hub-layout dataset" in result.output
+
+
+def _reasonedit_folder(root: Path, seed: int = 0) -> Path:
+    category = root / "6-Reasoning"
+    category.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(category / f"{i}.png")
+        mask = np.zeros((64, 64), np.uint8)
+        mask[10:30, 10:30] = 255
+        Image.fromarray(mask).save(category / f"{i}_mask.jpg")
+    (category / "instructions.txt").write_text("remove the cup CLIP: table\nremove the dog CLIP: grass\n")
+    return root
+
+
+def test_an_export_keeps_its_default_protocol(tmp_path: Path):
+    # Reason-Edit is scored under `smartedit` (256 px, CLIP ViT-L/14 at 224); its hub export was
+    # read back as `cielr` (512 px, the 336 px CLIP) with nothing said.
+    from ciebench.datasets import read_dataset
+
+    source = _reasonedit_folder(tmp_path / "reason")
+    assert read_dataset(str(source)).default_protocol == "smartedit"
+    out = tmp_path / "hub"
+    result = runner.invoke(app, ["data", "prepare", str(source), "--format", "hub", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert _card(out)["ciebench"]["default_protocol"] == "smartedit"
+    for spec in (f"hf:{out}", str(out), str(out / "data")):
+        assert read_dataset(spec).default_protocol == "smartedit", spec
+    (out / "README.md").write_text("---\nciebench: {default_protocol: no-such-protocol}\n---\n")
+    assert read_dataset(f"hf:{out}").default_protocol == "cielr"  # unknown: the default stays (with a warning)
+
+
+def test_a_hub_ref_does_not_stand_for_the_content(tmp_path: Path):
+    # `hf:NAME@main` names a ref that moves: the revision a run records (and resumes against) is the
+    # content's hash, so two different datasets under the same ref are two revisions.
+    from ciebench.datasets import read_dataset
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, seed in ((a, 1), (b, 2)):
+        source = _reasonedit_folder(tmp_path / f"source-{seed}", seed)
+        result = runner.invoke(app, ["data", "prepare", str(source), "--format", "hub", "--out", str(folder)])
+        assert result.exit_code == 0, result.output
+    ref_a, ref_b = read_dataset(f"hf:{a}@main"), read_dataset(f"hf:{b}@main")
+    assert ref_a.revision != ref_b.revision
+    assert ref_a.revision == read_dataset(f"hf:{a}").revision

@@ -94,8 +94,9 @@ def read_dataset(spec: str, *, verify: bool = True, sources: list[str] | None = 
         return _finish(*read_jsonl_manifest(path / MANIFEST_NAME), spec, "jsonl")
     parquet = sorted(path.glob("*.parquet")) or sorted(path.glob("**/*.parquet"))
     if parquet:
-        return _wrap(_read_table(lambda: datasets.Dataset.from_parquet([str(p) for p in parquet], features=FEATURES), path),
-                     spec, "parquet", [path])
+        loaded = _wrap(_read_table(lambda: datasets.Dataset.from_parquet([str(p) for p in parquet], features=FEATURES),
+                                   path), spec, "parquet", [path])
+        return _with_card_protocol(loaded, path, path.parent if path.name == "data" else None)
     if is_reasonedit_folder(path):
         loaded = _finish(*read_reasonedit_folder(path), spec, "reasonedit")
         loaded.default_protocol = "smartedit"
@@ -307,9 +308,45 @@ def _load_hub(spec: str) -> LoadedDataset:
     if isinstance(loaded, datasets.DatasetDict):
         split = "test" if "test" in loaded else next(iter(loaded))
         loaded = loaded[split]
+    # The revision stays the content hash: a ref such as "main" moves, and a run resumed against
+    # other rows under the same ref must be refused, not scored against the new sources.
     wrapped = _wrap(loaded, spec, "hub", _hub_roots(name))
-    wrapped.revision = revision or wrapped.revision
-    return wrapped
+    return _with_card_protocol(wrapped, *_card_folders(name, revision))
+
+
+def _card_folders(name: str, revision: str) -> list[Path]:
+    """Where a hub dataset's card may be: the folder given as its name, or the hub cache's copy."""
+    if Path(name).expanduser().is_dir():
+        return [Path(name).expanduser()]
+    try:
+        from huggingface_hub import hf_hub_download
+
+        from .hub_layout import CARD
+
+        return [Path(hf_hub_download(name, CARD, repo_type="dataset", revision=revision or None)).parent]
+    except Exception as exc:  # noqa: BLE001 - offline, no card, no access: the default protocol stays
+        log.debug("no dataset card for %s: %s", name, exc)
+        return []
+
+
+def _with_card_protocol(loaded: LoadedDataset, *folders: Path | None) -> LoadedDataset:
+    """A dataset exported by ciebench keeps its source's default protocol (a Reason-Edit export is
+    scored under `smartedit`, at its size and CLIP, not under `cielr`): read from the card."""
+    from ciebench.metrics.protocols import PROTOCOLS
+
+    from .hub_layout import card_default_protocol
+
+    for folder in folders:
+        protocol = card_default_protocol(folder) if folder is not None else None
+        if protocol is None:
+            continue
+        if protocol not in PROTOCOLS:
+            log.warning("%s: its card names default protocol %r, which this ciebench does not know; using %s",
+                        loaded.spec, protocol, loaded.default_protocol)
+        else:
+            loaded.default_protocol = protocol
+        break
+    return loaded
 
 
 def _hub_roots(name: str) -> list[Path]:

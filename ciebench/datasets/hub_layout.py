@@ -98,6 +98,23 @@ def card_metadata(loaded: LoadedDataset, dataset: datasets.Dataset, checksums: d
     }
 
 
+def card_default_protocol(folder: Path) -> str | None:
+    """The default protocol a card written here declares (`ciebench.default_protocol` in its YAML
+    header), or None: no card, another card, or one that does not say."""
+    try:
+        text = (Path(folder) / CARD).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.startswith("---"):
+        return None
+    try:
+        header = yaml.safe_load(text.split("---", 2)[1]) or {}
+    except yaml.YAMLError:
+        return None
+    value = (header.get("ciebench") or {}).get("default_protocol") if isinstance(header, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def render_card(metadata: dict[str, Any], loaded: LoadedDataset, source: str) -> str:
     header = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, width=1000)
     counts: dict[str, int] = {}
