@@ -6,12 +6,14 @@ Reading (`read_regular_file`, `open_image`):
 - decoding is restricted to `ALLOWED_FORMATS` (PNG, JPEG, WebP, BMP, TIFF): formats whose Pillow
   plugin runs an external program (EPS through Ghostscript) or that are rarely real photographs are
   never tried;
-- images over `MAX_PIXELS` are refused before decoding (decompression bombs).
+- images over `MAX_PIXELS` are refused before decoding (decompression bombs);
+- an EXIF orientation is applied (`upright`), as `datasets` applies it to a dataset's images.
 
 Pixels (`to_rgb8`, `to_mask8`): everything downstream (editors, metrics, gallery) sees 8-bit RGB
 images and 8-bit L masks (255 = edit here). Deeper sources are *scaled*, never clipped:
 - 16-bit integer (`I;16*`, and `I` with values in [0, 65535]): v / 257, rounded (65535 -> 255);
-  16-bit RGB(A) PNGs are already reduced this way by Pillow;
+  16-bit RGB(A) PNGs arrive already reduced by Pillow, which keeps the high byte (v >> 8: up to one
+  level below v / 257 rounded, for values that are not 8-bit levels scaled by 257);
 - float (`F`): values in [0, 1] are multiplied by 255; values in [0, 255] are taken as 8-bit levels;
   anything else (negative, > 255, NaN, inf) has no knowable range and is refused;
 - alpha is dropped, not composited; palettes are expanded; grey is replicated into three channels.
@@ -29,11 +31,12 @@ import stat
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import DataError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
+ORIENTATION_TAG = 0x0112  # EXIF Orientation
 # Above this many pixels an image is treated as a decompression bomb and never decoded. CIEBench's
 # largest image has about 1.0 Mpx; 64 Mpx leaves room for any real benchmark photograph.
 MAX_PIXELS = 64_000_000
@@ -88,7 +91,22 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
                            "decompression-bomb limit; not decoded")
     image = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
     image.load()
-    return image
+    return upright(image)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF Orientation tag (1 = as stored; 2-8 = mirrored and/or rotated when displayed)."""
+    try:
+        return int(image.getexif().get(ORIENTATION_TAG, 1) or 1)
+    except (ValueError, TypeError):
+        return 1
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """`image` as it is displayed: its EXIF orientation applied, as Hugging Face `datasets` applies it
+    when it decodes a dataset's images. Every image ciebench reads goes through this one rule, so a
+    phone photo's source, its mask and an editor's output are compared on one pixel grid."""
+    return ImageOps.exif_transpose(image) if exif_orientation(image) != 1 else image
 
 
 def open_image_file(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:

@@ -246,7 +246,8 @@ def _check_row(row: dict[str, Any], index: int, roots: list[Path], seen: set[str
             return None
         decoded[role] = image
         row = {**row, role: {"bytes": data, "path": None}}
-    check_pair(decoded["image"], decoded["mask"], sample_id, where, where, problems)
+    if not check_pair(decoded["image"], decoded["mask"], sample_id, where, where, problems):
+        return None
     return row, read_a_path
 
 

@@ -92,7 +92,8 @@ def _read_entry(root: Path, where: str, sample_id: str, entry: Any, problems: li
     if image is None or not mask_rels or any(m is None for m in masks):
         return None
     mask = union_masks(masks)
-    check_pair(image, mask, sample_id, image_rel, ",".join(mask_rels), problems)
+    if not check_pair(image, mask, sample_id, image_rel, ",".join(mask_rels), problems):
+        return None
     clip_text = entry.get("CLIP") or []
     if isinstance(clip_text, str):
         clip_text = [clip_text]

@@ -12,6 +12,7 @@ from PIL import Image
 from ciebench.images import (
     MAX_PIXELS,
     ImageRefused,
+    exif_orientation,
     mask_is_label_map,
     open_image,
     read_regular_file,
@@ -92,19 +93,34 @@ def decode_image(data: bytes, name: str, sample_id: str, role: str, problems: li
 
 
 def check_pair(image: ReadImage, mask: ReadImage | None, sample_id: str, image_name: str, mask_name: str | None,
-               problems: list[Problem]) -> None:
-    """Warnings that leave the sample usable: modes, size mismatch, empty mask."""
+               problems: list[Problem]) -> bool:
+    """Whether the pair is usable. Appends warnings that leave it usable (modes, size mismatch, EXIF
+    orientation, empty mask) and the one error that does not (a mask of a rotated image's stored pixels)."""
     if image.image.mode != "RGB":
         problems.append(Problem("warning", sample_id, image_name, f"image mode is {image.image.mode}, not RGB; "
                                 f"{_conversion(image.image.mode)} to 8-bit RGB when used"))
     if mask is None:
-        return
+        return True
     if mask.image.mode not in ("L", "1"):
         problems.append(Problem("warning", sample_id, mask_name, f"mask mode is {mask.image.mode}, not L; "
                                 f"{_conversion(mask.image.mode)} to L when used"))
     if mask_is_label_map(mask.image):
         problems.append(Problem("warning", sample_id, mask_name, "mask holds only 0 and 1 (a label map, not 0/255); "
                                 "rescaled to 0/255 when used"))
+    stored, orientation = _as_stored(image)
+    if orientation != 1 and mask.image.size != image.image.size and mask.image.size == stored:
+        # The mask was drawn on the file's stored pixels, but the image is used as displayed: a
+        # nearest-neighbour squash across a rotation would put the region somewhere else.
+        problems.append(Problem(
+            "error", sample_id, mask_name,
+            f"mask is {stored[0]}x{stored[1]}, the size of {image_name} as stored, but that image has EXIF "
+            f"orientation {orientation} and is used as displayed ({image.image.size[0]}x{image.image.size[1]}); "
+            "save the image with its orientation applied (PIL.ImageOps.exif_transpose) or rotate the mask"))
+        return False
+    if orientation != 1:
+        problems.append(Problem("warning", sample_id, image_name,
+                                f"EXIF orientation {orientation}: the image is used as displayed (rotated / mirrored "
+                                "from its stored pixels, as `datasets` decodes it); its mask must match that view"))
     if mask.image.size != image.image.size:
         problems.append(Problem(
             "warning", sample_id, mask_name,
@@ -112,6 +128,13 @@ def check_pair(image: ReadImage, mask: ReadImage | None, sample_id: str, image_n
             "resized with nearest neighbour to the image size when used, as the protocols do"))
     if not np.asarray(to_mask8(mask.image)).any():
         problems.append(Problem("warning", sample_id, mask_name, "mask is empty (no pixel to edit); its CLIP score is undefined"))
+    return True
+
+
+def _as_stored(image: ReadImage) -> tuple[tuple[int, int], int]:
+    """The image's size as its file stores it, and its EXIF orientation (1: displayed as stored)."""
+    with Image.open(io.BytesIO(image.data)) as raw:  # already decoded once through the allow-list
+        return raw.size, exif_orientation(raw)
 
 
 def _conversion(mode: str) -> str:

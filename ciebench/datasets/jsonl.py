@@ -79,7 +79,8 @@ def _read_entry(root: Path, entry: dict[str, Any], where: str, seen: set[str], p
     mask = read_image(root, mask_rel, sample_id, "mask", problems) if mask_rel else None
     if image is None or (mask_rel and mask is None):
         return None
-    check_pair(image, mask, sample_id, entry["image"], mask_rel, problems)
+    if not check_pair(image, mask, sample_id, entry["image"], mask_rel, problems):
+        return None
     clip_text = entry.get("clip_text") or []
     if isinstance(clip_text, str):
         clip_text = [clip_text]

@@ -96,7 +96,8 @@ def read_reasonedit_folder(root: Path) -> tuple[list[dict[str, Any]], list[Probl
             mask = read_image(root, mask_rel, sample_id, "mask", problems)
             if image is None or mask is None:
                 continue
-            check_pair(image, mask, sample_id, image_rel, mask_rel, problems)
+            if not check_pair(image, mask, sample_id, image_rel, mask_rel, problems):
+                continue
             rows.append(make_row(
                 id=sample_id, image=image.data, mask=mask.data, instruction=instruction,
                 clip_text=[clip] if clip else [], edit_type=category_name(category.name),
