@@ -51,13 +51,9 @@ def write_bundle(result: Plan, folder: str | os.PathLike, progress: bool = True)
     try:
         for f in result.files:
             target = folder / f.bundle_path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not (target.is_file() and target.stat().st_size == f.local.stat().st_size):
-                tmp = target.with_name(f".{target.name}.tmp")
-                shutil.copyfile(f.local, tmp)  # follows the hub cache's blob symlinks
-                os.replace(tmp, target)
+            digest = _place(f.local, target)
             req = f.requirement
-            entries.append({"path": f.bundle_path, "sha256": sha256_file(target), "size": target.stat().st_size,
+            entries.append({"path": f.bundle_path, "sha256": digest, "size": target.stat().st_size,
                             "kind": req.kind, "ref": req.ref, "revision": req.revision, "commit": f.commit or None,
                             "repo_file": f.repo_file or None, "used_by": req.used_by})
             bar.update(target.stat().st_size)
@@ -71,6 +67,20 @@ def write_bundle(result: Plan, folder: str | os.PathLike, progress: bool = True)
                 "notes": result.notes, "total_bytes": sum(e["size"] for e in entries)}
     atomic_write_json(folder / MANIFEST, manifest)
     return manifest
+
+
+def _place(source: Path, target: Path) -> str:
+    """Copy `source` to `target` (atomically) and return the source's sha256, which the manifest records.
+    A file left by an earlier bundle is kept only when it holds the source's bytes: an equal size is no
+    proof (a stale revision, a corrupted copy), and the manifest must vouch for the source, not for it."""
+    digest = sha256_file(source)  # follows the hub cache's blob symlinks
+    if target.is_file() and target.stat().st_size == source.stat().st_size and sha256_file(target) == digest:
+        return digest
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, tmp)  # follows the hub cache's blob symlinks
+    os.replace(tmp, target)
+    return digest
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:

@@ -9,6 +9,7 @@ without calling a judge. `materialize_predictions` turns such a dataset back int
 """
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -24,6 +25,9 @@ from .cache import cache_root
 from .errors import DataError, IntegrityError, OutputConflict
 from .io import atomic_write_text, read_json_object, sha256_bytes, stable_hash
 from .results import file_stem, read_samples, require_run_folder
+from .verify import read_verification
+
+log = logging.getLogger(__name__)
 
 RUN_FILES = ("spec.json", "summary.json", "samples.csv", "samples.jsonl", "verify.json")
 TEXT_COLUMNS = ("idcs_status", "idcs_error", "idcs_sentence")
@@ -68,14 +72,8 @@ def run_features(metrics: list[str]) -> datasets.Features:
 def _row(run_dir: Path, rec: dict[str, Any], metrics: list[str]) -> dict[str, Any]:
     seed = int(rec["seed"])
     stem = file_stem(str(rec["sample_id"]), seed)
-    image = None
-    prediction = _text(rec.get("prediction"))
-    if prediction and (run_dir / prediction).is_file():
-        data = (run_dir / prediction).read_bytes()
-        if sha256_bytes(data) != _text(rec.get("prediction_sha256")):
-            raise IntegrityError(f"{run_dir / prediction}: sha256 differs from samples.csv",
-                                 hint=f"run `ciebench verify {run_dir}` to see what changed")
-        image = {"bytes": data, "path": None}
+    data = _prediction_bytes(run_dir, rec)
+    image = None if data is None else {"bytes": data, "path": None}
     trace_path = run_dir / "traces" / f"{stem}.json"
     row = {"sample_id": str(rec["sample_id"]), "seed": seed, "edit_type": _text(rec.get("edit_type")) or None,
            "status": _text(rec.get("status")), "error": _text(rec.get("error")) or None, "image": image,
@@ -89,10 +87,27 @@ def _row(run_dir: Path, rec: dict[str, Any], metrics: list[str]) -> dict[str, An
     return row
 
 
+def _prediction_bytes(run_dir: Path, rec: dict[str, Any]) -> bytes | None:
+    """The row's image, checked against its sha256; None when the row records no image (a failed edit).
+    A recorded image that is gone is as wrong as a changed one: exporting the row's metrics without the
+    image they were computed on would publish numbers nobody can check (the rule of `verify`'s images)."""
+    prediction, sha = _text(rec.get("prediction")), _text(rec.get("prediction_sha256"))
+    if not prediction and not sha:
+        return None
+    hint = f"run `ciebench verify {run_dir}` to see what changed"
+    path = run_dir / prediction if prediction else None
+    if path is None or not path.is_file():
+        raise IntegrityError(f"sample {rec['sample_id']} seed {rec['seed']}: prediction file "
+                             f"{path or '(no path in samples.csv)'} is missing", hint=hint)
+    data = path.read_bytes()
+    if sha256_bytes(data) != sha:
+        raise IntegrityError(f"{path}: sha256 differs from samples.csv", hint=hint)
+    return data
+
+
 def _card_metadata(run_dir: Path, dataset: datasets.Dataset, summary: dict[str, Any], checksums: dict[str, str],
                    sizes: dict[str, int]) -> dict[str, Any]:
     spec = read_json_object(run_dir / "spec.json", DataError)
-    verification = read_json_object(run_dir / "verify.json", DataError)
     return {
         "license": "other",
         "license_name": "source-licence",
@@ -110,11 +125,25 @@ def _card_metadata(run_dir: Path, dataset: datasets.Dataset, summary: dict[str, 
             "protocol_hash": (spec.get("protocol") or summary.get("protocol") or {}).get("hash"),
             "dataset": spec.get("dataset") or summary.get("dataset"),
             "judge": _judge_provenance(summary),
-            "verified": {"verified": verification.get("verified"), "ciebench_version": verification.get("ciebench_version")}
-            if verification else None,
+            "verified": _verification(run_dir),
             "checksums": {rel: f"sha256:{digest}" for rel, digest in checksums.items()},
         },
     }
+
+
+def _verification(run_dir: Path) -> dict[str, Any] | None:
+    """verify.json's verdict as the leaderboard reads it (`read_verification`): "stale", never verified,
+    when a file it vouched for changed since, so an export cannot carry a verdict its files no longer earn."""
+    record = read_verification(run_dir)
+    if record is None:
+        return None
+    if not record["current"]:
+        log.warning("%s: verify.json is stale (a file it vouched for changed since); the card says so. "
+                    "Run `ciebench verify %s` again before exporting to carry a current verdict.", run_dir, run_dir)
+        status = "stale"
+    else:
+        status = "verified" if record.get("verified") else "failed"
+    return {"status": status, "verified": status == "verified", "ciebench_version": record.get("ciebench_version")}
 
 
 def _judge_provenance(summary: dict[str, Any]) -> dict[str, Any] | None:

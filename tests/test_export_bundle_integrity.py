@@ -1,0 +1,147 @@
+"""What `ciebench export` and a bundle vouch for: an export's card says a verification is stale when a
+file it vouched for changed since, a row whose prediction file is gone refuses to export (as a changed
+one does), and a bundle rewrite keeps an existing file only when it holds the source's bytes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ciebench.cli import app
+from ciebench.errors import IntegrityError
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def verified_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("integrity") / "noisy"
+    result = runner.invoke(app, ["evaluate", "--editor", "tests.support.editors_for_tests:NoisyEditor", "--dataset", "mini",
+                                 "--out", str(run), "--limit", "2", "--metrics", "psnr"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["verify", str(run), "--all"])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture
+def run_copy(verified_run: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(verified_run, target)
+    return target
+
+
+def _card(exported: Path) -> dict:
+    return yaml.safe_load((exported / "README.md").read_text(encoding="utf-8").split("---\n", 2)[1])["ciebench"]
+
+
+# ------------------------------------------------------------------------------ export: verification
+def test_a_current_verification_is_exported_as_verified(run_copy: Path, tmp_path: Path):
+    from ciebench.export import export_run
+
+    record = json.loads((run_copy / "verify.json").read_text())
+    verified = export_run(run_copy, tmp_path / "out")["ciebench"]["verified"]
+    assert verified == {"status": "verified", "verified": True, "ciebench_version": record["ciebench_version"]}
+    assert _card(tmp_path / "out")["verified"] == verified
+
+
+def _edit_summary(run: Path) -> None:
+    summary = json.loads((run / "summary.json").read_text())
+    summary["note"] = "edited after verification"
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def _edit_samples_csv(run: Path) -> None:
+    frame = pd.read_csv(run / "samples.csv", dtype={"sample_id": str})
+    frame.loc[0, "psnr"] = 99.0
+    frame.to_csv(run / "samples.csv", index=False)
+
+
+def _edit_samples_jsonl(run: Path) -> None:
+    lines = (run / "samples.jsonl").read_text().splitlines()
+    row = json.loads(lines[0])
+    row["psnr"] = 99.0
+    (run / "samples.jsonl").write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
+
+
+@pytest.mark.parametrize("edit", [_edit_summary, _edit_samples_csv, _edit_samples_jsonl])
+def test_a_verification_older_than_an_edit_is_exported_as_stale_with_a_warning(run_copy: Path, tmp_path: Path, edit,
+                                                                                caplog):
+    from ciebench.leaderboard import leaderboard
+
+    edit(run_copy)
+    with caplog.at_level(logging.WARNING, logger="ciebench.export"):
+        result = runner.invoke(app, ["export", str(run_copy), "--format", "hub", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    verified = _card(tmp_path / "out")["verified"]
+    assert verified["verified"] is False and verified.get("status") == "stale"
+    assert "stale" in caplog.text and str(run_copy) in caplog.text and "ciebench verify" in caplog.text
+    assert leaderboard([run_copy]).loc[0, "verified"].startswith("stale")  # as the leaderboard says of this folder
+
+
+def test_an_unverified_run_exports_no_verification(run_copy: Path, tmp_path: Path):
+    from ciebench.export import export_run
+
+    (run_copy / "verify.json").unlink()
+    assert export_run(run_copy, tmp_path / "out")["ciebench"]["verified"] is None
+
+
+# ------------------------------------------------------------------------------ export: missing image
+def test_a_deleted_prediction_refuses_to_export_like_a_changed_one(run_copy: Path, tmp_path: Path):
+    from ciebench.export import export_run
+
+    samples = pd.read_csv(run_copy / "samples.csv", dtype={"sample_id": str})
+    row = samples[samples["status"] == "ok"].iloc[0]
+    (run_copy / row["prediction"]).unlink()
+    with pytest.raises(IntegrityError) as raised:
+        export_run(run_copy, tmp_path / "out")
+    assert row["sample_id"] in str(raised.value) and Path(row["prediction"]).name in str(raised.value)
+    assert "missing" in str(raised.value) and not (tmp_path / "out").exists()
+    result = runner.invoke(app, ["export", str(run_copy), "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 6 and Path(row["prediction"]).name in result.output
+
+
+# ------------------------------------------------------------------------------ bundle rewrite
+def _plan(source: Path):
+    from ciebench.prefetch import Configuration, Plan, PlannedFile
+    from ciebench.requirements import Requirement
+
+    req = Requirement("local", str(source), used_by="integrity test")
+    return Plan(Configuration(), [req], files=[PlannedFile(req, "ciebench/weights.bin", source.stat().st_size, source)])
+
+
+def test_a_bundle_rewrite_replaces_a_same_size_file_with_other_bytes(tmp_path: Path):
+    from ciebench.bundle import check_bundle, write_bundle
+
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"the right weights" * 64)
+    bundle = tmp_path / "bundle"
+    write_bundle(_plan(source), bundle, progress=False)
+    target = bundle / "ciebench" / "weights.bin"
+    target.write_bytes(b"a wrong file....." * 64)  # same size, other bytes
+    manifest = write_bundle(_plan(source), bundle, progress=False)
+    assert target.read_bytes() == source.read_bytes()
+    assert manifest["files"][0]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert check_bundle(bundle) == []
+
+
+def test_a_bundle_rewrite_keeps_a_file_that_already_holds_the_sources_bytes(tmp_path: Path):
+    from ciebench.bundle import write_bundle
+
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"the right weights" * 64)
+    bundle = tmp_path / "bundle"
+    write_bundle(_plan(source), bundle, progress=False)
+    target = bundle / "ciebench" / "weights.bin"
+    os.utime(target, ns=(1_000_000_000, 1_000_000_000))  # a rewrite that copied would change it
+    manifest = write_bundle(_plan(source), bundle, progress=False)
+    assert target.stat().st_mtime_ns == 1_000_000_000
+    assert manifest["files"][0]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
