@@ -200,3 +200,37 @@ def test_a_dropped_row_is_named_even_with_a_regenerated_summary(run_copy: Path):
     assert result.exit_code == 1 and verdicts["samples"] == "FAIL" and verdicts["summary"] == "PASS"
     assert f"(sample {dropped} seed 0) has no row in samples.csv" in result.output
     assert "samples.csv has 3 rows; the spec asks for 4 sample(s) x 1 seed(s)" in result.output
+
+
+def _forge(run: Path, position: int, **changes) -> str:
+    """Fabricated values (and other changes) in one row, written consistently into samples.csv,
+    samples.jsonl and summary.json with ciebench's own writers: what a careful forger would do."""
+    from ciebench.io import atomic_write_json
+    from ciebench.results import BASE_COLUMNS, read_samples, summarize, write_samples
+
+    frame = read_samples(run)
+    for column, value in {"psnr": 60.0, "ssim": 0.999, "mse": 1e-6, **changes}.items():
+        frame.loc[position, column] = value
+    write_samples(run, frame.to_dict("records"), [c for c in frame.columns if c not in BASE_COLUMNS])
+    summary = json.loads((run / "summary.json").read_text())
+    fresh = summarize(read_samples(run), {m: b["higher_is_better"] for m, b in summary["metrics"].items()},
+                      sample_ids=list(frame["sample_id"]))
+    summary.update(fresh)
+    atomic_write_json(run / "summary.json", summary)
+    return str(frame.loc[position, "sample_id"])
+
+
+@pytest.mark.parametrize("how", ["prediction cleared", "status changed"])
+def test_made_up_values_in_a_row_that_is_not_ok_or_has_no_image_are_named(run_copy: Path, how: str):
+    # Before: the re-score looked only at rows with status ok and a prediction, so these rows' numbers
+    # entered the means unchecked and the run "verified" (mean PSNR 26.7 -> 35.1).
+    changes = {"prediction": None, "prediction_sha256": None} if how == "prediction cleared" else {"status": "metric_error"}
+    sample_id = _forge(run_copy, 0, **changes)
+    result = _verify(run_copy)
+    verdicts = _verdicts(result.output)
+    assert result.exit_code == 1 and verdicts["rescore"] == "FAIL" and verdicts["summary"] == "PASS", result.output
+    if how == "prediction cleared":
+        assert f"sample {sample_id} seed 0: psnr, mse, ssim," in result.output
+        assert "recorded without a prediction image (status ok)" in result.output
+    else:
+        assert f"sample {sample_id} seed 0: psnr re-scores to" in result.output
