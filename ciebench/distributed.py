@@ -245,7 +245,7 @@ class RayBackend(Backend):
                     prepared, calls = result
                 stats.editor_calls += calls
                 for item in prepared:
-                    ok = commit_result(out, item)
+                    ok = commit_result(out, item, stats.invocation)
                     stats.generated += ok
                     stats.failed += not ok
                     bar.update(1)

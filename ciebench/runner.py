@@ -41,6 +41,7 @@ from .scoring import Prediction, ScoreOptions, ScoreResult, resolve_metrics, sco
 from .spec import RunSpec, derive_seed
 from .stats import from_json_number
 from .status import Status
+from .versions import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,15 @@ class RunOptions:
 
 @dataclass
 class RunStats:
-    """Counts of one generation pass (the dataset runner's and a benchmark's)."""
+    """Counts of one generation pass (the dataset runner's and a benchmark's), and the number of the
+    invocation doing it (`record_invocation`), which every record it writes names."""
 
     generated: int = 0
     skipped: int = 0
     failed: int = 0
     unsupported: int = 0  # cases the editor does not take (several images or turns): not failures
     editor_calls: int = 0  # calls of Editor.edit (a batch counts once)
+    invocation: int | None = None
 
 
 def build_spec(editor: Editor | None, loaded: LoadedDataset, options: RunOptions,
@@ -157,9 +160,64 @@ def run(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOptions,
         return _run_locked(editor, loaded, out, options, spec, backend if backend is not None else LocalBackend())
 
 
+INVOCATIONS = "invocations.json"
+# What may differ between the invocations of one resumed run without changing its spec, and is worth
+# saying when it does: where and how the editor ran, and the packages it ran with.
+_PROVENANCE = ("device", "batch_size", "backend", "ciebench", "versions")
+
+
+def record_invocation(out: Path, options: RunOptions, backend: Backend) -> int:
+    """Append this invocation's provenance to `out/invocations.json` and return its number. The spec
+    decides what a run computes; a resumed run's images may still come from several invocations on
+    another device, batch size or package versions, so each record names its invocation."""
+    path = out / INVOCATIONS
+    previous: list[dict[str, Any]] = []
+    if path.exists():
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            previous = loaded if isinstance(loaded, list) else []
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable (%s); the earlier invocations' provenance is lost, later ones are kept", path, exc)
+    entry = {"number": len(previous), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "ciebench": __version__, "device": options.device, "batch_size": options.batch_size,
+             "backend": type(backend).__name__, "versions": package_versions()}
+    atomic_write_json(path, previous + [entry])
+    return entry["number"]
+
+
+def invocation_provenance(out: Path, numbers: set[int | None]) -> dict[str, Any]:
+    """The invocations whose records the run's rows come from, and what differs between them (a mixed
+    resume: say so rather than publish one device or version for all)."""
+    try:
+        entries = {e.get("number"): e for e in json.loads((out / INVOCATIONS).read_text(encoding="utf-8"))}
+    except (OSError, ValueError, AttributeError, TypeError):
+        entries = {}
+    used = [entries[n] for n in sorted(n for n in numbers if n is not None) if n in entries]
+    differs = _differences(used)
+    out_: dict[str, Any] = {"invocations": used, "differs": differs}
+    if None in numbers or any(n not in entries for n in numbers if n is not None):
+        out_["unrecorded"] = True  # records from before invocations were kept, or a lost invocations file
+    return out_
+
+
+def _record(out: Path, prediction: Prediction) -> dict[str, Any]:
+    try:
+        return json.loads((out / "records" / f"{file_stem(prediction.sample_id, prediction.seed)}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _differences(entries: list[dict[str, Any]]) -> list[str]:
+    """The provenance fields (each package's version on its own) that are not the same in every entry."""
+    flat = [{**{f: e.get(f) for f in _PROVENANCE if f != "versions"},
+             **{f"versions.{k}": v for k, v in (e.get("versions") or {}).items()}} for e in entries]
+    keys = sorted({k for f in flat for k in f})
+    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+
+
 def _run_locked(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOptions, spec: RunSpec,
                 backend: Backend) -> tuple[RunStats, ScoreResult]:
-    stats = RunStats()
+    stats = RunStats(invocation=record_invocation(out, options, backend))
     n = len(loaded.dataset) if options.limit is None else min(options.limit, len(loaded.dataset))
     ids = [str(i) for i in loaded.dataset["id"][:n]] if n else []
     todo = [(sample_id, seed) for sample_id in ids for seed in options.seeds]
@@ -175,11 +233,18 @@ def _run_locked(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOp
     # shares stays loaded while the judge holds it).
     editor.close()
     _free_memory()
-    result = score(loaded, collect_predictions(out, todo), out, options.score,
+    predictions = collect_predictions(out, todo)
+    provenance = invocation_provenance(out, {_record(out, p).get("invocation") for p in predictions if p.path is not None})
+    if provenance["differs"]:
+        log.warning("%s: the images come from %d invocations that differ in %s (resumed elsewhere or after an "
+                    "upgrade); summary.json run.provenance lists them", out, len(provenance["invocations"]),
+                    ", ".join(provenance["differs"]))
+    result = score(loaded, predictions, out, options.score,
                    header={"run": {"spec_hash": spec.spec_hash, "editor": spec.editor, "seeds": list(options.seeds),
                                    "editor_config_hash": spec.editor_config_hash,
                                    "generation": {"generated": stats.generated, "skipped": stats.skipped,
-                                                  "failed": stats.failed, "editor_calls": stats.editor_calls}}},
+                                                  "failed": stats.failed, "editor_calls": stats.editor_calls},
+                                   "provenance": provenance}},
                    progress=options.progress, backend=backend)
     return stats, result
 
@@ -214,7 +279,7 @@ def generate_local(editor: Editor, pending: Sequence[tuple[EditSample, int]], ou
         for batch in _batches(pending, options.batch_size):
             requests = [make_request(editor, sample, seed) for sample, seed in batch]
             for (sample, seed), result in zip(batch, edit_isolated(editor, requests, stats)):
-                ok = write_result(out, sample, seed, result)
+                ok = write_result(out, sample, seed, result, stats.invocation)
                 stats.generated += ok
                 stats.failed += not ok
                 bar.update(1)
@@ -261,9 +326,9 @@ class PreparedResult:
     trace: dict[str, Any] | None = None  # artifacts, if any, already PNG-encoded: {name: bytes}
 
 
-def write_result(out: Path, sample: EditSample, seed: int, result: EditResult) -> bool:
+def write_result(out: Path, sample: EditSample, seed: int, result: EditResult, invocation: int | None = None) -> bool:
     """Validate and persist one result; the record is written last. Returns True when usable."""
-    return commit_result(out, prepare_result(sample.id, seed, sample.image.size, result))
+    return commit_result(out, prepare_result(sample.id, seed, sample.image.size, result), invocation)
 
 
 def prepare_result(sample_id: str, seed: int, size: tuple[int, int], result: EditResult) -> PreparedResult:
@@ -322,10 +387,12 @@ def _prepare_trace(trace: Any) -> tuple[dict[str, Any], str | None]:
         return kept, f"the editor's trace could not be recorded ({type(exc).__name__}: {exc}); kept as text in the trace file"
 
 
-def commit_result(out: Path, prepared: PreparedResult) -> bool:
+def commit_result(out: Path, prepared: PreparedResult, invocation: int | None = None) -> bool:
     """The writing half of `write_result`: image, trace, then the record (the done-marker), each atomic.
-    A write that fails for this sample only is recorded as its error; a full or read-only disk ends
-    the run (every later sample would fail alike)."""
+    The record names the invocation that wrote it (`record_invocation`). A write that fails for this
+    sample only is recorded as its error; a full or read-only disk ends the run (every later sample
+    would fail alike)."""
+    prepared.record["invocation"] = invocation
     try:
         if prepared.png is not None:
             atomic_write_bytes(out / "images" / f"{prepared.stem}.png", prepared.png)
@@ -345,7 +412,7 @@ def commit_result(out: Path, prepared: PreparedResult) -> bool:
 
 def _record_failure(out: Path, prepared: PreparedResult, exc: BaseException) -> bool:
     log.warning("sample %s: could not record the result (%s)", prepared.record.get("sample_id"), exc)
-    record = {k: prepared.record.get(k) for k in ("sample_id", "seed", "file_stem")}
+    record = {k: prepared.record.get(k) for k in ("sample_id", "seed", "file_stem", "invocation")}
     record.update(status=Status.RECORD_ERROR, image_sha256=None, timings={},
                   error=f"the result could not be recorded ({type(exc).__name__}: {exc})")
     atomic_write_json(out / "records" / f"{prepared.stem}.json", record)

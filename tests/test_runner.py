@@ -117,6 +117,33 @@ def test_resume_skips_finished_samples_and_redoes_a_tampered_image(tmp_path: Pat
     assert len(log.read_text().split()) == 10
 
 
+def test_a_resume_elsewhere_records_each_invocation_and_says_what_differs(tmp_path: Path, monkeypatch, caplog):
+    # The spec decides what a run computes, but a resume may run on another device, batch size or
+    # package versions: before, spec.json kept the first invocation's notes and nothing else.
+    import ciebench.runner as runner_module
+
+    run = tmp_path / "run"
+    args = ["--editor", "identity", "--dataset", "mini", "--out", str(run), "--limit", "3", *FAST]
+    _evaluate(*args, "--batch-size", "1")
+    first = json.loads((run / "summary.json").read_text())["run"]["provenance"]
+    assert [i["batch_size"] for i in first["invocations"]] == [1] and first["differs"] == []
+    for record in sorted((run / "records").iterdir())[:2]:
+        assert json.loads(record.read_text())["invocation"] == 0
+        record.unlink()
+    real = runner_module.package_versions
+    monkeypatch.setattr(runner_module, "package_versions", lambda: {**real(), "torch": "9.9.9"})
+    with caplog.at_level("WARNING", logger="ciebench.runner"):
+        result = _evaluate(*args, "--batch-size", "2")
+    assert "generated 2, resumed 1" in result.output
+    invocations = json.loads((run / "invocations.json").read_text())
+    assert [(i["number"], i["batch_size"], i["versions"]["torch"]) for i in invocations] == \
+        [(0, 1, real()["torch"]), (1, 2, "9.9.9")]
+    assert sorted(json.loads(r.read_text())["invocation"] for r in (run / "records").iterdir()) == [0, 1, 1]
+    provenance = json.loads((run / "summary.json").read_text())["run"]["provenance"]
+    assert provenance["differs"] == ["batch_size", "versions.torch"] and len(provenance["invocations"]) == 2
+    assert "differ in batch_size, versions.torch" in caplog.text
+
+
 def test_sigkill_part_way_then_rerun_finishes_every_sample_once(tmp_path: Path):
     run = tmp_path / "run"
     log = tmp_path / "calls.txt"
