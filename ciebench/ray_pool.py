@@ -2,13 +2,13 @@
 
 `WorkerPool` starts actors from a factory, feeds them `Task`s (at most `RayOptions.window` in flight
 per actor) and yields (task, result) as results arrive. Actors never restart by themselves
-(`max_restarts=0`). When one dies, every task whose result reached the driver is kept, the first
-one whose result did not (the task it was running, or the one it had just finished when the death
-cut off that result's reply: Ray cannot tell them apart, so that one is done again) is charged one
-attempt and resubmitted (a batch split into single items, so an item that kills its worker fails
-alone), the tasks queued behind it are resubmitted free, and a new actor replaces it (at
-most `RayOptions.restarts_allowed` in a run). An item whose worker died more than `max_retries` times
-comes back as `GaveUp`. `RaySession` connects to (or starts) Ray. The editing and scoring actors that
+(`max_restarts=0`). When one dies, every task whose result reached the driver is kept. If one task
+lacks its result, it is charged one attempt; if several do (the first was running, or had finished
+and the death cut off its reply while the next ran: Ray cannot tell them apart), none is charged, so
+an innocent sample never uses up the retries. Either way they are resubmitted as single items that
+each run alone on a worker, so the next death is attributable, and a new actor replaces the dead one
+(at most `RayOptions.restarts_allowed` in a run). An item whose worker died more than `max_retries`
+times comes back as `GaveUp`. `RaySession` connects to (or starts) Ray. The editing and scoring actors that
 run on this pool live in `ciebench.distributed`.
 """
 from __future__ import annotations
@@ -136,9 +136,14 @@ class Task:
     payload: list[Any]
     keys: list[Any]
     attempts: int = 0
+    solo: bool = False  # a suspect of a worker's death: runs with nothing queued beside it
 
     def split(self) -> list["Task"]:
-        return [Task([p], [k], self.attempts) for p, k in zip(self.payload, self.keys)]
+        return [Task([p], [k], self.attempts, self.solo) for p, k in zip(self.payload, self.keys)]
+
+    def suspect(self) -> list["Task"]:
+        """This task as single items that each run alone, so that a death they cause is theirs alone."""
+        return [Task([p], [k], self.attempts, solo=True) for p, k in zip(self.payload, self.keys)]
 
 
 @dataclass
@@ -265,6 +270,8 @@ class WorkerPool:
             while True:
                 for w in list(self.workers.values()):
                     while len(w.queue) < window:
+                        if w.queue and (inflight[w.queue[-1]][1].solo or (retry and retry[0].solo)):
+                            break  # a suspect runs alone, and waits for a worker with nothing queued
                         task = retry.popleft() if retry else next(source, None)
                         if task is None:
                             break
@@ -308,25 +315,32 @@ class WorkerPool:
         ray.wait(refs, num_returns=len(refs), timeout=60)  # they resolve at once: finished, or failed with it
         message = _cause(exc)
         log.warning("a Ray %s died (%s); %d task(s) of it are checked and resubmitted", self.label, message, len(refs))
-        blamed = False
-        resubmit: list[Task] = []
-        for ref in refs:  # submission order: the first failed task was running (or had just finished)
+        failed: list[Task] = []
+        for ref in refs:
             _, task = inflight.pop(ref)
             try:
                 result = ray.get(ref, timeout=0)
             except deaths:
-                if blamed:
-                    resubmit.append(task)
-                    continue
-                blamed = True
-                task.attempts += 1
-                if task.attempts > self.options.max_retries:
-                    yield task, GaveUp(f"the Ray {self.label} died {task.attempts} times while working on this "
-                                       f"sample (last: {message})")
-                else:
-                    resubmit.extend(task.split() if len(task.payload) > 1 else [task])
+                failed.append(task)
                 continue
             yield task, result
+        resubmit: list[Task] = []
+        if len(failed) == 1:
+            # The only task without a result: it was running (or had just finished and its reply was
+            # cut off, when it ran alone: still the only candidate). Charge it.
+            task = failed[0]
+            task.attempts += 1
+            if task.attempts > self.options.max_retries:
+                yield task, GaveUp(f"the Ray {self.label} died {task.attempts} times while working on this "
+                                   f"sample (last: {message})")
+            else:
+                resubmit.extend(task.suspect())
+        else:
+            # Several: the first was running, or had finished with its reply cut off while the second
+            # ran; Ray cannot tell which. Charge none (an innocent sample must never use up the retries),
+            # and run each alone, so that the next death, if any, is attributable.
+            for task in failed:
+                resubmit.extend(task.suspect())
         retry.extendleft(reversed(resubmit))
         self._died(f"a Ray {self.label} died: {message}")
 

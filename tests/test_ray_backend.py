@@ -142,16 +142,21 @@ def test_a_sample_that_always_kills_its_worker_fails_alone_after_the_retry_limit
     backend = RayBackend(RayOptions(num_workers=2, max_retries=1))
     caplog.set_level(logging.INFO, logger="ciebench.ray_pool")
     backend.generate(editor, PendingSamples(loaded.dataset, keys), out, RunOptions(batch_size=2, progress=False), stats)
-    assert len(marker.read_text().split()) == 2  # the first attempt and one retry, each on its own worker
-    # each dead worker was replaced: two replacements started, as the pool reports them
+    # Two deaths charged to the poison (the first attempt and one retry, each on its own worker). One
+    # more, uncharged, when the first death also cut off the reply of the batch that worker had just
+    # finished: Ray cannot tell which of the two killed it, so neither is charged and each reruns alone
+    # (seen on a loaded 2-core machine; ciebench.ray_pool, tests/test_ray_pool_blame.py).
+    crashes = len(marker.read_text().split())
+    assert crashes in (2, 3)
+    # each dead worker was replaced, as the pool reports it
     started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("starting replacement")]
-    assert started == ["starting replacement editing worker 1 (at most 4 in this run)",
-                       "starting replacement editing worker 2 (at most 4 in this run)"]
+    assert started == [f"starting replacement editing worker {k} (at most 4 in this run)" for k in range(1, crashes + 1)]
     assert (stats.generated, stats.failed) == (8, 1)
     record = json.loads((out / "records" / f"{poison}__s0.json").read_text())
     assert record["status"] == "error" and "died 2 times" in record["error"]
     edited = Counter(line.split()[0] for line in log.read_text().splitlines())
-    assert set(edited) == set(loaded.dataset["id"]) - {poison} and set(edited.values()) == {1}
+    assert set(edited) == set(loaded.dataset["id"]) - {poison}
+    assert set(edited.values()) == {1} if crashes == 2 else set(edited.values()) <= {1, 2}
 
 
 def test_a_local_run_killed_part_way_resumes_on_ray_without_redoing_finished_samples(tmp_path: Path,
