@@ -195,8 +195,10 @@ def _score(loaded: LoadedDataset, predictions: Path, found: list, out: Path, opt
     outdir.claim(out, "score")
     with outdir.lock(out):
         outdir.clean_stale_temp(out)
-        atomic_write_json(out / "spec.json", spec.to_dict())
         result = score_predictions(loaded, found, out, options, progress=progress, backend=backend)
+        # spec.json describes the results beside it, so it is written once they are: a score that fails
+        # (a model that cannot load, Ctrl-C) leaves an earlier score's spec.json with that score's results
+        atomic_write_json(out / "spec.json", spec.to_dict())
     return RunResult(out, result.summary, None, tuple(result.rows))
 
 

@@ -22,7 +22,7 @@ from ciebench.io import atomic_write_bytes, atomic_write_text
 from ciebench.stats import from_json_number
 from ciebench.metrics import catalogue
 
-from .report import csv_text
+from .report import GALLERY_FOLDERS, csv_text, remove_leftovers
 from .tables import md_escape
 
 THUMB = 192
@@ -108,10 +108,30 @@ def _markdown(frame: pd.DataFrame) -> str:
 
 
 def write_benchmark_boards(paths: list[str | Path], out: str | Path, gallery: bool = True) -> list[Path]:
+    """benchmarks.md, benchmark__<name>.csv (+ __categories) and gallery/<name>/ for the benchmark runs
+    `paths`, into the leaderboard folder `out`; an earlier leaderboard's benchmark files that this one
+    does not rewrite are removed. Returns the files written."""
     out = Path(out)
-    paths = [Path(p) for p in paths]
-    written: list[Path] = []
     outdir.claim(out, "leaderboard")
+    with outdir.lock(out):
+        written = _write_boards([Path(p) for p in paths], out, gallery)
+        remove_leftovers(out, benchmark_outputs(out), written)  # after the writes: a failed one removes nothing
+    return written
+
+
+def benchmark_outputs(out: Path) -> list[Path]:
+    """Every file in `out` of a kind the benchmark boards are made of: benchmarks.md, benchmark__*.csv,
+    and each gallery/<benchmark>/ page with its numbered thumbnails (the tables' gallery has the other
+    folders of gallery/)."""
+    found = [out / "benchmarks.md", *out.glob("benchmark__*.csv")]
+    for page in out.glob("gallery/*/index.html"):
+        if page.parent.name not in GALLERY_FOLDERS:
+            found += [page, *page.parent.glob("[0-9]*.png")]
+    return [p for p in found if p.is_file() or p.is_symlink()]
+
+
+def _write_boards(paths: list[Path], out: Path, gallery: bool) -> list[Path]:
+    written: list[Path] = []
     doc = ["# Benchmark leaderboards\n"]
     for name, (main, cats) in benchmark_tables(paths).items():
         for stem, frame in ((f"benchmark__{name}.csv", main), (f"benchmark__{name}__categories.csv", cats)):
@@ -119,8 +139,8 @@ def write_benchmark_boards(paths: list[str | Path], out: str | Path, gallery: bo
             written.append(out / stem)
         doc += [f"## {md_escape(name)}\n", _markdown(main), f"\n### {md_escape(name)}: categories\n", _markdown(cats), ""]
         if gallery:
-            written.append(write_benchmark_gallery(name, [p for p in paths if _bench_name(p) == name],
-                                                   out / "gallery" / name))
+            write_benchmark_gallery(name, [p for p in paths if _bench_name(p) == name], out / "gallery" / name,
+                                    written)
     atomic_write_text(out / "benchmarks.md", "\n".join(doc))
     written.append(out / "benchmarks.md")
     return written
@@ -130,20 +150,23 @@ def _bench_name(path: Path) -> str:
     return json.loads((path / "summary.json").read_text())["benchmark"]["name"]
 
 
-def _thumb(src: Path, dest: Path) -> str:
+def _thumb(src: Path, dest: Path, written: list[Path]) -> str:
     with Image.open(src) as im:
         im = im.convert("RGB")
         im.thumbnail((THUMB, THUMB))
         buf = io.BytesIO()
         im.save(buf, format="PNG")
     atomic_write_bytes(dest, buf.getvalue())
+    written.append(dest)
     return dest.name
 
 
-def write_benchmark_gallery(name: str, runs: list[Path], out: Path) -> Path:
-    """index.html: one block per case (inputs, then per run: every turn and the final output)."""
+def write_benchmark_gallery(name: str, runs: list[Path], out: Path, written: list[Path] | None = None) -> Path:
+    """index.html: one block per case (inputs, then per run: every turn and the final output). Every
+    file written is appended to `written`."""
     from ciebench.benchmarks.run import output_image_path
 
+    written = [] if written is None else written
     cases: dict[str, dict[str, Any]] = {}
     for k, run in enumerate(runs):
         for record_path in sorted((run / "records").glob("*/*.json")):
@@ -167,15 +190,16 @@ def write_benchmark_gallery(name: str, runs: list[Path], out: Path) -> Path:
         for i, src in enumerate(case["inputs"]):
             if Path(src).is_file():
                 n += 1
-                parts.append(f"<figure><img src='{_thumb(Path(src), out / f'{n}.png')}'>"
+                parts.append(f"<figure><img src='{_thumb(Path(src), out / f'{n}.png', written)}'>"
                              f"<figcaption>input {i + 1}</figcaption></figure>")
         for k, status, error, images in case["runs"]:
             parts.append(f"<div>run {k}: {html.escape(str(status))}"
                          + (f" ({html.escape(str(error))})" if error else "") + "</div>")
             for caption, path in images:
                 n += 1
-                parts.append(f"<figure><img src='{_thumb(path, out / f'{n}.png')}'>"
+                parts.append(f"<figure><img src='{_thumb(path, out / f'{n}.png', written)}'>"
                              f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         parts.append("</div>")
     atomic_write_text(out / "index.html", "\n".join(parts))
+    written.append(out / "index.html")
     return out / "index.html"

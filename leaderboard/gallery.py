@@ -121,12 +121,16 @@ def _release_cached() -> bool:
 
 def write_gallery(runs, out_dir: str | Path, *, dataset: str | None = None, page_size: int = PAGE_SIZE,
                   thumb_size: int = THUMB_SIZE, full_images: bool = True, title: str = "CIEBench gallery",
-                  run_tables: dict[str, str] | None = None, styles: dict[str, dict] | None = None) -> Path:
+                  run_tables: dict[str, str] | None = None, styles: dict[str, dict] | None = None,
+                  written: list[Path] | None = None) -> Path:
     """Write `out_dir/index.html` (+ images and trace scripts under `out_dir`) for `runs` (paths or
     `Run`s). Source images come from `dataset` if given, else from each run's spec dataset.
     `run_tables` maps run directories (str(run.path)) to their leaderboard table, shown beside the
-    label; `styles` maps labels to {"color"} (default: `plots.editor_styles`). Returns the page."""
+    label; `styles` maps labels to {"color"} (default: `plots.editor_styles`). Every file written is
+    appended to `written` (the leaderboard removes an earlier gallery's other files). Returns the page."""
     from .plots import editor_styles
+
+    written = [] if written is None else written
 
     runs: list[Run] = load_runs(runs)
     styles = styles or editor_styles(r.label for r in runs)
@@ -161,9 +165,9 @@ def write_gallery(runs, out_dir: str | Path, *, dataset: str | None = None, page
             entry["instruction"] = sample.instruction
             entry["clip_text"] = list(sample.clip_text)
             entry["edit_type"] = sample.edit_type or entry["edit_type"]
-            entry["source"] = _write_image(out, f"src/{safe}", sample.image, thumb_size, full_images)
+            entry["source"] = _write_image(out, f"src/{safe}", sample.image, thumb_size, full_images, written)
             entry["overlay"] = _write_image(out, f"mask/{safe}", mask_overlay(sample.image, sample.aligned_mask()),
-                                            thumb_size, full_images)
+                                            thumb_size, full_images, written)
         samples_data.append(entry)
     by_id = {e["id"]: e for e in samples_data}
 
@@ -185,12 +189,12 @@ def write_gallery(runs, out_dir: str | Path, *, dataset: str | None = None, page
                         try:
                             im = open_image_file(path)  # regular files, allowed formats only
                             img = _write_image(out, f"out/r{k}/{file_stem(sid, seed)}", im, thumb_size, full_images,
-                                               raw=path.read_bytes() if path.suffix.lower() == ".png" else None)
+                                               written, raw=path.read_bytes() if path.suffix.lower() == ".png" else None)
                         except Exception as exc:  # noqa: BLE001 - a corrupt prediction is shown as such
                             log.warning("%s: unreadable prediction (%s)", path, exc)
                 row: dict[str, Any] = {"seed": seed, "status": _text(rec.get("status")), "img": img,
                                        "m": [_compact(rec.get(m)) if m in rec else None for m in metrics]}
-                trace = _write_trace(run, k, sid, seed, out, thumb_size)
+                trace = _write_trace(run, k, sid, seed, out, thumb_size, written)
                 if trace:
                     row["trace"] = trace
                 if _text(rec.get("error")):
@@ -213,6 +217,7 @@ def write_gallery(runs, out_dir: str | Path, *, dataset: str | None = None, page
     }
     page = out / "index.html"
     atomic_write_text(page, render_html(data))
+    written.append(page)
     return page
 
 
@@ -254,10 +259,11 @@ def _text(v: Any) -> str:
     return str(v)
 
 
-def _write_image(out: Path, stem: str, image: Image.Image, thumb_size: int, full_images: bool,
+def _write_image(out: Path, stem: str, image: Image.Image, thumb_size: int, full_images: bool, written: list[Path],
                  raw: bytes | None = None) -> dict[str, Any]:
     thumb_rel = f"thumbs/{stem}.jpg"
     atomic_write_bytes(out / thumb_rel, _thumb(image, thumb_size))
+    written.append(out / thumb_rel)
     w, h = image.size
     scale = min(1.0, thumb_size / max(w, h))
     info: dict[str, Any] = {"thumb": thumb_rel, "w": max(1, round(w * scale)), "h": max(1, round(h * scale)),
@@ -265,6 +271,7 @@ def _write_image(out: Path, stem: str, image: Image.Image, thumb_size: int, full
     if full_images:
         full_rel = f"full/{stem}.png"
         atomic_write_bytes(out / full_rel, raw if raw is not None else png_bytes(image.convert("RGB")))
+        written.append(out / full_rel)
         info["full"] = full_rel
     return info
 
@@ -287,7 +294,8 @@ def trace_path(run_dir: Path, sample_id: str, seed: int) -> Path | None:
     return None
 
 
-def _write_trace(run: Run, k: int, sample_id: str, seed: int, out: Path, thumb_size: int) -> str | None:
+def _write_trace(run: Run, k: int, sample_id: str, seed: int, out: Path, thumb_size: int,
+                 written: list[Path]) -> str | None:
     path = trace_path(run.path, sample_id, seed)
     if path is None:
         return None
@@ -306,7 +314,7 @@ def _write_trace(run: Run, k: int, sample_id: str, seed: int, out: Path, thumb_s
                 continue
             try:
                 im = open_image_file(src)
-                info = _write_image(out, f"artifacts/r{k}/{stem}/{i}", im, thumb_size, True,
+                info = _write_image(out, f"artifacts/r{k}/{stem}/{i}", im, thumb_size, True, written,
                                     raw=src.read_bytes() if src.suffix.lower() == ".png" else None)
             except Exception as exc:  # noqa: BLE001 - an unreadable artifact is skipped, the trace still shows
                 log.warning("%s: unreadable trace artifact (%s)", src, exc)
@@ -316,6 +324,7 @@ def _write_trace(run: Run, k: int, sample_id: str, seed: int, out: Path, thumb_s
     payload = json.dumps(trace, ensure_ascii=True, default=str)
     atomic_write_text(out / rel_js, "window.ciebenchTrace(%d, %s, %d, %s, %s);\n" % (
         k, json.dumps(sample_id, ensure_ascii=True), seed, payload, json.dumps(images, ensure_ascii=True)))
+    written.append(out / rel_js)
     return rel_js
 
 

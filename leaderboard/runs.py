@@ -96,7 +96,12 @@ class Run:
 
     @property
     def protocol(self) -> dict[str, Any]:
-        return self.spec.get("protocol") or self.summary.get("protocol") or {}
+        """The protocol the numbers were scored under: spec.json's, or summary.json's when the two
+        disagree (summary.json is written with the numbers; see `protocol_conflict`) or spec.json has none."""
+        recorded, scored = _protocol_block(self.spec), _protocol_block(self.summary)
+        if protocol_conflict(self.spec, self.summary):
+            return scored
+        return recorded or scored
 
     @property
     def protocol_name(self) -> str:
@@ -191,6 +196,7 @@ def load_run(path: str | Path) -> Run:
         if col not in samples.columns:
             raise RunError(f"{path / 'samples.csv'}: missing column {col!r}")
     samples["edit_type"] = samples["edit_type"].fillna("other")
+    _warn_protocol_conflict(path, spec, summary)
     metrics = _metric_directions(samples, summary, path)
     for m in metrics:  # "inf" strings are read as floats by pandas; anything else non-numeric is an error
         samples[m] = pd.to_numeric(samples[m], errors="coerce")
@@ -244,6 +250,30 @@ def assign_labels(runs: list[Run]) -> None:
     for members in groups.values():
         for run, label in zip(members, number_repeats([r.label for r in members], " #")):
             run.label = label
+
+
+def _protocol_block(record: dict[str, Any]) -> dict[str, Any]:
+    block = record.get("protocol")
+    return block if isinstance(block, dict) else {}
+
+
+def protocol_conflict(spec: dict[str, Any], summary: dict[str, Any]) -> bool:
+    """Whether spec.json and summary.json name different protocols (name or hash, where both record
+    it): a `ciebench score` that failed used to leave its new spec.json beside the earlier results.
+    The numbers are summary.json's, so its protocol labels them (`Run.protocol`)."""
+    recorded, scored = _protocol_block(spec), _protocol_block(summary)
+    return any(key in recorded and key in scored and recorded[key] != scored[key] for key in ("name", "hash"))
+
+
+def _warn_protocol_conflict(path: Path, spec: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Say so, once per run read, when a run is shown under summary.json's protocol over spec.json's."""
+    if not protocol_conflict(spec, summary):
+        return
+    recorded, scored = _protocol_block(spec), _protocol_block(summary)
+    log.warning("%s: spec.json names protocol %s [%s] but summary.json was scored under %s [%s] (a later "
+                "`ciebench score` into this folder did not finish?); the run is shown under %s. Score the "
+                "folder again to make them agree", path, recorded.get("name"), str(recorded.get("hash"))[:8],
+                scored.get("name"), str(scored.get("hash"))[:8], scored.get("name"))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

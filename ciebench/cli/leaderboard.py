@@ -39,17 +39,21 @@ def leaderboard_cmd(
     for run in runs:
         if not run.is_dir():
             raise UsageError(f"{run} is not a folder")
-    from ciebench.leaderboard.benchmark_board import is_benchmark_run, write_benchmark_boards
+    from ciebench.leaderboard.benchmark_board import benchmark_outputs, is_benchmark_run, write_benchmark_boards
+    from ciebench.leaderboard.report import remove_outputs, table_outputs
 
     bench_runs = [r for r in runs if is_benchmark_run(r)]  # judge-scored benchmarks: own tables, never mixed
     runs = [r for r in runs if r not in bench_runs]
     if bench_runs:
         write_benchmark_boards(bench_runs, out, gallery=gallery)
         typer.echo(f"wrote {out}/benchmarks.md and benchmark__<name>.csv for {len(bench_runs)} benchmark run(s)")
-        if not runs:
-            return
+    if not runs:
+        remove_outputs(out, table_outputs)  # an earlier leaderboard's tables would pass for this one's
+        return
     result = write_leaderboard(runs, out, primary=primary, alpha=alpha, plots=plots, gallery=gallery,
                                dataset=dataset, full_images=full_images, page_size=page_size, by_track=by_track)
+    if not bench_runs:
+        remove_outputs(out, benchmark_outputs)  # likewise an earlier leaderboard's benchmark boards
     for table in result.tables:
         lb = table.leaderboard
         typer.echo(f"\n{table.title}: {len(lb)} run(s), sorted by {table.primary or '-'}")

@@ -1,0 +1,243 @@
+"""What a leaderboard shows matches what was computed: a failed `ciebench score` leaves no new spec.json
+over the old results, a run whose spec.json and summary.json name different protocols is labelled
+with the one its numbers were scored under (and warned about), and rewriting a leaderboard folder
+leaves exactly the files a fresh leaderboard of the same runs would have, a user's own files kept."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import ciebench
+from ciebench.backend import LocalBackend
+from ciebench.cli import app
+from ciebench.leaderboard import load_run, write_leaderboard
+from ciebench.metrics.protocols import get_protocol
+from ciebench.outdir import LOCK, MARKER
+
+from tests.support.leaderboard_runs import build_run
+from tests.support.predictions import identity_predictions
+
+runner = CliRunner()
+FAST = dict(metrics=["psnr", "ssim"], progress=False)
+LPIPS_OFFLINE = "LPIPS needs torchvision's squeezenet1_1 ImageNet weights (offline test)"
+
+
+def _files(folder: Path) -> set[str]:
+    """Every file under `folder` (relative, POSIX), the folder's marker and lock left out."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+            if p.is_file() and p.name not in (MARKER, LOCK)}
+
+
+def _protocol_of(run: Path, name: str) -> dict:
+    return json.loads((run / name).read_text())["protocol"]
+
+
+# --- 1. a failed score, and a spec.json that disagrees with summary.json --------------------------
+
+class OfflineBackend(LocalBackend):
+    """The local backend, failing as region scoring does when a metric's model cannot load (LPIPS
+    offline without its weights) or when the user presses Ctrl-C."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+    def score_regions(self, *args, **kwargs):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [RuntimeError(LPIPS_OFFLINE), KeyboardInterrupt()], ids=["model", "ctrl-c"])
+def test_a_failed_score_leaves_the_spec_of_the_results_that_are_there(tmp_path: Path, error: BaseException):
+    predictions = tmp_path / "preds"
+    identity_predictions(predictions, 4)
+    out = tmp_path / "s1"
+    ciebench.score("mini", predictions, out, limit=4, **FAST)
+    before = {name: (out / name).read_bytes() for name in ("spec.json", "samples.csv", "summary.json")}
+    with pytest.raises(type(error)):
+        ciebench.score("mini", predictions, out, limit=4, protocol="exact", metrics=["lpips"], progress=False,
+                       backend=OfflineBackend(error))
+    # nothing was scored under exact: the folder still describes the cielr scoring, spec.json included
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert _protocol_of(out, "spec.json")["name"] == _protocol_of(out, "summary.json")["name"] == "cielr"
+    # a first score that fails leaves no spec.json describing results that were never produced
+    fresh = tmp_path / "s2"
+    with pytest.raises(type(error)):
+        ciebench.score("mini", predictions, fresh, limit=4, progress=False, backend=OfflineBackend(error))
+    assert not (fresh / "spec.json").exists() and _files(fresh) == set()
+
+
+def test_the_leaderboard_labels_a_run_with_the_protocol_its_summary_was_scored_under(runs, tmp_path: Path, caplog):
+    run, consistent = tmp_path / "s1", runs["r1"]
+    shutil.copytree(consistent, run)
+    scored_under = _protocol_of(run, "summary.json")
+    # what a failed score wrote before the fix: the new protocol in spec.json, over the old numbers
+    spec = json.loads((run / "spec.json").read_text())
+    spec["protocol"] = get_protocol("exact").manifest()
+    (run / "spec.json").write_text(json.dumps(spec))
+
+    with caplog.at_level(logging.WARNING):
+        loaded = load_run(run)
+        load_run(consistent)
+    assert (loaded.protocol_name, loaded.protocol_hash) == (scored_under["name"], scored_under["hash"]) == \
+        ("cielr", scored_under["hash"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings  # the consistent run is not warned about
+    assert str(run) in warnings[0] and "exact" in warnings[0] and "cielr" in warnings[0]
+
+    # the board puts both runs in the one cielr table they were scored under
+    board = write_leaderboard([run, consistent], tmp_path / "board", plots=False, gallery=False)
+    index = pd.read_csv(board.out / "tables.csv")
+    assert list(index["protocol"]) == ["cielr"] and list(index["protocol_hash"]) == [scored_under["hash"]]
+    assert list(index["n_runs"]) == [2]
+    assert set(pd.read_csv(board.out / "leaderboard.csv")["protocol"]) == {"cielr"}
+
+
+def test_the_reviewed_sequence_score_failed_score_leaderboard_reads_cielr(tmp_path: Path, monkeypatch):
+    """The review's reproduction, on the command line: a score under cielr, a second score under exact
+    that fails while loading LPIPS, then the leaderboard of that folder."""
+    predictions = tmp_path / "preds"
+    identity_predictions(predictions, 4)
+    s1, board = tmp_path / "s1", tmp_path / "board"
+    args = ["score", "-d", "mini", "--predictions", str(predictions), "-o", str(s1), "--limit", "4"]
+    result = runner.invoke(app, args + ["--metrics", "psnr,ssim"])
+    assert result.exit_code == 0, result.output
+
+    def offline(self, *a, **k):
+        raise RuntimeError(LPIPS_OFFLINE)
+
+    monkeypatch.setattr(LocalBackend, "score_regions", offline)
+    result = runner.invoke(app, args + ["--metrics", "lpips", "--protocol", "exact"])
+    assert result.exit_code != 0
+    result = runner.invoke(app, ["leaderboard", str(s1), "-o", str(board), "--no-plots", "--no-gallery"])
+    assert result.exit_code == 0, result.output
+    cielr = get_protocol("cielr")
+    index = pd.read_csv(board / "tables.csv")
+    assert (list(index["protocol"]), list(index["protocol_hash"])) == (["cielr"], [cielr.hash])
+    assert "protocol cielr" in result.output and "protocol exact" not in result.output
+
+
+# --- 2. rewriting a leaderboard folder -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """r1 under cielr, x1 under exact (two tables together, one table alone), both with reasoning traces
+    (the gallery copies their artifact images)."""
+    root = tmp_path_factory.mktemp("runs")
+    return {"r1": build_run(root, "r1", "tint", metrics=["psnr", "clip"], traces=True),
+            "x1": build_run(root, "x1", "noisy", protocol="exact", metrics=["psnr", "clip"], traces=True)}
+
+
+@pytest.fixture(scope="module")
+def two_tables(runs, tmp_path_factory) -> Path:
+    """A leaderboard of r1 and x1 with everything (tables of both protocols, plots, gallery)."""
+    board = tmp_path_factory.mktemp("two") / "board"
+    write_leaderboard([runs["r1"], runs["x1"]], board)
+    assert any("exact" in name for name in _files(board))  # what a rewrite must not leave behind
+    return board
+
+
+def _gallery_links(board: Path) -> set[str]:
+    """The files (relative to `board`) that the gallery page and its trace scripts link to."""
+    gallery = board / "gallery"
+    texts = [(gallery / "index.html").read_text(), *(p.read_text() for p in gallery.glob("traces/**/*.js"))]
+    return {f"gallery/{link}" for text in texts for link in re.findall(r'"((?:thumbs|full|traces)/[^"]+)"', text)}
+
+
+def _rewrite(two_tables: Path, tmp_path: Path, runs: list[Path], user_files: dict[str, str], **options) -> Path:
+    """A copy of the two-table board, with `user_files` added, rewritten with `runs` and `options`."""
+    board = tmp_path / "board"
+    shutil.copytree(two_tables, board)
+    for name, text in user_files.items():
+        (board / name).parent.mkdir(parents=True, exist_ok=True)
+        (board / name).write_text(text)
+    write_leaderboard(runs, board, **options)
+    return board
+
+
+@pytest.mark.parametrize("options", [{}, {"plots": False, "full_images": False}, {"gallery": False}],
+                         ids=["everything", "no-plots-thumbnails-only", "no-gallery"])
+def test_a_rewritten_leaderboard_holds_the_files_of_a_fresh_one_and_the_users(runs, two_tables, tmp_path: Path,
+                                                                             options: dict):
+    user = {"notes.txt": "mine", "plots/exact__mini/my-figure.pdf": "mine", "gallery/README.txt": "mine"}
+    board = _rewrite(two_tables, tmp_path, [runs["r1"]], user, **options)
+    fresh = write_leaderboard([runs["r1"]], tmp_path / "fresh", **options).out
+    assert _files(board) == _files(fresh) | set(user)
+    assert all((board / name).read_text() == "mine" for name in user)
+    # and the fresh one is whole: every gallery file is one its page links to, every link is there
+    # (traces included), and plots/ holds the folders tables.csv names
+    files = _files(fresh)
+    gallery = {name for name in files if name.startswith("gallery/")}
+    if options.get("gallery", True):
+        links = _gallery_links(fresh)
+        assert gallery == links | {"gallery/index.html"} and any(link.startswith("gallery/traces/") for link in links)
+        # full-size copies of sources and outputs only with full_images (trace artifacts always have theirs)
+        full = any(name.startswith(("gallery/full/src/", "gallery/full/out/")) for name in gallery)
+        assert full == options.get("full_images", True)
+    else:
+        assert gallery == set()
+    plot_folders = {name.split("/")[1] for name in files if name.startswith("plots/")}
+    assert plot_folders == ({"cielr__mini"} if options.get("plots", True) else set())
+    assert list(pd.read_csv(fresh / "tables.csv")["table"]) == ["cielr__mini"]
+
+
+def test_a_folder_linked_into_the_board_is_not_emptied(runs, two_tables, tmp_path: Path):
+    board, elsewhere = tmp_path / "board", tmp_path / "my-plots"
+    shutil.copytree(two_tables, board)
+    shutil.move(board / "plots" / "exact__mini", elsewhere)
+    (board / "plots" / "exact__mini").symlink_to(elsewhere, target_is_directory=True)
+    kept = sorted(p.name for p in elsewhere.iterdir())
+    write_leaderboard([runs["r1"]], board, gallery=False)
+    assert sorted(p.name for p in elsewhere.iterdir()) == kept and (board / "plots" / "exact__mini").is_symlink()
+
+
+def test_the_command_line_rewrite_leaves_only_the_tables_it_lists(runs, tmp_path: Path):
+    """The review's reproduction: `leaderboard r1 x1 -o board`, then `leaderboard r1 -o board`."""
+    board = tmp_path / "board"
+    for given in ([runs["r1"], runs["x1"]], [runs["r1"]]):
+        result = runner.invoke(app, ["leaderboard", *map(str, given), "-o", str(board), "--no-gallery"])
+        assert result.exit_code == 0, result.output
+    index = pd.read_csv(board / "tables.csv")
+    assert list(index["table"]) == ["cielr__mini"]
+    listed = set(index["leaderboard_csv"]) | set(index["by_edit_type_csv"]) | set(index["significance_csv"])
+    per_table = {p.name for p in board.glob("*__*.csv")}
+    assert per_table == listed
+    assert [p.name for p in (board / "plots").iterdir()] == ["cielr__mini"]
+    assert not any("exact" in name for name in _files(board))
+
+
+def _benchmark_run(root: Path) -> Path:
+    """A judge-scored benchmark run, as the leaderboard reads it (its summary only)."""
+    run = root / "bench"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({
+        "benchmark": {"name": "risebench"}, "headline": {"name": "Overall Accuracy", "value": 0.5},
+        "official": [{"-": "Overall", "Score-Origin": 3.0, "Score-Percentage": 50.0, "Accuracy": 0.5}],
+        "ours": {"status_counts": {"ok": 2}}}))
+    return run
+
+
+def test_benchmark_tables_and_run_tables_each_go_when_no_longer_given(runs, tmp_path: Path):
+    bench = _benchmark_run(tmp_path)
+    both, only_runs, only_bench = (tmp_path / name for name in ("both", "only-runs", "only-bench"))
+    result = runner.invoke(app, ["leaderboard", str(runs["r1"]), str(bench), "-o", str(both), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    (both / "notes.txt").write_text("mine")
+    for board in (only_runs, only_bench):
+        shutil.copytree(both, board)
+    written = _files(both)
+    benchmark_files = {"benchmarks.md", "benchmark__risebench.csv", "benchmark__risebench__categories.csv",
+                       "gallery/risebench/index.html"}
+    assert benchmark_files <= written
+
+    assert runner.invoke(app, ["leaderboard", str(runs["r1"]), "-o", str(only_runs), "--no-plots"]).exit_code == 0
+    assert _files(only_runs) == written - benchmark_files
+
+    assert runner.invoke(app, ["leaderboard", str(bench), "-o", str(only_bench), "--no-plots"]).exit_code == 0
+    assert _files(only_bench) == benchmark_files | {"notes.txt"}
