@@ -46,6 +46,11 @@ is warmed up, then timed --repeat times and the minimum kept (on a loaded machin
 while waiting inflate CPU time; the minimum is the least disturbed run). It says how far above the
 floor the whole process must stay whatever the scheduling.
 
+--emulate-tf32 nearest,truncate with a parity protocol (cielr, smartedit): the published per-image
+loop in IEEE float32 against the same loop under PyTorch's defaults on an Ampere-or-later GPU
+(cuDNN's float32 convolutions in TF32, emulated), against the parity tolerance: how far published
+numbers computed on such a GPU can be from ciebench's.
+
 --emulate-tf32 nearest,truncate (with --protocol exact-tf32 --device cpu): TF32's effect measured
 without a GPU, in this process. The float32 twin (`exact`) and, per rounding, `exact-tf32` with the
 CLIP and LPIPS forwards' float32 products taking TF32-rounded inputs (tests/support/emulated_tf32.py),
@@ -373,8 +378,12 @@ def bench_tf32_emulation(args: argparse.Namespace, work: Path) -> None:
     from PIL import Image
 
     roundings = [r.strip() for r in args.emulate_tf32.split(",") if r.strip()]
-    if get_protocol(args.protocol).model_precision != "tf32" or args.device != "cpu":
-        raise SystemExit("--emulate-tf32 measures a tf32 protocol on a CPU: pass --protocol exact-tf32 --device cpu")
+    protocol = get_protocol(args.protocol)
+    if args.device != "cpu" or not (protocol.model_precision == "tf32" or protocol.is_parity):
+        raise SystemExit("--emulate-tf32 runs on a CPU (--device cpu) with a tf32 protocol (exact-tf32) or a parity "
+                         "protocol (cielr, smartedit: the published loop under PyTorch's GPU defaults)")
+    if protocol.is_parity:
+        return bench_published_on_gpu_defaults(args, work, roundings)
     twin = float32_twin(args.protocol)
     publish_models(args.protocol)
     rows = json.loads(prepare(args.source, work, args.protocol, args.limit).read_text())["rows"]
@@ -402,6 +411,44 @@ def bench_tf32_emulation(args: argparse.Namespace, work: Path) -> None:
         print("  emulated products: " + ", ".join(f"{op} {k}" for op, k in sorted(calls.items())))
         print_differences(f"{args.protocol} with emulated TF32 ({rounding}) - {twin}, {len(items)} samples, CLIP "
                           "unclamped", tf32, float32, TF32_BOUNDS, "documented bound")
+
+
+def bench_published_on_gpu_defaults(args: argparse.Namespace, work: Path, roundings: list[str]) -> None:
+    """The published per-image loop in IEEE float32 (what ciebench's parity protocols compute) and with
+    PyTorch's defaults on an Ampere-or-later GPU emulated (cuDNN's float32 convolutions in TF32:
+    LPIPS, SSIM's window, CLIP's patch embedding; matmuls IEEE), per rounding: how far published
+    numbers computed there can be from ciebench's. CLIP unclamped (see bench_tf32_emulation)."""
+    import torch
+    from PIL import Image
+
+    from ciebench.metrics.protocols import get_protocol
+    from ciebench.tests.support import metrics_reference as ref
+    from ciebench.tests.support.emulated_tf32 import EmulatedTF32
+
+    protocol = get_protocol(args.protocol)
+    publish_models(args.protocol)
+    rows = json.loads(prepare(args.source, work, args.protocol, args.limit).read_text())["rows"]
+    strict_float32()
+    loop = ref.PublishedLoop(size=protocol.size, clip_model=protocol.clip_model,
+                             ssim_crop=protocol.ssim_border == "crop", clip_clamp=False)
+
+    def score(mode) -> dict:
+        t0 = time.perf_counter()
+        with mode or contextlib.nullcontext(), torch.inference_mode():
+            got = {r["id"]: loop.score(Image.open(r["source"]), Image.open(r["mask"]), Image.open(r["prediction"]),
+                                       r["clip_text"]) for r in rows}
+        print(f"  {len(got)} samples in {time.perf_counter() - t0:.1f} s", flush=True)
+        return got
+
+    print(f"published loop, {args.protocol}, IEEE float32, CLIP unclamped ...", flush=True)
+    ieee = score(None)
+    for rounding in roundings:
+        print(f"published loop, PyTorch's GPU defaults emulated (TF32 convolutions, rounding {rounding}) ...", flush=True)
+        mode = EmulatedTF32(rounding, which="convolutions")
+        tf32 = score(mode)
+        print("  emulated products: " + ", ".join(f"{op} {k}" for op, k in sorted(mode.calls.items())))
+        print_differences(f"published loop with TF32 convolutions ({rounding}) - in IEEE float32, {len(rows)} samples, "
+                          "CLIP unclamped", tf32, ieee, TOLERANCE, "parity tolerance")
 
 
 def float32_twin(name: str) -> str | None:
@@ -622,8 +669,9 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true", help="CPU time of each piece of work, in one process")
     parser.add_argument("--memory", help="N1,N2: peak memory of scoring N1 and N2 generated samples (cheap metrics)")
     parser.add_argument("--emulate-tf32", metavar="ROUNDINGS", help="nearest,truncate: on a CPU, score --protocol "
-                        "(exact-tf32) with TF32 emulated (tests/support/emulated_tf32.py) per rounding, and print "
-                        "the largest deviation from its float32 twin against the documented bound")
+                        "exact-tf32 with TF32 emulated (tests/support/emulated_tf32.py) per rounding, and print the "
+                        "largest deviation from its float32 twin against the documented bound; with a parity "
+                        "protocol, the published loop under PyTorch's GPU defaults (TF32 convolutions) instead")
     parser.add_argument("--way", choices=["floor", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--manifest", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

@@ -152,6 +152,45 @@ def test_other_gemm_ops_are_refused_and_other_dtypes_and_threads_untouched():
     assert not torch.equal(inside, a @ w)
 
 
+def test_pytorch_cuda_defaults_round_the_convolutions_only():
+    a, w = _data(4, 64, seed=15), _data(32, 64, seed=16)
+    image, kernel = _data(1, 3, 9, 9, seed=17), _data(4, 3, 3, 3, seed=18)
+    q = _data(1, 2, 5, 8, seed=19)
+    mode = EmulatedTF32("nearest", which="convolutions")
+    with mode:
+        linear, product = F.linear(a, w), a @ w.t()
+        attention = F.scaled_dot_product_attention(q, q, q)
+        einsum = torch.einsum("ij,kj->ik", a, w)  # a matmul: IEEE under the defaults, so not refused
+        conv = F.conv2d(image, kernel)
+    assert torch.equal(linear, F.linear(a, w)) and torch.equal(product, a @ w.t())
+    assert torch.equal(attention, F.scaled_dot_product_attention(q, q, q))
+    assert torch.equal(einsum, torch.einsum("ij,kj->ik", a, w))
+    _close_to(conv, F.conv2d(reference_tensor(image), reference_tensor(kernel)), F.conv2d(image, kernel), 1e-5)
+    assert mode.calls == {"conv2d": 1}
+    with pytest.raises(ValueError, match="unknown TF32 products"):
+        EmulatedTF32(which="matmuls")
+
+
+@pytest.mark.parametrize("which", ["all", "convolutions"])
+def test_depthwise_convolutions_stay_float32_unless_channels_last(which):
+    # PyTorch runs contiguous float32 depthwise convolutions (torchmetrics' SSIM window) with its own
+    # CUDA kernel, never cuDNN, so TF32 does not apply; channels-last ones go to cuDNN.
+    image, window = _data(2, 3, 16, 16, seed=20), _data(3, 1, 11, 11, seed=21)
+    dense = _data(4, 3, 3, 3, seed=22)
+    last = image.contiguous(memory_format=torch.channels_last)
+    mode = EmulatedTF32("nearest", which=which)
+    with mode:
+        depthwise = F.conv2d(image, window, groups=3)
+        depthwise_last = F.conv2d(last, window, groups=3)
+        grouped = F.conv2d(_data(2, 6, 8, 8, seed=23), _data(3, 2, 3, 3, seed=24), groups=3)  # 2 channels per group
+        full = F.conv2d(image, dense)
+    assert torch.equal(depthwise, F.conv2d(image, window, groups=3))
+    assert not torch.equal(depthwise_last, F.conv2d(last, window, groups=3))
+    assert not torch.equal(full, F.conv2d(image, dense))
+    assert mode.calls == {"conv2d (depthwise, float32)": 1, "conv2d": 3}
+    assert grouped.shape == (2, 3, 6, 6)
+
+
 # ---- inside the region scorer -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def items(ciebench_root) -> list[ScoreItem]:

@@ -17,6 +17,12 @@ What is emulated, and how faithfully:
   (PyTorch's math backend under TF32; a fused float32 attention kernel may keep more precision).
 - Any other op that a GPU would run as a float32 GEMM (einsum, tensordot, ...) raises instead of
   silently staying float32.
+- Depthwise float32 convolutions in the default (contiguous) layout stay float32: PyTorch runs them
+  with its own CUDA kernel, not cuDNN (aten/src/ATen/native/Convolution.cpp, `use_cudnn_depthwise`:
+  cuDNN only for float16, or channels-last), so TF32 never applies. torchmetrics' SSIM window is one.
+- `which="convolutions"`: convolutions only, PyTorch's defaults on CUDA (cuDNN's float32
+  convolutions in TF32, matmuls in IEEE float32), i.e. what a script that sets nothing computes on
+  an Ampere-or-later GPU.
 - Not emulated: the order in which a GPU sums (float32 rounding noise, about 1e-7 relative).
 
 `emulated_tf32_forwards()` applies it exactly where `exact-tf32` holds TF32 on CUDA: the region
@@ -38,6 +44,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 ROUNDINGS = ("nearest", "truncate")
+WHICH = ("all", "convolutions")  # the products a GPU runs in TF32: `exact-tf32`'s forwards; PyTorch's defaults
 _DROPPED_BITS = 13  # float32 keeps 23 mantissa bits, TF32 10
 _KEEP_MASK = -(1 << _DROPPED_BITS)  # int32 with the 13 low bits clear
 _HALF = (1 << (_DROPPED_BITS - 1)) - 1  # 0x0FFF: just under half of the dropped unit
@@ -60,7 +67,7 @@ def round_to_tf32(x: Tensor, rounding: str = "nearest") -> Tensor:
     return torch.where(torch.isfinite(x), rounded, x)
 
 
-def _products() -> dict[Callable, tuple[str, tuple[int, ...], tuple[str, ...]]]:
+def _products(which: str) -> dict[Callable, tuple[str, tuple[int, ...], tuple[str, ...]]]:
     """op -> (name, positions and keyword names of the operands that a GPU converts to TF32)."""
     two = ((0, 1), ("input", "other", "weight", "mat2"))
     accumulate = ((1, 2), ("mat1", "mat2", "batch1", "batch2"))
@@ -74,6 +81,8 @@ def _products() -> dict[Callable, tuple[str, tuple[int, ...], tuple[str, ...]]]:
         torch.baddbmm: ("baddbmm", *accumulate), torch.Tensor.baddbmm: ("baddbmm", *accumulate),
         torch.addbmm: ("addbmm", *accumulate), torch.Tensor.addbmm: ("addbmm", *accumulate),
     }
+    if which == "convolutions":
+        table = {}
     for conv in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
         table[getattr(F, conv)] = (conv, (0, 1), ("input", "weight"))
     return table
@@ -86,30 +95,55 @@ _REFUSED = {torch.einsum: "einsum", torch.tensordot: "tensordot", F.bilinear: "b
             F.multi_head_attention_forward: "multi_head_attention_forward"}
 
 
-class EmulatedTF32(TorchFunctionMode):
-    """Inside (thread-local, like every torch function mode): float32 products with TF32 inputs.
-    `calls` counts the emulated dispatches per op, so a caller can see what was covered."""
+_DEPTHWISE_CAPABLE = ("conv2d", "conv3d")  # PyTorch's native CUDA depthwise kernels (not transposed)
 
-    def __init__(self, rounding: str = "nearest") -> None:
+
+def _native_depthwise(args: tuple, kwargs: dict) -> bool:
+    """Whether CUDA would run this float32 convolution with PyTorch's depthwise kernel instead of cuDNN:
+    one input channel per group (several groups), weights a multiple of the groups, and neither
+    tensor channels-last (which PyTorch sends to cuDNN)."""
+    x = args[0] if args else kwargs.get("input")
+    weight = args[1] if len(args) > 1 else kwargs.get("weight")
+    groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
+    if not isinstance(x, Tensor) or not isinstance(weight, Tensor) or x.dtype != torch.float32 or x.dim() not in (4, 5):
+        return False
+    channels_last = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    if any(t.is_contiguous(memory_format=channels_last) and not t.is_contiguous() for t in (x, weight)):
+        return False
+    return groups > 1 and x.shape[1] == groups and weight.shape[0] % groups == 0
+
+
+class EmulatedTF32(TorchFunctionMode):
+    """Inside (thread-local, like every torch function mode): float32 products with TF32 inputs, all of
+    them or (`which="convolutions"`) the convolutions only. `calls` counts the emulated dispatches per
+    op, so a caller can see what was covered."""
+
+    def __init__(self, rounding: str = "nearest", which: str = "all") -> None:
         super().__init__()
         if rounding not in ROUNDINGS:
             raise ValueError(f"unknown TF32 rounding {rounding!r} ({' | '.join(ROUNDINGS)})")
+        if which not in WHICH:
+            raise ValueError(f"unknown TF32 products {which!r} ({' | '.join(WHICH)})")
         self.rounding = rounding
+        self.matmuls = which == "all"
         self.calls: Counter[str] = Counter()
-        self._products = _products()
+        self._products = _products(which)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
+        if func is F.scaled_dot_product_attention and self.matmuls:
             self.calls["scaled_dot_product_attention"] += 1
             return self._attention(*args, **kwargs)
-        if func in _REFUSED:
+        if func in _REFUSED and self.matmuls:
             raise NotImplementedError(f"{_REFUSED[func]} is not emulated in TF32 (tests/support/emulated_tf32.py): "
                                       "add it before measuring a model that uses it")
         rule = self._products.get(func)
         if rule is None:
             return func(*args, **kwargs)
         name, positions, names = rule
+        if name in _DEPTHWISE_CAPABLE and _native_depthwise(args, kwargs):
+            self.calls[f"{name} (depthwise, float32)"] += 1
+            return func(*args, **kwargs)
         self.calls[name] += 1
         args = tuple(self._round(a) if i in positions else a for i, a in enumerate(args))
         kwargs = {k: self._round(v) if k in names else v for k, v in kwargs.items()}

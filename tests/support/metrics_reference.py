@@ -25,6 +25,7 @@ class PublishedLoop:
     clip_model: str
     ssim_crop: bool = True  # torchmetrics < 1.5 averaged the SSIM map without a 5-px border
     device: str = "cpu"  # the scripts move each image's tensors and the models to one device
+    clip_clamp: bool = True  # max(0, score), as torchmetrics' CLIPScore
 
     def __post_init__(self) -> None:
         import transformers
@@ -51,7 +52,7 @@ class PublishedLoop:
             "lpips": float(self.lpips(t_pred * 2 - 1, t_gt * 2 - 1)),
         }
         out["ssim"] = published_ssim(t_pred, t_gt, self.ssim_crop) if self.ssim_crop else float(self.ssim(t_pred, t_gt))
-        out["clip"] = self.clip_score(pred, np.array(mask_img), texts, inclusive=False)
+        out["clip"] = self.clip_score(pred, np.array(mask_img), texts, inclusive=False, clamp=self.clip_clamp)
         return out
 
     @torch.no_grad()
