@@ -76,6 +76,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from procmem import rss_anon  # benchmarks/, this script's folder
 
@@ -396,11 +397,8 @@ def bench_tf32_emulation(args: argparse.Namespace, work: Path) -> None:
                                list(sample.clip_text)))
 
     def score(name: str) -> dict:
-        t0 = time.perf_counter()
         protocol = get_protocol(name).with_(name=f"{name}-unclamped", clip_clamp="none")
-        got = {sid: row for sid, row in RegionScorer(protocol, metrics=METRICS, batch_size=args.batch_size).score(items)}
-        print(f"  {len(got)} samples in {time.perf_counter() - t0:.1f} s", flush=True)
-        return got
+        return _timed(lambda: dict(RegionScorer(protocol, metrics=METRICS, batch_size=args.batch_size).score(items)))
 
     print(f"{twin} (float32), CLIP unclamped ...", flush=True)
     float32 = score(twin)
@@ -411,6 +409,14 @@ def bench_tf32_emulation(args: argparse.Namespace, work: Path) -> None:
         print("  emulated products: " + ", ".join(f"{op} {k}" for op, k in sorted(calls.items())))
         print_differences(f"{args.protocol} with emulated TF32 ({rounding}) - {twin}, {len(items)} samples, CLIP "
                           "unclamped", tf32, float32, TF32_BOUNDS, "documented bound")
+
+
+def _timed(score: Callable[[], dict]) -> dict:
+    """`score()`'s results per sample, with the time it took printed."""
+    t0 = time.perf_counter()
+    got = score()
+    print(f"  {len(got)} samples in {time.perf_counter() - t0:.1f} s", flush=True)
+    return got
 
 
 def bench_published_on_gpu_defaults(args: argparse.Namespace, work: Path, roundings: list[str]) -> None:
@@ -433,12 +439,9 @@ def bench_published_on_gpu_defaults(args: argparse.Namespace, work: Path, roundi
                              ssim_crop=protocol.ssim_border == "crop", clip_clamp=False)
 
     def score(mode) -> dict:
-        t0 = time.perf_counter()
         with mode or contextlib.nullcontext(), torch.inference_mode():
-            got = {r["id"]: loop.score(Image.open(r["source"]), Image.open(r["mask"]), Image.open(r["prediction"]),
-                                       r["clip_text"]) for r in rows}
-        print(f"  {len(got)} samples in {time.perf_counter() - t0:.1f} s", flush=True)
-        return got
+            return _timed(lambda: {r["id"]: loop.score(Image.open(r["source"]), Image.open(r["mask"]),
+                                                       Image.open(r["prediction"]), r["clip_text"]) for r in rows})
 
     print(f"published loop, {args.protocol}, IEEE float32, CLIP unclamped ...", flush=True)
     ieee = score(None)

@@ -15,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ciebench.cli import app
+from tests.support.noisy_run import evaluate_noisy
 from tests.support.llm_server import json_reply, reply, serve_llm
 
 runner = CliRunner()
@@ -31,11 +32,7 @@ def judged_run(tmp_path_factory) -> Path:
         side = {"backend": "openai", "base_url": server.base_url, "api_key_env": None, "model": "judge-m"}
         judge = root / "judge.yaml"
         judge.write_text(yaml.safe_dump({"vlm": side, "llm": side}))
-        result = runner.invoke(app, ["evaluate", "--editor", "tests.support.editors_for_tests:NoisyEditor", "--dataset", "mini",
-                                     "--out", str(run), "--limit", "3", "--metrics", "psnr,ssim,idcs",
-                                     "--judge", str(judge)], env={"CIEBENCH_CACHE": str(root / "cache")})
-    assert result.exit_code == 0, result.output
-    return run
+        return evaluate_noisy(run, 3, "psnr,ssim,idcs", "--judge", str(judge), env={"CIEBENCH_CACHE": str(root / "cache")})
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -17,16 +16,14 @@ from typer.testing import CliRunner
 
 from ciebench.cli import app
 from ciebench.errors import IntegrityError
+from tests.support.noisy_run import copy_of, evaluate_noisy
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def verified_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("integrity") / "noisy"
-    result = runner.invoke(app, ["evaluate", "--editor", "tests.support.editors_for_tests:NoisyEditor", "--dataset", "mini",
-                                 "--out", str(run), "--limit", "2", "--metrics", "psnr"])
-    assert result.exit_code == 0, result.output
+    run = evaluate_noisy(tmp_path_factory.mktemp("integrity") / "noisy", 2, "psnr")
     result = runner.invoke(app, ["verify", str(run), "--all"])
     assert result.exit_code == 0, result.output
     return run
@@ -34,9 +31,7 @@ def verified_run(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def run_copy(verified_run: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "run"
-    shutil.copytree(verified_run, target)
-    return target
+    return copy_of(verified_run, tmp_path)
 
 
 def _card(exported: Path) -> dict:
@@ -118,14 +113,21 @@ def _plan(source: Path):
     return Plan(Configuration(), [req], files=[PlannedFile(req, "ciebench/weights.bin", source.stat().st_size, source)])
 
 
-def test_a_bundle_rewrite_replaces_a_same_size_file_with_other_bytes(tmp_path: Path):
-    from ciebench.bundle import check_bundle, write_bundle
+def _bundled(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(source file, bundle folder, the source's copy in it), the bundle written once."""
+    from ciebench.bundle import write_bundle
 
     source = tmp_path / "weights.bin"
     source.write_bytes(b"the right weights" * 64)
     bundle = tmp_path / "bundle"
     write_bundle(_plan(source), bundle, progress=False)
-    target = bundle / "ciebench" / "weights.bin"
+    return source, bundle, bundle / "ciebench" / "weights.bin"
+
+
+def test_a_bundle_rewrite_replaces_a_same_size_file_with_other_bytes(tmp_path: Path):
+    from ciebench.bundle import check_bundle, write_bundle
+
+    source, bundle, target = _bundled(tmp_path)
     target.write_bytes(b"a wrong file....." * 64)  # same size, other bytes
     manifest = write_bundle(_plan(source), bundle, progress=False)
     assert target.read_bytes() == source.read_bytes()
@@ -136,11 +138,7 @@ def test_a_bundle_rewrite_replaces_a_same_size_file_with_other_bytes(tmp_path: P
 def test_a_bundle_rewrite_keeps_a_file_that_already_holds_the_sources_bytes(tmp_path: Path):
     from ciebench.bundle import write_bundle
 
-    source = tmp_path / "weights.bin"
-    source.write_bytes(b"the right weights" * 64)
-    bundle = tmp_path / "bundle"
-    write_bundle(_plan(source), bundle, progress=False)
-    target = bundle / "ciebench" / "weights.bin"
+    source, bundle, target = _bundled(tmp_path)
     os.utime(target, ns=(1_000_000_000, 1_000_000_000))  # a rewrite that copied would change it
     manifest = write_bundle(_plan(source), bundle, progress=False)
     assert target.stat().st_mtime_ns == 1_000_000_000

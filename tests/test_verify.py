@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ciebench.cli import app
+from tests.support.noisy_run import copy_of, evaluate_noisy
 
 runner = CliRunner()
 METRICS = "psnr,mse,ssim,locality"
@@ -19,18 +20,12 @@ METRICS = "psnr,mse,ssim,locality"
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("verify") / "noisy"
-    result = runner.invoke(app, ["evaluate", "--editor", "tests.support.editors_for_tests:NoisyEditor", "--dataset", "mini",
-                                 "--out", str(run), "--limit", "4", "--metrics", METRICS])
-    assert result.exit_code == 0, result.output
-    return run
+    return evaluate_noisy(tmp_path_factory.mktemp("verify") / "noisy", 4, METRICS)
 
 
 @pytest.fixture
 def run_copy(pristine: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "run"
-    shutil.copytree(pristine, target)
-    return target
+    return copy_of(pristine, tmp_path)
 
 
 def _verify(run: Path, *args: str):
