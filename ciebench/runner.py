@@ -200,13 +200,6 @@ def invocation_provenance(out: Path, numbers: set[int | None]) -> dict[str, Any]
     return out_
 
 
-def _record(out: Path, prediction: Prediction) -> dict[str, Any]:
-    try:
-        return json.loads((out / "records" / f"{file_stem(prediction.sample_id, prediction.seed)}.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _differences(entries: list[dict[str, Any]]) -> list[str]:
     """The provenance fields (each package's version on its own) that are not the same in every entry."""
     flat = [{**{f: e.get(f) for f in _PROVENANCE if f != "versions"},
@@ -234,7 +227,7 @@ def _run_locked(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOp
     editor.close()
     _free_memory()
     predictions = collect_predictions(out, todo)
-    provenance = invocation_provenance(out, {_record(out, p).get("invocation") for p in predictions if p.path is not None})
+    provenance = invocation_provenance(out, {p.invocation for p in predictions if p.path is not None})
     if provenance["differs"]:
         log.warning("%s: the images come from %d invocations that differ in %s (resumed elsewhere or after an "
                     "upgrade); summary.json run.provenance lists them", out, len(provenance["invocations"]),
@@ -497,7 +490,8 @@ def collect_predictions(out: Path, todo: list[tuple[EditSample | str, int]]) -> 
             seconds = math.nan
         extra = {"edit_seconds": seconds}
         if record["status"] == Status.OK:
-            preds.append(Prediction(sample_id, seed, out / "images" / f"{stem}.png", extra=extra))
+            preds.append(Prediction(sample_id, seed, out / "images" / f"{stem}.png", extra=extra,
+                                    invocation=record.get("invocation")))
         else:
             # records keep the editor's "error" for its own failures; the row calls that edit_error.
             # "refused" (an API's content filter declined the edit) stays apart from errors.

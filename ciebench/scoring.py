@@ -70,6 +70,7 @@ class Prediction:
     status: str = OK
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. edit_seconds, kept in the row
+    invocation: int | None = None  # the run's invocation that wrote it (`runner.record_invocation`); not a column
 
 
 @dataclass
