@@ -224,11 +224,20 @@ def repo_folder(req: Requirement) -> str:
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
+def cached_commit(req: Requirement) -> str | None:
+    """The commit the local hub cache resolves a hub requirement's revision to (what `from_pretrained`
+    reads offline, and what it last fetched online), or None when the cache does not hold it."""
+    revision = req.revision or "main"
+    repo_dir = hub_cache() / repo_folder(req)
+    commit = revision if _COMMIT.match(revision) else _read(repo_dir / "refs" / revision)
+    return commit if commit and (repo_dir / "snapshots" / commit).is_dir() else None
+
+
 def _plan_hub(req: Requirement, offline: bool, out: Plan) -> None:
     revision = req.revision or "main"
     if offline:
         repo_dir = hub_cache() / repo_folder(req)
-        commit = revision if _COMMIT.match(revision) else _read(repo_dir / "refs" / revision)
+        commit = cached_commit(req)
         snapshot = repo_dir / "snapshots" / commit if commit else None
         if snapshot is None or not snapshot.is_dir():
             out.missing.append(f"{req.describe()} for {req.used_by}: not in the hub cache {hub_cache()} "

@@ -163,10 +163,10 @@ def run(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOptions,
 INVOCATIONS = "invocations.json"
 # What may differ between the invocations of one resumed run without changing its spec, and is worth
 # saying when it does: where and how the editor ran, and the packages it ran with.
-_PROVENANCE = ("device", "batch_size", "backend", "ciebench", "versions")
+_PROVENANCE = ("device", "batch_size", "backend", "ciebench", "versions", "editor_models")
 
 
-def record_invocation(out: Path, options: RunOptions, backend: Backend) -> int:
+def record_invocation(out: Path, options: RunOptions, backend: Backend, editor: Editor) -> int:
     """Append this invocation's provenance to `out/invocations.json` and return its number. The spec
     decides what a run computes; a resumed run's images may still come from several invocations on
     another device, batch size or package versions, so each record names its invocation."""
@@ -180,9 +180,33 @@ def record_invocation(out: Path, options: RunOptions, backend: Backend) -> int:
             log.warning("%s: unreadable (%s); the earlier invocations' provenance is lost, later ones are kept", path, exc)
     entry = {"number": len(previous), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
              "ciebench": __version__, "device": options.device, "batch_size": options.batch_size,
-             "backend": type(backend).__name__, "versions": package_versions()}
+             "backend": type(backend).__name__, "versions": package_versions(), "editor_models": editor_models(editor)}
     atomic_write_json(path, previous + [entry])
     return entry["number"]
+
+
+def editor_models(editor: Editor) -> dict[str, str] | None:
+    """The hub commit of each model `editor` loads, as this machine's hub cache resolves it. The editors
+    load `revision=None` by default (the repository's main, which moves), so the spec alone cannot say
+    which snapshot made the images. None when the editor cannot list its files."""
+    from .prefetch import cached_commit
+    from .requirements import HUB
+
+    try:
+        hub = [r for r in editor.required_assets() if r.kind == HUB]
+    except Exception as exc:  # noqa: BLE001 - a user's editor that cannot list its files: say so, go on
+        log.warning("editor %s: required_assets() failed (%s); its model commits are not recorded", editor.name, exc)
+        return None
+    return {f"{r.ref}@{r.revision or 'main'}": cached_commit(r) or "not in this machine's hub cache" for r in hub}
+
+
+def update_editor_models(out: Path, invocation: int, editor: Editor) -> None:
+    """After generation, the commits again: online, loading may have fetched a newer main than the
+    cache held when the invocation started. (Ray workers on other machines read their own caches.)"""
+    path = out / INVOCATIONS
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    entries[invocation]["editor_models"] = editor_models(editor)
+    atomic_write_json(path, entries)
 
 
 def invocation_provenance(out: Path, numbers: set[int | None]) -> dict[str, Any]:
@@ -202,15 +226,18 @@ def invocation_provenance(out: Path, numbers: set[int | None]) -> dict[str, Any]
 
 def _differences(entries: list[dict[str, Any]]) -> list[str]:
     """The provenance fields (each package's version on its own) that are not the same in every entry."""
-    flat = [{**{f: e.get(f) for f in _PROVENANCE if f != "versions"},
-             **{f"versions.{k}": v for k, v in (e.get("versions") or {}).items()}} for e in entries]
+    flat = [{**{f: e.get(f) for f in _PROVENANCE if f not in ("versions", "editor_models")},
+             **{f"versions.{k}": v for k, v in (e.get("versions") or {}).items()},
+             **{f"editor_models.{k}": v for k, v in (e.get("editor_models") or {}).items()}} for e in entries]
     keys = sorted({k for f in flat for k in f})
-    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+    # a field an entry lacks (an older ciebench, an editor that could not list its models) is unknown,
+    # not different
+    return [k for k in keys if len({json.dumps(f[k], sort_keys=True) for f in flat if f.get(k) is not None}) > 1]
 
 
 def _run_locked(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOptions, spec: RunSpec,
                 backend: Backend) -> tuple[RunStats, ScoreResult]:
-    stats = RunStats(invocation=record_invocation(out, options, backend))
+    stats = RunStats(invocation=record_invocation(out, options, backend, editor))
     n = len(loaded.dataset) if options.limit is None else min(options.limit, len(loaded.dataset))
     ids = [str(i) for i in loaded.dataset["id"][:n]] if n else []
     todo = [(sample_id, seed) for sample_id in ids for seed in options.seeds]
@@ -222,6 +249,7 @@ def _run_locked(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOp
             else:
                 pending_keys.append((index, seed))
     backend.generate(editor, PendingSamples(loaded.dataset, pending_keys), out, options, stats)
+    update_editor_models(out, stats.invocation, editor)
     # The editor's models are done: free them before the scoring models load (a local LLM the judge
     # shares stays loaded while the judge holds it).
     editor.close()

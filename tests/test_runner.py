@@ -144,6 +144,35 @@ def test_a_resume_elsewhere_records_each_invocation_and_says_what_differs(tmp_pa
     assert "differ in batch_size, versions.torch" in caplog.text
 
 
+def _cache_snapshot(repo: str, commit: str) -> None:
+    """`repo`'s main resolving to `commit` in the session's hub cache (the layout huggingface_hub writes)."""
+    folder = Path(os.environ["HF_HUB_CACHE"]) / ("models--" + repo.replace("/", "--"))
+    (folder / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+
+
+def test_the_editors_model_commits_are_recorded_and_a_moved_main_is_said(tmp_path: Path):
+    # The editors load revision=None (the repository's main, which moves): the spec alone cannot say
+    # which snapshot made the images.
+    from tests.support.editors_for_tests import HubNoisyEditor
+
+    run = tmp_path / "run"
+    args = ["--editor", "tests.support.editors_for_tests:HubNoisyEditor", "--dataset", "mini", "--out", str(run),
+            "--limit", "2", *FAST]
+    key = f"{HubNoisyEditor.HUB_MODEL}@main"
+    old, new = "a" * 40, "b" * 40
+    _cache_snapshot(HubNoisyEditor.HUB_MODEL, old)
+    _evaluate(*args)
+    assert json.loads((run / "invocations.json").read_text())[0]["editor_models"] == {key: old}
+    sorted((run / "records").iterdir())[0].unlink()
+    _cache_snapshot(HubNoisyEditor.HUB_MODEL, new)  # the hub's main moved, and the cache followed it
+    _evaluate(*args)
+    assert [i["editor_models"] for i in json.loads((run / "invocations.json").read_text())] == [{key: old}, {key: new}]
+    provenance = json.loads((run / "summary.json").read_text())["run"]["provenance"]
+    assert provenance["differs"] == [f"editor_models.{key}"]
+
+
 def test_sigkill_part_way_then_rerun_finishes_every_sample_once(tmp_path: Path):
     run = tmp_path / "run"
     log = tmp_path / "calls.txt"

@@ -27,6 +27,19 @@ class NoisyEditor(Editor):
         return results
 
 
+class HubNoisyEditor(NoisyEditor):
+    """NoisyEditor that declares a hub model (never loaded): a run records the commit the hub cache
+    resolves it to."""
+
+    name = "hub-noisy"
+    HUB_MODEL = "ciebench-tests/tiny-model"
+
+    def required_assets(self):
+        from ciebench.requirements import hub_repo
+
+        return [hub_repo(self.HUB_MODEL, used_by=f"editor {self.name}")]
+
+
 class FaultyEditor(Editor):
     """Raises on one sample, returns a wrong-sized image on another and NaNs on a third."""
 
