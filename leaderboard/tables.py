@@ -137,9 +137,10 @@ def _fill(table: Table) -> None:
     ordered_runs = sorted(table.runs, key=lambda r: order[r.label])
     table.runs = ordered_runs
     table.pairs = compare_runs(ordered_runs, table.metrics, table=table.slug, alpha=table.alpha)
-    # Which runs are indistinguishable from the best, per metric.
+    # Which runs are indistinguishable from the best, per metric (the best on the shared samples, as
+    # the primary metric ranks: rank 1 for it).
     for m, higher in table.metrics.items():
-        frame[f"{m}_tied_best"] = _tied_with_best(frame, table.pairs, m, higher)
+        frame[f"{m}_tied_best"] = _tied_with_best(frame, table.pairs, m, higher, _comparable(table, frame, m)[2])
     frame["primary_metric"] = table.primary or ""
     frame["tied_with_best"] = frame[f"{table.primary}_tied_best"] if table.primary else pd.NA
     id_cols = ["table", "rank", "run", "editor", "track", "config_hash", "protocol", "protocol_hash", "dataset", "revision",
@@ -153,29 +154,39 @@ def _fill(table: Table) -> None:
 
 def _shared_sample_ranking(table: Table, frame: pd.DataFrame) -> None:
     """Ranking accounts for coverage: runs are ranked by their primary-metric mean over the samples
-    that every run of the table has a value for (the samples the paired tests use too), so a run that
-    failed the hard samples cannot rank first on the easy ones. A run that covers fewer samples than
-    the table's runs together is `partial` and marked in leaderboard.md. The displayed means stay the
-    means over each run's own samples. When the runs share no sample, each run's own mean ranks it."""
+    that every run of the table with a value has a value for (the samples the paired tests use too),
+    so a run that failed the hard samples cannot rank first on the easy ones. A run without any value
+    (e.g. not judged) takes no part and ranks last. A run that covers fewer samples than the table's
+    runs together is `partial` and marked in leaderboard.md. The displayed means stay the means over
+    each run's own samples. When the runs share no sample, each run's own mean ranks it."""
     frame["partial"] = False
     frame["rank_n_shared"] = 0
     frame["rank_value"] = math.nan
     if not table.primary:
         return
-    covered = {run.label: run.per_sample(table.primary).dropna() for run in table.runs}
+    covered, shared, values = _comparable(table, frame, table.primary)
     union = set().union(*(set(v.index) for v in covered.values()))
-    shared = sorted(set.intersection(*(set(v.index) for v in covered.values()))) if covered else []
     for idx, label in frame["run"].items():
-        values = covered[label]
-        frame.loc[idx, "partial"] = len(values) < len(union)
+        frame.loc[idx, "partial"] = len(covered[label]) < len(union)
         frame.loc[idx, "rank_n_shared"] = len(shared)
-        if shared:
-            frame.loc[idx, "rank_value"] = float(values.loc[shared].astype(float).mean())
-        else:
-            frame.loc[idx, "rank_value"] = frame.loc[idx, table.primary]
+        frame.loc[idx, "rank_value"] = values[idx]
     frame["partial"] = frame["partial"].astype(bool)
 
 
+def _comparable(table: Table, frame: pd.DataFrame, metric: str) -> tuple[dict[str, pd.Series], list, pd.Series]:
+    """Each run's values of `metric` per sample, the samples every run with a value shares, and each
+    run's mean over those (its own mean when none is shared; NaN without values): what ranks the runs
+    and picks the best one."""
+    covered = {run.label: run.per_sample(metric).dropna() for run in table.runs}
+    valued = [v for v in covered.values() if len(v)]
+    shared = sorted(set.intersection(*(set(v.index) for v in valued))) if valued else []
+    means = pd.Series(math.nan, index=frame.index, dtype=float)
+    for idx, label in frame["run"].items():
+        values = covered[label]
+        if not len(values):
+            continue
+        means[idx] = float(values.loc[shared].astype(float).mean()) if shared else float(frame.loc[idx, metric])
+    return covered, shared, means
 def _run_row(table: Table, run: Run) -> dict[str, Any]:
     summary = run.summarize({m: h for m, h in table.metrics.items() if m in run.metrics})
     n = summary["n_samples"]
@@ -202,14 +213,16 @@ def _run_row(table: Table, run: Run) -> dict[str, Any]:
     return row
 
 
-def _tied_with_best(frame: pd.DataFrame, pairs: pd.DataFrame, metric: str, higher: bool) -> pd.Series:
-    """True for the best run on `metric` and for runs not significantly worse than it (Holm-adjusted
-    paired test); False for runs significantly worse; NA where untestable (no value, < 2 shared samples)."""
+def _tied_with_best(frame: pd.DataFrame, pairs: pd.DataFrame, metric: str, higher: bool,
+                    comparable: pd.Series) -> pd.Series:
+    """True for the best run on `metric` (best on the samples the runs share, `_comparable`) and for
+    runs not significantly worse than it (Holm-adjusted paired test); False for runs significantly
+    worse; NA where untestable (no value, < 2 shared samples)."""
     values = frame[metric].astype(float)
     out = pd.Series(pd.NA, index=frame.index, dtype="boolean")
-    if values.notna().sum() == 0:
+    if comparable.notna().sum() == 0:
         return out
-    best_idx = (values.idxmax() if higher else values.idxmin())
+    best_idx = (comparable.idxmax() if higher else comparable.idxmin())
     best = frame.loc[best_idx, "run"]
     sub = pairs[pairs["metric"] == metric]
     for idx, label in frame["run"].items():
