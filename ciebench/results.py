@@ -130,8 +130,9 @@ def summarize(frame: pd.DataFrame, metrics: dict[str, bool], best_of: str | None
               sample_ids: Iterable[str] | None = None) -> dict[str, Any]:
     """Summary of a samples table. `metrics` maps metric column -> higher_is_better.
 
-    Per sample, scores are first averaged over seeds; the mean and CI are over samples. Coverage is
-    the share of samples with a defined value. `sample_ids` is the dataset's sample list: when given,
+    Per sample, scores are first averaged over seeds; the mean and CI are over samples (`n`). Coverage
+    is the share of predictions (sample x seed) with a defined value: with one seed, the share of
+    samples; with several, a sample whose value rests on fewer than all its seeds lowers it. `sample_ids` is the dataset's sample list: when given,
     `n_samples` and every coverage are counted against it (a sample whose rows are lost or unreadable
     lowers coverage instead of vanishing), and rows of ids outside it are left out. With several
     seeds, `seeds` gives each seed's mean and their spread (std); `best_of_n` (labelled as such)
@@ -142,15 +143,17 @@ def summarize(frame: pd.DataFrame, metrics: dict[str, bool], best_of: str | None
         n_samples = len(expected)
     else:
         n_samples = int(frame["sample_id"].nunique()) if len(frame) else 0
+    seeds = sorted(frame["seed"].dropna().unique().tolist()) if len(frame) else []
+    n_seeds = max(1, len(seeds))
     out: dict[str, Any] = {"n_samples": n_samples, "n_rows": int(len(frame)),
                            "n_samples_with_rows": int(frame["sample_id"].nunique()) if len(frame) else 0,
                            "status_counts": {str(k): int(v) for k, v in frame["status"].value_counts().items()},
-                           "metrics": _metric_block(frame, metrics, n_samples)}
+                           "metrics": _metric_block(frame, metrics, n_samples, n_seeds)}
     out["by_edit_type"] = {
-        str(et): {"n_samples": int(g["sample_id"].nunique()), "metrics": _metric_block(g, metrics, int(g["sample_id"].nunique()))}
+        str(et): {"n_samples": int(g["sample_id"].nunique()),
+                  "metrics": _metric_block(g, metrics, int(g["sample_id"].nunique()), n_seeds)}
         for et, g in frame.groupby("edit_type", dropna=False)
     }
-    seeds = sorted(frame["seed"].dropna().unique().tolist()) if len(frame) else []
     if len(seeds) > 1:
         per_seed = {}
         for m in metrics:
@@ -173,11 +176,13 @@ def summarize(frame: pd.DataFrame, metrics: dict[str, bool], best_of: str | None
                     best_rows.append(g.iloc[0])
             best = pd.DataFrame(best_rows)
             out["best_of_n"] = {"label": f"best-of-{len(seeds)} by {best_of} (not comparable with mean-over-seeds numbers)",
-                                "metrics": _metric_block(best, metrics, n_samples)}
+                                "metrics": _metric_block(best, metrics, n_samples, 1)}
     return out
 
 
-def _metric_block(frame: pd.DataFrame, metrics: dict[str, bool], n_samples: int) -> dict[str, Any]:
+def _metric_block(frame: pd.DataFrame, metrics: dict[str, bool], n_samples: int, n_seeds: int) -> dict[str, Any]:
+    """Per metric: mean and CI over samples (seeds averaged first), and coverage over the `n_samples` x
+    `n_seeds` predictions (a best-of-N block has one prediction per sample)."""
     block = {}
     for m, higher in metrics.items():
         if m not in frame:
@@ -185,7 +190,8 @@ def _metric_block(frame: pd.DataFrame, metrics: dict[str, bool], n_samples: int)
         per_sample = frame.groupby("sample_id")[m].apply(_seed_mean)
         ci = bootstrap_mean_ci(per_sample.to_numpy(dtype=float))
         entry = ci.to_dict()
-        entry["coverage"] = (ci.n / n_samples) if n_samples else 0.0
+        defined = int(pd.to_numeric(frame[m], errors="coerce").notna().sum())
+        entry["coverage"] = min(1.0, defined / (n_samples * n_seeds)) if n_samples else 0.0
         entry["higher_is_better"] = higher
         n_inf = int(np.isinf(per_sample.to_numpy(dtype=float)).sum())
         if n_inf:

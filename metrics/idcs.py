@@ -578,7 +578,7 @@ def idcs_summary(verdicts: Sequence[Verdict], missing: int = 0) -> dict[str, Any
     n_passes = max((len(v.passes) for v in verdicts), default=1)
     out["passes"] = n_passes
     if n_passes > 1:
-        noise = judge_noise_interval([v.pass_scores for v in verdicts])
+        noise = judge_noise_interval([v.pass_scores for v in verdicts], [v.sample_id for v in verdicts])
         out["judge_noise"] = noise.to_dict() if noise is not None else None
     out["higher_is_better"] = CATALOGUE["idcs"].higher_is_better
     return out

@@ -34,6 +34,19 @@ def test_median_majority_and_a_closed_form_noise_interval():
                                                                                                {"low": 3.1, "high": 4})
 
 
+def test_with_several_seeds_the_noise_interval_is_of_the_reported_mean():
+    # The reported IDCS averages each sample over its seeds, then the samples: sample A has one valid
+    # seed scoring 5, sample B three seeds scoring 1, so the mean is (5 + 1) / 2 = 3, not (5+1+1+1)/4.
+    passes, samples = [[5, 5], [1, 1], [1, 1], [1, 1]], ["A", "B", "B", "B"]
+    noise = judge_noise_interval(passes, samples)
+    assert (noise.low, noise.high) == (3.0, 3.0)
+    assert (judge_noise_interval(passes).low, judge_noise_interval(passes).high) == (2.0, 2.0)  # per prediction
+    # closed form with noise: A's passes {1, 5} (median 1, 3 or 5 with p 1/4, 1/2, 1/4), B's two seeds
+    # always 3: the mean over samples is 2, 3 or 4, so the 95% interval is [2, 4]
+    noisy = judge_noise_interval([[1, 5], [3, 3], [3, 3]], ["A", "B", "B"], replicates=4000)
+    assert (noisy.low, noisy.high) == (2.0, 4.0)
+
+
 def test_passes_ask_with_distinct_seeds_and_the_sample_score_is_their_median(tmp_path):
     table = {0: [5, 1, 4], 1: [2, 2, 3], 2: [1, 1, 1]}  # item -> score per seed
     with serve_llm() as server:

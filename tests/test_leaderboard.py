@@ -60,14 +60,16 @@ METRICS = ["idcs", "clip", "psnr", "ssim", "mse", "locality_f1", "locality_preci
 
 def _recompute(samples: pd.DataFrame, metric: str) -> tuple[float, float, float, int, float]:
     """Independently from samples.csv: per sample the mean over seeds (NaN skipped), then the mean
-    over samples; the 95% CI by the documented percentile bootstrap."""
+    over samples; the 95% CI by the documented percentile bootstrap; coverage over the predictions
+    (samples x seeds) with a value."""
     per_sample = samples.groupby("sample_id")[metric].mean()  # pandas skips NaN; inf stays inf
     defined = per_sample.dropna()
     if defined.empty:
         return math.nan, math.nan, math.nan, 0, 0.0
     mean = float(defined.sum() / len(defined)) if np.isfinite(defined).all() else float(defined.max())
     ci = bootstrap_mean_ci(defined.to_numpy())
-    return mean, ci.low, ci.high, len(defined), len(defined) / samples["sample_id"].nunique()
+    predictions = samples["sample_id"].nunique() * samples["seed"].nunique()
+    return mean, ci.low, ci.high, len(defined), int(samples[metric].notna().sum()) / predictions
 
 
 # --- acceptance: values -----------------------------------------------------------------------------

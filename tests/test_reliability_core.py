@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -158,6 +159,18 @@ def test_coverage_and_n_count_against_the_dataset_not_what_parsed(tmp_path):
     assert list(frame["sample_id"]) == ["007", "7", "NA"] or set(frame["sample_id"]) == {"NA", "007", "7"}
     lost = summarize(frame[frame["sample_id"] != "7"], {"mse": False}, sample_ids=["NA", "007", "7", "null"])
     assert lost["n_samples"] == 4 and lost["metrics"]["mse"]["n"] == 2 and lost["metrics"]["mse"]["coverage"] == 0.5
+
+
+def test_with_several_seeds_coverage_counts_predictions(tmp_path):
+    # Sample A has a value on 1 of its 3 seeds (the judge failed on two), B on all 3: A's mean rests on
+    # one seed, so coverage is 4 of 6 predictions, not 2 of 2 samples; n (the CI's unit) stays 2.
+    values = {("A", 0): 5.0, ("A", 1): math.nan, ("A", 2): math.nan, ("B", 0): 1.0, ("B", 1): 1.0, ("B", 2): 1.0}
+    rows = [{"sample_id": sid, "seed": seed, "edit_type": "x", "status": "ok", "idcs": v} for (sid, seed), v in values.items()]
+    write_samples(tmp_path, rows, ["idcs"])
+    block = summarize(read_samples(tmp_path), {"idcs": True}, sample_ids=["A", "B"])["metrics"]["idcs"]
+    assert block["n"] == 2 and block["mean"] == 3.0 and block["coverage"] == pytest.approx(4 / 6)
+    one_seed = summarize(read_samples(tmp_path).query("seed == 0"), {"idcs": True}, sample_ids=["A", "B"])
+    assert one_seed["metrics"]["idcs"]["coverage"] == 1.0
 
 
 # --- §3 predictions and gallery stay inside their folders --------------------------------------------

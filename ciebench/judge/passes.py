@@ -58,14 +58,27 @@ class NoiseInterval:
         return {"low": self.low, "high": self.high, "passes": self.passes, "replicates": self.replicates}
 
 
-def judge_noise_interval(pass_scores: Sequence[Sequence[float | None]], replicates: int = NOISE_REPLICATES,
-                         seed: int = NOISE_SEED, level: float = 0.95) -> NoiseInterval | None:
-    """`pass_scores[i]` holds sample i's pass scores (None or NaN for a failed pass). Samples without a
-    valid pass are left out (they are not in the mean either). None without any valid sample."""
-    rows = [[float(v) for v in row if v is not None and not math.isnan(float(v))] for row in pass_scores]
-    rows = [r for r in rows if r]
-    if not rows:
+def judge_noise_interval(pass_scores: Sequence[Sequence[float | None]], samples: Sequence[str] | None = None,
+                         replicates: int = NOISE_REPLICATES, seed: int = NOISE_SEED,
+                         level: float = 0.95) -> NoiseInterval | None:
+    """`pass_scores[i]` holds prediction i's pass scores (None or NaN for a failed pass); `samples[i]`
+    names its sample (default: each prediction its own). Each replicate's mean is the reported one:
+    per prediction the median of its redrawn passes, per sample the mean over its predictions (seeds),
+    then the mean over samples. Predictions without a valid pass are left out (they are not in the
+    mean either). None without any valid prediction."""
+    keys = list(samples) if samples is not None else list(range(len(pass_scores)))
+    valid = [([float(v) for v in row if v is not None and not math.isnan(float(v))], key)
+             for row, key in zip(pass_scores, keys)]
+    valid = [(r, key) for r, key in valid if r]
+    if not valid:
         return None
+    rows = [r for r, _ in valid]
+    # (prediction x sample) weights: a sample's predictions share its weight, every sample weighs 1/S
+    column = {key: j for j, key in enumerate(dict.fromkeys(key for _, key in valid))}
+    weights = np.zeros((len(rows), len(column)))
+    for i, (_, key) in enumerate(valid):
+        weights[i, column[key]] = 1.0
+    weights /= weights.sum(axis=0, keepdims=True) * len(column)
     width = max(len(r) for r in rows)
     n = len(rows)
     values = np.full((n, width), np.nan)
@@ -82,7 +95,7 @@ def judge_noise_interval(pass_scores: Sequence[Sequence[float | None]], replicat
         idx = np.floor(rng.random((b, n, width)) * counts[None, :, None]).astype(np.int64)
         drawn = np.take_along_axis(np.broadcast_to(values, (b, n, width)), idx, axis=2)
         drawn = np.where(col < counts[None, :, None], drawn, np.nan)
-        means[start:start + b] = np.nanmedian(drawn, axis=2).mean(axis=1)
+        means[start:start + b] = np.nanmedian(drawn, axis=2) @ weights.sum(axis=1)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return NoiseInterval(float(low), float(high), width, replicates)
