@@ -67,3 +67,17 @@ def test_idcs_judge_with_the_local_backend(tiny_repo, tmp_path):
                                   "Remove the red thing.")])
     assert v.status == "ok" and v.score == 3 and v.sentence == ANSWER and v.calls == 2
     assert judge.model_ids()["vlm"] == f"transformers:{tiny_repo}"
+
+
+def test_the_cache_key_tells_a_local_models_placements_apart(tmp_path):
+    # "auto" is bfloat16 on a GPU and float32 on a CPU; greedy decoding can differ between them, so a
+    # verdict cached on one must not answer for the other (no model is loaded to compute a key).
+    def key(**kw) -> str:
+        client = make_client(LLMConfig(backend="transformers", model="org/some-vlm", api_key_env=None, **kw), tmp_path)
+        return client.prepare(T, {"note": "x"}).key
+
+    cpu32, cpu16 = key(device="cpu", dtype="float32"), key(device="cpu", dtype="bfloat16")
+    gpu_auto, gpu16 = key(device="cuda", dtype="auto"), key(device="cuda:1", dtype="bfloat16")
+    assert len({cpu32, cpu16, gpu_auto}) == 3
+    assert gpu_auto == gpu16  # auto on a GPU is bfloat16, and the GPU's index does not change numerics
+    assert key(device="cpu", dtype="auto") == cpu32

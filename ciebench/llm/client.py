@@ -309,7 +309,8 @@ class LLMClient:
                   schema: dict | None, text_first: bool = False) -> str:
         """sha256 over everything that determines the answer: back end, model, endpoint / revision,
         template (name, version, hash), rendered system and user text, decoding parameters, the schema
-        and how it is sent, the images' preprocessing and the sha256 of every image."""
+        and how it is sent, the images' preprocessing, the sha256 of every image, and for a local model
+        its device type and dtype."""
         c = self.config
         material = {
             "format": CACHE_FORMAT,
@@ -330,6 +331,13 @@ class LLMClient:
         }
         if text_first:  # only when set, so existing cache keys stay valid
             material["text_first"] = True
+        if c.backend == "transformers":
+            # a local model's numerics: "auto" is bfloat16 on a GPU and float32 on a CPU, and greedy
+            # decoding can answer differently in each, so a GPU run must not reuse a CPU run's verdicts
+            from .local_models import canonical_device, canonical_dtype
+
+            device = canonical_device(c.device)
+            material["placement"] = {"device": device.split(":")[0], "dtype": canonical_dtype(c.dtype, device)}
         return stable_hash(material, length=64)
 
     # ------------------------------------------------------------------------------------ helpers
