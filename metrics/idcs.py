@@ -380,6 +380,10 @@ class IDCSJudge:
             return PassVerdict(k, seed, None, classify(described), f"describe: {described.error}", None,
                                described.cached, described.attempts, _usage(described), prov)
         sentence = described.text.strip()
+        if getattr(described, "finish_reason", None) == "length":  # a half sentence would be scored as a whole
+            return PassVerdict(k, seed, None, "unparsable", "describe: the description was cut off at max_tokens "
+                               "(finish_reason 'length'); raise the describing model's max_tokens", sentence,
+                               described.cached, described.attempts, _usage(described), prov)
         embedding = self.protocol.protocol.embedding
         variables = {"instruction": embed(item.instruction.strip(), embedding),
                      "description": embed(sentence, embedding)}

@@ -81,6 +81,18 @@ def test_scripted_verdicts_give_the_expected_mean_and_a_second_run_is_free(serve
     assert [(v.score, v.sentence, v.cached, v.calls) for v in again] == [(scores[i], SENTENCE, True, 0) for i in range(6)]
 
 
+def test_a_description_cut_off_at_max_tokens_is_a_failure_not_a_score(server, tmp_path):
+    # Before: "The red apple on the table was replaced by" was scored (1) like a whole sentence.
+    server.on(has_images=True, where=lambda r: r.images()[0].getpixel((0, 0))[0] == 0,
+              then=reply("The red apple on the table was replaced by", finish_reason="length"))
+    server.on(has_images=True, then=reply(SENTENCE))
+    server.on(has_images=False, then=json_reply({"score": 4}))
+    cut, whole = IDCSJudge(judge_config(server), cache_dir=tmp_path).judge(items(2))
+    assert cut.score is None and cut.failure == "unparsable" and "cut off at max_tokens" in cut.error
+    assert whole.score == 4
+    assert server.count_where(has_images=False) == 1  # the half sentence never reached the scorer
+
+
 def test_429s_timeouts_and_malformed_replies_are_retried_then_failures(server, tmp_path):
     # item 0, 1: fine. item 2: 429 forever. item 3: recovers after a 429, a 503 and a malformed body.
     # item 4: malformed score forever. item 5: the VLM call times out every time.
