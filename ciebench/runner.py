@@ -16,6 +16,7 @@ import errno
 import json
 import logging
 import math
+import os
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -172,17 +173,32 @@ def record_invocation(out: Path, options: RunOptions, backend: Backend, editor: 
     another device, batch size or package versions, so each record names its invocation."""
     path = out / INVOCATIONS
     previous: list[dict[str, Any]] = []
+    number = 0
     if path.exists():
         try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-            previous = loaded if isinstance(loaded, list) else []
-        except (OSError, ValueError) as exc:
-            log.warning("%s: unreadable (%s); the earlier invocations' provenance is lost, later ones are kept", path, exc)
-    entry = {"number": len(previous), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            previous = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(previous, list):
+                raise ValueError("not a list")
+            number = 1 + max((int(e["number"]) for e in previous), default=-1)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            # kept aside, and numbered past every record's, so no record is taken for this invocation's
+            aside = path.with_name(f"{INVOCATIONS}.unreadable")
+            os.replace(path, aside)
+            previous = []
+            number = 1 + max((_invocation_of(p) for p in (out / "records").glob("*.json")), default=-1)
+            log.warning("%s: unreadable (%s), moved to %s; the earlier invocations' provenance is lost", path, exc, aside)
+    entry = {"number": number, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
              "ciebench": __version__, "device": options.device, "batch_size": options.batch_size,
              "backend": type(backend).__name__, "versions": package_versions(), "editor_models": editor_models(editor)}
     atomic_write_json(path, previous + [entry])
     return entry["number"]
+
+
+def _invocation_of(record: Path) -> int:
+    try:
+        return int(json.loads(record.read_text(encoding="utf-8")).get("invocation") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
 
 
 def editor_models(editor: Editor) -> dict[str, str] | None:
@@ -205,7 +221,9 @@ def update_editor_models(out: Path, invocation: int, editor: Editor) -> None:
     cache held when the invocation started. (Ray workers on other machines read their own caches.)"""
     path = out / INVOCATIONS
     entries = json.loads(path.read_text(encoding="utf-8"))
-    entries[invocation]["editor_models"] = editor_models(editor)
+    for entry in entries:
+        if entry.get("number") == invocation:
+            entry["editor_models"] = editor_models(editor)
     atomic_write_json(path, entries)
 
 

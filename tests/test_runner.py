@@ -144,6 +144,22 @@ def test_a_resume_elsewhere_records_each_invocation_and_says_what_differs(tmp_pa
     assert "differ in batch_size, versions.torch" in caplog.text
 
 
+def test_an_unreadable_invocations_file_is_kept_aside_and_numbering_goes_past_every_record(tmp_path: Path):
+    run = tmp_path / "run"
+    args = ["--editor", "identity", "--dataset", "mini", "--out", str(run), "--limit", "2", *FAST]
+    _evaluate(*args)
+    _evaluate(*args)  # nothing left to generate: invocation 1
+    (run / "invocations.json").write_text("{torn")
+    sorted((run / "records").iterdir())[0].unlink()
+    _evaluate(*args)
+    assert (run / "invocations.json.unreadable").read_text() == "{torn"
+    entries = json.loads((run / "invocations.json").read_text())
+    assert [e["number"] for e in entries] == [1]  # past invocation 0, the one the kept record names
+    assert sorted(json.loads(r.read_text())["invocation"] for r in (run / "records").iterdir()) == [0, 1]
+    provenance = json.loads((run / "summary.json").read_text())["run"]["provenance"]
+    assert provenance.get("unrecorded") is True and [i["number"] for i in provenance["invocations"]] == [1]
+
+
 def _cache_snapshot(repo: str, commit: str) -> None:
     """`repo`'s main resolving to `commit` in the session's hub cache (the layout huggingface_hub writes)."""
     folder = Path(os.environ["HF_HUB_CACHE"]) / ("models--" + repo.replace("/", "--"))
