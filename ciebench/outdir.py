@@ -35,7 +35,7 @@ LOCK = ".ciebench.lock"
 # exactly these. Temporary files of `io.atomic_write_bytes` (".<name>.<random>.tmp") belong to every kind.
 LAYOUTS: dict[str, tuple[str, ...]] = {
     "run": ("spec.json", "images", "traces", "records", "samples.csv", "samples.jsonl", "summary.json",
-            "invocations.json"),
+            "invocations.json*"),
     "score": ("spec.json", "samples.csv", "samples.jsonl", "summary.json"),
     "leaderboard": ("leaderboard*.csv", "leaderboard.md", "by_edit_type*.csv", "significance*.csv", "tables.csv",
                     "plots", "gallery", "benchmarks.md", "benchmark__*.csv"),

@@ -158,6 +158,8 @@ def test_an_unreadable_invocations_file_is_kept_aside_and_numbering_goes_past_ev
     assert sorted(json.loads(r.read_text())["invocation"] for r in (run / "records").iterdir()) == [0, 1]
     provenance = json.loads((run / "summary.json").read_text())["run"]["provenance"]
     assert provenance.get("unrecorded") is True and [i["number"] for i in provenance["invocations"]] == [1]
+    _evaluate(*args, "--overwrite", "--limit", "1")  # another spec: the run's own files go, the kept file too
+    assert not (run / "invocations.json.unreadable").exists()
 
 
 def _cache_snapshot(repo: str, commit: str) -> None:
