@@ -98,7 +98,7 @@ def exif_orientation(image: Image.Image) -> int:
     """The EXIF Orientation tag (1 = as stored; 2-8 = mirrored and/or rotated when displayed)."""
     try:
         return int(image.getexif().get(ORIENTATION_TAG, 1) or 1)
-    except (ValueError, TypeError):
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: no orientation to apply, the pixels are fine
         return 1
 
 

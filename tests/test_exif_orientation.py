@@ -70,3 +70,15 @@ def test_a_mask_of_the_stored_pixels_is_an_error_naming_the_files(tmp_path):
     assert len(errors) == 1 and errors[0].sample_id == "s1" and "mask.png" in str(errors[0])
     assert "src.jpg as stored" in errors[0].message and "EXIF orientation 6" in errors[0].message
     assert len(loaded.dataset) == 0  # the sample is left out, with the error, not scored on a squashed mask
+
+
+def test_a_malformed_exif_block_leaves_the_image_as_stored(tmp_path):
+    import io
+    import warnings
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), "red").save(buf, format="JPEG", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12\x00")
+    (tmp_path / "broken.jpg").write_bytes(buf.getvalue())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about the corrupt EXIF
+        assert open_image_file(tmp_path / "broken.jpg").size == (8, 6)
