@@ -138,9 +138,6 @@ class Task:
     attempts: int = 0
     solo: bool = False  # a suspect of a worker's death: runs with nothing queued beside it
 
-    def split(self) -> list["Task"]:
-        return [Task([p], [k], self.attempts, self.solo) for p, k in zip(self.payload, self.keys)]
-
     def suspect(self) -> list["Task"]:
         """This task as single items that each run alone, so that a death they cause is theirs alone."""
         return [Task([p], [k], self.attempts, solo=True) for p, k in zip(self.payload, self.keys)]

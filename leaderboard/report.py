@@ -146,7 +146,9 @@ def _write(tables: list[Table], out: Path, *, plots: bool, gallery: bool, datase
 # What `_write` writes, by kind, as a later write finds it: top-level tables, plots/<table>/<plot>.<format>,
 # and the gallery's page with its image and trace folders (by suffix). Benchmark boards (benchmark_board.py)
 # have names of their own, their galleries in gallery/<benchmark>/.
-TABLE_FILES = ("leaderboard*.csv", "leaderboard.md", "by_edit_type*.csv", "significance*.csv", "tables.csv")
+# the layout's top-level files, less the benchmark boards' (benchmark_board.benchmark_outputs)
+TABLE_FILES = tuple(p for p in outdir.LAYOUTS["leaderboard"]
+                    if p not in ("plots", "gallery") and not p.startswith("benchmark"))
 PLOT_PREFIXES = ("bars__", "by_edit_type__", "tradeoff__")
 GALLERY_FOLDERS = {"thumbs": ".jpg", "full": ".png", "traces": ".js"}
 

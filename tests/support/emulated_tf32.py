@@ -36,7 +36,7 @@ import math
 import threading
 from collections import Counter
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,6 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 ROUNDINGS = ("nearest", "truncate")
-WHICH = ("all", "convolutions")  # the products a GPU runs in TF32: `exact-tf32`'s forwards; PyTorch's defaults
 _DROPPED_BITS = 13  # float32 keeps 23 mantissa bits, TF32 10
 _KEEP_MASK = -(1 << _DROPPED_BITS)  # int32 with the 13 low bits clear
 _HALF = (1 << (_DROPPED_BITS - 1)) - 1  # 0x0FFF: just under half of the dropped unit
@@ -67,25 +66,24 @@ def round_to_tf32(x: Tensor, rounding: str = "nearest") -> Tensor:
     return torch.where(torch.isfinite(x), rounded, x)
 
 
-def _products(which: str) -> dict[Callable, tuple[str, tuple[int, ...], tuple[str, ...]]]:
-    """op -> (name, positions and keyword names of the operands that a GPU converts to TF32)."""
-    two = ((0, 1), ("input", "other", "weight", "mat2"))
-    accumulate = ((1, 2), ("mat1", "mat2", "batch1", "batch2"))
-    table = {
-        F.linear: ("linear", (0, 1), ("input", "weight")),
-        torch.matmul: ("matmul", *two), torch.Tensor.matmul: ("matmul", *two),
-        torch.Tensor.__matmul__: ("matmul", *two), torch.Tensor.__rmatmul__: ("matmul", *two),
-        torch.mm: ("mm", *two), torch.Tensor.mm: ("mm", *two),
-        torch.bmm: ("bmm", *two), torch.Tensor.bmm: ("bmm", *two),
-        torch.addmm: ("addmm", *accumulate), torch.Tensor.addmm: ("addmm", *accumulate),
-        torch.baddbmm: ("baddbmm", *accumulate), torch.Tensor.baddbmm: ("baddbmm", *accumulate),
-        torch.addbmm: ("addbmm", *accumulate), torch.Tensor.addbmm: ("addbmm", *accumulate),
-    }
-    if which == "convolutions":
-        table = {}
-    for conv in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
-        table[getattr(F, conv)] = (conv, (0, 1), ("input", "weight"))
-    return table
+# op -> (name, positions and keyword names of the operands that a GPU converts to TF32)
+_TWO = ((0, 1), ("input", "other", "weight", "mat2"))
+_ACCUMULATE = ((1, 2), ("mat1", "mat2", "batch1", "batch2"))  # the bias-like `input` term stays float32
+_MATMULS = {
+    F.linear: ("linear", (0, 1), ("input", "weight")),
+    torch.matmul: ("matmul", *_TWO), torch.Tensor.matmul: ("matmul", *_TWO),
+    torch.Tensor.__matmul__: ("matmul", *_TWO), torch.Tensor.__rmatmul__: ("matmul", *_TWO),
+    torch.mm: ("mm", *_TWO), torch.Tensor.mm: ("mm", *_TWO),
+    torch.bmm: ("bmm", *_TWO), torch.Tensor.bmm: ("bmm", *_TWO),
+    torch.addmm: ("addmm", *_ACCUMULATE), torch.Tensor.addmm: ("addmm", *_ACCUMULATE),
+    torch.baddbmm: ("baddbmm", *_ACCUMULATE), torch.Tensor.baddbmm: ("baddbmm", *_ACCUMULATE),
+    torch.addbmm: ("addbmm", *_ACCUMULATE), torch.Tensor.addbmm: ("addbmm", *_ACCUMULATE),
+}
+_CONVOLUTIONS = {getattr(F, conv): (conv, (0, 1), ("input", "weight"))
+                 for conv in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")}
+# the products a GPU runs in TF32: all of them in `exact-tf32`'s forwards; convolutions under PyTorch's defaults
+_PRODUCTS = {"all": {**_MATMULS, **_CONVOLUTIONS}, "convolutions": _CONVOLUTIONS}
+WHICH = tuple(_PRODUCTS)
 
 
 # Ops a GPU would also run as float32 GEMMs, which this emulation does not decompose: refused, so a
@@ -127,7 +125,7 @@ class EmulatedTF32(TorchFunctionMode):
         self.rounding = rounding
         self.matmuls = which == "all"
         self.calls: Counter[str] = Counter()
-        self._products = _products(which)
+        self._products = _PRODUCTS[which]
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
