@@ -24,7 +24,7 @@ from . import __version__, outdir
 from .cache import cache_root
 from .errors import DataError, IntegrityError, OutputConflict
 from .io import atomic_write_text, read_json_object, sha256_bytes, stable_hash
-from .results import file_stem, read_samples, require_run_folder
+from .results import file_stem, read_samples, require_current_tables, require_run_folder
 from .verify import read_verification
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,9 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     run_dir, out = require_run_folder(run_dir), Path(out)
     if out.exists() and any(out.iterdir()):
         raise OutputConflict(f"{out} exists and is not empty", hint="choose a new --out folder")
-    samples = read_samples(run_dir)
     summary = read_json_object(run_dir / "summary.json", DataError)
+    require_current_tables(run_dir, summary, DataError)
+    samples = read_samples(run_dir)
     metrics = [m for m in (summary.get("metrics") or {}) if m in samples.columns]
     features = run_features(metrics)
     rows = [_row(run_dir, rec, metrics) for rec in samples.to_dict("records")]

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UsageError
-from .io import atomic_write_text
+from .io import atomic_write_text, sha256_bytes, sha256_file
 from .stats import bootstrap_mean_ci, json_number
 
 from .status import Status
@@ -79,7 +79,34 @@ def natural_key(text: str) -> tuple:
     return tuple((0, int(run), "") if run[0] in "0123456789" else (1, 0, run.lower()) for run in _RUNS.findall(s)), s
 
 
-def write_samples(run_dir: Path, rows: list[dict[str, Any]], metric_columns: Iterable[str]) -> None:
+# What spec.json and summary.json each record about the numbers, field by field: a scoring that stopped
+# between writing the two leaves them disagreeing (see `record_conflicts`).
+RECORDED_FIELDS = {"protocol": ("name", "hash"), "dataset": ("spec", "revision")}
+
+
+def record_conflicts(spec: dict[str, Any], summary: dict[str, Any]) -> dict[str, tuple[dict, dict]]:
+    """The blocks of `RECORDED_FIELDS` on which spec.json and summary.json disagree (a field both record
+    with different values), as block -> (spec's, summary's). The numbers are summary.json's: it is
+    written with them, so its block is the one that describes them."""
+    out = {}
+    for block, fields in RECORDED_FIELDS.items():
+        recorded, scored = _block(spec, block), _block(summary, block)
+        if any(f in recorded and f in scored and recorded[f] != scored[f] for f in fields):
+            out[block] = (recorded, scored)
+    return out
+
+
+def _block(record: dict[str, Any], name: str) -> dict[str, Any]:
+    block = record.get(name)
+    return block if isinstance(block, dict) else {}
+
+
+SAMPLE_TABLES = ("samples.csv", "samples.jsonl")
+
+
+def write_samples(run_dir: Path, rows: list[dict[str, Any]], metric_columns: Iterable[str]) -> dict[str, str]:
+    """Write samples.csv and samples.jsonl; return each one's sha256, for summary.json's "tables"
+    (see `stale_tables`)."""
     run_dir = Path(run_dir)
     columns = list(BASE_COLUMNS) + [c for c in metric_columns if c not in BASE_COLUMNS]
     extra = sorted({k for r in rows for k in r} - set(columns))
@@ -87,9 +114,40 @@ def write_samples(run_dir: Path, rows: list[dict[str, Any]], metric_columns: Ite
     frame = frame.sort_values(["sample_id", "seed"], kind="stable", key=_natural_key)
     buf = io.StringIO()
     frame.to_csv(buf, index=False, float_format="%.10g")
-    atomic_write_text(run_dir / "samples.csv", buf.getvalue())
     lines = [json.dumps({k: _jsonable(v) for k, v in rec.items()}, sort_keys=False) for rec in frame.to_dict("records")]
-    atomic_write_text(run_dir / "samples.jsonl", "\n".join(lines) + ("\n" if lines else ""))
+    texts = dict(zip(SAMPLE_TABLES, (buf.getvalue(), "\n".join(lines) + ("\n" if lines else ""))))
+    for name, text in texts.items():
+        atomic_write_text(run_dir / name, text)
+    return {name: sha256_bytes(text.encode("utf-8")) for name, text in texts.items()}
+
+
+def stale_tables(run_dir: Path, summary: dict[str, Any]) -> list[str]:
+    """The sample tables whose content is not the one summary.json was written with: a scoring killed
+    between writing the tables and the summary, or a table edited since, leaves numbers that the
+    summary's protocol, dataset and models do not describe. Empty when the summary records no hashes
+    (written before ciebench recorded them)."""
+    recorded = summary.get("tables")
+    if not isinstance(recorded, dict):
+        return []
+    problems = []
+    for name in SAMPLE_TABLES:
+        path = Path(run_dir) / name
+        if name not in recorded:
+            continue
+        if not path.is_file():
+            problems.append(f"{path} is missing; summary.json records it")
+        elif sha256_file(path) != recorded[name]:
+            problems.append(f"{path} is not the table summary.json was written with (a scoring interrupted "
+                            f"between the two, or an edit since)")
+    return problems
+
+
+def require_current_tables(run_dir: Path, summary: dict[str, Any], error: type[Exception]) -> None:
+    """`error` naming every stale table and the fix, when `stale_tables` finds any."""
+    problems = stale_tables(run_dir, summary)
+    if problems:
+        raise error("; ".join(problems) + f". Score {run_dir} again (`ciebench score`, or the same "
+                    "`ciebench evaluate`, which resumes and re-scores) so that its numbers and summary agree")
 
 
 # Columns read as text exactly as written: ids such as "NA", "null", "nan" or "007" are ids, not missing

@@ -272,7 +272,7 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
                                  "idcs_protocol"] if use_idcs else [])
     ordered = list(rows.values())
     with timer.stage("writing"):
-        write_samples(out, ordered, columns)
+        tables = write_samples(out, ordered, columns)
     from .results import read_samples
 
     # n and coverage count against the dataset's samples asked for, not against what parses back
@@ -290,6 +290,7 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
         "versions": package_versions(),
         "scoring_seconds": round(time.perf_counter() - started, 3),
         "score_options_hash": stable_hash({"protocol": protocol.hash, "metrics": region_metrics, "judge": judge_info}),
+        "tables": tables,  # binds these numbers to this summary (results.stale_tables)
     })
     if header:
         summary.update(header)

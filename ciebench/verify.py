@@ -24,7 +24,7 @@ import pandas as pd
 from . import __version__
 from .errors import DataError
 from .io import atomic_write_json, read_json_object, sha256_file
-from .results import read_samples, require_run_folder, summarize
+from .results import read_samples, record_conflicts, require_run_folder, stale_tables, summarize
 from .stats import from_json_number
 from .status import Status
 
@@ -107,12 +107,13 @@ def verify_run(run_dir: str | Path, *, dataset: str | None = None, subset: int =
     result.checks.append(check_tables(run_dir, samples, records, spec))
     result.checks.append(check_spec(spec, summary))
     result.checks.append(check_protocol(spec, summary))
+    result.checks.append(check_dataset(spec, summary))
     if rescore:
         result.checks.append(check_rescore(run_dir, spec, summary, samples, dataset=dataset, subset=subset,
                                            all_samples=all_samples, seed=seed, device=device, batch_size=batch_size))
     else:
         result.checks.append(Check("rescore", SKIP, "not asked (--no-rescore)"))
-    result.checks.append(check_summary(summary, samples))
+    result.checks.append(check_summary(summary, samples, run_dir))
     return result
 
 
@@ -250,15 +251,25 @@ def check_protocol(spec: dict[str, Any], summary: dict[str, Any]) -> Check:
     problems = []
     if protocol.hash != recorded.get("hash"):
         problems.append(f"protocol fields hash to {protocol.hash}, recorded hash {recorded.get('hash')}")
-    summary_hash = (summary.get("protocol") or {}).get("hash")
-    if spec.get("protocol") and summary_hash and summary_hash != recorded.get("hash"):
-        problems.append(f"summary.json was scored under protocol {summary_hash}, spec.json names {recorded.get('hash')}")
+    if "protocol" in record_conflicts(spec, summary):
+        scored = summary["protocol"]
+        problems.append(f"summary.json was scored under protocol {scored.get('name')} {scored.get('hash')}, "
+                        f"spec.json names {recorded.get('name')} {recorded.get('hash')}")
     known = PROTOCOLS.get(protocol.name)
     note = ""
     if known is not None and known.hash != protocol.hash:
         # not a failure of the run: the preset changed in this ciebench; re-scoring uses the recorded fields
         note = f" (ciebench {__version__}'s '{protocol.name}' preset now hashes to {known.hash})"
     return _verdict("protocol", problems, f"protocol '{protocol.name}' hash {protocol.hash} matches its fields{note}")
+
+
+def check_dataset(spec: dict[str, Any], summary: dict[str, Any]) -> Check:
+    problems = []
+    if "dataset" in record_conflicts(spec, summary):
+        recorded, scored = spec["dataset"], summary["dataset"]
+        problems.append(f"summary.json was scored on dataset {scored.get('spec')} revision {scored.get('revision')}, "
+                        f"spec.json names {recorded.get('spec')} revision {recorded.get('revision')}")
+    return _verdict("dataset", problems, "spec.json and summary.json name the same dataset")
 
 
 # ---- re-scoring -------------------------------------------------------------------------------------
@@ -333,7 +344,7 @@ def check_rescore(run_dir: Path, spec: dict[str, Any], summary: dict[str, Any], 
 
 
 # ---- summary ----------------------------------------------------------------------------------------
-def check_summary(summary: dict[str, Any], samples: pd.DataFrame) -> Check:
+def check_summary(summary: dict[str, Any], samples: pd.DataFrame, run_dir: Path | None = None) -> Check:
     if not summary:
         return Check("summary", FAIL, "summary.json is missing", ("summary.json",))
     declared = summary.get("metrics") or {}
@@ -343,7 +354,8 @@ def check_summary(summary: dict[str, Any], samples: pd.DataFrame) -> Check:
                   if isinstance(b, dict)}
     best_of = "idcs" if "idcs" in directions else None
     fresh = summarize(samples, directions, best_of=best_of)
-    problems: list[str] = []
+    # a table from another scoring re-aggregates to other numbers, unless the two scorings agree on them
+    problems: list[str] = stale_tables(run_dir, summary) if run_dir is not None else []
     for key in ("n_samples", "n_rows", "status_counts", "metrics", "by_edit_type", "seeds", "best_of_n"):
         if key in fresh or key in summary:
             _compare(summary.get(key), fresh.get(key), key, problems)

@@ -14,7 +14,8 @@ import pandas as pd
 from ciebench.metrics import catalogue
 
 from ciebench.io import read_json_object
-from ciebench.results import BASE_COLUMNS, RunFolderError, read_samples, require_run_folder, summarize
+from ciebench.results import (BASE_COLUMNS, RECORDED_FIELDS, RunFolderError, read_samples, record_conflicts,
+                              require_current_tables, require_run_folder, summarize)
 from ciebench.status import Status
 
 log = logging.getLogger(__name__)
@@ -96,12 +97,8 @@ class Run:
 
     @property
     def protocol(self) -> dict[str, Any]:
-        """The protocol the numbers were scored under: spec.json's, or summary.json's when the two
-        disagree (summary.json is written with the numbers; see `protocol_conflict`) or spec.json has none."""
-        recorded, scored = _protocol_block(self.spec), _protocol_block(self.summary)
-        if protocol_conflict(self.spec, self.summary):
-            return scored
-        return recorded or scored
+        """The protocol the numbers were scored under (see `_scored`)."""
+        return self._scored("protocol")
 
     @property
     def protocol_name(self) -> str:
@@ -113,7 +110,16 @@ class Run:
 
     @property
     def dataset(self) -> dict[str, Any]:
-        return self.spec.get("dataset") or self.summary.get("dataset") or {}
+        """The dataset the numbers were scored on (see `_scored`)."""
+        return self._scored("dataset")
+
+    def _scored(self, block: str) -> dict[str, Any]:
+        """spec.json's `block`, or summary.json's where the two disagree (summary.json is written with the
+        numbers; see `results.record_conflicts`) or spec.json has none."""
+        recorded, scored = (r.get(block) if isinstance(r.get(block), dict) else {} for r in (self.spec, self.summary))
+        if block in record_conflicts(self.spec, self.summary):
+            return scored
+        return recorded or scored
 
     @property
     def dataset_spec(self) -> str:
@@ -191,12 +197,13 @@ def load_run(path: str | Path) -> Run:
     path = require_run_folder(path)
     spec = _read_json(path / "spec.json")
     summary = _read_json(path / "summary.json")
+    require_current_tables(path, summary, RunError)
     samples = read_samples(path)
     for col in ("sample_id", "seed", "edit_type", "status"):
         if col not in samples.columns:
             raise RunError(f"{path / 'samples.csv'}: missing column {col!r}")
     samples["edit_type"] = samples["edit_type"].fillna("other")
-    _warn_protocol_conflict(path, spec, summary)
+    _warn_conflicts(path, spec, summary)
     metrics = _metric_directions(samples, summary, path)
     for m in metrics:  # "inf" strings are read as floats by pandas; anything else non-numeric is an error
         samples[m] = pd.to_numeric(samples[m], errors="coerce")
@@ -252,28 +259,15 @@ def assign_labels(runs: list[Run]) -> None:
             run.label = label
 
 
-def _protocol_block(record: dict[str, Any]) -> dict[str, Any]:
-    block = record.get("protocol")
-    return block if isinstance(block, dict) else {}
-
-
-def protocol_conflict(spec: dict[str, Any], summary: dict[str, Any]) -> bool:
-    """Whether spec.json and summary.json name different protocols (name or hash, where both record
-    it): a `ciebench score` that failed used to leave its new spec.json beside the earlier results.
-    The numbers are summary.json's, so its protocol labels them (`Run.protocol`)."""
-    recorded, scored = _protocol_block(spec), _protocol_block(summary)
-    return any(key in recorded and key in scored and recorded[key] != scored[key] for key in ("name", "hash"))
-
-
-def _warn_protocol_conflict(path: Path, spec: dict[str, Any], summary: dict[str, Any]) -> None:
-    """Say so, once per run read, when a run is shown under summary.json's protocol over spec.json's."""
-    if not protocol_conflict(spec, summary):
-        return
-    recorded, scored = _protocol_block(spec), _protocol_block(summary)
-    log.warning("%s: spec.json names protocol %s [%s] but summary.json was scored under %s [%s] (a later "
-                "`ciebench score` into this folder did not finish?); the run is shown under %s. Score the "
-                "folder again to make them agree", path, recorded.get("name"), str(recorded.get("hash"))[:8],
-                scored.get("name"), str(scored.get("hash"))[:8], scored.get("name"))
+def _warn_conflicts(path: Path, spec: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Say so, once per run read, when a run is shown under summary.json's protocol or dataset over
+    spec.json's."""
+    for block, (recorded, scored) in record_conflicts(spec, summary).items():
+        fields = RECORDED_FIELDS[block]
+        said, used = (" ".join(str(b.get(f)) for f in fields) for b in (recorded, scored))
+        log.warning("%s: spec.json names %s %s but summary.json was scored under %s %s (a later `ciebench score` "
+                    "into this folder did not finish?); the run is shown under %s. Score the folder again to make "
+                    "them agree", path, block, said, block, used, used)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -67,12 +67,11 @@ def _edit_samples_jsonl(run: Path) -> None:
     (run / "samples.jsonl").write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
 
 
-@pytest.mark.parametrize("edit", [_edit_summary, _edit_samples_csv, _edit_samples_jsonl])
-def test_a_verification_older_than_an_edit_is_exported_as_stale_with_a_warning(run_copy: Path, tmp_path: Path, edit,
+def test_a_verification_older_than_an_edit_is_exported_as_stale_with_a_warning(run_copy: Path, tmp_path: Path,
                                                                                 caplog):
     from ciebench.leaderboard import leaderboard
 
-    edit(run_copy)
+    _edit_summary(run_copy)
     with caplog.at_level(logging.WARNING, logger="ciebench.export"):
         result = runner.invoke(app, ["export", str(run_copy), "--format", "hub", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
@@ -80,6 +79,16 @@ def test_a_verification_older_than_an_edit_is_exported_as_stale_with_a_warning(r
     assert verified["verified"] is False and verified.get("status") == "stale"
     assert "stale" in caplog.text and str(run_copy) in caplog.text and "ciebench verify" in caplog.text
     assert leaderboard([run_copy]).loc[0, "verified"].startswith("stale")  # as the leaderboard says of this folder
+
+
+@pytest.mark.parametrize("edit", [_edit_samples_csv, _edit_samples_jsonl])
+def test_an_edited_sample_table_is_not_exported(run_copy: Path, tmp_path: Path, edit):
+    """Its numbers are no longer those its summary.json (protocol, models, means) was written with."""
+    edit(run_copy)
+    result = runner.invoke(app, ["export", str(run_copy), "--format", "hub", "--out", str(tmp_path / "out")])
+    name = edit.__name__.removeprefix("_edit_").replace("_", ".")
+    assert result.exit_code != 0 and f"{name} is not the table summary.json was written with" in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_an_unverified_run_exports_no_verification(run_copy: Path, tmp_path: Path):

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import ciebench
 from ciebench.backend import LocalBackend
 from ciebench.cli import app
-from ciebench.leaderboard import load_run, write_leaderboard
+from ciebench.leaderboard import RunError, load_run, write_leaderboard
 from ciebench.metrics.protocols import get_protocol
 from ciebench.outdir import LOCK, MARKER
 
@@ -121,6 +121,99 @@ def test_the_reviewed_sequence_score_failed_score_leaderboard_reads_cielr(tmp_pa
     index = pd.read_csv(board / "tables.csv")
     assert (list(index["protocol"]), list(index["protocol_hash"])) == (["cielr"], [cielr.hash])
     assert "protocol cielr" in result.output and "protocol exact" not in result.output
+
+
+def _perturb(folder: Path) -> None:
+    """Change every prediction (a new editor's outputs): the same pixels except a darker top-left block."""
+    import numpy as np
+    from PIL import Image
+
+    for path in sorted(folder.glob("*.png")):
+        pixels = np.asarray(Image.open(path).convert("RGB")).copy()
+        pixels[:8, :8] //= 2
+        Image.fromarray(pixels).save(path)
+
+
+def test_a_score_killed_between_the_tables_and_the_summary_is_refused_not_mislabelled(tmp_path: Path, monkeypatch):
+    """samples.csv is written before summary.json. A kill in between left the new scoring's numbers (under
+    exact, on new predictions) beside the old summary (cielr), and the leaderboard showed them as cielr."""
+    from ciebench import scoring
+    from ciebench.errors import DataError
+    from ciebench.export import export_run
+    from ciebench.verify import verify_run
+
+    predictions, out = tmp_path / "preds", tmp_path / "s1"
+    identity_predictions(predictions, 4)
+    ciebench.score("mini", predictions, out, limit=4, **FAST)
+    assert load_run(out).protocol_name == "cielr"
+    old_csv = (out / "samples.csv").read_bytes()
+    _perturb(predictions)
+    written = scoring.atomic_write_json
+
+    def killed_at_the_summary(path, data, *args, **kwargs):
+        if Path(path).name == "summary.json":
+            raise KeyboardInterrupt
+        return written(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(scoring, "atomic_write_json", killed_at_the_summary)
+    with pytest.raises(KeyboardInterrupt):
+        ciebench.score("mini", predictions, out, limit=4, protocol="exact", **FAST)
+    monkeypatch.undo()
+    assert (out / "samples.csv").read_bytes() != old_csv  # the new numbers are there, the old summary too
+    assert _protocol_of(out, "summary.json")["name"] == "cielr"
+
+    with pytest.raises(RunError, match=r"samples\.csv is not the table summary\.json was written with"):
+        load_run(out)
+    result = runner.invoke(app, ["leaderboard", str(out), "-o", str(tmp_path / "board"), "--no-plots", "--no-gallery"])
+    assert result.exit_code == 2 and "Score" in result.output and "samples.csv" in result.output, result.output
+    with pytest.raises(DataError, match="samples.csv"):
+        export_run(out, tmp_path / "export")
+    checks = {c.name: c for c in verify_run(out, rescore=False).checks}
+    assert checks["summary"].verdict == "fail"
+    assert any("samples.csv is not the table" in p for p in checks["summary"].problems)
+
+    # scoring again, as the message says, makes the folder whole: the exact numbers, labelled exact
+    ciebench.score("mini", predictions, out, limit=4, protocol="exact", **FAST)
+    run = load_run(out)
+    assert run.protocol_name == "exact"
+    assert run.per_sample("psnr").lt(100).any()  # the perturbed predictions, not the identical ones (all inf)
+
+
+def test_an_edited_samples_csv_is_refused(tmp_path: Path):
+    predictions, out = tmp_path / "preds", tmp_path / "s1"
+    identity_predictions(predictions, 2)
+    ciebench.score("mini", predictions, out, limit=2, **FAST)
+    frame = pd.read_csv(out / "samples.csv", dtype={"sample_id": str})
+    frame["ssim"] = 0.5  # a "better" number typed in by hand
+    frame.to_csv(out / "samples.csv", index=False)
+    with pytest.raises(RunError, match="samples.csv"):
+        load_run(out)
+
+
+def test_the_leaderboard_shows_a_run_on_the_dataset_its_summary_was_scored_on(runs, tmp_path: Path, caplog):
+    """spec.json naming another dataset than summary.json (a `score` stopped between writing them) put the
+    run in the other dataset's table."""
+    from ciebench.verify import check_dataset
+
+    run, consistent = tmp_path / "s1", runs["r1"]
+    shutil.copytree(consistent, run)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["dataset"] = {"spec": "mini", "revision": json.loads((run / "spec.json").read_text())["dataset"]["revision"]}
+    (run / "summary.json").write_text(json.dumps(summary))
+    spec = json.loads((run / "spec.json").read_text())
+    spec["dataset"] = {"spec": "/data/other", "revision": "0" * 16, "n": 3}
+    (run / "spec.json").write_text(json.dumps(spec))
+
+    with caplog.at_level(logging.WARNING):
+        loaded = load_run(run)
+    assert (loaded.dataset_spec, loaded.dataset_revision) == ("mini", summary["dataset"]["revision"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "/data/other" in warnings[0] and str(run) in warnings[0], warnings
+    board = write_leaderboard([run, consistent], tmp_path / "board", plots=False, gallery=False)
+    assert list(pd.read_csv(board.out / "tables.csv")["n_runs"]) == [2]  # one table: both scored on mini
+    check = check_dataset(spec, summary)
+    assert check.verdict == "fail" and "/data/other" in check.problems[0]
+    assert check_dataset(summary, summary).verdict == "pass"
 
 
 # --- 2. rewriting a leaderboard folder -----------------------------------------------------------

@@ -46,7 +46,7 @@ def test_untouched_run_verifies_and_records_it(run_copy: Path):
     assert result.exit_code == 0, result.output
     verdicts = _verdicts(result.output)
     assert verdicts == {"images": "PASS", "traces": "PASS", "samples": "PASS", "spec": "PASS", "protocol": "PASS",
-                        "rescore": "PASS", "summary": "PASS"}, result.output
+                        "dataset": "PASS", "rescore": "PASS", "summary": "PASS"}, result.output
     assert "verified with ciebench" in result.output
     record = json.loads((run_copy / "verify.json").read_text())
     assert record["verified"] is True and record["ciebench_version"]
@@ -178,7 +178,8 @@ def test_a_score_output_verifies_with_the_spec_check_skipped(pristine: Path, tmp
 
 
 def test_a_dropped_row_is_named_even_with_a_regenerated_summary(run_copy: Path):
-    from ciebench.results import summarize
+    from ciebench.io import sha256_file
+    from ciebench.results import SAMPLE_TABLES, summarize
 
     frame = pd.read_csv(run_copy / "samples.csv", dtype={"sample_id": str})
     dropped = frame.loc[1, "sample_id"]
@@ -189,6 +190,7 @@ def test_a_dropped_row_is_named_even_with_a_regenerated_summary(run_copy: Path):
     summary = json.loads((run_copy / "summary.json").read_text())
     summary.update(summarize(pd.read_csv(run_copy / "samples.csv", dtype={"sample_id": str}),
                              {m: b["higher_is_better"] for m, b in summary["metrics"].items()}))
+    summary["tables"] = {name: sha256_file(run_copy / name) for name in SAMPLE_TABLES}  # regenerated with them
     (run_copy / "summary.json").write_text(json.dumps(summary))
     result = _verify(run_copy, "--no-rescore")
     verdicts = _verdicts(result.output)
@@ -206,8 +208,9 @@ def _forge(run: Path, position: int, **changes) -> str:
     frame = read_samples(run)
     for column, value in {"psnr": 60.0, "ssim": 0.999, "mse": 1e-6, **changes}.items():
         frame.loc[position, column] = value
-    write_samples(run, frame.to_dict("records"), [c for c in frame.columns if c not in BASE_COLUMNS])
+    tables = write_samples(run, frame.to_dict("records"), [c for c in frame.columns if c not in BASE_COLUMNS])
     summary = json.loads((run / "summary.json").read_text())
+    summary["tables"] = tables
     fresh = summarize(read_samples(run), {m: b["higher_is_better"] for m, b in summary["metrics"].items()},
                       sample_ids=list(frame["sample_id"]))
     summary.update(fresh)
