@@ -48,6 +48,13 @@ class Backend(ABC):
     def model_ids(self) -> dict[str, str]:
         """The metric models (name -> hub id and revision) of the last `score_regions`, for summary.json."""
 
+    def editor_models(self, editor: Editor) -> dict[str, str] | None:
+        """The hub commit of each model `editor` declares, as the processes that made the last
+        `generate`'s images resolved it (`runner.editor_models`): here, this machine's hub cache."""
+        from .runner import editor_models
+
+        return editor_models(editor)
+
     def close(self) -> None:
         """Release what the backend holds; idempotent."""
 

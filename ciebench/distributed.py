@@ -17,6 +17,8 @@ which `--retry-failed` redoes later. Nothing finished is redone; nothing is writ
 """
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import tempfile
@@ -31,6 +33,8 @@ from .editor import Editor, EditResult
 from .ray_pool import DistributedError, GaveUp, RayOptions, RaySession, Task, WorkerPool
 from .runner import PendingSamples, RunOptions, RunStats, commit_result, prepare_result
 from .scoring import ScoreEntry, ScoreOptions
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DistributedError", "EditorRecipe", "RayBackend", "RayOptions"]
 
@@ -133,8 +137,10 @@ class EditWorker:
     def ready(self) -> dict[str, Any]:
         return {"editor": self.editor.describe(), "pid": os.getpid(), "node": _node()}
 
-    def edit(self, batch: list[tuple[dict[str, Any], int]]) -> tuple[list[Any], int]:
-        from .runner import edit_isolated, make_request
+    def edit(self, batch: list[tuple[dict[str, Any], int]]) -> tuple[list[Any], int, tuple[str, dict[str, str] | None]]:
+        """The batch's results, the editor calls made, and (this machine, the commits its hub cache
+        resolves the editor's models to), read after the models loaded."""
+        from .runner import edit_isolated, editor_models, make_request
 
         samples = [(decode_row(self.features, row), seed) for row, seed in batch]
         stats = RunStats()
@@ -142,7 +148,7 @@ class EditWorker:
         results = edit_isolated(self.editor, requests, stats)
         prepared = [prepare_result(sample.id, seed, sample.image.size, result)
                     for (sample, seed), result in zip(samples, results)]
-        return prepared, stats.editor_calls
+        return prepared, stats.editor_calls, (_node(), editor_models(self.editor))
 
 
 def _node() -> str:
@@ -188,6 +194,7 @@ class RayBackend(Backend):
         self.recipe = recipe
         self.session = RaySession(self.options)
         self._models: dict[str, str] = {}
+        self._editor_reports: dict[tuple[str, str], tuple[str, dict[str, str] | None]] = {}
 
     def __enter__(self) -> "RayBackend":
         self.session.connect()
@@ -206,6 +213,7 @@ class RayBackend(Backend):
 
     def generate(self, editor: Editor, pending: PendingSamples, out: Path, options: RunOptions,
                  stats: RunStats) -> None:
+        self._editor_reports = {}
         if not len(pending):
             return
         ray = self.session.connect()
@@ -242,7 +250,8 @@ class RayBackend(Backend):
                                 for sample_id, seed in task.keys]
                     calls = 0
                 else:
-                    prepared, calls = result
+                    prepared, calls, report = result
+                    self._editor_reports[(report[0], json.dumps(report[1], sort_keys=True))] = report
                 stats.editor_calls += calls
                 for item in prepared:
                     ok = commit_result(out, item, stats.invocation)
@@ -299,6 +308,20 @@ class RayBackend(Backend):
 
     def model_ids(self) -> dict[str, str]:
         return dict(self._models)
+
+    def editor_models(self, editor: Editor) -> dict[str, str] | None:
+        """As the workers that made the last `generate`'s images resolved them, each in its own
+        machine's hub cache; the driver's cache when no worker made any."""
+        if not self._editor_reports:
+            return super().editor_models(editor)
+        from .runner import merge_editor_models
+
+        merged = merge_editor_models(self._editor_reports.values())
+        mixed = sorted(k for k, v in (merged or {}).items() if v.startswith("differs"))
+        if mixed:
+            log.warning("the Ray workers loaded different commits of %s (their machines' hub caches differ); "
+                        "invocations.json names each commit and machine", ", ".join(mixed))
+        return merged
 
 
 def _timed_iter(iterator: Iterable, timer: Any, name: str) -> Iterator:

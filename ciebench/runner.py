@@ -22,7 +22,7 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -216,14 +216,33 @@ def editor_models(editor: Editor) -> dict[str, str] | None:
     return {f"{r.ref}@{r.revision or 'main'}": cached_commit(r) or "not in this machine's hub cache" for r in hub}
 
 
-def update_editor_models(out: Path, invocation: int, editor: Editor) -> None:
-    """After generation, the commits again: online, loading may have fetched a newer main than the
-    cache held when the invocation started. (Ray workers on other machines read their own caches.)"""
+def merge_editor_models(reports: Iterable[tuple[str, dict[str, str] | None]]) -> dict[str, str] | None:
+    """One map from the (machine, commits) reports of the processes that made a run's images (Ray
+    workers, each reading its own machine's hub cache): a model's commit where they all agree; where
+    they do not, every commit with the machines that used it, so that no single commit is recorded
+    for images made from several. None when no process could list its editor's models."""
+    reports = list(reports)
+    seen: dict[str, dict[str, set[str]]] = {}
+    for machine, models in reports:
+        for key, commit in (models or {}).items():
+            seen.setdefault(key, {}).setdefault(commit, set()).add(machine)
+    if not seen:
+        return None if all(models is None for _, models in reports) else {}
+    return {key: next(iter(by_commit)) if len(by_commit) == 1 else
+            "differs between machines: " + "; ".join(f"{commit} on {', '.join(sorted(machines))}"
+                                                     for commit, machines in sorted(by_commit.items()))
+            for key, by_commit in seen.items()}
+
+
+def update_editor_models(out: Path, invocation: int, models: dict[str, str] | None) -> None:
+    """After generation, the commits again, as the backend saw them where the images were made:
+    online, loading may have fetched a newer main than the cache held when the invocation started,
+    and Ray workers on other machines read their own caches."""
     path = out / INVOCATIONS
     entries = json.loads(path.read_text(encoding="utf-8"))
     for entry in entries:
         if entry.get("number") == invocation:
-            entry["editor_models"] = editor_models(editor)
+            entry["editor_models"] = models
     atomic_write_json(path, entries)
 
 
@@ -267,7 +286,7 @@ def _run_locked(editor: Editor, loaded: LoadedDataset, out: Path, options: RunOp
             else:
                 pending_keys.append((index, seed))
     backend.generate(editor, PendingSamples(loaded.dataset, pending_keys), out, options, stats)
-    update_editor_models(out, stats.invocation, editor)
+    update_editor_models(out, stats.invocation, backend.editor_models(editor))
     # The editor's models are done: free them before the scoring models load (a local LLM the judge
     # shares stays loaded while the judge holds it).
     editor.close()

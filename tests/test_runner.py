@@ -191,6 +191,19 @@ def test_the_editors_model_commits_are_recorded_and_a_moved_main_is_said(tmp_pat
     assert provenance["differs"] == [f"editor_models.{key}"]
 
 
+def test_model_commits_from_several_machines_are_merged_without_hiding_a_difference():
+    from ciebench.runner import merge_editor_models
+
+    a, b = "a" * 40, "b" * 40
+    same = [("node1", {"m@main": a, "n@v1": b}), ("node2", {"m@main": a, "n@v1": b})]
+    assert merge_editor_models(same) == {"m@main": a, "n@v1": b}
+    mixed = [("node1", {"m@main": a}), ("node2", {"m@main": b}), ("node3", {"m@main": a})]
+    assert merge_editor_models(mixed) == {"m@main": f"differs between machines: {a} on node1, node3; {b} on node2"}
+    # a machine that could not list the editor's models adds nothing; none at all is unknown (None)
+    assert merge_editor_models([("node1", None), ("node2", {"m@main": a})]) == {"m@main": a}
+    assert merge_editor_models([("node1", None)]) is None
+
+
 def test_sigkill_part_way_then_rerun_finishes_every_sample_once(tmp_path: Path):
     run = tmp_path / "run"
     log = tmp_path / "calls.txt"

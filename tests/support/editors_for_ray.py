@@ -58,3 +58,30 @@ class PatchEditor(Editor):
             a[y:y + h // 4, x:x + w // 4] = rng.integers(0, 256, size=3, dtype=np.uint8)
             out.append(EditResult(image=Image.fromarray(a), trace={"patch": [x, y, w // 4, h // 4]}))
         return out
+
+
+@dataclass(frozen=True)
+class OwnCacheConfig(EditorConfig):
+    worker_cache: str = ""  # the hub cache a Ray worker reads, as a worker on another machine reads its own
+
+
+class OwnCacheEditor(Editor):
+    """Identity that declares one hub model (never loaded). Inside a Ray actor it takes `worker_cache`
+    as its machine's hub cache, as a worker on another machine would have."""
+
+    name = "own-cache"
+    Config = OwnCacheConfig
+    HUB_MODEL = "ciebench-tests/ray-worker-model"
+
+    def required_assets(self):
+        from ciebench.requirements import hub_repo
+
+        return [hub_repo(self.HUB_MODEL, used_by=f"editor {self.name}")]
+
+    def edit(self, requests: list[EditRequest]) -> list[EditResult]:
+        import ray
+        from huggingface_hub import constants
+
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+            constants.HF_HUB_CACHE = self.config.worker_cache
+        return [EditResult(image=r.image.copy()) for r in requests]
