@@ -35,7 +35,7 @@ from ciebench.errors import did_you_mean
 from ciebench.io import stable_hash
 from ciebench.judge.cost import (Budget, CostReport, cached_reply, estimate_call, prepared_images,
                                  provider_host)
-from ciebench.judge.failures import classify, failure_counts
+from ciebench.judge.failures import classify, failure_counts, reads_as_refusal
 from ciebench.judge.parsing import embed, json_score_validator, python_int, python_int_validator
 from ciebench.judge.passes import judge_noise_interval, median_score, pass_seed
 from ciebench.judge.protocols import (DEFAULT_JUDGE_PROTOCOL, ResolvedJudgeProtocol, get_judge_protocol,
@@ -557,7 +557,8 @@ def _usage(*replies: Any) -> dict[str, Any]:
 def idcs_summary(verdicts: Sequence[Verdict], missing: int = 0) -> dict[str, Any]:
     """Dataset IDCS: mean and bootstrap 95% CI over the valid sample scores, coverage (valid / judged,
     `missing` predictions counted as judged-and-failed), failures counted apart by stage and by class
-    (`failures_by_class`, every class present), and with several passes the judge-noise interval."""
+    (`failures_by_class`, every class present), with several passes the judge-noise interval, and the
+    samples whose scored description reads as a refusal (`possible_refusals`)."""
     verdicts = list(verdicts)
     scores = [v.score for v in verdicts if v.ok]
     ci = bootstrap_mean_ci(scores)
@@ -584,6 +585,9 @@ def idcs_summary(verdicts: Sequence[Verdict], missing: int = 0) -> dict[str, Any
     if n_passes > 1:
         noise = judge_noise_interval([v.pass_scores for v in verdicts], [v.sample_id for v in verdicts])
         out["judge_noise"] = noise.to_dict() if noise is not None else None
+    # scored descriptions that read as the describing model declining: named, never dropped
+    out["possible_refusals"] = [v.sample_id for v in verdicts if v.ok and any(
+        p.score is not None and reads_as_refusal(p.sentence) for p in (v.passes or [v]))]
     out["higher_is_better"] = CATALOGUE["idcs"].higher_is_better
     return out
 

@@ -93,6 +93,24 @@ def test_a_description_cut_off_at_max_tokens_is_a_failure_not_a_score(server, tm
     assert server.count_where(has_images=False) == 1  # the half sentence never reached the scorer
 
 
+REFUSALS = ["I\u2019m sorry, but I can\u2019t help with identifying people in images.",
+            "I cannot assist with that request.", "As an AI, I am not able to compare these images."]
+DESCRIPTIONS = ["I can't see any difference between the two images.", "Sorrel leaves were added to the plate."]
+
+
+def test_a_description_that_reads_as_a_refusal_is_named_and_still_scored(server, tmp_path, caplog):
+    # A provider that marks no refusal: the text is scored (as a failed edit); the summary names it.
+    texts = REFUSALS + DESCRIPTIONS
+    for i, text in enumerate(texts):
+        server.on(has_images=True, where=lambda r, i=i: r.images()[0].getpixel((0, 0))[0] == 10 * i, then=reply(text))
+    server.on(has_images=False, then=json_reply({"score": 1}))
+    verdicts = IDCSJudge(judge_config(server), cache_dir=tmp_path).judge(items(len(texts)))
+    assert [v.score for v in verdicts] == [1] * len(texts)  # the numbers are as the judge gave them
+    summary = idcs_summary(verdicts)
+    assert summary["possible_refusals"] == [str(i) for i in range(len(REFUSALS))]
+    assert summary["mean"] == 1 and summary["n"] == len(texts)
+
+
 def test_429s_timeouts_and_malformed_replies_are_retried_then_failures(server, tmp_path):
     # item 0, 1: fine. item 2: 429 forever. item 3: recovers after a 429, a 503 and a malformed body.
     # item 4: malformed score forever. item 5: the VLM call times out every time.

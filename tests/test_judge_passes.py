@@ -93,6 +93,7 @@ def test_score_streams_verdicts_and_reports_protocol_failures_and_noise(tmp_path
         assert idcs["mean"] == 4.0 and idcs["passes"] == 3 and idcs["protocol"] == "idcs-v1"
         assert idcs["failures_by_class"]["out_of_range"] == 1 and idcs["failures_by_class"]["missing_prediction"] == 1
         assert idcs["judge_noise"]["low"] <= 4.0 <= idcs["judge_noise"]["high"]
+        assert idcs["possible_refusals"] == []  # every description is a description
         assert summary["judge_protocol"]["name"] == "idcs-v1" and summary["judge"]["passes"] == 3
         frame = pd.read_csv(tmp_path / "o" / "samples.csv", dtype={"sample_id": str}).set_index("sample_id")
         assert frame.loc[rows[0]["id"], "idcs_passes"] == "[5, 3, 4]"

@@ -57,3 +57,18 @@ def failure_counts(classes: Iterable[str | None]) -> dict[str, int]:
     """Every class with its count (zeros included, so every summary has the same columns)."""
     counts = Counter(c for c in classes if c)
     return {c: int(counts.get(c, 0)) for c in FAILURE_CLASSES}
+
+
+# Openings with which a describing model declines instead of describing ("I'm sorry, but I can't help
+# with that"). A provider that marks no refusal (no `refusal` field, no content_filter finish) gets such
+# text scored like a description, as an edit that failed. `reads_as_refusal` only flags it for a reader
+# (summary.json, a warning): a real description may open the same way, and dropping it would lift the
+# editor's mean.
+_REFUSAL = re.compile(r"^\W*(?:i(?: am|'m) sorry|sorry\b|as an ai\b|i (?:can ?not|can't|won't|am unable to|'m unable to|"
+                      r"am not able to) (?:help|assist|comply|fulfil))", re.IGNORECASE)
+
+
+def reads_as_refusal(text: Any) -> bool:
+    """Whether a describing model's text opens as a refusal does (see `_REFUSAL`)."""
+    return isinstance(text, str) and bool(_REFUSAL.match(text.replace("\u2019", "'")))
+

@@ -178,6 +178,12 @@ class JudgeSession:
                       "failures_by_stage": judged["failures_by_stage"]})
         if "judge_noise" in judged:
             entry["judge_noise"] = judged["judge_noise"]
+        entry["possible_refusals"] = refusals = judged["possible_refusals"]
+        if refusals:
+            log.warning("IDCS: the describing model's text for %d scored sample(s) reads as a refusal, not a "
+                        "description (%s%s); they are scored as written, as failed edits. Check them in "
+                        "samples.csv (idcs_sentence); summary.json metrics.idcs.possible_refusals lists them",
+                        len(refusals), ", ".join(map(str, refusals[:5])), ", ..." if len(refusals) > 5 else "")
         summary["judge_protocol"] = {"name": self.judge.protocol.name, "hash": self.judge.protocol.hash}
         if self.canary is not None:
             summary["judge_canaries"] = self.canary
