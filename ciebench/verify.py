@@ -354,12 +354,25 @@ def check_summary(summary: dict[str, Any], samples: pd.DataFrame, run_dir: Path 
                   if isinstance(b, dict)}
     best_of = "idcs" if "idcs" in directions else None
     fresh = summarize(samples, directions, best_of=best_of)
+    _judge_annotations(declared.get("idcs"), fresh.get("metrics", {}).get("idcs"), samples)
     # a table from another scoring re-aggregates to other numbers, unless the two scorings agree on them
     problems: list[str] = stale_tables(run_dir, summary) if run_dir is not None else []
     for key in ("n_samples", "n_rows", "status_counts", "metrics", "by_edit_type", "seeds", "best_of_n"):
         if key in fresh or key in summary:
             _compare(summary.get(key), fresh.get(key), key, problems)
     return _verdict("summary", problems, f"summary.json re-aggregates from samples.csv ({len(directions)} metric(s))")
+
+
+def _judge_annotations(recorded: Any, fresh: Any, samples: pd.DataFrame) -> None:
+    """Into the re-aggregated IDCS block, what the judge session recorded beside its mean (not in the
+    table's aggregation, so taken as recorded), except the failure classes, re-derived from the table."""
+    if not isinstance(recorded, dict) or not isinstance(fresh, dict):
+        return
+    from ciebench.judge.run import ANNOTATIONS, table_failure_counts
+
+    fresh.update({k: recorded[k] for k in ANNOTATIONS if k in recorded and k not in fresh})
+    if "failures_by_class" in recorded:
+        fresh["failures_by_class"] = table_failure_counts(samples)
 
 
 def _compare(recorded: Any, fresh: Any, where: str, problems: list[str]) -> None:

@@ -106,6 +106,20 @@ def test_score_streams_verdicts_and_reports_protocol_failures_and_noise(tmp_path
         # rerun: only the failed calls are asked again (failures are never cached), 3 passes x 1 sample
         assert result.exit_code == 0 and server.count == calls + 3
 
+    # `verify` re-aggregates the judged run: it failed every IDCS run, on the judge's own annotations
+    from ciebench.verify import verify_run
+
+    out = tmp_path / "o"
+    checks = {c.name: c for c in verify_run(out, rescore=False).checks}
+    assert checks["summary"].verdict == "pass", checks["summary"]
+    summary = json.loads((out / "summary.json").read_text())
+    summary["metrics"]["idcs"]["failures_by_class"]["out_of_range"] = 0  # one failure class hidden
+    (out / "summary.json").write_text(json.dumps(summary))
+    checks = {c.name: c for c in verify_run(out, rescore=False).checks}
+    assert checks["summary"].verdict == "fail"
+    assert checks["summary"].problems == ("summary.json metrics.idcs.failures_by_class.out_of_range: recorded 0, "
+                                          "re-aggregated 1",)
+
 
 def test_a_bad_judge_fails_before_any_region_scoring(tmp_path, monkeypatch):
     monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))

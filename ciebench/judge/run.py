@@ -168,7 +168,8 @@ class JudgeSession:
                 "stats": self.judge.stats}
 
     def annotate(self, summary: dict[str, Any]) -> None:
-        """Protocol, failure classes, passes and judge noise beside the IDCS mean in `summary`."""
+        """Protocol, failure classes, passes and judge noise beside the IDCS mean in `summary` (the keys
+        of `ANNOTATIONS`)."""
         from ciebench.metrics.idcs import idcs_summary
 
         judged = idcs_summary(self.verdicts, missing=self.n_missing)
@@ -190,6 +191,28 @@ class JudgeSession:
         if self.judge.budget is not None:
             summary["judge_budget"] = {**self.judge.budget.to_dict(),
                                        "not_judged": judged["failures_by_class"]["not_judged"]}
+
+
+# What `JudgeSession.annotate` adds to summary.json's metrics.idcs beside the aggregation of samples.csv:
+# the verdicts' provenance, not re-aggregated from the table (`ciebench verify` re-derives the failure
+# classes from the idcs_failure column, `table_failure_counts`).
+ANNOTATIONS = ("protocol", "protocol_hash", "passes", "failures_by_class", "failures_by_stage", "judge_noise",
+               "possible_refusals")
+
+
+def table_failure_counts(samples: Any) -> dict[str, int]:
+    """`failures_by_class` as samples.csv's idcs_failure / idcs_status columns give it (as `idcs_summary`
+    counts the verdicts: a verdict without a score and without a class is unparsable)."""
+    from .failures import failure_counts
+
+    def cls(failure: Any, status: Any) -> str | None:
+        if isinstance(failure, str) and failure:
+            return failure
+        return "unparsable" if isinstance(status, str) and status != VerdictStatus.OK else None
+
+    failures = samples["idcs_failure"] if "idcs_failure" in samples else [None] * len(samples)
+    statuses = samples["idcs_status"] if "idcs_status" in samples else [None] * len(samples)
+    return failure_counts(cls(f, s) for f, s in zip(failures, statuses))
 
 
 def judge_spec(options: Any) -> dict[str, Any]:
