@@ -209,23 +209,16 @@ def test_the_editor_recipe_rebuilds_the_command_line_editor_without_the_config_f
     assert EditorRecipe.from_editor(PatchEditor()).build().describe() == PatchEditor().describe()
 
 
-def _cache_snapshot(cache: Path, repo: str, commit: str) -> None:
-    """`repo`'s main resolving to `commit` in the hub cache `cache` (the layout huggingface_hub writes)."""
-    folder = cache / ("models--" + repo.replace("/", "--"))
-    (folder / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
-    (folder / "refs").mkdir(exist_ok=True)
-    (folder / "refs" / "main").write_text(commit)
-
-
 def test_the_model_commits_recorded_are_those_of_the_workers_that_made_the_images(tmp_path: Path):
     """Workers on other machines read their own hub caches; the driver's cache said nothing about the
     snapshot that made the images, and was what invocations.json recorded."""
     from tests.support.editors_for_ray import OwnCacheEditor
+    from tests.support.tinyhub import point_main
 
     model = OwnCacheEditor.HUB_MODEL
     driver, worker = "a" * 40, "b" * 40
-    _cache_snapshot(Path(os.environ["HF_HUB_CACHE"]), model, driver)
-    _cache_snapshot(tmp_path / "worker-hub", model, worker)
+    point_main(model, driver)
+    point_main(model, worker, cache=tmp_path / "worker-hub")
     run = tmp_path / "run"
     _evaluate("--editor", "tests.support.editors_for_ray:OwnCacheEditor", "--editor-arg",
               f"worker_cache={tmp_path / 'worker-hub'}", "--dataset", "mini", "--out", str(run), "--limit", "4",

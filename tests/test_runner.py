@@ -162,29 +162,22 @@ def test_an_unreadable_invocations_file_is_kept_aside_and_numbering_goes_past_ev
     assert not (run / "invocations.json.unreadable").exists()
 
 
-def _cache_snapshot(repo: str, commit: str) -> None:
-    """`repo`'s main resolving to `commit` in the session's hub cache (the layout huggingface_hub writes)."""
-    folder = Path(os.environ["HF_HUB_CACHE"]) / ("models--" + repo.replace("/", "--"))
-    (folder / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
-    (folder / "refs").mkdir(exist_ok=True)
-    (folder / "refs" / "main").write_text(commit)
-
-
 def test_the_editors_model_commits_are_recorded_and_a_moved_main_is_said(tmp_path: Path):
     # The editors load revision=None (the repository's main, which moves): the spec alone cannot say
     # which snapshot made the images.
     from tests.support.editors_for_tests import HubNoisyEditor
+    from tests.support.tinyhub import point_main
 
     run = tmp_path / "run"
     args = ["--editor", "tests.support.editors_for_tests:HubNoisyEditor", "--dataset", "mini", "--out", str(run),
             "--limit", "2", *FAST]
     key = f"{HubNoisyEditor.HUB_MODEL}@main"
     old, new = "a" * 40, "b" * 40
-    _cache_snapshot(HubNoisyEditor.HUB_MODEL, old)
+    point_main(HubNoisyEditor.HUB_MODEL, old)
     _evaluate(*args)
     assert json.loads((run / "invocations.json").read_text())[0]["editor_models"] == {key: old}
     sorted((run / "records").iterdir())[0].unlink()
-    _cache_snapshot(HubNoisyEditor.HUB_MODEL, new)  # the hub's main moved, and the cache followed it
+    point_main(HubNoisyEditor.HUB_MODEL, new)  # the hub's main moved, and the cache followed it
     _evaluate(*args)
     assert [i["editor_models"] for i in json.loads((run / "invocations.json").read_text())] == [{key: old}, {key: new}]
     provenance = json.loads((run / "summary.json").read_text())["run"]["provenance"]

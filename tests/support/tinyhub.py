@@ -29,6 +29,15 @@ def snapshot_dir(repo_id: str, repo_type: str = "model") -> Path:
     return hub_cache() / folder / "snapshots" / rev
 
 
+def point_main(repo_id: str, commit: str, cache: Path | None = None) -> None:
+    """`repo_id`'s main resolving to `commit` (an empty snapshot) in `cache` (default: the session's hub
+    cache), in the layout huggingface_hub writes: what a cache holds after main moved on the hub."""
+    folder = (cache or hub_cache()) / ("models--" + repo_id.replace("/", "--"))
+    (folder / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+
+
 def publish(repo_id: str, save: Callable[[Path], None], repo_type: str = "model") -> Path:
     """Run `save(dir)` once for `repo_id` and place the files as the hub cache's snapshot of `main`."""
     snap = snapshot_dir(repo_id, repo_type)
