@@ -90,13 +90,14 @@ def record_conflicts(spec: dict[str, Any], summary: dict[str, Any]) -> dict[str,
     written with them, so its block is the one that describes them."""
     out = {}
     for block, fields in RECORDED_FIELDS.items():
-        recorded, scored = _block(spec, block), _block(summary, block)
+        recorded, scored = recorded_block(spec, block), recorded_block(summary, block)
         if any(f in recorded and f in scored and recorded[f] != scored[f] for f in fields):
             out[block] = (recorded, scored)
     return out
 
 
-def _block(record: dict[str, Any], name: str) -> dict[str, Any]:
+def recorded_block(record: dict[str, Any], name: str) -> dict[str, Any]:
+    """`record[name]` (spec.json's or summary.json's protocol, dataset, ...) when it is a mapping, else {}."""
     block = record.get(name)
     return block if isinstance(block, dict) else {}
 

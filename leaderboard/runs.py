@@ -15,7 +15,7 @@ from ciebench.metrics import catalogue
 
 from ciebench.io import read_json_object
 from ciebench.results import (BASE_COLUMNS, RECORDED_FIELDS, RunFolderError, read_samples, record_conflicts,
-                              require_current_tables, require_run_folder, summarize)
+                              recorded_block, require_current_tables, require_run_folder, summarize)
 from ciebench.status import Status
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class Run:
     def _scored(self, block: str) -> dict[str, Any]:
         """spec.json's `block`, or summary.json's where the two disagree (summary.json is written with the
         numbers; see `results.record_conflicts`) or spec.json has none."""
-        recorded, scored = (r.get(block) if isinstance(r.get(block), dict) else {} for r in (self.spec, self.summary))
+        recorded, scored = recorded_block(self.spec, block), recorded_block(self.summary, block)
         if block in record_conflicts(self.spec, self.summary):
             return scored
         return recorded or scored
