@@ -96,6 +96,12 @@ def record_conflicts(spec: dict[str, Any], summary: dict[str, Any]) -> dict[str,
     return out
 
 
+def describe_conflict(block: str, recorded: dict[str, Any], scored: dict[str, Any]) -> str:
+    """One `record_conflicts` entry in words: what each file names, field by field."""
+    said, used = (" ".join(str(b.get(f)) for f in RECORDED_FIELDS[block]) for b in (recorded, scored))
+    return f"spec.json names {block} {said} but summary.json was scored under {block} {used}"
+
+
 def recorded_block(record: dict[str, Any], name: str) -> dict[str, Any]:
     """`record[name]` (spec.json's or summary.json's protocol, dataset, ...) when it is a mapping, else {}."""
     block = record.get(name)

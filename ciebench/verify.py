@@ -24,7 +24,7 @@ import pandas as pd
 from . import __version__
 from .errors import DataError
 from .io import atomic_write_json, read_json_object, sha256_file
-from .results import read_samples, record_conflicts, require_run_folder, stale_tables, summarize
+from .results import describe_conflict, read_samples, record_conflicts, require_run_folder, stale_tables, summarize
 from .stats import from_json_number
 from .status import Status
 
@@ -251,10 +251,7 @@ def check_protocol(spec: dict[str, Any], summary: dict[str, Any]) -> Check:
     problems = []
     if protocol.hash != recorded.get("hash"):
         problems.append(f"protocol fields hash to {protocol.hash}, recorded hash {recorded.get('hash')}")
-    if "protocol" in record_conflicts(spec, summary):
-        scored = summary["protocol"]
-        problems.append(f"summary.json was scored under protocol {scored.get('name')} {scored.get('hash')}, "
-                        f"spec.json names {recorded.get('name')} {recorded.get('hash')}")
+    problems += _conflicts(spec, summary, "protocol")
     known = PROTOCOLS.get(protocol.name)
     note = ""
     if known is not None and known.hash != protocol.hash:
@@ -264,12 +261,12 @@ def check_protocol(spec: dict[str, Any], summary: dict[str, Any]) -> Check:
 
 
 def check_dataset(spec: dict[str, Any], summary: dict[str, Any]) -> Check:
-    problems = []
-    if "dataset" in record_conflicts(spec, summary):
-        recorded, scored = spec["dataset"], summary["dataset"]
-        problems.append(f"summary.json was scored on dataset {scored.get('spec')} revision {scored.get('revision')}, "
-                        f"spec.json names {recorded.get('spec')} revision {recorded.get('revision')}")
-    return _verdict("dataset", problems, "spec.json and summary.json name the same dataset")
+    return _verdict("dataset", _conflicts(spec, summary, "dataset"), "spec.json and summary.json name the same dataset")
+
+
+def _conflicts(spec: dict[str, Any], summary: dict[str, Any], block: str) -> list[str]:
+    conflict = record_conflicts(spec, summary).get(block)
+    return [describe_conflict(block, *conflict)] if conflict else []
 
 
 # ---- re-scoring -------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pandas as pd
 from ciebench.metrics import catalogue
 
 from ciebench.io import read_json_object
-from ciebench.results import (BASE_COLUMNS, RECORDED_FIELDS, RunFolderError, read_samples, record_conflicts,
+from ciebench.results import (BASE_COLUMNS, RunFolderError, describe_conflict, read_samples, record_conflicts,
                               recorded_block, require_current_tables, require_run_folder, summarize)
 from ciebench.status import Status
 
@@ -263,11 +263,9 @@ def _warn_conflicts(path: Path, spec: dict[str, Any], summary: dict[str, Any]) -
     """Say so, once per run read, when a run is shown under summary.json's protocol or dataset over
     spec.json's."""
     for block, (recorded, scored) in record_conflicts(spec, summary).items():
-        fields = RECORDED_FIELDS[block]
-        said, used = (" ".join(str(b.get(f)) for f in fields) for b in (recorded, scored))
-        log.warning("%s: spec.json names %s %s but summary.json was scored under %s %s (a later `ciebench score` "
-                    "into this folder did not finish?); the run is shown under %s. Score the folder again to make "
-                    "them agree", path, block, said, block, used, used)
+        log.warning("%s: %s (a later `ciebench score` into this folder did not finish?); the run is shown under "
+                    "summary.json's. Score the folder again to make them agree", path,
+                    describe_conflict(block, recorded, scored))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
