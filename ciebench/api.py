@@ -126,13 +126,16 @@ def score(dataset: DatasetArg, predictions: str | Path, out: str | Path, *,
           ray_address: str | None = None, num_workers: int | None = None, gpus_per_worker: float | None = None,
           cpus_per_worker: float = 1.0, ignore_checksums: bool = False, progress: bool = True,
           benchmark: str | None = None, benchmark_root: str | None = None,
-          on_problem: Callable[[Problem], None] | None = None) -> RunResult:
+          on_problem: Callable[[Problem], None] | None = None, timing_since: float | None = None) -> RunResult:
     """Score a folder of edited images (`<id>.png|jpg|jpeg|webp`, or a run's `images/`) against
     `dataset` into `out` (samples.csv, samples.jsonl, summary.json, and a spec.json of the same shape
     as a run's, with `editor` null and `predictions` recorded). A prediction that is missing or
     unreadable is a row with that status, not an error: see `RunResult.rows`. `benchmark` replaces
     `dataset` for a benchmark scored through the dataset pipeline (a judge-scored one has its own
-    `ciebench score --benchmark`). Sets the allocator as `evaluate` does."""
+    `ciebench score --benchmark`). Sets the allocator as `evaluate` does. `timing_since`: a
+    `time.perf_counter()` reading from which summary.json's `timing` counts, the time before scoring
+    began being its stage `startup` (the `ciebench score` command passes its process's start,
+    `ciebench.metrics.timing.process_started()`; default: from when scoring begins)."""
     reuse_freed_memory()
     loaded, predictions, found, options, built = _score_inputs(
         dataset, predictions, limit, protocol, metrics, judge, judge_protocol, judge_passes, judge_prompts, max_cost,
@@ -140,9 +143,9 @@ def score(dataset: DatasetArg, predictions: str | Path, out: str | Path, *,
         ignore_checksums, benchmark, benchmark_root, on_problem)
     out = Path(out)
     if built is not None:
-        return _score(loaded, predictions, found, out, options, limit, progress, built)
+        return _score(loaded, predictions, found, out, options, limit, progress, built, timing_since)
     with _named_backend(backend, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device, None) as owned:
-        return _score(loaded, predictions, found, out, options, limit, progress, owned)
+        return _score(loaded, predictions, found, out, options, limit, progress, owned, timing_since)
 
 
 def estimate_judging(dataset: DatasetArg, predictions: str | Path, **options: Any) -> list[str]:
@@ -154,7 +157,7 @@ def estimate_judging(dataset: DatasetArg, predictions: str | Path, **options: An
 
     given = inspect.signature(score).bind(dataset, predictions, None, **options)  # score's own option names and defaults
     given.apply_defaults()
-    args = {k: v for k, v in given.arguments.items() if k not in ("out", "progress", "cpus_per_worker")}
+    args = {k: v for k, v in given.arguments.items() if k not in ("out", "progress", "cpus_per_worker", "timing_since")}
     loaded, _, found, score_options, _ = _score_inputs(**args)
     return dry_run_report(loaded, found, score_options)
 
@@ -183,7 +186,7 @@ def _score_inputs(dataset, predictions, limit, protocol, metrics, judge, judge_p
 
 
 def _score(loaded: LoadedDataset, predictions: Path, found: list, out: Path, options: ScoreOptions,
-           limit: int | None, progress: bool, backend: Backend) -> RunResult:
+           limit: int | None, progress: bool, backend: Backend, timing_since: float | None = None) -> RunResult:
     from . import outdir
     from .io import atomic_write_json
     from .runner import RunOptions, build_spec
@@ -195,7 +198,8 @@ def _score(loaded: LoadedDataset, predictions: Path, found: list, out: Path, opt
     outdir.claim(out, "score")
     with outdir.lock(out):
         outdir.clean_stale_temp(out)
-        result = score_predictions(loaded, found, out, options, progress=progress, backend=backend)
+        result = score_predictions(loaded, found, out, options, progress=progress, backend=backend,
+                                   timing_since=timing_since)
         # spec.json describes the results beside it, so it is written once they are: a score that fails
         # (a model that cannot load, Ctrl-C) leaves an earlier score's spec.json with that score's results
         atomic_write_json(out / "spec.json", spec.to_dict())

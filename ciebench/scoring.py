@@ -188,16 +188,19 @@ class ScoreEntry:
 
 
 def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, options: ScoreOptions,
-          header: dict[str, Any] | None = None, progress: bool = True, backend: Backend | None = None) -> ScoreResult:
+          header: dict[str, Any] | None = None, progress: bool = True, backend: Backend | None = None,
+          timing_since: float | None = None) -> ScoreResult:
     """Score `predictions` against `loaded` and write samples.csv/jsonl and summary.json into `out`.
 
     Images stream through: a sample and its prediction are decoded when they are scored. `backend`
-    computes the region metrics (default `LocalBackend`, in this process; `RayBackend` on Ray)."""
+    computes the region metrics (default `LocalBackend`, in this process; `RayBackend` on Ray).
+    `timing_since`: a `time.perf_counter()` reading from which summary.json's `timing` counts, the
+    time before this call being its stage `startup` (default: from this call)."""
     from ciebench.metrics import catalogue
     from ciebench.metrics.protocols import get_protocol
     from ciebench.metrics.timing import StageTimer
 
-    timer = StageTimer()  # per-stage seconds, into summary.json "timing"
+    timer = StageTimer(timing_since)  # per-stage seconds, into summary.json "timing"
     started = time.perf_counter()
     out = Path(out)
     protocol = get_protocol(options.protocol or loaded.default_protocol)

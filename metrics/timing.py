@@ -13,9 +13,15 @@ stage:
   much of the clock it shared rather than vanishing.
 
 Stages must not nest within one thread (a nested stage would share the clock with its parent).
+
+A timer may count from an earlier instant than its creation (`StageTimer(since=...)`, e.g. the
+process's start from `process_started()`); the time before its creation is then the stage
+`startup`, so the account covers the whole process and not only the part that was timed.
 """
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -23,19 +29,46 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 # The canonical order of the stages a scoring run reports (others follow in first-seen order).
-STAGES = ("index", "read", "decode", "load", "align", "clip_preprocess", "pixel", "ssim", "locality", "lpips",
+STAGES = ("startup", "index", "read", "decode", "load", "align", "clip_preprocess", "pixel", "ssim", "locality", "lpips",
           "clip_text", "clip_forward", "region_remote", "judge", "writing", "summary")
 
 
+def process_started() -> float | None:
+    """The `time.perf_counter()` reading at which this process started, from the operating system
+    (Linux: /proc, 10 ms resolution; elsewhere psutil where installed), or None where it cannot be
+    read. Counting from it puts the interpreter's start and the imports into the account."""
+    try:
+        if sys.platform.startswith("linux"):
+            # /proc's start time and CLOCK_BOOTTIME count from the same boot, suspend included
+            with open("/proc/self/stat", "rb") as fh:
+                stat = fh.read()
+            ticks = int(stat[stat.rindex(b")") + 2:].split()[19])  # field 22: starttime; the name may hold spaces
+            age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        else:
+            import psutil
+
+            age = time.time() - psutil.Process().create_time()
+    except (ImportError, OSError, ValueError, IndexError, AttributeError):
+        return None
+    return time.perf_counter() - age if age >= 0 else None
+
+
 class StageTimer:
-    def __init__(self) -> None:
+    def __init__(self, since: float | None = None) -> None:
+        """`since`: a `time.perf_counter()` reading before now from which the account counts; the time
+        from it to now becomes the stage `startup` (default: count from now)."""
         self._lock = threading.Lock()
-        self._start = self._last = time.perf_counter()
+        now = time.perf_counter()
+        self._start = self._last = now if since is None else min(since, now)
         self._active: Counter[str] = Counter()
         self._wall: defaultdict[str, float] = defaultdict(float)
         self._busy: defaultdict[str, float] = defaultdict(float)
         self._calls: Counter[str] = Counter()
         self._idle = 0.0
+        if since is not None:
+            self._wall["startup"] = self._busy["startup"] = now - self._start
+            self._calls["startup"] = 1
+            self._last = now
 
     def _advance(self, now: float) -> None:
         # Called under the lock: hand the time since the last event to the stages running in it.

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,12 +16,13 @@ import pytest
 
 import ciebench
 from ciebench.metrics.region import RegionScorer, ScoreItem
-from ciebench.metrics.timing import StageTimer, format_report
+from ciebench.metrics.timing import StageTimer, format_report, process_started
 from ciebench.scoring import ScoreOptions, find_predictions, score
 
 from tests.support.fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
 from tests.support.synthetic_edits import KINDS, synthetic_edit
 
+REPO = Path(__file__).resolve().parents[1]
 EXPECTED_STAGES = {"index", "read", "decode", "load", "align", "clip_preprocess", "pixel", "ssim", "locality", "lpips",
                    "clip_text", "clip_forward", "writing", "summary"}
 
@@ -53,6 +57,32 @@ def test_stage_clock_shares_overlapping_stages():
     assert "total" in format_report(r)
 
 
+def test_a_timer_counting_from_an_earlier_instant_accounts_for_it_as_startup():
+    since = time.perf_counter()
+    time.sleep(0.2)
+    timer = StageTimer(since)
+    with timer.stage("a"):
+        time.sleep(0.1)
+    r = timer.report()
+    assert r["stages"]["startup"]["wall_s"] == pytest.approx(0.2, abs=0.03)
+    assert list(r["stages"]) == ["startup", "a"]
+    assert r["wall_s"] == pytest.approx(0.3, abs=0.04)
+    assert sum(s["wall_s"] for s in r["stages"].values()) + r["idle_s"] == pytest.approx(r["wall_s"], abs=0.003)
+
+
+def test_process_started_is_the_process_start_seen_from_outside():
+    """A child that sleeps 0.5 s, then reports how long ago its process started: at least the sleep,
+    at most the child's whole life measured by its parent."""
+    code = ("import time; time.sleep(0.5); from ciebench.metrics.timing import process_started; "
+            "print(time.perf_counter() - process_started())")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    life = time.perf_counter() - t0
+    age = float(out.stdout)
+    assert 0.5 <= age <= life, (age, life)
+    assert process_started() <= time.perf_counter()
+
+
 @pytest.fixture(scope="module")
 def mini_predictions(tmp_path_factory) -> Path:
     pred = tmp_path_factory.mktemp("pred")
@@ -82,6 +112,32 @@ def test_summary_timing_accounts_for_the_wall_time(tmp_path: Path, mini_predicti
     for name, s in stages.items():
         assert s["calls"] > 0 and s["wall_s"] <= s["busy_s"] + 0.001, name
     assert stages["decode"]["calls"] >= 2 * len(ids)  # the prediction and the dataset row, per sample
+
+
+def test_the_command_accounts_for_its_whole_process(tmp_path: Path, mini_predictions: Path):
+    """`ciebench score` counts summary.json's timing from its process's start: a second slept in the
+    process before the command runs lands in `startup`, the account covers the process's wall time
+    measured from outside within 10%, and the command's own process settings (its garbage-collector
+    schedule, ciebench.collector) leave every number as an in-process score computes it."""
+    out = tmp_path / "cli"
+    argv = ["ciebench", "score", "--dataset", "mini", "--predictions", str(mini_predictions), "--out", str(out),
+            "--protocol", "cielr", "--metrics", "psnr,mse,ssim"]
+    code = f"import sys, time; time.sleep(1.0); sys.argv = {argv!r}; from ciebench.cli import main; main()"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                   stdout=subprocess.DEVNULL, check=True)
+    wall = time.perf_counter() - t0
+    timing = json.loads((out / "summary.json").read_text())["timing"]
+    assert timing["stages"]["startup"]["wall_s"] >= 1.0
+    assert 0.9 * wall <= timing["wall_s"] <= wall, (timing["wall_s"], wall)
+    total = sum(s["wall_s"] for s in timing["stages"].values()) + timing["idle_s"]
+    assert total == pytest.approx(timing["wall_s"], abs=0.001 * (len(timing["stages"]) + 2))
+
+    loaded = ciebench.read_dataset("mini")
+    here = score(loaded, find_predictions(mini_predictions, loaded.dataset["id"]), tmp_path / "here",
+                 ScoreOptions(protocol="cielr", metrics=("psnr", "mse", "ssim")), progress=False)
+    assert "startup" not in here.summary["timing"]["stages"]  # a library call counts from its own start
+    assert (out / "samples.csv").read_text() == (tmp_path / "here" / "samples.csv").read_text()
 
 
 def test_overlapping_the_metric_families_changes_no_number():
