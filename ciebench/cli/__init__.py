@@ -6,6 +6,7 @@ import logging
 import typer
 
 from ciebench.allocator import reuse_freed_memory
+from ciebench.collector import collect_less, skip_final_collections
 
 from . import handling
 from .handling import CommandApp
@@ -32,7 +33,13 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
 
 
 def main() -> None:
-    app()
+    """The `ciebench` command's entry point: the process is the command's, so the garbage collector
+    runs on the command's schedule (ciebench.collector)."""
+    collect_less()
+    try:
+        app()
+    finally:
+        skip_final_collections()  # everything the command wrote is closed by now
 
 
 # One way to register: each module below declares its commands with `@app.command` on this root app,
