@@ -102,6 +102,16 @@ def describe_conflict(block: str, recorded: dict[str, Any], scored: dict[str, An
     return f"spec.json names {block} {said} but summary.json was scored under {block} {used}"
 
 
+def scored_block(spec: dict[str, Any], summary: dict[str, Any], block: str) -> dict[str, Any]:
+    """The `block` (protocol, dataset) that describes a folder's numbers: spec.json's (the fuller
+    record), or summary.json's where the two disagree (see `record_conflicts`) or spec.json has none.
+    The leaderboard labels runs with it and `verify` re-scores under it."""
+    recorded, scored = recorded_block(spec, block), recorded_block(summary, block)
+    if block in record_conflicts(spec, summary):
+        return scored
+    return recorded or scored
+
+
 def recorded_block(record: dict[str, Any], name: str) -> dict[str, Any]:
     """`record[name]` (spec.json's or summary.json's protocol, dataset, ...) when it is a mapping, else {}."""
     block = record.get(name)

@@ -24,7 +24,7 @@ import pandas as pd
 from . import __version__
 from .errors import DataError
 from .io import atomic_write_json, read_json_object, sha256_file
-from .results import describe_conflict, read_samples, record_conflicts, require_run_folder, stale_tables, summarize
+from .results import describe_conflict, read_samples, record_conflicts, require_run_folder, scored_block, stale_tables, summarize
 from .stats import from_json_number
 from .status import Status
 
@@ -234,7 +234,8 @@ def check_spec(spec: dict[str, Any], summary: dict[str, Any]) -> Check:
 
 
 def recorded_protocol(spec: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
-    return spec.get("protocol") or summary.get("protocol") or {}
+    """The protocol the numbers were scored under (`results.scored_block`)."""
+    return scored_block(spec, summary, "protocol")
 
 
 def check_protocol(spec: dict[str, Any], summary: dict[str, Any]) -> Check:
@@ -286,7 +287,7 @@ def check_rescore(run_dir: Path, spec: dict[str, Any], summary: dict[str, Any], 
         protocol = Protocol(**fields)
     except (TypeError, ValueError) as exc:
         return Check("rescore", FAIL, f"cannot rebuild the recorded protocol: {exc}")
-    recorded_ds = spec.get("dataset") or summary.get("dataset") or {}
+    recorded_ds = scored_block(spec, summary, "dataset")  # where the two disagree, the one the numbers were scored on
     ds_spec = dataset or recorded_ds.get("spec")
     if not ds_spec:
         return Check("rescore", FAIL, "no dataset recorded; pass --dataset")

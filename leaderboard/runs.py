@@ -15,7 +15,7 @@ from ciebench.metrics import catalogue
 
 from ciebench.io import read_json_object
 from ciebench.results import (BASE_COLUMNS, RunFolderError, describe_conflict, read_samples, record_conflicts,
-                              recorded_block, require_current_tables, require_run_folder, summarize)
+                              require_current_tables, require_run_folder, scored_block, summarize)
 from ciebench.status import Status
 
 log = logging.getLogger(__name__)
@@ -114,12 +114,7 @@ class Run:
         return self._scored("dataset")
 
     def _scored(self, block: str) -> dict[str, Any]:
-        """spec.json's `block`, or summary.json's where the two disagree (summary.json is written with the
-        numbers; see `results.record_conflicts`) or spec.json has none."""
-        recorded, scored = recorded_block(self.spec, block), recorded_block(self.summary, block)
-        if block in record_conflicts(self.spec, self.summary):
-            return scored
-        return recorded or scored
+        return scored_block(self.spec, self.summary, block)
 
     @property
     def dataset_spec(self) -> str:

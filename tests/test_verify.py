@@ -177,6 +177,42 @@ def test_a_score_output_verifies_with_the_spec_check_skipped(pristine: Path, tmp
     assert verdicts["spec"] == "SKIP" and verdicts["rescore"] == "PASS" and verdicts["images"] == "PASS"
 
 
+def test_numbers_are_rescored_under_the_protocol_they_were_scored_under(pristine: Path, tmp_path: Path):
+    """A score under exact, killed after summary.json and before spec.json (written last), leaves the
+    earlier cielr score's spec.json beside exact's numbers. verify fails the protocol check, naming
+    both, and re-scores under exact, the protocol of the numbers (and of the leaderboard's label),
+    where they agree; under cielr every changed row would read as tampered."""
+    args = ["score", "--dataset", "mini", "--predictions", str(pristine / "images"), "--limit", "4",
+            "--metrics", "psnr,ssim"]
+    earlier, out = tmp_path / "cielr", tmp_path / "scored"
+    for folder, protocol in ((earlier, "cielr"), (out, "exact")):
+        scored = runner.invoke(app, args + ["--protocol", protocol, "--out", str(folder)])
+        assert scored.exit_code == 0, scored.output
+    assert not pd.read_csv(out / "samples.csv")["psnr"].equals(pd.read_csv(earlier / "samples.csv")["psnr"])
+    shutil.copy(earlier / "spec.json", out / "spec.json")
+
+    result = _verify(out)
+    verdicts = _verdicts(result.output)
+    assert result.exit_code != 0 and verdicts["protocol"] == "FAIL", result.output
+    assert "spec.json names protocol cielr" in result.output and "scored under protocol exact" in result.output
+    assert verdicts["rescore"] == "PASS" and "under protocol 'exact' agree" in result.output, result.output
+
+
+def test_numbers_are_rescored_on_the_dataset_they_were_scored_on(pristine: Path, tmp_path: Path):
+    out = tmp_path / "scored"
+    scored = runner.invoke(app, ["score", "--dataset", "mini", "--predictions", str(pristine / "images"), "--limit", "4",
+                                 "--metrics", "psnr,ssim", "--out", str(out)])
+    assert scored.exit_code == 0, scored.output
+    spec = json.loads((out / "spec.json").read_text())
+    spec["dataset"]["spec"] = str(tmp_path / "another-dataset")  # what spec.json of an earlier score could name
+    (out / "spec.json").write_text(json.dumps(spec))
+
+    result = _verify(out)
+    verdicts = _verdicts(result.output)
+    assert verdicts["dataset"] == "FAIL" and "another-dataset" in result.output, result.output
+    assert verdicts["rescore"] == "PASS", result.output
+
+
 def test_a_dropped_row_is_named_even_with_a_regenerated_summary(run_copy: Path):
     from ciebench.io import sha256_file
     from ciebench.results import SAMPLE_TABLES, summarize
