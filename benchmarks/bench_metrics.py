@@ -473,7 +473,8 @@ def float32_twin(name: str) -> str | None:
 
 
 def _print_run(way: str, run: dict) -> None:
-    stages = ", ".join(f"{k} {v:.1f}" for k, v in run["stages"].items())
+    order = {name: i for i, name in enumerate(STAGE_ORDER)}
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in sorted(run["stages"].items(), key=lambda kv: order.get(kv[0], len(order))))
     print(f"  {way}: whole process {run['wall_s']:.1f} s wall, {run['cpu_s']:.1f} s CPU; stages (s): {stages}",
           flush=True)
 
