@@ -9,8 +9,9 @@ modules and ciebench's scoring took 3.43 s with the default schedule and 2.50 s 
 `collect_less`; the exit of a finished `ciebench score` process took 0.45 s less after
 `skip_final_collections`.
 
-Only the command's own process is changed (its entry point calls both); `ciebench.score` and
-`ciebench.evaluate` called from a user's program leave that program's collector alone. Values are
+Only processes ciebench owns are changed: the command's (its entry point calls both) and Ray
+workers' (`collect_less`; Ray ends them); `ciebench.score` and `ciebench.evaluate` called from a
+user's program leave that program's collector alone. Values are
 unchanged: reference counting still frees every object as before, the collector only looks for
 cycles less often (a cycle of garbage waits at most 50,000 allocations longer), and the objects
 frozen at exit are the ones the process is about to drop anyway.

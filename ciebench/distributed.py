@@ -114,10 +114,13 @@ def driver_threads(options: RayOptions) -> int | None:
 
 
 def _set_up_worker(threads: int | None, device: str) -> None:
-    """A worker process computes as the driver's would: same allocator settings, same threads."""
+    """A worker process computes as the driver's would: same allocator settings, same threads; and,
+    being ciebench's own process like the command's, the command's garbage-collector schedule."""
     from .allocator import reuse_freed_memory
+    from .collector import collect_less
 
     reuse_freed_memory()
+    collect_less()
     # Set explicitly: whether Ray's OMP_NUM_THREADS reaches torch depends on when torch was imported.
     if threads and device == "cpu":
         import torch
