@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -45,7 +46,19 @@ def score(tmp_path, server, out, *extra):
                                "--judge", str(judge_file(tmp_path, server)), *extra])
 
 
-def test_region_metrics_beside_the_official_scores(tmp_path, unired):
+def test_region_metrics_beside_the_official_scores(tmp_path, unired, monkeypatch):
+    from ciebench.benchmarks import session
+
+    took, real_score = [], session.score
+
+    def timed_score(*args, **kwargs):  # the scoring call's own wall time, measured from outside it
+        started = time.perf_counter()
+        try:
+            return real_score(*args, **kwargs)
+        finally:
+            took.append(time.perf_counter() - started)
+
+    monkeypatch.setattr(session, "score", timed_score)
     out = tmp_path / "scored"
     with serve_llm() as server:
         server.on(then=respond(lambda req: "**Final Score**: 5"))
@@ -53,6 +66,16 @@ def test_region_metrics_beside_the_official_scores(tmp_path, unired):
         assert result.exit_code == 0, result.output
         assert "ours, region metrics (not official; exact protocol)" in result.output
         rows = rows_of(out)
+
+        # summary.json's per-stage account: the cases, the judge's loading and verdicts, decoding, the
+        # region scorer's stages, the summary; the stages split the wall clock, which is the scoring
+        # call's within 10% (what is left: writing summary.json and official_scores.csv)
+        timing = json.loads((out / "summary.json").read_text())["timing"]
+        assert {"index", "load", "judge", "decode", "align", "pixel", "ssim", "locality", "summary"} <= set(timing["stages"])
+        assert "startup" not in timing["stages"]  # run inside this program (CliRunner), not its own process
+        total = sum(s["wall_s"] for s in timing["stages"].values()) + timing["idle_s"]
+        assert total == pytest.approx(timing["wall_s"], abs=0.001 * (len(timing["stages"]) + 2))
+        assert 0.9 * took[0] <= timing["wall_s"] <= took[0], (timing["wall_s"], took)
 
         # a ground truth of the source's size: preserved region = all but the changed rectangle grown by 1 px
         # (pixels reach the metric as float32 uint8 / 255, hence a relative tolerance of 1e-6)

@@ -195,6 +195,9 @@ def test_risebench_score_predictions_missing_output_and_verdicts(tmp_path, v1_pr
                                  "--out", str(again)])
     assert result.exit_code == 0, result.output
     assert json.loads((again / "summary.json").read_text())["official"] == summary["official"]
+    # each run's summary accounts for its time per stage, as a dataset run's does
+    assert set(summary["timing"]["stages"]) == {"index", "load", "judge", "summary"}
+    assert set(json.loads((again / "summary.json").read_text())["timing"]["stages"]) == {"read", "summary"}
 
 
 def test_risebench_official_judge_table_reaggregation(tmp_path):

@@ -72,14 +72,15 @@ def test_a_timer_counting_from_an_earlier_instant_accounts_for_it_as_startup():
 
 def test_process_started_is_the_process_start_seen_from_outside():
     """A child that sleeps 0.5 s, then reports how long ago its process started: at least the sleep,
-    at most the child's whole life measured by its parent."""
+    at most the child's whole life measured by its parent, plus one tick of the OS's start time
+    (Linux records it in 10 ms ticks, rounded down)."""
     code = ("import time; time.sleep(0.5); from ciebench.metrics.timing import process_started; "
             "print(time.perf_counter() - process_started())")
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     life = time.perf_counter() - t0
     age = float(out.stdout)
-    assert 0.5 <= age <= life, (age, life)
+    assert 0.5 <= age <= life + 0.011, (age, life)
     assert process_started() <= time.perf_counter()
 
 

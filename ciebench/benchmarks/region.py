@@ -32,6 +32,8 @@ from .base import Benchmark, Case, RunningMean, find_output
 if TYPE_CHECKING:
     from PIL import Image
 
+    from ciebench.metrics.timing import StageTimer
+
 ROWS_FILE = "region_metrics.jsonl"
 IDENTITY_FILE = "region_metrics.json"
 # Metrics that need no model download: on by default. LPIPS (SqueezeNet trunk) only when asked for;
@@ -166,13 +168,17 @@ def _final_keys(path: Path) -> set[str]:
 
 
 def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, out: Path, options: RegionOptions,
-                 *, progress: bool = True, total: int | None = None) -> dict[str, int]:
+                 *, progress: bool = True, total: int | None = None, timer: "StageTimer | None" = None) -> dict[str, int]:
     """Append one region row per case not yet final to out/region_metrics.jsonl; streaming (the scorer
-    holds about two batches of images), so memory does not grow with the number of cases."""
+    holds about two batches of images), so memory does not grow with the number of cases. `timer`
+    (the run's) gets the decoding and the scorer's stages."""
     from ciebench.images import open_image_file, to_rgb8
     from ciebench.metrics.region import RegionScorer, ScoreItem
+    from ciebench.metrics.timing import StageTimer
 
     from .run import _ends_with_newline, predictions_root
+
+    timer = timer if timer is not None else StageTimer()
 
     images = predictions_root(predictions)
     path = out / ROWS_FILE
@@ -218,9 +224,10 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
                     write(case, Status.MISSING, {}, f"no output {key}.(png|jpg|jpeg) in {images}")
                     continue
                 try:
-                    source = to_rgb8(open_image_file(case.images[0]))
-                    mask = change_mask(source, open_image_file(truth), options.rule)
-                    prediction = open_image_file(output)
+                    with timer.stage("decode"):
+                        source = to_rgb8(open_image_file(case.images[0]))
+                        mask = change_mask(source, open_image_file(truth), options.rule)
+                        prediction = open_image_file(output)
                 except NotApplicable as exc:
                     write(case, Status.NOT_APPLICABLE, {}, str(exc))
                     continue
@@ -234,7 +241,7 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
                 yield ScoreItem(sample_id=sid, source=source, mask=mask, prediction=prediction)
 
         scorer = RegionScorer(options.protocol, metrics=options.metrics, device=options.device,
-                              batch_size=options.batch_size)
+                              batch_size=options.batch_size, timer=timer)
         try:
             for key, values in scorer.score(items()):
                 with lock:
@@ -303,8 +310,9 @@ def region_columns(options: RegionOptions) -> list[str]:
 
 
 def run_region(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, out: Path, options: RegionOptions,
-               *, progress: bool = True, total: int | None = None) -> tuple[dict[str, int], dict[str, Any]]:
+               *, progress: bool = True, total: int | None = None, timer: "StageTimer | None" = None
+               ) -> tuple[dict[str, int], dict[str, Any]]:
     """Score the cases not yet done, then summarise every row in the folder: (counts, summary block)."""
     check_identity(out, options)
-    counts = region_cases(benchmark, cases, predictions, out, options, progress=progress, total=total)
+    counts = region_cases(benchmark, cases, predictions, out, options, progress=progress, total=total, timer=timer)
     return counts, summarize(latest_rows(out / ROWS_FILE), options, region_columns(options))

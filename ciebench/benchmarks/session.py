@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ciebench import outdir
 from ciebench.editor import Editor
@@ -20,6 +20,9 @@ from .prompts import PromptSet, load_prompts, load_unpinned
 from .region import RegionOptions, run_region
 from .run import aggregate, generate, judge_cases, latest_verdicts, prepare_run, write_summary
 
+if TYPE_CHECKING:
+    from ciebench.metrics.timing import StageTimer
+
 
 @dataclass
 class BenchOptions:
@@ -32,6 +35,9 @@ class BenchOptions:
     progress: bool = True
     # ciebench's region metrics on cases with a ground-truth image (None: off); see benchmarks/region.py
     region: RegionOptions | None = field(default_factory=RegionOptions)
+    # A time.perf_counter() reading summary.json's `timing` counts from, the time before the call being
+    # its stage `startup` (`ciebench score --benchmark`: its process's start); None: from the call.
+    timing_since: float | None = None
 
 
 def judge_configs(benchmark: Benchmark, spec: str | None) -> dict[str, LLMConfig]:
@@ -142,52 +148,70 @@ def _evaluate(benchmark: Benchmark, editor: Editor, out: Path, options: BenchOpt
     check_judge(out, judge)
     stats = generate(benchmark, editor, _cases(benchmark, options), out, retry_failed=options.retry_failed,
                      progress=options.progress, total=total)
-    counts = judge_cases(benchmark, _cases(benchmark, options), out, out, judge, records=out,
-                         progress=options.progress, total=total)
+    timer = _timer(options)  # scoring only, as a dataset run's summary (each edit's time is in its record)
+    with timer.stage("judge"):
+        counts = judge_cases(benchmark, _cases(benchmark, options), out, out, judge, records=out,
+                             progress=options.progress, total=total)
     header = {"run": {"editor": editor.describe(), "generation": stats.__dict__, "judging": counts},
               "judge": judge.provenance()}
-    return _finish(benchmark, options, out, out, header, total)
+    return _finish(benchmark, options, out, out, header, total, timer)
+
+
+def _timer(options: BenchOptions) -> "StageTimer":
+    from ciebench.metrics.timing import StageTimer
+
+    return StageTimer(options.timing_since)  # per-stage seconds, into summary.json "timing"
 
 
 def _finish(benchmark: Benchmark, options: BenchOptions, predictions: Path, out: Path, header: dict[str, Any],
-            total: int) -> dict[str, Any]:
+            total: int, timer: "StageTimer") -> dict[str, Any]:
     """The official aggregation, plus ciebench's region metrics under `ours.region` (never in the official
-    table or headline), then summary.json."""
-    result = aggregate(benchmark, latest_verdicts(out / "verdicts.jsonl"))
+    table or headline), then summary.json with the run's per-stage `timing`."""
+    with timer.stage("summary"):
+        result = aggregate(benchmark, latest_verdicts(out / "verdicts.jsonl"))
     if options.region is not None and not benchmark.ground_truth:
         result["ours"] = {**(result.get("ours") or {}), "region": {
             "status": "not_applicable", "reason": f"{benchmark.name} carries no ground-truth images or masks"}}
     elif options.region is not None:
         try:
             counts, block = run_region(benchmark, _cases(benchmark, options), predictions, out, options.region,
-                                       progress=options.progress, total=total)
+                                       progress=options.progress, total=total, timer=timer)
             header["run"]["region_metrics"] = counts
         except (OSError, RuntimeError) as exc:  # e.g. LPIPS weights not available offline: the official numbers stay
             block = {"status": "error", "reason": f"region metrics did not run: {type(exc).__name__}: {exc}; rows "
                                                   "finished so far are kept and a rerun resumes them"}
         result["ours"] = {**(result.get("ours") or {}), "region": block}
-    return write_summary(benchmark, out, result, header)
+    return write_summary(benchmark, out, result, {**header, "timing": timer.report()})
 
 
 def score(benchmark: Benchmark, predictions: Path, out: Path, options: BenchOptions) -> dict[str, Any]:
     """Judge a folder of outputs in the benchmark's official layout (outputs/MODEL/images/CATEGORY/INDEX.ext)."""
     out = Path(out)
-    total = _count(benchmark, options)
+    timer = _timer(options)
+    with timer.stage("index"):  # the benchmark's cases
+        total = _count(benchmark, options)
     with _output_folder(out):
-        judge = _judge(benchmark, options, out)
-        check_judge(out, judge)
-        counts = judge_cases(benchmark, _cases(benchmark, options), Path(predictions), out, judge,
-                             progress=options.progress, total=total)
+        with timer.stage("load"):  # the judge: its configuration and official prompts
+            judge = _judge(benchmark, options, out)
+            check_judge(out, judge)
+        with timer.stage("judge"):
+            counts = judge_cases(benchmark, _cases(benchmark, options), Path(predictions), out, judge,
+                                 progress=options.progress, total=total)
         header = {"predictions": str(Path(predictions).resolve()), "run": {"judging": counts},
                   "judge": judge.provenance()}
-        return _finish(benchmark, options, Path(predictions), out, header, total)
+        return _finish(benchmark, options, Path(predictions), out, header, total, timer)
 
 
-def reaggregate(benchmark: Benchmark, verdicts: Path, out: Path) -> dict[str, Any]:
-    """The official numbers from a verdict file alone (no judge call)."""
+def reaggregate(benchmark: Benchmark, verdicts: Path, out: Path, timing_since: float | None = None) -> dict[str, Any]:
+    """The official numbers from a verdict file alone (no judge call). `timing_since`: as `BenchOptions`'."""
     from .verdicts import read_verdict_file
 
     out = Path(out)
-    rows = read_verdict_file(benchmark, Path(verdicts))
+    timer = _timer(BenchOptions(timing_since=timing_since))
+    with timer.stage("read"):
+        rows = read_verdict_file(benchmark, Path(verdicts))
     with _output_folder(out):
-        return write_summary(benchmark, out, aggregate(benchmark, rows), {"verdicts": str(Path(verdicts).resolve())})
+        with timer.stage("summary"):
+            result = aggregate(benchmark, rows)
+        return write_summary(benchmark, out, result, {"verdicts": str(Path(verdicts).resolve()),
+                                                      "timing": timer.report()})

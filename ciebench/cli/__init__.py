@@ -32,9 +32,23 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug
         use_bundle(bundle)
 
 
+_OWN_PROCESS = False  # set by `main`: this process is the command's, not a program that calls `app`
+
+
+def command_started() -> float | None:
+    """The `time.perf_counter()` reading at which the command's process started, from which a command
+    counts its summary.json timing; None when `app` runs inside another program (a notebook, a test's
+    CliRunner), whose start says nothing about the command."""
+    from ciebench.metrics.timing import process_started
+
+    return process_started() if _OWN_PROCESS else None
+
+
 def main() -> None:
     """The `ciebench` command's entry point: the process is the command's, so the garbage collector
-    runs on the command's schedule (ciebench.collector)."""
+    runs on the command's schedule (ciebench.collector) and timings count from the process's start."""
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
     collect_less()
     try:
         app()

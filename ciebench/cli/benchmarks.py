@@ -43,11 +43,14 @@ def score(bench: Any, predictions: Optional[Path], verdicts: Optional[Path], out
     (with ciebench's region metrics `region` on cases with a ground-truth image)."""
     from ciebench.api import benchmark_errors
     from ciebench.benchmarks import session
+    from ciebench.cli import command_started
 
+    since = command_started()  # summary.json's timing covers the command's whole process, as `ciebench score`'s
     if verdicts is not None:
-        run = lambda: session.reaggregate(bench, verdicts, out)  # noqa: E731
+        run = lambda: session.reaggregate(bench, verdicts, out, timing_since=since)  # noqa: E731
     elif predictions is not None:
-        options = session.BenchOptions(root=root, limit=limit, judge=judge, judge_prompts=judge_prompts, region=region)
+        options = session.BenchOptions(root=root, limit=limit, judge=judge, judge_prompts=judge_prompts, region=region,
+                                       timing_since=since)
         run = lambda: session.score(bench, predictions, out, options)  # noqa: E731
     else:
         raise UsageError("--benchmark needs --predictions DIR (official output layout) or --verdicts FILE")

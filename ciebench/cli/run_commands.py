@@ -211,7 +211,7 @@ def score_cmd(
 ) -> None:
     """Score a folder of edited images against a dataset."""
     from ciebench import api
-    from ciebench.metrics.timing import process_started
+    from ciebench.cli import command_started
     from ciebench.errors import IncompleteResult, UsageError
     from ciebench.status import Status
 
@@ -240,9 +240,9 @@ def score_cmd(
             typer.echo(line)
         return
     try:
-        # summary.json's timing covers this whole process: its stage `startup` holds the interpreter,
-        # the imports, reading the dataset and finding the predictions
-        result = api.score(dataset, predictions, out, timing_since=process_started(), **options)
+        # summary.json's timing covers the command's whole process: its stage `startup` holds the
+        # interpreter, the imports, reading the dataset and finding the predictions
+        result = api.score(dataset, predictions, out, timing_since=command_started(), **options)
     except CiebenchError:
         raise
     except (OSError, RuntimeError) as exc:  # a model that cannot be loaded (offline, missing weights)
