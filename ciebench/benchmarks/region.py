@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ciebench.errors import DataError, OutputConflict, UsageError
 from ciebench.io import atomic_write_json, json_text, stable_hash
+from ciebench.metrics.timing import StageTimer
 from ciebench.stats import from_json_number
 from ciebench.status import Status
 
@@ -31,8 +32,6 @@ from .base import Benchmark, Case, RunningMean, find_output
 
 if TYPE_CHECKING:
     from PIL import Image
-
-    from ciebench.metrics.timing import StageTimer
 
 ROWS_FILE = "region_metrics.jsonl"
 IDENTITY_FILE = "region_metrics.json"
@@ -168,13 +167,12 @@ def _final_keys(path: Path) -> set[str]:
 
 
 def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, out: Path, options: RegionOptions,
-                 *, progress: bool = True, total: int | None = None, timer: "StageTimer | None" = None) -> dict[str, int]:
+                 *, progress: bool = True, total: int | None = None, timer: StageTimer | None = None) -> dict[str, int]:
     """Append one region row per case not yet final to out/region_metrics.jsonl; streaming (the scorer
     holds about two batches of images), so memory does not grow with the number of cases. `timer`
     (the run's) gets the decoding and the scorer's stages."""
     from ciebench.images import open_image_file, to_rgb8
     from ciebench.metrics.region import RegionScorer, ScoreItem
-    from ciebench.metrics.timing import StageTimer
 
     from .run import _ends_with_newline, predictions_root
 
@@ -310,7 +308,7 @@ def region_columns(options: RegionOptions) -> list[str]:
 
 
 def run_region(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, out: Path, options: RegionOptions,
-               *, progress: bool = True, total: int | None = None, timer: "StageTimer | None" = None
+               *, progress: bool = True, total: int | None = None, timer: StageTimer | None = None
                ) -> tuple[dict[str, int], dict[str, Any]]:
     """Score the cases not yet done, then summarise every row in the folder: (counts, summary block)."""
     check_identity(out, options)

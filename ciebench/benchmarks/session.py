@@ -6,22 +6,20 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ciebench import outdir
 from ciebench.editor import Editor
 from ciebench.errors import OutputConflict, UsageError
 from ciebench.io import atomic_write_json
 from ciebench.llm.client import LLMConfig
+from ciebench.metrics.timing import StageTimer
 
 from .base import Benchmark
 from .judging import BenchJudge
 from .prompts import PromptSet, load_prompts, load_unpinned
 from .region import RegionOptions, run_region
 from .run import aggregate, generate, judge_cases, latest_verdicts, prepare_run, write_summary
-
-if TYPE_CHECKING:
-    from ciebench.metrics.timing import StageTimer
 
 
 @dataclass
@@ -148,7 +146,7 @@ def _evaluate(benchmark: Benchmark, editor: Editor, out: Path, options: BenchOpt
     check_judge(out, judge)
     stats = generate(benchmark, editor, _cases(benchmark, options), out, retry_failed=options.retry_failed,
                      progress=options.progress, total=total)
-    timer = _timer(options)  # scoring only, as a dataset run's summary (each edit's time is in its record)
+    timer = StageTimer(options.timing_since)  # scoring only, as a dataset run's (each edit's time is in its record)
     with timer.stage("judge"):
         counts = judge_cases(benchmark, _cases(benchmark, options), out, out, judge, records=out,
                              progress=options.progress, total=total)
@@ -157,14 +155,8 @@ def _evaluate(benchmark: Benchmark, editor: Editor, out: Path, options: BenchOpt
     return _finish(benchmark, options, out, out, header, total, timer)
 
 
-def _timer(options: BenchOptions) -> "StageTimer":
-    from ciebench.metrics.timing import StageTimer
-
-    return StageTimer(options.timing_since)  # per-stage seconds, into summary.json "timing"
-
-
 def _finish(benchmark: Benchmark, options: BenchOptions, predictions: Path, out: Path, header: dict[str, Any],
-            total: int, timer: "StageTimer") -> dict[str, Any]:
+            total: int, timer: StageTimer) -> dict[str, Any]:
     """The official aggregation, plus ciebench's region metrics under `ours.region` (never in the official
     table or headline), then summary.json with the run's per-stage `timing`."""
     with timer.stage("summary"):
@@ -187,7 +179,7 @@ def _finish(benchmark: Benchmark, options: BenchOptions, predictions: Path, out:
 def score(benchmark: Benchmark, predictions: Path, out: Path, options: BenchOptions) -> dict[str, Any]:
     """Judge a folder of outputs in the benchmark's official layout (outputs/MODEL/images/CATEGORY/INDEX.ext)."""
     out = Path(out)
-    timer = _timer(options)
+    timer = StageTimer(options.timing_since)  # per-stage seconds, into summary.json "timing"
     with timer.stage("index"):  # the benchmark's cases
         total = _count(benchmark, options)
     with _output_folder(out):
@@ -207,7 +199,7 @@ def reaggregate(benchmark: Benchmark, verdicts: Path, out: Path, timing_since: f
     from .verdicts import read_verdict_file
 
     out = Path(out)
-    timer = _timer(BenchOptions(timing_since=timing_since))
+    timer = StageTimer(timing_since)
     with timer.stage("read"):
         rows = read_verdict_file(benchmark, Path(verdicts))
     with _output_folder(out):
