@@ -211,7 +211,7 @@ def score_cmd(
 ) -> None:
     """Score a folder of edited images against a dataset."""
     from ciebench import api
-    from ciebench.cli import command_started
+    from . import command_started
     from ciebench.errors import IncompleteResult, UsageError
     from ciebench.status import Status
 
