@@ -16,7 +16,7 @@ import pytest
 
 import ciebench
 from ciebench.metrics.region import RegionScorer, ScoreItem
-from ciebench.metrics.timing import StageTimer, format_report, process_started
+from ciebench.metrics.timing import StageTimer, process_started, time_line
 from ciebench.scoring import ScoreOptions, find_predictions, score
 
 from tests.support.fixtures_models import CLIP_VIT_L14_336, publish_clip, publish_squeezenet1_1
@@ -54,7 +54,14 @@ def test_stage_clock_shares_overlapping_stages():
     assert a["busy_s"] == pytest.approx(0.4, abs=0.04) and b["busy_s"] == pytest.approx(0.2, abs=0.03)
     assert r["idle_s"] == pytest.approx(0.1, abs=0.04)
     assert a["wall_s"] + b["wall_s"] + r["idle_s"] == pytest.approx(r["wall_s"], abs=0.003)
-    assert "total" in format_report(r)
+
+
+def test_the_time_line_names_the_largest_stages_with_their_shares():
+    report = {"wall_s": 40.0, "idle_s": 0.0, "stages": {
+        "startup": {"wall_s": 2.0}, "clip_forward": {"wall_s": 30.0}, "lpips": {"wall_s": 1.0},
+        "load": {"wall_s": 6.0}, "ssim": {"wall_s": 1.0}}}
+    assert time_line(report, top=3) == "40.0 s: clip_forward 30.0 s (75%), load 6.0 s (15%), startup 2.0 s (5%)"
+    assert time_line({"wall_s": 0.0, "idle_s": 0.0, "stages": {}}) == "0.0 s"
 
 
 def test_a_timer_counting_from_an_earlier_instant_accounts_for_it_as_startup():

@@ -103,6 +103,9 @@ def print_summary(summary: dict, out: Path) -> None:
         typer.echo(f"  {label:<34} {cells}")
     counts = ", ".join(f"{k}: {v}" for k, v in summary["ours"]["status_counts"].items())
     typer.echo(f"  cases: {summary['ours']['cases']} ({counts})")
+    from .run_commands import print_timing  # run_commands imports this module
+
+    print_timing(summary)
     region = summary["ours"].get("region")
     if region and "overall" in region:
         means = ", ".join(f"{k} {v['mean']:.4f}" for k, v in region["overall"].items() if v["mean"] is not None)

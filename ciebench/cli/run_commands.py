@@ -102,6 +102,15 @@ def _print_summary(summary: dict, out: Path) -> None:
         typer.echo(f"  {name:<20} {_fmt(m['mean'])}  [{_fmt(ci[0])}, {_fmt(ci[1])}]  n={m['n']}  coverage={m['coverage']:.0%}")
     counts = ", ".join(f"{k}: {v}" for k, v in summary["status_counts"].items())
     typer.echo(f"  statuses: {counts}")
+    print_timing(summary)
+
+
+def print_timing(summary: dict) -> None:
+    """Where a run's time went, in one line (every stage is in summary.json `timing`)."""
+    if summary.get("timing"):
+        from ciebench.metrics.timing import time_line
+
+        typer.echo(f"  wall time {time_line(summary['timing'])}; every stage in summary.json timing")
 
 
 
