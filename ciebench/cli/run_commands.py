@@ -106,11 +106,12 @@ def _print_summary(summary: dict, out: Path) -> None:
 
 
 def print_timing(summary: dict) -> None:
-    """Where a run's time went, in one line (every stage is in summary.json `timing`)."""
+    """Where a run's scoring time went, in one line (every stage is in summary.json `timing`): for
+    `ciebench score` its whole process, for `evaluate` the scoring after the edits."""
     if summary.get("timing"):
         from ciebench.metrics.timing import time_line
 
-        typer.echo(f"  wall time {time_line(summary['timing'])}; every stage in summary.json timing")
+        typer.echo(f"  scoring time {time_line(summary['timing'])}; every stage in summary.json timing")
 
 
 
