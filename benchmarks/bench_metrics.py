@@ -504,8 +504,8 @@ def report_speed(runs: dict[str, list[dict]], n: int, args: argparse.Namespace, 
         print("reference ratio (reference / ciebench, whole process, per round):")
         _ratios("wall clock", walls["reference"], walls["ciebench"])
         _ratios("CPU time", cpus["reference"], cpus["ciebench"])
-    # The GPU targets count scoring only: the process less its start-up, imports and model loading
-    # (each way's "load" stage is its share of the clock, so loading hidden behind work is not removed).
+    # The GPU targets count scoring only: the process less its start-up (imports included), model loading
+    # and exit (each way's "load" stage is its share of the clock, so loading hidden behind work is not removed).
     scoring = {w: [r["wall_s"] - sum(r["stages"].get(k, 0.0) for k in ("startup", "load", "(exit)")) for r in rs]
                for w, rs in runs.items()}
     print("scoring only (whole process less start-up, model load and exit; ciebench's start-up includes reading "

@@ -233,15 +233,10 @@ def check_spec(spec: dict[str, Any], summary: dict[str, Any]) -> Check:
     return _verdict("spec", problems, f"spec hash {spec['spec_hash']} matches its content and the summary")
 
 
-def recorded_protocol(spec: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
-    """The protocol the numbers were scored under (`results.scored_block`)."""
-    return scored_block(spec, summary, "protocol")
-
-
 def check_protocol(spec: dict[str, Any], summary: dict[str, Any]) -> Check:
     from ciebench.metrics.protocols import PROTOCOLS, Protocol
 
-    recorded = recorded_protocol(spec, summary)
+    recorded = scored_block(spec, summary, "protocol")  # the protocol the numbers were scored under
     if not recorded:
         return Check("protocol", FAIL, "no protocol recorded in spec.json or summary.json")
     fields = {k: v for k, v in recorded.items() if k != "hash"}
@@ -282,7 +277,7 @@ def check_rescore(run_dir: Path, spec: dict[str, Any], summary: dict[str, Any], 
     metrics = [m for m in PIXEL_METRICS + MODEL_METRICS if m in samples.columns and m in (summary.get("metrics") or {})]
     if not metrics:
         return Check("rescore", SKIP, "no deterministic metric in this run")
-    fields = {k: v for k, v in recorded_protocol(spec, summary).items() if k != "hash"}
+    fields = {k: v for k, v in scored_block(spec, summary, "protocol").items() if k != "hash"}
     try:
         protocol = Protocol(**fields)
     except (TypeError, ValueError) as exc:

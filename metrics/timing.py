@@ -29,8 +29,8 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 # The canonical order of the stages a scoring run reports (others follow in first-seen order).
-STAGES = ("startup", "index", "read", "decode", "load", "align", "clip_preprocess", "pixel", "ssim", "locality", "lpips",
-          "clip_text", "clip_forward", "region_remote", "judge", "writing", "summary")
+STAGES = ("startup", "index", "read", "decode", "load", "align", "clip_preprocess", "pixel", "ssim", "locality",
+          "lpips", "clip_text", "clip_forward", "region_remote", "judge", "writing", "summary")
 
 
 def process_started() -> float | None:
@@ -58,8 +58,8 @@ class StageTimer:
         """`since`: a `time.perf_counter()` reading before now from which the account counts; the time
         from it to now becomes the stage `startup` (default: count from now)."""
         self._lock = threading.Lock()
-        now = time.perf_counter()
-        self._start = self._last = now if since is None else min(since, now)
+        now = self._last = time.perf_counter()
+        self._start = now if since is None else min(since, now)
         self._active: Counter[str] = Counter()
         self._wall: defaultdict[str, float] = defaultdict(float)
         self._busy: defaultdict[str, float] = defaultdict(float)
@@ -68,7 +68,6 @@ class StageTimer:
         if since is not None:
             self._wall["startup"] = self._busy["startup"] = now - self._start
             self._calls["startup"] = 1
-            self._last = now
 
     def _advance(self, now: float) -> None:
         # Called under the lock: hand the time since the last event to the stages running in it.

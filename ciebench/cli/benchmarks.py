@@ -43,6 +43,7 @@ def score(bench: Any, predictions: Optional[Path], verdicts: Optional[Path], out
     (with ciebench's region metrics `region` on cases with a ground-truth image)."""
     from ciebench.api import benchmark_errors
     from ciebench.benchmarks import session
+
     from . import command_started
 
     since = command_started()  # summary.json's timing covers the command's whole process, as `ciebench score`'s

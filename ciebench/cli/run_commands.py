@@ -221,9 +221,10 @@ def score_cmd(
 ) -> None:
     """Score a folder of edited images against a dataset."""
     from ciebench import api
-    from . import command_started
     from ciebench.errors import IncompleteResult, UsageError
     from ciebench.status import Status
+
+    from . import command_started
 
     _coverage(min_coverage)
     bench = _bench.resolve(benchmark) if benchmark else None
