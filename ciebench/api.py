@@ -87,6 +87,11 @@ def evaluate(editor: str | Editor, dataset: DatasetArg, out: str | Path, *,
     seeds = _seeds(seeds)
     bench = _benchmark(benchmark)
     if bench is not None and bench.pipeline != "dataset":
+        refuse_unused_options(bench, {
+            "--seeds (a benchmark run uses the run seed 0, as the official protocols do)": seeds != (0,),
+            "--backend ray": backend != "local", "--batch-size": batch_size != 1,
+            **judge_options_set(judge_protocol, judge_passes, max_cost, judge_canaries),
+            "--ignore-checksums": ignore_checksums})
         return _evaluate_benchmark(bench, editor, out, benchmark_root, limit, judge, judge_prompts, overwrite,
                                    retry_failed, seeds=seeds, backend=backend, protocol=protocol, metrics=metrics,
                                    device=device, editor_args=editor_args, editor_config=editor_config, preset=preset,
@@ -337,13 +342,6 @@ def _evaluate_benchmark(bench: Any, editor: Any, out: Path, root, limit, judge, 
     from ciebench.benchmarks import session
     from ciebench.benchmarks.region import region_options
 
-    problems = []
-    if seeds != (0,):
-        problems.append("--seeds (a benchmark run uses the run seed 0, as the official protocols do)")
-    if backend != "local":
-        problems.append("--backend ray")
-    if problems:
-        raise UsageError("not available with a judge-scored --benchmark: " + "; ".join(problems))
     region = region_options(tuple(metrics) if metrics is not None else None, protocol, device)  # before any model loads
     ed = _editor(editor, editor_args, editor_config, preset)
     options = session.BenchOptions(root=root, limit=limit, judge=judge, judge_prompts=judge_prompts,
@@ -355,6 +353,24 @@ def _evaluate_benchmark(bench: Any, editor: Any, out: Path, root, limit, judge, 
         if isinstance(editor, str):
             ed.close()
     return RunResult(out, summary)
+
+
+def refuse_unused_options(bench: Any, given: dict[str, bool]) -> None:
+    """Raise a UsageError naming every option in `given` that was set (True) but that a judge-scored
+    benchmark does not use: ignoring one silently would let a user believe it applied (a cost cap
+    that caps nothing)."""
+    unused = [flag for flag, is_set in given.items() if is_set]
+    if unused:
+        raise UsageError(f"not available with the judge-scored --benchmark {bench.name}: {'; '.join(unused)}",
+                         hint="its official judging decides these; leave them out")
+
+
+def judge_options_set(judge_protocol, judge_passes, max_cost, judge_canaries) -> dict[str, bool]:
+    """The IDCS judge's options (for `refuse_unused_options`): a benchmark's judge follows its own protocol."""
+    return {"--judge-protocol": judge_protocol is not None, "--judge-passes": judge_passes != 1,
+            "--max-cost (its judge calls are not capped: try a --limit run first to see their number)":
+                max_cost is not None,
+            "--judge-canaries": judge_canaries != "day"}
 
 
 @contextlib.contextmanager

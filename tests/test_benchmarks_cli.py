@@ -49,3 +49,19 @@ def test_dataset_pipeline_options_are_refused_for_judge_benchmarks(tmp_path):
     result = runner.invoke(app, ["evaluate", "--benchmark", "risebench", "--benchmark-root", str(tmp_path),
                                  "--editor", "identity", "--seeds", "0,1", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--seeds" in result.output
+
+
+def test_options_a_judge_benchmark_does_not_use_are_refused_not_ignored(tmp_path):
+    # a --max-cost that capped nothing would let the user believe the spending was capped
+    base = ["--benchmark", "risebench", "--benchmark-root", str(tmp_path), "--out", str(tmp_path / "o")]
+    cases = [(["score", "--predictions", str(tmp_path), "--max-cost", "5"], "--max-cost"),
+             (["score", "--predictions", str(tmp_path), "--judge-batch"], "--judge-batch"),
+             (["score", "--predictions", str(tmp_path), "--judge-passes", "3"], "--judge-passes"),
+             (["score", "--predictions", str(tmp_path), "--min-coverage", "0.9"], "--min-coverage"),
+             (["score", "--predictions", str(tmp_path), "--dry-run"], "--dry-run"),
+             (["evaluate", "--editor", "identity", "--max-cost", "5"], "--max-cost"),
+             (["evaluate", "--editor", "identity", "--judge-protocol", "idcs-paper"], "--judge-protocol")]
+    for args, flag in cases:
+        result = runner.invoke(app, [*args, *base])
+        assert result.exit_code == 2 and flag in result.output and "risebench" in result.output, (args, result.output)
+    assert not (tmp_path / "o").exists()  # refused before anything ran

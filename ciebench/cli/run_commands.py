@@ -229,8 +229,16 @@ def score_cmd(
     _coverage(min_coverage)
     bench = _bench.resolve(benchmark) if benchmark else None
     if bench is not None and bench.pipeline != "dataset":
+        from ciebench.api import judge_options_set, refuse_unused_options
         from ciebench.benchmarks.region import region_options
 
+        refuse_unused_options(bench, {
+            "--dataset (the benchmark is its own data)": dataset is not None,
+            **judge_options_set(judge_protocol, judge_passes, max_cost, judge_canaries),
+            "--judge-batch": judge_batch, "--dry-run": dry_run, "--batch-size": batch_size != 8,
+            "--allow-missing (a missing output is scored as the benchmark's rules say)": allow_missing,
+            "--min-coverage": min_coverage is not None, "--backend ray": backend != "local",
+            "--ignore-checksums": ignore_checksums})
         return _bench.score(bench, predictions, verdicts, out, benchmark_root, limit, judge, judge_prompts,
                             region=region_options(split_names(metrics), protocol, device))
     if (dataset is None and bench is None) or predictions is None:
