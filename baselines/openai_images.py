@@ -48,7 +48,7 @@ from ciebench.editor import EditorConfig, EditRequest, EditResult, Editor
 from ciebench.io import atomic_write_bytes, atomic_write_json, png_bytes, stable_hash
 from ciebench.llm.config import is_provider_host, key_env_for
 from ciebench.llm.http_backend import RETRY_STATUS, parse_retry_after
-from ciebench.llm.transport import TransportError, encode_multipart, get, post
+from ciebench.llm.transport import TransportError, encode_multipart, get, post, redact_secret
 from ciebench.status import EDITOR_FAILURE, Status
 
 log = logging.getLogger("ciebench.openai_images")
@@ -263,8 +263,7 @@ class OpenAIImagesEditor(Editor):
         return (os.environ.get(name) if name else None) or None
 
     def _redact(self, text: str) -> str:
-        secret = self._secret()
-        return text.replace(secret, "***") if secret and len(secret) >= 4 else text
+        return redact_secret(text, self._secret())
 
     # ------------------------------------------------------------------------------------ cost
     def _cost(self, answer: _Answer) -> float:

@@ -374,8 +374,10 @@ class IDCSJudge:
         described, prov_d = self._call(vlm, "describe", self.describe_template, {}, images, None,
                                        validate_sentence, kwargs)
         prov = {"describe": prov_d}
-        if described is None:
-            return PassVerdict(k, seed, None, "not_judged", f"describe: {NOT_JUDGED}", provenance=prov)
+        if described is None or prov_d.get("not_judged"):
+            spent = [] if described is None else [described]
+            return PassVerdict(k, seed, None, "not_judged", f"describe: {NOT_JUDGED}", calls=_attempts(*spent),
+                               usage=_usage(*spent), provenance=prov)
         if not described.ok:
             return PassVerdict(k, seed, None, classify(described), f"describe: {described.error}", None,
                                described.cached, described.attempts, _usage(described), prov)
@@ -390,9 +392,9 @@ class IDCSJudge:
         scored, prov_s = self._call(llm, "score", self.score_template, variables, [], self.score_schema,
                                     self.validate_score, {})
         prov["score"] = prov_s
-        calls = described.attempts + (scored.attempts if scored is not None else 0)
-        usage = _usage(described, *([scored] if scored is not None else []))
-        if scored is None:
+        replies = [described, *([scored] if scored is not None else [])]
+        calls, usage = _attempts(*replies), _usage(*replies)
+        if scored is None or prov_s.get("not_judged"):
             return PassVerdict(k, seed, None, "not_judged", f"score: {NOT_JUDGED}", sentence, False, calls,
                                usage, prov)
         cached = described.cached and scored.cached
@@ -404,7 +406,8 @@ class IDCSJudge:
 
     def _call(self, client: LLMClient, stage: str, template: Any, variables: dict[str, Any], images: list,
               schema: dict | None, validate: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """One model call under the budget; (None, provenance) when the budget refuses it."""
+        """One model call under the budget: (None, provenance) when the budget refuses it, (the failed
+        reply, provenance with `not_judged`) when it refuses a retry."""
         prepared = prepared_images(client, images)
         cfg = client.config
         prov: dict[str, Any] = {"template": template.id, "template_hash": template.hash, "model": cfg.model,
@@ -413,17 +416,30 @@ class IDCSJudge:
         if kwargs.get("text_first"):
             prov["text_first"] = True
         reserved = 0.0
-        if self.budget is not None and cached_reply(client, template, variables, images, schema, validate,
-                                                    **kwargs) is None:
-            est = estimate_call(cfg, stage, template.render_system(**variables), template.render(**variables),
-                                [im.size for im in prepared])
-            reserved = est.cost_max
-            if not self.budget.reserve(reserved):
+        retry_refused = False
+        may_retry = None
+        budget = self.budget
+        if budget is not None and cached_reply(client, template, variables, images, schema, validate,
+                                               **kwargs) is None:
+            cost_max = estimate_call(cfg, stage, template.render_system(**variables), template.render(**variables),
+                                     [im.size for im in prepared]).cost_max
+            if not budget.reserve(cost_max):
                 prov["not_judged"] = "budget"
                 return None, prov
-        reply = client.complete(template, variables, images=images, schema=schema, validate=validate, **kwargs)
-        if self.budget is not None:
-            self.budget.settle(reserved, 0.0 if reply.cached else (reply.usage or {}).get("cost", 0.0))
+            reserved = cost_max
+
+            def may_retry() -> bool:  # every attempt is paid: each retry reserves its own upper bound first
+                nonlocal reserved, retry_refused
+                if budget.reserve(cost_max):
+                    reserved += cost_max
+                    return True
+                retry_refused = True
+                return False
+
+        reply = client.complete(template, variables, images=images, schema=schema, validate=validate,
+                                may_retry=may_retry, **kwargs)
+        if budget is not None:
+            budget.settle(reserved, 0.0 if reply.cached else (reply.usage or {}).get("cost", 0.0))
         prov.update({
             "served_model": getattr(reply, "served_model", None) or reply.model,
             "provider_host": getattr(reply, "provider_host", None) or prov["provider_host"],
@@ -438,6 +454,8 @@ class IDCSJudge:
             "cached": reply.cached,
             "attempts": reply.attempts,
         })
+        if retry_refused:  # stopped by the cap, not by the judge: a rerun under a higher cap judges it
+            prov["not_judged"] = "budget"
         return reply, prov
 
     # --------------------------------------------------------------------------------- many items
@@ -548,6 +566,10 @@ def _sum_usage(many: Any) -> dict[str, Any]:
             out[k] += (u or {}).get(k, 0) or 0
     out["cost"] = round(out["cost"], 8)
     return out
+
+
+def _attempts(*replies: Any) -> int:
+    return sum(r.attempts for r in replies)
 
 
 def _usage(*replies: Any) -> dict[str, Any]:

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ciebench.judge.batch import STATE_FILE, batch_judge
 from ciebench.llm import LLMConfig
 from ciebench.metrics.idcs import IDCSJudge, JudgeConfig
@@ -73,6 +75,28 @@ def test_a_batch_survives_a_kill_between_submit_and_completion(tmp_path, monkeyp
         # a rerun needs no batch at all
         again = batch_judge(IDCSJudge(config(url), cache_dir=cache), items(3), state, poll_s=0.01)
         assert [v.score for v in again] == [2, 4, 2] and server.created == 2
+
+
+def test_a_batch_is_charged_to_the_cost_cap_and_never_passes_it(tmp_path, monkeypatch):
+    from ciebench.judge import Budget
+
+    monkeypatch.setenv("CIEBENCH_BATCH_KEY", "sk-batch-test")
+    priced = lambda url: JudgeConfig(  # noqa: E731 - $1 per 1k tokens in and out: a result line (12 tokens) is $0.012
+        name="batch", **{role: LLMConfig(model=f"{role}-test", base_url=url, api_key_env="CIEBENCH_BATCH_KEY",
+                                         timeout_s=5.0, max_retries=0, price_per_1k_input=1.0,
+                                         price_per_1k_output=1.0) for role in ("vlm", "llm")})
+    with serve_batches(answer) as (server, url):
+        nothing = Budget(0.0)
+        verdicts = batch_judge(IDCSJudge(priced(url), cache_dir=tmp_path / "a", budget=nothing), items(3),
+                               tmp_path / "run-a", poll_s=0.01)
+        assert server.created == 0 and server.chat_calls == 0  # no line fits a $0 cap: nothing is sent
+        assert all(v.status == "not_judged" for v in verdicts) and nothing.spent == 0.0
+
+        enough = Budget(100.0)
+        verdicts = batch_judge(IDCSJudge(priced(url), cache_dir=tmp_path / "b", budget=enough), items(3),
+                               tmp_path / "run-b", poll_s=0.01)
+        assert [v.score for v in verdicts] == [2, 4, 2] and server.created == 2 and server.chat_calls == 0
+        assert enough.spent == pytest.approx(6 * 0.012)  # what the 6 result lines billed
 
 
 def test_score_with_judge_batch(tmp_path, monkeypatch):

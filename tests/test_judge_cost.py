@@ -85,6 +85,34 @@ def test_max_cost_stops_before_the_budget_and_the_run_resumes(tmp_path):
         assert all(v.ok for v in again) and server.count == sent + 2 * (5 - fit)  # judged ones were cached
 
 
+def test_retries_are_paid_so_each_reserves_its_cost_before_it_is_sent(tmp_path):
+    from ciebench.judge.cost import estimate_call
+    from ciebench.judge.parsing import embed
+    from ciebench.llm import LLMConfig
+    from ciebench.metrics.idcs import JudgeConfig
+
+    with serve_llm() as server:
+        common = dict(base_url=server.base_url, api_key_env=None, max_tokens=64, backoff_base_s=0.01,
+                      backoff_max_s=0.02, price_per_1k_input=0.001, price_per_1k_output=0.002, max_retries=4)
+        cfg = JudgeConfig(name="t", vlm=LLMConfig(model="m", **common), llm=LLMConfig(model="m", **common))
+        (item,) = items(1)
+        probe = IDCSJudge(cfg, cache_dir=None)
+        d, t = probe.describe_template, probe.score_template
+        describe = estimate_call(cfg.vlm, "describe", d.render_system(), d.render(), [item.source.size] * 2)
+        variables = {"instruction": embed(item.instruction, "json"), "description": embed(SENTENCE, "json")}
+        score = estimate_call(cfg.llm, "score", t.render_system(**variables), t.render(**variables))
+        # every answer bills its call's upper bound; the score answers are invalid, so they are retried
+        server.on(has_images=True, then=reply(SENTENCE, usage={"prompt_tokens": describe.input_tokens,
+                                                               "completion_tokens": 64}))
+        server.on(then=reply("Score: 4", usage={"prompt_tokens": score.input_tokens, "completion_tokens": 64}))
+        budget = Budget(describe.cost_max + 2 * score.cost_max)  # room for one retry, not for four
+        (verdict,) = IDCSJudge(cfg, cache_dir=tmp_path, budget=budget).judge([item])
+    assert server.count == 3  # describe, score, one retry: the second retry did not fit
+    assert budget.spent == pytest.approx(budget.max_usd) and budget.spent <= budget.max_usd + 1e-12
+    assert verdict.status == "not_judged" and "max-cost" in verdict.error  # a rerun under a higher cap judges it
+    assert verdict.passes[0].calls == 3 and verdict.passes[0].usage["cost"] == pytest.approx(budget.spent)
+
+
 def test_score_dry_run_prints_the_estimate_and_sends_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
     pred = tmp_path / "pred"

@@ -132,6 +132,9 @@ def test_every_failure_class_is_counted_apart_and_never_scored(server, tmp_path)
     server.on(has_images=True, where=lambda r: r.images()[0].convert("RGB").getpixel((0, 0)) == (30, 0, 0),
               then=hang(5))
     server.on(has_images=True, then=reply(SENTENCE))
+    # the words "out of range" elsewhere than in the range check say nothing about the score's range
+    server.on("item-9", then=error(400, "Invalid value for 'max_tokens': 100000 is out of range."))
+    server.on("item-10", then=reply("I'd give 4, as a 6 is out of range"))  # (before item-1: rules match in order)
     server.on("item-0", then=json_reply({"score": 4}))
     server.on("item-1", then=error(429, retry_after=0.01))
     server.on("item-2", then=error(503))
@@ -141,18 +144,19 @@ def test_every_failure_class_is_counted_apart_and_never_scored(server, tmp_path)
     server.on("item-7", then=json_reply({"score": 6}))
     server.on("item-8", then=reply("maybe four"))
     judge = IDCSJudge(judge_config(server, timeout_s=0.3), cache_dir=tmp_path)
-    verdicts = judge.judge(items(9))
+    verdicts = judge.judge(items(11))
     by = {v.sample_id: v for v in verdicts}
     expected = {"0": None, "1": "rate_limit", "2": "server_error", "3": "transport", "4": "request_rejected",
-                "5": "content_filter", "6": "content_filter", "7": "out_of_range", "8": "unparsable"}
+                "5": "content_filter", "6": "content_filter", "7": "out_of_range", "8": "unparsable",
+                "9": "request_rejected", "10": "unparsable"}
     assert {k: v.failure for k, v in by.items()} == expected
     assert all(by[k].score is None for k in expected if k != "0") and by["0"].score == 4
     s = idcs_summary(verdicts, missing=2)
     assert set(s["failures_by_class"]) == set(FAILURE_CLASSES)
     assert s["failures_by_class"] == {**{c: 0 for c in FAILURE_CLASSES}, "rate_limit": 1, "server_error": 1,
-                                      "transport": 1, "request_rejected": 1, "content_filter": 2, "out_of_range": 1,
-                                      "unparsable": 1, "missing_prediction": 2}
-    assert s["mean"] == 4 and s["n"] == 1 and s["n_total"] == 11 and s["coverage"] == pytest.approx(1 / 11)
+                                      "transport": 1, "request_rejected": 2, "content_filter": 2, "out_of_range": 1,
+                                      "unparsable": 2, "missing_prediction": 2}
+    assert s["mean"] == 4 and s["n"] == 1 and s["n_total"] == 13 and s["coverage"] == pytest.approx(1 / 13)
 
 
 def test_every_verdict_records_its_provenance_and_never_the_key(server, tmp_path, monkeypatch):

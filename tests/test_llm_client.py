@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -65,7 +67,9 @@ def test_packaged_templates_and_template_files(tmp_path):
 def test_parse_json_reply():
     assert parse_json_reply(' {"score": 2} ') == {"score": 2}
     assert parse_json_reply('```json\n{"score": 2}\n```') == {"score": 2}
-    for bad in ('score: 2', '{"score": NaN}', '{"score": 2} trailing', "``` {} "):
+    # a key named twice is ambiguous (json.loads alone would keep the last value)
+    for bad in ('score: 2', '{"score": NaN}', '{"score": 2} trailing', "``` {} ", '{"score": 1, "score": 5}',
+                '{"a": {"score": 1, "score": 5}}'):
         with pytest.raises(ValueError):
             parse_json_reply(bad)
 
@@ -259,6 +263,49 @@ def test_api_key_never_leaks(server, tmp_path, monkeypatch, caplog):
     for blob in blobs:
         assert secret not in blob
     assert "retrying" in caplog.text  # the logs did record the failed attempt
+
+
+def test_a_key_echoed_in_a_refusal_or_cut_short_in_an_excerpt_never_leaks(server, tmp_path, monkeypatch):
+    from ciebench.judge.batch import BatchAPI
+    from ciebench.llm.transport import redact_secret
+
+    secret = "sk-test-9f8e7d6c5b4a-SECRET"
+    monkeypatch.setenv("CIEBENCH_TEST_KEY", secret)
+    body = {"model": "m", "choices": [{"finish_reason": "stop", "message": {
+        "role": "assistant", "content": None, "refusal": f"Refused (request auth: Bearer {secret})"}}]}
+    server.on(then=raw(json.dumps(body)))
+    client = make_client(http_config(server, api_key_env="CIEBENCH_TEST_KEY"), tmp_path)
+    r = client.complete(ASK, {"i": 1, "q": "x"})
+    assert r.failure == "content_filter" and r.refusal == "Refused (request auth: Bearer ***)"
+    assert secret not in json.dumps(r.to_dict())
+
+    class Echo(BaseHTTPRequestHandler):  # a Batch API that echoes the key in its 401
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            data = json.dumps({"error": {"message": f"Incorrect key: {self.headers.get('authorization')}"}}).encode()
+            self.send_response(401)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        batch_client = make_client(LLMConfig(base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1", model="m",
+                                             api_key_env="CIEBENCH_TEST_KEY"), None)
+        with pytest.raises(Exception) as raised:
+            BatchAPI(batch_client).upload(b"{}")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert "HTTP 401" in str(raised.value) and "Bearer ***" in str(raised.value) and secret not in str(raised.value)
+    # an excerpt that cut the key short still loses what is left of it
+    assert redact_secret(f"said: Bearer {secret[:12]}...", secret) == "said: Bearer ***..."
+    assert redact_secret(f"said: Bearer {secret[:9]}", secret) == "said: Bearer ***"
+    assert redact_secret("sk-t... is a prefix too short to tell", secret) == "sk-t... is a prefix too short to tell"
 
 
 def test_concurrency_overlaps_calls_and_is_bounded(tmp_path):

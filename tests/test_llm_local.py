@@ -57,16 +57,39 @@ def test_local_backend_missing_model_is_an_error_not_a_crash(tmp_path):
     assert r.status == "error" and "could not load local model" in r.error and r.attempts == 1
 
 
-def test_idcs_judge_with_the_local_backend(tiny_repo, tmp_path):
+@pytest.fixture(scope="module")
+def ending_repo():
+    pytest.importorskip("transformers")
+    return publish_tiny_qwen("ciebench-tests/tiny-qwen2.5-vl-ends", answer_ends=True)
+
+
+def test_idcs_judge_with_the_local_backend(ending_repo, tmp_path):
     from ciebench.metrics.idcs import IDCSJudge, JudgeConfig, JudgeItem
 
-    cfg = JudgeConfig(name="tiny-local", vlm=local(tiny_repo, max_tokens=1, concurrency=1),
-                      llm=local(tiny_repo, max_tokens=1, concurrency=1))
+    cfg = JudgeConfig(name="tiny-local", vlm=local(ending_repo, max_tokens=4, concurrency=1),
+                      llm=local(ending_repo, max_tokens=4, concurrency=1))
     judge = IDCSJudge(cfg, cache_dir=tmp_path)
     (v,) = judge.judge([JudgeItem("7", Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "green"),
                                   "Remove the red thing.")])
     assert v.status == "ok" and v.score == 3 and v.sentence == ANSWER and v.calls == 2
-    assert judge.model_ids()["vlm"] == f"transformers:{tiny_repo}"
+    assert judge.model_ids()["vlm"] == f"transformers:{ending_repo}"
+
+
+def test_a_local_reply_cut_off_at_max_tokens_is_reported_as_such(tiny_repo, ending_repo, tmp_path):
+    # The same one-token reply: finished by an end token it is "stop", run into the limit it is "length",
+    # which the judge refuses to score as a whole description (as for an HTTP judge).
+    from ciebench.metrics.idcs import IDCSJudge, JudgeConfig, JudgeItem
+
+    images = [Image.new("RGB", (64, 48), "red")]
+    assert make_client(local(ending_repo, max_tokens=1), tmp_path).complete(T, {"note": "a"}, images).finish_reason \
+        == "stop"
+    assert make_client(local(tiny_repo, max_tokens=1), tmp_path).complete(T, {"note": "b"}, images).finish_reason \
+        == "length"
+    cfg = JudgeConfig(name="tiny-local", vlm=local(tiny_repo, max_tokens=1, concurrency=1),
+                      llm=local(ending_repo, max_tokens=4, concurrency=1))
+    (v,) = IDCSJudge(cfg, cache_dir=tmp_path).judge(
+        [JudgeItem("7", Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "green"), "Remove it.")])
+    assert v.score is None and v.failure == "unparsable" and "cut off at max_tokens" in v.error
 
 
 def test_the_cache_key_tells_a_local_models_placements_apart(tmp_path):

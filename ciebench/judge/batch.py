@@ -28,6 +28,8 @@ from ciebench.errors import EnvironmentProblem
 from ciebench.io import atomic_write_json, stable_hash
 from ciebench.llm.transport import HTTPResponse, TransportError, encode_multipart, get, post
 
+from .cost import Budget, estimate_call
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "judge_batches.json"
@@ -69,10 +71,10 @@ class BatchAPI:
                     if method == "POST" else
                     get(self.base + path, headers, deadline_s=self.timeout_s, max_bytes=MAX_FILE_BYTES))
         except TransportError as exc:
-            raise EnvironmentProblem(f"batch API: {exc}") from None
+            raise EnvironmentProblem(self.client.redact(f"batch API: {exc}")) from None
         if resp.status >= 400:
-            raise EnvironmentProblem(f"batch API: HTTP {resp.status} from {self.base + path}: "
-                                     f"{resp.body[:300].decode('utf-8', 'replace')}")
+            raise EnvironmentProblem(self.client.redact(f"batch API: HTTP {resp.status} from {self.base + path}: "
+                                                        f"{resp.body[:300].decode('utf-8', 'replace')}"))
         return resp
 
     def _post(self, path: str, body: bytes, content_type: str) -> dict[str, Any]:
@@ -104,17 +106,41 @@ def _entry(call: BatchCall) -> tuple[str, dict[str, Any], Any]:
 
 
 def run_stage(name: str, calls: Sequence[BatchCall], state_dir: Path, poll_s: float = 10.0,
-              max_wait_s: float = 24 * 3600.0) -> dict[str, int]:
-    """Submit (or resume) the batch for the uncached `calls` and store its valid answers in the cache."""
+              max_wait_s: float = 24 * 3600.0, budget: Budget | None = None) -> dict[str, int]:
+    """Submit (or resume) the batch for the uncached `calls` and store its valid answers in the cache.
+    Under a `budget`, each line reserves its upper-bound cost before it is submitted, as a live call
+    does; lines it refuses stay out of the batch (the live judging after it reports them not judged)."""
     pending: dict[str, tuple[BatchCall, dict[str, Any], Any]] = {}
+    reserved = 0.0
     for call in calls:
         if call.client.lookup(call.template, call.variables, call.images, call.schema, call.validate,
                               call.text_first) is not None:
             continue
         key, body, prepared = _entry(call)
-        pending.setdefault(key, (call, body, prepared))
+        if key in pending:
+            continue
+        if budget is not None:
+            request = prepared.request
+            cost_max = estimate_call(call.client.config, name, request.system, request.text,
+                                     [im.size for im in request.images if not isinstance(im, str)]).cost_max
+            if not budget.reserve(cost_max):
+                continue
+            reserved += cost_max
+        pending[key] = (call, body, prepared)
     if not pending:
         return {"submitted": 0, "stored": 0, "failed": 0}
+    spent = reserved  # until the results say what they billed, count the batch as spent in full
+    try:
+        stored, failed, spent = _submit_and_store(name, pending, state_dir, poll_s, max_wait_s)
+    finally:
+        if budget is not None:
+            budget.settle(reserved, spent)
+    return {"submitted": len(pending), "stored": stored, "failed": failed}
+
+
+def _submit_and_store(name: str, pending: dict[str, tuple[BatchCall, dict[str, Any], Any]], state_dir: Path,
+                      poll_s: float, max_wait_s: float) -> tuple[int, int, float]:
+    """(answers stored, lines that failed, USD the result lines billed at list price)."""
     keys_hash = stable_hash(sorted(pending))
     state_path = Path(state_dir) / STATE_FILE
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
@@ -144,6 +170,7 @@ def run_stage(name: str, calls: Sequence[BatchCall], state_dir: Path, poll_s: fl
     state[name] = {**state[name], "status": batch.get("status")}
     atomic_write_json(state_path, state)
     stored = failed = 0
+    spent = 0.0
     if batch.get("output_file_id"):
         for line in api.content(str(batch["output_file_id"])).decode("utf-8").splitlines():
             if not line.strip():
@@ -154,17 +181,14 @@ def run_stage(name: str, calls: Sequence[BatchCall], state_dir: Path, poll_s: fl
             if item is None or not isinstance(response.get("body"), dict):
                 failed += 1
                 continue
-            if _store(item, int(response.get("status_code") or 200), response["body"]):
-                stored += 1
-            else:
-                failed += 1
+            call, _, prepared = item
+            accepted, cost = call.client.accept(prepared, int(response.get("status_code") or 200),
+                                                json.dumps(response["body"]).encode("utf-8"), call.validate)
+            stored += accepted
+            failed += not accepted
+            spent += cost
     failed += len(pending) - stored - failed
-    return {"submitted": len(pending), "stored": stored, "failed": failed}
-
-
-def _store(item: tuple[BatchCall, dict[str, Any], Any], status: int, body: dict[str, Any]) -> bool:
-    call, _, prepared = item
-    return call.client.accept(prepared, status, json.dumps(body).encode("utf-8"), call.validate)
+    return stored, failed, spent
 
 
 def batch_judge(judge: Any, items: Sequence[Any], state_dir: str | Path, poll_s: float = 10.0,
@@ -178,7 +202,7 @@ def batch_judge(judge: Any, items: Sequence[Any], state_dir: str | Path, poll_s:
     text_first = {"text_first": True} if judge.protocol.protocol.text_first else {}
     describe = [BatchCall(vlm, judge.describe_template, {}, [it.source, it.edited], None, validate_sentence,
                           **text_first) for it in items for vlm, _ in judge.clients]
-    run_stage("describe", describe, state_dir, poll_s, max_wait_s)
+    run_stage("describe", describe, state_dir, poll_s, max_wait_s, judge.budget)
     embedding = judge.protocol.protocol.embedding
     score = []
     for it in items:
@@ -190,5 +214,5 @@ def batch_judge(judge: Any, items: Sequence[Any], state_dir: str | Path, poll_s:
             variables = {"instruction": embed(it.instruction.strip(), embedding),
                          "description": embed(hit.text.strip(), embedding)}
             score.append(BatchCall(llm, judge.score_template, variables, [], judge.score_schema, judge.validate_score))
-    run_stage("score", score, state_dir, poll_s, max_wait_s)
+    run_stage("score", score, state_dir, poll_s, max_wait_s, judge.budget)
     return judge.judge(items, **judge_kwargs)

@@ -18,6 +18,7 @@ from ciebench.llm.config import FAILURE_CLASSES as CLIENT_FAILURE_CLASSES
 # not_judged (the run stopped issuing calls at --max-cost before this sample; a rerun judges it).
 FAILURE_CLASSES = tuple(CLIENT_FAILURE_CLASSES) + ("missing_prediction", "not_judged")
 OUT_OF_RANGE = "out of range"
+_RANGE_REJECTION = f"invalid reply: rejected: {OUT_OF_RANGE}"  # how the client reports such a validator reason
 _HTTP = re.compile(r"HTTP (\d{3})")
 
 
@@ -26,7 +27,9 @@ def classify(reply: Any) -> str | None:
     if getattr(reply, "status", "error") == "ok":
         return None
     error = str(getattr(reply, "error", "") or "")
-    if OUT_OF_RANGE in error:  # the validator's verdict is more specific than "invalid reply"
+    # Only the opening of the client's own message for a validator rejection says "range": the words
+    # elsewhere (a quoted reply, a server's 400 body, torch's "index out of range") are not a verdict.
+    if error.startswith(_RANGE_REJECTION):
         return "out_of_range"
     declared = getattr(reply, "failure", None)
     if declared == "out_of_range":  # the client marks every validator rejection so; ours say when it is range

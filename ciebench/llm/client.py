@@ -52,7 +52,7 @@ from .exchange import ModelOutcome, ModelRequest, excerpt
 from .http_backend import OpenAIBackend
 from .local_backend import TransformersBackend, release_local_models
 from .prompts import PromptTemplate
-from .transport import is_loopback
+from .transport import is_loopback, redact_secret
 
 log = logging.getLogger("ciebench.llm")
 
@@ -150,13 +150,15 @@ class LLMClient:
 
     def complete(self, template: PromptTemplate, variables: dict[str, Any] | None = None,
                  images: Sequence[Image.Image | str] = (), schema: dict | None = None,
-                 validate: Callable[[Any], str | None] | None = None, text_first: bool = False) -> LLMReply:
+                 validate: Callable[[Any], str | None] | None = None, text_first: bool = False,
+                 may_retry: Callable[[], bool] | None = None) -> LLMReply:
         """Render `template` with `variables`, send it with `images` (in order, before the text unless
         `text_first`; a `str` among them is a text part in that place, for protocols that label their
         images) and return the reply. With `schema`, the reply must be JSON matching it;
-        `validate(parsed)` may return a reason to reject an answer (None accepts it). Never raises for a
-        failed call; template errors (missing or unexpected variables) and invalid schemas raise, as
-        they are caller bugs."""
+        `validate(parsed)` may return a reason to reject an answer (None accepts it). `may_retry()` is
+        asked before every retry (a cost cap reserves the attempt there); False ends the call with the
+        last failure. Never raises for a failed call; template errors (missing or unexpected variables)
+        and invalid schemas raise, as they are caller bugs."""
         t0 = time.monotonic()
         call = self.prepare(template, variables, images, schema, text_first)
         request, image_shas, key = call.request, list(call.image_shas), call.key
@@ -176,6 +178,9 @@ class LLMClient:
         failure = "transport"
         for attempt in range(self.config.max_retries + 1):
             if attempt:
+                if may_retry is not None and not may_retry():
+                    last_error += " (no retry: the caller's limit refused it)"
+                    break
                 with self._lock:
                     self._stats["retries"] += 1
             attempts += 1
@@ -184,15 +189,12 @@ class LLMClient:
                     outcome = self._backend.generate(request, temperature, seed)
                 except Exception as exc:  # a back-end bug or a local model failure: never raise
                     outcome = ModelOutcome(error=f"{type(exc).__name__}: {exc}", kind="fatal", failure="server_error")
-            if outcome.text:  # a server that echoes the key must not get it into caches or traces
-                outcome.text = self._redact(outcome.text)
-            if outcome.served_model:
-                outcome.served_model = self._redact(outcome.served_model)
+            self._redact_outcome(outcome)
             self._account(outcome, usage)
             served = outcome.served_model or served
             last = outcome
             if outcome.error is not None:
-                last_error = self._redact(outcome.error)
+                last_error = outcome.error
                 failure = outcome.failure or "transport"
                 if not outcome.retryable or attempt == self.config.max_retries:
                     break
@@ -210,7 +212,7 @@ class LLMClient:
                                 **self._reply_facts(outcome, temperature, seed))
             with self._lock:
                 self._stats["invalid_replies"] += 1
-            last_error = self._redact(f"invalid reply: {problem}")
+            last_error = self.redact(f"invalid reply: {problem}")
             log.info("%s: attempt %d gave an invalid reply (%s)", self.config.model_id, attempts, last_error)
             if self.config.retry_temperature is not None and self.config.temperature is not None:
                 temperature = max(self.config.temperature, self.config.retry_temperature)
@@ -257,25 +259,25 @@ class LLMClient:
         return self._backend.body(call.request, self.config.temperature, self.config.seed, fmt)
 
     def accept(self, call: PreparedCall, http_status: int, body: bytes,
-               validate: Callable[[Any], str | None] | None = None) -> bool:
+               validate: Callable[[Any], str | None] | None = None) -> tuple[bool, float]:
         """Take a reply obtained outside `complete` (a Batch API result line) as if it were a live one:
         parse, account, check against the schema and `validate`, and cache it when valid. Returns
-        whether it was accepted; a rejected reply leaves the call to be sent live."""
+        whether it was accepted (a rejected reply leaves the call to be sent live) and the cost its
+        usage bills at list price, accepted or not."""
         if http_status >= 400 or not isinstance(self._backend, OpenAIBackend):
-            return False
+            return False, 0.0
         outcome = self._backend.parse(http_status, body)
-        if outcome.error is not None:
-            return False
-        if outcome.text:
-            outcome.text = self._redact(outcome.text)
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
+        if outcome.error is not None:
+            return False, 0.0
+        self._redact_outcome(outcome)
         self._account(outcome, usage)
         parsed, problem, _ = self._check(outcome.text, call.schema, validate)
         if problem is not None:
-            return False
+            return False, usage["cost"]
         self._cache.put(call.key, call.template, call.request, list(call.image_shas), outcome, parsed, usage,
                         outcome.served_model, 1, self.config.temperature, self.config.seed)
-        return True
+        return True, usage["cost"]
 
     def _cached_reply(self, key: str, schema: dict | None, validate, t0: float) -> LLMReply | None:
         rec = self._cache.get(key)
@@ -443,11 +445,16 @@ class LLMClient:
         self._warned_plain_http = True
         log.warning("sending the API key from %s over plain http to %s; use https", c.key_env, c.host)
 
-    def _redact(self, message: str) -> str:
-        secret = self.api_key()
-        if secret and len(secret) >= 4:
-            message = message.replace(secret, "***")
-        return message
+    def redact(self, message: str) -> str:
+        """`message` without this endpoint's key."""
+        return redact_secret(message, self.api_key())
+
+    def _redact_outcome(self, outcome: ModelOutcome) -> None:
+        """Every text a server sent back, redacted: a server that echoes the key must not get it into
+        caches, traces or verdict files."""
+        for name in ("text", "served_model", "refusal", "finish_reason", "error"):
+            if isinstance(getattr(outcome, name, None), str):
+                setattr(outcome, name, self.redact(getattr(outcome, name)))
 
 
 def make_client(config: LLMConfig, cache_dir: str | Path | None = None) -> LLMClient:
@@ -460,7 +467,8 @@ _FENCE = re.compile(r"^```[A-Za-z0-9_-]*[ \t]*\n(.*?)\n?```$", re.DOTALL)
 
 def parse_json_reply(text: str) -> Any:
     """Parse a JSON answer. Accepted: the JSON value alone, surrounded by whitespace, or as the whole
-    content of one markdown code fence. NaN / Infinity are rejected. Raises ValueError."""
+    content of one markdown code fence. NaN / Infinity and an object naming a key twice
+    (`{"score": 1, "score": 5}`: which one the judge meant is unknowable) are rejected. Raises ValueError."""
     body = text.strip()
     m = _FENCE.match(body)
     if m:
@@ -469,7 +477,14 @@ def parse_json_reply(text: str) -> Any:
     def _reject(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
 
-    return json.loads(body, parse_constant=_reject)
+    def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"the object names {', '.join(map(repr, twice))} more than once")
+        return dict(pairs)
+
+    return json.loads(body, parse_constant=_reject, object_pairs_hook=_unique)
 
 
 def _schema_name(schema: dict | None, default: str) -> str:

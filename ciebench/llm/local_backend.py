@@ -84,8 +84,22 @@ class LocalModel:
             out = self.model.generate(**inputs, **gen)
         new = out[0, n_in:]
         text = tokenizer.decode(new, skip_special_tokens=True)
+        # as an HTTP server reports it: a reply that ran into max_new_tokens without ending is cut off,
+        # and the judge must not score half a sentence as a whole one
+        ended = int(new.shape[0]) > 0 and int(new[-1]) in self._eos_ids(tokenizer)
+        finish = "length" if not ended and int(new.shape[0]) >= max_tokens else "stop"
         return ModelOutcome(text=text, usage={"prompt_tokens": n_in, "completion_tokens": int(new.shape[0])},
-                        served_model=self.served)
+                            served_model=self.served, finish_reason=finish)
+
+    def _eos_ids(self, tokenizer: Any) -> set[int]:
+        ids: set[int] = set()
+        for value in (getattr(self.model.generation_config, "eos_token_id", None),
+                      getattr(tokenizer, "eos_token_id", None)):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        return ids
 
 
 class TransformersBackend:

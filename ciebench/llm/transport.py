@@ -157,3 +157,20 @@ def _connection(parsed: urllib.parse.SplitResult, deadline_s: float
 
 def is_loopback(host: str | None) -> bool:
     return (host or "") in ("localhost", "127.0.0.1", "::1") or (host or "").startswith("127.")
+
+
+def redact_secret(message: str, secret: str | None) -> str:
+    """`message` with `secret` (an API key) replaced by ***, also its first 8 or more characters where
+    an excerpt cut it short ("sk-abc12..." or at the very end). Keys under 4 characters are left
+    alone: they would blank ordinary text."""
+    if not secret or len(secret) < 4:
+        return message
+    message = message.replace(secret, "***")
+    for n in range(len(secret) - 1, 7, -1):
+        head = secret[:n]
+        if head + "..." in message:
+            message = message.replace(head + "...", "***...")
+        if message.endswith(head):
+            message = message[:-n] + "***"
+    return message
+

@@ -3,8 +3,9 @@
 The model is the real `Qwen2_5_VLForConditionalGeneration` architecture at toy size, with a byte-level
 tokenizer, Qwen's special tokens and a small chat template of our own. Its output head is zeroed, so
 greedy decoding always emits token 0, whose text is ``ANSWER`` (``{"score":3}``): with
-``max_tokens=1`` the local back end's reply is exactly that JSON, with more tokens it repeats it
-(invalid JSON), which lets tests drive both the success and the validate-and-retry paths through the
+``max_tokens=1`` the local back end's reply is exactly that JSON, cut off at max_tokens (its
+finish_reason "length"), with more tokens it repeats it (invalid JSON); the `answer_ends` variant stops
+after it. That lets tests drive both the success and the validate-and-retry paths through the
 real `from_pretrained` / chat template / image processor / `generate` code. Building takes a few
 seconds on CPU.
 """
@@ -84,7 +85,21 @@ def _save(folder: Path) -> None:
     processor.save_pretrained(folder)
 
 
-def publish_tiny_qwen(repo_id: str = REPO_ID) -> str:
-    """Publish the tiny model under `repo_id` in the session's hub cache; returns the repo id."""
-    publish(repo_id, _save)
+def publish_tiny_qwen(repo_id: str = REPO_ID, answer_ends: bool = False) -> str:
+    """Publish the tiny model under `repo_id` in the session's hub cache; returns the repo id. With
+    `answer_ends`, its generation config makes ANSWER an end-of-sequence token too, so a reply is
+    ANSWER, finished (as a real model's "stop"), instead of running into max_tokens ("length")."""
+    if answer_ends:
+        publish(repo_id, _save_answer_ends)
+    else:
+        publish(repo_id, _save)
     return repo_id
+
+
+def _save_answer_ends(folder: Path) -> None:
+    from transformers import GenerationConfig
+
+    _save(folder)
+    config = GenerationConfig.from_pretrained(folder)
+    config.eos_token_id = [0, config.eos_token_id] if isinstance(config.eos_token_id, int) else [0]
+    config.save_pretrained(folder)
