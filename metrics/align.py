@@ -88,6 +88,13 @@ def align(source: Image.Image, prediction: Image.Image, mask: Image.Image | None
     return Aligned(np.array(src, dtype=np.uint8), np.array(pred, dtype=np.uint8), np.array(m_arr, dtype=np.uint8))
 
 
+def no_background(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the mask (B, ...) in [0, 1] covers the whole image, so no unchanged region is left.
+    The background metrics are undefined there: the parity formula would compare two all-zero images
+    and report a perfect score (PSNR inf, MSE 0) for any editor."""
+    return mask.flatten(1).ge(1).all(dim=1)
+
+
 def mask_box(mask: np.ndarray, inclusive: bool) -> tuple[int, int, int, int] | None:
     """PIL box (left, top, right, bottom) around the nonzero mask pixels, or None if there are none.
 

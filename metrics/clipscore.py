@@ -155,15 +155,18 @@ def _as_uint8_hwc(images: Tensor) -> np.ndarray:
     return images.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def clip_score(images: Tensor, masks: Tensor, texts: Sequence[str | Sequence[str]], model: RegionCLIP,
+def clip_score(images: Tensor, masks: Tensor, texts: str | Sequence[str | Sequence[str]], model: RegionCLIP,
                crop: str = "pil_exclusive", scale: float = 100.0, clamp: bool = True) -> Tensor:
     """Per-image region CLIP score (B,), float64.
 
     `images` (B, 3, H, W) uint8 (or float in [0, 1], rounded to uint8) already aligned by the
     protocol; `masks` (B, 1, H, W) or (B, H, W), nonzero = edit region; `texts` one string or a list
-    of strings per image."""
+    of strings per image. A bare string is the text of one image, as torchmetrics' CLIPScore takes it
+    (iterated, it would give each image one of its characters)."""
     if crop not in ("pil_exclusive", "inclusive"):
         raise ValueError(f"unknown CLIP crop {crop!r}")
+    if isinstance(texts, str):
+        texts = [texts]
     arrays = _as_uint8_hwc(images)
     m = masks[:, 0] if masks.ndim == 4 else masks
     m = m.cpu().numpy()

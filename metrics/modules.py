@@ -3,7 +3,8 @@
 Every class takes images already aligned by the protocol (see `metrics.align.align`), as float
 tensors in [0, 1] (B, 3, H, W) plus the mask (B, 1, H, W) in [0, 1], 1 = edit region. `compute`
 returns the mean over images of the per-image values, as the published scripts average their
-per-image calls; undefined (NaN) images are left out and counted in the `undefined` state.
+per-image calls; undefined (NaN) images are left out and counted in the `undefined` state (so is,
+for the background metrics, an image whose mask covers all of it, as in `RegionScorer`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from . import catalogue
+from .align import no_background
 from .clipscore import RegionCLIP, clip_score
 from .locality import edit_locality
 from .perceptual import SqueezeLPIPS, background_lpips
@@ -47,33 +49,45 @@ class _PerImageMean(Metric):
         return self.total / self.count
 
 
-class BackgroundPSNR(_PerImageMean):
+class _BackgroundMean(_PerImageMean):
+    """A metric of the unchanged region: an image whose mask covers all of it has none, and is
+    undefined (as in `RegionScorer`), not the parity formula's perfect score."""
+
+    def _accumulate_background(self, values: Tensor, mask: Tensor | None) -> None:
+        if mask is not None:
+            values = values.to(torch.float64).masked_fill(no_background(mask).to(values.device), math.nan)
+        self._accumulate(values)
+
+
+class BackgroundPSNR(_BackgroundMean):
     """Mean per-image background PSNR (dB); +inf when an image's background is unchanged."""
 
     higher_is_better = catalogue.CATALOGUE["psnr"].higher_is_better
 
     def update(self, preds: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         p = self.protocol
-        self._accumulate(background_psnr(preds, target, mask, p.weighting, p.data_range, p.arithmetic))
+        self._accumulate_background(background_psnr(preds, target, mask, p.weighting, p.data_range, p.arithmetic), mask)
 
 
-class BackgroundMSE(_PerImageMean):
+class BackgroundMSE(_BackgroundMean):
     higher_is_better = catalogue.CATALOGUE["mse"].higher_is_better
 
     def update(self, preds: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
-        self._accumulate(background_mse(preds, target, mask, self.protocol.weighting, self.protocol.arithmetic))
+        self._accumulate_background(background_mse(preds, target, mask, self.protocol.weighting,
+                                                   self.protocol.arithmetic), mask)
 
 
-class BackgroundSSIM(_PerImageMean):
+class BackgroundSSIM(_BackgroundMean):
     higher_is_better = catalogue.CATALOGUE["ssim"].higher_is_better
 
     def update(self, preds: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         p = self.protocol
-        self._accumulate(background_ssim(preds, target, mask, p.weighting, p.ssim_border, p.data_range, p.ssim_sigma,
-                                         p.ssim_kernel_size, p.ssim_k1, p.ssim_k2, p.arithmetic))
+        self._accumulate_background(background_ssim(preds, target, mask, p.weighting, p.ssim_border, p.data_range,
+                                                    p.ssim_sigma, p.ssim_kernel_size, p.ssim_k1, p.ssim_k2,
+                                                    p.arithmetic), mask)
 
 
-class BackgroundLPIPS(_PerImageMean):
+class BackgroundLPIPS(_BackgroundMean):
     """Pass `net` to share one loaded network between metric instances."""
 
     higher_is_better = catalogue.CATALOGUE["lpips"].higher_is_better
@@ -83,7 +97,7 @@ class BackgroundLPIPS(_PerImageMean):
         self.net = net or SqueezeLPIPS.pretrained(self.protocol.lpips_version, self.protocol.lpips_norm_eps)
 
     def update(self, preds: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
-        self._accumulate(background_lpips(preds, target, mask, self.net, self.protocol.weighting))
+        self._accumulate_background(background_lpips(preds, target, mask, self.net, self.protocol.weighting), mask)
 
 
 class RegionCLIPScore(_PerImageMean):
@@ -99,7 +113,7 @@ class RegionCLIPScore(_PerImageMean):
         self.clip = clip or RegionCLIP(p.clip_model, image_backend=p.clip_image_backend, max_tokens=p.clip_max_tokens)
         self.clip_model = self.clip.model  # registered, so .to(device) moves the network
 
-    def update(self, images: Tensor, mask: Tensor, texts: Sequence[str | Sequence[str]]) -> None:
+    def update(self, images: Tensor, mask: Tensor, texts: str | Sequence[str | Sequence[str]]) -> None:
         p = self.protocol
         self._accumulate(clip_score(images, mask, texts, self.clip, p.clip_crop, p.clip_scale, clamp=False))
 

@@ -33,7 +33,7 @@ from ciebench.errors import did_you_mean
 from ciebench.isolate import run_isolated
 
 from . import catalogue
-from .align import align
+from .align import align, no_background
 from .clipscore import CLIPPreprocessor, RegionCLIP, clip_texts, region_crop
 from .locality import edit_locality
 from .perceptual import TRUNK_FILE, SqueezeLPIPS, background_lpips, lpips_heads_path
@@ -342,10 +342,8 @@ class RegionScorer:
         for p, row, errs in zip(batch, rows, errors):
             if errs:
                 row["error"] = "; ".join(errs)
-            if self._preservation and p.mask is not None and bool((p.mask >= 1).all()):
-                # The parity formula would compare two all-zero images and report a perfect score
-                # (PSNR inf, MSE 0) for any editor; with no background the metrics are undefined,
-                # also when another metric of the sample failed.
+            if self._preservation and p.mask is not None and bool(no_background(p.mask[None])):
+                # undefined, also when another metric of the sample failed
                 row.update(dict.fromkeys(self._preservation, math.nan), note=NO_BACKGROUND)
             out.append((p.sample_id, row))
         return out

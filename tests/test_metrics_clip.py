@@ -76,6 +76,15 @@ def test_float_images_are_the_same_as_uint8(models):
     torch.testing.assert_close(a, b)
 
 
+def test_a_bare_string_is_one_images_text_never_its_characters(models):
+    clip, _ = models
+    images, masks = _batch(1)
+    one = clip_score(images[:1], masks[:1], "lamp", clip, clamp=False)
+    torch.testing.assert_close(one, clip_score(images[:1], masks[:1], ["lamp"], clip, clamp=False))
+    with pytest.raises(ValueError, match="4 images but 1 text"):  # as torchmetrics' CLIPScore: no silent spread
+        clip_score(images, masks, "lamp", clip)
+
+
 def test_exclusive_crop_drops_the_last_row_and_column():
     mask = np.zeros((20, 30), dtype=np.uint8)
     mask[3:8, 4:11] = 255  # rows 3..7, columns 4..10

@@ -81,6 +81,14 @@ def test_metric_class_shares_the_network(net):
     torch.testing.assert_close(metric.compute(), background_lpips(preds, target, mask, net).mean(), atol=1e-7, rtol=1e-6)
 
 
+def test_metric_class_leaves_out_an_image_with_no_background(net):
+    preds, target, mask = _images(5, b=3)
+    mask[0] = 1.0  # covers the whole image: the parity formula would say LPIPS 0 for unrelated images
+    metric = BackgroundLPIPS("cielr", net=net)
+    metric.update(torch.rand_like(preds), target, mask)
+    assert metric.undefined == 1 and metric.count == 2
+
+
 def test_missing_trunk_says_where_it_is_expected(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     import torch.hub

@@ -158,6 +158,24 @@ def test_metric_classes_average_per_image_values_and_skip_undefined():
     assert math.isinf(same.compute().item())
 
 
+def test_a_mask_covering_the_whole_image_is_undefined_in_the_metric_classes_too():
+    # Under the parity presets a full mask zeroes both images, so the formula alone says "identical"
+    # (PSNR inf, MSE 0, SSIM 1) for unrelated images; the classes leave such an image out, as the scorer does.
+    preds, target, mask = _pair(10, b=3)
+    unrelated = torch.rand_like(preds)
+    full = mask.clone()
+    full[1] = 1.0
+    kept = torch.tensor([0, 2])
+    for cls in (BackgroundPSNR, BackgroundMSE, BackgroundSSIM):
+        for protocol in ("cielr", "smartedit", "exact"):
+            metric, without = cls(protocol), cls(protocol)
+            metric.update(unrelated, target, full)
+            without.update(unrelated[kept], target[kept], full[kept])
+            assert metric.undefined == 1 and metric.count == 2, (cls.__name__, protocol)
+            assert math.isfinite(metric.compute().item())
+            torch.testing.assert_close(metric.compute(), without.compute())
+
+
 def test_metrics_follow_the_device_of_their_inputs():
     preds, target, mask = _pair(9)
     metric = BackgroundSSIM("cielr").to("cpu")
