@@ -197,6 +197,27 @@ def test_a_torn_row_is_skipped_and_the_case_redone(tmp_path, unired):
     assert rows_of(out)["real_world_a/1"] == json.loads(torn)
 
 
+def test_an_added_or_replaced_prediction_is_measured_again(tmp_path, unired):
+    """A region row is final for the output it was made from: a prediction added since its `missing`
+    row, or replaced since its `ok` row, is measured again on the next run; the others are resumed."""
+    from PIL import Image
+
+    out = tmp_path / "again"
+    with serve_llm() as server:
+        server.on(then=respond(lambda req: "**Final Score**: 5"))
+        assert score(tmp_path, server, out).exit_code == 0
+        assert rows_of(out)["game_world_b/2"]["status"] == "missing" and rows_of(out)["real_world_a/1"]["mse"] > 0
+        for key in (("game_world_b", "2"), ("real_world_a", "1")):  # each now the source itself
+            Image.fromarray(unired[key].source).save(tmp_path / "outputs" / key[0] / f"{key[1]}.png")
+        result = score(tmp_path, server, out)
+        assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["run"]["region_metrics"] == {"resumed": 3, "ok": 2}
+    rows = rows_of(out)
+    # an output identical to its source changed nothing outside (or inside) the region
+    assert rows["game_world_b/2"]["status"] == "ok" and rows["game_world_b/2"]["mse"] == 0
+    assert rows["real_world_a/1"]["status"] == "ok" and rows["real_world_a/1"]["mse"] == 0
+
+
 def test_evaluate_scores_the_run_images(tmp_path, unired):
     # the identity editor returns the source: nothing outside (or inside) the region changed
     out = tmp_path / "run"

@@ -16,6 +16,7 @@ from ciebench.benchmarks import get_benchmark
 from ciebench.benchmarks import prompts as prompt_module
 from ciebench.benchmarks.rise import RiseBench
 from ciebench.cli import app
+from ciebench.editor import EditResult
 from ciebench.registry import RegistryError
 from tests.support.fixtures_benchmarks import (PLUS_PROMPT_NAMES, V1_PROMPT_NAMES, ScriptedJudge, StampEditor, make_rise_plus, make_rise_v1, write_prompt_file)
 from tests.support.llm_server import respond, serve_llm
@@ -198,6 +199,103 @@ def test_risebench_score_predictions_missing_output_and_verdicts(tmp_path, v1_pr
     # each run's summary accounts for its time per stage, as a dataset run's does
     assert set(summary["timing"]["stages"]) == {"index", "load", "judge", "summary"}
     assert set(json.loads((again / "summary.json").read_text())["timing"]["stages"]) == {"read", "summary"}
+
+
+class FlakyEditor(StampEditor):
+    """Fails one case while `failing` names it (a transient error, e.g. out of GPU memory)."""
+
+    name = "flaky"
+    failing: str | None = None
+
+    def edit(self, requests):
+        return [EditResult.failure("CUDA out of memory") if r.sample_id == FlakyEditor.failing else out
+                for r, out in zip(requests, super().edit(requests))]
+
+
+def _verdict_lines(out, case_id):
+    return [json.loads(x) for x in (out / "verdicts.jsonl").read_text().splitlines() if f'"{case_id}"' in x]
+
+
+def test_retry_failed_judges_the_regenerated_output(tmp_path, v1_prompts, monkeypatch):
+    """A failed edit is scored `missing` (the minimum); once --retry-failed regenerates it, its verdict is
+    made for the new image: the official table equals that of a run whose edit never failed."""
+    root = tmp_path / "rise"
+    items, colours = make_rise_v1(root)
+    judge = ScriptedJudge(V1_RAW, colours)
+    out = tmp_path / "run"
+    monkeypatch.setattr(FlakyEditor, "failing", "spatial_reasoning_2")
+    with serve_llm() as server:
+        server.on(then=respond(judge))
+        args = ["evaluate", "--benchmark", "risebench", "--benchmark-root", str(root), "--editor",
+                "tests.test_benchmarks_rise:FlakyEditor", "--out", str(out), "--judge", str(judge_file(tmp_path, server))]
+        assert runner.invoke(app, args).exit_code == 0
+        first = json.loads((out / "summary.json").read_text())
+        assert first["ours"]["status_counts"] == {"missing": 1, "ok": 7}
+        assert row(first["official"], "Overall")["Score-Origin"] == pytest.approx(
+            v1_expected(items, missing={"spatial_reasoning_2"})["Overall"][0])
+        monkeypatch.setattr(FlakyEditor, "failing", None)
+        judge.seen.clear()
+        result = runner.invoke(app, [*args, "--retry-failed"])
+        assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert {c for c, *_ in judge.seen} == {"spatial_reasoning_2"}  # only the regenerated case is judged
+    assert summary["run"]["judging"] == {"resumed": 7, "ok": 1}
+    assert summary["ours"]["status_counts"] == {"ok": 8}
+    expected = v1_expected(items)  # as if the edit had never failed
+    assert summary["headline"]["value"] == pytest.approx(expected["Overall"][1])
+    for label, (score, acc) in expected.items():
+        r = row(summary["official"], label)
+        assert (r["Score-Origin"], r["Accuracy"]) == pytest.approx((score, acc)), label
+    image = out / "images" / "spatial_reasoning" / "spatial_reasoning_2.png"
+    lines = _verdict_lines(out, "spatial_reasoning_2")
+    assert [(v["status"], v["image_sha256"]) for v in lines] == [
+        ("missing", None), ("ok", hashlib.sha256(image.read_bytes()).hexdigest())]
+
+
+def test_rescoring_judges_an_added_or_replaced_prediction(tmp_path, v1_prompts):
+    """`score --predictions` again into the same --out: a prediction added since (its verdict was
+    `missing`) and one replaced by another image (its `ok` verdict was made for the old file) are judged
+    again; unchanged ones are not."""
+    root = tmp_path / "rise"
+    items, colours = make_rise_v1(root)
+    model = tmp_path / "outputs" / "model-x"
+    source = {it["index"]: root / it["image"] for it in items}
+
+    def put(case_id, from_case):
+        it = next(i for i in items if i["index"] == case_id)
+        dest = model / "images" / it["category"] / f"{case_id}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(source[from_case]).convert("RGB").save(dest)
+
+    for it in items:
+        if it["index"] != "logical_reasoning_3":
+            put(it["index"], it["index"])
+    judge = ScriptedJudge(V1_RAW, colours)
+    out = tmp_path / "scored"
+    with serve_llm() as server:
+        server.on(then=respond(judge))
+        args = ["score", "--benchmark", "risebench", "--benchmark-root", str(root), "--predictions", str(model),
+                "--out", str(out), "--judge", str(judge_file(tmp_path, server))]
+        assert runner.invoke(app, args).exit_code == 0
+        put("logical_reasoning_3", "logical_reasoning_3")  # the missing output, added
+        put("spatial_reasoning_2", "causal_reasoning_1")    # another image: the judge answers causal_reasoning_1's scores
+        judge.seen.clear()
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert sorted(c for c, *_ in judge.seen) == sorted(["logical_reasoning_3"] * 2 + ["causal_reasoning_1"] * 3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run"]["judging"] == {"resumed": 6, "ok": 2} and summary["ours"]["status_counts"] == {"ok": 8}
+    cases = []
+    for it in items:
+        logical = it["category"] == "logical_reasoning"
+        label = {"temporal_reasoning": "Temporal", "causal_reasoning": "Causal", "spatial_reasoning": "Spatial",
+                 "logical_reasoning": "Logical"}[it["category"]]
+        raw = V1_RAW["causal_reasoning_1" if it["index"] == "spatial_reasoning_2" else it["index"]]
+        cases.append((it["index"], label, raw, logical, it.get("consistency_free") is True))
+    expected = ref_summary(cases)
+    for label, (score, acc) in expected.items():
+        r = row(summary["official"], label)
+        assert (r["Score-Origin"], r["Accuracy"]) == pytest.approx((score, acc)), label
 
 
 def test_risebench_official_judge_table_reaggregation(tmp_path):

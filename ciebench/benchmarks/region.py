@@ -5,8 +5,9 @@ a case has a ground-truth image (UniREditBench's `reference_image_path`, KRIS-Be
 region that must change is derived from source vs ground truth by `GroundTruthRule`, and the region
 scorer (`ciebench.metrics.region.RegionScorer`, the one the dataset pipeline uses) computes PSNR / MSE
 / SSIM / LPIPS of the output against the source on the rest of the image, and edit locality against
-that region. Rows stream to `region_metrics.jsonl` (appended, flushed; a rerun skips cases already
-final), their means go to the summary under `ours.region`, never into the official table or headline.
+that region. Rows stream to `region_metrics.jsonl` (appended, flushed; a rerun skips a case whose
+final row was made for the output now on disk, as verdicts do), their means go to the summary under
+`ours.region`, never into the official table or headline.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ciebench.errors import DataError, OutputConflict, UsageError
-from ciebench.io import atomic_write_json, json_text, stable_hash
+from ciebench.io import atomic_write_json, json_text, sha256_file, stable_hash
 from ciebench.metrics.timing import StageTimer
 from ciebench.stats import from_json_number
 from ciebench.status import Status
@@ -39,7 +40,8 @@ IDENTITY_FILE = "region_metrics.json"
 # CLIP needs a text naming the region, which the benchmarks do not carry.
 DEFAULT_METRICS = ("psnr", "mse", "ssim", "locality")
 ALLOWED_METRICS = ("psnr", "mse", "ssim", "lpips", "locality")
-FINAL = (Status.OK, Status.NOT_APPLICABLE, Status.MISSING)  # an error is retried on the next run
+# Final for the output a row was made for (its `image_sha256`, as verdicts); an error is retried next run.
+FINAL = (Status.OK, Status.NOT_APPLICABLE, Status.MISSING)
 
 
 @dataclass(frozen=True)
@@ -160,12 +162,6 @@ def check_identity(out: Path, options: RegionOptions) -> None:
     atomic_write_json(path, identity)
 
 
-def _final_keys(path: Path) -> set[str]:
-    from .run import iter_verdicts
-
-    return {f"{r['output_folder']}/{r['id']}" for r in iter_verdicts(path) if r.get("status") in FINAL}
-
-
 def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, out: Path, options: RegionOptions,
                  *, progress: bool = True, total: int | None = None, timer: StageTimer | None = None) -> dict[str, int]:
     """Append one region row per case not yet final to out/region_metrics.jsonl; streaming (the scorer
@@ -174,15 +170,15 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
     from ciebench.images import open_image_file, to_rgb8
     from ciebench.metrics.region import RegionScorer, ScoreItem
 
-    from .run import _ends_with_newline, predictions_root
+    from .run import UNRECORDED, _ends_with_newline, final_outputs, predictions_root
 
     timer = timer if timer is not None else StageTimer()
 
     images = predictions_root(predictions)
     path = out / ROWS_FILE
-    final = _final_keys(path)
+    final = final_outputs(path, FINAL)
     counts: dict[str, int] = {"resumed": 0}
-    pending: dict[str, tuple[Case, float]] = {}  # scorer input id -> case; bounded by the scorer's look-ahead
+    pending: dict[str, tuple[Case, float, str]] = {}  # scorer input id -> case; bounded by the scorer's look-ahead
     serial = itertools.count()
     lock = threading.Lock()  # rows are written by the feeder thread (not applicable) and this one (scored)
     bar = tqdm(total=total, desc=f"region metrics {benchmark.name}", unit="case", disable=not progress)
@@ -191,9 +187,10 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
         if path.stat().st_size and not _ends_with_newline(path):
             sink.write("\n")  # a line torn by a kill stays a lone unreadable line; it is skipped on reading
 
-        def write(case: Case, status: str, values: dict[str, Any], reason: str | None = None) -> None:
+        def write(case: Case, status: str, values: dict[str, Any], reason: str | None = None,
+                  digest: str | None = None) -> None:
             row = {"id": case.id, "category": case.category, "output_folder": case.output_folder,
-                   "status": str(status), "reason": reason, **values}
+                   "status": str(status), "reason": reason, "image_sha256": digest, **values}
             with lock:
                 counts[str(status)] = counts.get(str(status), 0) + 1
                 sink.write(json_text(row, indent=None) + "\n")  # PSNR +inf (identical) as "inf", the one codec
@@ -204,20 +201,25 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
         def items() -> Iterator[ScoreItem]:
             for case in cases:
                 key = f"{case.output_folder}/{case.id}"
-                if key in final:
+                truth = case.ground_truth_image
+                if truth is None:
+                    not_applicable = "the case has no ground-truth image or mask"
+                elif len(case.images) > 1:
+                    not_applicable = (f"the case has several input images ({len(case.images)}): no single source "
+                                      "whose unchanged region could be compared")
+                else:
+                    not_applicable = None
+                # a case not applicable as such does not depend on its output: its row names none
+                output = None if not_applicable else find_output(images / case.output_folder, case.id)
+                digest = sha256_file(output) if output is not None else None
+                if final.get(key, UNRECORDED) == digest:
                     with lock:
                         counts["resumed"] += 1
                         bar.update(1)
                     continue
-                truth = case.ground_truth_image
-                if truth is None:
-                    write(case, Status.NOT_APPLICABLE, {}, "the case has no ground-truth image or mask")
+                if not_applicable:
+                    write(case, Status.NOT_APPLICABLE, {}, not_applicable)
                     continue
-                if len(case.images) > 1:
-                    write(case, Status.NOT_APPLICABLE, {}, f"the case has several input images ({len(case.images)}): "
-                                                            "no single source whose unchanged region could be compared")
-                    continue
-                output = find_output(images / case.output_folder, case.id)
                 if output is None:
                     write(case, Status.MISSING, {}, f"no output {key}.(png|jpg|jpeg) in {images}")
                     continue
@@ -227,15 +229,15 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
                         mask = change_mask(source, open_image_file(truth), options.rule)
                         prediction = open_image_file(output)
                 except NotApplicable as exc:
-                    write(case, Status.NOT_APPLICABLE, {}, str(exc))
+                    write(case, Status.NOT_APPLICABLE, {}, str(exc), digest)
                     continue
                 except (OSError, ValueError, DataError) as exc:  # unreadable input, truth or output: this case only
-                    write(case, Status.METRIC_ERROR, {}, f"case {case.id}: {exc}")
+                    write(case, Status.METRIC_ERROR, {}, f"case {case.id}: {exc}", digest)
                     continue
                 fraction = float(np.count_nonzero(np.asarray(mask))) / (mask.size[0] * mask.size[1])
                 sid = f"{next(serial)}:{key}"  # unique even if an annotation repeats a key
                 with lock:
-                    pending[sid] = (case, fraction)
+                    pending[sid] = (case, fraction, digest)
                 yield ScoreItem(sample_id=sid, source=source, mask=mask, prediction=prediction)
 
         scorer = RegionScorer(options.protocol, metrics=options.metrics, device=options.device,
@@ -243,14 +245,14 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
         try:
             for key, values in scorer.score(items()):
                 with lock:
-                    case, fraction = pending.pop(key)
+                    case, fraction, digest = pending.pop(key)
                 values = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
                 error, note = values.pop("error", None), values.pop("note", None)
                 values["region_fraction"] = fraction
                 if error:
-                    write(case, Status.METRIC_ERROR, values, error)
+                    write(case, Status.METRIC_ERROR, values, error, digest)
                 else:
-                    write(case, Status.OK, values, note)
+                    write(case, Status.OK, values, note, digest)
         finally:
             bar.close()
     return counts

@@ -3,7 +3,8 @@
 Run directory (also a valid `--predictions` folder, since outputs use the official layout):
 `spec.json`, `images/<CATEGORY>/<INDEX>.png` (final outputs), `turns/<CATEGORY>/<INDEX>/turn_<k>.png`
 (every turn of a multi-turn case), `records/<CATEGORY>/<INDEX>.json` (done-marker, written last),
-`verdicts.jsonl` (one judged case per line, appended and flushed; resume skips cases already there),
+`verdicts.jsonl` (one judged case per line, appended and flushed; each names the sha256 of the output it
+judged, and resume skips a case whose final verdict was made for the output now on disk),
 `summary.json` and `official_scores.csv` (the official table under its official names).
 """
 from __future__ import annotations
@@ -39,7 +40,9 @@ from .base import Benchmark, Case, find_output
 if TYPE_CHECKING:  # the runner loads the scoring stack: imported when generation runs
     from ciebench.runner import RunStats
 
-DONE_STATUSES = (Status.OK, Status.MISSING, Status.UNSUPPORTED)  # a verdict with one of these is final; judge errors are retried
+# A verdict with one of these is final for the output it was made for (its `image_sha256`; None: no
+# output); judge errors are retried. An output regenerated (--retry-failed) or added later is judged again.
+DONE_STATUSES = (Status.OK, Status.MISSING, Status.UNSUPPORTED)
 
 
 def record_path(out: Path, case: Case) -> Path:
@@ -180,7 +183,7 @@ def judge_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, 
     cases without an output can be scored; others are judge errors)."""
     images = predictions_root(predictions)
     verdicts = out / "verdicts.jsonl"
-    final = _final_ids(verdicts)
+    final = final_outputs(verdicts, DONE_STATUSES)
     counts: dict[str, int] = {"resumed": 0}
     bar = tqdm(total=total, desc=f"judging {benchmark.name}", unit="case", disable=not progress)
     with open(verdicts, "a", encoding="utf-8") as sink:
@@ -188,11 +191,15 @@ def judge_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, 
             sink.write("\n")  # a line torn by a kill stays a lone unreadable line; it is skipped on reading
         for case in cases:
             bar.update(1)
-            key = f"{case.output_folder}/{case.id}"
-            if key in final:
+            unsupported = _unsupported(records, case)
+            # the editor could not take the case: whatever file lies there is not its output
+            output = None if unsupported is not None else find_output(images / case.output_folder, case.id)
+            digest = sha256_file(output) if output is not None else None
+            if final.get(f"{case.output_folder}/{case.id}", UNRECORDED) == digest:
                 counts["resumed"] += 1
                 continue
-            row = _verdict(benchmark, case, images, judge, records)
+            row = _verdict(benchmark, case, images, output, judge, unsupported)
+            row["image_sha256"] = digest
             counts[row["status"]] = counts.get(row["status"], 0) + 1
             sink.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
             sink.flush()
@@ -207,15 +214,22 @@ def _ends_with_newline(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
-def _verdict(benchmark: Benchmark, case: Case, images: Path, judge: Any, records: Path | None) -> dict[str, Any]:
-    if records is not None:
-        try:
-            record = json.loads(record_path(records, case).read_text())
-        except (OSError, json.JSONDecodeError):
-            record = {}
-        if record.get("status") == Status.UNSUPPORTED:
-            return benchmark.verdict_row(case, Status.UNSUPPORTED, benchmark.missing_verdict(case), error=record.get("error"))
-    output = find_output(images / case.output_folder, case.id)
+def _unsupported(records: Path | None, case: Case) -> dict[str, Any] | None:
+    """The run record of a case the editor could not take (None: it could, or no run records)."""
+    if records is None:
+        return None
+    try:
+        record = json.loads(record_path(records, case).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("status") == Status.UNSUPPORTED else None
+
+
+def _verdict(benchmark: Benchmark, case: Case, images: Path, output: Path | None, judge: Any,
+             unsupported: dict[str, Any] | None) -> dict[str, Any]:
+    if unsupported is not None:
+        return benchmark.verdict_row(case, Status.UNSUPPORTED, benchmark.missing_verdict(case),
+                                     error=unsupported.get("error"))
     if output is None:
         return benchmark.verdict_row(case, Status.MISSING, benchmark.missing_verdict(case),
                                      error=f"no output {case.output_folder}/{case.id}.(png|jpg|jpeg) in {images}")
@@ -230,12 +244,24 @@ def _verdict(benchmark: Benchmark, case: Case, images: Path, judge: Any, records
                                  error="; ".join(judged.errors.values()) or None)
 
 
-def _final_ids(verdicts: Path) -> set[str]:
-    done: set[str] = set()
-    for row in iter_verdicts(verdicts):
-        if row.get("status") in DONE_STATUSES:
-            done.add(f"{row['output_folder']}/{row['id']}")
-    return done
+# Stands for the output of a row that names none (written before rows recorded it): never equal to a
+# digest or None, so such a case is done again (an unchanged image is then answered by the judge cache).
+UNRECORDED = object()
+
+
+def final_outputs(path: Path, statuses: Iterable[str]) -> dict[str, Any]:
+    """{case key: sha256 of the output its last row was made for (None: made without one)} for each case
+    whose last row has one of `statuses`. A row is final only for that output: a caller redoes a case
+    whose output on disk now differs (regenerated by --retry-failed, or added after a missing verdict)."""
+    statuses = set(statuses)
+    final: dict[str, Any] = {}
+    for row in iter_verdicts(path):
+        key = f"{row['output_folder']}/{row['id']}"
+        if row.get("status") in statuses:
+            final[key] = row.get("image_sha256", UNRECORDED)
+        else:
+            final.pop(key, None)
+    return final
 
 
 def iter_verdicts(path: Path) -> Iterator[dict[str, Any]]:
