@@ -18,6 +18,11 @@ images and 8-bit L masks (255 = edit here). Deeper sources are *scaled*, never c
   anything else (negative, > 255, NaN, inf) has no knowable range and is refused;
 - alpha is dropped, not composited; palettes are expanded; grey is replicated into three channels.
 
+Editor outputs (`check_image`): the one check every run applies to what an editor returns (a dataset
+run's samples, a benchmark run's final and intermediate turn images): a PIL image or an HxWx3(4)
+array, uint8 or float in [0, 1]. Values outside the range are the output's status (`out_of_range`),
+NaN/inf, other shapes or dtypes `invalid`: never clipped, zeroed or wrapped around.
+
 The mask rule: a mask is converted with the same scaling to one grey channel (alpha dropped, colour
 by ITU-R 601 luma as Pillow's "L"), 255 = edit region, intermediate values are soft weights. A mask
 whose values are only 0 and 1 (with some 1s) is a 0/1 label map saved as an image: it is rescaled to
@@ -29,11 +34,13 @@ import io
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import DataError
+from .status import Status
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
 ORIENTATION_TAG = 0x0112  # EXIF Orientation
@@ -173,3 +180,49 @@ def to_mask8(mask: Image.Image) -> Image.Image:
 def mask_is_label_map(mask: Image.Image) -> bool:
     """Whether `to_mask8` rescales this mask as a 0/1 label map (validation warns about it)."""
     return _mask_levels(mask)[1]
+
+
+FLOAT_TOLERANCE = 1e-6  # float pixels this far outside [0, 1] are rounding, not an out-of-range output
+
+
+def check_image(value: Any, size: tuple[int, int] | None = None) -> tuple[Image.Image | None, Status | None, str | None]:
+    """(image, status, problem) for an editor's output: values outside the valid range are reported
+    (Status.OUT_OF_RANGE), never clipped or wrapped around; anything else unusable (no image, NaN/inf, a
+    shape or dtype that is no RGB image, an object numpy or PIL cannot read, another size than `size`
+    where one is required) is Status.INVALID. `size` None: any size (benchmarks take any output size)."""
+    try:
+        return _check_image(value, size)
+    except Exception as exc:  # noqa: BLE001 - an output numpy/PIL cannot read fails its sample only
+        return None, Status.INVALID, f"editor returned an unreadable image ({type(exc).__name__}: {exc})"
+
+
+def _check_image(value: Any, size: tuple[int, int] | None) -> tuple[Image.Image | None, Status | None, str | None]:
+    if value is None:
+        return None, Status.INVALID, "editor returned no image"
+    if not isinstance(value, Image.Image):
+        array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
+        if array.ndim != 3 or array.shape[2] not in (3, 4):
+            return None, Status.INVALID, f"editor returned an array of shape {array.shape}, expected HxWx3"
+        if array.dtype.kind == "f":
+            if not np.isfinite(array).all():
+                return None, Status.INVALID, "editor returned an image with NaN or inf values"
+            low, high = float(array.min()), float(array.max())
+            if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+                return None, Status.OUT_OF_RANGE, (f"editor returned float pixels in [{low:.4g}, {high:.4g}]; "
+                                                   "float images must lie in [0, 1] (nothing was clipped)")
+            array = np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+        elif array.dtype.kind in "iu":
+            low, high = int(array.min()), int(array.max())
+            if low < 0 or high > 255:
+                return None, Status.OUT_OF_RANGE, (f"editor returned integer pixels in [{low}, {high}]; integer "
+                                                   "images must lie in [0, 255] (nothing was wrapped around)")
+            array = array.astype(np.uint8)
+        elif array.dtype.kind == "b":
+            return None, Status.INVALID, "editor returned a boolean array, expected an RGB image"
+        else:
+            return None, Status.INVALID, f"editor returned an array of dtype {array.dtype}, expected uint8 or float"
+        value = Image.fromarray(array[..., :3])
+    if size is not None and value.size != size:
+        return None, Status.INVALID, (f"editor returned {value.size[0]}x{value.size[1]}, "
+                                      f"the source is {size[0]}x{size[1]}")
+    return value.convert("RGB"), None, None

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ciebench.datasets import LoadedDataset
@@ -34,6 +32,7 @@ from . import __version__, outdir
 from .backend import Backend, LocalBackend
 from .editor import Editor, EditRequest, EditResult
 from .errors import DataError, OutputConflict, UsageError
+from .images import check_image
 from .io import atomic_write_bytes, atomic_write_json, json_safe, json_text, png_bytes, sha256_bytes, sha256_file
 from .isolate import run_isolated
 from .results import file_stem
@@ -397,10 +396,7 @@ def prepare_result(sample_id: str, seed: int, size: tuple[int, int], result: Edi
                               "error": result.error, "image_sha256": None}
     png = None
     if result.status == Status.OK:
-        try:
-            image, status, problem = check_image(result.image, size)
-        except Exception as exc:  # noqa: BLE001 - an output numpy/PIL cannot read fails this sample only
-            image, status, problem = None, Status.INVALID, f"editor returned an unreadable image ({type(exc).__name__}: {exc})"
+        image, status, problem = check_image(result.image, size)
         if problem:
             record.update(status=status, error=problem)
         else:
@@ -475,50 +471,6 @@ def _record_failure(out: Path, prepared: PreparedResult, exc: BaseException) -> 
                   error=f"the result could not be recorded ({type(exc).__name__}: {exc})")
     atomic_write_json(out / "records" / f"{prepared.stem}.json", record)
     return False
-
-
-FLOAT_TOLERANCE = 1e-6  # float pixels this far outside [0, 1] are rounding, not an out-of-range output
-
-
-def to_image(value: Any, size: tuple[int, int]) -> tuple[Image.Image | None, str | None]:
-    """Accept a PIL image or an HxWx3 array (uint8, or float in [0, 1]); reject NaN, out-of-range
-    values and wrong sizes. Returns (image, problem)."""
-    image, _status, problem = check_image(value, size)
-    return image, problem
-
-
-def check_image(value: Any, size: tuple[int, int]) -> tuple[Image.Image | None, Status | None, str | None]:
-    """(image, status, problem) for an editor's output: values outside the valid range are reported
-    (Status.OUT_OF_RANGE), never clipped or wrapped around."""
-    if value is None:
-        return None, Status.INVALID, "editor returned no image"
-    if not isinstance(value, Image.Image):
-        array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
-        if array.ndim != 3 or array.shape[2] not in (3, 4):
-            return None, Status.INVALID, f"editor returned an array of shape {array.shape}, expected HxWx3"
-        if array.dtype.kind == "f":
-            if not np.isfinite(array).all():
-                return None, Status.INVALID, "editor returned an image with NaN or inf values"
-            low, high = float(array.min()), float(array.max())
-            if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
-                return None, Status.OUT_OF_RANGE, (f"editor returned float pixels in [{low:.4g}, {high:.4g}]; "
-                                                   "float images must lie in [0, 1] (nothing was clipped)")
-            array = np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
-        elif array.dtype.kind in "iu":
-            low, high = int(array.min()), int(array.max())
-            if low < 0 or high > 255:
-                return None, Status.OUT_OF_RANGE, (f"editor returned integer pixels in [{low}, {high}]; integer "
-                                                   "images must lie in [0, 255] (nothing was wrapped around)")
-            array = array.astype(np.uint8)
-        elif array.dtype.kind == "b":
-            return None, Status.INVALID, "editor returned a boolean array, expected an RGB image"
-        else:
-            return None, Status.INVALID, f"editor returned an array of dtype {array.dtype}, expected uint8 or float"
-        value = Image.fromarray(array[..., :3])
-    if value.size != size:
-        return None, Status.INVALID, (f"editor returned {value.size[0]}x{value.size[1]}, "
-                                      f"the source is {size[0]}x{size[1]}")
-    return value.convert("RGB"), None, None
 
 
 def write_trace(out: Path, stem: str, trace: dict[str, Any]) -> list[str]:

@@ -2,7 +2,9 @@
 
 A multi-turn case (RISEBench++ hybrid cases, 3 to 5 edits in sequence) runs as one request per turn,
 each fed the previous turn's output, unless the editor sets `handles_turns` and gets every turn at
-once. Every intermediate image is returned so the run can record it.
+once. Every intermediate image is returned so the run can record it. Each turn's output passes the
+runs' one output check (`ciebench.images.check_image`): an out-of-range or unusable turn ends the case
+with that status, never clipped into the next turn's input.
 """
 from __future__ import annotations
 
@@ -10,10 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-from PIL import Image
-
 from .editor import EditRequest, EditResult, Editor
+from .images import check_image
 from .status import Status
 
 MULTI_IMAGE = "multi_image"
@@ -33,7 +33,9 @@ def unsupported_reason(editor: Editor, n_images: int, n_turns: int) -> str | Non
 @dataclass
 class TurnOutcome:
     final: EditResult
-    turns: list[EditResult] = field(default_factory=list)  # one per turn driven (empty when the editor handled them)
+    # one per turn driven (empty when the editor handled them); an `ok` turn's image is the checked RGB
+    # PIL image, a turn whose output failed the check carries its status (out_of_range, invalid) instead
+    turns: list[EditResult] = field(default_factory=list)
 
 
 def drive_turns(editor: Editor, request: EditRequest, turns: list[str],
@@ -41,7 +43,8 @@ def drive_turns(editor: Editor, request: EditRequest, turns: list[str],
     """Run a case of several turns. `edit` calls the editor on a batch (the runner's isolated call).
 
     Turn 1 gets the case's images; each later turn gets the previous output as its only image. A failed
-    turn ends the case as failed, naming the turn; the turns already done are kept in the outcome."""
+    turn, or one whose output fails `check_image`, ends the case as failed with that turn's status,
+    naming the turn; the turns already done are kept in the outcome."""
     if getattr(editor, "handles_turns", False):
         whole = dataclasses.replace(request, instruction=turns[0], turns=list(turns))
         return TurnOutcome(final=edit([whole])[0])
@@ -51,23 +54,19 @@ def drive_turns(editor: Editor, request: EditRequest, turns: list[str],
         meta = {**request.meta, "turn": k, "n_turns": len(turns)}
         current = dataclasses.replace(current, instruction=text, meta=meta)
         result = edit([current])[0]
-        done.append(result)
         if result.status != Status.OK or result.image is None:
+            done.append(result)
             error = result.error or "editor returned no image"
             return TurnOutcome(final=EditResult.failure(f"turn {k + 1}/{len(turns)}: {error}"), turns=done)
-        image = as_pil(result.image)
+        image, status, problem = check_image(result.image)
+        if problem:
+            done.append(dataclasses.replace(result, image=None, status=status, error=problem))
+            return TurnOutcome(final=EditResult(image=None, status=status, error=f"turn {k + 1}/{len(turns)}: {problem}"),
+                               turns=done)
+        done.append(dataclasses.replace(result, image=image))
         current = dataclasses.replace(current, image=image, images=[image])
     last = done[-1]
     return TurnOutcome(final=EditResult(image=last.image, trace=last.trace,
                                         timings={"edit_seconds": sum(r.timings.get("edit_seconds", 0.0) for r in done)}),
                        turns=done)
 
-
-def as_pil(value) -> Image.Image:
-    """An editor's output as an RGB PIL image (it may return an HxWx3 array, as the runner accepts)."""
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
-    if array.dtype.kind == "f":
-        array = np.clip(np.round(np.nan_to_num(array) * 255.0), 0, 255)
-    return Image.fromarray(array.astype(np.uint8)[..., :3])

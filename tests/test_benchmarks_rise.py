@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -296,6 +297,64 @@ def test_rescoring_judges_an_added_or_replaced_prediction(tmp_path, v1_prompts):
     for label, (score, acc) in expected.items():
         r = row(summary["official"], label)
         assert (r["Score-Origin"], r["Accuracy"]) == pytest.approx((score, acc)), label
+
+
+class BadOutputs(StampEditor):
+    """Returns its input, as the kind of array an editor with a bug returns for some cases."""
+
+    name = "bad-outputs"
+    BAD = {"temporal_reasoning_1": lambda a: a.astype(np.float32),                 # 0..255 floats
+           "spatial_reasoning_1": lambda a: np.full(a.shape, np.nan, np.float32),
+           "spatial_reasoning_2": lambda a: a.astype(np.int32) + 250,             # red 297: wraps around to 41
+           "logical_reasoning_1": lambda a: a.astype(np.float64) / 255.0}         # valid: [0, 1] floats
+
+    def edit(self, requests):
+        out = []
+        for r, result in zip(requests, super().edit(requests)):
+            key = r.sample_id if r.sample_id != "hybrid_reasoning_1" or r.meta.get("turn") != 1 else "temporal_reasoning_1"
+            bad = self.BAD.get(key)
+            out.append(EditResult(image=bad(np.asarray(r.images[0], dtype=np.uint8))) if bad else result)
+        return out
+
+
+def test_out_of_range_outputs_get_a_status_not_clipping(tmp_path):
+    """The dataset runner's rule for benchmark runs too: final and intermediate turn outputs outside
+    [0, 1] (float) or [0, 255] (integer), or NaN, are recorded as out_of_range / invalid with no image,
+    never clipped, zeroed or wrapped into a scored image; a bad turn ends its case before the next turn."""
+    from ciebench.benchmarks.run import generate
+
+    items, _ = make_rise_plus(tmp_path / "riseplus")
+    bench = get_benchmark("risebench-plus")
+    cases = {c.id: c for c in bench.cases(tmp_path / "riseplus")}
+    out = tmp_path / "run"
+    StampEditor.calls.clear()
+    stats = generate(bench, BadOutputs(), cases.values(), out, progress=False)
+
+    def record(case_id):
+        case = cases[case_id]
+        return json.loads((out / "records" / case.output_folder / f"{case_id}.json").read_text())
+
+    expected = {"temporal_reasoning_1": "out_of_range", "spatial_reasoning_1": "invalid",
+                "spatial_reasoning_2": "out_of_range", "hybrid_reasoning_1": "out_of_range"}
+    for case_id, status in expected.items():
+        rec = record(case_id)
+        assert rec["status"] == status and rec["image_sha256"] is None, case_id
+        assert case_id in rec["error"] and ("nothing was" in rec["error"] or "NaN" in rec["error"])
+        assert not (out / "images" / cases[case_id].output_folder / f"{case_id}.png").exists()
+    assert stats.failed == 4 and stats.generated == len(cases) - 4
+    # floats in [0, 1] are accepted: the written image is round(255 x), here the input itself
+    source = np.asarray(Image.open(cases["logical_reasoning_1"].images[0]).convert("RGB"))
+    written = np.asarray(Image.open(out / "images" / "logical_reasoning" / "logical_reasoning_1.png"))
+    assert record("logical_reasoning_1")["status"] == "ok" and np.array_equal(written, source)
+    # the bad second turn of three: recorded with its status, never fed to turn 3
+    turns = record("hybrid_reasoning_1")["turns"]
+    assert [t["status"] for t in turns] == ["ok", "out_of_range"] and "turn 2/3" in record("hybrid_reasoning_1")["error"]
+    assert turns[0]["image"] and "image" not in turns[1]
+    assert [c[3] for c in StampEditor.calls if c[0] == "hybrid_reasoning_1"] == [0, 1]
+    # a retry (--retry-failed) takes them again, as any failed edit
+    from ciebench.benchmarks.run import _done
+
+    assert not _done(out, cases["spatial_reasoning_2"], retry_failed=True)
 
 
 def test_risebench_official_judge_table_reaggregation(tmp_path):

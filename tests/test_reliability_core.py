@@ -305,7 +305,7 @@ def test_one_line_errors_and_traceback_only_with_verbose(tmp_path, monkeypatch):
 # --- §6 editor outputs outside the valid range --------------------------------------------------------
 
 def test_out_of_range_editor_outputs_get_a_status_not_clipping(tmp_path):
-    from ciebench.runner import check_image
+    from ciebench.images import check_image
 
     size = (4, 3)
     ok = np.full((3, 4, 3), 0.5)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 from PIL import Image
 
 from ciebench import EditRequest, EditResult, Editor
 from ciebench.baselines.identity import IdentityEditor
+from ciebench.status import Status
 from ciebench.turns import drive_turns, unsupported_reason
 
 
@@ -79,3 +81,31 @@ def test_editor_that_handles_turns_gets_them_at_once():
     outcome = drive_turns(ed, EditRequest(sample_id="c", image=_img(0), instruction="a"), ["a", "b"], edit)
     assert len(seen) == 1 and seen[0].turns == ["a", "b"] and outcome.turns == []
     assert outcome.final.image.getpixel((0, 0))[0] == 2
+
+
+class FloatScale(Brighten):
+    """Returns its image as floats: in [0, 1] (valid), or on the 0..255 scale on the turn "bad"."""
+
+    def edit(self, requests):
+        out = []
+        for r in requests:
+            a = np.asarray(r.image, dtype=np.float32)
+            out.append(EditResult(image=a if r.instruction == "bad" else a / 255.0))
+        return out
+
+
+def test_a_turn_outside_the_valid_range_ends_the_case_unclipped():
+    ed = FloatScale()
+    seen = []
+
+    def edit(reqs):
+        seen.extend(r.instruction for r in reqs)
+        return ed.edit(reqs)
+
+    outcome = drive_turns(ed, EditRequest(sample_id="c", image=_img(7), instruction="a"), ["a", "bad", "c"], edit)
+    assert seen == ["a", "bad"]  # never fed (clipped) to turn 3
+    assert outcome.final.status == Status.OUT_OF_RANGE and outcome.final.image is None
+    assert outcome.final.error.startswith("turn 2/3") and "nothing was clipped" in outcome.final.error
+    assert [t.status for t in outcome.turns] == [Status.OK, Status.OUT_OF_RANGE] and outcome.turns[1].image is None
+    # the valid turn: floats in [0, 1] as 8-bit RGB, round(255 x)
+    assert outcome.turns[0].image.mode == "RGB" and outcome.turns[0].image.getpixel((0, 0)) == (7, 7, 7)

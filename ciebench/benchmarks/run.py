@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ciebench.editor import Editor, EditRequest, EditResult
 from ciebench.errors import OutputConflict
+from ciebench.images import check_image
 from ciebench.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -33,7 +34,7 @@ from ciebench.io import (
 )
 from ciebench.spec import derive_seed
 from ciebench.status import Status
-from ciebench.turns import as_pil, drive_turns, unsupported_reason
+from ciebench.turns import drive_turns, unsupported_reason
 
 from .base import Benchmark, Case, find_output
 
@@ -137,13 +138,20 @@ def generate(benchmark: Benchmark, editor: Editor, cases: Iterable[Case], out: P
                 result, turns = _edit(editor, [request], stats)[0], []
             record["timings"] = {"edit_seconds": time.perf_counter() - started}
             record["turns"] = _write_turns(out, case, turns)
-            if result.status == Status.OK and result.image is not None:
-                png = png_bytes(as_pil(result.image))
+            if result.status == Status.OK:
+                # the dataset runner's check: an out-of-range or unusable output is its own status, never
+                # clipped, zeroed or wrapped into a scored image (any size: benchmarks take any output size)
+                image, status, problem = check_image(result.image)
+            else:  # the editor's failure, or a turn's output that failed the check (drive_turns)
+                image, problem = None, result.error or "editor reported failure without a message"
+                status = result.status if result.status in (Status.OUT_OF_RANGE, Status.INVALID) else Status.EDIT_ERROR
+            if image is not None:
+                png = png_bytes(image)
                 atomic_write_bytes(output_image_path(out, case.output_folder, case.id), png)
                 record["image_sha256"] = sha256_bytes(png)
                 stats.generated += 1
             else:
-                record.update(status=Status.EDIT_ERROR, error=result.error or "editor returned no image")
+                record.update(status=status, error=f"case {case.id}: {problem}")
                 stats.failed += 1
             atomic_write_json(record_path(out, case), record)
     finally:
@@ -157,12 +165,13 @@ def _read_rgb(path: Path) -> Image.Image:
 
 
 def _write_turns(out: Path, case: Case, turns: list[EditResult]) -> list[dict[str, Any]]:
+    """Each driven turn's entry for the record, and its image (already checked by `drive_turns`)."""
     written = []
     for k, turn in enumerate(turns, start=1):
         entry: dict[str, Any] = {"turn": k, "instruction": case.turns[k - 1], "status": turn.status, "error": turn.error}
         if turn.status == Status.OK and turn.image is not None:
             rel = f"turns/{case.output_folder}/{case.id}/turn_{k}.png"
-            png = png_bytes(as_pil(turn.image))
+            png = png_bytes(turn.image)
             atomic_write_bytes(out / rel, png)
             entry.update(image=rel, image_sha256=sha256_bytes(png))
         written.append(entry)
