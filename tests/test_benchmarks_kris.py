@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -47,9 +48,9 @@ def expected(cases: dict) -> dict:
     return out
 
 
-def test_kris_end_to_end(tmp_path, monkeypatch):
+def _kris_run(tmp_path, monkeypatch):
     monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
-    tasks, colours = make_kris(tmp_path / "data")
+    _, colours = make_kris(tmp_path / "data")
     prompts = write_prompt_file(tmp_path / "kp", tuple(KRIS_FIELDS)).parent
     (prompts / "prompts.py").write_text((prompts / "utils.py").read_text())
     judge = KrisJudge(TABLE, colours)
@@ -63,6 +64,11 @@ def test_kris_end_to_end(tmp_path, monkeypatch):
                                      "--editor", "tests.support.fixtures_benchmarks:StampEditor", "--out", str(out),
                                      "--judge", str(cfg), "--judge-prompts", str(prompts)])
     assert result.exit_code == 0, result.output
+    return judge, out
+
+
+def test_kris_end_to_end(tmp_path, monkeypatch):
+    judge, out = _kris_run(tmp_path, monkeypatch)
     summary = json.loads((out / "summary.json").read_text())
     exp = expected(TABLE)
     assert summary["headline"]["name"] == "Overall Score"
@@ -97,6 +103,73 @@ def test_kris_end_to_end(tmp_path, monkeypatch):
     request = next(r for p, r in judge.requests if p == "prompt_consist_temporal")
     reds = [round(sum(px[0] for px in im.convert("RGB").getdata()) / (im.width * im.height)) for im in request.images()]
     assert reds[0] == reds[2] and reds[1] != reds[0] and reds[3] != reds[0]
+
+
+def _parts(request) -> list[str]:
+    """The message content as the judge server receives it: text parts by their text, images as <img>."""
+    return [p["text"] if p["type"] == "text" else "<img>" for p in request.body["messages"][-1]["content"]]
+
+
+def test_kris_judge_messages_follow_the_official_layout(tmp_path, monkeypatch):
+    """Each call's message, in order, as the official scripts (mercurystraw/Kris_Bench@2114fec) build it:
+    the prompt text first, then every image after its label; the temporal script's images JPEG-encoded
+    at quality 85, the others' the files' own pixels."""
+    import numpy as np
+    from PIL import Image
+
+    judge, out = _kris_run(tmp_path, monkeypatch)
+    sent = {}
+    for prompt, request in judge.requests:
+        match = re.search(r"case (\S+?)>", request.text)
+        case = match.group(1) if match else judge.colours.case_of(request.images()[-1])
+        sent[(case, prompt)] = request
+    img = "<img>"
+    original, edited = "This is the original image:", "This is the edited image:"
+    expected = {
+        # metrics_common.py / metrics_knowledge.py: evaluate_with_gpt(prompt, original, edited)
+        ("count_change/1", "prompt_consist"): [original, img, edited, img],
+        ("count_change/1", "prompt_instruction_following"): [original, img, edited, img],
+        ("count_change/1", "prompt_quality"): [edited, img],  # no original image: its label is left out too
+        ("anomaly_correction/1", "prompt_abnormal_instruction_following"): [original, img, edited, img],
+        ("chemistry/1", "prompt_dual_evaluation"): [original, img, edited, img],
+        ("chemistry/1", "prompt_quality"): [edited, img],
+        # metrics_view_change.py: the ground truth third
+        ("viewpoint_change/1", "prompt_view_instruction_following"):
+            [original, img, edited, img, "This is the ground truth image:", img],
+        # metrics_temporal_prediction.py: frames 1, 2, 4 given, frame 3 predicted, in frame order
+        ("temporal_prediction/3", "prompt_consist_temporal"):
+            ["Frame 1 (Reference):", img, "Frame 2 (Reference):", img, "Frame 3 (Generated):", img,
+             "Frame 4 (Reference):", img],
+        ("temporal_prediction/3", "prompt_quality"): ["This is the image to evaluate:", img],
+        # metrics_multi_element.py
+        ("multi-element_composition/1", "prompt_instruction_multi"):
+            ["Reference Image 1:", img, "Reference Image 2:", img, "Reference Image 3:", img, "Predicted Image:", img],
+        ("multi-element_composition/1", "prompt_quality"): ["This is the image to evaluate:", img],
+    }
+    for key, tail in expected.items():
+        parts = _parts(sent[key])
+        assert parts[0].startswith(f"PROMPT:{key[1]}"), (key, parts)  # the prompt text comes first
+        assert parts[1:] == tail, key
+    # pixels: the temporal script re-encodes every image (its quality call's too) as JPEG quality 85
+    def jpeg85(path):
+        import io
+
+        buf = io.BytesIO()
+        Image.open(path).convert("RGB").save(buf, format="JPEG", quality=85)
+        return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+    def received(request):
+        return [np.asarray(im.convert("RGB")) for im in request.images()]
+
+    output = out / "images" / "temporal_prediction" / "3.png"
+    assert np.array_equal(received(sent[("temporal_prediction/3", "prompt_quality")])[0], jpeg85(output))
+    frames = tmp_path / "data" / "KRIS_Bench" / "temporal_prediction"
+    consist = received(sent[("temporal_prediction/3", "prompt_consist_temporal")])
+    for got, path in zip(consist, [frames / "3-1.png", frames / "3-2.png", output, frames / "3-4.png"]):
+        assert np.array_equal(got, jpeg85(path))
+    # the other scripts send the files as they are
+    common = received(sent[("count_change/1", "prompt_consist")])
+    assert np.array_equal(common[1], np.asarray(Image.open(out / "images" / "count_change" / "1.png").convert("RGB")))
 
 
 def test_kris_rows_materialise_as_the_official_layout(tmp_path):

@@ -47,6 +47,20 @@ def dimensions_for(task: str) -> tuple[str, ...]:
     return (VC, IF, VQ, KP) if task in KNOWLEDGE else (VC, IF, VQ)
 
 
+def _frame(path: Path) -> int:
+    match = _FRAME.search(path.name)
+    return int(match.group(2)) if match else 0
+
+
+def temporal_frames(case: Case) -> list[tuple[str, Path | None]]:
+    """The temporal script's frames in frame order, the prediction (None) at its place among the
+    references: (the label the script sends before the image, image). A stable sort, references
+    first, as the script's list.sort."""
+    n = target_frame([p.name for p in case.images])
+    frames = [(_frame(p), "Reference", p) for p in case.images] + [(n, "Generated", None)]
+    return [(f"Frame {f} ({kind}):", p) for f, kind, p in sorted(frames, key=lambda frame: frame[0])]
+
+
 def target_frame(names: list[str]) -> int:
     """The frame a temporal case asks for: the one of 1-4 missing from the input names "<id>-<frame>"."""
     frames = {int(m.group(2)) for m in (_FRAME.search(Path(n).name) for n in names) if m}
@@ -92,6 +106,8 @@ class KrisBench(Benchmark):
     dimensions = (VC, IF, VQ, KP)
     score_scale = (1, 5)
     judges = {"main": {"model": "gpt-4o", "temperature": None}}
+    # Every metrics_*.py sends the prompt text first, then each image after a short label (judge_images).
+    text_first = True
     prompts = None
     ground_truth = True  # gt_img: the expected output, where a case has one
     prompt_file = "prompts.py"
@@ -137,11 +153,8 @@ class KrisBench(Benchmark):
         source = case.images[0]
         quality = JudgeCall(VQ, "prompt_quality", None, (output,))
         if task == TEMPORAL:
-            n = target_frame([p.name for p in case.images])
-            frames = sorted([(int(_FRAME.search(p.name).group(2)) if _FRAME.search(p.name) else 0, p) for p in case.images]
-                            + [(n, output)], key=lambda fp: fp[0])
-            ordered = tuple(p for _, p in frames)  # the predicted frame at its place in the sequence
-            vt = {"N": str(n), **v}
+            ordered = tuple(output if p is None else p for _, p in temporal_frames(case))
+            vt = {"N": str(target_frame([p.name for p in case.images])), **v}
             return [JudgeCall(VC, "prompt_consist_temporal", vt, ordered),
                     JudgeCall(IF, "prompt_instruction_temporal", vt, ordered), quality]
         if task == MULTI_ELEMENT:
@@ -164,17 +177,42 @@ class KrisBench(Benchmark):
             calls.append(JudgeCall(IF, "prompt_instruction_following", v, (source, output)))
         return calls + [quality]
 
-    judge_image_prep = "file pixels, RGB (temporal_prediction: JPEG quality 85, decoded)"
+    judge_image_prep = ("file pixels, RGB (temporal_prediction: every image of its three calls, JPEG quality 85, "
+                        "decoded); each image after its script's label")
 
     def parse(self, dimension: str, reply: str) -> float | None:
         return extract_score(reply, dimension)
 
-    def judge_image(self, path: Path, call: JudgeCall):
-        if call.prompt.endswith("_temporal"):  # the temporal script re-encodes as JPEG quality 85
+    def judge_images(self, case: Case, call: JudgeCall) -> list[Any]:
+        """The script's message after the prompt text: each image after its label, in order. Labels per
+        script: metrics_temporal_prediction.py "Frame N (Reference|Generated):" (frame order) and, for
+        quality, "This is the image to evaluate:"; metrics_multi_element.py "Reference Image k:" then
+        "Predicted Image:", and the same quality label; metrics_common.py, metrics_knowledge.py and
+        metrics_view_change.py "This is the original image:", "This is the edited image:" (view change:
+        then "This is the ground truth image:"), quality with the edited image's label only. The
+        temporal script re-encodes every image, the prediction's quality call included, as JPEG quality
+        85; the others send the files' bytes (here their pixels)."""
+        labels = self._labels(case, call)
+        if len(labels) != len(call.images):
+            raise ValueError(f"kris case {case.id} ({call.dimension}): {len(call.images)} images for labels {labels}")
+        if case.category == TEMPORAL:
             from .judging import prepare_judge_image
 
-            return prepare_judge_image(path, side=0, quality=85)
-        return super().judge_image(path, call)
+            images = [prepare_judge_image(p, side=0, quality=85) for p in call.images]
+        else:
+            images = [self.judge_image(p, call) for p in call.images]
+        return [part for label, image in zip(labels, images) for part in (label, image)]
+
+    @staticmethod
+    def _labels(case: Case, call: JudgeCall) -> list[str]:
+        family = case.category if case.category in (TEMPORAL, MULTI_ELEMENT) else "common"
+        if call.dimension == VQ:
+            return ["This is the edited image:" if family == "common" else "This is the image to evaluate:"]
+        if family == TEMPORAL:
+            return [label for label, _ in temporal_frames(case)]
+        if family == MULTI_ELEMENT:
+            return [f"Reference Image {k}:" for k in range(1, len(case.images) + 1)] + ["Predicted Image:"]
+        return ["This is the original image:", "This is the edited image:", "This is the ground truth image:"][:len(call.images)]
 
     def parse_many(self, dimension: str, reply: str) -> dict[str, float | None]:
         """Scores a reply carries: the dual prompt answers instruction and knowledge together."""
