@@ -22,7 +22,7 @@ from ciebench.assets import PinnedAsset
 from ciebench.benchmarks import get_benchmark
 from ciebench.benchmarks import prompts as prompt_module
 from ciebench.benchmarks.gedit import GROUPS, GEditBench, parse_scores
-from ciebench.benchmarks.unireditbench import UniREditBench, extract_first_score
+from ciebench.benchmarks.unireditbench import UniREditBench
 from ciebench.cli import app
 from tests.support.llm_server import respond, serve_llm
 
@@ -304,13 +304,6 @@ def test_unireditbench_reference_image_rules_and_official_table(tmp_path, monkey
     quality = [s for s in seen if s[1] == 2][0]
     assert quality[2] == "QUALITY {not formatted}" and len(quality[3]) == 1
     assert (out / "images" / "game_world_b" / "2.png").is_file()
-
-
-def test_unireditbench_final_score_extraction():
-    assert extract_first_score("Final Score: 4") == 4
-    assert extract_first_score("**Final Score**: 3\nFinal Score: 5") == 3
-    assert extract_first_score("Final Scores: 2, 5") == 2
-    assert extract_first_score("the final score is high") is None
 
 
 def test_the_published_judges_are_the_defaults(monkeypatch):

@@ -357,6 +357,31 @@ def test_out_of_range_outputs_get_a_status_not_clipping(tmp_path):
     assert not _done(out, cases["spatial_reasoning_2"], retry_failed=True)
 
 
+# The official `extract(reply)[0]` (RISEBench gpt_eval.py and RISEBench++ gemini_eval.py; UniREditBench's
+# script has the same function), worked by hand: pass 1 takes the first "Final Score" match followed by
+# a number ("Final Score" also matches inside "Final Scores", with no number after it); only if none
+# has one, pass 2 does the same for "Final Scores".
+FINAL_SCORE_CASES = [
+    ("Final Scores: 3\nreasoning ...\nFinal Score: 5", 5),  # pass 1 wins although "Final Scores" comes first
+    ("Final Scores: 2, 5", 2),                              # pass 2: its first number
+    ("**Final Score:** 4", 4),
+    ("**Final Score**: 3\nFinal Score: 5", 3),              # the first match with a number
+    ("Final Score: no\nFinal Score: 3", 3),                 # a match without a number is passed over
+    ("Final Score:\n\n4", 4),                               # newlines belong to the number's span
+    ("Final Score: 4/5", 4),
+    ("final score : 4", None),                              # a space before the colon ends the match
+    ("the final score is high", None),
+]
+
+
+@pytest.mark.parametrize("name", ["risebench", "risebench-plus", "unireditbench"])
+def test_final_score_extraction_follows_the_scripts_two_passes(name):
+    """One rule, one function for RISEBench v1, RISEBench++ and UniREditBench."""
+    bench = get_benchmark(name)
+    for reply, expected in FINAL_SCORE_CASES:
+        assert bench.parse("Reasoning", reply) == expected, reply
+
+
 def test_risebench_official_judge_table_reaggregation(tmp_path):
     """The official per-case table (MODEL_judge.xlsx as CSV): mapped dimensions, flag columns."""
     rows = [("temporal_reasoning_1", "temporal_reasoning", 5, 5, 5, ""), ("temporal_reasoning_2", "temporal_reasoning", "", 4, 3, "True"),

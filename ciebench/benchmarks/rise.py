@@ -34,19 +34,25 @@ V1_PROMPTS = PinnedAsset(
 PLUS_PROMPTS_URL = f"https://raw.githubusercontent.com/PhoenixZ810/RISEBench/{PLUS_COMMIT}/RISEBench%2B%2B/utils.py"
 PLUS_PROMPTS_SOURCE = f"PhoenixZ810/RISEBench@{PLUS_COMMIT}:RISEBench++/utils.py"
 
-_FINAL_SCORE = re.compile(r"\*?\*?Final Scores?\*?\*?:?\s*([\d*\s,\n]*)", re.IGNORECASE)
+# "Final Score" also matches the start of "Final Scores" (with no number after it), so that spelling is
+# found only by the second pass, as in the scripts.
+_FINAL_SCORE_PASSES = tuple(re.compile(r"\*?\*?" + word + r"\*?\*?:?\s*([\d*\s,\n]*)", re.IGNORECASE)
+                            for word in ("Final Score", "Final Scores"))
 
 
 def extract_final_score(reply: str) -> int | None:
-    """The first number after the first "Final Score(s):" that has one (the scripts' `extract`).
+    """The scripts' `extract(reply)[0]` (RISEBench v1 gpt_eval.py and RISEBench++ gemini_eval.py, copied
+    by UniREditBench's eval script): the first number after the first "Final Score" match that has any;
+    only when none has, the same over "Final Scores". So "Final Scores: 3 ... Final Score: 5" is 5.
 
     differs: the scripts concatenate every number of that match across the judge's replies and read
     them by position, which misplaces dimensions when a reply lists two numbers; here each reply
     gives its first number."""
-    for match in _FINAL_SCORE.finditer(reply or ""):
-        numbers = re.findall(r"\d+", match.group(1))
-        if numbers:
-            return int(numbers[0])
+    for pattern in _FINAL_SCORE_PASSES:
+        for match in pattern.finditer(reply or ""):
+            numbers = re.findall(r"\d+", match.group(1))
+            if numbers:
+                return int(numbers[0])
     return None
 
 

@@ -21,7 +21,6 @@ accepted too.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,6 +28,7 @@ from ciebench.assets import PinnedAsset
 from ciebench.status import Status
 
 from .base import Benchmark, Case, CountingAggregator, Groups, JudgeCall, percent, read_annotations
+from .rise import extract_final_score  # the same `extract` as RISEBench's scripts
 
 COMMIT = "a7015c5c2d17aecb1a5af4af1b234c357d86cc7d"
 PROMPTS = PinnedAsset(
@@ -37,18 +37,6 @@ PROMPTS = PinnedAsset(
     sha256="2823400b1cc083fcaa86aa37c35f0fa7dc8b8af520f3c1de045547896dd76870",
     source=f"Maplebb/UniREditBench@{COMMIT}:eval/utils.py", licence="Apache-2.0", filename="utils.py")
 AC, R, VP = "ApprConsistency", "Reasoning", "VisualPlausibility"
-
-
-def extract_first_score(reply: str) -> int | None:
-    """The script's `extract(...)[0]`: numbers after the first "Final Score" match that has any;
-    failing that, after the first "Final Scores" match."""
-    for word in ("Final Score", "Final Scores"):
-        pattern = r"\*?\*?" + word + r"\*?\*?:?\s*([\d*\s,\n]*)"
-        for match in re.findall(pattern, reply or "", re.IGNORECASE):
-            numbers = re.findall(r"\d+", match.replace("\n", " "))
-            if numbers:
-                return int(numbers[0])
-    return None
 
 
 def case_score(dims: dict[str, float | None]) -> float | None:
@@ -123,7 +111,7 @@ class UniREditBench(Benchmark):
         return prepare_judge_image(path)  # fit 768 x 768, JPEG, as the script's encode_image_to_base64
 
     def parse(self, dimension: str, reply: str) -> float | None:
-        value = extract_first_score(reply)
+        value = extract_final_score(reply)
         return None if value is None else float(value)
 
     def official_verdicts(self, path: Path) -> Iterator[dict[str, Any]]:
