@@ -184,7 +184,7 @@ def test_jsonl_manifest_and_hub_spec(tmp_path: Path):
     Image.new("RGB", (10, 10), (1, 2, 3)).save(root / "x.png")
     Image.new("L", (10, 10), 255).save(root / "x_mask.png")
     entries = [{"id": "x", "image": "x.png", "mask": "x_mask.png", "instruction": "Please remove it.", "clip_text": "background"},
-               {"id": "y", "image": "missing.png", "instruction": "Please remove it.", "clip_text": ["wall"]}]
+               {"id": "y", "image": "missing.png", "mask": "x_mask.png", "instruction": "Please remove it.", "clip_text": ["wall"]}]
     (root / "manifest.jsonl").write_text("\n".join(json.dumps(e) for e in entries) + "\n")
     loaded = read_dataset(str(root))
     assert loaded.dataset["id"] == ["x"] and loaded.dataset["edit_type"] == ["remove"]

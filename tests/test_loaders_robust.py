@@ -16,7 +16,7 @@ from ciebench.cli import app
 from ciebench.datasets import iter_samples, read_dataset
 from ciebench.datasets.reasonedit import natural_key
 
-from tests.support.fixtures_bad_data import box_mask, picture, png_bytes, write_jsonl_dataset
+from tests.support.fixtures_bad_data import box_mask, picture, png_bytes, write_jsonl_dataset, write_manifest
 
 runner = CliRunner()
 
@@ -64,6 +64,76 @@ def test_each_bad_manifest_line_is_one_problem_and_the_rest_loads(tmp_path: Path
     result = runner.invoke(app, ["data", "validate", str(root)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "2 usable samples, 11 error(s)" in result.output
+
+
+def test_a_manifest_without_the_mask_key_is_refused_not_scored_over_the_whole_image(tmp_path: Path):
+    """A misspelt "mask" key ("mask_path") used to load silently with no mask: every sample was then
+    scored as if the whole image had to stay unchanged. Each line is now an error, and the unknown
+    key is one warning naming the manifest's first line that holds it."""
+    root = tmp_path / "ds"
+    entries = write_jsonl_dataset(root, ["a", "b", "c"])
+    for entry in entries:
+        entry["mask_path"] = entry.pop("mask")
+    write_manifest(root, entries)
+    loaded = read_dataset(str(root))
+    assert len(loaded.dataset) == 0
+    errors = [(p.sample_id, p.file, p.message) for p in loaded.problems if p.severity == "error"]
+    assert [e[:2] for e in errors] == [("a", "manifest.jsonl:1"), ("b", "manifest.jsonl:2"), ("c", "manifest.jsonl:3")]
+    assert all("missing keys: ['mask']" in e[2] and '"mask": null' in e[2] for e in errors)
+    warnings = [p for p in loaded.problems if p.severity == "warning"]
+    assert len(warnings) == 1 and warnings[0].file == "manifest.jsonl:1"  # one per key, not per line
+    assert "'mask_path'" in warnings[0].message and "3 lines (1, 2, 3)" in warnings[0].message
+    assert "Did you mean 'mask'?" in warnings[0].message
+    result = runner.invoke(app, ["data", "validate", str(root)])
+    assert result.exit_code == 1 and "0 usable samples, 3 error(s), 1 warning(s)" in result.output
+    result = runner.invoke(app, ["evaluate", "--editor", "identity", "--dataset", str(root),
+                                 "--out", str(tmp_path / "run"), "--metrics", "psnr"])
+    assert result.exit_code == 3 and "no usable samples" in result.output
+
+
+def test_unknown_keys_and_a_missing_clip_text_are_warned_about_and_the_sample_loads(tmp_path: Path):
+    root = tmp_path / "ds"
+    entries = write_jsonl_dataset(root, ["a", "b"])
+    entries[0]["category"] = "kitchen"
+    del entries[1]["clip_text"]
+    write_manifest(root, entries)
+    loaded = read_dataset(str(root))
+    assert loaded.dataset["id"] == ["a", "b"]
+    found = sorted((p.file, p.severity, p.sample_id) for p in loaded.problems)
+    assert found == [("manifest.jsonl:1", "warning", None), ("manifest.jsonl:2", "warning", "b")]
+    by_file = {p.file: p.message for p in loaded.problems}
+    assert "unknown key 'category' on line 1 is ignored" in by_file["manifest.jsonl:1"]
+    assert "no 'clip_text'" in by_file["manifest.jsonl:2"] and "CLIP is NaN" in by_file["manifest.jsonl:2"]
+
+
+def test_an_explicit_null_mask_is_warned_and_scored_over_the_whole_image_as_the_warning_says(tmp_path: Path):
+    """`"mask": null` is the one way to say "no mask"; the warning states what scoring does with such a
+    sample, checked here against MSE computed by hand over every pixel (the changed box included)."""
+    root = tmp_path / "ds"
+    entries = write_jsonl_dataset(root, ["a"])
+    entries[0]["mask"] = None
+    write_manifest(root, entries)
+    loaded = read_dataset(str(root))
+    assert loaded.dataset["id"] == ["a"]
+    [warning] = loaded.problems
+    assert (warning.severity, warning.sample_id, warning.file) == ("warning", "a", "manifest.jsonl:1")
+    assert "cover the whole image" in warning.message and "CLIP" in warning.message and "NaN" in warning.message
+    source = np.asarray(picture(0)).astype(np.int16)
+    changed = source.copy()
+    changed[4:10, 4:12] = (changed[4:10, 4:12] + 40) % 256  # inside the box the mask file would mark
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    Image.fromarray(changed.astype(np.uint8)).save(preds / "a.png")
+    result = runner.invoke(app, ["score", "--dataset", str(root), "--predictions", str(preds), "--out",
+                                 str(tmp_path / "run"), "--metrics", "mse", "--protocol", "exact"])
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "run" / "samples.jsonl").read_text().splitlines()[0])
+    expected = float(np.mean(((changed - source) / 255.0) ** 2))  # every pixel and channel
+    assert expected > 0 and row["mse"] == pytest.approx(expected, rel=1e-6)  # inputs are float32 uint8/255
+    # the same sample from a table (what `data prepare` writes) carries the same warning
+    loaded.dataset.to_parquet(str(tmp_path / "d.parquet"))
+    [again] = read_dataset(str(tmp_path / "d.parquet")).problems
+    assert again.severity == "warning" and again.sample_id == "a" and "cover the whole image" in again.message
 
 
 def test_ids_are_opaque_strings_kept_exactly(tmp_path: Path):

@@ -27,7 +27,7 @@ runner = CliRunner()
 def _dataset(root: Path, image_bytes: bytes, mask: Image.Image | None = None, suffix: str = "png"):
     root.mkdir(parents=True, exist_ok=True)
     (root / f"src.{suffix}").write_bytes(image_bytes)
-    entry = {"id": "s", "image": f"src.{suffix}", "instruction": "Please remove it.", "clip_text": "wall"}
+    entry = {"id": "s", "image": f"src.{suffix}", "mask": None, "instruction": "Please remove it.", "clip_text": "wall"}
     if mask is not None:
         mask.save(root / "m.png")
         entry["mask"] = "m.png"

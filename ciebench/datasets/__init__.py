@@ -26,7 +26,7 @@ from .authors import find_annotation, read_authors_folder
 from .files import check_pair, decode_image, read_contained
 from .jsonl import MANIFEST_NAME, read_jsonl_manifest
 from .mini import read_mini
-from .problems import DatasetError, Problem, errors
+from .problems import NO_MASK, DatasetError, Problem, errors
 from .reasonedit import is_reasonedit_folder, read_reasonedit_folder
 from .release import ChecksumError, cache_dir, fetch_release, release_manifest
 
@@ -248,6 +248,8 @@ def _check_row(row: dict[str, Any], index: int, roots: list[Path], seen: set[str
         row = {**row, role: {"bytes": data, "path": None}}
     if not check_pair(decoded["image"], decoded["mask"], sample_id, where, where, problems):
         return None
+    if decoded["mask"] is None:  # the schema allows it; a manifest's "mask": null arrives here after `data prepare`
+        problems.append(Problem("warning", sample_id, where, f"mask is null: {NO_MASK}"))
     return row, read_a_path
 
 

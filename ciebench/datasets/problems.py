@@ -27,5 +27,12 @@ class Problem:
         return prefix + self.message
 
 
+# What scoring does with a sample that has no mask (`ciebench.metrics.align`: no region is excluded,
+# no CLIP box exists; `ciebench.metrics.locality`: the edit region is empty). Said wherever a loader
+# accepts a sample without one, so a forgotten mask never passes as a whole-image score unseen.
+NO_MASK = ("sample has no mask: PSNR, SSIM, LPIPS and MSE then cover the whole image (not only the unchanged "
+           "region), CLIP and locality recall are NaN, and every changed pixel counts against locality precision")
+
+
 def errors(problems: list[Problem]) -> list[Problem]:
     return [p for p in problems if p.severity == "error"]
