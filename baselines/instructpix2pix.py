@@ -32,6 +32,10 @@ class InstructPix2PixConfig(EditorConfig):
     dtype: str = "auto"  # auto = float16 on CUDA, float32 on CPU
     negative_prompt: str | None = None
 
+    def __post_init__(self) -> None:  # checked with the config, so a bad value is a usage error (exit 2)
+        if self.resolution_policy not in RESOLUTION_POLICIES:
+            raise ValueError(f"resolution_policy must be one of {RESOLUTION_POLICIES}, not {self.resolution_policy!r}")
+
 
 class InstructPix2PixEditor(Editor):
     name = "instructpix2pix"
@@ -42,8 +46,6 @@ class InstructPix2PixEditor(Editor):
 
     def __init__(self, config=None, **options):
         super().__init__(config, **options)
-        if self.config.resolution_policy not in RESOLUTION_POLICIES:
-            raise ValueError(f"resolution_policy must be one of {RESOLUTION_POLICIES}, not {self.config.resolution_policy!r}")
         self._pipe = None
 
     def _pipeline(self):

@@ -75,6 +75,18 @@ class SmartEditConfig(EditorConfig):
     attn_implementation: str = "sdpa"  # LLM attention kernel (sdpa | eager)
     save_native_output: bool = True  # keep the 256 x 256 output as a trace artefact
 
+    def __post_init__(self) -> None:  # checked with the config, so a bad value is a usage error (exit 2)
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {tuple(VARIANTS)}, not {self.variant!r}")
+        for key in ("llm_dtype", "diffusion_dtype"):
+            value = getattr(self, key)
+            if value not in DTYPES + (("auto",) if key == "diffusion_dtype" else ()):
+                raise ValueError(f"{key} must be one of {DTYPES}, not {value!r}")
+        if self.temperature < 0 or self.steps < 1 or self.max_new_tokens <= NUM_IMAGE_TOKENS:
+            raise ValueError("need temperature >= 0, steps >= 1 and max_new_tokens > 32")
+        if self.resolution % 8:
+            raise ValueError("resolution must be a multiple of 8")
+
     def sources(self) -> Sources:
         return Sources.for_variant(
             self.variant, step=self.step, smartedit_repo=self.smartedit_repo,
@@ -103,16 +115,6 @@ class SmartEditEditor(Editor):
     def __init__(self, config: SmartEditConfig | None = None, **options: Any):
         super().__init__(config, **options)
         cfg = self.config
-        if cfg.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {tuple(VARIANTS)}, not {cfg.variant!r}")
-        for key in ("llm_dtype", "diffusion_dtype"):
-            value = getattr(cfg, key)
-            if value not in DTYPES + (("auto",) if key == "diffusion_dtype" else ()):
-                raise ValueError(f"{key} must be one of {DTYPES}, not {value!r}")
-        if cfg.temperature < 0 or cfg.steps < 1 or cfg.max_new_tokens <= NUM_IMAGE_TOKENS:
-            raise ValueError("need temperature >= 0, steps >= 1 and max_new_tokens > 32")
-        if cfg.resolution % 8:
-            raise ValueError("resolution must be a multiple of 8")
         src = cfg.sources()  # record the concrete repos in the run spec
         self.config = dataclasses.replace(cfg, smartedit_repo=src.smartedit_repo, vicuna_repo=src.vicuna_repo,
                                           llava_delta_repo=src.llava_delta_repo, llama_base_repo=src.llama_base_repo)

@@ -43,7 +43,23 @@ def build_editor(name: str, args: list[str] | None = None, config_file: str | Pa
         if not sep:
             raise EditorConfigError(f"--editor-arg {pair!r}: expected key=value")
         options[key.strip()] = raw
-    return cls(**typed_options(cls, options)) if options else cls()
+    typed = typed_options(cls, options) if options else {}
+    check_config(name, cls, typed)
+    return cls(**typed) if typed else cls()
+
+
+def check_config(name: str, cls: type[Editor], typed: dict[str, Any]) -> None:
+    """Build the editor's `Config` on its own first: a value its validation rejects (a ValueError or
+    TypeError from the dataclass or its `__post_init__`, e.g. `segmenter=foo`) is a bad option, exit
+    2 with one line naming the editor. Only this step is translated: an error while the editor itself
+    is constructed (a bug, a model that fails to load) keeps its own type and traceback."""
+    if not dataclasses.is_dataclass(cls.Config):
+        return
+    try:
+        cls.Config(**typed)
+    except (ValueError, TypeError) as exc:
+        raise EditorConfigError(f"editor {name!r}: {exc}",
+                                hint="fix the --preset, --editor-config or --editor-arg value") from exc
 
 
 def typed_options(cls: type[Editor], options: dict[str, Any]) -> dict[str, Any]:

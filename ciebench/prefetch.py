@@ -92,7 +92,9 @@ def configuration_requirements(config: Configuration) -> tuple[list[Requirement]
             cls_preset = config.preset if config.preset and config.preset in _editor_presets(name) else None
             editor = build_editor(name, list(config.editor_args), None, cls_preset)
         except (RegistryError, EditorConfigError, ValueError) as exc:
-            raise UsageError(f"editor {name!r}: {exc}") from exc
+            text, prefix = str(exc), f"editor {name!r}"  # a rejected Config value names its editor already
+            raise UsageError(text if text.startswith(prefix) else f"{prefix}: {text}",
+                             hint=getattr(exc, "hint", None)) from exc
         if type(editor).required_assets is Editor.required_assets:
             notes.append(f"editor {name} declares no assets (Editor.required_assets); whatever it downloads "
                          "at run time is not prefetched")

@@ -302,6 +302,27 @@ def test_one_line_errors_and_traceback_only_with_verbose(tmp_path, monkeypatch):
     assert verbose.exit_code == ExitCode.ENVIRONMENT and "Traceback" in verbose.output
 
 
+def test_an_option_value_the_editor_config_rejects_is_a_one_line_usage_error(tmp_path):
+    """A value the editor's Config validation refuses (its __post_init__ raising ValueError) is a bad
+    command line, exit 2 naming the editor, for user and built-in editors alike; a ValueError from
+    the editor's own constructor is a bug and keeps its traceback."""
+    for editor, arg, says in [(f"{HERE}:Validated", "steps=0", "steps must be >= 1, not 0"),
+                              ("cielr", "segmenter=foo", "segmenter must be one of"),
+                              ("openai-images", "base_url=ftp://x", "base_url must start with http"),
+                              ("instructpix2pix", "resolution_policy=x", "resolution_policy must be one of")]:
+        r = _cli("evaluate", "--editor", editor, "--dataset", "mini", "--out", str(tmp_path / "r"), "--limit", "1",
+                 "--editor-arg", arg, *FAST)
+        assert r.exit_code == ExitCode.USAGE, (editor, r.output, r.exception)
+        lines = [line for line in r.output.splitlines() if line.strip()]
+        assert lines == [lines[0]] and lines[0].startswith(f"error: editor '{editor}': {says}"), r.output
+        assert not (tmp_path / "r").exists()  # refused before any work
+    assert _evaluate("--editor", f"{HERE}:Validated", "--dataset", "mini", "--out", str(tmp_path / "ok"), "--limit", "1",
+                     "--editor-arg", "steps=3", *FAST)
+    r = _cli("evaluate", "--editor", f"{HERE}:BrokenInit", "--dataset", "mini", "--out", str(tmp_path / "b"),
+             "--limit", "1", *FAST)
+    assert r.exit_code == 1 and isinstance(r.exception, ValueError) and "constructor" in str(r.exception)
+
+
 # --- §6 editor outputs outside the valid range --------------------------------------------------------
 
 def test_out_of_range_editor_outputs_get_a_status_not_clipping(tmp_path):

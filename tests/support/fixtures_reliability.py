@@ -8,12 +8,13 @@ import math
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ciebench import EditRequest, EditResult, Editor
+from ciebench import EditorConfig, EditRequest, EditResult, Editor
 
 # Ids that broke earlier versions: pandas missing-value spellings, leading zeros that must stay
 # distinct from the number, a 26-character Chinese id, a 300-character id, path-like and case-twin ids.
@@ -90,6 +91,35 @@ class BadOutputs(Editor):
             else:
                 results.append(EditResult(image=base))
         return results
+
+
+@dataclass(frozen=True)
+class StepsConfig(EditorConfig):
+    steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, not {self.steps}")
+
+
+class Validated(Editor):
+    """Identity with a `Config` that rejects steps < 1, as a user's editor would."""
+
+    name = "validated"
+    Config = StepsConfig
+
+    def edit(self, requests: list[EditRequest]) -> list[EditResult]:
+        return [EditResult(image=r.image) for r in requests]
+
+
+class BrokenInit(Validated):
+    """A bug in the editor's own constructor (not a rejected option): it must keep its traceback."""
+
+    name = "broken-init"
+
+    def __init__(self, config=None, **options):
+        super().__init__(config, **options)
+        raise ValueError("bug inside the editor's constructor")
 
 
 LOCK_HOLDER = """
