@@ -5,7 +5,11 @@ anything else is a bug in ciebench and keeps its traceback.
 """
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
+
+# A full disk or quota: the machine's problem (exit 4) whichever code hit it, never a bad dataset.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class ExitCode(IntEnum):

@@ -323,6 +323,59 @@ def test_an_option_value_the_editor_config_rejects_is_a_one_line_usage_error(tmp
     assert r.exit_code == 1 and isinstance(r.exception, ValueError) and "constructor" in str(r.exception)
 
 
+def test_a_path_the_machine_refuses_is_one_line_and_exit_4_naming_it(tmp_path, monkeypatch):
+    """--out under a regular file (unreachable for everyone, root included), and a write refused with
+    EACCES: one line naming the path, exit 4, in every command that writes; a download or archive that
+    cannot be read is a dataset error (exit 3) naming the source, as for the `ciebench` release."""
+    import ciebench.verify
+
+    ds = jsonl_dataset(tmp_path / "ds", ["a", "b"])
+    run = tmp_path / "run"
+    _evaluate("--editor", "identity", "--dataset", str(ds), "--out", str(run), *FAST)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for args in [("data", "prepare", str(ds), "--out", str(blocker / "ds")),
+                 ("leaderboard", str(run), "--out", str(blocker / "board"), "--no-plots"),
+                 ("export", str(run), "--format", "hub", "--out", str(blocker / "exp")),
+                 ("evaluate", "--editor", "identity", "--dataset", str(ds), "--out", str(blocker / "run"), *FAST)]:
+        r = _cli(*args)
+        assert r.exit_code == ExitCode.ENVIRONMENT, (args, r.output, r.exception)
+        assert "Traceback" not in r.output and str(blocker) in r.output and "not a directory" in r.output, r.output
+        assert [line for line in r.output.splitlines() if line.strip()][0].startswith("error: "), r.output
+        assert "finished samples are kept" not in r.output  # nothing was created to keep
+
+    def refused(path, data):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(ciebench.verify, "atomic_write_json", refused)
+    r = _cli("verify", str(run))
+    assert r.exit_code == ExitCode.ENVIRONMENT and "Traceback" not in r.output, r.output
+    assert f"{run}" in r.output and "permission denied" in r.output
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    for source in (f"file://{tmp_path}/missing.zip", str(corrupt)):
+        r = _cli("data", "prepare", source, "--out", str(tmp_path / "prepared"))
+        assert r.exit_code == ExitCode.DATA and "Traceback" not in r.output, r.output
+        assert f"error: {source}: cannot download or unpack it" in r.output
+        assert not (tmp_path / "prepared").exists()
+
+
+def test_evaluate_points_at_kept_samples_only_when_the_run_folder_exists(tmp_path, monkeypatch):
+    import ciebench.api
+
+    def model_fails(*args, **kwargs):
+        raise RuntimeError("the model cannot be loaded")
+
+    monkeypatch.setattr(ciebench.api, "evaluate", model_fails)
+    args = ("evaluate", "--editor", "identity", "--dataset", "mini", *FAST)
+    r = _cli(*args, "--out", str(tmp_path / "never-made"))
+    assert r.exit_code == ExitCode.ENVIRONMENT and "the model cannot be loaded" in r.output
+    assert "kept" not in r.output and not (tmp_path / "never-made").exists()
+    (tmp_path / "made").mkdir()
+    r = _cli(*args, "--out", str(tmp_path / "made"))
+    assert r.exit_code == ExitCode.ENVIRONMENT and f"finished samples are kept in {tmp_path / 'made'}" in r.output
+
+
 # --- §6 editor outputs outside the valid range --------------------------------------------------------
 
 def test_out_of_range_editor_outputs_get_a_status_not_clipping(tmp_path):

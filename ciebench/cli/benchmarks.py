@@ -69,7 +69,8 @@ def guard(fn, out: Path) -> None:
     try:
         summary = fn()
     except KeyboardInterrupt:
-        typer.echo(f"\ninterrupted: finished cases are kept in {out}; rerun the same command to resume.", err=True)
+        kept = f": finished cases are kept in {out}; rerun the same command to resume." if out.is_dir() else ""
+        typer.echo(f"\ninterrupted{kept}", err=True)
         raise typer.Exit(int(ExitCode.INTERRUPTED))
     print_summary(summary, out)
     ours = summary.get("ours") or {}

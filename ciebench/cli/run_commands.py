@@ -84,12 +84,13 @@ def _environment(exc: BaseException, out: Path, resumable: bool):
     """A model, file or endpoint this machine cannot provide, as a one-line EnvironmentProblem."""
     from ciebench.errors import EnvironmentProblem
 
-    from .handling import DISK_FULL_ERRNOS, disk_full
+    from .handling import path_problem
 
-    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
-        return disk_full(exc)
+    problem = path_problem(exc) if isinstance(exc, OSError) else None
+    if problem is not None:
+        return problem
     hint = (f"finished samples are kept in {out}; fix the cause and rerun the same command to resume (-v for details)"
-            if resumable else "-v for details")
+            if resumable and out.is_dir() else "-v for details")  # never point at a folder that was not created
     problem = EnvironmentProblem(f"{type(exc).__name__}: {exc}", hint=hint)
     problem.__cause__ = exc
     return problem
@@ -177,7 +178,8 @@ def evaluate_cmd(
     except (OSError, RuntimeError) as exc:  # a model that cannot be loaded (offline, missing weights), a full disk
         raise _environment(exc, out, resumable=True) from exc
     except KeyboardInterrupt:
-        typer.echo(f"\ninterrupted: finished samples are kept in {out}; rerun the same command to resume.", err=True)
+        kept = f": finished samples are kept in {out}; rerun the same command to resume." if out.is_dir() else ""
+        typer.echo(f"\ninterrupted{kept}", err=True)
         raise typer.Exit(int(ExitCode.INTERRUPTED))
     stats = result.stats
     typer.echo(f"generated {stats.generated}, resumed {stats.skipped}, failed {stats.failed}")

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 
 from ciebench import outdir
-from ciebench.errors import UsageError
+from ciebench.errors import DISK_FULL_ERRNOS, UsageError
 from ciebench.io import atomic_write_text
 
 from . import LoadedDataset, read_dataset
+from .problems import DatasetError
 from .release import download, locate_release, unpack
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -61,11 +64,17 @@ def _read_any(source: str, tmp: Path, verify: bool) -> LoadedDataset:
     is_url = source.startswith(("http://", "https://", "file://"))
     if is_url or (Path(source).is_file() and source.endswith(ARCHIVE_SUFFIXES)):
         archive = tmp / "archive"
-        if is_url:
-            download(source, archive)
-        else:
-            shutil.copyfile(source, archive)
-        unpack(archive, tmp / "tree")
+        try:
+            if is_url:
+                download(source, archive)
+            else:
+                shutil.copyfile(source, archive)
+            unpack(archive, tmp / "tree")
+        except (OSError, DatasetError, zipfile.BadZipFile, tarfile.TarError) as exc:  # as fetch_release reports a source
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+                raise  # the machine's problem (exit 4), not the source's
+            raise DatasetError(f"{source}: cannot download or unpack it ({exc})",
+                               hint="check the URL or path and the network, or pass a local folder") from exc
         root = locate_release(tmp / "tree", None) or _single_top(tmp / "tree")
         loaded = read_dataset(str(root), verify=verify)
         loaded.spec = source
