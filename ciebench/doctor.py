@@ -1,6 +1,7 @@
 """`ciebench doctor`: will this `evaluate` run work here? One line per check, before hours of GPU time.
 
-Checks: every file the configuration loads is present (or reachable); each judge / LLM endpoint
+Checks: every file the configuration loads is present (or reachable), and a local dataset reads
+without sample errors (what `data validate` reports); each judge / LLM endpoint
 answers one real structured call (served model name, response format accepted); each stage's GPU
 memory against what is free (through a `DeviceProbe`, which tests replace); disk space for the run
 folder; installed package versions against ciebench's declared floors. `--offline` checks the bundle
@@ -80,14 +81,20 @@ def run_doctor(options: DoctorOptions) -> list[DoctorCheck]:
             return checks + [check_packages()]
     from .errors import UsageError
 
+    config = options.configuration
+    # Read once (every image decoded): for the file check, the disk check and the default protocol,
+    # which `plan` would otherwise read the dataset again to learn.
+    dataset = read_configured_dataset(config.dataset)
+    if config.protocol is None and dataset.loaded is not None:
+        config = dataclasses.replace(config, protocol=dataset.loaded.default_protocol)
     try:
-        result = plan(options.configuration, offline=options.offline or None)
+        result = plan(config, offline=options.offline or None)
     except UsageError as exc:  # the command line itself would fail: say so as a check, keep checking
         return checks + [DoctorCheck("configuration", False, exc.one_line()), check_packages()]
-    checks.append(check_files(result))
+    checks.append(check_files(result, dataset))
     checks += check_endpoints(result.requirements, offline=options.offline)
     checks += check_gpu_memory(result, options.device, options.probe)
-    checks.append(check_disk(result, options))
+    checks.append(check_disk(result, options, dataset))
     checks.append(check_packages())
     return checks
 
@@ -110,9 +117,59 @@ def check_bundle_files(bundle: Path | None) -> DoctorCheck:
     return DoctorCheck("bundle", True, f"{folder}: every manifest file present with its sha256")
 
 
-def check_files(result: Plan) -> DoctorCheck:
-    if result.missing:
-        return DoctorCheck("model and dataset files", False, "; ".join(result.missing))
+@dataclass(frozen=True)
+class DatasetRead:
+    """The configured dataset as read once by the doctor: `loaded`, or why it could not be read."""
+
+    spec: str | None
+    loaded: Any = None  # ciebench.datasets.LoadedDataset
+    error: str | None = None
+
+    @property
+    def local(self) -> bool:
+        """A dataset in this machine's files (the embedded `mini`, the verified release and hub
+        datasets are checked where they are fetched)."""
+        return bool(self.spec) and self.spec not in ("mini", "ciebench") and not self.spec.startswith("hf:")
+
+
+def read_configured_dataset(spec: str | None) -> DatasetRead:
+    from ciebench.datasets import DatasetError, read_dataset
+
+    from .errors import CiebenchError
+
+    if not spec:
+        return DatasetRead(spec)
+    try:
+        return DatasetRead(spec, loaded=read_dataset(spec))
+    except (DatasetError, OSError) as exc:
+        return DatasetRead(spec, error=exc.one_line() if isinstance(exc, CiebenchError) else str(exc))
+
+
+def dataset_problems(dataset: DatasetRead, shown: int = 3) -> list[str]:
+    """Why a local dataset would fail samples in the run: the sample errors `data validate` reports
+    (the first few and the count), a dataset that cannot be read, or one with no usable sample."""
+    from ciebench.datasets.problems import errors
+
+    if not dataset.local:
+        return []
+    validate = f"`ciebench data validate {dataset.spec}` lists every problem"
+    if dataset.error is not None:
+        # a path that is not there is already named by the plan's missing files
+        return [f"dataset: {dataset.error}"] if Path(dataset.spec).expanduser().exists() else []
+    bad = errors(dataset.loaded.problems)
+    if bad:
+        more = f"; ... {len(bad) - shown} more" if len(bad) > shown else ""
+        return [f"dataset {dataset.spec}: {len(bad)} sample error(s) ({validate}): "
+                + "; ".join(str(p) for p in bad[:shown]) + more]
+    if len(dataset.loaded.dataset) == 0:
+        return [f"dataset {dataset.spec}: no usable samples ({validate})"]
+    return []
+
+
+def check_files(result: Plan, dataset: DatasetRead) -> DoctorCheck:
+    failed = list(result.missing) + dataset_problems(dataset)
+    if failed:
+        return DoctorCheck("model and dataset files", False, "; ".join(failed))
     here = len(result.files) - len(result.to_download)
     detail = f"{len(result.files)} file(s), {human_bytes(result.total_bytes)}: {here} present"
     if result.to_download:
@@ -183,10 +240,10 @@ def check_gpu_memory(result: Plan, device: str, probe: Any) -> list[DoctorCheck]
 
 
 # ---- disk -------------------------------------------------------------------------------------------
-def check_disk(result: Plan, options: DoctorOptions) -> DoctorCheck:
+def check_disk(result: Plan, options: DoctorOptions, dataset: DatasetRead) -> DoctorCheck:
     out = Path(options.out) if options.out else Path.cwd()
     existing = next((p for p in [out, *out.parents] if p.exists()), Path("/"))
-    per_sample, n = _dataset_bytes(options.configuration.dataset, options.limit)
+    per_sample, n = _dataset_bytes(dataset, options.limit)
     run_need = int(per_sample * n * options.seeds * DISK_PER_IMAGE_FACTOR * max(1, len(options.configuration.editors)))
     download_need = sum(f.size or 0 for f in result.to_download) if _same_fs(existing) else 0
     need = run_need + download_need
@@ -207,19 +264,13 @@ def _same_fs(path: Path) -> bool:
         return True
 
 
-def _dataset_bytes(spec: str | None, limit: int | None) -> tuple[float, int]:
+def _dataset_bytes(dataset: DatasetRead, limit: int | None) -> tuple[float, int]:
     """(mean stored bytes of a source image, samples to run); (0, 0) when the dataset is not readable here."""
-    from ciebench.datasets import DatasetError, read_dataset
-
-    if not spec:
-        return 0.0, 0
-    try:
-        loaded = read_dataset(spec)
-    except (DatasetError, OSError):
+    if dataset.loaded is None:
         return 0.0, 0
     import datasets
 
-    raw = loaded.dataset.cast_column("image", datasets.Image(decode=False))
+    raw = dataset.loaded.dataset.cast_column("image", datasets.Image(decode=False))
     n = len(raw) if limit is None else min(limit, len(raw))
     sizes = [len(v["bytes"]) if v.get("bytes") is not None else Path(v["path"]).stat().st_size
              for v in raw.select(range(n))["image"]] if n else []

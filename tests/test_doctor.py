@@ -155,3 +155,38 @@ def test_a_model_two_roles_share_counts_once_per_stage():
 def test_a_configuration_that_cannot_run_is_a_failing_check():
     checks = run_doctor(DoctorOptions(Configuration(editors=("no-such-editor",), dataset="mini"), probe=FakeProbe()))
     assert checks[0].name == "configuration" and not checks[0].ok and "no-such-editor" in checks[0].detail
+
+
+def test_a_local_dataset_with_missing_or_corrupt_files_fails_the_files_check(tmp_path: Path, monkeypatch):
+    """The folder existing is not enough: a truncated image and a missing mask are sample errors
+    `data validate` reports, so the files check fails and names them (first few, then the count);
+    the dataset is read once for this check, the disk check and the default protocol."""
+    import ciebench.datasets
+
+    from tests.support.fixtures_bad_data import write_jsonl_dataset
+
+    root = tmp_path / "ds"
+    write_jsonl_dataset(root, ["a", "b", "c", "d", "e", "f"])
+    good = _checks(Configuration(editors=("identity",), dataset=str(root), metrics=("psnr",)), probe=FakeProbe())
+    assert good["model and dataset files"].ok and "6 sample(s)" in good["disk space"].detail
+    (root / "img0.png").write_bytes((root / "img0.png").read_bytes()[:40])  # truncated
+    for i in (1, 2, 3, 4):
+        (root / f"img{i}_mask.png").unlink()
+    reads = []
+    real = ciebench.datasets.read_dataset
+    monkeypatch.setattr(ciebench.datasets, "read_dataset", lambda spec, **kw: reads.append(spec) or real(spec, **kw))
+    checks = _checks(Configuration(editors=("identity",), dataset=str(root), metrics=("psnr",)), probe=FakeProbe())
+    check = checks["model and dataset files"]
+    assert not check.ok and f"dataset {root}: 5 sample error(s)" in check.detail
+    assert "sample a: img0.png" in check.detail and "sample b: img1_mask.png: mask file is missing" in check.detail
+    assert "... 2 more" in check.detail and "sample e:" not in check.detail  # the first three, then the count
+    assert "1 sample(s)" in checks["disk space"].detail  # the one usable sample, from the same read
+    assert reads == [str(root)]
+    result = runner.invoke(app, ["doctor", "--editor", "identity", "--dataset", str(root), "--metrics", "psnr"])
+    assert result.exit_code == 1 and "FAIL model and dataset files" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "manifest.jsonl").write_text("")
+    check = _checks(Configuration(editors=("identity",), dataset=str(empty), metrics=("psnr",)),
+                    probe=FakeProbe())["model and dataset files"]
+    assert not check.ok and "no usable samples" in check.detail
