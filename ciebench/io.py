@@ -43,6 +43,15 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def staging_dir(parent: str | os.PathLike | None, prefix: str) -> Path:
+    """A new temporary folder in `parent`, to be filled and renamed into place. mkdtemp creates it
+    0700, which the rename would carry over: it gets the mode `mkdir` gives under the umask instead,
+    so a prepared dataset or an export is as readable as any other folder the user makes."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(path, 0o777 & ~_UMASK)
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -22,11 +22,11 @@ import fnmatch
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from .errors import OutputConflict
+from .io import staging_dir
 
 MARKER = ".ciebench-output.json"
 LOCK = ".ciebench.lock"
@@ -170,7 +170,7 @@ def staged(out: Path) -> Iterator[Path]:
     """A staging folder beside `out`, filled by the caller: on success it replaces `out` in one rename
     (an earlier `out` is removed first), on any failure it is deleted, so no reader ever sees a
     half-written folder."""
-    staging = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}-"))
+    staging = staging_dir(out.parent if out.parent.exists() else None, prefix=f".{out.name}-")
     try:
         yield staging
         if out.exists():

@@ -89,6 +89,27 @@ def test_evaluate_score_and_leaderboard_refuse_foreign_folders_even_with_overwri
     assert len(list((run / "records").iterdir())) == 3
 
 
+def test_prepared_and_exported_folders_get_the_umask_mode_not_mkdtemp_0700(tmp_path, monkeypatch):
+    """They are built in a mkdtemp folder (0700) and renamed into place; under umask 022 they must be
+    0755 like any folder `mkdir` makes, or other users (a web server, a shared cluster) cannot read them."""
+    import stat
+
+    import ciebench.io
+
+    previous = os.umask(0o022)
+    try:
+        monkeypatch.setattr(ciebench.io, "_UMASK", 0o022)  # the umask io reads once, at import
+        ds = jsonl_dataset(tmp_path / "ds", ["a", "b"])
+        _evaluate("--editor", "identity", "--dataset", str(ds), "--out", str(tmp_path / "run"), *FAST)
+        assert _cli("data", "prepare", str(ds), "--out", str(tmp_path / "prepared")).exit_code == 0
+        assert _cli("export", str(tmp_path / "run"), "--format", "hub", "--out", str(tmp_path / "exp")).exit_code == 0
+        for folder in (tmp_path / "prepared", tmp_path / "exp"):
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o755, folder
+        assert stat.S_IMODE(ciebench.io.staging_dir(tmp_path, ".x-").stat().st_mode) == 0o755  # also the release cache's
+    finally:
+        os.umask(previous)
+
+
 def test_claim_adopts_unmarked_own_layout_and_clear_keeps_the_rest(tmp_path):
     old = tmp_path / "old-board"
     old.mkdir()

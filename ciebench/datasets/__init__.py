@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -20,6 +19,7 @@ import datasets
 
 from ciebench.errors import did_you_mean
 from ciebench.images import read_regular_file
+from ciebench.io import staging_dir
 from ciebench.schema import FEATURES, EditSample
 
 from .authors import find_annotation, read_authors_folder
@@ -290,7 +290,7 @@ def _load_release(verify: bool, sources: list[str] | None) -> LoadedDataset:
         root = fetch_release(sources=sources, verify=verify)
         rows, problems = read_authors_folder(root)
         dataset = datasets.Dataset.from_list(rows, features=FEATURES)
-        tmp = Path(tempfile.mkdtemp(dir=converted.parent, prefix=".dataset-"))
+        tmp = staging_dir(converted.parent, prefix=".dataset-")
         datasets.disable_progress_bars()
         try:
             dataset.save_to_disk(str(tmp))
