@@ -85,7 +85,7 @@ def test_a_manifest_without_the_mask_key_is_refused_not_scored_over_the_whole_im
     assert "'mask_path'" in warnings[0].message and "3 lines (1, 2, 3)" in warnings[0].message
     assert "Did you mean 'mask'?" in warnings[0].message
     result = runner.invoke(app, ["data", "validate", str(root)])
-    assert result.exit_code == 1 and "0 usable samples, 3 error(s), 1 warning(s)" in result.output
+    assert result.exit_code == 3 and "0 usable samples, 3 error(s), 1 warning(s)" in result.output
     result = runner.invoke(app, ["evaluate", "--editor", "identity", "--dataset", str(root),
                                  "--out", str(tmp_path / "run"), "--metrics", "psnr"])
     assert result.exit_code == 3 and "no usable samples" in result.output

@@ -252,6 +252,13 @@ def test_exit_codes_tell_the_truth(tmp_path):
     r = _evaluate("--editor", "identity", "--dataset", str(empty), "--out", str(tmp_path / "r3"), *FAST,
                   code=ExitCode.DATA)
     assert "no usable samples" in r.output
+    # data validate agrees with evaluate: a dataset with nothing to evaluate is not valid (it exited 0)
+    r = _cli("data", "validate", str(empty))
+    assert r.exit_code == ExitCode.DATA and "error: dataset" in r.output and "no usable samples" in r.output
+    unusable = jsonl_dataset(tmp_path / "unusable", ["a"])
+    (unusable / "img0.png").unlink()  # its one sample is an error: still exit 3, not 1
+    r = _cli("data", "validate", str(unusable))
+    assert r.exit_code == ExitCode.DATA and "0 usable samples, 1 error(s)" in r.output
     preds = tmp_path / "nothing"
     preds.mkdir()
     r = _cli("score", "--dataset", str(ds), "--predictions", str(preds), "--out", str(tmp_path / "s"), *FAST,

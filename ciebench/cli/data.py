@@ -39,8 +39,10 @@ def validate_cmd(
     dataset: DatasetArg,
     ignore_checksums: IgnoreChecksumsOpt = False,
 ) -> None:
-    """Check every sample; print one line per problem; exit 1 when any error is found."""
+    """Check every sample; print one line per problem; exit 1 when any error is found, 3 when no
+    sample is usable (as `evaluate` exits on it)."""
     from ciebench.datasets import read_dataset
+    from ciebench.errors import DataError
 
     loaded = read_dataset(dataset, verify=not ignore_checksums)
     for problem in loaded.problems:
@@ -48,6 +50,9 @@ def validate_cmd(
     n_err = sum(p.severity == "error" for p in loaded.problems)
     n_warn = len(loaded.problems) - n_err
     typer.echo(f"{dataset}: {len(loaded.dataset)} usable samples, {n_err} error(s), {n_warn} warning(s)")
+    if len(loaded.dataset) == 0:  # nothing to evaluate: the same error, and exit code, evaluate gives
+        raise DataError(f"dataset {dataset} has no usable samples",
+                        hint="fix the errors above" if n_err else "it holds no samples")
     if n_err:
         raise typer.Exit(int(ExitCode.INCOMPLETE))
 
