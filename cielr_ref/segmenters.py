@@ -8,12 +8,13 @@ largest first):
 
 `Sam2Segmenter` implements SAM's automatic mask generation over `Sam2Model` itself: a grid of point
 prompts per crop (crop layer 0 is the whole image, layer i adds (2^i)^2 overlapping crops), three
-masks per point, filtered by predicted IoU and by stability (the IoU between the mask thresholded at
-+offset and at -offset), masks touching a crop edge that is not an image edge dropped, box NMS within
-each crop and then across crops (preferring masks from smaller crops). With `use_m2m` (SAM 2's
-mask-to-mask refinement) every mask that passed the filters is predicted once more from its point
-with its own low-resolution logits as the mask prompt, and filtered again. See `AMGParams` for which
-values the CIELR release used.
+masks per point, filtered by predicted IoU (above its threshold) and by stability (at or above its
+threshold; the IoU between the mask thresholded at +offset and at -offset), masks touching a crop
+edge that is not an image edge dropped, box NMS within each crop and then across crops (preferring
+masks from smaller crops). With `use_m2m` (SAM 2's mask-to-mask refinement) every first-pass mask is
+predicted once more from its point with its own low-resolution logits as the mask prompt, and only
+the refined masks go through the IoU and stability filters, as in SAM 2's generator (the first
+pass's scores decide nothing). See `AMGParams` for which values the CIELR release used.
 
 We do not use transformers' "mask-generation" pipeline: for SAM 2 it places the point grid with the
 SAM 1 convention (longest side scaled to 1024) while SAM 2 squashes the image to 1024x1024, so on a
@@ -52,7 +53,7 @@ class AMGParams:
     min_mask_area: int = 0  # drop masks with fewer pixels (0 keeps all)
     points_per_batch: int = 64
     crop_edge_atol: float = 20.0
-    use_m2m: bool = False  # SAM 2's mask-to-mask pass: each kept mask re-predicted with itself as prompt
+    use_m2m: bool = False  # SAM 2's mask-to-mask pass: every first-pass mask re-predicted with itself as prompt
 
 
 # ---------------------------------------------------------------------------------- crop geometry
@@ -215,13 +216,11 @@ class Sam2Segmenter:
             iou = out.iou_scores[0].flatten(0, 1).float()
             n_out = out.pred_masks.shape[2]
             origin = torch.arange(len(sel), device=low.device).repeat_interleave(n_out)  # mask -> its point
-            keep = iou > p.pred_iou_thresh if p.pred_iou_thresh > 0 else torch.ones_like(iou, dtype=torch.bool)
-            low, iou, origin = low[keep], iou[keep], origin[keep]
             for sub in chunks(list(range(low.shape[0])), 32):  # bound memory of full-size logits
-                binary, sc, low_kept = self._filter(low[sub], iou[sub], ch, cw, check_iou=False)
-                if p.use_m2m and len(binary):
-                    low2, iou2 = self._refine(emb, pts[0, origin[sub][low_kept], 0], low[sub][low_kept])
-                    binary, sc, _ = self._filter(low2, iou2, ch, cw, check_iou=True)
+                sub_low, sub_iou = low[sub], iou[sub]
+                if p.use_m2m:  # as SAM 2: every first-pass mask is refined; only the refined one is filtered
+                    sub_low, sub_iou = self._refine(emb, pts[0, origin[sub], 0], sub_low)
+                binary, sc = self._filter(sub_low, sub_iou, ch, cw)
                 if not len(binary):
                     continue
                 bx = masks_to_boxes(binary) + torch.tensor([x0, y0, x0, y0], device=binary.device)
@@ -236,25 +235,25 @@ class Sam2Segmenter:
         return torch.cat(masks_out), torch.cat(scores_out), torch.cat(boxes_out)
 
 
-    def _filter(self, low, iou, ch: int, cw: int, check_iou: bool):
-        """Low-resolution logits -> (binary crop-size masks, scores, indices kept into `low`): the
-        predicted-IoU filter (when `check_iou`), the stability filter, empty masks dropped."""
+    def _filter(self, low, iou, ch: int, cw: int):
+        """Low-resolution logits -> (binary crop-size masks, scores): the predicted-IoU filter (before
+        upsampling, so rejected masks cost nothing), the stability filter, empty masks dropped. Both
+        filters are SAM / SAM 2's: IoU strictly above its threshold, stability at or above its own."""
         import torch
         import torch.nn.functional as F
 
         p = self.params
-        idx = torch.arange(low.shape[0], device=low.device)
-        if check_iou and p.pred_iou_thresh > 0:
+        if p.pred_iou_thresh > 0:
             ok = iou > p.pred_iou_thresh
-            low, iou, idx = low[ok], iou[ok], idx[ok]
+            low, iou = low[ok], iou[ok]
         logits = F.interpolate(low[:, None].float(), size=(ch, cw), mode="bilinear", align_corners=False)[:, 0]
         hi = (logits > p.mask_threshold + p.stability_score_offset).sum(dim=(1, 2))
         lo = (logits > p.mask_threshold - p.stability_score_offset).sum(dim=(1, 2))
         stability = hi.float() / lo.clamp(min=1).float()
-        ok = stability > p.stability_score_thresh if p.stability_score_thresh > 0 else torch.ones_like(stability, dtype=torch.bool)
+        ok = stability >= p.stability_score_thresh if p.stability_score_thresh > 0 else torch.ones_like(stability, dtype=torch.bool)
         binary = logits[ok] > p.mask_threshold
         nonempty = binary.flatten(1).any(dim=1)
-        return binary[nonempty], iou[ok][nonempty], idx[ok][nonempty]
+        return binary[nonempty], iou[ok][nonempty]
 
     def _refine(self, emb, points, low):
         """SAM 2's m2m pass: one prediction per mask from its point (in model input coordinates) and

@@ -232,6 +232,79 @@ def test_amg_grid_crops_and_boxes():
     assert masks_to_boxes(m).tolist() == [[3, 2, 7, 4], [0, 0, 0, 0]]
 
 
+class FakeSam2:
+    """A stand-in for `Sam2Model`'s decoder call: every prompt gives a 128x128 square in a 256x256
+    low-res frame, with the predicted IoU `first` on the first (multimask) pass and `refined` on the
+    m2m pass (a mask prompt given). It counts the masks the m2m pass is asked to refine."""
+
+    def __init__(self, first: float, refined: float):
+        self.first, self.refined, self.refined_masks = first, refined, 0
+
+    @staticmethod
+    def _square(n):
+        import torch
+
+        x = torch.full((n, 256, 256), -20.0)
+        x[:, 64:192, 64:192] = 20.0
+        return x
+
+    def __call__(self, image_embeddings, input_points, input_labels, multimask_output=True, input_masks=None):
+        import types
+
+        import torch
+
+        if input_masks is None:  # first pass: (1, points, 3, h, w)
+            n = input_points.shape[1]
+            return types.SimpleNamespace(pred_masks=self._square(n * 3).reshape(1, n, 3, 256, 256),
+                                         iou_scores=torch.full((1, n, 3), self.first))
+        n = input_points.shape[0]  # m2m pass: (masks, 1, 1, h, w)
+        self.refined_masks += n
+        return types.SimpleNamespace(pred_masks=self._square(n).reshape(n, 1, 1, 256, 256),
+                                     iou_scores=torch.full((n, 1, 1), self.refined))
+
+
+def fake_segmenter(model, **params):
+    import torch
+
+    from ciebench.cielr_ref.segmenters import AMGParams, Sam2Segmenter
+
+    seg = Sam2Segmenter.__new__(Sam2Segmenter)  # no checkpoint: only the generator's logic runs
+    seg.params = AMGParams(**params)
+    seg.device, seg.dtype, seg.input_size, seg.model = "cpu", torch.float32, 1024, model
+    return seg
+
+
+@pytest.mark.parametrize("first, refined, kept", [(0.5, 0.95, 12), (0.95, 0.5, 0)])
+def test_m2m_refines_every_first_pass_mask_and_filters_only_the_refined(first, refined, kept):
+    """SAM 2's generator with use_m2m (sam2/automatic_mask_generator.py, _process_batch) refines all
+    points x 3 first-pass masks and applies the IoU and stability filters to the refined masks only:
+    2x2 points give 12 masks; a first pass below the IoU threshold (0.5 < 0.7) must not stop a
+    confident refined mask (0.95, a crisp square: stability 1), and a confident first pass does not
+    save a refined mask that fails."""
+    import torch
+
+    model = FakeSam2(first, refined)
+    seg = fake_segmenter(model, points_per_side=2, crop_n_layers=0, use_m2m=True, stability_score_offset=0.7)
+    masks, scores, boxes = seg._crop_masks([torch.zeros(1)], (0, 0, 64, 64), 0, 64, 64)
+    assert model.refined_masks == 12
+    assert len(masks) == kept and torch.allclose(scores, torch.full((kept,), refined))
+
+
+def test_stability_at_the_threshold_is_kept():
+    """SAM and SAM 2 keep stability >= stability_score_thresh. Logits: 3 pixels above +offset, 1 more
+    above -offset only: stability 3/4 = 0.75, exactly the threshold."""
+    import torch
+
+    seg = fake_segmenter(None, stability_score_thresh=0.75, stability_score_offset=1.0, pred_iou_thresh=0.0)
+    low = torch.full((1, 8, 8), -5.0)
+    low[0, 0, :3] = 5.0
+    low[0, 0, 3] = 0.5
+    binary, scores = seg._filter(low, torch.tensor([0.9]), 8, 8)
+    assert len(binary) == 1 and binary[0].sum() == 4  # thresholded at 0: the 3 + 1 positive pixels
+    seg = fake_segmenter(None, stability_score_thresh=0.76, stability_score_offset=1.0, pred_iou_thresh=0.0)
+    assert len(seg._filter(low, torch.tensor([0.9]), 8, 8)[0]) == 0
+
+
 # -------------------------------------------------------------------------------------- components and settings
 def test_builtin_components_follow_their_protocols():
     """Every built-in component has each method its protocol declares, with the same parameters in the
