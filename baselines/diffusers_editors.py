@@ -11,9 +11,12 @@ hash. Settings that stay None (the generic editor) are not passed: the pipeline'
 
 Resolution policies: "pipeline" hands the source to the pipeline unchanged and lets it choose the working
 size; "area" rescales to `max_area` pixels at the source aspect ratio; "source" keeps the source size,
-shrunk to at most `max_area`. Both of the latter round sides down to `multiple_of`, resize the input to
-that size and pass it as height/width to pipelines that take them. Outputs are resized
-back to the source size (bicubic) so metrics compare like with like; the trace records the working size.
+shrunk to at most `max_area`; "kontext" takes the FLUX.1 Kontext training resolution whose aspect ratio is
+nearest the source's (BFL's reference generates there), shrunk to at most `max_area` when that is set.
+All but "pipeline" round sides down to `multiple_of`, resize the input to that size and pass it as
+height/width to pipelines that take them (and its area as `max_area` to those that refit height/width
+to `max_area`, as Kontext does, so they keep it). Outputs are resized back to the source size
+(bicubic) so metrics compare like with like; the trace records the working size.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from ciebench.turns import MULTI_IMAGE
 from ciebench.errors import UsageError
 
 SETTINGS_FILE = "diffusers_editors.json"
-RESOLUTION_POLICIES = ("pipeline", "area", "source")
+RESOLUTION_POLICIES = ("pipeline", "area", "source", "kontext")
 OFFLOAD = ("none", "model", "sequential")
 QUANTIZATION = ("none", "bnb-nf4", "bnb-int8")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -80,9 +83,9 @@ class DiffusersEditConfig(EditorConfig):
     true_cfg_scale: float | None = None
     negative_prompt: str | None = None
     strength: float | None = None  # img2img pipelines
-    resolution_policy: str | None = None  # pipeline | area | source (None: pipeline)
+    resolution_policy: str | None = None  # pipeline | area | source | kontext (None: pipeline)
     max_area: int | None = None  # pixels; passed to pipelines that take `max_area`
-    multiple_of: int | None = None  # side rounding for "area" / "source" (None: 16)
+    multiple_of: int | None = None  # side rounding for "area" / "source" / "kontext" (None: 16)
     auto_resize: bool | None = None  # FluxKontextPipeline `_auto_resize`
     scheduler: str | None = None  # "pipeline" (the checkpoint's) or a diffusers scheduler class name
     dtype: str | None = None  # auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float16 | float32
@@ -121,13 +124,23 @@ def resolve_config(config: DiffusersEditConfig) -> DiffusersEditConfig:
     return config
 
 
+def kontext_resolution(size: tuple[int, int]) -> tuple[int, int]:
+    """The FLUX.1 Kontext training resolution (width, height) whose aspect ratio is nearest `size`'s,
+    ties to the smaller width: the rule of BFL's reference (`prepare_kontext`) and of diffusers'
+    `_auto_resize`, over diffusers' own copy of the list."""
+    from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
+
+    ratio = size[0] / size[1]
+    return min(PREFERRED_KONTEXT_RESOLUTIONS, key=lambda wh: (abs(ratio - wh[0] / wh[1]), wh))
+
+
 def working_size(size: tuple[int, int], policy: str, max_area: int | None, multiple_of: int) -> tuple[int, int] | None:
     """The (width, height) to ask the pipeline for, or None to let it choose ("pipeline")."""
     if policy == "pipeline":
         return None
-    w, h = size
+    w, h = kontext_resolution(size) if policy == "kontext" else size
     scale = math.sqrt(max_area / (w * h)) if max_area else 1.0
-    if policy == "source":
+    if policy in ("source", "kontext"):  # a cap, never an enlargement
         scale = min(1.0, scale)
     m = multiple_of
     return max(m, int(w * scale) // m * m), max(m, int(h * scale) // m * m)
@@ -256,7 +269,10 @@ class DiffusersEditor(Editor):
         size = self._size(batch[0])
         images = [r.image.convert("RGB") for r in batch]
         if size is not None:
-            images = [im.resize(size, Image.BICUBIC) for im in images]
+            # Lanczos for Kontext: the resampling of BFL's reference and of the pipeline's own _auto_resize
+            # (which then finds the image at a training resolution already and leaves it alone)
+            resample = Image.LANCZOS if self.config.resolution_policy == "kontext" else Image.BICUBIC
+            images = [im.resize(size, resample) for im in images]
         # A multi-image case (one request, since these pipelines never batch): the source first, then
         # the other inputs in the case's order, as the pipeline's reference images.
         image_arg = images if len(batch) > 1 else images[0]
@@ -265,6 +281,8 @@ class DiffusersEditor(Editor):
         kwargs = self.call_kwargs()
         if size is not None and {"height", "width"} <= self._accepts:  # else the resized input decides
             kwargs.update(width=size[0], height=size[1])
+            if "max_area" in self._accepts:  # FluxKontextPipeline refits height/width to max_area: keep them
+                kwargs["max_area"] = size[0] * size[1]
         if "negative_prompt" in kwargs and len(batch) > 1:
             kwargs["negative_prompt"] = [kwargs["negative_prompt"]] * len(batch)
         output = pipe(image=image_arg,

@@ -102,6 +102,35 @@ def test_kontext_batches_samples_and_matches_one_by_one(diffusers_editor_hub):
         assert np.abs(np.asarray(x.image, dtype=int) - np.asarray(y.image, dtype=int)).max() <= 2
 
 
+def test_kontext_generates_at_the_training_resolution_nearest_the_source_aspect(diffusers_editor_hub):
+    """BFL's reference (black-forest-labs/flux, sampling.prepare_kontext) generates at the preferred
+    Kontext resolution whose aspect ratio is nearest the input's; diffusers' FluxKontextPipeline, given
+    no height/width, makes a square image (diffusers issue #11886) that would be stretched back to the
+    source. Expected sizes picked by hand from BFL's list (w/h: 1456x720 = 2.02 nearest 2:1; 1184x880
+    = 1.345 nearest 4:3)."""
+    from ciebench.baselines.diffusers_editors import FluxKontextEditor, working_size
+
+    assert working_size((192, 96), "kontext", None, 16) == (1456, 720)
+    assert working_size((96, 192), "kontext", None, 16) == (720, 1456)
+    assert working_size((800, 600), "kontext", None, 16) == (1184, 880)
+    assert working_size((600, 800), "kontext", None, 16) == (880, 1184)
+    assert working_size((333, 333), "kontext", None, 16) == (1024, 1024)
+    # max_area caps it: sqrt(65536 / (1456 * 720)) = 0.25003 -> 364.04, 180.02 -> multiples of 16
+    assert working_size((192, 96), "kontext", 256 * 256, 16) == (352, 176)
+    assert working_size((192, 96), "kontext", 4096 * 4096, 16) == (1456, 720)  # never enlarged
+
+    diffusers_editor_hub(FLUX_KONTEXT)
+    table = FluxKontextEditor(steps=1)  # the table's settings: no max_area, _auto_resize on
+    assert table.config.resolution_policy == "kontext" and table.config.max_area is None
+    out = table.edit([EditRequest("w", Image.new("RGB", (192, 96), (120, 30, 200)), "make it red", seed=0)])[0]
+    assert out.trace["working_size"] == [1456, 720] and out.image.size == (192, 96)
+    # a small max_area (as the CPU tests run it) keeps the training resolution's aspect ratio:
+    # sqrt(4096 / (720 * 1456)) = 0.0625 -> 45, 91 -> 32, 80 (the pipeline does not refit it to a square)
+    small = FluxKontextEditor(steps=1, max_area=64 * 64, auto_resize=False)
+    out = small.edit([EditRequest("t", Image.new("RGB", (96, 192), (120, 30, 200)), "make it red", seed=0)])[0]
+    assert out.trace["working_size"] == [32, 80] and out.image.size == (96, 192)
+
+
 def test_presets_select_table_entries_and_a_changed_setting_changes_the_config_hash(diffusers_editor_hub):
     from ciebench.baselines.diffusers_editors import QwenImageEditEditor
 
