@@ -15,8 +15,10 @@ shrunk to at most `max_area`; "kontext" takes the FLUX.1 Kontext training resolu
 nearest the source's (BFL's reference generates there), shrunk to at most `max_area` when that is set.
 All but "pipeline" round sides down to `multiple_of`, resize the input to that size and pass it as
 height/width to pipelines that take them (and its area as `max_area` to those that refit height/width
-to `max_area`, as Kontext does, so they keep it). Outputs are resized back to the source size
-(bicubic) so metrics compare like with like; the trace records the working size.
+to `max_area`, as Kontext does, so they keep it). One exception to "pipeline": QwenImageEditPlusPipeline
+sizes its output from the last of several input images, so a multi-image case is given the size the
+pipeline picks for the source alone. Outputs are resized back to the source size (bicubic) so metrics
+compare like with like; the trace records the working size.
 """
 from __future__ import annotations
 
@@ -248,6 +250,20 @@ class DiffusersEditor(Editor):
         cfg = self.config
         return working_size(r.image.size, cfg.resolution_policy or "pipeline", cfg.max_area, cfg.multiple_of or 16)
 
+    def _multi_image_size(self, r: EditRequest) -> tuple[int, int] | None:
+        """Under "pipeline", the output size of a multi-image case for QwenImageEditPlusPipeline: the one
+        it picks for the source alone. Given several images it sizes the output from the LAST one
+        (diffusers 0.42 `__call__`: `image[-1].size`), a reference whose aspect ratio is not the source's,
+        so the output would be stretched back to the source. The pipeline's own rule: its module's
+        `calculate_dimensions` at 1024*1024 pixels for the image's aspect ratio (it floors the sides to
+        its latent multiple itself)."""
+        if self.config.pipeline != "QwenImageEditPlusPipeline" or len(r.images) <= 1:
+            return None
+        from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as plus
+
+        w, h = r.image.size
+        return plus.calculate_dimensions(1024 * 1024, w / h)
+
     def edit(self, requests: list[EditRequest]) -> list[EditResult]:
         pipe = self._pipeline()
         results: list[EditResult | None] = [None] * len(requests)
@@ -279,10 +295,11 @@ class DiffusersEditor(Editor):
         if len(batch) == 1 and len(batch[0].images) > 1 and self.config.pipeline in REFERENCE_LIST_PIPELINES:
             image_arg = [images[0], *(im.convert("RGB") for im in batch[0].images[1:])]
         kwargs = self.call_kwargs()
-        if size is not None and {"height", "width"} <= self._accepts:  # else the resized input decides
-            kwargs.update(width=size[0], height=size[1])
+        out_size = size or (self._multi_image_size(batch[0]) if len(batch) == 1 else None)
+        if out_size is not None and {"height", "width"} <= self._accepts:  # else the resized input decides
+            kwargs.update(width=out_size[0], height=out_size[1])
             if "max_area" in self._accepts:  # FluxKontextPipeline refits height/width to max_area: keep them
-                kwargs["max_area"] = size[0] * size[1]
+                kwargs["max_area"] = out_size[0] * out_size[1]
         if "negative_prompt" in kwargs and len(batch) > 1:
             kwargs["negative_prompt"] = [kwargs["negative_prompt"]] * len(batch)
         output = pipe(image=image_arg,

@@ -256,6 +256,25 @@ def test_multi_image_cases_reach_the_pipeline_as_reference_images(editor, diffus
         build_editor(editor, _pairs({**options, "batch": True}))
 
 
+@pytest.mark.parametrize("source_size, expected", [((64, 64), (64, 64)), ((256, 128), (96, 32))])
+def test_qwen_plus_multi_image_output_follows_the_source(source_size, expected, diffusers_editor_hub):
+    """QwenImageEditPlusPipeline sizes its output from the LAST of several images (diffusers
+    `image[-1].size`); a multi-image case must come out at the size the pipeline picks for the source
+    alone, not at the tall reference's aspect ratio. Expected by hand from the pipeline's rule under
+    this file's shrunk area (4096 pixels): width sqrt(4096 * r) and height width / r, each rounded to
+    a multiple of 32: r = 1 -> 64 x 64; r = 2 -> 90.5, 45.3 -> 96 x 32 (the tall reference alone,
+    r = 0.5, would give 32 x 96)."""
+    hub_id, _, options = BUILTINS["qwen-image-edit"]
+    diffusers_editor_hub(hub_id)
+    ed = build_editor("qwen-image-edit", _pairs(options))
+    source = Image.new("RGB", source_size, (200, 10, 10))
+    reference = Image.new("RGB", (64, 128), (10, 200, 10))
+    single = ed.edit([EditRequest("s", source, "edit", seed=0)])[0]
+    multi = ed.edit([EditRequest("m", source, "combine them", seed=0, images=[source, reference])])[0]
+    assert single.trace["working_size"] == list(expected)
+    assert multi.trace["working_size"] == list(expected) and multi.image.size == source_size
+
+
 def test_single_image_pipelines_do_not_declare_multi_image():
     from ciebench.turns import MULTI_IMAGE
 
