@@ -1,10 +1,15 @@
 """`instructpix2pix` and `magicbrush`: diffusers' StableDiffusionInstructPix2PixPipeline.
 
-Resolution policy (recorded in the run spec through the config): "long-side-512-multiple-64", the
-original InstructPix2Pix repository's: scale so the long side is `resolution`, round both sides to a
-multiple of 64, edit, then resize the output back to the source size (bicubic) so every metric
-compares like with like. "pipeline" hands the source to the pipeline as is (diffusers only floors
-sizes to a multiple of 8) and resizes back the same way.
+Resolution policy (recorded in the run spec through the config): "long-side-512-multiple-64", ours:
+scale so the long side is `resolution`, round each side to the nearest multiple of 64 (aspect ratio
+approximately kept, nothing cropped), edit, then resize the output back to the source size (bicubic)
+so every metric compares like with like. It is not the original repository's rule: its edit_cli.py
+rounds the scaled short side UP to a multiple of 64, floors both sides to multiples of 64 (the long
+side can exceed 512) and centre-crops to that aspect ratio (ImageOps.fit, Lanczos), which gives another
+working size for 24 of the 86 CIEBench images (826x550: 576x384 there, 512x320 here). We keep ours
+because the crop would leave no output pixels for the source's cropped margins. "pipeline" hands the
+source to the pipeline as is (diffusers only floors sizes to a multiple of 8) and resizes back the
+same way.
 """
 from __future__ import annotations
 
@@ -79,6 +84,7 @@ class InstructPix2PixEditor(Editor):
         return self
 
     def working_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(width, height) the pipeline edits at; see the module docstring for the policies."""
         w, h = size
         if self.config.resolution_policy == "pipeline":
             return w - w % 8, h - h % 8

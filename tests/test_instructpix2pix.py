@@ -72,9 +72,13 @@ def test_magicbrush_loads_its_own_checkpoint_id():
     assert out.status == "ok" and out.image.size == (40, 30)
 
 
-def test_resolution_policy_matches_the_original_repository():
+def test_resolution_policy_long_side_512_each_side_nearest_multiple_of_64():
+    """Our documented rule, not edit_cli.py's (which rounds the short side up, floors both sides and
+    centre-crops): by hand, 796x597 -> scale 512/796 -> 512 x 384.0; 1259x547 -> 512 x 222.4 -> 192;
+    826x550 -> 512 x 340.9 -> 320 (edit_cli: ceil(340.9 / 64) * 64 = 384 short side, 576 x 384)."""
     from ciebench.baselines.instructpix2pix import InstructPix2PixEditor
 
     paper = InstructPix2PixEditor()
-    assert paper.working_size((796, 597)) == (512, 384)  # long side 512, both sides multiples of 64
+    assert paper.working_size((796, 597)) == (512, 384)
     assert paper.working_size((1259, 547)) == (512, 192)
+    assert paper.working_size((826, 550)) == (512, 320)
