@@ -94,7 +94,7 @@ def build_spec(editor: Editor | None, loaded: LoadedDataset, options: RunOptions
         notes["track"] = editor.track
     return RunSpec(
         editor=editor.describe() if editor is not None else None,
-        dataset={"spec": loaded.spec, "kind": loaded.kind, "revision": loaded.revision, "n": n},
+        dataset={**loaded.describe(), "n": n},
         seeds=tuple(options.seeds),
         protocol={**protocol.to_dict(), "hash": protocol.hash},
         metrics=tuple(region + (["idcs"] if use_idcs else [])),
@@ -116,6 +116,14 @@ def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
         except (OSError, ValueError):
             existing = {}
         if existing.get("spec_hash") == spec.spec_hash:
+            return
+        if existing.get("spec_hash") and existing.get("spec_hash") == spec.legacy_spec_hash:
+            # the same run, recorded by a ciebench that named the release by its manifest revision: it
+            # resumes, and spec.json (summary.json once rescored) now records the content revision
+            log.warning("%s: recorded dataset revision %s; recording the content revision %s instead (the "
+                        "release %s, the same data)", out, (existing.get("dataset") or {}).get("revision"),
+                        spec.dataset["revision"], spec.dataset.get("release"))
+            atomic_write_json(spec_path, spec.to_dict())
             return
         if not overwrite:
             raise OutputConflict(

@@ -287,7 +287,7 @@ def score(loaded: LoadedDataset, predictions: list[Prediction], out: Path, optio
         judge_session.annotate(summary)
     summary.update({
         "protocol": {**protocol.to_dict(), "hash": protocol.hash},
-        "dataset": {"spec": loaded.spec, "kind": loaded.kind, "revision": loaded.revision},
+        "dataset": loaded.describe(),
         "judge": judge_info,
         "models": models,
         "versions": package_versions(),

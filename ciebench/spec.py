@@ -3,10 +3,25 @@ work starts. Two runs with the same `spec_hash` must give the same numbers."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .io import stable_hash
+
+# Fields of the dataset block that record where the data came from, not what it is: not hashed.
+DATASET_PROVENANCE = ("spec", "release")
+
+
+def legacy_release_revision(dataset: dict[str, Any]) -> str | None:
+    """The revision ciebench 0.x recorded for the official release before it recorded content
+    revisions: "release-<manifest revision>[-unverified]"; None for any other dataset. Run folders
+    holding it still resume (`RunSpec.legacy_spec_hash`), verify and load in the leaderboard."""
+    release = dataset.get("release")
+    return f"release-{release}" if release else None
+
+
+def is_legacy_release_revision(revision: str) -> bool:
+    return revision.startswith("release-")
 
 
 @dataclass(frozen=True)
@@ -31,8 +46,18 @@ class RunSpec:
         """Hash of what decides the results. The dataset enters by its kind, content revision and size,
         not by how its path was spelled, so `ds`, `./ds` and `/abs/ds/` resume the same run."""
         decided = {k: v for k, v in asdict(self).items() if k not in ("notes", "predictions")}
-        decided["dataset"] = {k: v for k, v in self.dataset.items() if k != "spec"}
+        decided["dataset"] = {k: v for k, v in self.dataset.items() if k not in DATASET_PROVENANCE}
         return stable_hash(decided)
+
+    @property
+    def legacy_spec_hash(self) -> str | None:
+        """The spec_hash an older ciebench gave this spec, where it differs: a run on the official
+        release recorded `legacy_release_revision` instead of the content revision. None otherwise."""
+        legacy = legacy_release_revision(self.dataset)
+        if legacy is None:
+            return None
+        dataset = {k: v for k, v in self.dataset.items() if k != "release"}
+        return replace(self, dataset={**dataset, "revision": legacy}).spec_hash
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -292,7 +292,7 @@ def check_rescore(run_dir: Path, spec: dict[str, Any], summary: dict[str, Any], 
         return Check("rescore", FAIL, f"cannot load dataset {ds_spec!r}: {exc}",
                      ("pass --dataset with the run's dataset, or --no-rescore",))
     revision = str(recorded_ds.get("revision") or "")
-    if revision and loaded.revision != revision:
+    if revision and not loaded.names_revision(revision):
         return Check("rescore", FAIL, f"dataset {ds_spec!r} has revision {loaded.revision}, the run used {revision}",
                      (f"dataset revision {loaded.revision} != {revision}",))
     # Every row that carries a value is re-scorable, whatever its status says: a status or a cleared

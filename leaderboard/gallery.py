@@ -136,7 +136,7 @@ def write_gallery(runs, out_dir: str | Path, *, dataset: str | None = None, page
     styles = styles or editor_styles(r.label for r in runs)
     if run_tables is None and len({r.group_key() for r in runs}) > 1:
         # runs from several tables: tag each with what separates them (protocol, and dataset if it differs)
-        several_datasets = len({(r.dataset_spec, r.dataset_revision) for r in runs}) > 1
+        several_datasets = len({r.dataset_key for r in runs}) > 1
         run_tables = {str(r.path): r.protocol_name + (f" / {r.dataset_spec}" if several_datasets else "") for r in runs}
     out = Path(out_dir)
     metric_dirs: dict[str, bool] = {}

@@ -1,5 +1,5 @@
 """Reading run directories for the leaderboard: spec, summary and samples table, metric directions,
-display labels, and the grouping into comparable tables (same protocol, same dataset)."""
+display labels, and the grouping into comparable tables (same protocol, same data by content revision)."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,7 @@ from ciebench.metrics import catalogue
 from ciebench.io import read_json_object
 from ciebench.results import (BASE_COLUMNS, RunFolderError, describe_conflict, read_samples, record_conflicts,
                               require_current_tables, require_run_folder, scored_block, summarize)
+from ciebench.spec import is_legacy_release_revision
 from ciebench.status import Status
 
 log = logging.getLogger(__name__)
@@ -144,10 +145,16 @@ class Run:
             return sorted(int(s) for s in self.samples["seed"].dropna().unique())
         return [int(s) for s in self.spec.get("seeds") or []]
 
-    def group_key(self) -> tuple[str, str, str, str]:
-        """Runs are comparable only with the same protocol (name and hash) on the same dataset
-        (spec and revision)."""
-        return (self.protocol_name, self.protocol_hash, self.dataset_spec, self.dataset_revision)
+    @property
+    def dataset_key(self) -> str:
+        """What identifies the data the run was scored on: its content revision, which the same rows have
+        under any name (`ciebench`, `/data/ciebench`, `./ds`); the spec only when no revision is recorded."""
+        return self.dataset_revision or f"spec:{self.dataset_spec}"
+
+    def group_key(self) -> tuple[str, str, str]:
+        """Runs are comparable only with the same protocol (name and hash) on the same data (content
+        revision: the dataset's spec is a label, `dataset_key`)."""
+        return (self.protocol_name, self.protocol_hash, self.dataset_key)
 
     @property
     def verification(self) -> str:
@@ -199,6 +206,7 @@ def load_run(path: str | Path) -> Run:
             raise RunError(f"{path / 'samples.csv'}: missing column {col!r}")
     samples["edit_type"] = samples["edit_type"].fillna("other")
     _warn_conflicts(path, spec, summary)
+    _warn_legacy_revision(path, scored_block(spec, summary, "dataset"))
     metrics = _metric_directions(samples, summary, path)
     for m in metrics:  # "inf" strings are read as floats by pandas; anything else non-numeric is an error
         samples[m] = pd.to_numeric(samples[m], errors="coerce")
@@ -261,6 +269,17 @@ def _warn_conflicts(path: Path, spec: dict[str, Any], summary: dict[str, Any]) -
         log.warning("%s: %s (a later `ciebench score` into this folder did not finish?); the run is shown under "
                     "summary.json's. Score the folder again to make them agree", path,
                     describe_conflict(block, recorded, scored))
+
+
+def _warn_legacy_revision(path: Path, dataset: dict[str, Any]) -> None:
+    """A run that recorded the release by its manifest revision (`ciebench.spec.legacy_release_revision`)
+    loads, but cannot be matched with runs on the same data by content: say so and how to fix it."""
+    revision = str(dataset.get("revision") or "")
+    if is_legacy_release_revision(revision):
+        log.warning("%s: records dataset revision %s (the release's name, written by an older ciebench), not "
+                    "the content revision: it gets a table of its own, apart from runs on the same data. Run "
+                    "its `ciebench evaluate` (nothing is regenerated) or `ciebench score` command into the "
+                    "folder again to record the content revision", path, revision)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

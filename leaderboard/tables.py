@@ -27,7 +27,7 @@ class Table:
     slug: str
     protocol: str
     protocol_hash: str
-    dataset: str
+    dataset: str  # the names its runs gave the data (", "-joined; one content revision: `revision`)
     revision: str
     runs: list[Run]
     metrics: dict[str, bool]
@@ -44,7 +44,14 @@ class Table:
         rev = f"@{self.revision[:12]}" if self.revision else ""
         phash = f" [{self.protocol_hash[:8]}]" if self.protocol_hash else ""
         track = f", track {self.track}" if self.track is not None else ""
-        return f"protocol {self.protocol}{phash} on {self.dataset}{rev}{track}"
+        first, *others = self.dataset_specs
+        also = f" (the same content as {', '.join(others)})" if others else ""
+        return f"protocol {self.protocol}{phash} on {first}{rev}{also}{track}"
+
+    @property
+    def dataset_specs(self) -> list[str]:
+        """The names the table's runs gave their (one) dataset: `ciebench`, `/data/ciebench`."""
+        return dataset_names(self.runs) or [self.dataset]
 
     @property
     def labels(self) -> list[str]:
@@ -52,17 +59,25 @@ class Table:
         return list(self.leaderboard["run"]) if self.leaderboard is not None else [r.label for r in self.runs]
 
 
+def dataset_names(runs: Iterable[Run]) -> list[str]:
+    """The distinct dataset specs of `runs`, sorted (the order of a table's runs is its ranking)."""
+    return sorted({r.dataset_spec for r in runs})
+
+
 def group_runs(runs: Iterable[Run | str], *, primary: str | None = None, alpha: float = ALPHA,
                by_track: bool = False) -> list[Table]:
-    """Split runs into tables by (protocol name, protocol hash, dataset spec, dataset revision), and with
-    `by_track` also by editor track (direct / rewrite / agentic), and compute each table's leaderboard,
-    per-edit-type table and pairwise significance."""
+    """Split runs into tables by (protocol name, protocol hash, dataset content revision: `Run.group_key`),
+    and with `by_track` also by editor track (direct / rewrite / agentic), and compute each table's
+    leaderboard, per-edit-type table and pairwise significance. Runs that name the same data differently
+    (`ciebench`, a local copy's path) share a table; `Table.dataset` lists the names."""
     runs = load_runs(runs)
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.group_key() + ((run.track,) if by_track else (None,)), []).append(run)
     tables = []
-    for (protocol, phash, dataset, revision, track), members in groups.items():
+    for (protocol, phash, _, track), members in groups.items():
+        dataset = ", ".join(dataset_names(members))
+        revision = members[0].dataset_revision
         metrics: dict[str, bool] = {}
         for run in members:
             for m, h in run.metrics.items():
@@ -105,7 +120,8 @@ def _choose_primary(runs: list[Run], metrics: dict[str, bool], requested: str | 
 def _assign_slugs(tables: list[Table]) -> None:
     """`<protocol>__<dataset>`; when two tables share that, the part that tells them apart is added
     (protocol hash and/or dataset revision, 8 characters each)."""
-    base = [f"{slugify(t.protocol)}__{slugify(dataset_short_name(t.dataset))}" for t in tables]
+    base = [f"{slugify(t.protocol)}__{slugify('+'.join(dict.fromkeys(map(dataset_short_name, t.dataset_specs))))}"
+            for t in tables]
     for t, b in zip(tables, base):
         clash = [u for u, c in zip(tables, base) if c == b]
         slug = b
@@ -113,7 +129,7 @@ def _assign_slugs(tables: list[Table]) -> None:
             extra = []
             if len({u.protocol_hash for u in clash}) > 1:
                 extra.append(t.protocol_hash[:8] or "nohash")
-            if len({(u.dataset, u.revision) for u in clash}) > 1:
+            if len({u.runs[0].dataset_key for u in clash}) > 1:
                 extra.append(t.revision[:8] or "norev")
             slug = f"{b}__{slugify('-'.join(extra))}" if extra else b
         t.slug = f"{slug}__{slugify(t.track or 'none')}" if t.track is not None else slug

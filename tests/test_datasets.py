@@ -240,10 +240,57 @@ def test_release_download_from_file_url_and_checksum_mismatch(ciebench_root: Pat
     # a first source that does not exist, then a good one: tried in order
     good = _zip_release(ciebench_root, tmp / "good.zip", "imgREBench")
     loaded = read_dataset("ciebench", sources=[f"file://{tmp}/nope.zip", f"file://{good}#imgREBench"])
-    assert len(loaded.dataset) == 86 and loaded.revision.startswith("release-")
+    # the revision is the content hash of the rows, as for a local copy of the same files
+    assert len(loaded.dataset) == 86 and loaded.revision == read_dataset(str(ciebench_root)).revision
     # cached: a second load needs no source at all
     again = read_dataset("ciebench", sources=["file:///nonexistent.zip"])
     assert again.dataset["id"] == loaded.dataset["id"]
+
+
+def test_the_release_is_recorded_by_content_and_runs_recorded_by_release_name_still_resume_and_verify(
+        ciebench_root: Path, fresh_release_cache: Path, monkeypatch):
+    """A run on `ciebench` records the content revision its local copy has (so the two share a leaderboard
+    table), the release's manifest revision beside it; a run folder an older ciebench wrote, with revision
+    `release-<manifest revision>` and the spec_hash of that, verifies and resumes (nothing regenerated)."""
+    from ciebench.datasets.release import release_manifest
+    from ciebench.io import stable_hash
+    from ciebench.verify import verify_run
+
+    tmp = fresh_release_cache
+    good = _zip_release(ciebench_root, tmp / "good.zip", "imgREBench")
+    monkeypatch.setenv("CIEBENCH_SOURCES", f"file://{good}#imgREBench")
+    manifest_revision = release_manifest()["revision"]
+    local = read_dataset(str(ciebench_root))
+    run = tmp / "run"
+    command = ["evaluate", "--editor", "identity", "--dataset", "ciebench", "--out", str(run), "--limit", "3",
+               "--metrics", "psnr"]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    spec = json.loads((run / "spec.json").read_text())
+    assert spec["dataset"] == {"spec": "ciebench", "kind": "ciebench-release", "revision": local.revision,
+                               "release": manifest_revision, "n": 3}
+    assert json.loads((run / "summary.json").read_text())["dataset"]["revision"] == local.revision
+
+    # the folder as ciebench wrote it before: no `release`, the release's name as revision, and the
+    # spec_hash of everything but notes and predictions, the dataset without its spec
+    legacy_dataset = {"spec": "ciebench", "kind": "ciebench-release", "revision": f"release-{manifest_revision}", "n": 3}
+    decided = {k: v for k, v in spec.items() if k not in ("notes", "predictions", "spec_hash", "editor_config_hash")}
+    decided["dataset"] = {k: v for k, v in legacy_dataset.items() if k != "spec"}
+    legacy = {**spec, "dataset": legacy_dataset, "spec_hash": stable_hash(decided)}
+    (run / "spec.json").write_text(json.dumps(legacy))
+    summary = json.loads((run / "summary.json").read_text())
+    summary["dataset"] = {k: v for k, v in legacy_dataset.items() if k != "n"}
+    summary["run"]["spec_hash"] = legacy["spec_hash"]
+    (run / "summary.json").write_text(json.dumps(summary))
+
+    checks = {c.name: c for c in verify_run(run, subset=3).checks}
+    assert checks["rescore"].verdict == "pass", checks["rescore"].line()
+    assert checks["spec"].verdict == "pass", checks["spec"].line()
+    again = runner.invoke(app, command)
+    assert again.exit_code == 0, again.output
+    assert "generated 0, resumed 3" in again.output
+    assert json.loads((run / "spec.json").read_text())["dataset"]["revision"] == local.revision
+    assert json.loads((run / "summary.json").read_text())["dataset"]["revision"] == local.revision
 
 
 def test_release_download_over_http_and_override_flag(ciebench_root: Path, fresh_release_cache: Path, monkeypatch):

@@ -430,6 +430,44 @@ def test_score_run_without_editor_joins_its_protocol_table(runs, tmp_path):
     assert row["config_hash"] == "" and row["protocol"] == "cielr"
 
 
+def _renamed_dataset(run: Path, to: Path, **dataset) -> Path:
+    """A copy of `run` whose spec.json and summary.json record the dataset block updated with `dataset`."""
+    shutil.copytree(run, to)
+    for name in ("spec.json", "summary.json"):
+        record = json.loads((to / name).read_text())
+        record["dataset"] = {**record["dataset"], **dataset}
+        (to / name).write_text(json.dumps(record))
+    return to
+
+
+def test_runs_on_the_same_content_share_a_table_whatever_the_dataset_is_called(runs, tmp_path, caplog):
+    """The table is decided by the content revision: the same rows named `mini`, a local copy's path or the
+    release share one table (ranked together, tested pairwise); other content stays apart; a run that
+    recorded the release by name (an older ciebench) loads, apart, with a warning saying how to fix it."""
+    revision = json.loads((runs["identity"] / "spec.json").read_text())["dataset"]["revision"]
+    copy = _renamed_dataset(runs["noisy"], tmp_path / "noisy-on-a-copy", spec="/data/copy of mini", kind="authors")
+    release = _renamed_dataset(runs["tint"], tmp_path / "tint-on-release", spec="ciebench", kind="ciebench-release",
+                               release="8ea710fc9007359e")
+    legacy = _renamed_dataset(runs["tint"], tmp_path / "tint-legacy", spec="ciebench", kind="ciebench-release",
+                              revision="release-8ea710fc9007359e")
+    other = _renamed_dataset(runs["damaged"], tmp_path / "damaged-other", revision="f" * 16)
+    with caplog.at_level("WARNING", logger="ciebench.leaderboard.runs"):
+        tables = group_runs([runs["identity"], copy, release, legacy, other])
+    members = {t.revision: sorted(r.path.name for r in t.runs) for t in tables}
+    assert members == {revision: ["identity", "noisy-on-a-copy", "tint-on-release"],
+                       "release-8ea710fc9007359e": ["tint-legacy"], "f" * 16: ["damaged-other"]}
+    shared = next(t for t in tables if t.revision == revision)
+    assert shared.dataset_specs == ["/data/copy of mini", "ciebench", "mini"]
+    assert "the same content as" in shared.title and "/data/copy of mini" in shared.title
+    # compared: 3 runs, so 3 pairs per metric, and each row keeps the name its run gave the data
+    assert len(shared.pairs[shared.pairs["metric"] == shared.primary]) == 3
+    assert dict(zip(shared.leaderboard["run_dir"].map(lambda p: Path(p).name), shared.leaderboard["dataset"])) == {
+        "identity": "mini", "noisy-on-a-copy": "/data/copy of mini", "tint-on-release": "ciebench"}
+    assert len({t.slug for t in tables}) == 3
+    warned = [r.getMessage() for r in caplog.records if "release-8ea710fc9007359e" in r.getMessage()]
+    assert len(warned) == 1 and "tint-legacy" in warned[0] and "content revision" in warned[0]
+
+
 def test_docs_example_is_current(board):
     """docs/leaderboard.md shows the first table of this exact board; regenerate it with the commands in
     its Example section when the test runs change."""

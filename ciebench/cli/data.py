@@ -64,7 +64,8 @@ def info_cmd(dataset: DatasetArg) -> None:
 
     loaded = read_dataset(dataset)
     ds = loaded.dataset
-    typer.echo(f"dataset:   {dataset} ({loaded.kind}, revision {loaded.revision})")
+    release = f", release {loaded.release}" if loaded.release else ""
+    typer.echo(f"dataset:   {dataset} ({loaded.kind}, revision {loaded.revision}{release})")
     typer.echo(f"samples:   {len(ds)}")
     typer.echo(f"protocol:  {loaded.default_protocol} (default for this dataset)")
     typer.echo("edit types:")

@@ -44,8 +44,25 @@ class LoadedDataset:
     spec: str
     kind: str  # mini | ciebench-release | authors | reasonedit | jsonl | saved | parquet | hub | memory
     problems: list[Problem] = field(default_factory=list)
-    revision: str = ""  # content hash, or the release / hub revision
+    revision: str = ""  # content hash (`dataset_revision`): the same rows under any name or path share it
     default_protocol: str = "cielr"
+    # the official release only: its manifest revision, "-unverified" when accepted without checksums.
+    # Provenance beside `revision`, not the data's identity (a local copy of the same files has no release).
+    release: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """What a run records about its dataset (spec.json, summary.json): spec, kind, content revision,
+        and the release's identity when it is the official release."""
+        return {"spec": self.spec, "kind": self.kind, "revision": self.revision,
+                **({"release": self.release} if self.release else {})}
+
+    def names_revision(self, recorded: str) -> bool:
+        """Whether a revision a run recorded names these rows: the content revision, or for the official
+        release the `release-<manifest revision>` that ciebench recorded before it recorded content
+        revisions (`ciebench.spec.legacy_release_revision`)."""
+        from ciebench.spec import legacy_release_revision
+
+        return recorded in (self.revision, legacy_release_revision(self.describe()))
 
 
 def load_dataset(spec: str, *, strict: bool = False, verify: bool = True, sources: list[str] | None = None) -> datasets.Dataset:
@@ -300,8 +317,12 @@ def _load_release(verify: bool, sources: list[str] | None) -> LoadedDataset:
             shutil.rmtree(converted)
         tmp.rename(converted)  # the converted copy appears whole or not at all
         dataset = datasets.load_from_disk(str(converted))
+    # The revision is the content hash, computed as for any other spec, so a run on the release and a run
+    # on a local copy of the same files (`/data/ciebench`) share a leaderboard table; which release it
+    # was stays recorded beside it (`release`).
     return LoadedDataset(dataset=dataset, spec="ciebench", kind="ciebench-release", problems=problems,
-                         revision=f"release-{manifest['revision']}" + ("" if verify else "-unverified"))
+                         revision=dataset_revision(dataset),
+                         release=str(manifest["revision"]) + ("" if verify else "-unverified"))
 
 
 def _load_hub(spec: str) -> LoadedDataset:
