@@ -132,9 +132,10 @@ def score(dataset: DatasetArg, predictions: str | Path, out: str | Path, *,
           cpus_per_worker: float = 1.0, ignore_checksums: bool = False, progress: bool = True,
           benchmark: str | None = None, benchmark_root: str | None = None,
           on_problem: Callable[[Problem], None] | None = None, timing_since: float | None = None) -> RunResult:
-    """Score a folder of edited images (`<id>.png|jpg|jpeg|webp`, or a run's `images/`) against
-    `dataset` into `out` (samples.csv, samples.jsonl, summary.json, and a spec.json of the same shape
-    as a run's, with `editor` null and `predictions` recorded). A prediction that is missing or
+    """Score a folder of edited images (`<id>.png|jpg|jpeg|webp`, or a run's `images/`: at every seed its
+    `<id>__s<seed>` files name, see `scoring.find_predictions`) against `dataset` into `out` (samples.csv,
+    samples.jsonl, summary.json, and a spec.json of the same shape as a run's, with `editor` null, the
+    seeds scored and `predictions` recorded). A prediction that is missing or
     unreadable is a row with that status, not an error: see `RunResult.rows`. `benchmark` replaces
     `dataset` for a benchmark scored through the dataset pipeline (a judge-scored one has its own
     `ciebench score --benchmark`). Sets the allocator as `evaluate` does. `timing_since`: a
@@ -197,8 +198,10 @@ def _score(loaded: LoadedDataset, predictions: Path, found: list, out: Path, opt
     from .runner import RunOptions, build_spec
     from .scoring import score as score_predictions
 
-    spec = build_spec(None, loaded, RunOptions(limit=limit, batch_size=options.batch_size, device=options.device,
-                                               progress=progress, score=options),
+    # the seeds scored are those the predictions' file names give (`find_predictions`)
+    seeds = tuple(dict.fromkeys(p.seed for p in found)) or (0,)
+    spec = build_spec(None, loaded, RunOptions(seeds=seeds, limit=limit, batch_size=options.batch_size,
+                                               device=options.device, progress=progress, score=options),
                       predictions=str(predictions.resolve()))
     outdir.claim(out, "score")
     with outdir.lock(out):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from .backend import Backend, LocalBackend
 from .cache import cache_root
 from .errors import UsageError, did_you_mean
 from .io import atomic_write_json, sha256_bytes, stable_hash
-from .results import OK, file_stem, summarize, write_samples
+from .results import OK, file_stem, id_stem, summarize, write_samples
 from .schema import EditSample
 from .status import Status
 from .versions import package_versions
@@ -80,9 +81,15 @@ class ScoreResult:
     n_missing: int
 
 
-def find_predictions(directory: Path, sample_ids: Iterable[str], seeds: Iterable[int] = (0,)) -> list[Prediction]:
+def find_predictions(directory: Path, sample_ids: Iterable[str], seeds: Iterable[int] | None = None) -> list[Prediction]:
     """`<id>.<ext>` (or `<id>__s<seed>.<ext>`, or a run's `images/<file_stem>.png`) for each sample,
     ext one of PREDICTION_SUFFIXES in any letter case.
+
+    `seeds` None (what `ciebench score` does): the seeds the folder's file names give. A folder with
+    `<stem>__s<seed>` files (a run's or an export's images) is scored at every seed any sample has a file
+    for, each sample expected at each of them (one it lacks is missing), as the run scored itself; plain
+    `<id>.<ext>` files are then not used, with a warning counting them. A folder of plain files is seed 0.
+    Given `seeds`, those are looked for (plain `<id>.<ext>` too when there is one).
 
     Every prediction is resolved strictly inside `directory`: an id such as `../outside/secret`, an
     absolute id, or a symlink pointing out of the folder finds nothing (the sample is missing). When
@@ -90,19 +97,31 @@ def find_predictions(directory: Path, sample_ids: Iterable[str], seeds: Iterable
     warning names it and the ones ignored."""
     directory = Path(directory)
     root = directory.resolve()
-    listings: dict[Path, dict[str, list[str]]] = {}
+    listings: dict[Path, _Folder] = {}
+    sample_ids = [str(s) for s in sample_ids]
+    if seeds is None:
+        named = _seeds_named(root, sample_ids, listings)
+        seeds, plain = (named, False) if named else ([0], True)
+        if named:
+            unused = sum(1 for sid in sample_ids if _matches(root, sid, listings))
+            if unused:
+                log.warning("%s holds predictions for seed(s) %s (<id>__s<seed>.<ext>): scoring those; %d file(s) "
+                            "named <id>.<ext> without a seed are not scored", directory,
+                            ", ".join(map(str, named)), unused)
+    else:
+        seeds = list(seeds)
+        plain = len(seeds) == 1
     found = []
-    seeds = list(seeds)
     for sample_id in sample_ids:
-        sample_id = str(sample_id)
         for seed in seeds:
             # a run's images/ folder (file stems) scores as is; plain <id>.<ext> for a single seed
             stems = list(dict.fromkeys([file_stem(sample_id, seed), f"{sample_id}__s{seed}"]
-                                       + ([sample_id] if len(seeds) == 1 else [])))
+                                       + ([sample_id] if plain else [])))
             matches = [m for stem in stems for m in _matches(root, stem, listings)]
             if not matches:
-                found.append(Prediction(sample_id, seed, None, Status.MISSING,
-                                        f"no prediction {sample_id}.png|jpg|jpeg|webp in {directory}"))
+                wanted = (f"{sample_id}.png|jpg|jpeg|webp" if plain and seeds == [0]
+                          else f"{file_stem(sample_id, seed)}.png|jpg|jpeg|webp for seed {seed} (of {', '.join(map(str, seeds))})")
+                found.append(Prediction(sample_id, seed, None, Status.MISSING, f"no prediction {wanted} in {directory}"))
                 continue
             if len(matches) > 1:
                 log.warning("sample %s (seed %d): %d predictions in %s; using %s, ignoring %s", sample_id, seed,
@@ -112,19 +131,53 @@ def find_predictions(directory: Path, sample_ids: Iterable[str], seeds: Iterable
     return found
 
 
-def _matches(root: Path, stem: str, listings: dict[Path, dict[str, list[str]]]) -> list[Path]:
-    """Regular files `<stem>.<ext>` inside `root` (ext case-insensitive), in PREDICTION_SUFFIXES order.
-    `stem` may name a subfolder ("cat/1"); nothing outside `root` is ever returned."""
+_SEEDED = re.compile(r"(.*)__s(-?[0-9]+)")
+
+
+@dataclass
+class _Folder:
+    """One listed folder of predictions: file names by stem (allowed suffixes only), and, built when first
+    asked for, the seeds each base stem has files for (`<base>__s<seed>`)."""
+
+    path: Path  # resolved
+    by_stem: dict[str, list[str]]
+    _seeds: dict[str, set[int]] | None = None
+
+    def seeds(self, base: str) -> set[int]:
+        if self._seeds is None:
+            self._seeds = {}
+            for stem in self.by_stem:
+                m = _SEEDED.fullmatch(stem)
+                if m:
+                    self._seeds.setdefault(m.group(1), set()).add(int(m.group(2)))
+        return self._seeds.get(base, set())
+
+
+def _seeds_named(root: Path, sample_ids: list[str], listings: dict[Path, _Folder]) -> list[int]:
+    """The seeds that `<file_stem>` or `<id>__s<seed>` files in `root` give for any of `sample_ids`, sorted."""
+    seeds: set[int] = set()
+    for sample_id in sample_ids:
+        for base in dict.fromkeys([id_stem(sample_id), sample_id]):  # file_stem's base, or the id as is
+            listed = _listing(root, f"{base}__s0", listings)  # the folder the base's files would lie in
+            if listed is not None:
+                folder, name = listed
+                seeds |= folder.seeds(name[:-len("__s0")])
+    return sorted(seeds)
+
+
+def _listing(root: Path, stem: str, listings: dict[Path, _Folder]) -> tuple[_Folder, str] | None:
+    """The folder inside `root` that `<stem>.<ext>` would lie in (listed once) and the file's stem in it;
+    None when `stem` leaves `root`. `stem` may name a subfolder ("cat/1")."""
     if not stem or "\x00" in stem or Path(stem).is_absolute():
-        return []
+        return None
     candidate = root / stem
     parent, name = candidate.parent, candidate.name
     try:
         real_parent = parent.resolve()
     except (OSError, RuntimeError):
-        return []
+        return None
     if not real_parent.is_relative_to(root) or name in ("", ".", ".."):
-        return []
+        return None
     if real_parent not in listings:
         by_stem: dict[str, list[str]] = {}
         try:
@@ -134,12 +187,22 @@ def _matches(root: Path, stem: str, listings: dict[Path, dict[str, list[str]]]) 
                     by_stem.setdefault(base, []).append(entry.name)
         except OSError:
             pass
-        listings[real_parent] = by_stem
-    names = sorted(listings[real_parent].get(name, []),
+        listings[real_parent] = _Folder(real_parent, by_stem)
+    return listings[real_parent], name
+
+
+def _matches(root: Path, stem: str, listings: dict[Path, _Folder]) -> list[Path]:
+    """Regular files `<stem>.<ext>` inside `root` (ext case-insensitive), in PREDICTION_SUFFIXES order.
+    `stem` may name a subfolder ("cat/1"); nothing outside `root` is ever returned."""
+    listed = _listing(root, stem, listings)
+    if listed is None:
+        return []
+    folder, name = listed
+    names = sorted(folder.by_stem.get(name, []),
                    key=lambda n: (PREDICTION_SUFFIXES.index("." + n.rpartition(".")[2].lower()), n))
     out = []
     for file_name in names:
-        path = real_parent / file_name
+        path = folder.path / file_name
         try:
             real = path.resolve()
         except (OSError, RuntimeError):

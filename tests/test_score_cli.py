@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from PIL import Image
 from typer.testing import CliRunner
 
 import ciebench
@@ -71,6 +72,50 @@ def test_score_statuses_and_exit_codes(tmp_path: Path):
     again = runner.invoke(app, ["score", "--dataset", "mini", "--predictions", str(pred), "--out", str(out),
                                 "--allow-missing", "--metrics", "psnr,mse"])
     assert again.exit_code == 0, again.output
+
+
+def test_a_runs_images_folder_is_scored_at_every_seed_it_holds(tmp_path: Path, caplog):
+    """`score --predictions RUN/images` scores each `<stem>__s<seed>` file, as the run scored itself: seed 1
+    (an inverted image here) is not dropped for seed 0 (the source itself), a run of one seed other than 0 is
+    found, and a sample lacking a seed's file is missing under that file's name."""
+    from ciebench.results import file_stem
+
+    samples = {r["id"]: r["image"].convert("RGB") for r in ciebench.load_dataset("mini")}
+    ids = sorted(samples)
+    images = tmp_path / "run" / "images"
+    images.mkdir(parents=True)
+    for sample_id, image in samples.items():
+        image.save(images / f"{file_stem(sample_id, 0)}.png")
+        Image.fromarray(255 - np.asarray(image)).save(images / f"{file_stem(sample_id, 1)}.png")
+    out = tmp_path / "scored"
+    result = runner.invoke(app, ["score", "--dataset", "mini", "--predictions", str(images), "--out", str(out),
+                                 "--metrics", "mse"])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "samples.csv")
+    assert sorted(zip(frame["sample_id"], frame["seed"])) == sorted((i, s) for i in ids for s in (0, 1))
+    assert (frame.loc[frame["seed"] == 0, "mse"] == 0).all()  # the source itself
+    assert (frame.loc[frame["seed"] == 1, "mse"] > 0.01).all()  # inverted: far from it
+    assert all(p.endswith(f"__s{s}.png") for p, s in zip(frame["prediction"], frame["seed"]))
+    assert json.loads((out / "spec.json").read_text())["seeds"] == [0, 1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"]["seeds"] == [0, 1] and summary["metrics"]["mse"]["n"] == len(ids)
+    assert "seeds 0, 1" in result.output
+
+    # one seed, not 0: found; the sample without its file is missing under the file's name; a plain
+    # <id>.png beside seeded files is not taken for seed 3, and a warning counts it
+    single = tmp_path / "seed3"
+    single.mkdir()
+    for sample_id in ids[1:]:
+        samples[sample_id].save(single / f"{file_stem(sample_id, 3)}.png")
+    samples[ids[0]].save(single / f"{ids[0]}.png")
+    with caplog.at_level("WARNING", logger="ciebench.scoring"):
+        result = runner.invoke(app, ["score", "--dataset", "mini", "--predictions", str(single),
+                                     "--out", str(tmp_path / "scored3"), "--metrics", "mse"])
+    assert result.exit_code == 1, result.output  # one missing, without --allow-missing
+    frame = pd.read_csv(tmp_path / "scored3" / "samples.csv").set_index("sample_id")
+    assert set(frame["seed"]) == {3} and (frame.drop(ids[0])["status"] == "ok").all()
+    assert frame.loc[ids[0], "status"] == "missing" and f"{file_stem(ids[0], 3)}.png" in frame.loc[ids[0], "error"]
+    assert any("1 file(s) named <id>.<ext> without a seed" in r.getMessage() for r in caplog.records)
 
 
 def test_unknown_metric_and_idcs_without_judge_are_clear_errors(tmp_path: Path):

@@ -103,6 +103,9 @@ def _print_summary(summary: dict, out: Path) -> None:
         typer.echo(f"  {name:<20} {_fmt(m['mean'])}  [{_fmt(ci[0])}, {_fmt(ci[1])}]  n={m['n']}  coverage={m['coverage']:.0%}")
     counts = ", ".join(f"{k}: {v}" for k, v in summary["status_counts"].items())
     typer.echo(f"  statuses: {counts}")
+    if summary.get("seeds"):
+        seeds = ", ".join(map(str, summary["seeds"]["seeds"]))
+        typer.echo(f"  seeds {seeds}: each sample's value is its mean over them; per-seed means in summary.json seeds")
     print_timing(summary)
 
 
