@@ -18,12 +18,17 @@ stale), and `clean_stale_temp` removes half-written temporary files left by a ki
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fnmatch
+import glob
 import json
 import os
 import shutil
+import stat
+import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 from .errors import OutputConflict
 from .io import staging_dir
@@ -166,17 +171,138 @@ def lock(out: str | os.PathLike) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def staged(out: Path) -> Iterator[Path]:
-    """A staging folder beside `out`, filled by the caller: on success it replaces `out` in one rename
-    (an earlier `out` is removed first), on any failure it is deleted, so no reader ever sees a
-    half-written folder."""
-    staging = staging_dir(out.parent if out.parent.exists() else None, prefix=f".{out.name}-")
+def staged(out: Path, keep: Callable[[Path], Iterable[Path]] | None = None) -> Iterator[Path]:
+    """A staging folder, filled by the caller, that then takes `out`'s place in one step, so no reader
+    ever sees a half-written folder, or one half old and half new: on any failure it is deleted and
+    `out` is as it was. `keep(out)` names paths of an earlier `out` (files, links, empty folders) that the
+    new one keeps where the caller did not write the same path (a user's files beside a rewritten
+    leaderboard); without it nothing of the earlier folder stays.
+
+    The staging folder lies beside `out` and the two are exchanged atomically (Linux `renameat2`
+    RENAME_EXCHANGE), the kept paths linked into it first (hard links: same files, no copy). Where that
+    cannot be done (another system, a file system without it, `out` a mount point) the staged files are
+    moved into `out` one by one once all are written (the staging folder then lies inside `out` where
+    its parent cannot be written), then the paths neither written nor kept go: a kill during those
+    moves can leave a mix, in a far shorter window than writing in place."""
+    out = Path(out)
+    real = Path(os.path.realpath(out))  # a link to a folder: the folder is replaced, the link stays
+    # beside `out`, unless nothing can be renamed over it (a mount point) or its parent is not ours to write
+    inside = real.is_dir() and os.path.ismount(real)
     try:
+        staging = None if inside else _make_staging(real.parent, f".{real.name}.staging-")
+    except PermissionError:
+        if not real.is_dir():
+            raise
+        staging = None
+    inside = staging is None
+    staging = staging or _make_staging(real, ".ciebench-staging-")
+    try:
+        if real.is_dir():
+            os.chmod(staging, stat.S_IMODE(real.stat().st_mode))
         yield staging
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(out)
+        kept = list(keep(real)) if keep is not None and real.is_dir() else []
+        if not real.exists():
+            staging.rename(real)
+            return
+        if not inside:
+            _link_into(real, staging, kept)
+            if _exchange(staging, real):
+                shutil.rmtree(staging, ignore_errors=True)  # the earlier folder, now at the staging path
+                return
+        _move_into(staging, real, kept)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def clean_stale_staging(out: str | os.PathLike) -> int:
+    """Remove staging folders of `staged(out)` that a killed process left (beside `out`, or inside it when
+    it is a mount point). Call it only while holding `lock(out)`."""
+    real = Path(os.path.realpath(out))
+    found = [*real.parent.glob(f".{glob.escape(real.name)}.staging-*"), *real.glob(".ciebench-staging-*")]
+    stale = [p for p in found if p.is_dir() and not p.is_symlink()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(stale)
+
+
+def tree_entries(root: Path) -> list[Path]:
+    """Every file, link and empty folder under `root`, links not followed: what `staged`'s `keep` names."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        base = Path(folder)
+        found += [base / d for d in dirs if (base / d).is_symlink()]
+        found += [base / f for f in files]
+        if base != root and not dirs and not files:
+            found.append(base)
+    return found
+
+
+def _make_staging(parent: Path, prefix: str) -> Path:
+    """A new staging folder in `parent` (created if needed), as readable as a plain `mkdir` makes it."""
+    parent.mkdir(parents=True, exist_ok=True)
+    return staging_dir(parent, prefix)
+
+
+def _link_into(old: Path, new: Path, kept: list[Path]) -> None:
+    """Put each kept path of `old` at the same place in `new` (unless `new` has it): files as hard links
+    (a copy where the file system has none), links as links, empty folders as folders."""
+    for path in kept:
+        rel = path.relative_to(old)
+        dest = new / rel
+        if os.path.lexists(dest) or any(os.path.lexists(new / p) and not (new / p).is_dir() for p in rel.parents):
+            continue  # written anew (or a file of the new folder stands where a folder would be)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            os.symlink(os.readlink(path), dest)
+        elif path.is_dir():
+            dest.mkdir(exist_ok=True)
+        else:
+            try:
+                os.link(path, dest)
+            except OSError:
+                shutil.copy2(path, dest)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without it (glibc < 2.28, musl < 1.2.?)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EBUSY, errno.EPERM):
+        return False  # not supported here: the caller moves the files instead
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _move_into(staging: Path, out: Path, kept: list[Path]) -> None:
+    """The fallback of `staged`: every staged file replaces its namesake in `out`, then the paths of `out`
+    neither written nor kept are deleted (folders left empty by that too), then the staging folder."""
+    written = set()
+    for path in tree_entries(staging):
+        dest = out / path.relative_to(staging)
+        written.add(dest)
+        if path.is_dir() and not path.is_symlink():
+            dest.mkdir(parents=True, exist_ok=True)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)  # a folder standing where a file goes is refused (IsADirectoryError), not deleted
+    keep = set(kept) | written | {p for w in written for p in w.parents}
+    gone = [p for p in tree_entries(out) if p not in keep and not p.is_relative_to(staging)]
+    for path in gone:
+        if not (path.is_dir() and not path.is_symlink()):
+            path.unlink(missing_ok=True)
+        elif not any(path.iterdir()):  # an empty folder, as `tree_entries` found it
+            path.rmdir()
+    for folder in sorted({p.parent for p in gone}, key=lambda f: len(f.parts), reverse=True):  # deepest first
+        while folder != out and folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    shutil.rmtree(staging, ignore_errors=True)

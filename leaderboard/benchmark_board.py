@@ -17,12 +17,11 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from ciebench import outdir
 from ciebench.io import atomic_write_bytes, atomic_write_text
 from ciebench.stats import from_json_number
 from ciebench.metrics import catalogue
 
-from .report import GALLERY_FOLDERS, csv_text, remove_leftovers
+from .report import GALLERY_FOLDERS, csv_text, replacing
 from .tables import md_escape
 
 THUMB = 192
@@ -109,14 +108,13 @@ def _markdown(frame: pd.DataFrame) -> str:
 
 def write_benchmark_boards(paths: list[str | Path], out: str | Path, gallery: bool = True) -> list[Path]:
     """benchmarks.md, benchmark__<name>.csv (+ __categories) and gallery/<name>/ for the benchmark runs
-    `paths`, into the leaderboard folder `out`; an earlier leaderboard's benchmark files that this one
-    does not rewrite are removed. Returns the files written."""
+    `paths`, into the leaderboard folder `out`, which changes in one step (`report.replacing`); an
+    earlier leaderboard's benchmark files that this one does not rewrite are removed. Returns the files
+    written."""
     out = Path(out)
-    outdir.claim(out, "leaderboard")
-    with outdir.lock(out):
-        written = _write_boards([Path(p) for p in paths], out, gallery)
-        remove_leftovers(out, benchmark_outputs(out), written)  # after the writes: a failed one removes nothing
-    return written
+    with replacing(out, benchmark_outputs) as stage:
+        written = write_boards([Path(p) for p in paths], stage, gallery)
+    return [out / p.relative_to(stage) for p in written]
 
 
 def benchmark_outputs(out: Path) -> list[Path]:
@@ -130,7 +128,8 @@ def benchmark_outputs(out: Path) -> list[Path]:
     return [p for p in found if p.is_file() or p.is_symlink()]
 
 
-def _write_boards(paths: list[Path], out: Path, gallery: bool) -> list[Path]:
+def write_boards(paths: list[Path], out: Path, gallery: bool) -> list[Path]:
+    """Write the boards of the benchmark runs `paths` into the folder `out` as it is (see `write_benchmark_boards`)."""
     written: list[Path] = []
     doc = ["# Benchmark leaderboards\n"]
     for name, (main, cats) in benchmark_tables(paths).items():

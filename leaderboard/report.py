@@ -12,15 +12,19 @@ Layout of OUT (see docs/leaderboard.md):
 
 Written again into the same folder, the leaderboard removes the files of these kinds that it does not
 write this time (the tables of a protocol no longer given, their plots, gallery images of runs left
-out), so that what is there is one leaderboard; files of other names are the user's and stay.
+out), so that what is there is one leaderboard; files of other names are the user's and stay. The
+whole leaderboard is written into a staging folder that then takes the folder's place in one step
+(`replacing`, `ciebench.outdir.staged`): a leaderboard killed while writing leaves the earlier one,
+never new tables beside old plots or an old leaderboard.md.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 
@@ -80,30 +84,59 @@ def write_leaderboard(runs: Iterable[str | Path | Run], out: str | Path, *, prim
     """Build the tables for `runs` and write every output into `out`: a new or empty folder, or an
     earlier leaderboard, whose files this one does not rewrite are removed (`ciebench.outdir`: a folder
     holding anything else is refused, and a second process writing the same folder fails at once).
-    `by_track`: separate tables per editor track."""
+    `out` changes in one step (`replacing`). `by_track`: separate tables per editor track."""
+    return write_board(runs, (), out, primary=primary, alpha=alpha, plots=plots, gallery=gallery, dataset=dataset,
+                       page_size=page_size, thumb_size=thumb_size, full_images=full_images, by_track=by_track,
+                       replace=table_outputs)
+
+
+def write_board(runs: Iterable[str | Path | Run], benchmark_runs: Iterable[str | Path], out: str | Path, *,
+                primary: str | None = None, alpha: float = ALPHA, plots: bool = True, gallery: bool = True,
+                dataset: str | None = None, page_size: int = 20, thumb_size: int = 320, full_images: bool = True,
+                by_track: bool = False, replace: Callable[[Path], list[Path]] | None = None) -> LeaderboardOutput | None:
+    """The tables of `runs` (options as `write_leaderboard`'s) and the boards of the judge-scored
+    `benchmark_runs` (`benchmark_board`), written into `out` in one replacement (`replacing`): the files
+    `replace(out)` finds there go unless written again (default: both kinds', what `ciebench leaderboard`
+    does). Returns the tables' output, None without `runs`."""
+    from .benchmark_board import benchmark_outputs, write_boards
+
+    runs = [runs] if isinstance(runs, (str, Path, Run)) else list(runs)
+    benchmark_runs = [Path(p) for p in benchmark_runs]
+    tables = group_runs(runs, primary=primary, alpha=alpha, by_track=by_track) if runs else []
+    replace = replace or (lambda folder: table_outputs(folder) + benchmark_outputs(folder))
     out = Path(out)
-    tables = group_runs([runs] if isinstance(runs, (str, Path, Run)) else list(runs), primary=primary, alpha=alpha,
-                        by_track=by_track)
+    with replacing(out, replace) as stage:
+        if benchmark_runs:
+            write_boards(benchmark_runs, stage, gallery)
+        result = _write(tables, stage, plots=plots, gallery=gallery, dataset=dataset, page_size=page_size,
+                        thumb_size=thumb_size, full_images=full_images) if tables else None
+    if result is None:
+        return None
+    # the files as they now lie in `out`
+    result.out, result.files = out, [out / p.relative_to(stage) for p in result.files]
+    result.gallery = out / result.gallery.relative_to(stage) if result.gallery else None
+    return result
+
+
+@contextlib.contextmanager
+def replacing(out: Path, replace: Callable[[Path], list[Path]]) -> Iterator[Path]:
+    """Claim and lock the leaderboard folder `out` and yield an empty staging folder to write the new
+    leaderboard into; when the block ends it takes `out`'s place in one step (`outdir.staged`), keeping
+    every file of the earlier `out` except those `replace(out)` finds (an earlier leaderboard's, of the
+    kinds written now) and those written anew: a user's notes stay, a table no longer given goes, and a
+    kill at any moment leaves the earlier leaderboard or the new one, never a mix."""
     outdir.claim(out, "leaderboard")
     with outdir.lock(out):
         outdir.clean_stale_temp(out)
-        result = _write(tables, out, plots=plots, gallery=gallery, dataset=dataset, page_size=page_size,
-                        thumb_size=thumb_size, full_images=full_images)
-        # only after everything is written: a write that fails leaves the earlier leaderboard's files
-        remove_leftovers(out, table_outputs(out), result.files)
-        return result
+        outdir.clean_stale_staging(out)
 
+        def keep(root: Path) -> list[Path]:
+            # a folder linked into `out` from elsewhere is an entry kept as a link: its files are not ours
+            replaced = set(replace(root))
+            return [p for p in outdir.tree_entries(root) if p not in replaced]
 
-def remove_outputs(out: str | Path, outputs: Callable[[Path], list[Path]]) -> list[Path]:
-    """Remove every file `outputs(out)` finds in the leaderboard folder `out`: an earlier leaderboard's
-    tables (`table_outputs`) or benchmark boards (`benchmark_board.benchmark_outputs`), when this one
-    has none. A missing folder has nothing to remove; a foreign one is refused as a write would be."""
-    out = Path(out)
-    if not out.is_dir():
-        return []
-    outdir.claim(out, "leaderboard")
-    with outdir.lock(out):
-        return remove_leftovers(out, outputs(out), ())
+        with outdir.staged(out, keep=keep) as stage:
+            yield stage
 
 
 def _write(tables: list[Table], out: Path, *, plots: bool, gallery: bool, dataset: str | None,
@@ -165,19 +198,4 @@ def table_outputs(out: Path) -> list[Path]:
     return [p for p in found if p.is_file() or p.is_symlink()]
 
 
-def remove_leftovers(out: Path, outputs: Iterable[Path], written: Iterable[Path]) -> list[Path]:
-    """Delete the `outputs` (files of an earlier leaderboard in `out`) not among `written` (this
-    write's files), then the folders inside `out` that this leaves empty; returns what was deleted."""
-    keep, root = set(written), out.resolve()
-    # a folder linked into `out` from elsewhere holds files that are not the leaderboard's to delete
-    removed = [p for p in outputs if p not in keep and p.parent.resolve().is_relative_to(root)]
-    for path in removed:
-        path.unlink(missing_ok=True)
-    for folder in sorted({p.parent for p in removed}, key=lambda f: len(f.parts), reverse=True):  # deepest first
-        while folder != out and folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
-            folder.rmdir()
-            folder = folder.parent
-    return removed
-
-
-__all__ = ["write_leaderboard", "LeaderboardOutput"]
+__all__ = ["write_leaderboard", "write_board", "LeaderboardOutput"]

@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +30,7 @@ from tests.support.leaderboard_runs import build_run
 from tests.support.predictions import identity_predictions
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 FAST = dict(metrics=["psnr", "ssim"], progress=False)
 LPIPS_OFFLINE = "LPIPS needs torchvision's squeezenet1_1 ImageNet weights (offline test)"
 
@@ -288,6 +294,60 @@ def test_a_folder_linked_into_the_board_is_not_emptied(runs, two_tables, tmp_pat
     kept = sorted(p.name for p in elsewhere.iterdir())
     write_leaderboard([runs["r1"]], board, gallery=False)
     assert sorted(p.name for p in elsewhere.iterdir()) == kept and (board / "plots" / "exact__mini").is_symlink()
+
+
+def test_a_leaderboard_killed_while_writing_leaves_the_earlier_one_whole(runs, tmp_path: Path):
+    """SIGKILL once the new tables are written and the plots are not (the moment an in-place rewrite showed
+    new tables beside old plots and an old leaderboard.md): the folder still holds the earlier leaderboard,
+    byte for byte; the next write removes what the killed one left beside it and writes the new one whole."""
+    r2 = build_run(tmp_path / "more", "r2", "damaged", metrics=["psnr", "clip"])
+    board = tmp_path / "board"
+    write_leaderboard([runs["r1"]], board, gallery=False)
+    (board / "notes.txt").write_text("mine")
+    before = {name: (board / name).read_bytes() for name in _files(board)}
+    cmd = [sys.executable, "-m", "ciebench", "leaderboard", str(runs["r1"]), str(r2), "--out", str(board), "--no-gallery"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline, started = time.time() + 300, False
+    while proc.poll() is None and time.time() < deadline:
+        # the new tables are written (into the staging folder, or, as before the fix, into the board)
+        started = any(tmp_path.glob(".board.staging-*/leaderboard.csv")) or \
+            (board / "leaderboard.csv").read_bytes() != before["leaderboard.csv"]
+        if started:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert started, "the leaderboard finished before it could be killed while writing"
+    assert {name: (board / name).read_bytes() for name in _files(board)} == before
+    assert "damaged" not in (board / "leaderboard.md").read_text()
+
+    write_leaderboard([runs["r1"], r2], board, gallery=False)
+    assert not list(tmp_path.glob(".board.staging-*"))
+    assert (board / "notes.txt").read_text() == "mine"
+    labels = set(pd.read_csv(board / "leaderboard.csv")["run"])
+    assert labels == {"tint", "damaged"} and "damaged" in (board / "leaderboard.md").read_text()
+    assert all("damaged" in p.read_text() for p in (board / "plots").glob("*/bars__*.svg"))
+
+
+@pytest.mark.parametrize("why", ["no-exchange", "mount-point"])
+def test_where_folders_cannot_be_exchanged_a_rewrite_still_ends_as_a_fresh_leaderboard(runs, two_tables, tmp_path: Path,
+                                                                                       monkeypatch, why: str):
+    """The fallback of `outdir.staged` (no atomic exchange on this system or file system; or the board is a
+    mount point, staged inside it): the staged files are moved in, then the earlier leaderboard's others
+    removed, the user's kept, no staging folder left."""
+    from ciebench import outdir
+
+    if why == "no-exchange":
+        monkeypatch.setattr(outdir, "_exchange", lambda a, b: False)
+    else:
+        real_ismount = os.path.ismount
+        monkeypatch.setattr(os.path, "ismount", lambda p: Path(p).name == "board" or real_ismount(p))
+    user = {"notes.txt": "mine", "plots/exact__mini/my-figure.pdf": "mine"}
+    board = _rewrite(two_tables, tmp_path, [runs["r1"]], user)
+    fresh = write_leaderboard([runs["r1"]], tmp_path / "fresh").out
+    assert _files(board) == _files(fresh) | set(user)
+    assert not list(tmp_path.glob(".*.staging-*")) and not list(board.glob(".ciebench-staging-*"))
 
 
 def test_the_command_line_rewrite_leaves_only_the_tables_it_lists(runs, tmp_path: Path):

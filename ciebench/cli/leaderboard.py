@@ -30,7 +30,6 @@ def leaderboard_cmd(
     docs/leaderboard.md). --dataset gives the gallery's source images and masks (default: each
     run's dataset spec)."""
     from ciebench.errors import UsageError
-    from ciebench.leaderboard import write_leaderboard
 
     if not 0 < alpha < 1:
         raise typer.BadParameter("--alpha must lie between 0 and 1")
@@ -39,21 +38,18 @@ def leaderboard_cmd(
     for run in runs:
         if not run.is_dir():
             raise UsageError(f"{run} is not a folder")
-    from ciebench.leaderboard.benchmark_board import benchmark_outputs, is_benchmark_run, write_benchmark_boards
-    from ciebench.leaderboard.report import remove_outputs, table_outputs
+    from ciebench.leaderboard.benchmark_board import is_benchmark_run
+    from ciebench.leaderboard.report import write_board
 
     bench_runs = [r for r in runs if is_benchmark_run(r)]  # judge-scored benchmarks: own tables, never mixed
     runs = [r for r in runs if r not in bench_runs]
+    # one replacement of --out: the tables and the benchmark boards given, an earlier leaderboard's others gone
+    result = write_board(runs, bench_runs, out, primary=primary, alpha=alpha, plots=plots, gallery=gallery,
+                         dataset=dataset, full_images=full_images, page_size=page_size, by_track=by_track)
     if bench_runs:
-        write_benchmark_boards(bench_runs, out, gallery=gallery)
         typer.echo(f"wrote {out}/benchmarks.md and benchmark__<name>.csv for {len(bench_runs)} benchmark run(s)")
-    if not runs:
-        remove_outputs(out, table_outputs)  # an earlier leaderboard's tables would pass for this one's
+    if result is None:
         return
-    result = write_leaderboard(runs, out, primary=primary, alpha=alpha, plots=plots, gallery=gallery,
-                               dataset=dataset, full_images=full_images, page_size=page_size, by_track=by_track)
-    if not bench_runs:
-        remove_outputs(out, benchmark_outputs)  # likewise an earlier leaderboard's benchmark boards
     for table in result.tables:
         lb = table.leaderboard
         typer.echo(f"\n{table.title}: {len(lb)} run(s), sorted by {table.primary or '-'}")
