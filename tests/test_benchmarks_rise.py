@@ -19,6 +19,7 @@ from ciebench.benchmarks.rise import RiseBench
 from ciebench.cli import app
 from ciebench.editor import EditResult
 from ciebench.registry import RegistryError
+from ciebench.status import Status
 from tests.support.fixtures_benchmarks import (PLUS_PROMPT_NAMES, V1_PROMPT_NAMES, ScriptedJudge, StampEditor, make_rise_plus, make_rise_v1, write_prompt_file)
 from tests.support.llm_server import respond, serve_llm
 
@@ -313,6 +314,9 @@ class BadOutputs(StampEditor):
         for r, result in zip(requests, super().edit(requests)):
             key = r.sample_id if r.sample_id != "hybrid_reasoning_1" or r.meta.get("turn") != 1 else "temporal_reasoning_1"
             bad = self.BAD.get(key)
+            if key == "causal_reasoning_1":  # an image API that declined: its own status, as in dataset runs
+                out.append(EditResult(status=Status.REFUSED, error="content policy"))
+                continue
             out.append(EditResult(image=bad(np.asarray(r.images[0], dtype=np.uint8))) if bad else result)
         return out
 
@@ -335,13 +339,15 @@ def test_out_of_range_outputs_get_a_status_not_clipping(tmp_path):
         return json.loads((out / "records" / case.output_folder / f"{case_id}.json").read_text())
 
     expected = {"temporal_reasoning_1": "out_of_range", "spatial_reasoning_1": "invalid",
-                "spatial_reasoning_2": "out_of_range", "hybrid_reasoning_1": "out_of_range"}
+                "spatial_reasoning_2": "out_of_range", "hybrid_reasoning_1": "out_of_range",
+                "causal_reasoning_1": "refused"}
     for case_id, status in expected.items():
         rec = record(case_id)
         assert rec["status"] == status and rec["image_sha256"] is None, case_id
-        assert case_id in rec["error"] and ("nothing was" in rec["error"] or "NaN" in rec["error"])
+        assert case_id in rec["error"] and ("nothing was" in rec["error"] or "NaN" in rec["error"]
+                                            or "content policy" in rec["error"])
         assert not (out / "images" / cases[case_id].output_folder / f"{case_id}.png").exists()
-    assert stats.failed == 4 and stats.generated == len(cases) - 4
+    assert stats.failed == 5 and stats.generated == len(cases) - 5
     # floats in [0, 1] are accepted: the written image is round(255 x), here the input itself
     source = np.asarray(Image.open(cases["logical_reasoning_1"].images[0]).convert("RGB"))
     written = np.asarray(Image.open(out / "images" / "logical_reasoning" / "logical_reasoning_1.png"))

@@ -144,7 +144,8 @@ def generate(benchmark: Benchmark, editor: Editor, cases: Iterable[Case], out: P
                 image, status, problem = check_image(result.image)
             else:  # the editor's failure, or a turn's output that failed the check (drive_turns)
                 image, problem = None, result.error or "editor reported failure without a message"
-                status = result.status if result.status in (Status.OUT_OF_RANGE, Status.INVALID) else Status.EDIT_ERROR
+                status = result.status if result.status in (Status.OUT_OF_RANGE, Status.INVALID, Status.REFUSED) \
+                    else Status.EDIT_ERROR
             if image is not None:
                 png = png_bytes(image)
                 atomic_write_bytes(output_image_path(out, case.output_folder, case.id), png)
