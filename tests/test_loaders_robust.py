@@ -187,6 +187,9 @@ def test_authors_annotation_list_form_with_null_ids(tmp_path: Path):
     loaded = read_dataset(str(root))
     assert loaded.dataset["id"] == ["007", "7"]
     assert [p.sample_id for p in loaded.problems if p.severity == "error"] == [None]
+    # no "CLIP" key: the sample loads, and the warning says its CLIP score will be NaN
+    warned = {p.sample_id: p.message for p in loaded.problems if p.severity == "warning"}
+    assert set(warned) >= {"007", "7"} and all("no 'CLIP' key: CLIP is NaN" in warned[i] for i in ("007", "7"))
 
 
 def test_unparseable_annotation_is_one_clear_error(tmp_path: Path):

@@ -94,6 +94,8 @@ def _read_entry(root: Path, where: str, sample_id: str, entry: Any, problems: li
     mask = union_masks(masks)
     if not check_pair(image, mask, sample_id, image_rel, ",".join(mask_rels), problems):
         return None
+    if "CLIP" not in entry:  # as a JSONL manifest without clip_text: said, not silent
+        problems.append(Problem("warning", sample_id, where, "no 'CLIP' key: CLIP is NaN for this sample"))
     clip_text = entry.get("CLIP") or []
     if isinstance(clip_text, str):
         clip_text = [clip_text]
