@@ -231,6 +231,18 @@ class DiffusersEditor(Editor):
         self._pipe = pipe
         return pipe
 
+    def required_assets(self) -> list:
+        from pathlib import Path
+
+        from ciebench.requirements import hub_repo, local_path
+
+        # `from_pretrained(model_id, revision=...)` reads every component of the pipeline; quantisation and
+        # offload change how the weights are held, not which files are read
+        cfg, who = self.config, f"editor {self.name}"
+        if Path(cfg.model_id).is_dir():  # a pipeline saved on this machine, not a hub id
+            return [local_path(cfg.model_id, used_by=who, detail=f"a saved {cfg.pipeline}")]
+        return [hub_repo(cfg.model_id, used_by=who, revision=cfg.revision, layout="diffusers")]
+
     def to(self, device: str) -> "DiffusersEditor":
         super().to(device)
         if self._pipe is not None and self.config.offload == "none" and self.config.quantization == "none":

@@ -127,6 +127,13 @@ class OpenAIImagesEditor(Editor):
         self._rng = random.Random()
         self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "refused": 0, "cost": 0.0}
 
+    def required_assets(self) -> list:
+        """The endpoint every request goes to (no files): `prefetch` names it, `doctor --offline` refuses
+        one that is not on this machine. Not probed: a probe would be a paid image edit."""
+        from ciebench.requirements import endpoint
+
+        return [endpoint(self.config.endpoint, self.config.model, used_by=f"editor {self.name}")]
+
     # ------------------------------------------------------------------------------------ editing
     def edit(self, requests: list[EditRequest]) -> list[EditResult]:
         if len(requests) == 1 or self.config.concurrency == 1:

@@ -180,19 +180,37 @@ def check_files(result: Plan, dataset: DatasetRead) -> DoctorCheck:
 
 # ---- endpoints --------------------------------------------------------------------------------------
 def check_endpoints(requirements: list[Requirement], offline: bool = False) -> list[DoctorCheck]:
-    """One real structured call per distinct endpoint and model, with the config that will be used."""
-    return [probe_endpoint(req.config, f"endpoint {req.detail} ({req.used_by})", offline=offline)
-            for req in requirements if req.kind == ENDPOINT and req.config is not None]
+    """One real structured call per distinct endpoint and model, with the config that will be used. An
+    endpoint declared without an LLM config (an image-edit API: a probe would be a paid edit) is not
+    called; offline, one that is not on this machine fails."""
+    checks = []
+    for req in requirements:
+        if req.kind != ENDPOINT:
+            continue
+        name = f"endpoint {req.detail} ({req.used_by})"
+        if req.config is not None:
+            checks.append(probe_endpoint(req.config, name, offline=offline))
+        elif offline and (refused := _off_machine(req.ref, name)) is not None:
+            checks.append(refused)
+    return checks
+
+
+def _off_machine(url: str, name: str) -> DoctorCheck | None:
+    """The failing check for an endpoint another machine serves, under --offline; None for a local one."""
+    from .assets import is_local_url
+
+    if is_local_url(url):
+        return None
+    return DoctorCheck(name, False, f"{url} is not on this machine and --offline is set")
 
 
 def probe_endpoint(config: Any, name: str, offline: bool = False) -> DoctorCheck:
     from ciebench.llm.client import make_client
     from ciebench.llm.prompts import PromptTemplate
 
-    from .assets import is_local_url
-
-    if offline and not is_local_url(config.endpoint):
-        return DoctorCheck(name, False, f"{config.endpoint} is not on this machine and --offline is set")
+    refused = _off_machine(config.endpoint, name) if offline else None
+    if refused is not None:
+        return refused
     client = make_client(dataclasses.replace(config, max_retries=0, max_tokens=32), cache_dir=None)
     template = PromptTemplate("doctor_probe", 1, 'Reply with exactly this JSON object: {"ok": true}')
     reply = client.complete(template, schema=PROBE_SCHEMA)

@@ -281,3 +281,24 @@ def test_single_image_pipelines_do_not_declare_multi_image():
     for editor in ("flux-kontext", "longcat-image-edit"):
         assert MULTI_IMAGE not in build_editor(editor, _pairs(BUILTINS[editor][2])).supports
     assert MULTI_IMAGE not in build_editor("qwen-image-edit", ["steps=2"], None, "base").supports  # first release
+
+
+def test_every_editor_declares_its_pipeline_repo_for_prefetch_doctor_and_provenance():
+    """What `from_pretrained` reads is declared: the table's hub id (read from the packaged JSON) at the
+    configured revision, in the diffusers layout; the generic editor its own model_id."""
+    from ciebench.registry import get_editor_class
+
+    for editor in BUILTINS:
+        for preset, options in (get_editor_class(editor).presets or {"": {}}).items():
+            ed = build_editor(editor, ["revision=v1.0"], preset=preset or None)
+            reqs = [(r.kind, r.ref, r.revision, r.layout) for r in ed.required_assets()]
+            assert reqs == [("hub", _table(options.get("model", ed.config.model))["model_id"], "v1.0", "diffusers")]
+    generic = build_editor("diffusers", ["pipeline=StableDiffusionImg2ImgPipeline", f"model_id={SD_IMG2IMG}"])
+    assert [(r.ref, r.revision, r.layout) for r in generic.required_assets()] == [(SD_IMG2IMG, None, "diffusers")]
+
+
+def test_a_pipeline_saved_in_a_folder_is_declared_as_that_folder(tmp_path: Path):
+    saved = tmp_path / "my-pipeline"
+    saved.mkdir()
+    editor = build_editor("diffusers", ["pipeline=StableDiffusionImg2ImgPipeline", f"model_id={saved}"])
+    assert [(r.kind, r.ref) for r in editor.required_assets()] == [("local", str(saved))]

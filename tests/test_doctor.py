@@ -140,6 +140,24 @@ def test_offline_checks_the_bundle_alone(models, tmp_path: Path):
     assert not checks[0].ok and victim in checks[0].detail
 
 
+def test_offline_refuses_an_image_edit_api_on_another_machine(tmp_path: Path):
+    """openai-images declares its endpoint: --offline fails on api.openai.com (unreachable from the node),
+    passes on a server on this machine; neither is probed (a probe would be a paid edit)."""
+    bundle = tmp_path / "bundle"
+    result = runner.invoke(app, ["prefetch", "--dataset", "mini", "--metrics", "psnr", "--bundle", str(bundle)])
+    assert result.exit_code == 0, result.output
+
+    def endpoint_checks(*args: str) -> list:
+        config = Configuration(editors=("openai-images",), editor_args=args, dataset="mini", metrics=("psnr",))
+        checks = run_doctor(DoctorOptions(config, offline=True, bundle=bundle, probe=FakeProbe()))
+        return [c for c in checks if c.name.startswith("endpoint")]
+
+    [remote] = endpoint_checks()
+    assert not remote.ok and remote.name == "endpoint gpt-image-1 (editor openai-images)"
+    assert "https://api.openai.com/v1 is not on this machine" in remote.detail
+    assert endpoint_checks("base_url=http://127.0.0.1:8000/v1") == []
+
+
 def test_a_model_two_roles_share_counts_once_per_stage():
     from ciebench.doctor import stage_weight_bytes
     from ciebench.prefetch import Plan, PlannedFile

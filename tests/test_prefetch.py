@@ -88,6 +88,29 @@ def test_diffusers_editor_runs_offline_from_its_bundle(tmp_path: Path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.heavy
+def test_a_table_diffusers_editor_runs_offline_from_its_bundle_and_records_its_commit(tmp_path: Path):
+    """`prefetch --editor flux-kontext --bundle`: the bundle holds the pipeline (it held nothing of it when
+    the editor declared nothing), the editor loads from it alone, and invocations.json names the snapshot."""
+    from tests.support.fixtures_diffusers_editors import FLUX_KONTEXT, publish_tiny_flux_kontext
+
+    snapshot = publish_tiny_flux_kontext()
+    publish_clip(CLIP_VIT_L14_336)
+    publish_squeezenet1_1()
+    out = _prefetch(tmp_path / "b", "--editor", "flux-kontext")
+    manifest = json.loads((out / "manifest.json").read_text())
+    bundled = {e["repo_file"] for e in manifest["files"] if e["ref"] == FLUX_KONTEXT}
+    on_disk = {p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()}
+    assert "model_index.json" in bundled and "transformer/diffusion_pytorch_model.safetensors" in bundled
+    assert bundled == on_disk  # the tiny repo holds only what the pipeline reads
+    proc = _evaluate_with_only_the_bundle(out, tmp_path / "run", tmp_path, "--editor", "flux-kontext",
+                                          "--editor-arg", "steps=1", "--editor-arg", "auto_resize=false",
+                                          "--editor-arg", "max_area=4096")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    invocation = json.loads((tmp_path / "run" / "invocations.json").read_text())[0]
+    assert invocation["editor_models"] == {f"{FLUX_KONTEXT}@main": snapshot.name}
+
+
 def test_a_missing_bundle_file_is_named(bundle: Path, tmp_path: Path):
     import shutil
 
