@@ -95,7 +95,8 @@ def configuration_requirements(config: Configuration) -> tuple[list[Requirement]
             text, prefix = str(exc), f"editor {name!r}"  # a rejected Config value names its editor already
             raise UsageError(text if text.startswith(prefix) else f"{prefix}: {text}",
                              hint=getattr(exc, "hint", None)) from exc
-        if type(editor).required_assets is Editor.required_assets:
+        # a wrapper (rewrite:EDITOR) declares its wrapped editor's assets: that one may declare nothing
+        if any(type(e).required_assets is Editor.required_assets for e in (editor, getattr(editor, "inner", None)) if e):
             notes.append(f"editor {name} declares no assets (Editor.required_assets); whatever it downloads "
                          "at run time is not prefetched")
         reqs += editor.required_assets()

@@ -91,6 +91,10 @@ class RewriteEditor(Editor):
         self.inner.to(device)
         return self
 
+    def required_assets(self) -> list:
+        """The wrapped editor's files and the rewriter LLM's model or endpoint."""
+        return self.inner.required_assets() + self.llm_config.required_assets(used_by=f"editor {self.name}: rewriter")
+
     def rewriter(self) -> dict[str, Any]:
         return {"template": self.template.id, "template_hash": self.template.hash, "llm": self.llm_config.model_id,
                 "llm_config_hash": self.llm_config.hash, "with_image": self.config.rewriter_with_image}

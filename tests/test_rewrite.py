@@ -91,3 +91,23 @@ def test_the_rewriter_is_part_of_the_config_hash():
     assert config_hash("rewriter_model=a") != config_hash("rewriter_model=b")
     assert config_hash() != config_hash("rewriter_with_image=false")
     assert build_editor("identity").describe()["version"] != build_editor("rewrite:identity").describe()["version"]
+
+
+def test_rewrite_declares_the_wrapped_editors_assets_and_the_rewriters():
+    """prefetch / doctor / editor_models see both halves: the wrapped editor's pipeline and the rewriter
+    LLM (a local model's hub repo, or the endpoint its requests go to)."""
+    from ciebench.prefetch import Configuration, configuration_requirements
+
+    local = ("rewriter_backend=transformers", "rewriter_model=Qwen/Qwen2.5-VL-3B-Instruct")
+    reqs, notes = configuration_requirements(Configuration(editors=("rewrite:instructpix2pix",), editor_args=local,
+                                                           dataset="mini", metrics=("psnr",)))
+    assert [(r.kind, r.ref, r.layout, r.used_by) for r in reqs] == [
+        ("hub", "timbrooks/instruct-pix2pix", "diffusers", "editor instructpix2pix"),
+        ("hub", "Qwen/Qwen2.5-VL-3B-Instruct", "transformers", "editor rewrite:instructpix2pix: rewriter")]
+    assert notes == []
+    http = build_editor("rewrite:identity", ["rewriter_base_url=http://127.0.0.1:9/v1", "rewriter_model=m"])
+    assert [(r.kind, r.ref, r.detail) for r in http.required_assets()] == [("endpoint", "http://127.0.0.1:9/v1", "m")]
+    # a wrapped editor that declares nothing is still reported as such
+    _, notes = configuration_requirements(Configuration(
+        editors=("rewrite:tests.support.editors_for_tests:NoisyEditor",), dataset="mini", metrics=("psnr",)))
+    assert len(notes) == 1 and "declares no assets" in notes[0]
