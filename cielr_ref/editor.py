@@ -268,16 +268,26 @@ class CIELREditor(Editor):
         return self
 
     def required_assets(self) -> list:
-        from ciebench.requirements import hub_repo, local_path
+        from ciebench.requirements import hub_repo, local_path, pinned_asset
+
+        from .lama import lama_asset
 
         c, who = self.config, f"editor {self.name}"
+        skip = () if c.safety_checker else ("safety_checker",)
         out = [hub_repo(c.sam_model, used_by=f"{who}: segmenter") if c.segmenter == "sam2" else
                local_path(c.sam1_checkpoint or "(sam1_checkpoint not set)", used_by=f"{who}: segmenter",
                           detail=f"segment-anything {c.sam1_model_type} checkpoint")]
         out += [hub_repo(c.labeller_model, used_by=f"{who}: labeller"),
                 hub_repo(c.depth_model, used_by=f"{who}: depth"),
-                hub_repo(c.inpaint_model, used_by=f"{who}: inpainting", layout="diffusers",
-                         skip=() if c.safety_checker else ("safety_checker",))]
+                hub_repo(c.inpaint_model, used_by=f"{who}: inpainting", layout="diffusers", skip=skip)]
+        # the removal back ends `_load` builds besides the executor ("sd-crop" is the executor itself)
+        if c.removal == "lama":
+            asset = lama_asset(c.lama_url, c.lama_sha256)
+            out.append(pinned_asset(asset, used_by=f"{who}: removal") if c.lama_dir is None else
+                       local_path(str(Path(c.lama_dir) / asset.filename), used_by=f"{who}: removal",
+                                  detail=f"{asset.filename}: {asset.source}"))
+        elif c.removal == "sd-whole":
+            out.append(hub_repo(c.sd_whole_model, used_by=f"{who}: removal", layout="diffusers", skip=skip))
         for role, llm in (("llm", c.llm), ("vlm", c.vlm_config)):
             out += llm.required_assets(used_by=f"{who}: {role}")
         return out

@@ -52,6 +52,15 @@ def pad_to_multiple(arr: np.ndarray, multiple: int = PAD_MULTIPLE) -> np.ndarray
     return np.pad(arr, ((0, 0), (0, ph), (0, pw)), mode="symmetric") if ph or pw else arr
 
 
+def lama_asset(url: str = BIG_LAMA.url, sha256: str = BIG_LAMA.sha256) -> PinnedAsset:
+    """The pinned checkpoint a `lama_url` / `lama_sha256` pair names: `BIG_LAMA` itself, or the user's pin
+    under the same name and file name (what the remover loads and what `required_assets` declares)."""
+    if (url, sha256) == (BIG_LAMA.url, BIG_LAMA.sha256):
+        return BIG_LAMA
+    return PinnedAsset(name=BIG_LAMA.name, url=url, sha256=sha256, source=f"user-pinned {url}",
+                       filename=BIG_LAMA.filename, max_bytes=BIG_LAMA.max_bytes)
+
+
 class LamaRemover:
     """Removal back end `lama`: same `run(jobs)` / `stats` / `describe()` as `InpaintExecutor`."""
 
@@ -61,10 +70,8 @@ class LamaRemover:
                  sha256: str = BIG_LAMA.sha256, local_dir: str | None = None, allow_unverified: bool = False):
         import torch
 
-        asset = BIG_LAMA if (url, sha256) == (BIG_LAMA.url, BIG_LAMA.sha256) else PinnedAsset(
-            name=BIG_LAMA.name, url=url, sha256=sha256, source=f"user-pinned {url}", filename=BIG_LAMA.filename,
-            max_bytes=BIG_LAMA.max_bytes)
-        self.resolved = resolve_asset(asset, local_dir=local_dir, allow_unverified_local=allow_unverified)
+        self.resolved = resolve_asset(lama_asset(url, sha256), local_dir=local_dir,
+                                      allow_unverified_local=allow_unverified)
         self.params, self.device = params, device
         self.model = torch.jit.load(str(self.resolved.path), map_location=device).eval()
         self.stats = CallStats()
@@ -107,4 +114,4 @@ class LamaRemover:
         return InpaintOutcome(Image.fromarray(paste(src, gen, weights, (0, 0, w, h))), None, info)
 
 
-__all__ = ["LamaRemover", "BIG_LAMA", "BIG_LAMA_SHA256_VERIFIED", "pad_to_multiple"]
+__all__ = ["LamaRemover", "BIG_LAMA", "lama_asset", "BIG_LAMA_SHA256_VERIFIED", "pad_to_multiple"]

@@ -193,6 +193,35 @@ def test_sd_whole_removal_inpaints_the_whole_image_with_the_fixed_prompt(server,
     assert not (changed(res, src) & ~arts["step1_mask.png"]).any()
 
 
+def test_removal_back_ends_are_declared_and_the_declared_pin_is_what_the_remover_loads(lama, tmp_path, monkeypatch):
+    """prefetch / bundles / doctor see what `_load` builds for removal: Big-LaMa's pinned file (or the
+    local copy in lama_dir), or the sd-whole pipeline; bundled, the remover finds that file in the bundle."""
+    from ciebench.bundle import write_bundle
+    from ciebench.cielr_ref.lama import BIG_LAMA, LamaRemover
+    from ciebench.prefetch import Configuration, Plan, _plan_asset, download
+
+    def removal(**over):
+        return [r for r in CIELREditor(**{**PRESETS["paper"], **over}).required_assets() if r.used_by.endswith("removal")]
+
+    [paper] = removal()
+    assert (paper.kind, paper.url, paper.asset.sha256) == ("asset", BIG_LAMA.url, BIG_LAMA.sha256)
+    [local] = removal(lama_dir=str(tmp_path))
+    assert (local.kind, local.ref) == ("local", str(tmp_path / "big-lama.pt"))
+    [whole] = removal(removal="sd-whole", sd_whole_model="org/inpaint", safety_checker=False)
+    assert (whole.kind, whole.ref, whole.layout, whole.skip) == ("hub", "org/inpaint", "diffusers", ("safety_checker",))
+    assert removal(removal="sd-crop") == []  # the executor's own pipeline, declared as inpainting
+    url, sha = lama
+    [req] = removal(lama_url=url, lama_sha256=sha)
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
+    planned = Plan(Configuration(), [req])
+    _plan_asset(req, True, planned)
+    bundle = tmp_path / "bundle"
+    write_bundle(download(planned, progress=False), bundle, progress=False)
+    monkeypatch.setenv("CIEBENCH_CACHE", str(bundle / "ciebench"))
+    remover = LamaRemover(url=url, sha256=sha)
+    assert remover.resolved.origin == "cache" and remover.resolved.path.is_relative_to(bundle)
+
+
 def test_editor_close_frees_its_shared_local_llm(monkeypatch):
     """One local model per canonical (model, device, dtype): the editor's and the judge's spellings
     meet in one instance, and closing the editor leaves it to the judge alone."""
