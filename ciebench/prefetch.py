@@ -39,13 +39,15 @@ class Configuration:
     judge: str | None = None
     score: bool = True  # False: generation only (no scoring models)
     benchmark: str | None = None  # a registered benchmark (instead of, or giving, the dataset)
-    judge_prompts: str | None = None  # a benchmark's unpinned prompt folder (--judge-prompts)
+    judge_prompts: str | None = None  # local copies of pinned or a benchmark's unpinned prompt files (--judge-prompts)
+    judge_protocol: str | None = None  # overrides the judge config's protocol (--judge-protocol)
 
     def to_dict(self) -> dict[str, Any]:
         return {"editors": list(self.editors), "preset": self.preset, "editor_args": list(self.editor_args),
                 "dataset": self.dataset, "protocol": self.protocol,
                 "metrics": list(self.metrics) if self.metrics is not None else None, "judge": self.judge,
-                "score": self.score, "benchmark": self.benchmark, "judge_prompts": self.judge_prompts}
+                "score": self.score, "benchmark": self.benchmark, "judge_prompts": self.judge_prompts,
+                "judge_protocol": self.judge_protocol}
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,10 @@ def configuration_requirements(config: Configuration) -> tuple[list[Requirement]
             from ciebench.metrics.idcs import get_judge_config
 
             try:
-                reqs += get_judge_config(config.judge).required_assets()
+                judge = get_judge_config(config.judge)
+                if config.judge_protocol:  # as `evaluate --judge-protocol` overrides it (ciebench.judge.run)
+                    judge = dataclasses.replace(judge, protocol=config.judge_protocol)
+                reqs += judge.required_assets(prompts_dir=config.judge_prompts)
             except (ValueError, FileNotFoundError) as exc:
                 raise UsageError(f"judge {config.judge!r}: {exc}") from exc
     return dedupe(reqs), notes

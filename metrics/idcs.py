@@ -117,10 +117,21 @@ class JudgeConfig:
     def hash(self) -> str:
         return stable_hash(self.to_dict())
 
-    def required_assets(self) -> list:
-        """The describing VLM's and the scoring LLM's files or endpoints (see ciebench.requirements)."""
-        return (self.vlm.required_assets(used_by=f"judge {self.name}: vlm")
-                + self.llm.required_assets(used_by=f"judge {self.name}: llm"))
+    def required_assets(self, prompts_dir: str | None = None) -> list:
+        """The describing VLM's and the scoring LLM's files or endpoints, and a pinned protocol's prompt
+        file: the pin, or its local copy in `prompts_dir` (--judge-prompts), which is not bundled
+        (see ciebench.requirements)."""
+        from ciebench.requirements import local_path, pinned_asset
+
+        out = (self.vlm.required_assets(used_by=f"judge {self.name}: vlm")
+               + self.llm.required_assets(used_by=f"judge {self.name}: llm"))
+        asset = get_judge_protocol(self.protocol).asset
+        if asset is not None:
+            who = f"judge {self.name}: protocol {self.protocol}"
+            out.append(pinned_asset(asset, used_by=who) if prompts_dir is None else
+                       local_path(str(Path(prompts_dir) / asset.filename), used_by=who,
+                                  detail=f"{asset.filename}: {asset.source}"))
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "JudgeConfig":

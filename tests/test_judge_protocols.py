@@ -60,6 +60,39 @@ def test_paper_prompts_are_fetched_verified_extracted_and_cached(files):
     assert v1.hash != resolved.hash and v1.describe.name == "idcs_describe"
 
 
+def test_a_pinned_protocols_prompt_file_is_declared_bundled_and_read_from_the_bundle(files, tmp_path, monkeypatch):
+    """prefetch / bundles / doctor cover idcs-paper's pinned file, whether a judge config file or
+    --judge-protocol names the protocol; offline, the protocol then resolves from the bundle alone."""
+    import dataclasses
+
+    from ciebench.bundle import write_bundle
+    from ciebench.prefetch import Configuration, configuration_requirements, download, plan
+
+    asset = standin_asset(files.url("metrics_evaluation.py"))
+    monkeypatch.setitem(JUDGE_PROTOCOLS, "idcs-paper", dataclasses.replace(JUDGE_PROTOCOLS["idcs-paper"], asset=asset))
+    paper = tmp_path / "paper.yaml"
+    paper.write_text("extends: openai\nname: paper\nprotocol: idcs-paper\n")
+
+    def declared(**kw):
+        config = Configuration(editors=("identity",), dataset="mini", metrics=("idcs",), **kw)
+        return [(r.kind, r.ref) for r in configuration_requirements(config)[0] if r.kind in ("asset", "local")]
+
+    assert declared(judge=str(paper)) == [("asset", "idcs-paper/metrics_evaluation")]
+    assert declared(judge="openai", judge_protocol="idcs-paper") == [("asset", "idcs-paper/metrics_evaluation")]
+    assert declared(judge="openai") == []  # idcs-v1: packaged templates
+    mine = tmp_path / "mine"
+    assert declared(judge=str(paper), judge_prompts=str(mine)) == [("local", str(mine / "metrics_evaluation.py"))]
+    result = plan(Configuration(dataset="mini", metrics=("idcs",), judge=str(paper)), offline=True)
+    bundle = tmp_path / "bundle"
+    write_bundle(download(result, progress=False), bundle, progress=False)
+    assert files.hits == ["/metrics_evaluation.py"]
+    monkeypatch.setenv("CIEBENCH_CACHE", str(bundle / "ciebench"))
+    monkeypatch.setenv("CIEBENCH_OFFLINE", "1")
+    resolved = resolve_judge_protocol("idcs-paper")
+    assert resolved.provenance["origin"] == "cache" and resolved.describe.text == STANDIN_DESCRIBE
+    assert files.hits == ["/metrics_evaluation.py"]  # nothing fetched: the bundle served it
+
+
 def test_a_hash_mismatch_is_refused_from_the_url_and_from_a_local_folder(files, tmp_path):
     wrong = standin_asset(files.url("metrics_evaluation.py"), data=b"something else")
     with pytest.raises(IntegrityError, match="sha256"):

@@ -18,6 +18,7 @@ from .options import (
     EditorsOpt,
     JudgeOpt,
     JudgePromptsOpt,
+    JudgeProtocolOpt,
     LimitOpt,
     MetricsOpt,
     PresetOpt,
@@ -85,6 +86,7 @@ def prefetch_cmd(
     judge: JudgeOpt = None,
     benchmark: BenchmarkOpt = None,
     judge_prompts: JudgePromptsOpt = None,
+    judge_protocol: JudgeProtocolOpt = None,
     no_score: bool = typer.Option(False, "--no-score", help="Generation only: skip the scoring models."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Write a self-contained offline bundle here."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and print sizes; download nothing."),
@@ -97,7 +99,7 @@ def prefetch_cmd(
     metric_names = split_names(metrics)
     config = Configuration(editors=tuple(editor), preset=preset, editor_args=tuple(editor_arg), dataset=dataset,
                            protocol=protocol, metrics=metric_names, judge=judge, score=not no_score,
-                           benchmark=benchmark, judge_prompts=judge_prompts)
+                           benchmark=benchmark, judge_prompts=judge_prompts, judge_protocol=judge_protocol)
     result = plan(config)
     by_req: dict = {}
     for f in result.files:
@@ -136,6 +138,7 @@ def doctor_cmd(
     judge: JudgeOpt = None,
     benchmark: BenchmarkOpt = None,
     judge_prompts: JudgePromptsOpt = None,
+    judge_protocol: JudgeProtocolOpt = None,
     device: DeviceOpt = "cpu",
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The run folder (for the disk-space check)."),
     seeds: SeedsOpt = "0",
@@ -152,7 +155,7 @@ def doctor_cmd(
     config = Configuration(editors=tuple(editor), preset=preset, editor_args=tuple(editor_arg),
                            dataset=None if benchmark else dataset, protocol=protocol, metrics=metric_names,
                            judge=judge, benchmark=benchmark,
-                           judge_prompts=judge_prompts)
+                           judge_prompts=judge_prompts, judge_protocol=judge_protocol)
     if offline and bundle is not None:
         use_bundle(str(bundle))
     checks = run_doctor(DoctorOptions(config, device=device, out=out, seeds=len([s for s in seeds.split(",") if s.strip()]),
