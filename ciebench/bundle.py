@@ -3,7 +3,12 @@ already read (a hub cache, torch's hub dir, ciebench's cache, the datasets cache
 `manifest.json` with the sha256 and size of every file.
 
 `CIEBENCH_BUNDLE=DIR` (or `ciebench --bundle DIR COMMAND`) points every cache at the bundle and turns
-the network off, so a run on a node without internet reads exactly the bundled files.
+the network off, so a run on a node without internet reads exactly the bundled files. Before that, the
+bundle is checked against its manifest (`verify_bundle`): a file missing or changed since it was written
+stops the command (IntegrityError, exit 6) before any model loads, since a flipped bit in a weight file
+changes the numbers and nothing else would notice (the hub revision recorded stays the same). Hashing
+gigabytes on every run would be slow, so `DIR/.verified.json` remembers each file verified with its size,
+mtime, ctime and inode; a file whose key changed is hashed again.
 
     DIR/manifest.json
     DIR/hub/models--ORG--NAME/{refs/main, snapshots/<commit>/...}   HF_HUB_CACHE
@@ -13,7 +18,9 @@ the network off, so a run on a node without internet reads exactly the bundled f
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -29,9 +36,15 @@ from .errors import EnvironmentProblem, IntegrityError
 from .io import atomic_write_json, atomic_write_text, sha256_file
 from .prefetch import Plan
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
+VERIFIED = ".verified.json"  # files already hashed against the manifest, by stat key (see verify_bundle)
 BUNDLE_ENV = "CIEBENCH_BUNDLE"
 FORMAT = 1
+# A file modified this recently may be modified again within the same timestamp tick, leaving its stat key
+# unchanged: such files are verified but not remembered (git's "racily clean" entries, the same rule).
+RACY_NS = 2_000_000_000
 
 
 def write_bundle(result: Plan, folder: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
@@ -106,22 +119,81 @@ class BundleProblem:
 
 def check_bundle(folder: str | os.PathLike, hashes: bool = True) -> list[BundleProblem]:
     """Every manifest file present with its size and (with `hashes`) sha256; each problem names the file."""
-    folder = Path(folder)
-    problems = []
-    manifest = read_manifest(folder)
+    return _check(Path(folder), read_manifest(folder), hashes, {})[0]
+
+
+def _check(folder: Path, manifest: dict[str, Any], hashes: bool,
+           known: dict[str, Any]) -> tuple[list[BundleProblem], dict[str, Any]]:
+    """`check_bundle`, hashing only the files whose stat key is not in `known` with the manifest's sha256.
+    Also returns the key of every file found intact (taken before hashing it, so a change during the
+    hash shows as a new key next time), except racy ones."""
+    problems, intact = [], {}
+    now = time.time_ns()
     for entry in manifest["files"]:
-        path = folder / entry["path"]
+        path, used_by = folder / entry["path"], entry.get("used_by", "")
         if not path.is_file():
-            problems.append(BundleProblem(entry["path"], "missing", entry.get("used_by", "")))
-        elif path.stat().st_size != entry["size"]:
-            problems.append(BundleProblem(entry["path"], f"size {path.stat().st_size}, manifest {entry['size']}",
-                                          entry.get("used_by", "")))
-        elif hashes and sha256_file(path) != entry["sha256"]:
-            problems.append(BundleProblem(entry["path"], "sha256 differs from the manifest", entry.get("used_by", "")))
+            problems.append(BundleProblem(entry["path"], "missing", used_by))
+            continue
+        st = path.stat()
+        if st.st_size != entry["size"]:
+            problems.append(BundleProblem(entry["path"], f"size {st.st_size}, manifest {entry['size']}", used_by))
+            continue
+        if not hashes:
+            continue
+        key = {"sha256": entry["sha256"], "stat": [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]}
+        if known.get(entry["path"]) != key and sha256_file(path) != entry["sha256"]:
+            problems.append(BundleProblem(entry["path"], "sha256 differs from the manifest", used_by))
+        elif now - st.st_mtime_ns > RACY_NS:
+            intact[entry["path"]] = key
     for rel in manifest.get("refs", {}):
         if not (folder / rel).is_file():
             problems.append(BundleProblem(rel, "missing", "hub revision lookup"))
-    return problems
+    return problems, intact
+
+
+def verify_bundle(folder: str | os.PathLike) -> None:
+    """Refuse a bundle whose files are not the ones its manifest vouches for (IntegrityError naming
+    them). Files verified before and unchanged since (same size, mtime, ctime and inode) are not hashed
+    again; the rest are, and the verified ones are remembered."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    manifest_sha = sha256_file(folder / MANIFEST)
+    markers = _marker_paths(folder)
+    known = next((m["files"] for m in map(_read_json, markers)
+                  if isinstance(m, dict) and m.get("manifest_sha256") == manifest_sha
+                  and isinstance(m.get("files"), dict)), {})
+    problems, intact = _check(folder, manifest, True, known)
+    if problems:
+        listed = "; ".join(map(str, problems[:5])) + (f"; ... {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise IntegrityError(f"bundle {folder}: {len(problems)} file(s) missing or changed since it was written: "
+                             f"{listed}", hint="restore them or write the bundle again (`ciebench prefetch ... "
+                                               "--bundle DIR`); nothing was run")
+    if intact != known:
+        record = {"format": FORMAT, "manifest_sha256": manifest_sha, "files": intact}
+        for marker in markers:
+            try:
+                atomic_write_json(marker, record)
+                break
+            except OSError as exc:
+                log.debug("cannot record the bundle's verification in %s: %s", marker, exc)
+        else:
+            log.warning("bundle %s verified, but the verification could not be recorded (read-only?): "
+                        "the next run hashes every file again", folder)
+
+
+def _marker_paths(folder: Path) -> list[Path]:
+    """Inside the bundle; else, for a read-only bundle, in the user's cache (keyed by the bundle's path)."""
+    from .cache import cache_root
+
+    name = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    return [folder / VERIFIED, cache_root() / "bundles-verified" / f"{name}.json"]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def bundle_environment(folder: str | os.PathLike) -> dict[str, str]:
@@ -132,10 +204,15 @@ def bundle_environment(folder: str | os.PathLike) -> dict[str, str]:
             "CIEBENCH_OFFLINE": "1", BUNDLE_ENV: str(folder)}
 
 
-def activate_bundle(folder: str | os.PathLike) -> Path:
-    """Point every cache at the bundle and turn the network off, in this process and its children.
-    Libraries imported earlier read some of these at import time: their constants are updated too."""
-    read_manifest(folder)
+def activate_bundle(folder: str | os.PathLike, verify: bool = True) -> Path:
+    """Check the bundle against its manifest (`verify_bundle`; `verify=False` for a caller that reports
+    the problems itself, `doctor --offline`), then point every cache at it and turn the network off, in
+    this process and its children. Libraries imported earlier read some of these at import time: their
+    constants are updated too."""
+    if verify:
+        verify_bundle(folder)
+    else:
+        read_manifest(folder)
     env = bundle_environment(folder)
     os.environ.update(env)
     hub = sys.modules.get("huggingface_hub.constants")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -152,3 +153,44 @@ def test_a_bundle_rewrite_keeps_a_file_that_already_holds_the_sources_bytes(tmp_
     manifest = write_bundle(_plan(source), bundle, progress=False)
     assert target.stat().st_mtime_ns == 1_000_000_000
     assert manifest["files"][0]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------ bundle use
+def _flip_a_bit(path: Path, offset: int = 5) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_using_a_bundle_verifies_it_and_rehashes_only_what_changed(tmp_path: Path, monkeypatch):
+    """activate_bundle refuses a file whose bytes are not the manifest's (exit 6 class, the file named);
+    a file verified before and untouched since is not hashed again, a touched one is."""
+    import ciebench.bundle as bundle_mod
+    from ciebench.bundle import activate_bundle, verify_bundle
+
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "user-cache"))
+    for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_DATASETS_CACHE",
+                 "TORCH_HOME", "CIEBENCH_OFFLINE", "CIEBENCH_BUNDLE"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test: activation sets them
+    _, bundle, target = _bundled(tmp_path)
+    _flip_a_bit(target)
+    with pytest.raises(IntegrityError) as raised:
+        activate_bundle(bundle)
+    assert "ciebench/weights.bin: sha256 differs from the manifest (needed by integrity test)" in str(raised.value)
+    assert os.environ["CIEBENCH_CACHE"] == str(tmp_path / "user-cache")  # not activated
+    _flip_a_bit(target)  # restored
+    old = 1_000_000_000
+    os.utime(target, ns=(old, old))  # long unchanged: not racy, so its verification is remembered
+    hashed: list[str] = []
+    real = bundle_mod.sha256_file
+    monkeypatch.setattr(bundle_mod, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    verify_bundle(bundle)
+    assert "weights.bin" in hashed
+    hashed.clear()
+    verify_bundle(bundle)
+    assert hashed == [bundle_mod.MANIFEST]  # the weights were not read again
+    time.sleep(0.05)  # past the filesystem's timestamp tick (coarse on Linux), as any real change is
+    _flip_a_bit(target)
+    os.utime(target, ns=(old, old))  # even with the old mtime back, the change (ctime) is seen
+    with pytest.raises(IntegrityError, match="weights.bin: sha256 differs"):
+        verify_bundle(bundle)

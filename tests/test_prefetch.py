@@ -125,6 +125,24 @@ def test_a_missing_bundle_file_is_named(bundle: Path, tmp_path: Path):
     assert problems == [f"{victim['path']}: missing (needed by protocol cielr: CLIP)"]
 
 
+def test_a_run_refuses_a_bundle_file_that_is_not_the_manifests(bundle: Path, tmp_path: Path):
+    """One flipped bit in the bundled CLIP weights: before, the run scored with them (clip 2.56 -> 0.0, exit 0,
+    same recorded revision); now it stops with exit 6 naming the file, before anything is written."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    victim = next(e for e in manifest["files"] if e["ref"] == CLIP_VIT_L14_336 and e["repo_file"] == "model.safetensors")
+    data = bytearray((broken / victim["path"]).read_bytes())
+    data[len(data) // 2] ^= 0x10
+    (broken / victim["path"]).write_bytes(bytes(data))
+    proc = _evaluate_with_only_the_bundle(broken, tmp_path / "run", tmp_path)
+    assert proc.returncode == 6, proc.stdout + proc.stderr
+    assert f"{victim['path']}: sha256 differs from the manifest" in proc.stderr
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
 def test_offline_prefetch_names_what_is_not_cached():
     result = runner.invoke(app, ["prefetch", "--editor", "instructpix2pix", "--editor-arg", "model_id=nobody/absent",
                                  "--dataset", "mini", "--metrics", "psnr", "--dry-run"])

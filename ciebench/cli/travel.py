@@ -62,15 +62,16 @@ def verify_cmd(
         raise typer.Exit(int(ExitCode.INCOMPLETE))
 
 
-def use_bundle(folder: str) -> None:
-    """`ciebench --bundle DIR ...` / CIEBENCH_BUNDLE=DIR: every cache points into the bundle, no network.
-    (Runs in the root callback, outside the commands' error handling.)"""
+def use_bundle(folder: str, verify: bool = True) -> None:
+    """`ciebench --bundle DIR ...` / CIEBENCH_BUNDLE=DIR: the bundle checked against its manifest, then
+    every cache points into it, no network. (Runs in the root callback, outside the commands' error
+    handling.)"""
     from ciebench.bundle import activate_bundle
 
     from .handling import fail
 
     try:
-        activate_bundle(folder)
+        activate_bundle(folder, verify=verify)
     except CiebenchError as exc:  # called from the root callback, before any command's own error handling
         fail(exc)
 
@@ -157,7 +158,7 @@ def doctor_cmd(
                            judge=judge, benchmark=benchmark,
                            judge_prompts=judge_prompts, judge_protocol=judge_protocol)
     if offline and bundle is not None:
-        use_bundle(str(bundle))
+        use_bundle(str(bundle), verify=False)  # its first check lists every problem of the bundle
     checks = run_doctor(DoctorOptions(config, device=device, out=out, seeds=len([s for s in seeds.split(",") if s.strip()]),
                                       limit=limit, offline=offline, bundle=bundle))
     for check in checks:
