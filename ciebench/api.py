@@ -133,9 +133,11 @@ def score(dataset: DatasetArg, predictions: str | Path, out: str | Path, *,
           benchmark: str | None = None, benchmark_root: str | None = None,
           on_problem: Callable[[Problem], None] | None = None, timing_since: float | None = None) -> RunResult:
     """Score a folder of edited images (`<id>.png|jpg|jpeg|webp`, or a run's `images/`: at every seed its
-    `<id>__s<seed>` files name, see `scoring.find_predictions`) against `dataset` into `out` (samples.csv,
-    samples.jsonl, summary.json, and a spec.json of the same shape as a run's, with `editor` null, the
-    seeds scored and `predictions` recorded). A prediction that is missing or
+    `<id>__s<seed>` files name, see `scoring.find_predictions`), or `hf:ORG/NAME[@rev]` of a run
+    exported with `ciebench export`, against `dataset` into `out` (samples.csv, samples.jsonl,
+    summary.json, and a spec.json of the same shape as a run's, with `editor` null, the seeds scored
+    and `predictions` recorded; for an export also `predictions_source`: the `hf:` spec, the hub commit
+    it resolved to and the dataset's fingerprint). A prediction that is missing or
     unreadable is a row with that status, not an error: see `RunResult.rows`. `benchmark` replaces
     `dataset` for a benchmark scored through the dataset pipeline (a judge-scored one has its own
     `ciebench score --benchmark`). Sets the allocator as `evaluate` does. `timing_since`: a
@@ -143,15 +145,15 @@ def score(dataset: DatasetArg, predictions: str | Path, out: str | Path, *,
     began being its stage `startup` (the `ciebench score` command passes its process's start,
     `ciebench.metrics.timing.process_started()`; default: from when scoring begins)."""
     reuse_freed_memory()
-    loaded, predictions, found, options, built = _score_inputs(
+    loaded, predictions, found, options, built, source = _score_inputs(
         dataset, predictions, limit, protocol, metrics, judge, judge_protocol, judge_passes, judge_prompts, max_cost,
         judge_canaries, judge_batch, device, batch_size, backend, ray_address, num_workers, gpus_per_worker,
         ignore_checksums, benchmark, benchmark_root, on_problem)
     out = Path(out)
     if built is not None:
-        return _score(loaded, predictions, found, out, options, limit, progress, built, timing_since)
+        return _score(loaded, predictions, source, found, out, options, limit, progress, built, timing_since)
     with _named_backend(backend, ray_address, num_workers, gpus_per_worker, cpus_per_worker, device, None) as owned:
-        return _score(loaded, predictions, found, out, options, limit, progress, owned, timing_since)
+        return _score(loaded, predictions, source, found, out, options, limit, progress, owned, timing_since)
 
 
 def estimate_judging(dataset: DatasetArg, predictions: str | Path, **options: Any) -> list[str]:
@@ -164,7 +166,7 @@ def estimate_judging(dataset: DatasetArg, predictions: str | Path, **options: An
     given = inspect.signature(score).bind(dataset, predictions, None, **options)  # score's own option names and defaults
     given.apply_defaults()
     args = {k: v for k, v in given.arguments.items() if k not in ("out", "progress", "cpus_per_worker", "timing_since")}
-    loaded, _, found, score_options, _ = _score_inputs(**args)
+    loaded, _, found, score_options, _, _ = _score_inputs(**args)
     return dry_run_report(loaded, found, score_options)
 
 
@@ -172,7 +174,8 @@ def _score_inputs(dataset, predictions, limit, protocol, metrics, judge, judge_p
                   max_cost, judge_canaries, judge_batch, device, batch_size, backend, ray_address, num_workers,
                   gpus_per_worker, ignore_checksums, benchmark, benchmark_root, on_problem):
     """(dataset, predictions folder, the predictions found in it, score options, the caller's backend or
-    None), every option checked before the dataset loads."""
+    None, the exported run the folder was made from or None), every option checked before the dataset
+    loads."""
     from .scoring import find_predictions
 
     bench = _benchmark(benchmark)
@@ -180,19 +183,26 @@ def _score_inputs(dataset, predictions, limit, protocol, metrics, judge, judge_p
         if bench.pipeline != "dataset":
             raise UsageError(f"benchmark {bench.name} is judge-scored: use `ciebench score --benchmark {bench.name}`")
         dataset = _benchmark_dataset(bench, benchmark_root)
-    predictions = Path(predictions)
-    if not predictions.is_dir():
+    exported = str(predictions).startswith("hf:")  # a run exported with `ciebench export --format hub`
+    if not exported and not Path(predictions).is_dir():
         raise UsageError(f"--predictions {predictions} is not a folder")
     options = _score_options(protocol, metrics, judge, device, batch_size, judge_protocol, judge_passes,
                              judge_prompts, max_cost, judge_canaries, judge_batch)
     built = _backend(backend, ray_address, num_workers, gpus_per_worker)
+    source = None
+    if exported:  # downloaded only once every option is known to be good
+        from .export import materialize_predictions
+
+        predictions, source = materialize_predictions(str(predictions))
+    predictions = Path(predictions)
     loaded = _load(dataset, ignore_checksums, on_problem)
     ids = loaded.dataset["id"][: limit if limit is not None else None]
-    return loaded, predictions, find_predictions(predictions, ids), options, built
+    return loaded, predictions, find_predictions(predictions, ids), options, built, source
 
 
-def _score(loaded: LoadedDataset, predictions: Path, found: list, out: Path, options: ScoreOptions,
-           limit: int | None, progress: bool, backend: Backend, timing_since: float | None = None) -> RunResult:
+def _score(loaded: LoadedDataset, predictions: Path, source: dict | None, found: list, out: Path,
+           options: ScoreOptions, limit: int | None, progress: bool, backend: Backend,
+           timing_since: float | None = None) -> RunResult:
     from . import outdir
     from .io import atomic_write_json
     from .runner import RunOptions, build_spec
@@ -202,7 +212,7 @@ def _score(loaded: LoadedDataset, predictions: Path, found: list, out: Path, opt
     seeds = tuple(dict.fromkeys(p.seed for p in found)) or (0,)
     spec = build_spec(None, loaded, RunOptions(seeds=seeds, limit=limit, batch_size=options.batch_size,
                                                device=options.device, progress=progress, score=options),
-                      predictions=str(predictions.resolve()))
+                      predictions=str(predictions.resolve()), predictions_source=source)
     outdir.claim(out, "score")
     with outdir.lock(out):
         outdir.clean_stale_temp(out)

@@ -183,10 +183,12 @@ ciebench score --dataset {(metadata['ciebench'].get('dataset') or {}).get('spec'
 """
 
 
-def materialize_predictions(spec: str, cache: Path | None = None) -> Path:
+def materialize_predictions(spec: str, cache: Path | None = None) -> tuple[Path, dict[str, Any]]:
     """`hf:ORG/NAME[@revision]` (or `hf:` + a local folder) of an exported run -> a folder of
-    `<id>__s<seed>.png` images that `ciebench score --predictions` reads; each image's sha256 is
-    checked against its row."""
+    `<id>__s<seed>.png` images that `ciebench score --predictions` reads, each image's sha256 checked
+    against its row; and where they came from (`spec`, the hub `commit` the revision resolved to, None
+    for a local folder, and the dataset's `fingerprint`), for the score's spec.json: the folder is
+    only a cache entry named by a hash."""
     name = spec[3:] if spec.startswith("hf:") else spec
     name, _, revision = name.partition("@")
     try:
@@ -196,10 +198,11 @@ def materialize_predictions(spec: str, cache: Path | None = None) -> Path:
     missing = {"sample_id", "seed", "image", "prediction_sha256"} - set(ds.column_names)
     if missing:
         raise DataError(f"{spec} is not a ciebench run export (no column(s) {sorted(missing)})")
+    source = {"spec": spec, "commit": _hub_commit(name, revision or None), "fingerprint": ds._fingerprint}
     ds = ds.cast_column("image", datasets.Image(decode=False))
     target = (cache or cache_root() / "predictions") / stable_hash({"spec": spec, "fingerprint": ds._fingerprint})
     if (target / ".complete").is_file():
-        return target
+        return target, source
     target.parent.mkdir(parents=True, exist_ok=True)
     with outdir.staged(target) as staging:
         for row in ds.select_columns(["sample_id", "seed", "image", "prediction_sha256"]):
@@ -211,7 +214,18 @@ def materialize_predictions(spec: str, cache: Path | None = None) -> Path:
                                      "its prediction_sha256")
             (staging / f"{file_stem(row['sample_id'], int(row['seed']))}.png").write_bytes(data)
         (staging / ".complete").write_text("")
-    return target
+    return target, source
+
+
+def _hub_commit(name: str, revision: str | None) -> str | None:
+    """The commit the local hub cache resolved `revision` of dataset `name` to (what load_dataset just
+    read); None for a local folder."""
+    from .prefetch import cached_commit
+    from .requirements import hub_repo
+
+    if Path(name).exists():
+        return None
+    return cached_commit(hub_repo(name, used_by="score --predictions", revision=revision, repo_type="dataset"))
 
 
 

@@ -77,8 +77,9 @@ class RunStats:
 
 
 def build_spec(editor: Editor | None, loaded: LoadedDataset, options: RunOptions,
-               predictions: str | None = None) -> RunSpec:
-    """The spec of a run of `editor`, or with `editor` None of scoring the folder `predictions`."""
+               predictions: str | None = None, predictions_source: dict[str, Any] | None = None) -> RunSpec:
+    """The spec of a run of `editor`, or with `editor` None of scoring the folder `predictions` (made from
+    the exported run `predictions_source`, when it was one)."""
     from ciebench.metrics.protocols import get_protocol
 
     protocol = get_protocol(options.score.protocol or loaded.default_protocol)
@@ -103,6 +104,7 @@ def build_spec(editor: Editor | None, loaded: LoadedDataset, options: RunOptions
         ciebench_version=__version__,
         notes=notes,
         predictions=predictions,
+        predictions_source=predictions_source,
     )
 
 

@@ -36,6 +36,9 @@ class RunSpec:
     ciebench_version: str = ""
     notes: dict[str, Any] = field(default_factory=dict)  # recorded, not hashed (device, backend)
     predictions: str | None = None  # `ciebench score`: the folder of predictions scored; recorded, not hashed
+    # `ciebench score --predictions hf:...`: the export they came from (spec, hub commit, dataset
+    # fingerprint), since `predictions` is then a cache folder; recorded, not hashed
+    predictions_source: dict[str, Any] | None = None
 
     @property
     def editor_config_hash(self) -> str:
@@ -45,7 +48,7 @@ class RunSpec:
     def spec_hash(self) -> str:
         """Hash of what decides the results. The dataset enters by its kind, content revision and size,
         not by how its path was spelled, so `ds`, `./ds` and `/abs/ds/` resume the same run."""
-        decided = {k: v for k, v in asdict(self).items() if k not in ("notes", "predictions")}
+        decided = {k: v for k, v in asdict(self).items() if k not in ("notes", "predictions", "predictions_source")}
         decided["dataset"] = {k: v for k, v in self.dataset.items() if k not in DATASET_PROVENANCE}
         return stable_hash(decided)
 

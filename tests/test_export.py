@@ -84,6 +84,52 @@ def test_score_re_scores_an_exported_run(judged_run: Path, exported: Path, tmp_p
         assert again.loc[sample_id, "prediction_sha256"] == original.loc[sample_id, "prediction_sha256"]
 
 
+def test_score_of_a_hub_export_records_where_the_predictions_came_from(judged_run: Path, exported: Path,
+                                                                      tmp_path: Path, monkeypatch):
+    """spec.json names the `hf:` export and the commit it resolved to, not only the cache folder the images
+    were unpacked into; the cache folder stays `predictions` (the gallery reads it) and no spec hash moves."""
+    import shutil
+
+    from tests.support.tinyhub import publish
+
+    snapshot = publish("ciebench-tests/exported-run", lambda d: shutil.copytree(exported, d, dirs_exist_ok=True),
+                       repo_type="dataset")
+    real = datasets.load_dataset
+
+    def from_the_hub_cache(name, revision=None, split=None):
+        # datasets reads a hub repo from the snapshot hf_hub_download put into the hub cache; it cannot
+        # load one offline without an earlier online load, so the test reads that snapshot directly
+        assert (name, revision) == ("ciebench-tests/exported-run", "main")
+        return real(str(snapshot), split=split)
+
+    monkeypatch.setattr(datasets, "load_dataset", from_the_hub_cache)
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "rescored"
+    result = runner.invoke(app, ["score", "--dataset", "mini", "--predictions", "hf:ciebench-tests/exported-run@main",
+                                 "--limit", "3", "--metrics", "psnr", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    spec = json.loads((out / "spec.json").read_text())
+    source = spec["predictions_source"]
+    assert source["spec"] == "hf:ciebench-tests/exported-run@main" and source["commit"] == snapshot.name
+    assert source["fingerprint"]
+    assert Path(spec["predictions"]).is_relative_to(tmp_path / "cache")
+    assert len(list(Path(spec["predictions"]).glob("*.png"))) == 3
+    # the same export from a local folder: no hub commit to name
+    monkeypatch.setattr(datasets, "load_dataset", real)
+    local = tmp_path / "local"
+    assert runner.invoke(app, ["score", "--dataset", "mini", "--predictions", f"hf:{exported}", "--limit", "3",
+                               "--metrics", "psnr", "--out", str(local)]).exit_code == 0
+    assert json.loads((local / "spec.json").read_text())["predictions_source"]["commit"] is None
+    # recorded, not hashed: a run's spec hash does not change with the new field
+    from ciebench.spec import RunSpec
+
+    run_spec = json.loads((judged_run / "spec.json").read_text())
+    names = set(RunSpec.__dataclass_fields__)
+    rebuilt = RunSpec(**{k: (tuple(v) if k in ("seeds", "metrics") else v) for k, v in run_spec.items() if k in names})
+    assert "predictions_source" not in run_spec or run_spec["predictions_source"] is None
+    assert rebuilt.spec_hash == run_spec["spec_hash"]
+
+
 def test_export_refuses_a_tampered_run_and_a_used_folder(judged_run: Path, tmp_path: Path):
     import shutil
 

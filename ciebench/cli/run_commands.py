@@ -248,10 +248,6 @@ def score_cmd(
                             region=region_options(split_names(metrics), protocol, device))
     if (dataset is None and bench is None) or predictions is None:
         raise UsageError("score needs --dataset (or --benchmark) and --predictions")
-    if str(predictions).startswith("hf:"):  # a run exported with `ciebench export --format hub`
-        from .travel import exported_predictions
-
-        predictions = exported_predictions(str(predictions))
     options = dict(limit=limit, protocol=protocol, metrics=split_names(metrics), judge=judge,
                    judge_protocol=judge_protocol, judge_passes=judge_passes, judge_prompts=judge_prompts,
                    max_cost=max_cost, judge_canaries=judge_canaries, judge_batch=judge_batch, device=device,

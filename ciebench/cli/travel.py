@@ -169,13 +169,6 @@ def doctor_cmd(
         raise typer.Exit(int(ExitCode.INCOMPLETE))
 
 
-def exported_predictions(spec: str) -> Path:
-    """`score --predictions hf:ORG/NAME`: the exported run's images as a local folder."""
-    from ciebench.export import materialize_predictions
-
-    return materialize_predictions(spec)
-
-
 @app.command("export")
 def export_cmd(
     run: RunDirArg,
