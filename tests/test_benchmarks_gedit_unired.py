@@ -463,3 +463,44 @@ def test_published_verdict_tables_reaggregate_without_a_judge(tmp_path):
     summary = json.loads((tmp_path / "re2" / "summary.json").read_text())
     overall = next(r for r in summary["official"] if r["-"] == "Overall")
     assert overall["Score-Origin"] == pytest.approx((5.0 + 0.9 + 2.0 + 0.4) / 2) and overall["Accuracy"] == 0.5
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> Path:
+    import tarfile
+
+    with tarfile.open(path, "w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_imgedit_benchmark_tar_is_extracted_within_the_archive_limits(tmp_path, monkeypatch):
+    """Benchmark.tar goes through the one archive rule: a bomb (over the file-count and byte limits) or a
+    member climbing out is refused naming the archive, and leaves no half-extracted folder behind; a good
+    archive is extracted once."""
+    import huggingface_hub
+
+    from ciebench.benchmarks.imgedit import ImgEditBasic
+    from ciebench.errors import DataError
+
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CIEBENCH_MAX_EXTRACT_FILES", "2")
+    monkeypatch.setenv("CIEBENCH_MAX_EXTRACT_BYTES", "1000")
+    served: list[Path] = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: str(served[-1]))
+    target = tmp_path / "cache" / "benchmarks" / "imgedit"
+    served.append(_tar(tmp_path / "bomb.tar", {f"Benchmark/f{i}.bin": b"\0" * 100_000 for i in range(5)}))
+    with pytest.raises(DataError, match="bomb.tar"):
+        ImgEditBasic()._hub_images()
+    assert not target.exists()
+    served.append(_tar(tmp_path / "climb.tar", {"../../outside.txt": b"x"}))
+    with pytest.raises(DataError, match="climb.tar"):
+        ImgEditBasic()._hub_images()
+    assert not target.exists() and not (tmp_path / "outside.txt").exists()
+    served.append(_tar(tmp_path / "good.tar", {"Benchmark/singleturn/a.png": b"png bytes"}))
+    assert ImgEditBasic()._hub_images() == target
+    assert (target / "Benchmark" / "singleturn" / "a.png").read_bytes() == b"png bytes"
+    served.append(tmp_path / "never-read.tar")  # extracted once: not fetched again
+    assert ImgEditBasic()._hub_images() == target

@@ -18,7 +18,6 @@ used. The multi-turn suite is judged by people in the official protocol: not sco
 """
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
@@ -98,20 +97,25 @@ class _ImgEdit(Benchmark):
                     turns=(str(item["prompt"]),), categories=(edit_type,))
 
     def _hub_images(self) -> Path:
-        """Benchmark.tar from the hub, extracted once (data members only) under the ciebench cache."""
+        """Benchmark.tar from the hub, extracted once under the ciebench cache by the one archive rule
+        (`ciebench.datasets.release.unpack`: no member outside the folder, no links or special members,
+        byte / file-count / ratio limits), into a staging folder renamed into place only when complete."""
         target = cache_root() / "benchmarks" / "imgedit"
         if not (target / ".extracted").is_file():
             from huggingface_hub import hf_hub_download
+
+            from ciebench.datasets.release import unpack
+            from ciebench.outdir import staged
 
             try:
                 tar = hf_hub_download(self.hub_id, "Benchmark.tar", repo_type="dataset", revision=self.hub_revision)
             except Exception as exc:  # offline or missing: say where to get it instead
                 raise EnvironmentProblem(f"cannot get Benchmark.tar of {self.hub_id} ({type(exc).__name__}: {exc}); "
                                         "extract it yourself and pass the source-image folder with --benchmark-root") from exc
-            target.mkdir(parents=True, exist_ok=True)
-            with tarfile.open(tar) as archive:
-                archive.extractall(target, filter="data")  # no links out, no devices, no absolute paths
-            (target / ".extracted").write_text(tar)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with staged(target) as staging:  # a refused or interrupted extraction leaves nothing behind
+                unpack(Path(tar), staging)
+                (staging / ".extracted").write_text(tar)
         return target
 
     def judge_calls(self, case: Case, output: Path) -> list[JudgeCall]:
