@@ -180,14 +180,16 @@ def staged(out: Path, keep: Callable[[Path], Iterable[Path]] | None = None) -> I
 
     The staging folder lies beside `out` and the two are exchanged atomically (Linux `renameat2`
     RENAME_EXCHANGE), the kept paths linked into it first (hard links: same files, no copy). Where that
-    cannot be done (another system, a file system without it, `out` a mount point) the staged files are
-    moved into `out` one by one once all are written (the staging folder then lies inside `out` where
-    its parent cannot be written), then the paths neither written nor kept go: a kill during those
-    moves can leave a mix, in a far shorter window than writing in place."""
+    cannot be done (another system, a file system without it, `out` a mount point or the working folder)
+    the staged files are moved into `out` one by one once all are written (the staging folder then lies
+    inside `out` where its parent cannot be written), then the paths neither written nor kept go: a kill
+    during those moves can leave a mix, in a far shorter window than writing in place."""
     out = Path(out)
     real = Path(os.path.realpath(out))  # a link to a folder: the folder is replaced, the link stays
-    # beside `out`, unless nothing can be renamed over it (a mount point) or its parent is not ours to write
-    inside = real.is_dir() and os.path.ismount(real)
+    # beside `out`, unless nothing can be renamed over it (a mount point), its parent is not ours to write,
+    # or this process works inside it (`--out .`): swapped away, that folder would be deleted under the
+    # process and the shell that started it
+    inside = real.is_dir() and (os.path.ismount(real) or _holds_working_folder(real))
     try:
         staging = None if inside else _make_staging(real.parent, f".{real.name}.staging-")
     except PermissionError:
@@ -238,8 +240,19 @@ def tree_entries(root: Path) -> list[Path]:
     return found
 
 
+def _holds_working_folder(folder: Path) -> bool:
+    try:
+        cwd = Path(os.getcwd()).resolve()
+    except OSError:  # the working folder is already gone
+        return False
+    return cwd == folder or folder in cwd.parents
+
+
 def _make_staging(parent: Path, prefix: str) -> Path:
     """A new staging folder in `parent` (created if needed), as readable as a plain `mkdir` makes it."""
+    blocked = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:  # mkdir would say "file exists", which hides what is wrong with the path
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(blocked))
     parent.mkdir(parents=True, exist_ok=True)
     return staging_dir(parent, prefix)
 

@@ -350,6 +350,19 @@ def test_where_folders_cannot_be_exchanged_a_rewrite_still_ends_as_a_fresh_leade
     assert not list(tmp_path.glob(".*.staging-*")) and not list(board.glob(".ciebench-staging-*"))
 
 
+def test_a_leaderboard_rewritten_in_the_working_folder_leaves_that_folder_in_place(runs, two_tables, tmp_path: Path,
+                                                                                     monkeypatch):
+    """`--out .`: exchanging the folder would delete the one the process (and its shell) works in."""
+    board = tmp_path / "board"
+    shutil.copytree(two_tables, board)
+    monkeypatch.chdir(board)
+    inode = os.stat(board).st_ino
+    write_leaderboard([runs["r1"]], Path("."))
+    assert os.stat(os.getcwd()).st_ino == inode and Path("leaderboard.csv").is_file()
+    fresh = write_leaderboard([runs["r1"]], tmp_path / "fresh").out
+    assert _files(board) == _files(fresh) and not list(board.glob(".ciebench-staging-*"))
+
+
 def test_the_command_line_rewrite_leaves_only_the_tables_it_lists(runs, tmp_path: Path):
     """The review's reproduction: `leaderboard r1 x1 -o board`, then `leaderboard r1 -o board`."""
     board = tmp_path / "board"
