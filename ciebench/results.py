@@ -167,17 +167,25 @@ def require_current_tables(run_dir: Path, summary: dict[str, Any], error: type[E
                     "`ciebench evaluate`, which resumes and re-scores) so that its numbers and summary agree")
 
 
-# Columns read as text exactly as written: ids such as "NA", "null", "nan" or "007" are ids, not missing
-# values or numbers. Every other column keeps pandas' usual missing-value reading (empty = NaN).
-TEXT_COLUMNS = ("sample_id", "file_stem")
+# Columns read as text exactly as written. Ids such as "NA", "null", "nan" or "007" are ids, never
+# missing (ID_COLUMNS); in the other text columns only an empty cell is missing: an edit type "N/A" or a
+# judge's sentence "None" is that text (pandas' default would read both as NaN, merging edit types and
+# failing `verify` against samples.jsonl). Numeric columns keep pandas' usual missing-value reading.
+ID_COLUMNS = ("sample_id", "file_stem")
+TEXT_COLUMNS = (*ID_COLUMNS, "edit_type", "status", "error", "note", "prediction", "prediction_sha256")
+_TEXT_SUFFIXES = ("_status", "_error", "_sentence", "_failure", "_passes", "_protocol")  # a judged metric's
+
+
+def is_text_column(name: str) -> bool:
+    return name in TEXT_COLUMNS or name.endswith(_TEXT_SUFFIXES)
 
 
 def read_samples(run_dir: Path) -> pd.DataFrame:
     path = Path(run_dir) / "samples.csv"
     header = pd.read_csv(path, nrows=0).columns
-    na = {c: list(_DEFAULT_NA) for c in header if c not in TEXT_COLUMNS}
-    frame = pd.read_csv(path, dtype={"sample_id": str, "file_stem": str, "edit_type": str, "status": str},
-                        keep_default_na=False, na_values=na)
+    na = {c: [] if c in ID_COLUMNS else [""] if is_text_column(c) else list(_DEFAULT_NA) for c in header}
+    frame = pd.read_csv(path, dtype={c: str for c in header if is_text_column(c)}, keep_default_na=False,
+                        na_values=na)
     return frame
 
 
@@ -236,9 +244,12 @@ def summarize(frame: pd.DataFrame, metrics: dict[str, bool], best_of: str | None
                 continue
             means = [float(np.nanmean(frame.loc[frame["seed"] == s, m].to_numpy(dtype=float)))
                      if frame.loc[frame["seed"] == s, m].notna().any() else math.nan for s in seeds]
-            finite = [x for x in means if math.isfinite(x)]
+            # over every seed with a mean: one seed's +inf (an unchanged image's PSNR) makes it undefined
+            # (NaN), rather than a std of the other seeds labelled "across seeds"
+            defined = [x for x in means if not math.isnan(x)]
+            std = float(np.std(defined, ddof=1)) if all(math.isfinite(x) for x in defined) else math.nan
             per_seed[m] = {"per_seed_mean": {str(int(s)): json_number(x) for s, x in zip(seeds, means)},
-                           "std_across_seeds": json_number(float(np.std(finite, ddof=1))) if len(finite) > 1 else None}
+                           "std_across_seeds": json_number(std) if len(defined) > 1 else None}
         out["seeds"] = {"seeds": [int(s) for s in seeds], "metrics": per_seed}
         if best_of and best_of in frame:
             higher = metrics.get(best_of, True)

@@ -182,6 +182,34 @@ def test_coverage_and_n_count_against_the_dataset_not_what_parsed(tmp_path):
     assert lost["n_samples"] == 4 and lost["metrics"]["mse"]["n"] == 2 and lost["metrics"]["mse"]["coverage"] == 0.5
 
 
+def test_text_cells_that_look_missing_are_text_and_only_empty_cells_are_missing(tmp_path):
+    # pandas would read "N/A" and "None" as NaN: the edit types would merge and a judge's sentence vanish
+    texts = ["N/A", "None", "null", "remove"]
+    rows = [{"sample_id": f"s{i}", "seed": 0, "edit_type": t, "status": "ok", "error": None, "mse": 0.1 * (i + 1),
+             "idcs": 3.0, "idcs_sentence": t, "idcs_status": "ok"} for i, t in enumerate(texts)]
+    write_samples(tmp_path, rows, ["mse", "idcs"])
+    frame = read_samples(tmp_path)
+    jsonl = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert list(frame["edit_type"]) == texts == [r["edit_type"] for r in jsonl]
+    assert list(frame["idcs_sentence"]) == texts and frame["error"].isna().all()  # an empty cell stays missing
+    by_type = summarize(frame, {"mse": False}, sample_ids=[f"s{i}" for i in range(4)])["by_edit_type"]
+    assert set(by_type) == set(texts) and by_type["N/A"]["metrics"]["mse"]["mean"] == pytest.approx(0.1)
+
+
+def test_the_std_across_seeds_is_undefined_when_a_seeds_mean_is_infinite(tmp_path):
+    # one seed reproduced a sample exactly (PSNR +inf): a std of the other seeds is not "across seeds"
+    values = {("A", 0): math.inf, ("A", 1): 30.0, ("A", 2): 32.0, ("B", 0): 20.0, ("B", 1): 20.0, ("B", 2): 20.0}
+    rows = [{"sample_id": sid, "seed": seed, "edit_type": "x", "status": "ok", "psnr": v} for (sid, seed), v in values.items()]
+    write_samples(tmp_path, rows, ["psnr"])
+    seeds = summarize(read_samples(tmp_path), {"psnr": True}, sample_ids=["A", "B"])["seeds"]["metrics"]["psnr"]
+    assert seeds["per_seed_mean"] == {"0": "inf", "1": 25.0, "2": 26.0} and seeds["std_across_seeds"] == "nan"
+    finite = {k: v for k, v in values.items() if k[0] == "B"}
+    write_samples(tmp_path, [{"sample_id": sid, "seed": seed, "edit_type": "x", "status": "ok", "psnr": v + seed}
+                             for (sid, seed), v in finite.items()], ["psnr"])
+    seeds = summarize(read_samples(tmp_path), {"psnr": True}, sample_ids=["B"])["seeds"]["metrics"]["psnr"]
+    assert seeds["std_across_seeds"] == pytest.approx(float(np.std([20.0, 21.0, 22.0], ddof=1)))
+
+
 def test_with_several_seeds_coverage_counts_predictions(tmp_path):
     # Sample A has a value on 1 of its 3 seeds (the judge failed on two), B on all 3: A's mean rests on
     # one seed, so coverage is 4 of 6 predictions, not 2 of 2 samples; n (the CI's unit) stays 2.

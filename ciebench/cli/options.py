@@ -46,9 +46,9 @@ JudgeOpt = Annotated[Optional[str], typer.Option("--judge", help="IDCS judge pre
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda | cuda:N")]
 ScoreBatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per scoring batch (CLIP, "
                                                                                     "LPIPS).")]
-MinCoverageOpt = Annotated[Optional[float], typer.Option("--min-coverage", help="Exit 1 when any metric covers less "
-                                                                                 "than this fraction of samples (e.g. "
-                                                                                 "0.95).")]
+MinCoverageOpt = Annotated[Optional[float], typer.Option(
+    "--min-coverage", help="Exit 1 when a metric covers less than this fraction of samples (e.g. 0.95): those "
+                           "named in --metrics, else every metric with a value for some sample.")]
 
 # --- judge -------------------------------------------------------------------------------------------
 JudgeProtocolOpt = Annotated[Optional[str], typer.Option(
