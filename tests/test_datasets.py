@@ -247,6 +247,27 @@ def test_release_download_from_file_url_and_checksum_mismatch(ciebench_root: Pat
     assert again.dataset["id"] == loaded.dataset["id"]
 
 
+def test_a_full_disk_while_fetching_the_release_is_this_machines_problem_not_the_sources(
+        ciebench_root: Path, fresh_release_cache: Path, monkeypatch):
+    import errno
+
+    from ciebench.datasets import release
+
+    good = _zip_release(ciebench_root, fresh_release_cache / "good.zip", "imgREBench")
+    tried = []
+
+    def full(url, dest, *args, **kwargs):
+        tried.append(url)
+        raise OSError(errno.ENOSPC, "No space left on device", str(dest))
+
+    monkeypatch.setattr(release, "download", full)
+    with pytest.raises(OSError) as raised:  # exit 4 through the CLI, not "could not obtain the release"
+        read_dataset("ciebench", sources=[f"file://{good}#imgREBench", f"file://{good}#imgREBench"])
+    assert raised.value.errno == errno.ENOSPC and len(tried) == 1  # the next source would fill the disk too
+    result = runner.invoke(app, ["data", "info", "ciebench"], env={"CIEBENCH_SOURCES": f"file://{good}#imgREBench"})
+    assert result.exit_code == 4 and "no space" in result.output.lower(), result.output
+
+
 def test_the_release_is_recorded_by_content_and_runs_recorded_by_release_name_still_resume_and_verify(
         ciebench_root: Path, fresh_release_cache: Path, monkeypatch):
     """A run on `ciebench` records the content revision its local copy has (so the two share a leaderboard

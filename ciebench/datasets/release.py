@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ciebench.errors import ExitCode, IntegrityError
+from ciebench.errors import DISK_FULL_ERRNOS, ExitCode, IntegrityError
 from ciebench.io import sha256_file
 
 from .authors import ANNOTATION_FILES
@@ -256,6 +256,8 @@ def fetch_release(sources: list[str] | None = None, verify: bool = True) -> Path
                 download(source.url, tmp_path / "archive")
                 unpack(tmp_path / "archive", tmp_path / "tree")
             except (OSError, DatasetError, zipfile.BadZipFile, tarfile.TarError) as exc:
+                if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+                    raise  # this machine's problem, not the source's: the next source would fill the disk too
                 failures.append(f"{source.url}: {exc}")
                 continue
             root = locate_release(tmp_path / "tree", source.folder)
