@@ -203,8 +203,12 @@ def materialize_predictions(spec: str, cache: Path | None = None) -> tuple[Path,
     target = (cache or cache_root() / "predictions") / stable_hash({"spec": spec, "fingerprint": ds._fingerprint})
     if (target / ".complete").is_file():
         return target, source
+    if target.exists():  # an unfinished entry of an older ciebench
+        shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with outdir.staged(target) as staging:
+    # another process scoring the same export may fill the entry at the same time: the first copy stays,
+    # so a score already reading it never has it swapped away
+    with outdir.staged(target, replace=False) as staging:
         for row in ds.select_columns(["sample_id", "seed", "image", "prediction_sha256"]):
             if row["image"] is None or row["image"].get("bytes") is None:
                 continue

@@ -171,12 +171,14 @@ def lock(out: str | os.PathLike) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def staged(out: Path, keep: Callable[[Path], Iterable[Path]] | None = None) -> Iterator[Path]:
+def staged(out: Path, keep: Callable[[Path], Iterable[Path]] | None = None, replace: bool = True) -> Iterator[Path]:
     """A staging folder, filled by the caller, that then takes `out`'s place in one step, so no reader
     ever sees a half-written folder, or one half old and half new: on any failure it is deleted and
     `out` is as it was. `keep(out)` names paths of an earlier `out` (files, links, empty folders) that the
     new one keeps where the caller did not write the same path (a user's files beside a rewritten
-    leaderboard); without it nothing of the earlier folder stays.
+    leaderboard); without it nothing of the earlier folder stays. With `replace=False` (a cache entry
+    several processes may fill at once, each with the same content) an `out` that exists when the
+    staging folder is done wins: it is left untouched, so no reader of it sees it swapped away.
 
     The staging folder lies beside `out` and the two are exchanged atomically (Linux `renameat2`
     RENAME_EXCHANGE), the kept paths linked into it first (hard links: same files, no copy). Where that
@@ -203,8 +205,13 @@ def staged(out: Path, keep: Callable[[Path], Iterable[Path]] | None = None) -> I
             os.chmod(staging, stat.S_IMODE(real.stat().st_mode))
         yield staging
         kept = list(keep(real)) if keep is not None and real.is_dir() else []
-        if not real.exists():
-            staging.rename(real)
+        if not real.exists() or not replace:
+            try:
+                staging.rename(real)  # fails on a non-empty folder another writer put there meanwhile
+            except OSError:
+                if replace or not real.is_dir():
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)  # the first writer's copy stays
             return
         if not inside:
             _link_into(real, staging, kept)

@@ -3,6 +3,7 @@
 re-aggregate without calling a judge."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -82,6 +83,31 @@ def test_score_re_scores_an_exported_run(judged_run: Path, exported: Path, tmp_p
     for sample_id in original.index:
         assert again.loc[sample_id, "psnr"] == pytest.approx(original.loc[sample_id, "psnr"], rel=1e-9)
         assert again.loc[sample_id, "prediction_sha256"] == original.loc[sample_id, "prediction_sha256"]
+
+
+def test_two_scorings_unpacking_one_export_at_once_leave_the_first_copy_in_place(exported: Path, tmp_path: Path,
+                                                                                 monkeypatch):
+    """The unpacked export is a shared cache entry: a second process finishing it while a first already
+    reads it must not swap the first's folder away (its files would vanish under that score)."""
+    from ciebench import export, outdir
+
+    cache = tmp_path / "cache"
+    real_staged = outdir.staged
+    first: dict = {}
+
+    @contextlib.contextmanager
+    def racing(target, **kwargs):  # another process completes the same entry while this one fills its copy
+        with real_staged(target, **kwargs) as staging:
+            yield staging
+            if not first:
+                first["started"] = True
+                folder = export.materialize_predictions(f"hf:{exported}", cache)[0]
+                first.update(folder=folder, inode=folder.stat().st_ino)
+
+    monkeypatch.setattr(outdir, "staged", racing)
+    folder, _ = export.materialize_predictions(f"hf:{exported}", cache)
+    assert folder == first["folder"] and folder.stat().st_ino == first["inode"]  # the first copy stayed
+    assert (folder / ".complete").is_file() and not list(folder.parent.glob(".*staging*"))
 
 
 def test_score_of_a_hub_export_records_where_the_predictions_came_from(judged_run: Path, exported: Path,
