@@ -572,3 +572,57 @@ def test_interrupted_benchmark_run_resumes(tmp_path, monkeypatch):
     assert {c for c, *_ in judge.seen} == {items[-1]["index"]}  # only the torn last verdict is judged again
     again = json.loads((out / "summary.json").read_text())
     assert again["official"] == first["official"]
+
+
+# A perfect answer for every v1 case (logical cases answer 1 on their 0/1 scale): every case is accurate.
+V1_PERFECT = {k: ({AC: 1, IR: 1} if k.startswith("logical") else {AC: 5, IR: 5, VP: 5}) for k in V1_RAW}
+
+
+def test_missing_input_image_is_a_data_error_not_the_editors_failure(tmp_path, v1_prompts):
+    """A source image absent from the local copy stops evaluate and score before anything runs, naming
+    the case and the file: scored, it would be a missing output given the minimum (0.875, not 1.0)."""
+    root = tmp_path / "rise"
+    items, colours = make_rise_v1(root)
+    lost = root / "temporal_reasoning_images" / "1.png"
+    lost.unlink()
+    model = tmp_path / "preds"
+    for it in items:
+        dest = model / "images" / it["category"] / f"{it['index']}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(b"not read")
+    with serve_llm() as server:
+        server.on(then=respond(ScriptedJudge(V1_PERFECT, colours)))
+        judge = str(judge_file(tmp_path, server))
+        for command in (["evaluate", "--editor", "identity"], ["score", "--predictions", str(model)]):
+            out = tmp_path / command[0]
+            result = runner.invoke(app, [*command, "--benchmark", "risebench", "--benchmark-root", str(root),
+                                         "--out", str(out), "--judge", judge])
+            assert result.exit_code == 3, result.output  # a data error
+            assert "temporal_reasoning_1" in result.output and str(lost) in result.output
+            assert not (out / "summary.json").exists()
+        assert server.count == 0
+
+
+def test_unreadable_input_image_is_left_out_never_given_the_minimum(tmp_path, v1_prompts):
+    """A source image that is there but cannot be decoded: the case is an input_error in its record and
+    its verdict, never `missing` with the benchmark minimum; every other case is perfect, so the
+    official numbers over them are exactly 1.0 (by hand: 7 accurate cases of 7)."""
+    root = tmp_path / "rise"
+    items, colours = make_rise_v1(root)
+    (root / "temporal_reasoning_images" / "1.png").write_bytes(b"not an image")
+    out = tmp_path / "run"
+    with serve_llm() as server:
+        server.on(then=respond(ScriptedJudge(V1_PERFECT, colours)))
+        result = runner.invoke(app, ["evaluate", "--benchmark", "risebench", "--benchmark-root", str(root),
+                                     "--editor", "identity", "--out", str(out),
+                                     "--judge", str(judge_file(tmp_path, server))])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "records" / "temporal_reasoning" / "temporal_reasoning_1.json").read_text())
+    assert record["status"] == Status.INPUT_ERROR and "temporal_reasoning_1" in record["error"]
+    verdict = _verdict_lines(out, "temporal_reasoning_1")[-1]
+    assert verdict["status"] == Status.INPUT_ERROR and verdict["dims"] == {}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["headline"]["value"] == pytest.approx(1.0)
+    assert row(summary["official"], "Temporal")["Accuracy"] == pytest.approx(1.0)
+    assert summary["ours"]["cases"] == 7 and summary["ours"]["input_errors"] == 1
+    assert Status.MISSING not in summary["ours"]["status_counts"]

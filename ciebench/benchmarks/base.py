@@ -52,6 +52,23 @@ class Case:
     def multi_turn(self) -> bool:
         return "multi_turn" in self.flags
 
+    def data_files(self) -> tuple[Path, ...]:
+        """Every file of the benchmark's own data this case reads (inputs, references, ground truth)."""
+        optional = (self.reference_image, self.consistency_image, self.ground_truth_image)
+        return (*self.images, *self.reference_images, *(p for p in optional if p is not None))
+
+
+def require_data(benchmark: str, cases: Iterator[Case]) -> Iterator[Case]:
+    """`cases`, each checked to have its data files: a file missing from the local copy of a benchmark is
+    the benchmark's data error (FileNotFoundError naming the case and the file), never a case the
+    editor failed (the scoring rules would give it the minimum)."""
+    for case in cases:
+        for path in case.data_files():
+            if not path.is_file():
+                raise FileNotFoundError(f"{benchmark}: case {case.output_folder}/{case.id}: its data file {path} "
+                                        "is not there (an incomplete copy of the benchmark?)")
+        yield case
+
 
 @dataclass(frozen=True)
 class JudgeCall:

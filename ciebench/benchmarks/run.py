@@ -43,7 +43,10 @@ if TYPE_CHECKING:  # the runner loads the scoring stack: imported when generatio
 
 # A verdict with one of these is final for the output it was made for (its `image_sha256`; None: no
 # output); judge errors are retried. An output regenerated (--retry-failed) or added later is judged again.
-DONE_STATUSES = (Status.OK, Status.MISSING, Status.UNSUPPORTED)
+DONE_STATUSES = (Status.OK, Status.MISSING, Status.UNSUPPORTED, Status.INPUT_ERROR)
+# Run-record statuses the judge step takes over as the case's verdict instead of looking for an output:
+# the editor could not take the case, or the benchmark's own input could not be read.
+RECORD_VERDICTS = (Status.UNSUPPORTED, Status.INPUT_ERROR)
 
 
 def record_path(out: Path, case: Case) -> Path:
@@ -189,7 +192,8 @@ def predictions_root(predictions: Path) -> Path:
 def judge_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, out: Path, judge: Any,
                 *, records: Path | None = None, progress: bool = True, total: int | None = None) -> dict[str, int]:
     """Append one verdict per case not yet final to out/verdicts.jsonl. `records` (a run directory)
-    marks cases the editor could not take as `unsupported`. `judge` is a `BenchJudge` (None: only
+    marks cases the editor could not take as `unsupported` and cases whose input image could not be read
+    as `input_error` (left out of the official numbers by `aggregate`). `judge` is a `BenchJudge` (None: only
     cases without an output can be scored; others are judge errors)."""
     images = predictions_root(predictions)
     verdicts = out / "verdicts.jsonl"
@@ -201,14 +205,14 @@ def judge_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, 
             sink.write("\n")  # a line torn by a kill stays a lone unreadable line; it is skipped on reading
         for case in cases:
             bar.update(1)
-            unsupported = _unsupported(records, case)
-            # the editor could not take the case: whatever file lies there is not its output
-            output = None if unsupported is not None else find_output(images / case.output_folder, case.id)
+            taken = _record_verdict(records, case)
+            # the editor could not take the case (or never got it): whatever file lies there is not its output
+            output = None if taken is not None else find_output(images / case.output_folder, case.id)
             digest = sha256_file(output) if output is not None else None
             if final.get(f"{case.output_folder}/{case.id}", UNRECORDED) == digest:
                 counts["resumed"] += 1
                 continue
-            row = _verdict(benchmark, case, images, output, judge, unsupported)
+            row = _verdict(benchmark, case, images, output, judge, taken)
             row["image_sha256"] = digest
             counts[row["status"]] = counts.get(row["status"], 0) + 1
             sink.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
@@ -224,22 +228,26 @@ def _ends_with_newline(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
-def _unsupported(records: Path | None, case: Case) -> dict[str, Any] | None:
-    """The run record of a case the editor could not take (None: it could, or no run records)."""
+def _record_verdict(records: Path | None, case: Case) -> dict[str, Any] | None:
+    """The run record of a case whose status is its verdict (`RECORD_VERDICTS`; None: another status,
+    or no run records)."""
     if records is None:
         return None
     try:
         record = json.loads(record_path(records, case).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return record if isinstance(record, dict) and record.get("status") == Status.UNSUPPORTED else None
+    return record if isinstance(record, dict) and record.get("status") in RECORD_VERDICTS else None
 
 
 def _verdict(benchmark: Benchmark, case: Case, images: Path, output: Path | None, judge: Any,
-             unsupported: dict[str, Any] | None) -> dict[str, Any]:
-    if unsupported is not None:
+             record: dict[str, Any] | None) -> dict[str, Any]:
+    if record is not None and record["status"] == Status.INPUT_ERROR:
+        # the benchmark's data failed, not the editor: no score at all (never the missing-output minimum)
+        return benchmark.verdict_row(case, Status.INPUT_ERROR, {}, error=record.get("error"))
+    if record is not None:
         return benchmark.verdict_row(case, Status.UNSUPPORTED, benchmark.missing_verdict(case),
-                                     error=unsupported.get("error"))
+                                     error=record.get("error"))
     if output is None:
         return benchmark.verdict_row(case, Status.MISSING, benchmark.missing_verdict(case),
                                      error=f"no output {case.output_folder}/{case.id}.(png|jpg|jpeg) in {images}")
@@ -302,10 +310,20 @@ def latest_verdicts(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def aggregate(benchmark: Benchmark, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The official numbers over the verdict rows. A case whose input image could not be read
+    (`input_error`) is the benchmark data's failure: it is left out of the official numbers (scoring it
+    would charge the editor) and counted in `ours.input_errors`."""
     agg = benchmark.aggregator()
+    input_errors = 0
     for row in rows:
+        if row.get("status") == Status.INPUT_ERROR:
+            input_errors += 1
+            continue
         agg.add(benchmark.checked_verdict(row))
-    return agg.result()
+    result = agg.result()
+    if input_errors:
+        result["ours"] = {**(result.get("ours") or {}), "input_errors": input_errors}
+    return result
 
 
 def write_summary(benchmark: Benchmark, out: Path, result: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:

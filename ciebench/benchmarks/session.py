@@ -15,7 +15,7 @@ from ciebench.io import atomic_write_json
 from ciebench.llm.client import LLMConfig
 from ciebench.metrics.timing import StageTimer
 
-from .base import Benchmark
+from .base import Benchmark, require_data
 from .judging import BenchJudge
 from .prompts import PromptSet, load_prompts, load_unpinned
 from .region import RegionOptions, run_region
@@ -86,9 +86,9 @@ def prompt_set(benchmark: Benchmark, local_dir: str | None) -> PromptSet:
 
 def _cases(benchmark: Benchmark, options: BenchOptions):
     cases = benchmark.cases(options.root)
-    if options.limit is None:
-        return cases
-    return (c for n, c in zip(range(options.limit), cases))
+    if options.limit is not None:
+        cases = (c for n, c in zip(range(options.limit), cases))
+    return require_data(benchmark.name, cases)
 
 
 def _count(benchmark: Benchmark, options: BenchOptions) -> int:
