@@ -66,7 +66,9 @@ def benchmark_tables(paths: list[Path]) -> dict[str, tuple[pd.DataFrame, pd.Data
             head = s["headline"]
             ci = head.get("ci95") or [None, None]
             row: dict[str, Any] = {"run": _label(path, s), head["name"]: head["value"],
-                                   "ci95_low": ci[0], "ci95_high": ci[1]}
+                                   "ci95_low": ci[0], "ci95_high": ci[1],
+                                   # fewer cases than the official release (see mark_completeness)
+                                   "partial": bool(head.get("incomplete"))}
             table = s["official"]
             overall = table[0] if table else {}
             for key, value in overall.items():
@@ -136,7 +138,12 @@ def write_boards(paths: list[Path], out: Path, gallery: bool) -> list[Path]:
         for stem, frame in ((f"benchmark__{name}.csv", main), (f"benchmark__{name}__categories.csv", cats)):
             atomic_write_text(out / stem, csv_text(frame))  # formulas neutralised
             written.append(out / stem)
-        doc += [f"## {md_escape(name)}\n", _markdown(main), f"\n### {md_escape(name)}: categories\n", _markdown(cats), ""]
+        doc += [f"## {md_escape(name)}\n", _markdown(main)]
+        if main["partial"].any():
+            doc.append("\npartial: the run's headline covers fewer cases than the official release (a partial copy, or "
+                       "unreadable inputs: its summary.json `headline.incomplete` says which); not "
+                       "comparable with the published numbers.\n")
+        doc += [f"\n### {md_escape(name)}: categories\n", _markdown(cats), ""]
         if gallery:
             write_benchmark_gallery(name, [p for p in paths if _bench_name(p) == name], out / "gallery" / name,
                                     written)

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ciebench.benchmarks import get_benchmark
-from ciebench.benchmarks.kris import materialise_rows
+from ciebench.benchmarks.kris import TASKS, materialise_rows
 from ciebench.cli import app
 from tests.support.fixtures_benchmarks import KRIS_FIELDS, KrisJudge, make_kris, write_prompt_file
 from tests.support.llm_server import respond, serve_llm
@@ -64,11 +64,11 @@ def _kris_run(tmp_path, monkeypatch):
                                      "--editor", "tests.support.fixtures_benchmarks:StampEditor", "--out", str(out),
                                      "--judge", str(cfg), "--judge-prompts", str(prompts)])
     assert result.exit_code == 0, result.output
-    return judge, out
+    return judge, out, result.output
 
 
 def test_kris_end_to_end(tmp_path, monkeypatch):
-    judge, out = _kris_run(tmp_path, monkeypatch)
+    judge, out, _ = _kris_run(tmp_path, monkeypatch)
     summary = json.loads((out / "summary.json").read_text())
     exp = expected(TABLE)
     assert summary["headline"]["name"] == "Overall Score"
@@ -117,7 +117,7 @@ def test_kris_judge_messages_follow_the_official_layout(tmp_path, monkeypatch):
     import numpy as np
     from PIL import Image
 
-    judge, out = _kris_run(tmp_path, monkeypatch)
+    judge, out, _ = _kris_run(tmp_path, monkeypatch)
     sent = {}
     for prompt, request in judge.requests:
         match = re.search(r"case (\S+?)>", request.text)
@@ -182,7 +182,42 @@ def test_kris_rows_materialise_as_the_official_layout(tmp_path):
              "ori_images": [Image.new("RGB", (8, 8), (i, i, i)) for i in range(3)], "ins_en": "predict frame 4",
              "explain_en": "", "gt_image": Image.new("RGB", (8, 8)), "gt_img": "2-4.png"}]
     root = materialise_rows(rows, tmp_path / "kris")
+    for task in TASKS:  # the loader requires every task folder: the others, without cases
+        if not (root / task).is_dir():
+            (root / task).mkdir()
+            (root / task / "annotation.json").write_text("{}")
     cases = list(get_benchmark("kris").cases(root))
     assert [(c.category, c.id, len(c.images)) for c in cases] == [("temporal_prediction", "2", 3), ("chemistry", "7", 1)]
     assert cases[1].explanation == "iron oxide" and cases[0].ground_truth_image.name == "2-4.png"
     assert Image.open(cases[0].images[2]).getpixel((0, 0)) == (2, 2, 2)
+
+
+def test_kris_copy_without_a_task_folder_is_refused_naming_it(tmp_path, monkeypatch):
+    """A local copy that lost a task folder (the release has 20: mercurystraw/Kris_Bench KRIS_Bench/*/annotation.json)
+    would give a smaller benchmark (its Conceptual Knowledge
+    row gone) with no warning: the loader refuses it, naming the missing task."""
+    import shutil
+
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
+    make_kris(tmp_path / "data")
+    shutil.rmtree(tmp_path / "data" / "KRIS_Bench" / "chemistry")
+    with pytest.raises(FileNotFoundError, match=r"1 of the 20 task folders.*chemistry"):
+        next(get_benchmark("kris").cases(tmp_path / "data"))
+    result = runner.invoke(app, ["evaluate", "--benchmark", "kris", "--benchmark-root", str(tmp_path / "data"),
+                                 "--editor", "identity", "--out", str(tmp_path / "run"), "--metrics", "none"])
+    assert result.exit_code == 3 and "chemistry" in result.output, result.output
+
+
+def test_kris_run_smaller_than_the_release_is_marked_incomplete(tmp_path, monkeypatch):
+    """8 cases of KRIS-Bench's 1267 (the paper's total): the summary records the expected number and
+    the headline says it is incomplete; the leaderboard marks the run partial."""
+    _, out, output = _kris_run(tmp_path, monkeypatch)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ours"]["cases"] == 8 and summary["ours"]["expected_cases"] == 1267
+    assert "8 of the 1267 cases" in summary["headline"]["incomplete"]
+    assert "warning: incomplete headline" in output
+    board = tmp_path / "board"
+    lb = runner.invoke(app, ["leaderboard", str(out), "--out", str(board)])
+    assert lb.exit_code == 0, lb.output
+    assert "partial: the run's headline covers fewer cases" in (board / "benchmarks.md").read_text()
+    assert "True" in (board / "benchmark__kris.csv").read_text().splitlines()[1]

@@ -626,3 +626,23 @@ def test_unreadable_input_image_is_left_out_never_given_the_minimum(tmp_path, v1
     assert row(summary["official"], "Temporal")["Accuracy"] == pytest.approx(1.0)
     assert summary["ours"]["cases"] == 7 and summary["ours"]["input_errors"] == 1
     assert Status.MISSING not in summary["ours"]["status_counts"]
+    # and the headline says it covers fewer cases than RISEBench v1's 360
+    assert summary["ours"]["expected_cases"] == 360
+    assert "7 of the 360 cases" in summary["headline"]["incomplete"]
+    assert "1 with an unreadable input image" in summary["headline"]["incomplete"]
+
+
+def test_limit_run_expects_only_its_limit(tmp_path, v1_prompts):
+    """--limit 3 asks for 3 cases: the summary expects 3 and the headline is not marked incomplete."""
+    root = tmp_path / "rise"
+    items, colours = make_rise_v1(root)
+    out = tmp_path / "run"
+    with serve_llm() as server:
+        server.on(then=respond(ScriptedJudge(V1_PERFECT, colours)))
+        result = runner.invoke(app, ["evaluate", "--benchmark", "risebench", "--benchmark-root", str(root),
+                                     "--editor", "identity", "--out", str(out), "--limit", "3",
+                                     "--judge", str(judge_file(tmp_path, server))])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ours"]["cases"] == 3 and summary["ours"]["expected_cases"] == 3
+    assert "incomplete" not in summary["headline"] and "incomplete" not in result.output

@@ -88,6 +88,9 @@ class Benchmark:
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
     size: ClassVar[int] = 0
+    # How many cases `cases()` yields for the whole official release (None: `size`; a benchmark with one
+    # case per instruction language says so). A run with fewer has an incomplete headline.
+    release_cases: ClassVar[int | None] = None
     categories: ClassVar[tuple[str, ...]] = ()
     licence: ClassVar[str] = "not stated"
     languages: ClassVar[tuple[str, ...]] = ("en",)  # instruction languages
@@ -123,6 +126,12 @@ class Benchmark:
         return {"name": self.name, "title": self.title, "size": self.size, "categories": list(self.categories),
                 "licence": self.licence, "languages": list(self.languages), "needs": list(self.needs), "hub_id": self.hub_id,
                 "hub_revision": self.hub_revision, "code": self.code, "headline": self.headline}
+
+    def expected_cases(self, limit: int | None = None) -> int | None:
+        """The number of cases a run over the official release has (`--limit N`: at most N); None when
+        the benchmark states no size (a plugin)."""
+        total = self.release_cases or self.size or None
+        return total if total is None or limit is None else min(limit, total)
 
     def dataset_for(self, root: str | None) -> str:
         """The `--dataset` spec of a benchmark served by the dataset pipeline."""

@@ -112,6 +112,7 @@ class GEditBench(Benchmark):
     name = "gedit"
     title = "GEdit-Bench"
     size = 606
+    release_cases = 2 * 606  # each request is two cases, its English and its Chinese instruction
     categories = GROUPS
     languages = LANGUAGES
     licence = "MIT (data); Apache-2.0 (code)"

@@ -119,10 +119,13 @@ class KrisBench(Benchmark):
             base = materialise_rows(_parquet_rows(base), base.with_suffix(".kris"))
         if (base / "KRIS_Bench").is_dir():
             base = base / "KRIS_Bench"
-        found = [t for t in TASKS if (base / t / "annotation.json").is_file()]
-        if not found:
-            raise FileNotFoundError(f"kris: no <task>/annotation.json under {base} (tasks: {', '.join(TASKS)})")
-        for task in found:
+        # Every task or none: a copy lacking a task would give a smaller benchmark's numbers, and its
+        # category and knowledge-type rows would simply vanish.
+        absent = [t for t in TASKS if not (base / t / "annotation.json").is_file()]
+        if absent:
+            raise FileNotFoundError(f"kris: {base} lacks {len(absent)} of the {len(TASKS)} task folders "
+                                    f"(<task>/annotation.json): {', '.join(absent)}")
+        for task in TASKS:
             path = base / task / "annotation.json"
             annotations = read_annotations(path, "kris", dict)
             for key, entry in annotations.items():

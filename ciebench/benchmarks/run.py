@@ -312,7 +312,8 @@ def latest_verdicts(path: Path) -> Iterator[dict[str, Any]]:
 def aggregate(benchmark: Benchmark, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The official numbers over the verdict rows. A case whose input image could not be read
     (`input_error`) is the benchmark data's failure: it is left out of the official numbers (scoring it
-    would charge the editor) and counted in `ours.input_errors`."""
+    would charge the editor) and counted in `ours.input_errors` (the headline is then incomplete:
+    `mark_completeness`)."""
     agg = benchmark.aggregator()
     input_errors = 0
     for row in rows:
@@ -323,6 +324,22 @@ def aggregate(benchmark: Benchmark, rows: Iterable[dict[str, Any]]) -> dict[str,
     result = agg.result()
     if input_errors:
         result["ours"] = {**(result.get("ours") or {}), "input_errors": input_errors}
+    return result
+
+
+def mark_completeness(benchmark: Benchmark, result: dict[str, Any], limit: int | None = None) -> dict[str, Any]:
+    """Record `ours.expected_cases` (the official release's number of cases, at most `limit`) and, when
+    the official numbers cover fewer cases (a partial local copy, a data error), say so in
+    `headline.incomplete`: such a headline is not comparable with the published numbers."""
+    expected = benchmark.expected_cases(limit)
+    ours = result.setdefault("ours", {})
+    ours["expected_cases"] = expected
+    cases = ours.get("cases")
+    if expected is not None and isinstance(cases, int) and cases < expected:
+        why = f"; {ours['input_errors']} with an unreadable input image" if ours.get("input_errors") else ""
+        result["headline"] = {**result["headline"], "incomplete": (
+            f"over {cases} of the {expected} cases of {benchmark.title or benchmark.name}{why}: not comparable "
+            "with the published numbers")}
     return result
 
 

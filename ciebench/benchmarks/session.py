@@ -19,7 +19,7 @@ from .base import Benchmark, require_data
 from .judging import BenchJudge
 from .prompts import PromptSet, load_prompts, load_unpinned
 from .region import RegionOptions, run_region
-from .run import aggregate, generate, judge_cases, latest_verdicts, prepare_run, write_summary
+from .run import aggregate, generate, judge_cases, latest_verdicts, mark_completeness, prepare_run, write_summary
 
 
 @dataclass
@@ -160,7 +160,8 @@ def _finish(benchmark: Benchmark, options: BenchOptions, predictions: Path, out:
     """The official aggregation, plus ciebench's region metrics under `ours.region` (never in the official
     table or headline), then summary.json with the run's per-stage `timing`."""
     with timer.stage("summary"):
-        result = aggregate(benchmark, latest_verdicts(out / "verdicts.jsonl"))
+        result = mark_completeness(benchmark, aggregate(benchmark, latest_verdicts(out / "verdicts.jsonl")),
+                                   options.limit)
     if options.region is not None and not benchmark.ground_truth:
         result["ours"] = {**(result.get("ours") or {}), "region": {
             "status": "not_applicable", "reason": f"{benchmark.name} carries no ground-truth images or masks"}}
@@ -204,6 +205,6 @@ def reaggregate(benchmark: Benchmark, verdicts: Path, out: Path, timing_since: f
         rows = read_verdict_file(benchmark, Path(verdicts))
     with _output_folder(out):
         with timer.stage("summary"):
-            result = aggregate(benchmark, rows)
+            result = mark_completeness(benchmark, aggregate(benchmark, rows))
         return write_summary(benchmark, out, result, {"verdicts": str(Path(verdicts).resolve()),
                                                       "timing": timer.report()})

@@ -91,6 +91,8 @@ def print_summary(summary: dict, out: Path) -> None:
     value = head["value"]
     typer.echo(f"\n{summary['benchmark']['title']}: results in {out}/ (summary.json, official_scores.csv)")
     typer.echo(f"  {head['name']}: {'-' if value is None else f'{value:.4f}'}{ci_text}")
+    if head.get("incomplete"):
+        typer.echo(f"  warning: incomplete headline, {head['incomplete']}", err=True)
     table = summary["official"]
     labels = [k for k in (table[0] if table else {}) if isinstance(table[0][k], str)]
     numbers = [k for k in (table[0] if table else {}) if k not in labels and not k.endswith("(1-5)")]

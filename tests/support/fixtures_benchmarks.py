@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ciebench import EditRequest, EditResult, Editor
+from ciebench.benchmarks.kris import TASKS
 
 V1_PROMPT_NAMES = ("prompt_consist", "prompt_reasoning", "prompt_reasoning_w_input", "prompt_generation",
                    "prompt_spatial_ref", "prompt_spatial_ref_img", "prompt_spatial_ref_w_input", "prompt_spatial_qual",
@@ -218,7 +219,8 @@ FIELDS.update(KRIS_FIELDS)
 
 def make_kris(root: Path) -> tuple[dict[str, dict], Colours]:
     """A KRIS_Bench folder (<task>/annotation.json + images) with one family each: common, anomaly
-    (explanation), viewpoint (gt image), temporal (3 frames), multi-element (3 refs), knowledge."""
+    (explanation), viewpoint (gt image), temporal (3 frames), multi-element (3 refs), knowledge; every
+    other task folder is there with no case (the loader requires all of them)."""
     base, colours = root / "KRIS_Bench", Colours()
     tasks: dict[str, dict] = {}
 
@@ -242,8 +244,9 @@ def make_kris(root: Path) -> tuple[dict[str, dict], Colours]:
     add("multi-element_composition", "1", ["1-1.png", "1-2.png", "1-3.png"])
     add("chemistry", "1", ["1.png"], explain_en="iron rusts")
     add("chemistry", "2", ["2.png"], explain_en="copper turns green")
-    for task, entries in tasks.items():
-        (base / task / "annotation.json").write_text(json.dumps(entries, indent=1), encoding="utf-8")
+    for task in TASKS:
+        (base / task).mkdir(parents=True, exist_ok=True)
+        (base / task / "annotation.json").write_text(json.dumps(tasks.get(task, {}), indent=1), encoding="utf-8")
     return tasks, colours
 
 
