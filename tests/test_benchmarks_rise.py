@@ -646,3 +646,52 @@ def test_limit_run_expects_only_its_limit(tmp_path, v1_prompts):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ours"]["cases"] == 3 and summary["ours"]["expected_cases"] == 3
     assert "incomplete" not in summary["headline"] and "incomplete" not in result.output
+
+
+def _v1_hub_release(tmp_path: Path) -> tuple[Path, list, object]:
+    """RISEBench v1 as PhoenixZ/RISEBench ships it: datav2_total_w_subtask.json at the top and the images
+    in data.zip, whose members are data/<category>_images/... (not unpacked)."""
+    import zipfile
+
+    build = tmp_path / "build"
+    items, colours = make_rise_v1(build / "data")
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (build / "data" / "data_total.json").rename(hub / "datav2_total_w_subtask.json")
+    with zipfile.ZipFile(hub / "data.zip", "w") as zf:
+        for path in sorted((build / "data").rglob("*.png")):
+            zf.write(path, path.relative_to(build).as_posix())
+    return hub, items, colours
+
+
+def test_risebench_v1_reads_its_hub_release(tmp_path, v1_prompts, monkeypatch):
+    """The hub release loads as the folder, as its annotation file and as the hub snapshot: every image
+    resolves to the bytes data.zip holds for data/<image>; data.zip is unpacked once, under the cache."""
+    import zipfile
+
+    hub, items, colours = _v1_hub_release(tmp_path)
+    with zipfile.ZipFile(hub / "data.zip") as zf:
+        packed = {name: zf.read(name) for name in zf.namelist()}
+    monkeypatch.setattr(RiseBench, "hub_folder", lambda self: hub)
+    for root in (hub, hub / "datav2_total_w_subtask.json", None):
+        cases = list(RiseBench().cases(root))
+        assert [c.id for c in cases] == [it["index"] for it in items]
+        for case, item in zip(cases, items):
+            assert case.images[0].read_bytes() == packed[f"data/{item['image']}"]
+            if "reference_img" in item:
+                assert case.reference_image.read_bytes() == packed[f"data/{item['reference_img']}"]
+        assert str(cases[0].images[0]).startswith(str(tmp_path / "cache"))
+    assert len(list((tmp_path / "cache" / "benchmarks" / "risebench").iterdir())) == 1  # unpacked once
+    # the same release unpacked in place, as the official instructions do: read from there
+    with zipfile.ZipFile(hub / "data.zip") as zf:
+        zf.extractall(hub)
+    assert next(RiseBench().cases(hub)).images[0] == hub / "data" / items[0]["image"]
+    # end to end: the official numbers of the fixture (by hand, v1_expected)
+    out = tmp_path / "run"
+    with serve_llm() as server:
+        server.on(then=respond(ScriptedJudge(V1_RAW, colours)))
+        result = runner.invoke(app, ["evaluate", "--benchmark", "risebench", "--editor", "identity", "--out", str(out),
+                                     "--judge", str(judge_file(tmp_path, server))])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["headline"]["value"] == pytest.approx(v1_expected(items)["Overall"][1])

@@ -33,6 +33,9 @@ V1_PROMPTS = PinnedAsset(
     source=f"PhoenixZ810/RISEBench@{V1_COMMIT}:utils.py", filename="utils.py")
 PLUS_PROMPTS_URL = f"https://raw.githubusercontent.com/PhoenixZ810/RISEBench/{PLUS_COMMIT}/RISEBench%2B%2B/utils.py"
 PLUS_PROMPTS_SOURCE = f"PhoenixZ810/RISEBench@{PLUS_COMMIT}:RISEBench++/utils.py"
+# The v1 hub release (PhoenixZ/RISEBench): this annotation at the top, the images in data.zip, which
+# unpacks to data/<category>_images/... (the official run is given `--input <release>/data`).
+V1_HUB_ANNOTATION = "datav2_total_w_subtask.json"
 
 # "Final Score" also matches the start of "Final Scores" (with no number after it), so that spelling is
 # found only by the second pass, as in the scripts.
@@ -134,6 +137,8 @@ class _Rise(Benchmark):
     def cases(self, root: str | Path | None = None) -> Iterator[Case]:
         path, base = self._annotation(self._root(root))
         items = read_annotations(path, self.name, list)
+        if path.name == V1_HUB_ANNOTATION:
+            base = self._hub_images(base, items)
         for n, item in enumerate(items):
             try:
                 yield self._case(item, base)
@@ -142,6 +147,17 @@ class _Rise(Benchmark):
 
     def _case(self, item: dict[str, Any], base: Path) -> Case:
         raise NotImplementedError
+
+    def _hub_images(self, folder: Path, items: list[Any]) -> Path:
+        """Where the hub release's image paths resolve: beside its annotation when they are there (a copy
+        that keeps the annotation inside data/), else its data/ folder: data.zip unpacked in place, or
+        unpacked once under the ciebench cache (`hub.archives_root`)."""
+        from .hub import archives_root
+
+        image = next((it["image"] for it in items if isinstance(it, dict) and isinstance(it.get("image"), str)), None)
+        if image is not None and (folder / image).is_file():
+            return folder
+        return archives_root(folder, ("data.zip",), f"data/{image or ''}", self.name) / "data"
 
     def judge_calls(self, case: Case, output: Path) -> list[JudgeCall]:
         raise NotImplementedError
@@ -182,7 +198,7 @@ class RiseBench(_Rise):
     hub_id = "PhoenixZ/RISEBench"
     code = f"PhoenixZ810/RISEBench@{V1_COMMIT}:gpt_eval.py"
     headline = "Overall Accuracy"
-    annotation_names = ("data_total.json", "data_full.json", "data.json")
+    annotation_names = (V1_HUB_ANNOTATION, "data_total.json", "data_full.json", "data.json")
     judges = {"main": {"model": "gpt-4.1-2025-04-14", "temperature": 0.0}}
     prompts = V1_PROMPTS
 
