@@ -504,3 +504,65 @@ def test_imgedit_benchmark_tar_is_extracted_within_the_archive_limits(tmp_path, 
     assert (target / "Benchmark" / "singleturn" / "a.png").read_bytes() == b"png bytes"
     served.append(tmp_path / "never-read.tar")  # extracted once: not fetched again
     assert ImgEditBasic()._hub_images() == target
+
+
+def test_imgedit_hub_cases_point_at_the_images_of_benchmark_tar(tmp_path, monkeypatch):
+    """Without --benchmark-root, ImgEdit's cases resolve against Benchmark.tar's suite folders as
+    users of the official scripts pass them (--origin_img_root .../Benchmark/singleturn for the basic
+    suite, .../Benchmark/hard for UGE): every case reads the bytes the tar holds for it."""
+    import huggingface_hub
+
+    from ciebench.benchmarks.imgedit import ImgEditBasic, ImgEditUGE
+
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
+    basic = {"1082": {"id": "animal/000342021.jpg", "prompt": "smooth the shell", "edit_type": "adjust"},
+             "7": {"id": "style/000000007.jpg", "prompt": "as a watercolour", "edit_type": "style"}}
+    uge = {"1": {"id": "000029784.jpg", "prompt": "remove the lemon slice"}}
+    members = {f"Benchmark/singleturn/{v['id']}": f"basic {k}".encode() for k, v in basic.items()}
+    members.update({f"Benchmark/hard/{v['id']}": f"uge {k}".encode() for k, v in uge.items()})
+    tar = _tar(tmp_path / "Benchmark.tar", members)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: str(tar))
+    for cls, edits, folder in ((ImgEditBasic, basic, "singleturn"), (ImgEditUGE, uge, "hard")):
+        path = tmp_path / cls.annotation_name
+        path.write_text(json.dumps(edits))
+        monkeypatch.setattr(cls, "edits", PinnedAsset(name=f"imgedit/{path.name}", url=path.as_uri(),
+                                                      sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                                                      source="stand-in", filename=path.name))
+        cases = list(cls().cases(None))
+        assert sorted(c.id for c in cases) == sorted(edits)
+        for case in cases:
+            assert case.images[0].read_bytes() == members[f"Benchmark/{folder}/{edits[case.id]['id']}"]
+
+
+def test_unireditbench_reads_its_zipped_images(tmp_path, monkeypatch):
+    """The hub release is data.json + original_image.zip + reference_image.zip, to be unzipped in place
+    (the official README): not unzipped, the zips are unpacked once under the cache and every case reads
+    the bytes they hold; unzipped in place, the folder itself is read."""
+    import zipfile
+
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
+    build = tmp_path / "build"
+    items = make_unired(build)
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    packed: dict[str, bytes] = {}
+    for zip_name, key, prefix in (("original_image.zip", "original_image_path", "original_image"),
+                                  ("reference_image.zip", "reference_image_path", "reference_image")):
+        with zipfile.ZipFile(hub / zip_name, "w") as zf:
+            for item in items:
+                member = f"{prefix}/{item[key]}"
+                packed[member] = (build / item[key]).read_bytes()
+                zf.writestr(member, packed[member])
+                item[key] = member
+    (hub / "data.json").write_text(json.dumps(items))
+    monkeypatch.setattr(UniREditBench, "hub_folder", lambda self: hub)
+    for root in (hub, None):
+        cases = list(UniREditBench().cases(root))
+        assert len(cases) == len(items)
+        for case, item in zip(cases, items):
+            assert case.images[0].read_bytes() == packed[item["original_image_path"]]
+            assert case.ground_truth_image.read_bytes() == packed[item["reference_image_path"]]
+    for zip_name in ("original_image.zip", "reference_image.zip"):
+        with zipfile.ZipFile(hub / zip_name) as zf:
+            zf.extractall(hub)
+    assert next(UniREditBench().cases(hub)).images[0] == hub / items[0]["original_image_path"]

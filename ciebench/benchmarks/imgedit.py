@@ -66,6 +66,9 @@ def item_score(reply: str) -> float | None:
 class _ImgEdit(Benchmark):
     edits: ClassVar[PinnedAsset]
     annotation_name: ClassVar[str] = ""
+    # The suite's source-image folder inside the extracted Benchmark.tar (the folder users pass to the
+    # official scripts as --origin_img_root): the annotation's `id`s are relative to it.
+    tar_images: ClassVar[str] = ""
     licence = "not stated"
     hub_id = "sysuyy/ImgEdit"
     hub_revision = None  # not pinned: the hub revision could not be read offline
@@ -81,7 +84,7 @@ class _ImgEdit(Benchmark):
         return (*super().pinned_assets(), self.edits)
 
     def cases(self, root: str | Path | None = None) -> Iterator[Case]:
-        folder = Path(root) if root is not None else self._hub_images()
+        folder = Path(root) if root is not None else self._hub_images() / self.tar_images
         local = folder / self.annotation_name
         path = local if local.is_file() else resolve_asset(self.edits).path
         edits = read_annotations(path, self.name, dict)
@@ -97,25 +100,20 @@ class _ImgEdit(Benchmark):
                     turns=(str(item["prompt"]),), categories=(edit_type,))
 
     def _hub_images(self) -> Path:
-        """Benchmark.tar from the hub, extracted once under the ciebench cache by the one archive rule
-        (`ciebench.datasets.release.unpack`: no member outside the folder, no links or special members,
-        byte / file-count / ratio limits), into a staging folder renamed into place only when complete."""
+        """Benchmark.tar from the hub, extracted once under the ciebench cache (`hub.unpacked`: the one
+        archive rule, staged); its suites' images lie under Benchmark/ (`tar_images`)."""
+        from .hub import unpacked
+
         target = cache_root() / "benchmarks" / "imgedit"
         if not (target / ".extracted").is_file():
             from huggingface_hub import hf_hub_download
-
-            from ciebench.datasets.release import unpack
-            from ciebench.outdir import staged
 
             try:
                 tar = hf_hub_download(self.hub_id, "Benchmark.tar", repo_type="dataset", revision=self.hub_revision)
             except Exception as exc:  # offline or missing: say where to get it instead
                 raise EnvironmentProblem(f"cannot get Benchmark.tar of {self.hub_id} ({type(exc).__name__}: {exc}); "
                                         "extract it yourself and pass the source-image folder with --benchmark-root") from exc
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with staged(target) as staging:  # a refused or interrupted extraction leaves nothing behind
-                unpack(Path(tar), staging)
-                (staging / ".extracted").write_text(tar)
+            unpacked([Path(tar)], target)
         return target
 
     def judge_calls(self, case: Case, output: Path) -> list[JudgeCall]:
@@ -138,6 +136,7 @@ class ImgEditBasic(_ImgEdit):
     headline = "Overall (ciebench: mean of the 9 type scores)"
     edits = BASIC_EDITS
     annotation_name = "basic_edit.json"
+    tar_images = "Benchmark/singleturn"
     prompts = BASIC_PROMPTS
 
     def render_prompt(self, prompts: Any, call: JudgeCall, what: str) -> str:
@@ -156,6 +155,7 @@ class ImgEditUGE(_ImgEdit):
     headline = "UGE average"
     edits = UGE_EDITS
     annotation_name = "UGE_edit.json"
+    tar_images = "Benchmark/hard"
     prompts = UGE_PROMPTS
 
     def judge_calls(self, case: Case, output: Path) -> list[JudgeCall]:

@@ -37,6 +37,7 @@ PROMPTS = PinnedAsset(
     sha256="2823400b1cc083fcaa86aa37c35f0fa7dc8b8af520f3c1de045547896dd76870",
     source=f"Maplebb/UniREditBench@{COMMIT}:eval/utils.py", licence="Apache-2.0", filename="utils.py")
 AC, R, VP = "ApprConsistency", "Reasoning", "VisualPlausibility"
+ARCHIVES = ("original_image.zip", "reference_image.zip")
 
 
 def case_score(dims: dict[str, float | None]) -> float | None:
@@ -72,10 +73,15 @@ class UniREditBench(Benchmark):
     ground_truth = True  # reference_image_path: the expected output of every case
 
     def cases(self, root: str | Path | None = None) -> Iterator[Case]:
+        from .hub import archives_root
+
         folder = Path(root) if root is not None else self.hub_folder()
         path = folder if folder.is_file() else folder / "data.json"
-        base = path.parent
         items = read_annotations(path, self.name, list)
+        # The release ships its images as original_image.zip and reference_image.zip beside data.json,
+        # to be unzipped there (the official README): read them unzipped in place, else unpacked once.
+        first = items[0] if items and isinstance(items[0], dict) else {}
+        base = archives_root(path.parent, ARCHIVES, str(first.get("original_image_path") or ""), self.name)
         for n, item in enumerate(items):
             try:
                 yield self._case(item, base)
