@@ -156,6 +156,14 @@ def test_gedit_evaluate_score_and_official_statistics(tmp_path, monkeypatch):
         summary = json.loads((out / "summary.json").read_text())
         # the official layout: results/METHOD/fullset/TASK/LANG/KEY.png
         assert (out / "images" / "fullset" / "subject-add" / "cn" / f"{12:04d}.png").is_file()
+        # beside each output the source as test_gedit_score.py needs it (it skips a sample without one):
+        # KEY_SRCIMG.png, the dataset's input_image as PNG (generate_image_example.py's save)
+        for row in rows:
+            folder = out / "images" / "fullset" / row["task_type"] / row["instruction_language"]
+            with Image.open(folder / f"{row['key']}_SRCIMG.png") as src, \
+                    Image.open(io.BytesIO(row["input_image"]["bytes"])) as given:
+                assert src.format == "PNG" and np.array_equal(np.asarray(src.convert("RGB")),
+                                                              np.asarray(given.convert("RGB")))
         scored = {r["key"] for r in rows} - {"0011"}
         expected = gedit_expected(rows, scored)
         for (language, subset), (means, avg) in expected.items():

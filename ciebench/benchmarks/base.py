@@ -159,6 +159,11 @@ class Benchmark:
     def judge_calls(self, case: Case, output: Path) -> list[JudgeCall]:
         raise NotImplementedError
 
+    def output_companions(self, case: Case) -> dict[str, Path]:
+        """Files the official scoring script needs beside each output, {file name: the benchmark file
+        to copy there}; a run writes them next to each output it writes (GEdit: `<key>_SRCIMG.png`)."""
+        return {}
+
     def missing_verdict(self, case: Case) -> dict[str, float | None]:
         """Per-dimension scores for a case without an output image."""
         raise NotImplementedError

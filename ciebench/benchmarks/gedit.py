@@ -169,6 +169,12 @@ class GEditBench(Benchmark):
                           text_first=True),
                 JudgeCall(PQ, "+".join(PQ_PARTS), None, (output,), text_first=True)]
 
+    def output_companions(self, case: Case) -> dict[str, Path]:
+        """test_gedit_score.py skips any sample without `<key>_SRCIMG.png` beside `<key>.png` (the
+        source as generate_image_example.py saves it: the dataset's `input_image` as PNG, which is what
+        `_case` writes)."""
+        return {f"{case.id}_SRCIMG.png": case.images[0]}
+
     def render_prompt(self, prompts: Any, call: JudgeCall, what: str) -> str:
         text = "\n".join(prompts.get(part) for part in call.prompt.split("+"))
         if call.variables is not None:  # the script's str.replace, not str.format

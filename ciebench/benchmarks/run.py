@@ -1,7 +1,8 @@
 """Running an editor on a benchmark and scoring outputs with the benchmark's official rules.
 
-Run directory (also a valid `--predictions` folder, since outputs use the official layout):
-`spec.json`, `images/<CATEGORY>/<INDEX>.png` (final outputs), `turns/<CATEGORY>/<INDEX>/turn_<k>.png`
+Run directory (also a valid `--predictions` folder; what each official script needs to read it is in
+docs/benchmarks.md): `spec.json`, `images/<CATEGORY>/<INDEX>.png` (final outputs, with any file the
+official script needs beside each, `Benchmark.output_companions`), `turns/<CATEGORY>/<INDEX>/turn_<k>.png`
 (every turn of a multi-turn case), `records/<CATEGORY>/<INDEX>.json` (done-marker, written last),
 `verdicts.jsonl` (one judged case per line, appended and flushed; each names the sha256 of the output it
 judged, and resume skips a case whose final verdict was made for the output now on disk),
@@ -151,7 +152,10 @@ def generate(benchmark: Benchmark, editor: Editor, cases: Iterable[Case], out: P
                     else Status.EDIT_ERROR
             if image is not None:
                 png = png_bytes(image)
-                atomic_write_bytes(output_image_path(out, case.output_folder, case.id), png)
+                final = output_image_path(out, case.output_folder, case.id)
+                for name, source in benchmark.output_companions(case).items():  # before the output: a
+                    atomic_write_bytes(final.parent / name, source.read_bytes())  # kill never leaves it alone
+                atomic_write_bytes(final, png)
                 record["image_sha256"] = sha256_bytes(png)
                 stats.generated += 1
             else:
