@@ -28,11 +28,17 @@ def unpacked(archives: list[Path], target: Path) -> Path:
     staging folder renamed into place only when complete: a refused or interrupted extraction leaves
     nothing behind, and a complete one is not redone."""
     if not (target / ".extracted").is_file():
+        import shutil
+
         from ciebench.datasets.release import unpack
         from ciebench.outdir import staged
 
+        if target.exists():  # an extraction an older ciebench left unfinished
+            shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with staged(target) as staging:
+        # a shared cache entry: another process extracting it at the same time leaves the first copy
+        # in place, never swapped away under a run already reading it
+        with staged(target, replace=False) as staging:
             for archive in archives:
                 unpack(Path(archive), staging)
             (staging / ".extracted").write_text("\n".join(str(a) for a in archives) + "\n")

@@ -19,7 +19,7 @@ import datasets
 
 from ciebench.errors import did_you_mean
 from ciebench.images import read_regular_file
-from ciebench.io import staging_dir
+from ciebench.outdir import staged
 from ciebench.schema import FEATURES, EditSample
 
 from .authors import find_annotation, read_authors_folder
@@ -307,15 +307,16 @@ def _load_release(verify: bool, sources: list[str] | None) -> LoadedDataset:
         root = fetch_release(sources=sources, verify=verify)
         rows, problems = read_authors_folder(root)
         dataset = datasets.Dataset.from_list(rows, features=FEATURES)
-        tmp = staging_dir(converted.parent, prefix=".dataset-")
+        if converted.exists():  # a conversion left unfinished
+            shutil.rmtree(converted)
         datasets.disable_progress_bars()
         try:
-            dataset.save_to_disk(str(tmp))
+            # the converted copy appears whole or not at all; where another process converted it at the
+            # same time, the first copy stays (a run may already be reading it)
+            with staged(converted, replace=False) as tmp:
+                dataset.save_to_disk(str(tmp))
         finally:
             datasets.enable_progress_bars()
-        if converted.exists():
-            shutil.rmtree(converted)
-        tmp.rename(converted)  # the converted copy appears whole or not at all
         dataset = datasets.load_from_disk(str(converted))
     # The revision is the content hash, computed as for any other spec, so a run on the release and a run
     # on a local copy of the same files (`/data/ciebench`) share a leaderboard table; which release it
