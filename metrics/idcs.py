@@ -608,7 +608,12 @@ def idcs_summary(verdicts: Sequence[Verdict], missing: int = 0) -> dict[str, Any
     classes = failure_counts(v.failure or ("unparsable" if not v.ok else None) for v in verdicts)
     classes["missing_prediction"] += missing
     out["failures_by_class"] = classes
-    out["histogram"] = {str(s): sum(1 for x in scores if x == s) for s in range(SCORE_MIN, SCORE_MAX + 1)}
+    # every score on the scale, and any half-point one (with an even number of passes a median can fall
+    # between two: 3.5), so the counts add up to n
+    histogram = dict.fromkeys(map(float, range(SCORE_MIN, SCORE_MAX + 1)), 0)
+    for x in scores:
+        histogram[float(x)] = histogram.get(float(x), 0) + 1
+    out["histogram"] = {f"{x:g}": n for x, n in sorted(histogram.items())}
     protocols = sorted({(v.protocol, v.protocol_hash) for v in verdicts if v.protocol})
     if protocols:
         out["protocol"], out["protocol_hash"] = protocols[0] if len(protocols) == 1 else (
@@ -616,8 +621,21 @@ def idcs_summary(verdicts: Sequence[Verdict], missing: int = 0) -> dict[str, Any
     n_passes = max((len(v.passes) for v in verdicts), default=1)
     out["passes"] = n_passes
     if n_passes > 1:
-        noise = judge_noise_interval([v.pass_scores for v in verdicts], [v.sample_id for v in verdicts])
-        out["judge_noise"] = noise.to_dict() if noise is not None else None
+        # A scored sample whose other passes failed rests on fewer draws: its score is the median of those
+        # it has, and the noise interval, redrawing only them, would come out too narrow (zero-width with
+        # one pass left), read as a judge that never changes its mind. Counted, and the interval withheld.
+        lost = [p.failure or "unparsable" for v in verdicts if v.ok for p in v.passes if p.score is None]
+        short = sum(1 for v in verdicts if v.ok and sum(p.score is not None for p in v.passes) < n_passes)
+        out["failed_passes"] = {c: n for c, n in failure_counts(lost).items() if n}
+        if short:
+            out["judge_noise"] = None
+            out["judge_noise_withheld"] = (
+                f"{short} of {len(scores)} scored predictions rest on fewer than {n_passes} passes (failed passes: "
+                + ", ".join(f"{c} {n}" for c, n in out["failed_passes"].items())
+                + "); an interval over fewer draws would understate the judge's noise")
+        else:
+            noise = judge_noise_interval([v.pass_scores for v in verdicts], [v.sample_id for v in verdicts])
+            out["judge_noise"] = noise.to_dict() if noise is not None else None
     # scored descriptions that read as the describing model declining: named, never dropped
     out["possible_refusals"] = [v.sample_id for v in verdicts if v.ok and any(
         p.score is not None and reads_as_refusal(p.sentence) for p in (v.passes or [v]))]

@@ -99,3 +99,15 @@ def test_runs_and_human_ratings_through_the_cli(tmp_path):
     result = runner.invoke(app, ["judge", "agreement", str(judge1), str(tmp_path / "missing")])
     # issue 17 §4: a path that is not a run folder exits 2 in every command (RunFolderError)
     assert result.exit_code == 2 and "no such run folder" in result.output
+
+
+def test_scores_outside_the_scale_are_refused_not_clipped_into_it():
+    # ratings on a 0..9 sheet against a 1..5 judge: clipped, kappa would read 0.96 instead of sklearn's 0.81
+    from ciebench.judge.agreement import Scores
+
+    index = pd.MultiIndex.from_tuples([(f"s{i}", 0) for i in range(8)], names=["sample_id", "seed"])
+    judge = Scores("judge", pd.Series([1, 1, 1, 3, 5, 5, 5, 5], index=index, dtype=float))
+    humans = Scores("humans.csv", pd.Series([0, 0, 1, 3, 7, 9, 9, 9], index=index, dtype=float))
+    with pytest.raises(DataError, match=r"humans.csv: 6 score\(s\) outside the scale 1..5 \(sample s0 seed 0: 0"):
+        pair_agreement(judge, humans)
+    assert pair_agreement(judge, humans, lo=0, hi=9).n == 8  # on the scale both use, it is measured

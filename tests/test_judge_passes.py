@@ -34,6 +34,28 @@ def test_median_majority_and_a_closed_form_noise_interval():
                                                                                                {"low": 3.1, "high": 4})
 
 
+def test_failed_passes_are_counted_and_withhold_the_noise_interval():
+    # Scored from the passes left, a sample redraws fewer (one: none at all), so the interval would be too
+    # narrow; it is withheld, and the lost passes are counted by class.
+    from ciebench.metrics.idcs import PassVerdict, Verdict
+
+    def verdict(sid, scores, failure="rate_limit"):
+        passes = [PassVerdict(k, k, s, None if s is not None else failure) for k, s in enumerate(scores)]
+        valid = [s for s in scores if s is not None]
+        return Verdict(sid, median_score(valid), "ok", passes=passes)
+
+    whole = [verdict(str(i), [2 + i % 3, 3, 4 - i % 2]) for i in range(6)]
+    summary = idcs_summary(whole)
+    assert summary["failed_passes"] == {} and summary["judge_noise"]["low"] < summary["judge_noise"]["high"]
+    short = whole[:5] + [verdict("5", [3, None, None]), verdict("6", [4, 3, None], failure="unparsable")]
+    summary = idcs_summary(short)
+    assert summary["judge_noise"] is None and summary["failed_passes"] == {"rate_limit": 2, "unparsable": 1}
+    assert summary["judge_noise_withheld"].startswith("2 of 7 scored predictions rest on fewer than 3 passes")
+    # a median between two scores has its own histogram key, so the counts add up to n
+    halves = idcs_summary([verdict("a", [3, 4]), verdict("b", [4, 4])])
+    assert halves["histogram"]["3.5"] == 1 and halves["histogram"]["4"] == 1 and sum(halves["histogram"].values()) == 2
+
+
 def test_with_several_seeds_the_noise_interval_is_of_the_reported_mean():
     # The reported IDCS averages each sample over its seeds, then the samples: sample A has one valid
     # seed scoring 5, sample B three seeds scoring 1, so the mean is (5 + 1) / 2 = 3, not (5+1+1+1)/4.

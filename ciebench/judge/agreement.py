@@ -90,8 +90,8 @@ def round_half_up(x: np.ndarray) -> np.ndarray:
 
 
 def quadratic_kappa(a: Sequence[float], b: Sequence[float], lo: int, hi: int) -> float:
-    """Cohen's kappa with quadratic weights over the categories lo..hi (values rounded half up and
-    clipped into the range). NaN when undefined (no disagreement possible)."""
+    """Cohen's kappa with quadratic weights over the categories lo..hi (values rounded half up; callers
+    refuse values outside the range, `pair_agreement`). NaN when undefined (no disagreement possible)."""
     x = np.clip(round_half_up(a), lo, hi) - lo
     y = np.clip(round_half_up(b), lo, hi) - lo
     k = hi - lo + 1
@@ -184,6 +184,15 @@ def pair_agreement(a: Scores, b: Scores, lo: int = 1, hi: int = 5, replicates: i
     if len(shared) == 0:
         raise DataError(f"{a.name} and {b.name} share no scored (sample_id, seed): nothing to compare")
     shared = shared.sort_values()
+    for side in (a, b):  # kappa would clip them into the scale and report a higher agreement than there is
+        values = side.values.loc[shared]
+        off = values[(values < lo) | (values > hi)]
+        if len(off):
+            listed = ", ".join(f"sample {sid} seed {seed}: {v:g}" for (sid, seed), v in off.head(5).items())
+            raise DataError(f"{side.name}: {len(off)} score(s) outside the scale {lo}..{hi} ({listed}"
+                            f"{', ...' if len(off) > 5 else ''})",
+                            hint="pass the scale both sides use with --min-score / --max-score, or map the "
+                                 "ratings onto the judge's scale first")
     x = a.values.loc[shared].to_numpy(dtype=float)
     y = b.values.loc[shared].to_numpy(dtype=float)
     return PairAgreement(

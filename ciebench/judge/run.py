@@ -177,8 +177,11 @@ class JudgeSession:
         entry.update({"protocol": self.judge.protocol.name, "protocol_hash": self.judge.protocol.hash,
                       "passes": self.judge.passes, "failures_by_class": judged["failures_by_class"],
                       "failures_by_stage": judged["failures_by_stage"]})
-        if "judge_noise" in judged:
-            entry["judge_noise"] = judged["judge_noise"]
+        for key in ("judge_noise", "failed_passes", "judge_noise_withheld"):
+            if key in judged:
+                entry[key] = judged[key]
+        if judged.get("judge_noise_withheld"):
+            log.warning("IDCS: no judge-noise interval: %s", judged["judge_noise_withheld"])
         entry["possible_refusals"] = refusals = judged["possible_refusals"]
         if refusals:
             log.warning("IDCS: the describing model's text for %d scored sample(s) reads as a refusal, not a "
@@ -197,7 +200,7 @@ class JudgeSession:
 # the verdicts' provenance, not re-aggregated from the table (`ciebench verify` re-derives the failure
 # classes from the idcs_failure column, `table_failure_counts`).
 ANNOTATIONS = ("protocol", "protocol_hash", "passes", "failures_by_class", "failures_by_stage", "judge_noise",
-               "possible_refusals")
+               "failed_passes", "judge_noise_withheld", "possible_refusals")
 
 
 def table_failure_counts(samples: Any) -> dict[str, int]:
