@@ -196,6 +196,16 @@ def test_gedit_evaluate_score_and_official_statistics(tmp_path, monkeypatch):
         assert rescored.exit_code == 0, rescored.output
         again = json.loads((tmp_path / "rescored" / "summary.json").read_text())
         assert again["official"] == summary["official"]
+        # a run folder an earlier ciebench finished has no KEY_SRCIMG.png: resuming it writes them
+        for src in (out / "images").rglob("*_SRCIMG.png"):
+            src.unlink()
+        before = (out / "verdicts.jsonl").read_text()
+        assert runner.invoke(app, args).exit_code == 0
+        # nothing edited or judged again but the judge error, retried as always
+        appended = [json.loads(line) for line in (out / "verdicts.jsonl").read_text()[len(before):].splitlines()
+                    if line.strip()]
+        assert {row["id"] for row in appended} <= {"0011"}
+        assert len(list((out / "images").rglob("*_SRCIMG.png"))) == len(rows)
 
 
 def test_gedit_missing_outputs_are_counted_not_scored(tmp_path, monkeypatch):

@@ -82,6 +82,15 @@ def prepare_run(out: Path, spec: dict[str, Any], overwrite: bool) -> None:
     atomic_write_json(path, spec)
 
 
+def _write_companions(benchmark: Benchmark, out: Path, case: Case, only_missing: bool = False) -> None:
+    """The files the official script needs beside the case's output (`Benchmark.output_companions`)."""
+    folder = output_image_path(out, case.output_folder, case.id).parent
+    for name, source in benchmark.output_companions(case).items():
+        if not (only_missing and (folder / name).is_file()):
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(folder / name, source.read_bytes())
+
+
 def _done(out: Path, case: Case, retry_failed: bool) -> bool:
     path = record_path(out, case)
     try:
@@ -113,6 +122,9 @@ def generate(benchmark: Benchmark, editor: Editor, cases: Iterable[Case], out: P
         for case in cases:
             bar.update(1)
             if _done(out, case, retry_failed):
+                # a case finished by an earlier ciebench may lack the files the official script needs
+                if output_image_path(out, case.output_folder, case.id).is_file():
+                    _write_companions(benchmark, out, case, only_missing=True)
                 stats.skipped += 1
                 continue
             record: dict[str, Any] = {"id": case.id, "category": case.category, "status": Status.OK, "error": None,
@@ -152,10 +164,8 @@ def generate(benchmark: Benchmark, editor: Editor, cases: Iterable[Case], out: P
                     else Status.EDIT_ERROR
             if image is not None:
                 png = png_bytes(image)
-                final = output_image_path(out, case.output_folder, case.id)
-                for name, source in benchmark.output_companions(case).items():  # before the output: a
-                    atomic_write_bytes(final.parent / name, source.read_bytes())  # kill never leaves it alone
-                atomic_write_bytes(final, png)
+                _write_companions(benchmark, out, case)  # before the output: a kill never leaves it alone
+                atomic_write_bytes(output_image_path(out, case.output_folder, case.id), png)
                 record["image_sha256"] = sha256_bytes(png)
                 stats.generated += 1
             else:
