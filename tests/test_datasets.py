@@ -7,7 +7,6 @@ import io
 import json
 import shutil
 import struct
-import threading
 import zipfile
 import zlib
 from pathlib import Path
@@ -23,6 +22,7 @@ from ciebench.datasets import ChecksumError, DatasetError, read_dataset
 from ciebench.datasets.edit_types import derive_edit_type
 from ciebench.errors import ExitCode
 from ciebench.schema import EditSample
+from tests.support.handler_server import serve_handler
 
 runner = CliRunner()
 
@@ -322,11 +322,8 @@ def test_release_download_over_http_and_override_flag(ciebench_root: Path, fresh
     served.mkdir()
     _zip_release(ciebench_root, served / "main.zip", "imgREBench", tamper="0/0.png")
     handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/main.zip"
+    with serve_handler(handler) as base:
+        url = f"{base}/main.zip"
         monkeypatch.setenv("CIEBENCH_SOURCES", url)
         result = runner.invoke(app, ["data", "validate", "ciebench"])
         # a failed sha256 check exits ExitCode.INTEGRITY (6) in every command (was 1; issue 17 §4: one code per error)
@@ -335,9 +332,6 @@ def test_release_download_over_http_and_override_flag(ciebench_root: Path, fresh
         assert result.exit_code == ExitCode.INTEGRITY
         result = runner.invoke(app, ["data", "validate", "ciebench", "--ignore-checksums"])
         assert result.exit_code == 0, result.output
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_archive_with_escaping_member_is_refused(tmp_path: Path):

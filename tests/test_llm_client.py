@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 
 from ciebench.llm import (LLMCall, LLMConfig, PromptError, PromptTemplate, get_template, list_templates,
                           load_template_file, make_client, parse_json_reply)
+from tests.support.handler_server import QuietHandler, serve_handler
 from tests.support.llm_server import drop, error, hang, json_reply, raw, reply, respond, serve_llm
 
 SCHEMA = {"type": "object", "properties": {"score": {"type": "integer", "enum": [1, 2, 3, 4, 5]}},
@@ -279,28 +278,15 @@ def test_a_key_echoed_in_a_refusal_or_cut_short_in_an_excerpt_never_leaks(server
     assert r.failure == "content_filter" and r.refusal == "Refused (request auth: Bearer ***)"
     assert secret not in json.dumps(r.to_dict())
 
-    class Echo(BaseHTTPRequestHandler):  # a Batch API that echoes the key in its 401
+    class Echo(QuietHandler):  # a Batch API that echoes the key in its 401
         def do_POST(self):
             self.rfile.read(int(self.headers.get("content-length") or 0))
-            data = json.dumps({"error": {"message": f"Incorrect key: {self.headers.get('authorization')}"}}).encode()
-            self.send_response(401)
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply(401, json.dumps({"error": {"message": f"Incorrect key: {self.headers.get('authorization')}"}}).encode())
 
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        batch_client = make_client(LLMConfig(base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1", model="m",
-                                             api_key_env="CIEBENCH_TEST_KEY"), None)
+    with serve_handler(Echo) as base:
+        batch_client = make_client(LLMConfig(base_url=f"{base}/v1", model="m", api_key_env="CIEBENCH_TEST_KEY"), None)
         with pytest.raises(Exception) as raised:
             BatchAPI(batch_client).upload(b"{}")
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert "HTTP 401" in str(raised.value) and "Bearer ***" in str(raised.value) and secret not in str(raised.value)
     # an excerpt that cut the key short still loses what is left of it
     assert redact_secret(f"said: Bearer {secret[:12]}...", secret) == "said: Bearer ***..."

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 
 import pytest
 
 from ciebench.llm import LLMConfig, PromptTemplate, make_client
 from tests.support.dribbler import Dribbler
+from tests.support.handler_server import QuietHandler, serve_handler
 from tests.support.llm_server import error, json_reply, raw, reply, respond, serve_llm
 
 ASK = PromptTemplate("ask", 1, "Question {{q}}", system="Answer briefly.")
@@ -244,46 +244,31 @@ def test_text_parts_between_images_keep_their_place(server, tmp_path):
 
 # ------------------------------------------------------------------ GET and multipart (the same rules)
 def test_get_follows_the_same_deadline_cap_and_redirect_rules():
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from ciebench.llm.transport import TransportError, get
 
-    class Files(BaseHTTPRequestHandler):
+    class Files(QuietHandler):
         def do_GET(self):
             if self.path.endswith("/moved"):
-                self.send_response(302)
-                self.send_header("Location", "http://127.0.0.1:1/elsewhere")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.reply(302, headers={"Location": "http://127.0.0.1:1/elsewhere"})
                 return
-            body = b"z" * (10_000 if self.path.endswith("/big") else 10)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(200, b"z" * (10_000 if self.path.endswith("/big") else 10))
 
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{httpd.server_address[1]}"
     d = Dribbler(gap=0.05, headers_too=True)
     try:
-        assert get(base + "/small", {}, deadline_s=2.0, max_bytes=1024).body == b"z" * 10
-        with pytest.raises(TransportError) as redirect:
-            get(base + "/moved", {}, deadline_s=2.0, max_bytes=1024)
-        assert redirect.value.kind == "redirect"
-        with pytest.raises(TransportError) as big:
-            get(base + "/big", {}, deadline_s=2.0, max_bytes=1024)
-        assert big.value.kind == "too_large"
+        with serve_handler(Files) as base:
+            assert get(base + "/small", {}, deadline_s=2.0, max_bytes=1024).body == b"z" * 10
+            with pytest.raises(TransportError) as redirect:
+                get(base + "/moved", {}, deadline_s=2.0, max_bytes=1024)
+            assert redirect.value.kind == "redirect"
+            with pytest.raises(TransportError) as big:
+                get(base + "/big", {}, deadline_s=2.0, max_bytes=1024)
+            assert big.value.kind == "too_large"
         t0 = time.monotonic()
         with pytest.raises(TransportError) as slow:
             get(d.base_url + "/files/x", {}, deadline_s=0.5, max_bytes=1 << 20)
         assert slow.value.kind == "timeout" and time.monotonic() - t0 < 1.5
     finally:
         d.close()
-        httpd.shutdown()
 
 
 def test_multipart_bodies_parse_back_with_the_standard_library():
