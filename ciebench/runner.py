@@ -38,7 +38,7 @@ from .isolate import run_isolated
 from .results import file_stem
 from .schema import EditSample
 from .scoring import Prediction, ScoreOptions, ScoreResult, resolve_metrics, score
-from .spec import RunSpec, derive_seed
+from .spec import RunSpec, decided_fields, derive_seed, spec_differences
 from .stats import from_json_number
 from .status import Status
 from .versions import package_versions
@@ -117,6 +117,8 @@ def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
             existing = json.loads(spec_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             existing = {}
+        if not isinstance(existing, dict):
+            existing = {}
         if existing.get("spec_hash") == spec.spec_hash:
             return
         if existing.get("spec_hash") and existing.get("spec_hash") == spec.legacy_spec_hash:
@@ -128,9 +130,12 @@ def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
             atomic_write_json(spec_path, spec.to_dict())
             return
         if not overwrite:
+            changed = spec_differences(decided_fields(existing), decided_fields(spec.to_dict())) if existing else []
             raise OutputConflict(
-                f"{out} holds a run with a different spec (spec_hash {existing.get('spec_hash')} != {spec.spec_hash})",
-                hint="use another --out, or pass --overwrite to discard that run (only its own files are deleted)")
+                f"{out} holds a run with a different spec (spec_hash {existing.get('spec_hash')} != {spec.spec_hash}); "
+                f"recorded -> now: " + ("; ".join(changed) if changed else "spec.json is unreadable"),
+                hint="rerun with the recorded options to resume it, use another --out, or pass --overwrite to discard "
+                     "that run (only its own files are deleted)")
         outdir.clear(out, "run")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(spec_path, spec.to_dict())

@@ -3,6 +3,7 @@ work starts. Two runs with the same `spec_hash` must give the same numbers."""
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -10,6 +11,46 @@ from .io import stable_hash
 
 # Fields of the dataset block that record where the data came from, not what it is: not hashed.
 DATASET_PROVENANCE = ("spec", "release")
+# Top-level fields recorded beside what decides the results (or derived from it): not hashed.
+RECORDED_ONLY = ("notes", "predictions", "predictions_source", "spec_hash", "editor_config_hash")
+
+
+def decided_fields(spec: dict[str, Any]) -> dict[str, Any]:
+    """The part of a spec (as `RunSpec.to_dict()` or spec.json holds it) that decides the results:
+    what `spec_hash` hashes."""
+    decided = {k: v for k, v in spec.items() if k not in RECORDED_ONLY}
+    decided["dataset"] = {k: v for k, v in (spec.get("dataset") or {}).items() if k not in DATASET_PROVENANCE}
+    return decided
+
+
+def spec_differences(recorded: dict[str, Any], current: dict[str, Any], limit: int = 6) -> list[str]:
+    """Where two specs (plain JSON-like dicts) differ, as `path: recorded -> now` lines, deepest keys
+    first found, at most `limit` (then a count): what a refused resume tells the user to change."""
+    found: list[str] = []
+
+    def show(value: Any) -> str:
+        text = "(absent)" if value is _ABSENT else json.dumps(value, sort_keys=True, default=str)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    def walk(path: str, old: Any, new: Any) -> None:
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted(set(old) | set(new), key=str):
+                walk(f"{path}.{key}" if path else str(key), old.get(key, _ABSENT), new.get(key, _ABSENT))
+        elif _normal(old) != _normal(new):
+            found.append(f"{path}: {show(old)} -> {show(new)}")
+
+    walk("", recorded, current)
+    if len(found) > limit:
+        found = found[:limit] + [f"... and {len(found) - limit} more"]
+    return found
+
+
+_ABSENT = object()
+
+
+def _normal(value: Any) -> Any:
+    """Tuples and lists alike, as JSON makes them."""
+    return value if value is _ABSENT else json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def legacy_release_revision(dataset: dict[str, Any]) -> str | None:
@@ -48,9 +89,7 @@ class RunSpec:
     def spec_hash(self) -> str:
         """Hash of what decides the results. The dataset enters by its kind, content revision and size,
         not by how its path was spelled, so `ds`, `./ds` and `/abs/ds/` resume the same run."""
-        decided = {k: v for k, v in asdict(self).items() if k not in ("notes", "predictions", "predictions_source")}
-        decided["dataset"] = {k: v for k, v in self.dataset.items() if k not in DATASET_PROVENANCE}
-        return stable_hash(decided)
+        return stable_hash(decided_fields(asdict(self)))
 
     @property
     def legacy_spec_hash(self) -> str | None:

@@ -99,6 +99,10 @@ def test_a_different_spec_in_the_same_folder_is_refused_unless_overwrite(tmp_pat
     _evaluate("--editor", "identity", "--dataset", "mini", "--out", str(run), "--limit", "2", *FAST)
     result = runner.invoke(app, ["evaluate", "--editor", "identity", "--dataset", "mini", "--out", str(run), "--limit", "3", *FAST])
     assert result.exit_code == ExitCode.OUTPUT_CONFLICT and "different spec" in result.output  # exit codes: ciebench.errors
+    # the refusal names what the user changed (--limit 2 -> 3, hence 3 samples), not only two hashes
+    message = " ".join(result.output.split())
+    assert "limit: 2 -> 3" in message and "dataset.n: 2 -> 3" in message, message
+    assert "seeds" not in message and "editor" not in message.split("recorded -> now:")[1].split("(")[0]
     _evaluate("--editor", "identity", "--dataset", "mini", "--out", str(run), "--limit", "3", "--overwrite", *FAST)
     assert len(_samples(run)) == 3
 
@@ -307,3 +311,18 @@ def test_the_editor_is_closed_before_scoring_starts(tmp_path, monkeypatch):
     options = runner_mod.RunOptions(limit=2, progress=False, score=ScoreOptions(protocol="exact", metrics=("mse",)))
     runner_mod.run(Closing(), read_dataset("mini"), tmp_path / "run", options)
     assert events == ["close", "score"]
+
+
+def test_a_refused_benchmark_resume_names_what_differs_and_survives_a_corrupt_spec(tmp_path: Path):
+    from ciebench.benchmarks.run import prepare_run
+    from ciebench.errors import OutputConflict
+
+    recorded = {"benchmark": "kris", "judge": {"model": "gpt-4o", "passes": 1}, "seeds": [0]}
+    prepare_run(tmp_path, recorded, overwrite=False)
+    prepare_run(tmp_path, dict(recorded), overwrite=False)  # the same spec resumes
+    with pytest.raises(OutputConflict) as refused:
+        prepare_run(tmp_path, {**recorded, "judge": {"model": "gpt-4.1", "passes": 1}}, overwrite=False)
+    assert 'judge.model: "gpt-4o" -> "gpt-4.1"' in str(refused.value) and "passes" not in str(refused.value)
+    (tmp_path / "spec.json").write_text("{truncated")
+    with pytest.raises(OutputConflict, match="unreadable"):
+        prepare_run(tmp_path, recorded, overwrite=False)

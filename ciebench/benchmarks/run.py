@@ -33,7 +33,7 @@ from ciebench.io import (
     sha256_file,
     stable_hash,
 )
-from ciebench.spec import derive_seed
+from ciebench.spec import derive_seed, spec_differences
 from ciebench.status import Status
 from ciebench.turns import drive_turns, unsupported_reason
 
@@ -65,12 +65,22 @@ def prepare_run(out: Path, spec: dict[str, Any], overwrite: bool) -> None:
     spec = {**spec, "spec_hash": stable_hash(spec)}
     path = out / "spec.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}
+        if not isinstance(old, dict):
+            old = {}
         if old.get("spec_hash") == spec["spec_hash"]:
             return
         if not overwrite:
+            changed = spec_differences({k: v for k, v in old.items() if k != "spec_hash"},
+                                       {k: v for k, v in spec.items() if k != "spec_hash"}) if old else []
             raise OutputConflict(f"{out} holds a different run (benchmark {old.get('benchmark')}, spec_hash "
-                                 f"{old.get('spec_hash')} != {spec['spec_hash']}); use another --out or --overwrite")
+                                 f"{old.get('spec_hash')} != {spec['spec_hash']}); recorded -> now: "
+                                 + ("; ".join(changed) if changed else f"{path} is unreadable"),
+                                 hint="rerun with the recorded options to resume it, use another --out, or pass "
+                                      "--overwrite to discard that run")
         import shutil
 
         for sub in ("images", "turns", "records"):
