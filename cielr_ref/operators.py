@@ -20,7 +20,8 @@ Values are lists of *parts* (a mask with the SSR instances it came from):
   ``args[0]``.
 - ``nth``: the ``n``-th part (1-based) of ``args[0]`` counted from ``side`` (left, right, top,
   bottom, near, far).
-- ``union``: the parts of all ``args``; ``intersection``: the pixels common to all ``args`` (one part).
+- ``union``: the parts of all ``args``; ``intersection``: the pixels common to all ``args`` (one part,
+  made of no instances unless it is exactly the segments all ``args`` share).
 - ``relation``: the parts of ``args[0]`` standing in ``relation`` to the union of ``args[1]``:
   left_of, right_of, above, below (centroids), in_front_of, behind (median depth), inside, contains
   (at least half of the area), overlapping (any shared pixel), nearest_to, farthest_from (the one
@@ -199,16 +200,20 @@ def _eval(node: Any, ssr: SSR, depth: int, counter: list[int]) -> list[Part]:
     if op == "intersection":
         _arity(op, args, 2, None)
         mask = None
-        inst: set[int] = set()
+        common: set[int] | None = None
         for i in range(len(args)):
             m = np.zeros_like(ssr.segments[0], dtype=bool)
+            inst: set[int] = set()
             for p in operand(i):
                 m |= p.mask
                 inst |= p.instances
             mask = m if mask is None else (mask & m)
+            common = inst if common is None else (common & inst)
         if not mask.any():
             raise OperatorError("the intersection is empty")
-        return [_part(mask, inst, ssr)]
+        # pixels, not segments: it names instances only when it is exactly the segments all operands share
+        common = sorted(common or ())
+        return [_part(mask, common if ssr.is_union_of_segments(mask, common) else (), ssr)]
     # relation
     _arity(op, args, 2, 2)
     relation = node.get("relation")

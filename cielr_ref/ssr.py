@@ -140,6 +140,16 @@ class SSR:
         key = label.strip().lower()
         return [i for i in self.instances if i.label.lower() == key]
 
+    def is_union_of_segments(self, mask: np.ndarray, indices: Sequence[int]) -> bool:
+        """Whether `mask` is exactly the union of these segments: only then may a region or operator
+        part stand for its instances (be split into them, or rebuilt from those left after an edit)."""
+        if not len(indices):
+            return False
+        union = np.zeros_like(mask, dtype=bool)
+        for k in indices:
+            union |= self.segments[k]
+        return bool(np.array_equal(union, mask))
+
     def union_mask(self, region_ids: Sequence[int]) -> np.ndarray:
         w, h = self.size
         mask = np.zeros((h, w), dtype=bool)
@@ -191,9 +201,13 @@ class SSR:
 
     # ------------------------------------------------------------------ new versions
     def with_region(self, mask: np.ndarray, label: str, note: str, instances: Sequence[int] = ()) -> tuple["SSR", int]:
-        """A new version with one more region (a spatial update); returns (ssr, new region id)."""
+        """A new version with one more region (a spatial update); returns (ssr, new region id). The region
+        keeps `instances` only when its mask is exactly their union; a region of pixels (an intersection,
+        or one mixed with whole segments) keeps none, so a later step never widens it to whole segments
+        and an edit drops it by its own pixels, as an edited region."""
         new_id = max(self.region_ids, default=0) + 1
-        region = Region(new_id, label, mask.copy(), Geometry.of(mask, self.depth), list(instances),
+        kept = list(instances) if self.is_union_of_segments(mask, instances) else []
+        region = Region(new_id, label, mask.copy(), Geometry.of(mask, self.depth), kept,
                         source="operator", note=note)
         return dataclasses.replace(self, version=self.version + 1, regions=[*self.regions, region],
                                    update="spatial", history=[*self.history, f"v{self.version + 1}: {note}"]), new_id

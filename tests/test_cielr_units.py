@@ -150,6 +150,29 @@ def test_nth_union_intersection_relation(scene):
     assert near.instances == [2]  # the middle cup is the closest to the left cup
 
 
+def test_an_intersection_region_stays_its_pixels_in_later_selections_and_steps():
+    # a cup standing half on a table: "the part of the cup on the table" is 10 x 10 = 100 pixels, not the
+    # 200-pixel cup nor the 1200-pixel table, in every later use of the region
+    table, cup = rect(0, 20, 60, 40), rect(20, 10, 30, 30)
+    ssr = build_ssr([table, cup], [Detection("table", (0, 20, 60, 40), 0.9), Detection("cup", (20, 10, 30, 30), 0.9)],
+                    None, queried_labels=["table", "cup"])
+    part = operators.evaluate(node("intersection", sel("cup"), sel("table")), ssr)
+    assert int(part.mask.sum()) == 100 and part.instances == []  # pixels of two segments, neither of them whole
+    ssr2, rid = ssr.with_region(part.mask, "part of the cup on the table", part.description, part.instances)
+    again = operators.evaluate(sel(ids=[rid]), ssr2)
+    assert np.array_equal(again.mask, table & cup)  # selected by id: its own pixels, not cup | table
+    # the next step of a plan, after an edit of the cup's upper 60 % (20 of the region's 100 pixels)
+    after = ssr2.after_edit(rect(20, 10, 30, 22), "remove", "cup")
+    assert np.array_equal(after.region(rid).mask, table & cup)
+    # after an edit of the region itself it is gone (a region "where the cup part was" replaces it), never
+    # rebuilt from the whole table
+    edited = ssr2.after_edit(part.mask, "replace", "saucer")
+    assert rid not in edited.region_ids and np.array_equal(edited.regions[-1].mask, table & cup)
+    # an intersection that is exactly the segments its operands share still stands for them
+    whole = operators.evaluate(node("intersection", sel("cup"), sel(ids=[ssr.regions[1].id])), ssr)
+    assert whole.instances == [1] and np.array_equal(whole.mask, cup)
+
+
 @pytest.mark.parametrize("tree,problem", [
     (node("select", label="sofa"), "no region is labelled 'sofa'"),
     (node("select", region_ids=[99]), "region id 99 does not exist"),
