@@ -2,7 +2,8 @@
 
 `1-Left-Right/ 2-Relative-Size/ 3-Mirror/ 4-Color/ 5-Multiple-Objects/ 6-Reasoning/`, each with source
 `*.png`, masks `*_mask.jpg`, and one text file whose line i is `<instruction> CLIP: <clip text>`, paired
-with the i-th source in natural (numeric) order, and each source with the mask of the same stem.
+with the i-th source in sorted file-name order (`sorted(glob("*.png"))`, as SmartEdit's inference and
+scoring scripts pair `prompt[idx]`: "10.png" before "2.png"), and each source with the mask of the same stem.
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ def _texts(category: Path) -> list[Path]:
 
 
 def pair_files(names: list[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
-    """Sources (`*.png`, any case, not `*_mask.*`) in natural order, each with the mask that shares
-    its stem (`<stem>_mask.jpg|jpeg|png`) or None; and the masks that have no source."""
+    """Sources (`*.png`, any case, not `*_mask.*`) in sorted name order (the official scripts' order:
+    plain string sort, not natural), each with the mask that shares its stem (`<stem>_mask.jpg|jpeg|png`)
+    or None; and the masks that have no source."""
     masks = {}
     sources = []
     for name in names:
@@ -46,14 +48,16 @@ def pair_files(names: list[str]) -> tuple[list[tuple[str, str | None]], list[str
             masks.setdefault(match["stem"], name)
         elif Path(name).suffix.lower() == ".png":
             sources.append(name)
-    sources.sort(key=lambda n: natural_key(Path(n).stem))
+    sources.sort()
     paired = [(name, masks.pop(Path(name).stem, None)) for name in sources]
     return paired, sorted(masks.values(), key=lambda n: natural_key(n))
 
 
 def read_reasonedit_folder(root: Path) -> tuple[list[dict[str, Any]], list[Problem]]:
-    """Line i of a category's text file pairs with its i-th source in natural order (1, 2, ..., 10);
-    each source pairs with the mask of the same numeric stem. A source without its mask, a mask
+    """Line i of a category's text file pairs with its i-th source in sorted name order (1, 10, 11, 2, ...:
+    the official scripts' `sorted(glob(...))[i]`); each source pairs with the mask of the same stem (the
+    scripts pair masks by index in their own sorted list, which is the same only when names sort alike:
+    where not, a warning says the published scores used other masks). A source without its mask, a mask
     without its source, or a line count that differs from the source count is an error (with a
     count mismatch no line can be trusted to describe its image, so the category is skipped)."""
     rows: list[dict[str, Any]] = []
@@ -77,6 +81,13 @@ def read_reasonedit_folder(root: Path) -> tuple[list[dict[str, Any]], list[Probl
         paired, orphans = pair_files(sorted(p.name for p in category.iterdir() if p.is_file()))
         for mask_name in orphans:
             problems.append(Problem("error", None, f"{category.name}/{mask_name}", "mask has no source image with its stem"))
+        by_stem = [mask for _, mask in paired]
+        if not orphans and None not in by_stem and by_stem != sorted(by_stem):
+            problems.append(Problem(
+                "warning", None, category.name,
+                "masks sort in another order than their images (e.g. 10_mask.jpg before 1_mask.jpg): each image "
+                "is scored with the mask of its own stem, but SmartEdit's metrics_evaluation.py pairs the i-th "
+                "sorted image with the i-th sorted mask, so published scores on this folder used other masks"))
         if len(lines) != len(paired):
             problems.append(Problem(
                 "error", None, text_rel,
