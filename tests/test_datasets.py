@@ -409,3 +409,21 @@ def test_checking_a_saved_dataset_does_not_hold_every_image_at_once(tmp_path: Pa
     small, large = peak_while_reading(30), peak_while_reading(120)
     per_row = (large - small) / 90
     assert per_row < 10_000, (small, large)  # holding every checked row was ~77 KB per row
+
+
+def test_a_prepared_copy_of_the_release_names_the_release_while_its_rows_are_unchanged(
+        ciebench_root: Path, fresh_release_cache: Path, monkeypatch):
+    from ciebench.datasets.release import release_manifest
+
+    good = _zip_release(ciebench_root, fresh_release_cache / "good.zip", "imgREBench")
+    monkeypatch.setenv("CIEBENCH_SOURCES", f"file://{good}#imgREBench")
+    copy = fresh_release_cache / "copy"
+    result = runner.invoke(app, ["data", "prepare", "ciebench", "--out", str(copy)])
+    assert result.exit_code == 0, result.output
+    loaded = read_dataset(str(copy))
+    assert loaded.release == release_manifest()["revision"] and loaded.revision == read_dataset(str(ciebench_root)).revision
+    assert loaded.describe()["release"] == loaded.release
+    # a card that no longer describes the rows (they were replaced after preparing) names no release
+    card = json.loads((copy / "ciebench_card.json").read_text())
+    (copy / "ciebench_card.json").write_text(json.dumps({**card, "revision": "0" * 16}))
+    assert read_dataset(str(copy)).release == ""

@@ -152,6 +152,13 @@ def test_an_export_keeps_its_default_protocol(tmp_path: Path):
         assert read_dataset(spec).default_protocol == "smartedit", spec
     (out / "README.md").write_text("---\nciebench: {default_protocol: no-such-protocol}\n---\n")
     assert read_dataset(f"hf:{out}").default_protocol == "cielr"  # unknown: the default stays (with a warning)
+    # the other formats of `data prepare` too: a saved folder and a parquet file were read back as `cielr`
+    for fmt in ("arrow", "parquet"):
+        copy = tmp_path / fmt
+        result = runner.invoke(app, ["data", "prepare", str(source), "--format", fmt, "--out", str(copy)])
+        assert result.exit_code == 0, result.output
+        assert read_dataset(str(copy)).default_protocol == "smartedit", fmt
+    assert read_dataset(str(tmp_path / "parquet" / "data.parquet")).default_protocol == "smartedit"
 
 
 def test_a_hub_ref_does_not_stand_for_the_content(tmp_path: Path):

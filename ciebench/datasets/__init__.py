@@ -96,15 +96,17 @@ def read_dataset(spec: str, *, verify: bool = True, sources: list[str] | None = 
             f"and no such file or folder.{hint}")
     if path.is_file():
         if path.suffix.lower() == ".parquet":
-            return _wrap(_read_table(lambda: datasets.Dataset.from_parquet(str(path), features=FEATURES), path),
-                         spec, "parquet", [path.parent])
+            return _with_card_protocol(
+                _wrap(_read_table(lambda: datasets.Dataset.from_parquet(str(path), features=FEATURES), path),
+                      spec, "parquet", [path.parent]), path.parent)
         if path.suffix.lower() == ".jsonl":
             return _finish(*read_jsonl_manifest(path), spec, "jsonl")
         raise DatasetError(f"{path}: a dataset file must be .parquet or .jsonl")
     if not path.is_dir():
         raise DatasetError(f"{path}: neither a regular file nor a folder; refused without reading")
     if (path / "dataset_info.json").exists() and (path / "state.json").exists():
-        return _wrap(_read_table(lambda: datasets.load_from_disk(str(path)), path), spec, "saved", [path])
+        return _with_card_protocol(_wrap(_read_table(lambda: datasets.load_from_disk(str(path)), path), spec, "saved",
+                                         [path]), path)
     if find_annotation(path) is not None:
         return _finish(*read_authors_folder(path), spec, "authors")
     if (path / MANIFEST_NAME).is_file():
@@ -354,16 +356,35 @@ def _card_folders(name: str, revision: str) -> list[Path]:
         return []
 
 
+PREPARED_CARD = "ciebench_card.json"  # what `ciebench data prepare` writes beside the data (`prepare.py`)
+
+
+def _prepared_card(folder: Path) -> dict[str, Any]:
+    try:
+        card = json.loads((folder / PREPARED_CARD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
 def _with_card_protocol(loaded: LoadedDataset, *folders: Path | None) -> LoadedDataset:
-    """A dataset exported by ciebench keeps its source's default protocol (a Reason-Edit export is
-    scored under `smartedit`, at its size and CLIP, not under `cielr`): read from the card."""
+    """A dataset written by ciebench keeps what its card says of its source: the default protocol (a
+    Reason-Edit copy is scored under `smartedit`, at its size and CLIP, not under `cielr`), from the
+    hub card or `ciebench_card.json`; and the official release's identity (`release`), only while the
+    rows are still the ones the card was written for (same content revision)."""
     from ciebench.metrics.protocols import PROTOCOLS
 
     from .hub_layout import card_default_protocol
 
     for folder in folders:
-        protocol = card_default_protocol(folder) if folder is not None else None
-        if protocol is None:
+        if folder is None:
+            continue
+        prepared = _prepared_card(folder)
+        release = prepared.get("release")
+        if isinstance(release, str) and release and prepared.get("revision") == loaded.revision:
+            loaded.release = release
+        protocol = card_default_protocol(folder) or prepared.get("default_protocol")
+        if not isinstance(protocol, str):
             continue
         if protocol not in PROTOCOLS:
             log.warning("%s: its card names default protocol %r, which this ciebench does not know; using %s",

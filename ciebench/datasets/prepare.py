@@ -12,7 +12,7 @@ from ciebench import outdir
 from ciebench.errors import DISK_FULL_ERRNOS, UsageError
 from ciebench.io import atomic_write_text
 
-from . import LoadedDataset, read_dataset
+from . import PREPARED_CARD, LoadedDataset, read_dataset
 from .problems import DatasetError
 from .release import download, locate_release, unpack
 
@@ -52,9 +52,11 @@ def _prepare_into(source: str, out: Path, fmt: str, verify: bool) -> LoadedDatas
                 write_hub_layout(loaded, staging, source=source)
             else:
                 loaded.dataset.to_parquet(str(staging / "data.parquet"))
-            atomic_write_text(staging / "ciebench_card.json", json.dumps({
+            atomic_write_text(staging / PREPARED_CARD, json.dumps({
                 "source": source, "kind": loaded.kind, "revision": loaded.revision, "n_samples": len(loaded.dataset),
                 "problems": [str(p) for p in loaded.problems], "format": fmt,
+                # read back on load: a Reason-Edit copy stays `smartedit`, a release copy names its release
+                "default_protocol": loaded.default_protocol, **({"release": loaded.release} if loaded.release else {}),
             }, indent=2))
             outdir.write_marker(staging, "dataset")
     return loaded
