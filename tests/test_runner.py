@@ -326,3 +326,11 @@ def test_a_refused_benchmark_resume_names_what_differs_and_survives_a_corrupt_sp
     (tmp_path / "spec.json").write_text("{truncated")
     with pytest.raises(OutputConflict, match="unreadable"):
         prepare_run(tmp_path, recorded, overwrite=False)
+
+
+def test_the_printed_summary_names_the_protocol_that_decided_the_numbers(tmp_path: Path):
+    from ciebench.metrics.protocols import PROTOCOLS
+
+    result = _evaluate("--editor", "identity", "--dataset", "mini", "--out", str(tmp_path / "run"), "--limit", "2",
+                       "--protocol", "smartedit", *FAST)
+    assert f"protocol smartedit ({PROTOCOLS['smartedit'].hash}) on mini" in result.output and "2 samples" in result.output

@@ -98,6 +98,11 @@ def _environment(exc: BaseException, out: Path, resumable: bool):
 
 def _print_summary(summary: dict, out: Path) -> None:
     typer.echo(f"\nresults in {out}/ (samples.csv, summary.json)")
+    protocol, dataset = summary.get("protocol") or {}, summary.get("dataset") or {}
+    if protocol.get("name"):
+        # the protocol decides every number below (size, CLIP model): a dataset's default is easy to miss
+        typer.echo(f"  protocol {protocol['name']} ({protocol.get('hash', '?')}) on {dataset.get('spec', '?')} "
+                   f"(revision {dataset.get('revision', '?')}, {summary.get('n_samples', '?')} samples)")
     for name, m in summary["metrics"].items():
         ci = m["ci95"]
         typer.echo(f"  {name:<20} {_fmt(m['mean'])}  [{_fmt(ci[0])}, {_fmt(ci[1])}]  n={m['n']}  coverage={m['coverage']:.0%}")
