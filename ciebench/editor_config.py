@@ -73,8 +73,43 @@ def typed_options(cls: type[Editor], options: dict[str, Any]) -> dict[str, Any]:
         if key not in fields:
             raise EditorConfigError(f"{cls.__name__} has no option {key!r}." + did_you_mean(key, fields)
                                     + f" Options: {', '.join(fields)}")
-        typed[key] = coerce(value, hints[key], key) if isinstance(value, str) else value
+        typed[key] = coerce(value, hints[key], key) if isinstance(value, str) else conform(value, hints[key], key)
     return typed
+
+
+def conform(value: Any, hint: Any, key: str) -> Any:
+    """A value already typed by YAML or a preset, as its field's type holds it, so that a YAML file and
+    `--editor-arg` give the same config (and spec hash): `scale: 2` for a float field is 2.0, `name: 12`
+    for a str field "12", a list for a tuple field a tuple; a value of another kind (`steps: [1]` for an
+    int field) is an error naming the option."""
+    if isinstance(value, str):
+        return coerce(value, hint, key)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return conform(value, arg, key)
+            except EditorConfigError:
+                continue
+        raise EditorConfigError(f"option {key}: cannot read {value!r} as {hint}")
+    if origin in (tuple, list) and isinstance(value, (list, tuple)):
+        if origin is tuple and args and args[-1] is not Ellipsis:  # a fixed-length tuple: one type per place
+            if len(args) != len(value):
+                raise EditorConfigError(f"option {key}: expected {len(args)} values, got {len(value)}")
+            items = [conform(v, a, key) for v, a in zip(value, args)]
+        else:
+            items = [conform(v, args[0], key) for v in value] if args else list(value)
+        return tuple(items) if origin is tuple else items
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is float and is_number:
+        return float(value)
+    if hint is str and is_number:
+        return str(value)
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise EditorConfigError(f"option {key}: cannot read {value!r} as {hint.__name__}")
+    return value
 
 
 def coerce(text: str, hint: Any, key: str) -> Any:

@@ -33,7 +33,8 @@ from .backend import Backend, LocalBackend
 from .editor import Editor, EditRequest, EditResult
 from .errors import DataError, OutputConflict, UsageError
 from .images import check_image
-from .io import atomic_write_bytes, atomic_write_json, json_safe, json_text, png_bytes, sha256_bytes, sha256_file
+from .io import (atomic_write_bytes, atomic_write_json, json_safe, json_text, png_bytes, sha256_bytes, sha256_file,
+                 stable_hash)
 from .isolate import run_isolated
 from .results import file_stem
 from .schema import EditSample
@@ -100,7 +101,8 @@ def build_spec(editor: Editor | None, loaded: LoadedDataset, options: RunOptions
         protocol={**protocol.to_dict(), "hash": protocol.hash},
         metrics=tuple(region + (["idcs"] if use_idcs else [])),
         judge=judge,
-        limit=options.limit,
+        # a limit at or past the dataset's size selects every sample: the same run as none
+        limit=options.limit if options.limit is not None and options.limit < len(loaded.dataset) else None,
         ciebench_version=__version__,
         notes=notes,
         predictions=predictions,
@@ -121,6 +123,11 @@ def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
             existing = {}
         if existing.get("spec_hash") == spec.spec_hash:
             return
+        if _recorded_as_before(existing, spec):
+            log.info("%s: the recorded spec is this one as an earlier ciebench wrote it (a --limit past the dataset's "
+                     "size, or metrics in the order asked); resuming, and recording it as now", out)
+            atomic_write_json(spec_path, spec.to_dict())
+            return
         if existing.get("spec_hash") and existing.get("spec_hash") == spec.legacy_spec_hash:
             # the same run, recorded by a ciebench that named the release by its manifest revision: it
             # resumes, and spec.json (summary.json once rescored) now records the content revision
@@ -134,11 +141,26 @@ def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
             raise OutputConflict(
                 f"{out} holds a run with a different spec (spec_hash {existing.get('spec_hash')} != {spec.spec_hash}); "
                 f"recorded -> now: " + ("; ".join(changed) if changed else "spec.json is unreadable"),
-                hint="rerun with the recorded options to resume it, use another --out, or pass --overwrite to discard "
-                     "that run (only its own files are deleted)")
+                hint="rerun with the recorded options (and the recorded ciebench_version) to resume it; to score its "
+                     f"images differently without editing again, `ciebench score --predictions {out}/images --out NEW`; "
+                     "or use another --out; --overwrite discards that run, its images included")
         outdir.clear(out, "run")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(spec_path, spec.to_dict())
+
+
+def _recorded_as_before(existing: dict[str, Any], spec: RunSpec) -> bool:
+    """Whether a recorded spec is `spec` as an earlier ciebench wrote it: it recorded a --limit at or past
+    the dataset's size (now none) and metrics in the order they were asked (now the catalogue's)."""
+    if not existing.get("spec_hash") or not isinstance(existing.get("metrics"), list):
+        return False
+    recorded = dict(existing)
+    limit = recorded.get("limit")
+    if spec.limit is None and isinstance(limit, int) and limit >= spec.dataset["n"]:
+        recorded["limit"] = None
+    if set(recorded["metrics"]) == set(spec.metrics):
+        recorded["metrics"] = list(spec.metrics)
+    return recorded != existing and stable_hash(decided_fields(recorded)) == spec.spec_hash
 
 
 def is_done(out: Path, stem: str, retry_failed: bool) -> bool:
@@ -365,14 +387,29 @@ def make_request(editor: Editor, sample: EditSample, seed: int) -> EditRequest:
                        meta={"run_seed": seed, "edit_type": sample.edit_type})
 
 
+def check_results(editor: Editor, results: Any, n: int) -> None:
+    """`Editor.edit`'s contract, said in its own words when broken (a list of `EditResult`, one per
+    request), not as the AttributeError or TypeError it would cause further on."""
+    name = getattr(editor, "name", type(editor).__name__)
+    if not isinstance(results, (list, tuple)):
+        raise TypeError(f"editor {name!r}: edit() must return a list of ciebench.EditResult, one per request; "
+                        f"it returned {type(results).__module__}.{type(results).__qualname__}")
+    if len(results) != n:
+        raise RuntimeError(f"editor {name!r} returned {len(results)} results for {n} requests")
+    for position, result in enumerate(results):
+        if not isinstance(result, EditResult):
+            raise TypeError(f"editor {name!r}: edit() must return ciebench.EditResult items (EditResult(image=...) or "
+                            f"EditResult.failure(reason)); item {position} is {type(result).__module__}."
+                            f"{type(result).__qualname__}")
+
+
 def edit_isolated(editor: Editor, requests: list[EditRequest], stats: RunStats) -> list[EditResult]:
     """Call the editor on a batch; if the batch fails, call it per request so one bad sample fails alone."""
     def call(batch: list[EditRequest]) -> list[EditResult]:
         started = time.perf_counter()
         stats.editor_calls += 1
         results = editor.edit(batch)
-        if len(results) != len(batch):
-            raise RuntimeError(f"editor returned {len(results)} results for {len(batch)} requests")
+        check_results(editor, results, len(batch))
         elapsed = (time.perf_counter() - started) / max(1, len(batch))
         for r in results:
             r.timings.setdefault("edit_seconds", elapsed)

@@ -236,7 +236,9 @@ def resolve_metrics(options: ScoreOptions) -> tuple[list[str], bool]:
             raise MetricNameError(f"unknown metric {name!r}." + did_you_mean(name, known) + f" Known: {', '.join(known)}")
     if use_idcs and options.judge is None:
         raise MetricNameError("metric 'idcs' needs a judge: pass --judge (e.g. qwen, openai, local, or a config file)")
-    return region, use_idcs
+    # catalogue order, each once: `psnr,mse` and `mse,psnr,psnr` are one spec (and one column each)
+    asked = set(region)
+    return [c for c in region_all if c in asked] + [c for c in dict.fromkeys(region) if c not in region_all], use_idcs
 
 
 @dataclass

@@ -78,8 +78,9 @@ def test_catalogue_facts_and_the_two_name_resolvers():
     # region_metric_names: user names -> the region metrics that compute them
     assert region_metric_names(["locality_f1", "mse"]) == ("mse", "locality")
     # resolve_metrics: user names -> (columns scored, whether IDCS is judged)
-    assert resolve_metrics(ScoreOptions(metrics=("locality", "psnr"))) == (
-        ["locality_precision", "locality_recall", "locality_f1", "psnr"], False)
+    # in the catalogue's order and once each, whatever order and repeats were asked for
+    assert resolve_metrics(ScoreOptions(metrics=("locality", "psnr", "psnr"))) == (
+        ["psnr", "locality_precision", "locality_recall", "locality_f1"], False)
     assert resolve_metrics(ScoreOptions(metrics=("idcs", "clip"), judge="qwen")) == (["clip"], True)
     with pytest.raises(MetricNameError, match="Did you mean 'lpips'"):
         resolve_metrics(ScoreOptions(metrics=("lpip",)))

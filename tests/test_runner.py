@@ -334,3 +334,69 @@ def test_the_printed_summary_names_the_protocol_that_decided_the_numbers(tmp_pat
     result = _evaluate("--editor", "identity", "--dataset", "mini", "--out", str(tmp_path / "run"), "--limit", "2",
                        "--protocol", "smartedit", *FAST)
     assert f"protocol smartedit ({PROTOCOLS['smartedit'].hash}) on mini" in result.output and "2 samples" in result.output
+
+
+def test_settings_that_select_the_same_run_resume_it(tmp_path: Path):
+    """The metrics' order, a repeated metric, a --limit at or past the dataset's size and a YAML option
+    typed as --editor-arg types it do not change what a run computes: they resume it."""
+    import yaml
+
+    run = tmp_path / "run"
+    _evaluate("--editor", "identity", "--dataset", "mini", "--out", str(run), "--metrics", "mse,psnr")
+    header = (run / "samples.csv").read_text().splitlines()[0].split(",")
+    assert header.index("psnr") < header.index("mse")  # the catalogue's order, whatever order was asked
+    for args in (["--metrics", "psnr,mse"], ["--metrics", "mse,psnr,psnr"], ["--metrics", "psnr,mse", "--limit", "9"],
+                 ["--metrics", "psnr,mse", "--limit", "1000"]):
+        result = _evaluate("--editor", "identity", "--dataset", "mini", "--out", str(run), *args)
+        assert "generated 0, resumed 9" in result.output, (args, result.output)
+    assert (run / "samples.csv").read_text().splitlines()[0].split(",").count("psnr") == 1
+
+    counting = "tests.support.editors_for_tests:CountingEditor"
+    (tmp_path / "opts.yaml").write_text(yaml.safe_dump({"delay": 0}))  # an int for the float field
+    typed = tmp_path / "typed"
+    _evaluate("--editor", counting, "--editor-arg", "delay=0", "--dataset", "mini", "--limit", "2", "--out", str(typed), *FAST)
+    result = _evaluate("--editor", counting, "--editor-config", str(tmp_path / "opts.yaml"), "--dataset", "mini",
+                       "--limit", "2", "--out", str(typed), *FAST)
+    assert "generated 0, resumed 2" in result.output
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"delay": [1]}))
+    bad = runner.invoke(app, ["evaluate", "--editor", counting, "--editor-config", str(tmp_path / "bad.yaml"),
+                              "--dataset", "mini", "--out", str(tmp_path / "bad"), *FAST])
+    assert bad.exit_code == 2 and "delay" in bad.output
+
+
+def test_a_run_recorded_with_a_limit_past_the_end_and_metrics_as_asked_still_resumes(tmp_path: Path):
+    # what an earlier ciebench wrote for `--limit 1000 --metrics mse,psnr` on mini (9 samples)
+    from ciebench.io import stable_hash
+    from ciebench.spec import decided_fields
+
+    run = tmp_path / "run"
+    _evaluate("--editor", "identity", "--dataset", "mini", "--out", str(run), "--metrics", "psnr,mse")
+    spec = json.loads((run / "spec.json").read_text())
+    old = {**spec, "limit": 1000, "metrics": ["mse", "psnr"]}
+    old["spec_hash"] = stable_hash(decided_fields(old))
+    (run / "spec.json").write_text(json.dumps(old))
+    result = _evaluate("--editor", "identity", "--dataset", "mini", "--out", str(run), "--metrics", "mse,psnr",
+                       "--limit", "1000")
+    assert "generated 0, resumed 9" in result.output
+    assert json.loads((run / "spec.json").read_text())["spec_hash"] == spec["spec_hash"]  # recorded as now
+
+
+def test_an_editor_that_breaks_the_return_contract_is_told_so_per_sample(tmp_path: Path):
+    import ciebench
+
+    class ReturnsImages(ciebench.Editor):
+        name = "returns-images"
+
+        def edit(self, requests):
+            return [r.image for r in requests]
+
+    class ReturnsNone(ciebench.Editor):
+        name = "returns-none"
+
+        def edit(self, requests):
+            return None
+
+    for editor, words in ((ReturnsImages(), "item 0 is PIL.Image.Image"), (ReturnsNone(), "it returned builtins.NoneType")):
+        result = ciebench.evaluate(editor, "mini", tmp_path / editor.name, limit=2, progress=False, metrics=["psnr"])
+        errors = [row["error"] for row in result.rows]
+        assert len(errors) == 2 and all("must return" in e and words in e for e in errors), errors
