@@ -632,20 +632,46 @@ def test_unreadable_input_image_is_left_out_never_given_the_minimum(tmp_path, v1
     assert "1 with an unreadable input image" in summary["headline"]["incomplete"]
 
 
-def test_limit_run_expects_only_its_limit(tmp_path, v1_prompts):
-    """--limit 3 asks for 3 cases: the summary expects 3 and the headline is not marked incomplete."""
+def test_limit_run_is_incomplete_and_partial_and_another_judge_gets_its_own_table(tmp_path, v1_prompts, monkeypatch):
+    """The fixture's 8 cases taken as the whole release. A --limit 3 run is legal (exit 0), but its
+    headline covers 3 of the 8 cases: incomplete, with a warning, and partial on the board, where its
+    perfect 1.0 sits beside the full run's 0.25 (by hand from V1_RAW: temporal_reasoning_1 and
+    logical_reasoning_1 are the only accurate cases of 8) marked so. A full run judged by another model
+    is ranked in a table of its own."""
+    monkeypatch.setattr(RiseBench, "release_cases", 8)
     root = tmp_path / "rise"
     items, colours = make_rise_v1(root)
-    out = tmp_path / "run"
-    with serve_llm() as server:
-        server.on(then=respond(ScriptedJudge(V1_PERFECT, colours)))
-        result = runner.invoke(app, ["evaluate", "--benchmark", "risebench", "--benchmark-root", str(root),
-                                     "--editor", "identity", "--out", str(out), "--limit", "3",
-                                     "--judge", str(judge_file(tmp_path, server))])
+
+    def run(name: str, answers: dict, *extra: str, model: str = "scripted"):
+        out = tmp_path / name
+        with serve_llm() as server:
+            server.on(then=respond(ScriptedJudge(answers, colours)))
+            judge = judge_file(tmp_path, server)
+            judge.write_text(judge.read_text().replace('"scripted"', json.dumps(model)))
+            result = runner.invoke(app, ["evaluate", "--benchmark", "risebench", "--benchmark-root", str(root),
+                                         "--editor", "identity", "--out", str(out), "--judge", str(judge), *extra])
+        assert result.exit_code == 0, result.output
+        return out, json.loads((out / "summary.json").read_text()), result.output
+
+    limited, summary, output = run("limited", V1_PERFECT, "--limit", "3")
+    assert summary["ours"]["cases"] == 3 and summary["ours"]["expected_cases"] == 8
+    assert "3 of the 8 cases" in summary["headline"]["incomplete"] and "--limit 3" in summary["headline"]["incomplete"]
+    assert "warning: incomplete headline" in output
+    full, summary, output = run("full", V1_RAW)
+    assert summary["headline"]["value"] == pytest.approx(0.25) and "incomplete" not in summary["headline"]
+    other, _, _ = run("other", V1_PERFECT, model="another-judge")
+
+    board = tmp_path / "board"
+    result = runner.invoke(app, ["leaderboard", str(limited), str(full), str(other), "--out", str(board), "--no-gallery"])
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["ours"]["cases"] == 3 and summary["ours"]["expected_cases"] == 3
-    assert "incomplete" not in summary["headline"] and "incomplete" not in result.output
+    import pandas as pd
+
+    tables = {p.name: pd.read_csv(p) for p in board.glob("benchmark__*.csv") if not p.name.endswith("__categories.csv")}
+    assert sorted(tables) == ["benchmark__risebench__judge-another-judge.csv", "benchmark__risebench__judge-scripted.csv"]
+    scripted = tables["benchmark__risebench__judge-scripted.csv"]
+    assert list(scripted["run"]) == ["identity (limited)", "identity (full)"]
+    assert list(scripted["partial"]) == [True, False] and list(scripted["judge"]) == ["scripted", "scripted"]
+    assert list(tables["benchmark__risebench__judge-another-judge.csv"]["run"]) == ["identity (other)"]
 
 
 def _v1_hub_release(tmp_path: Path) -> tuple[Path, list, object]:

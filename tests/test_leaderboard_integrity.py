@@ -378,15 +378,91 @@ def test_the_command_line_rewrite_leaves_only_the_tables_it_lists(runs, tmp_path
     assert not any("exact" in name for name in _files(board))
 
 
-def _benchmark_run(root: Path) -> Path:
-    """A judge-scored benchmark run, as the leaderboard reads it (its summary only)."""
-    run = root / "bench"
+def _benchmark_run(root: Path, folder: str = "bench", value: float = 0.5, judge: str | None = None,
+                   prompts: str = "a" * 64, cases: int | None = None, expected: int | None = None) -> Path:
+    """A judge-scored RISEBench run, as the leaderboard reads it (its summary only). `judge`: the judge
+    model its summary records, with the prompt file's sha256 `prompts` and the data's hub id and (unpinned)
+    revision, as `ciebench evaluate` writes them (None: no judge and no data revision, as an older
+    ciebench's summary); `cases` / `expected`: its `ours.cases` / `ours.expected_cases`."""
+    run = root / folder
     run.mkdir()
-    (run / "summary.json").write_text(json.dumps({
-        "benchmark": {"name": "risebench"}, "headline": {"name": "Overall Accuracy", "value": 0.5},
-        "official": [{"-": "Overall", "Score-Origin": 3.0, "Score-Percentage": 50.0, "Accuracy": 0.5}],
-        "ours": {"status_counts": {"ok": 2}}}))
+    summary = {
+        "benchmark": {"name": "risebench"}, "headline": {"name": "Overall Accuracy", "value": value},
+        "official": [{"-": "Overall", "Score-Origin": 3.0, "Score-Percentage": 50.0, "Accuracy": value}],
+        "ours": {"status_counts": {"ok": 2}}}
+    if judge is not None:
+        summary["benchmark"].update(hub_id="PhoenixZ/RISEBench", hub_revision=None)
+        summary["judge"] = {"prompts": {"name": "risebench/utils.py", "sha256": prompts},
+                            "judges": {"main": {"model": judge, "model_id": f"openai:{judge}@http://127.0.0.1:1/v1",
+                                                "temperature": 0.0}}}
+    if cases is not None:
+        summary["ours"].update(cases=cases, expected_cases=expected)
+    (run / "summary.json").write_text(json.dumps(summary))
     return run
+
+
+def _benchmark_csvs(board: Path) -> dict[str, pd.DataFrame]:
+    """{file name: table} of the benchmark boards' main tables in `board`."""
+    return {p.name: pd.read_csv(p) for p in sorted(board.glob("benchmark__*.csv"))
+            if not p.name.endswith("__categories.csv")}
+
+
+def test_full_benchmark_runs_with_one_judge_share_one_table_ranked_by_the_headline(tmp_path: Path):
+    runs = [_benchmark_run(tmp_path, name, value, judge="gpt-4.1-2025-04-14", cases=360, expected=360)
+            for name, value in (("a", 0.40), ("b", 0.55), ("c", 0.30))]
+    result = runner.invoke(app, ["leaderboard", *map(str, runs), "-o", str(tmp_path / "board"), "--no-gallery"])
+    assert result.exit_code == 0, result.output
+    tables = _benchmark_csvs(tmp_path / "board")
+    assert list(tables) == ["benchmark__risebench.csv"]
+    table = tables["benchmark__risebench.csv"]
+    assert list(table["run"]) == ["predictions (b)", "predictions (a)", "predictions (c)"]  # 0.55 > 0.40 > 0.30
+    assert not table["partial"].any() and set(table["judge"]) == {"gpt-4.1-2025-04-14"}
+
+
+def test_benchmark_runs_of_different_judges_are_never_ranked_in_one_table(tmp_path: Path):
+    """Two judge models, and one model with another prompt file: three tables, each ranking only the runs
+    its judge scored, the judge named in its heading."""
+    same = [_benchmark_run(tmp_path, "a", 0.40, judge="gpt-4.1-2025-04-14"),
+            _benchmark_run(tmp_path, "b", 0.55, judge="gpt-4.1-2025-04-14")]
+    other_model = _benchmark_run(tmp_path, "c", 0.90, judge="qwen2.5-vl-72b")
+    other_prompts = _benchmark_run(tmp_path, "d", 0.70, judge="gpt-4.1-2025-04-14", prompts="b" * 64)
+    board = tmp_path / "board"
+    result = runner.invoke(app, ["leaderboard", *map(str, [*same, other_model, other_prompts]), "-o", str(board),
+                                 "--no-gallery"])
+    assert result.exit_code == 0, result.output
+    tables = _benchmark_csvs(board).values()
+    assert sorted(list(t["run"]) for t in tables) == [
+        ["predictions (b)", "predictions (a)"], ["predictions (c)"], ["predictions (d)"]]
+    assert all(t["judge"].nunique() == 1 for t in tables)
+    doc = (board / "benchmarks.md").read_text()
+    assert "## risebench (judge gpt-4.1-2025-04-14)" in doc and "## risebench (judge qwen2.5-vl-72b)" in doc
+    assert "prompts sha256 " + "a" * 12 in doc and "prompts sha256 " + "b" * 12 in doc
+
+
+def test_a_benchmark_run_that_records_no_judge_loads_apart_with_a_warning(tmp_path: Path, caplog):
+    old = _benchmark_run(tmp_path, "old", 0.90)
+    new = _benchmark_run(tmp_path, "new", 0.40, judge="gpt-4.1-2025-04-14")
+    with caplog.at_level(logging.WARNING):
+        result = runner.invoke(app, ["leaderboard", str(old), str(new), "-o", str(tmp_path / "board"), "--no-gallery"])
+    assert result.exit_code == 0, result.output
+    assert sorted(list(t["run"]) for t in _benchmark_csvs(tmp_path / "board").values()) == [
+        ["predictions (new)"], ["predictions (old)"]]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(str(old) in w and "no judge" in w for w in warnings), warnings
+    assert not any(str(new) in w for w in warnings), warnings
+
+
+def test_a_limit_run_an_older_ciebench_wrote_is_partial_on_the_benchmark_board(tmp_path: Path):
+    """An older ciebench recorded a --limit 3 run as expecting 3 cases, its headline not incomplete:
+    RISEBench v1 has 360, so the board marks it partial all the same."""
+    limited = _benchmark_run(tmp_path, "limited", 1.0, judge="gpt-4.1-2025-04-14", cases=3, expected=3)
+    full = _benchmark_run(tmp_path, "full", 0.25, judge="gpt-4.1-2025-04-14", cases=360, expected=360)
+    board = tmp_path / "board"
+    result = runner.invoke(app, ["leaderboard", str(limited), str(full), "-o", str(board), "--no-gallery"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(board / "benchmark__risebench.csv").set_index("run")
+    assert table.loc["predictions (limited)", "partial"] and not table.loc["predictions (full)", "partial"]
+    assert "partial: the run's headline covers fewer cases" in (board / "benchmarks.md").read_text()
 
 
 def test_benchmark_tables_and_run_tables_each_go_when_no_longer_given(runs, tmp_path: Path):

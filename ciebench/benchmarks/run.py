@@ -352,18 +352,20 @@ def aggregate(benchmark: Benchmark, rows: Iterable[dict[str, Any]]) -> dict[str,
 
 
 def mark_completeness(benchmark: Benchmark, result: dict[str, Any], limit: int | None = None) -> dict[str, Any]:
-    """Record `ours.expected_cases` (the official release's number of cases, at most `limit`) and, when
-    the official numbers cover fewer cases (a partial local copy, a data error), say so in
-    `headline.incomplete`: such a headline is not comparable with the published numbers."""
-    expected = benchmark.expected_cases(limit)
+    """Record `ours.expected_cases` (the official release's number of cases, whatever `limit` was) and,
+    when the official numbers cover fewer cases (`--limit`, a partial local copy, a data error), say so
+    in `headline.incomplete`: such a headline is not comparable with the published numbers, nor with
+    another run's over the whole release (the leaderboard marks the run partial)."""
+    expected = benchmark.expected_cases()
     ours = result.setdefault("ours", {})
     ours["expected_cases"] = expected
     cases = ours.get("cases")
     if expected is not None and isinstance(cases, int) and cases < expected:
         why = f"; {ours['input_errors']} with an unreadable input image" if ours.get("input_errors") else ""
+        asked = f" (--limit {limit})" if limit is not None and limit < expected else ""
         result["headline"] = {**result["headline"], "incomplete": (
-            f"over {cases} of the {expected} cases of {benchmark.title or benchmark.name}{why}: not comparable "
-            "with the published numbers")}
+            f"over {cases} of the {expected} cases of {benchmark.title or benchmark.name}{asked}{why}: not "
+            "comparable with the published numbers")}
     return result
 
 

@@ -47,7 +47,7 @@ def leaderboard_cmd(
     result = write_board(runs, bench_runs, out, primary=primary, alpha=alpha, plots=plots, gallery=gallery,
                          dataset=dataset, full_images=full_images, page_size=page_size, by_track=by_track)
     if bench_runs:
-        typer.echo(f"wrote {out}/benchmarks.md and benchmark__<name>.csv for {len(bench_runs)} benchmark run(s)")
+        typer.echo(f"wrote {out}/benchmarks.md and benchmark__<table>.csv for {len(bench_runs)} benchmark run(s)")
     if result is None:
         return
     for table in result.tables:
