@@ -38,6 +38,10 @@ class Table:
     leaderboard: pd.DataFrame = field(default=None, repr=False)   # type: ignore[assignment]
     by_edit_type: pd.DataFrame = field(default=None, repr=False)  # type: ignore[assignment]
     pairs: pd.DataFrame = field(default=None, repr=False)         # type: ignore[assignment]
+    # per metric, what orders the runs and picks the best: "mean" or "mean_rank" (`_ordering`)
+    rank_basis: dict[str, str] = field(default_factory=dict)
+    # (metric, run called best, run the paired test finds significantly better than it, Holm p)
+    rank_conflicts: list[tuple[str, str, str, float]] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -140,10 +144,11 @@ def _assign_slugs(tables: list[Table]) -> None:
 def _fill(table: Table) -> None:
     rows = [_run_row(table, run) for run in table.runs]
     frame = pd.DataFrame(rows)
-    _shared_sample_ranking(table, frame)
+    orderings = {m: _ordering(table, frame, m) for m in table.metrics}
+    table.rank_basis = {m: o.basis for m, o in orderings.items()}
+    _shared_sample_ranking(table, frame, orderings.get(table.primary))
     if table.primary:
-        key = frame["rank_value"].astype(float)
-        key = -key if table.metrics[table.primary] else key
+        key = orderings[table.primary].key.reindex(frame["run"]).set_axis(frame.index)
         frame = frame.assign(_key=key.fillna(np.inf)).sort_values(["_key", "run"], kind="stable").drop(columns="_key")
         frame["rank"] = key.loc[frame.index].rank(method="min", na_option="keep").astype("Int64")
     else:
@@ -155,12 +160,14 @@ def _fill(table: Table) -> None:
     table.pairs = compare_runs(ordered_runs, table.metrics, table=table.slug, alpha=table.alpha)
     # Which runs are indistinguishable from the best, per metric (the best on the shared samples, as
     # the primary metric ranks: rank 1 for it).
-    for m, higher in table.metrics.items():
-        frame[f"{m}_tied_best"] = _tied_with_best(frame, table.pairs, m, higher, _comparable(table, frame, m)[2])
+    table.rank_conflicts = []
+    for m in table.metrics:
+        frame[f"{m}_tied_best"], conflicts = _tied_with_best(frame, table.pairs, m, orderings[m].key)
+        table.rank_conflicts += conflicts
     frame["primary_metric"] = table.primary or ""
     frame["tied_with_best"] = frame[f"{table.primary}_tied_best"] if table.primary else pd.NA
     id_cols = ["table", "rank", "run", "editor", "track", "config_hash", "protocol", "protocol_hash", "dataset", "revision",
-               "judge", "seeds", "n", "n_ok", "n_dataset", "coverage", "partial", "rank_value", "rank_n_shared",
+               "judge", "seeds", "n", "n_ok", "n_dataset", "coverage", "partial", "rank_value", "rank_basis", "rank_n_shared",
                "primary_metric", "tied_with_best", "verified"]
     metric_cols = [c for m in table.metrics for c in
                    (m, f"{m}_ci_low", f"{m}_ci_high", f"{m}_n", f"{m}_coverage", f"{m}_tied_best")]
@@ -168,41 +175,71 @@ def _fill(table: Table) -> None:
     table.by_edit_type = _by_edit_type(table)
 
 
-def _shared_sample_ranking(table: Table, frame: pd.DataFrame) -> None:
+def _shared_sample_ranking(table: Table, frame: pd.DataFrame, ordering: _Ordering | None) -> None:
     """Ranking accounts for coverage: runs are ranked by their primary-metric mean over the samples
     that every run of the table with a value has a value for (the samples the paired tests use too),
     so a run that failed the hard samples cannot rank first on the easy ones. A run without any value
     (e.g. not judged) takes no part and ranks last. A run that covers fewer samples than the table's
     runs together is `partial` and marked in leaderboard.md. The displayed means stay the means over
-    each run's own samples. When the runs share no sample, each run's own mean ranks it."""
+    each run's own samples. When the runs share no sample, each run's own mean ranks it. When one of
+    those means is infinite, mean per-sample ranks order the runs instead (`_ordering`)."""
     frame["partial"] = False
     frame["rank_n_shared"] = 0
     frame["rank_value"] = math.nan
-    if not table.primary:
+    frame["rank_basis"] = ""
+    if ordering is None:
         return
-    covered, shared, values = _comparable(table, frame, table.primary)
-    union = set().union(*(set(v.index) for v in covered.values()))
+    union = set().union(*(set(v.index) for v in ordering.covered.values()))
     for idx, label in frame["run"].items():
-        frame.loc[idx, "partial"] = len(covered[label]) < len(union)
-        frame.loc[idx, "rank_n_shared"] = len(shared)
-        frame.loc[idx, "rank_value"] = values[idx]
+        frame.loc[idx, "partial"] = len(ordering.covered[label]) < len(union)
+        frame.loc[idx, "rank_n_shared"] = len(ordering.shared)
+        frame.loc[idx, "rank_value"] = ordering.value[label]
+    frame["rank_basis"] = ordering.basis
     frame["partial"] = frame["partial"].astype(bool)
 
 
-def _comparable(table: Table, frame: pd.DataFrame, metric: str) -> tuple[dict[str, pd.Series], list, pd.Series]:
-    """Each run's values of `metric` per sample, the samples every run with a value shares, and each
-    run's mean over those (its own mean when none is shared; NaN without values): what ranks the runs
-    and picks the best one."""
-    covered = {run.label: run.per_sample(metric).dropna() for run in table.runs}
+@dataclass(frozen=True)
+class _Ordering:
+    """How the runs of a table are ordered on one metric: each run's values per sample (`covered`), the
+    samples every run with a value shares, the value that orders them (`value`: the mean over the
+    shared samples, or with `basis` "mean_rank" the mean per-sample rank) and that value oriented so
+    that lower is better (`key`; NaN for a run without values). `value` and `key` are indexed by run
+    label (the frame is re-sorted after they are computed)."""
+
+    covered: dict[str, pd.Series]
+    shared: list
+    value: pd.Series
+    basis: str
+    key: pd.Series
+
+
+def _ordering(table: Table, frame: pd.DataFrame, metric: str) -> _Ordering:
+    """What ranks the runs on `metric` and picks the best one. Normally each run's mean over the samples
+    every run with a value shares (its own mean when none is shared; NaN without values). When one of
+    those means is infinite (PSNR of one untouched sample makes a mean inf however bad the rest), the
+    mean cannot order the runs: one sample would outweigh all others. The runs are then ordered by
+    their mean per-sample rank over the shared samples (Friedman-style: per sample the runs are ranked,
+    1 = best, ties averaged, infinities ranking as the extreme values they are). Displayed means are
+    not changed either way. Without shared samples there is nothing to rank per sample, so the means
+    stay (all runs are partial then, and no paired test exists)."""
+    higher = table.metrics[metric]
+    covered = {run.label: run.per_sample(metric).dropna().astype(float) for run in table.runs}
     valued = [v for v in covered.values() if len(v)]
     shared = sorted(set.intersection(*(set(v.index) for v in valued))) if valued else []
-    means = pd.Series(math.nan, index=frame.index, dtype=float)
+    means = pd.Series(math.nan, index=list(frame["run"]), dtype=float)
     for idx, label in frame["run"].items():
         values = covered[label]
         if not len(values):
             continue
-        means[idx] = float(values.loc[shared].astype(float).mean()) if shared else float(frame.loc[idx, metric])
-    return covered, shared, means
+        means[label] = float(values.loc[shared].mean()) if shared else float(frame.loc[idx, metric])
+    if not shared or np.isfinite(means.dropna()).all():
+        return _Ordering(covered, shared, means, "mean", -means if higher else means)
+    per_sample = pd.DataFrame({label: values.loc[shared] for label, values in covered.items() if len(values)})
+    ranks = per_sample.rank(axis=1, method="average", ascending=not higher).mean(axis=0)
+    mean_rank = ranks.reindex(means.index)
+    return _Ordering(covered, shared, mean_rank, "mean_rank", mean_rank)
+
+
 def _run_row(table: Table, run: Run) -> dict[str, Any]:
     summary = run.summarize({m: h for m, h in table.metrics.items() if m in run.metrics})
     n = summary["n_samples"]
@@ -229,17 +266,20 @@ def _run_row(table: Table, run: Run) -> dict[str, Any]:
     return row
 
 
-def _tied_with_best(frame: pd.DataFrame, pairs: pd.DataFrame, metric: str, higher: bool,
-                    comparable: pd.Series) -> pd.Series:
-    """True for the best run on `metric` (best on the samples the runs share, `_comparable`) and for
-    runs not significantly worse than it (Holm-adjusted paired test); False for runs significantly
-    worse; NA where untestable (no value, < 2 shared samples)."""
+def _tied_with_best(frame: pd.DataFrame, pairs: pd.DataFrame, metric: str,
+                    key: pd.Series) -> tuple[pd.Series, list[tuple[str, str, str, float]]]:
+    """True for the best run on `metric` (lowest `_Ordering.key`: best on the samples the runs share)
+    and for runs not significantly worse than it (Holm-adjusted paired test); False for runs
+    significantly worse; NA where untestable (no value, < 2 shared samples). A run the test finds
+    significantly *better* than the best (the ranking's shared samples or its mean ranks can disagree
+    with a pair's own shared samples) is False too, never "tied", and is returned as a conflict
+    (metric, best, better, p_holm) for leaderboard.md to warn about."""
     values = frame[metric].astype(float)
     out = pd.Series(pd.NA, index=frame.index, dtype="boolean")
-    if comparable.notna().sum() == 0:
-        return out
-    best_idx = (comparable.idxmax() if higher else comparable.idxmin())
-    best = frame.loc[best_idx, "run"]
+    conflicts: list[tuple[str, str, str, float]] = []
+    if key.notna().sum() == 0:
+        return out, conflicts
+    best = key.reindex(frame["run"]).idxmin()  # the first in leaderboard order among equals
     sub = pairs[pairs["metric"] == metric]
     for idx, label in frame["run"].items():
         if math.isnan(values[idx]):
@@ -251,8 +291,10 @@ def _tied_with_best(frame: pd.DataFrame, pairs: pd.DataFrame, metric: str, highe
         if not len(hit) or math.isnan(hit["p_holm"].iloc[0]):
             continue
         r = hit.iloc[0]
-        out[idx] = not (bool(r["significant"]) and r["better"] == best)
-    return out
+        out[idx] = not bool(r["significant"])
+        if bool(r["significant"]) and r["better"] == label:
+            conflicts.append((metric, best, label, float(r["p_holm"])))
+    return out, conflicts
 
 
 def _by_edit_type(table: Table) -> pd.DataFrame:
@@ -310,7 +352,9 @@ def index_frame(tables: list[Table]) -> pd.DataFrame:
     return pd.DataFrame([{
         "table": t.slug, "title": t.title, "protocol": t.protocol, "protocol_hash": t.protocol_hash,
         "dataset": t.dataset, "revision": t.revision, "n_runs": len(t.runs), "primary_metric": t.primary or "",
-        "primary_reason": t.primary_reason, "leaderboard_csv": f"leaderboard__{t.slug}.csv",
+        "primary_reason": t.primary_reason,
+        "ranked_by_mean_rank": ", ".join(m for m, basis in t.rank_basis.items() if basis == "mean_rank"),
+        "leaderboard_csv": f"leaderboard__{t.slug}.csv",
         "by_edit_type_csv": f"by_edit_type__{t.slug}.csv", "significance_csv": f"significance__{t.slug}.csv",
         "plots": f"plots/{t.slug}/",
     } for t in tables])
@@ -403,6 +447,7 @@ def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    lines += _ordering_notes(table)
     if table.primary and lb["partial"].astype(bool).any():
         n_shared = int(lb["rank_n_shared"].iloc[0])
         basis = (f"ranks compare every run on the {n_shared} sample(s) all runs have a value for" if n_shared else
@@ -442,6 +487,27 @@ def markdown_table(table: Table, *, plots_dir: str | None = None) -> str:
         lines.append(f"Plots: `{plots_dir}` (bars with 95% CIs per metric, per edit type, and the preservation/success scatter).")
         lines.append("")
     return "\n".join(lines)
+
+
+def _ordering_notes(table: Table) -> list[str]:
+    """Markdown lines saying which metrics are ordered by mean per-sample rank (`_ordering`), and a
+    warning for each run the paired test finds significantly better than the run ranked best."""
+    lines = []
+    by_rank = [m for m, basis in table.rank_basis.items() if basis == "mean_rank"]
+    if by_rank:
+        titles = " and ".join(metric_title(m) for m in by_rank)
+        sets = ("the order (#, ≈) and " if table.primary in by_rank else "") + "the best run (bold)"
+        lines += [f"{titles} {'is' if len(by_rank) == 1 else 'are'} ranked by mean per-sample rank: a mean is "
+                  f"infinite, so one sample would outweigh all others. On each sample all runs share, the runs are "
+                  f"ranked (1 = best, ties averaged), and their mean rank sets {sets}; the means shown are "
+                  f"unchanged.", ""]
+    for metric, best, better, p in table.rank_conflicts:
+        how = " by mean per-sample rank" if table.rank_basis.get(metric) == "mean_rank" else ""
+        lines += [f"**Warning:** on {metric_title(metric)}, {md_escape(better)} is significantly better than "
+                  f"{md_escape(best)} (paired test, Holm-adjusted {format_p(p)}) although {md_escape(best)} is ranked "
+                  f"best: the ranking compares all runs on the samples they all share{how}, the test compares each "
+                  f"pair on the samples the two share. {md_escape(better)} is not marked as tied with the best.", ""]
+    return lines
 
 
 def format_p(p: float) -> str:
