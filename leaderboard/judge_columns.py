@@ -3,9 +3,14 @@ part of a score), its judge-noise interval, and which runs' order is within judg
 
 Two runs are *within judge noise* when their judge-noise intervals (bootstrap over passes, see
 `ciebench.judge.passes`) overlap: asking the judge again could swap them. Runs judged with one pass
-have no interval and are never marked."""
+have no interval and are never marked.
+
+Run labels hold spaces, parentheses and brackets ("identity (a)", "ip2p [abc1234]"), so the pairs stay
+tuples of labels, and the CSV cell `idcs_within_noise_of` is a JSON list of labels: the one encoding
+that any label survives."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pandas as pd
@@ -20,9 +25,17 @@ def _judge_block(run: Any) -> dict[str, Any]:
     return (run.summary.get("metrics") or {}).get(JUDGED) or {}
 
 
+def within_noise_pairs(intervals: dict[str, dict[str, Any] | None]) -> list[tuple[str, str]]:
+    """The pairs of run labels (each pair in the order of `intervals`) whose judge-noise intervals
+    ({"low", "high"}, None for none) overlap."""
+    labels = list(intervals)
+    return [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:] if within_noise(intervals[a], intervals[b])]
+
+
 def add_judge_columns(frame: pd.DataFrame, runs: list) -> pd.DataFrame:
     """`judge_protocol`, `judge_protocol_hash`, `idcs_failures_<class>`, `idcs_noise_low/high` and
-    `idcs_within_noise_of` (labels, space-separated) for each row of `frame` (one per run, by label)."""
+    `idcs_within_noise_of` (a JSON list of labels: `json.loads` reads it back) for each row of `frame` (one
+    per run, by label)."""
     if JUDGED not in frame.columns:
         return frame
     by_label = {r.label: r for r in runs}
@@ -33,6 +46,10 @@ def add_judge_columns(frame: pd.DataFrame, runs: list) -> pd.DataFrame:
     canary = {r.label: r.summary.get("judge_canaries") or {} for r in runs}
     for c in FAILURE_CLASSES:
         extra[f"idcs_failures_{c}"] = []
+    near: dict[str, list[str]] = {label: [] for label in frame["run"]}
+    for a, b in within_noise_pairs({label: blocks.get(label, {}).get("judge_noise") for label in frame["run"]}):
+        near[a].append(b)
+        near[b].append(a)
     for label in frame["run"]:
         b = blocks.get(label, {})
         noise = b.get("judge_noise")
@@ -40,8 +57,7 @@ def add_judge_columns(frame: pd.DataFrame, runs: list) -> pd.DataFrame:
         extra["judge_protocol_hash"].append(b.get("protocol_hash", ""))
         extra["idcs_noise_low"].append(noise["low"] if noise else float("nan"))
         extra["idcs_noise_high"].append(noise["high"] if noise else float("nan"))
-        extra["idcs_within_noise_of"].append(" ".join(
-            other for other in frame["run"] if other != label and within_noise(noise, blocks.get(other, {}).get("judge_noise"))))
+        extra["idcs_within_noise_of"].append(json.dumps(near[label], ensure_ascii=False))
         c_info = canary.get(label, {})
         extra["judge_canary_agreement"].append(c_info.get("agreement") if c_info.get("agreement") is not None
                                                else float("nan"))
@@ -85,11 +101,12 @@ def judge_notes(frame: pd.DataFrame) -> list[str]:
     for _, r in frame.iterrows():
         if r.get("judge_canary_warning"):
             lines.append(f"**Warning ({md_escape(r['run'])}):** {md_escape(r['judge_canary_warning'])}.")
-    pairs = set()
-    for _, r in frame.iterrows():
-        for other in str(r["idcs_within_noise_of"] or "").split():
-            pairs.add(tuple(sorted((r["run"], other))))
+    # the pairs from the intervals themselves (tuples of labels), never from the CSV cell's text
+    intervals = {r["run"]: ({"low": r["idcs_noise_low"], "high": r["idcs_noise_high"]}
+                            if not (pd.isna(r["idcs_noise_low"]) or pd.isna(r["idcs_noise_high"])) else None)
+                 for _, r in frame.iterrows()}
+    pairs = sorted(tuple(sorted(pair)) for pair in within_noise_pairs(intervals))
     if pairs:
         lines.append("Within judge noise (their order could swap if the judge were asked again): "
-                     + "; ".join(f"{md_escape(a)} ~ {md_escape(b)}" for a, b in sorted(pairs)) + ".")
+                     + "; ".join(f"{md_escape(a)} ~ {md_escape(b)}" for a, b in pairs) + ".")
     return lines
