@@ -21,7 +21,10 @@ images and 8-bit L masks (255 = edit here). Deeper sources are *scaled*, never c
 Editor outputs (`check_image`): the one check every run applies to what an editor returns (a dataset
 run's samples, a benchmark run's final and intermediate turn images): a PIL image or an HxWx3(4)
 array, uint8 or float in [0, 1]. Values outside the range are the output's status (`out_of_range`),
-NaN/inf, other shapes or dtypes `invalid`: never clipped, zeroed or wrapped around.
+NaN/inf, other shapes or dtypes `invalid`: never clipped, zeroed or wrapped around. A PIL image of a
+mode deeper than 8 bits per channel (`F`, `I`, `I;16*`, `I;32*`) is checked as the same pixels given as
+an array (one band replicated to three), since Pillow's own conversion clips 16-bit values to 255 and
+truncates float values.
 
 The mask rule: a mask is converted with the same scaling to one grey channel (alpha dropped, colour
 by ITU-R 601 luma as Pillow's "L"), 255 = edit region, intermediate values are soft weights. A mask
@@ -37,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageMode, ImageOps
 
 from .errors import DataError
 from .status import Status
@@ -200,29 +203,53 @@ def _check_image(value: Any, size: tuple[int, int] | None) -> tuple[Image.Image 
     if value is None:
         return None, Status.INVALID, "editor returned no image"
     if not isinstance(value, Image.Image):
-        array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
-        if array.ndim != 3 or array.shape[2] not in (3, 4):
-            return None, Status.INVALID, f"editor returned an array of shape {array.shape}, expected HxWx3"
-        if array.dtype.kind == "f":
-            if not np.isfinite(array).all():
-                return None, Status.INVALID, "editor returned an image with NaN or inf values"
-            low, high = float(array.min()), float(array.max())
-            if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
-                return None, Status.OUT_OF_RANGE, (f"editor returned float pixels in [{low:.4g}, {high:.4g}]; "
-                                                   "float images must lie in [0, 1] (nothing was clipped)")
-            array = np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
-        elif array.dtype.kind in "iu":
-            low, high = int(array.min()), int(array.max())
-            if low < 0 or high > 255:
-                return None, Status.OUT_OF_RANGE, (f"editor returned integer pixels in [{low}, {high}]; integer "
-                                                   "images must lie in [0, 255] (nothing was wrapped around)")
-            array = array.astype(np.uint8)
-        elif array.dtype.kind == "b":
-            return None, Status.INVALID, "editor returned a boolean array, expected an RGB image"
-        else:
-            return None, Status.INVALID, f"editor returned an array of dtype {array.dtype}, expected uint8 or float"
-        value = Image.fromarray(array[..., :3])
-    if size is not None and value.size != size:
-        return None, Status.INVALID, (f"editor returned {value.size[0]}x{value.size[1]}, "
+        image, status, problem = _check_array(np.asarray(value.detach().cpu() if hasattr(value, "detach") else value))
+    elif _eight_bit(value.mode):
+        image, status, problem = value, None, None
+    else:
+        # Pillow's convert("RGB") would clip 16/32-bit values to 255 and truncate floats in [0, 1] to 0 or 1
+        # (a grey float image scored as black), so these pixels take the array rule, one band as grey.
+        array = np.asarray(value)
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=2)
+        image, status, problem = _check_array(array, f" (a PIL image of mode {value.mode})")
+    if image is None:
+        return None, status, problem
+    if size is not None and image.size != size:
+        return None, Status.INVALID, (f"editor returned {image.size[0]}x{image.size[1]}, "
                                       f"the source is {size[0]}x{size[1]}")
-    return value.convert("RGB"), None, None
+    return image.convert("RGB"), None, None
+
+
+def _eight_bit(mode: str) -> bool:
+    """Whether Pillow stores `mode` in 8 bits (or 1 bit) per channel (L, LA, P, PA, RGB, RGBA, 1, CMYK,
+    YCbCr, LAB, HSV, ...): then its own conversion to RGB is exact. Unknown modes count as deeper."""
+    try:
+        return ImageMode.getmode(mode).typestr in ("|u1", "|b1")
+    except KeyError:
+        return False
+
+
+def _check_array(array: np.ndarray, origin: str = "") -> tuple[Image.Image | None, Status | None, str | None]:
+    """The array rule of `check_image`; `origin` names where the pixels came from in the problem."""
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        return None, Status.INVALID, f"editor returned an array of shape {array.shape}{origin}, expected HxWx3"
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            return None, Status.INVALID, f"editor returned an image with NaN or inf values{origin}"
+        low, high = float(array.min()), float(array.max())
+        if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+            return None, Status.OUT_OF_RANGE, (f"editor returned float pixels in [{low:.4g}, {high:.4g}]{origin}; "
+                                               "float images must lie in [0, 1] (nothing was clipped)")
+        array = np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    elif array.dtype.kind in "iu":
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            return None, Status.OUT_OF_RANGE, (f"editor returned integer pixels in [{low}, {high}]{origin}; integer "
+                                               "images must lie in [0, 255] (nothing was wrapped around)")
+        array = array.astype(np.uint8)
+    elif array.dtype.kind == "b":
+        return None, Status.INVALID, "editor returned a boolean array, expected an RGB image"
+    else:
+        return None, Status.INVALID, f"editor returned an array of dtype {array.dtype}{origin}, expected uint8 or float"
+    return Image.fromarray(array[..., :3]), None, None

@@ -452,6 +452,57 @@ def test_out_of_range_editor_outputs_get_a_status_not_clipping(tmp_path):
                       "clean": "ok"}
 
 
+
+def test_pil_outputs_deeper_than_8_bits_get_the_array_rule_not_pillows_clipping(tmp_path):
+    """Pillow's convert("RGB") clips I;16 / I values to 255 and truncates F values in [0, 1] to 0 or 1:
+    a PIL output of those modes must get exactly what the same pixels get as an HxWx3 array."""
+    from ciebench.images import check_image
+
+    size = (4, 3)
+    grey = np.array([[0, 1, 2, 3], [50, 100, 128, 200], [253, 254, 255, 7]], dtype=np.uint8)
+    rgb = np.stack([grey] * 3, axis=-1)  # a one-band image means this grey in every channel
+    in_range = [  # (PIL image, the same pixels as an array)
+        (Image.fromarray(grey.astype(np.float32) / 255), rgb.astype(np.float32) / 255),  # F in [0, 1]
+        (Image.fromarray(grey.astype(np.uint16)), rgb.astype(np.uint16)),  # I;16 holding 8-bit levels
+        (Image.fromarray(grey.astype(">u2")), rgb.astype(">u2")),  # I;16B
+        (Image.fromarray(grey.astype(np.int32)), rgb.astype(np.int32)),  # I
+    ]
+    for pil, array in in_range:
+        assert pil.mode in ("F", "I;16", "I;16B", "I")
+        pil_image, pil_status, _ = check_image(pil, size)
+        array_image, array_status, _ = check_image(array, size)
+        assert pil_status is None and array_status is None, pil.mode
+        # the levels themselves (a float grey image is not black, v / 255 * 255 = v), as the array path stores them
+        assert np.array_equal(np.asarray(pil_image), rgb), pil.mode
+        assert np.array_equal(np.asarray(array_image), rgb), pil.mode
+    out_of_range = [
+        (Image.fromarray(grey.astype(np.uint16) * 257), rgb.astype(np.uint16) * 257, "I;16"),  # 16-bit levels
+        (Image.fromarray(grey.astype(np.float32)), rgb.astype(np.float32), "F"),  # floats as 0..255 levels
+        (Image.fromarray(grey.astype(np.int32) - 40), rgb.astype(np.int32) - 40, "I"),  # negative
+    ]
+    for pil, array, mode in out_of_range:
+        pil_image, pil_status, pil_problem = check_image(pil, size)
+        array_image, array_status, array_problem = check_image(array, size)
+        assert pil_image is None and array_image is None and pil_status == array_status == Status.OUT_OF_RANGE, mode
+        assert f"mode {mode}" in pil_problem and pil_problem.replace(f" (a PIL image of mode {mode})", "") == array_problem
+    nan = grey.astype(np.float32) / 255
+    nan[0, 0] = np.nan
+    assert check_image(Image.fromarray(nan), size)[1] == check_image(np.stack([nan] * 3, -1), size)[1] == Status.INVALID
+    # 8-bit modes keep Pillow's exact conversion
+    assert np.array_equal(np.asarray(check_image(Image.fromarray(grey), size)[0]), rgb)
+
+    # through a run: the float grey is scored as that grey, the 16-bit one is out_of_range, not white
+    ds = jsonl_dataset(tmp_path / "ds", ["pil-float-grey", "pil-16bit-grey"])
+    run = tmp_path / "run"
+    _evaluate("--editor", f"{HERE}:BadOutputs", "--dataset", str(ds), "--out", str(run), *FAST)
+    frame = read_samples(run).set_index("sample_id")
+    assert frame.loc["pil-float-grey", "status"] == "ok"
+    assert frame.loc["pil-16bit-grey", "status"] == "out_of_range" and "mode I;16" in frame.loc["pil-16bit-grey", "error"]
+    source_grey = np.asarray(Image.open(ds / "img0.png").convert("L"))
+    stored = np.asarray(Image.open(run / "images" / f"{file_stem('pil-float-grey', 0)}.png"))
+    assert np.array_equal(stored, np.stack([source_grey] * 3, axis=-1))
+    assert not (run / "images" / f"{file_stem('pil-16bit-grey', 0)}.png").exists()
+
 # --- §8 runs never get stuck -------------------------------------------------------------------------
 
 def _strict_json(text: str):

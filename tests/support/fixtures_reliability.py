@@ -69,8 +69,9 @@ class FailsFirstId(Editor):
 
 
 class BadOutputs(Editor):
-    """Per id: float pixels above 1, negative int pixels, ints above 255, an object in the trace, NaN
-    in the trace; any other id gets a clean float image in [0, 1]."""
+    """Per id: float pixels above 1, negative int pixels, ints above 255, the source's grey as a PIL float
+    image in [0, 1] (mode F) and as a 16-bit one (mode I;16, levels times 257), an object in the trace,
+    NaN in the trace; any other id gets a clean float image in [0, 1]."""
 
     name = "bad-outputs"
 
@@ -84,6 +85,12 @@ class BadOutputs(Editor):
                 results.append(EditResult(image=(base * 255).astype(np.int16) - 40))
             elif r.sample_id == "int-high":
                 results.append(EditResult(image=(base * 255).astype(np.int32) + 300))
+            elif r.sample_id == "pil-float-grey":
+                grey = np.asarray(r.image.convert("L"), dtype=np.float32)
+                results.append(EditResult(image=Image.fromarray(grey / 255.0)))
+            elif r.sample_id == "pil-16bit-grey":
+                grey = np.asarray(r.image.convert("L"), dtype=np.uint16)
+                results.append(EditResult(image=Image.fromarray(grey * 257)))
             elif r.sample_id == "object-trace":
                 results.append(EditResult(image=r.image, trace={"model": object(), "step": 1}))
             elif r.sample_id == "nan-trace":
