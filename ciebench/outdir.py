@@ -6,9 +6,12 @@ Every command that writes a folder (`data prepare`, `evaluate`, `score`, `leader
 - a missing or empty folder is created and gets the marker file `.ciebench-output.json` ({"kind": ...});
 - a folder with the marker of the same kind is ciebench's own earlier output and may be reused;
 - a folder with another kind's marker, or a non-empty folder without a marker, is refused
-  (`OutputConflict`, exit 5) with the name of the folder and what to do. A folder without a marker
-  whose every entry belongs to the command's own layout (output of a ciebench version that wrote no
-  marker) is adopted.
+  (`OutputConflict`, exit 5) with the name of the folder, the entries ciebench did not write and what to
+  do. A folder without a marker is adopted only when it demonstrably is the output of a ciebench
+  version that wrote no marker: every entry belongs to the command's own layout *and* the file that
+  version always wrote there says it is ciebench's (`EARLIER_OUTPUT`). Layout names alone prove
+  nothing: a user's own `images/` or `summary.json` carries them too, and adopting it would let
+  `--overwrite` (or a rewrite) delete the user's files.
 
 `clear(out, kind)` (what `--overwrite` does) deletes only the entries of the kind's layout, never
 anything else a user put there. `lock(out)` makes a second process on the same folder fail at once
@@ -28,10 +31,10 @@ import shutil
 import stat
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import OutputConflict
-from .io import staging_dir
+from .io import read_json_object, staging_dir
 
 MARKER = ".ciebench-output.json"
 LOCK = ".ciebench.lock"
@@ -58,8 +61,78 @@ DESCRIPTIONS = {"run": "an evaluate run", "score": "a score output", "leaderboar
                 "dataset": "a prepared dataset"}
 
 
+def _json_keys(name: str, *keys: str) -> Callable[[Path], bool]:
+    """Evidence: `name` is a JSON object holding every one of `keys` ("a.b": key b of the object at key a);
+    a file that is not a regular file or does not parse (a FIFO included) is no evidence."""
+    def has(data: Any, key: str) -> bool:
+        for part in key.split("."):
+            if not isinstance(data, dict) or part not in data:
+                return False
+            data = data[part]
+        return True
+
+    def holds(out: Path) -> bool:
+        try:
+            data = read_json_object(out / name)
+        except ValueError:  # unreadable or not UTF-8 (UnicodeDecodeError is a ValueError)
+            return False
+        return all(has(data, key) for key in keys)
+
+    return holds
+
+
+def _csv_header(name: str, *columns: str) -> Callable[[Path], bool]:
+    """Evidence: the first line of `name` (a regular file, so a FIFO is never opened) starts with `columns`."""
+    def holds(out: Path) -> bool:
+        path = out / name
+        if not path.is_file():
+            return False
+        try:
+            with path.open(encoding="utf-8") as fh:
+                first = fh.readline(4096)
+        except (OSError, ValueError):
+            return False
+        return first.rstrip("\r\n").split(",")[:len(columns)] == list(columns)
+
+    return holds
+
+
+# What shows that a folder without a marker is the output of a ciebench version that wrote none (before
+# markers): per kind, the file such a version wrote in every folder of that kind (first, where a run could
+# be killed), in a form only ciebench writes; any one of them is enough.
+EARLIER_OUTPUT: dict[str, tuple[str, tuple[Callable[[Path], bool], ...]]] = {
+    # the frozen RunSpec, written before any sample is edited
+    "run": ("spec.json of a ciebench run (with ciebench_version and spec_hash)",
+            (_json_keys("spec.json", "ciebench_version", "spec_hash", "editor", "dataset"),)),
+    # `score` wrote {"editor": null, "predictions", "dataset", "score_options"} first; later a RunSpec
+    "score": ("spec.json of a ciebench score (with predictions and dataset)",
+              (_json_keys("spec.json", "predictions", "dataset", "score_options"),
+               _json_keys("spec.json", "predictions", "dataset", "ciebench_version", "spec_hash"))),
+    # `--benchmark` runs wrote their spec (benchmark name, spec_hash) first; score and re-aggregation
+    # only summary.json, which holds the benchmark's description
+    "benchmark": ("spec.json or summary.json of a ciebench benchmark run",
+                  (_json_keys("spec.json", "benchmark", "spec_hash", "editor"),
+                   _json_keys("summary.json", "benchmark.name", "benchmark.hub_revision", "benchmark.headline"))),
+    # the index of tables every leaderboard writes (`leaderboard.tables.index_frame`)
+    "leaderboard": ("tables.csv of a ciebench leaderboard", (_csv_header("tables.csv", "table", "title", "protocol",
+                                                                            "protocol_hash"),)),
+    # the card `data prepare` writes beside every format
+    "dataset": ("ciebench_card.json of a prepared dataset",
+                (_json_keys("ciebench_card.json", "source", "kind", "revision", "n_samples"),)),
+}
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
 def _owned(name: str, kind: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in LAYOUTS[kind] + _ALWAYS_OURS)
+    return _matches(name, LAYOUTS[kind] + _ALWAYS_OURS)
+
+
+def earlier_output(out: Path, kind: str) -> bool:
+    """Whether `out`, which has no marker, demonstrably is `kind`'s output of an older ciebench."""
+    return any(holds(Path(out)) for holds in EARLIER_OUTPUT[kind][1])
 
 
 def marker_kind(out: Path) -> str | None:
@@ -92,11 +165,16 @@ def claim(out: str | os.PathLike, kind: str, *, exclusive_layout: bool = False) 
         if found is not None and found != kind:
             raise OutputConflict(f"{out} holds {DESCRIPTIONS.get(found, found)}, not {what}",
                                  hint="choose another --out; ciebench never reuses one kind of output folder for another")
-        foreign = foreign_entries(out, kind)
+        foreign, unproven = foreign_entries(out, kind), ""
+        if found is None and not earlier_output(out, kind):
+            # names of the layout prove nothing (a user's own images/ or summary.json has them): with neither
+            # the marker nor the file an older ciebench always wrote, none of the entries is ciebench's
+            foreign = sorted(entry.name for entry in os.scandir(out) if not _matches(entry.name, _ALWAYS_OURS))
+            unproven = f"; it has no marker {MARKER} and no {EARLIER_OUTPUT[kind][0]}"
         if foreign and (found is None or exclusive_layout):
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise OutputConflict(
-                f"{out} is not empty and holds files ciebench did not write ({shown})",
+                f"{out} is not empty and holds files ciebench did not write ({shown}){unproven}",
                 hint="choose a new or empty folder for --out; ciebench never deletes files it did not write, "
                      "--overwrite included")
         if found == kind:

@@ -24,7 +24,7 @@ from ciebench.results import file_stem, id_stem, read_samples, summarize, write_
 from ciebench.scoring import find_predictions
 from ciebench.status import Status
 
-from tests.support.fixtures_reliability import ODD_IDS, hold_lock, jsonl_dataset, write_image
+from tests.support.fixtures_reliability import OLDER_OUTPUTS, ODD_IDS, hold_lock, jsonl_dataset, write_image
 
 runner = CliRunner()
 FAST = ["--metrics", "psnr,mse"]
@@ -110,18 +110,81 @@ def test_prepared_and_exported_folders_get_the_umask_mode_not_mkdtemp_0700(tmp_p
         os.umask(previous)
 
 
-def test_claim_adopts_unmarked_own_layout_and_clear_keeps_the_rest(tmp_path):
-    old = tmp_path / "old-board"
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under `root` with its bytes (None for a folder): what must not change."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("kind, build, evidence", OLDER_OUTPUTS, ids=[b.__name__.lstrip("_") for _, b, _ in OLDER_OUTPUTS])
+def test_claim_adopts_unmarked_output_of_an_older_ciebench_but_not_its_names_alone(tmp_path, kind, build, evidence):
+    old = tmp_path / "old"
     old.mkdir()
-    (old / "leaderboard.md").write_text("# old")
-    (old / "plots").mkdir()
-    outdir.claim(old, "leaderboard")  # written by a version without markers: nothing foreign, adopted
-    assert outdir.marker_kind(old) == "leaderboard"
+    build(old)  # as a ciebench without output markers left it
+    outdir.claim(old, kind)
+    assert outdir.marker_kind(old) == kind
     (old / "README.txt").write_text("mine")
-    outdir.clear(old, "leaderboard")
+    outdir.clear(old, kind)
     assert sorted(p.name for p in old.iterdir()) == sorted([outdir.MARKER, "README.txt"])
+    # The same names without the file that version always wrote, or with the user's own file of that name:
+    # nothing shows ciebench wrote them (a user's images/, summary.json, README.md + data/), so the folder is
+    # refused with every entry named, and nothing in it changes (no marker either).
+    for own in (None, '{"my": "own notes"}\n'):
+        mine = tmp_path / ("without" if own is None else "own") / kind
+        mine.mkdir(parents=True)
+        build(mine)
+        (mine / evidence).unlink()
+        if own is not None:
+            (mine / evidence).write_text(own)
+        before = _tree(mine)
+        with pytest.raises(OutputConflict) as refused:
+            outdir.claim(mine, kind)
+        message = str(refused.value)
+        assert "did not write" in message and outdir.MARKER in message and evidence in message
+        assert all(entry.name in message for entry in mine.iterdir()), message
+        assert _tree(mine) == before
     with pytest.raises(OutputConflict):
         outdir.claim(old / "README.txt", "run")  # a file, not a folder
+
+
+def test_a_users_folder_with_only_layout_names_is_refused_and_left_as_it_was(tmp_path):
+    """Audit repro: `evaluate --overwrite` deleted a user's images/my_edit_1.png, `score` replaced a user's
+    summary.json, because their names fit the layout of an earlier run."""
+    edits = tmp_path / "edits"
+    write_image(edits / "images" / "my_edit_1.png", 3)
+    before = _tree(edits)
+    for extra in ((), ("--overwrite",)):
+        r = _cli("evaluate", "--editor", "identity", "--dataset", "mini", "--out", str(edits), "--limit", "1",
+                 *extra, *FAST)
+        assert r.exit_code == ExitCode.OUTPUT_CONFLICT and "did not write (images)" in r.output, r.output
+    assert _tree(edits) == before
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "summary.json").write_text('{"my": "own notes"}')
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    r = _cli("score", "--dataset", "mini", "--predictions", str(preds), "--out", str(notes), *FAST)
+    assert r.exit_code == ExitCode.OUTPUT_CONFLICT and "summary.json" in r.output, r.output
+    assert _tree(notes) == {"summary.json": b'{"my": "own notes"}'}
+    repo = tmp_path / "my-dataset-repo"  # a Hub dataset repository of the user's: data prepare replaces whole folders
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "train.csv").write_text("id\n1\n")
+    (repo / "README.md").write_text("# my data")
+    before = _tree(repo)
+    r = _cli("data", "prepare", "mini", "--out", str(repo))
+    assert r.exit_code == ExitCode.OUTPUT_CONFLICT and "README.md" in r.output, r.output
+    assert _tree(repo) == before
+    fifo = tmp_path / "fifo"  # evidence is read from regular files only: a FIFO named spec.json never blocks
+    fifo.mkdir()
+    os.mkfifo(fifo / "spec.json")
+    with pytest.raises(OutputConflict):
+        outdir.claim(fifo, "run")
+    # an older ciebench's run (no marker) is still adopted: --overwrite replaces its files, as it did before
+    old = tmp_path / "old-run"
+    old.mkdir()
+    OLDER_OUTPUTS[0][1](old)
+    _evaluate("--editor", "identity", "--dataset", "mini", "--out", str(old), "--limit", "1", "--overwrite", *FAST)
+    assert outdir.marker_kind(old) == "run" and not (old / "records" / "a__s0.json").exists()
+    assert len(list((old / "records").iterdir())) == 1
 
 
 # --- §2 ids are opaque strings ------------------------------------------------------------------------

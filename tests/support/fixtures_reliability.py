@@ -145,3 +145,70 @@ def hold_lock(folder: Path) -> subprocess.Popen:
     line = proc.stdout.readline()
     assert line.strip() == "locked" and time.monotonic() < deadline, line
     return proc
+
+
+# --- output folders as a ciebench without output markers left them ---------------------------------------
+# The files are spelt out by hand from the writers of that version (git d099ab5: runner.prepare_run_dir,
+# cli score, leaderboard.report, datasets.prepare; 7b52128: benchmarks.run), not produced by today's code,
+# so a change of today's writers cannot make these tests agree with themselves.
+
+def _json(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2), encoding="utf-8")
+
+
+def _older_run(out: Path) -> None:
+    _json(out / "spec.json", {
+        "editor": {"name": "identity", "class": "ciebench.baselines.identity:Identity", "version": "1", "config": {}},
+        "dataset": {"spec": "mini", "kind": "mini", "revision": "3f2a", "n": 1}, "seeds": [0],
+        "protocol": {"name": "cielr", "hash": "ab12"}, "metrics": ["psnr"], "judge": None, "limit": 1,
+        "ciebench_version": "0.1.0", "notes": {}, "spec_hash": "0123456789abcdef", "editor_config_hash": "fedcba9876543210"})
+    write_image(out / "images" / "a__s0.png", 0)
+    _json(out / "records" / "a__s0.json", {"status": "ok", "error": None})
+    (out / "samples.csv").write_text("sample_id,seed,status,psnr\na,0,ok,30.0\n", encoding="utf-8")
+    _json(out / "summary.json", {"n_samples": 1, "versions": {"ciebench": "0.1.0"}})
+
+
+def _older_score(out: Path) -> None:
+    _json(out / "spec.json", {"editor": None, "predictions": "/data/preds",
+                              "dataset": {"spec": "mini", "revision": "3f2a", "n": 1},
+                              "score_options": {"protocol": "cielr", "metrics": ["psnr"], "judge": None}})
+    (out / "samples.csv").write_text("sample_id,seed,status,psnr\na,0,ok,30.0\n", encoding="utf-8")
+
+
+def _older_leaderboard(out: Path) -> None:
+    (out / "tables.csv").write_text(
+        "table,title,protocol,protocol_hash,dataset,revision,n_runs,primary_metric,primary_reason,leaderboard_csv,"
+        "by_edit_type_csv,significance_csv,plots\nmini,mini,cielr,ab12,mini,3f2a,1,psnr,,leaderboard__mini.csv,"
+        "by_edit_type__mini.csv,significance__mini.csv,plots/mini/\n", encoding="utf-8")
+    (out / "leaderboard.md").write_text("# CIEBench leaderboard\n", encoding="utf-8")
+    (out / "leaderboard.csv").write_text("table,editor\nmini,identity\n", encoding="utf-8")
+    (out / "plots" / "mini").mkdir(parents=True)
+
+
+def _older_benchmark_run(out: Path) -> None:
+    _json(out / "spec.json", {"benchmark": "risebench", "root": None, "hub_revision": "abc", "limit": 2,
+                              "editor": {"name": "identity"}, "judge": {}, "prompts_sha256": "00",
+                              "spec_hash": "0123456789abcdef"})
+    write_image(out / "images" / "Temporal" / "1.png", 0)
+    (out / "verdicts.jsonl").write_text("{}\n", encoding="utf-8")
+
+
+def _older_benchmark_score(out: Path) -> None:  # `score --benchmark` wrote no spec.json, only the summary
+    _json(out / "summary.json", {"benchmark": {"name": "risebench", "title": "RISEBench", "size": 360,
+                                               "categories": [], "licence": "", "needs": [], "hub_id": None,
+                                               "hub_revision": "abc", "code": "", "headline": "accuracy"},
+                                 "predictions": "/data/outputs", "run": {"judging": {}}, "judge": {}})
+    (out / "verdicts.jsonl").write_text("{}\n", encoding="utf-8")
+
+
+def _older_dataset(out: Path) -> None:
+    _json(out / "ciebench_card.json", {"source": "mini", "kind": "mini", "revision": "3f2a", "n_samples": 1,
+                                       "problems": [], "format": "parquet"})
+    (out / "data.parquet").write_bytes(b"PAR1")
+
+
+# (kind, builder, the file that shows it is ciebench's)
+OLDER_OUTPUTS = [("run", _older_run, "spec.json"), ("score", _older_score, "spec.json"),
+                 ("leaderboard", _older_leaderboard, "tables.csv"), ("benchmark", _older_benchmark_run, "spec.json"),
+                 ("benchmark", _older_benchmark_score, "summary.json"), ("dataset", _older_dataset, "ciebench_card.json")]
