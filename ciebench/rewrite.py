@@ -10,6 +10,12 @@ The wrapped editor's options are accepted as they are; the rewriter's are the `r
 template's hash is part of the editor version, and the options are part of the config, so both decide
 the config hash. Replies are cached under `cache_root()/llm` (a rerun asks nothing). The trace holds the
 original and the rewritten instruction, the rewriter's identity and the inner editor's trace.
+
+The wrapper takes the cases the wrapped editor takes: its `supports` and `handles_turns` are the inner
+editor's (an editor such as `qwen-image-edit` decides them per instance, from its pipeline). A
+multi-image request reaches the inner editor with all its images; the rewriter sees the source image.
+A request holding every turn (`handles_turns`) has each turn rewritten, since the inner editor reads
+`turns`, not only `instruction`.
 """
 from __future__ import annotations
 
@@ -61,7 +67,9 @@ def _make(inner: type[Editor]) -> type[Editor]:
     template = get_template(TEMPLATE, TEMPLATE_VERSION)
     return type(f"Rewrite{inner.__name__}", (RewriteEditor,), {
         "__module__": __name__, "inner_cls": inner, "Config": config,
-        "name": f"{PREFIX}{inner.display_name()}", "presets": dict(inner.presets), "requires": (
+        "name": f"{PREFIX}{inner.display_name()}", "presets": dict(inner.presets),
+        # the class-level declaration; `__init__` takes the inner instance's, which may differ per preset
+        "supports": inner.supports, "handles_turns": inner.handles_turns, "requires": (
             *inner.requires, "llm: an API key or a local model (the rewriter)"),
         "version": f"{inner.version}+rewrite{TEMPLATE_VERSION}.{template.hash[:8]}"})
 
@@ -80,6 +88,9 @@ class RewriteEditor(Editor):
         inner_options = {name: getattr(cfg, name) for name in inner_fields}
         self.inner = self.inner_cls(**inner_options) if inner_options else self.inner_cls()
         self.oracle_mask = self.inner.oracle_mask
+        # the runner asks the wrapper which cases it takes: answer for the editor that does the editing
+        self.supports = self.inner.supports
+        self.handles_turns = self.inner.handles_turns
         self.llm_config = LLMConfig(backend=cfg.rewriter_backend, model=cfg.rewriter_model,
                                     base_url=cfg.rewriter_base_url, api_key_env=cfg.rewriter_api_key_env,
                                     temperature=cfg.rewriter_temperature, max_tokens=cfg.rewriter_max_tokens)
@@ -104,24 +115,34 @@ class RewriteEditor(Editor):
 
         if self._client is None:
             self._client = make_client(self.llm_config, cache_dir=cache_root() / "llm")
-        calls = [LLMCall(self.template, {"instruction": r.instruction},
-                         images=[r.image] if self.config.rewriter_with_image else (), schema=SCHEMA) for r in requests]
-        replies = self._client.complete_many(calls)
+        # one rewrite per instruction: each turn of a whole-case request, else the request's instruction
+        texts = [list(r.turns) or [r.instruction] for r in requests]
+        calls = [LLMCall(self.template, {"instruction": text},
+                         images=[r.image] if self.config.rewriter_with_image else (), schema=SCHEMA)
+                 for r, request_texts in zip(requests, texts) for text in request_texts]
+        flat = iter(self._client.complete_many(calls))
         results: list[EditResult | None] = [None] * len(requests)
-        todo: list[tuple[int, EditRequest, Any]] = []
-        for i, (r, reply) in enumerate(zip(requests, replies)):
+        todo: list[tuple[int, EditRequest, list[Any]]] = []
+        for i, (r, request_texts) in enumerate(zip(requests, texts)):
+            replies = [next(flat) for _ in request_texts]
             trace = {"instruction": r.instruction, "rewriter": self.rewriter()}
-            if reply.ok:
-                todo.append((i, dataclasses.replace(r, instruction=reply.parsed["instruction"].strip()), reply))
-            else:
-                results[i] = EditResult.failure(f"sample {r.sample_id}: the rewriter failed: {reply.error}", trace=trace)
+            failed = next((reply for reply in replies if not reply.ok), None)
+            if failed is not None:
+                results[i] = EditResult.failure(f"sample {r.sample_id}: the rewriter failed: {failed.error}", trace=trace)
+                continue
+            rewritten = [reply.parsed["instruction"].strip() for reply in replies]
+            # `replace` keeps `images`: a multi-image case reaches the inner editor whole
+            todo.append((i, dataclasses.replace(r, instruction=rewritten[0], turns=rewritten if r.turns else []), replies))
         inner_results = self.inner.edit([r for _, r, _ in todo]) if todo else []
-        for (i, rewritten, reply), result in zip(todo, inner_results):
+        for (i, rewritten, replies), result in zip(todo, inner_results):
             inner_trace = result.trace or {}
+            reply_info = [{"cached": reply.cached, "attempts": reply.attempts, "usage": reply.usage} for reply in replies]
             result.trace = {"instruction": requests[i].instruction, "rewritten_instruction": rewritten.instruction,
-                            "rewriter": self.rewriter(),
-                            "rewriter_reply": {"cached": reply.cached, "attempts": reply.attempts, "usage": reply.usage},
+                            "rewriter": self.rewriter(), "rewriter_reply": reply_info[0],
                             "inner": {k: v for k, v in inner_trace.items() if k != "artifacts"}}
+            if rewritten.turns:
+                result.trace["turns"] = [{"instruction": text, "rewritten_instruction": new, "rewriter_reply": info}
+                                         for text, new, info in zip(requests[i].turns, rewritten.turns, reply_info)]
             if "artifacts" in inner_trace:
                 result.trace["artifacts"] = inner_trace["artifacts"]
             results[i] = result

@@ -10,9 +10,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ciebench.cli import app
-from ciebench.editor import EditRequest
+from ciebench.editor import EditRequest, EditResult, Editor
 from ciebench.editor_config import build_editor
 
+from tests.support.fixtures_diffusers_editors import QWEN_EDIT_2511, diffusers_editor_hub, small_working_area  # noqa: F401
 from tests.support.fixtures_editors import publish_tiny_instruct_pix2pix
 from tests.support.llm_server import error, json_reply, respond, serve_llm
 
@@ -111,3 +112,73 @@ def test_rewrite_declares_the_wrapped_editors_assets_and_the_rewriters():
     _, notes = configuration_requirements(Configuration(
         editors=("rewrite:tests.support.editors_for_tests:NoisyEditor",), dataset="mini", metrics=("psnr",)))
     assert len(notes) == 1 and "declares no assets" in notes[0]
+
+
+def test_rewrite_takes_the_cases_its_editor_takes_and_hands_multi_image_cases_over_whole(diffusers_editor_hub,
+                                                                                          small_working_area):
+    """`qwen-image-edit` (2511) declares multi_image per instance (its pipeline reads a list of reference
+    images); wrapped, a two-image case must not be recorded unsupported, and the pipeline must get both
+    images: the result is the direct editor's on the rewritten instruction (same seed, same images)."""
+    from ciebench.turns import MULTI_IMAGE, unsupported_reason
+
+    diffusers_editor_hub(QWEN_EDIT_2511)
+    rng = np.random.default_rng(3)
+    source, reference = (Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(2))
+    with serve_llm(latency_s=0.0) as server:
+        server.on("combine them", then=json_reply({"instruction": "put the cup of image 2 on the table"}))
+        llm = [f"rewriter_base_url={server.base_url}", "rewriter_api_key_env=none", "rewriter_model=m"]
+        wrapped = build_editor("rewrite:qwen-image-edit", ["steps=2", *llm])
+        assert unsupported_reason(wrapped, 2, 1) is None and MULTI_IMAGE in wrapped.describe()["supports"]
+        # per instance: the first release (preset base, one-image pipeline) still refuses such cases
+        assert "does not declare multi_image" in unsupported_reason(build_editor("rewrite:qwen-image-edit", llm,
+                                                                                 preset="base"), 2, 1)
+        pipe = wrapped.inner._pipeline()
+        seen, original = [], type(pipe).__call__
+        type(pipe).__call__ = lambda self, *a, **k: (seen.append(k["image"]), original(self, *a, **k))[1]
+        try:
+            out = wrapped.edit([EditRequest("m", source, "combine them", seed=4, images=[source, reference])])[0]
+        finally:
+            type(pipe).__call__ = original
+    assert out.status == "ok" and out.trace["rewritten_instruction"] == "put the cup of image 2 on the table"
+    assert len(seen) == 1 and [np.asarray(im).tolist() for im in seen[0]] == [np.asarray(source).tolist(),
+                                                                              np.asarray(reference).tolist()]
+    direct = build_editor("qwen-image-edit", ["steps=2"]).edit(
+        [EditRequest("m", source, "put the cup of image 2 on the table", seed=4, images=[source, reference])])[0]
+    assert np.array_equal(np.asarray(out.image), np.asarray(direct.image))
+
+
+class WholeCase(Editor):
+    """Takes a multi-turn case at once (`handles_turns`) and records the turns it was given."""
+
+    name = "whole-case"
+    supports = frozenset({"multi_image", "multi_turn"})
+    handles_turns = True
+    seen: list[EditRequest] = []
+
+    def edit(self, requests):
+        WholeCase.seen.extend(requests)
+        return [EditResult(image=r.images[-1]) for r in requests]
+
+
+def test_rewrite_of_an_editor_that_handles_turns_rewrites_every_turn():
+    """The runner hands such an editor one request holding every turn; it reads `turns`, so each turn is
+    rewritten (not only the first, which is also `instruction`)."""
+    from ciebench.rewrite import rewrite_editor_class
+    from ciebench.turns import drive_turns, unsupported_reason
+
+    cls = rewrite_editor_class(WholeCase)
+    assert cls.supports == WholeCase.supports and cls.handles_turns is True
+    source, other = Image.new("RGB", (8, 8), (1, 2, 3)), Image.new("RGB", (8, 8), (4, 5, 6))
+    WholeCase.seen.clear()
+    with serve_llm(latency_s=0.0) as server:
+        server.on(then=respond(_explicit))
+        wrapped = cls(rewriter_base_url=server.base_url, rewriter_api_key_env="none", rewriter_model="m")
+        assert unsupported_reason(wrapped, 2, 3) is None
+        outcome = drive_turns(wrapped, EditRequest("c", source, "first", images=[source, other]),
+                              ["first", "second", "third"], wrapped.edit)
+    assert server.count == 3 and len(WholeCase.seen) == 1
+    given = WholeCase.seen[0]
+    assert given.turns == ["EXPLICIT: first", "EXPLICIT: second", "EXPLICIT: third"]
+    assert given.instruction == "EXPLICIT: first" and given.images == [source, other]
+    assert outcome.final.status == "ok" and outcome.final.image is other
+    assert [t["rewritten_instruction"] for t in outcome.final.trace["turns"]] == given.turns
