@@ -19,6 +19,10 @@ to `max_area`, as Kontext does, so they keep it). One exception to "pipeline": Q
 sizes its output from the last of several input images, so a multi-image case is given the size the
 pipeline picks for the source alone. Outputs are resized back to the source size (bicubic) so metrics
 compare like with like; the trace records the working size.
+
+Pipelines load with all their components, a safety checker included (StableDiffusion* checkpoints ship
+one). A flagged output, which diffusers replaces with a black image, is the sample's refusal (status
+"refused", naming the checker), never an edited image.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from typing import Any
 from PIL import Image
 
 from ciebench.editor import EditorConfig, EditRequest, EditResult, Editor
+from ciebench.status import Status
 from ciebench.turns import MULTI_IMAGE
 from ciebench.errors import UsageError
 
@@ -102,6 +107,24 @@ class DiffusersEditConfig(EditorConfig):
 # (diffusers 0.42: QwenImageEditPlusPipeline.__call__ and Flux2(Klein)Pipeline.__call__ loop over it as
 # condition images), not a batch of samples. They take multi-image cases, and cannot batch samples.
 REFERENCE_LIST_PIPELINES = frozenset({"QwenImageEditPlusPipeline", "Flux2KleinPipeline", "Flux2Pipeline"})
+
+
+# Output fields in which diffusers pipelines give their safety checker's verdict per image (diffusers
+# 0.42: StableDiffusion*PipelineOutput and others `nsfw_content_detected`, DeepFloyd IF `nsfw_detected`);
+# the checker has already replaced a flagged image with a black one.
+NSFW_FIELDS = ("nsfw_content_detected", "nsfw_detected")
+
+
+def nsfw_flags(output: Any, n: int) -> list[bool]:
+    """Per image of `output`, whether the pipeline's safety checker flagged it (all False without one)."""
+    for name in NSFW_FIELDS:
+        flags = getattr(output, name, None)
+        if flags is not None:
+            flags = [bool(f) for f in flags] if hasattr(flags, "__iter__") else [bool(flags)] * n
+            if len(flags) != n:
+                raise RuntimeError(f"the pipeline's {name} has {len(flags)} entries for {n} images")
+            return flags
+    return [False] * n
 
 
 def resolve_config(config: DiffusersEditConfig) -> DiffusersEditConfig:
@@ -320,12 +343,19 @@ class DiffusersEditor(Editor):
         if len(output.images) != len(batch):
             raise RuntimeError(f"{self.config.pipeline} returned {len(output.images)} images for {len(batch)} prompts")
         per_image = (time.perf_counter() - started) / len(batch)
-        return [EditResult(image=image.convert("RGB").resize(r.image.size, Image.BICUBIC),
-                           trace={"working_size": list(image.size), "pipeline": self.config.pipeline,
-                                  "model_id": self.config.model_id,
-                                  "resolution_policy": self.config.resolution_policy or "pipeline"},
-                           timings={"edit_seconds": per_image})
-                for r, image in zip(batch, output.images)]
+        checker = type(getattr(pipe, "safety_checker", None)).__name__
+        results = []
+        for r, image, flagged in zip(batch, output.images, nsfw_flags(output, len(batch))):
+            trace = {"working_size": list(image.size), "pipeline": self.config.pipeline, "model_id": self.config.model_id,
+                     "resolution_policy": self.config.resolution_policy or "pipeline"}
+            if flagged:  # the image is the checker's black stand-in: scoring it would score a non-edit
+                results.append(EditResult(image=None, status=Status.REFUSED, trace=trace, timings={"edit_seconds": per_image},
+                                          error=f"sample {r.sample_id}: {self.config.pipeline}'s safety checker ({checker}) "
+                                                "flagged the output as NSFW (diffusers returns a black image instead)"))
+            else:
+                results.append(EditResult(image=image.convert("RGB").resize(r.image.size, Image.BICUBIC), trace=trace,
+                                          timings={"edit_seconds": per_image}))
+        return results
 
     def close(self) -> None:
         self._pipe = None

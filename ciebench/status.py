@@ -16,7 +16,7 @@ class Status(str, Enum):
     INVALID = "invalid"                # the editor returned NaN/inf pixels, a wrong size or shape
     OUT_OF_RANGE = "out_of_range"      # float pixels outside [0, 1] or integers outside [0, 255]
     RECORD_ERROR = "record_error"      # the result could not be recorded (e.g. a trace that is not JSON)
-    REFUSED = "refused"                # an image API's content filter or refusal declined the edit
+    REFUSED = "refused"                # an image API's content filter or a pipeline's safety checker declined the edit
     UNSUPPORTED = "unsupported"        # the editor does not take this case (several images or turns)
     INPUT_ERROR = "input_error"        # a benchmark case's input image cannot be read
     # scoring
@@ -43,7 +43,8 @@ _MEANING = {
     Status.OUT_OF_RANGE: "the editor returned pixel values outside the valid range (float outside [0, 1], "
                          "integers outside [0, 255]); nothing is clipped",
     Status.RECORD_ERROR: "the result could not be recorded (its trace is kept as text)",
-    Status.REFUSED: "the image API refused the edit or filtered its result: its own status, never an image",
+    Status.REFUSED: "the image API refused the edit or filtered its result (or a diffusers pipeline's safety checker "
+                    "flagged it): its own status, never an image",
     Status.UNSUPPORTED: "the editor does not take this case (several input images or turns); never scored as a "
                         "failure of the editor",
     Status.INPUT_ERROR: "an input image of the benchmark case cannot be read",

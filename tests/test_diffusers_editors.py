@@ -16,7 +16,8 @@ from ciebench.editor_config import build_editor
 from ciebench.spec import RunSpec
 
 from tests.support.fixtures_diffusers_editors import (FLUX2_KLEIN_4B, FLUX_KONTEXT, LONGCAT_EDIT, QWEN_EDIT, QWEN_EDIT_2509,
-                                         QWEN_EDIT_2511, SD_IMG2IMG, diffusers_editor_hub,  # noqa: F401
+                                         QWEN_EDIT_2511, SD_IMG2IMG, SD_IMG2IMG_FLAGGING,
+                                         diffusers_editor_hub,  # noqa: F401
                                          small_working_area)  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "small_working_area")
@@ -171,6 +172,32 @@ def test_generic_diffusers_editor_runs_a_class_without_a_builtin_entry(tmp_path:
     assert {k: config[k] for k in options} == options and config["guidance_scale"] is None  # pipeline default
     trace = json.loads(next((run / "traces").glob("*.json")).read_text())
     assert trace["working_size"] == [64, 64]
+
+
+def test_outputs_the_safety_checker_flags_are_refusals_never_black_edits(diffusers_editor_hub):
+    """A checkpoint's safety checker replaces a flagged output with a black image and says so in
+    `nsfw_content_detected`; that sample is refused (no image, the checker named), per sample of a batch."""
+    import torch
+
+    diffusers_editor_hub(SD_IMG2IMG_FLAGGING)
+    ed = build_editor("diffusers", ["pipeline=StableDiffusionImg2ImgPipeline", f"model_id={SD_IMG2IMG_FLAGGING}",
+                                    "steps=2", "strength=0.5", "resolution_policy=source", "max_area=4096",
+                                    "multiple_of=8", "batch=true"])
+    rng = np.random.default_rng(0)
+    requests = [EditRequest(i, Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)), "make it red", seed=1)
+                for i in ("a", "b")]
+    for out in ed.edit(requests):  # the tiny checker flags everything
+        assert out.status == "refused" and out.image is None
+        assert "safety checker (StableDiffusionSafetyChecker) flagged" in out.error and out.trace["working_size"] == [64, 64]
+
+    def flag_second(clip_input, images):  # the checker's contract: black the flagged image, one flag per image
+        images[1] = torch.zeros_like(images[1])
+        return images, [False, True]
+
+    ed._pipeline().safety_checker.forward = flag_second
+    kept, refused = ed.edit(requests)
+    assert kept.status == "ok" and np.asarray(kept.image).max() > 0 and kept.image.size == (64, 64)
+    assert refused.status == "refused" and refused.image is None and refused.error.startswith("sample b:")
 
 
 def test_clear_errors_for_bad_settings(diffusers_editor_hub):

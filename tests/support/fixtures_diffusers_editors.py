@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .fixtures_editors import publish_tiny_instruct_pix2pix
-from .fixtures_models import clip_tokenizer
+from .fixtures_models import clip_image_processor, clip_tokenizer, tiny_clip_config
 from .tiny_qwen import CHAT_TEMPLATE, tiny_tokenizer
 from .tinyhub import publish
 
@@ -25,6 +25,7 @@ FLUX_KONTEXT = "black-forest-labs/FLUX.1-Kontext-dev"
 FLUX2_KLEIN_4B = "black-forest-labs/FLUX.2-klein-4B"
 LONGCAT_EDIT = "meituan-longcat/LongCat-Image-Edit"
 SD_IMG2IMG = "ciebench-tests/tiny-sd-img2img"  # the generic editor's extra class (no built-in entry)
+SD_IMG2IMG_FLAGGING = "ciebench-tests/tiny-sd-img2img-flagging"  # the same with a safety checker that flags all
 TEXT_DIM = 16
 
 
@@ -181,20 +182,28 @@ def publish_tiny_longcat_image_edit(repo_id: str = LONGCAT_EDIT, seed: int = 0) 
     return publish(repo_id, save)
 
 
-def publish_tiny_sd_img2img(repo_id: str = SD_IMG2IMG, seed: int = 0) -> Path:
-    """A StableDiffusionImg2ImgPipeline: the tiny InstructPix2Pix's layout with a 4-channel UNet input."""
+def publish_tiny_sd_img2img(repo_id: str = SD_IMG2IMG, seed: int = 0, flag_everything: bool = False) -> Path:
+    """A StableDiffusionImg2ImgPipeline: the tiny InstructPix2Pix's layout with a 4-channel UNet input.
+    `flag_everything`: with a tiny StableDiffusionSafetyChecker whose concept thresholds (-10) are below
+    any cosine similarity, so it flags every image (diffusers then returns it black)."""
     ip2p = publish_tiny_instruct_pix2pix()  # outside `save`: publishing holds a non-reentrant lock
 
     def save(directory: Path) -> None:
         import torch
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+        from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 
         source = StableDiffusionInstructPix2PixPipeline.from_pretrained(ip2p)
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**{**source.unet.config, "in_channels": 4})
+        checker = StableDiffusionSafetyChecker(tiny_clip_config(224)) if flag_everything else None
+        if checker is not None:
+            with torch.no_grad():
+                checker.concept_embeds_weights.fill_(-10.0)
         StableDiffusionImg2ImgPipeline(vae=source.vae, text_encoder=source.text_encoder, tokenizer=source.tokenizer,
-                                       unet=unet, scheduler=source.scheduler, safety_checker=None,
-                                       feature_extractor=None, requires_safety_checker=False,
+                                       unet=unet, scheduler=source.scheduler, safety_checker=checker,
+                                       feature_extractor=clip_image_processor(224) if checker is not None else None,
+                                       requires_safety_checker=checker is not None,
                                        ).save_pretrained(directory, safe_serialization=True)
 
     return publish(repo_id, save)
@@ -208,6 +217,7 @@ BUILDERS = {
     FLUX2_KLEIN_4B: publish_tiny_flux2_klein,
     LONGCAT_EDIT: publish_tiny_longcat_image_edit,
     SD_IMG2IMG: publish_tiny_sd_img2img,
+    SD_IMG2IMG_FLAGGING: lambda: publish_tiny_sd_img2img(SD_IMG2IMG_FLAGGING, flag_everything=True),
 }
 
 
