@@ -248,7 +248,10 @@ class DiffusersEditor(Editor):
             pipe.enable_model_cpu_offload(device=self.device)
         elif cfg.offload == "sequential":
             pipe.enable_sequential_cpu_offload(device=self.device)
-        elif quant is None:
+        else:
+            # quantised or not: from_pretrained places bitsandbytes modules on the GPU but leaves the rest (the
+            # VAE) on the CPU; diffusers' `DiffusionPipeline.to` moves bitsandbytes modules where they can move
+            # and skips them where not, so it is safe for every quantisation
             pipe.to(self.device)
         self._accepts = accepts
         self._pipe = pipe
@@ -268,7 +271,7 @@ class DiffusersEditor(Editor):
 
     def to(self, device: str) -> "DiffusersEditor":
         super().to(device)
-        if self._pipe is not None and self.config.offload == "none" and self.config.quantization == "none":
+        if self._pipe is not None and self.config.offload == "none":  # quantised too: see `_pipeline`
             self._pipe.to(device)
         return self
 

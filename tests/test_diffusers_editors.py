@@ -238,6 +238,43 @@ def test_quantization_without_bitsandbytes_is_a_clear_error(diffusers_editor_hub
         DiffusersEditor(pipeline="StableDiffusionImg2ImgPipeline", model_id=SD_IMG2IMG, quantization="bnb-nf4")._pipeline()
 
 
+@pytest.mark.parametrize("quantization", ["none", "bnb-nf4", "bnb-int8"])
+@pytest.mark.parametrize("offload", ["none", "model", "sequential"])
+def test_without_offload_the_whole_pipeline_goes_to_the_device_quantised_or_not(quantization, offload, monkeypatch,
+                                                                               diffusers_editor_hub):
+    """`from_pretrained` with a bitsandbytes config puts the quantised modules on the GPU and leaves the
+    others (the VAE) on the CPU, so without offload `pipe.to(device)` must run for every quantisation
+    (diffusers 0.42 `DiffusionPipeline.to` moves or skips bitsandbytes modules itself); with offload the
+    offload hooks place the components and `pipe.to` must not run. No bitsandbytes or GPU here: the
+    quantisation config is a marker and the pipeline's placement calls are recorded."""
+    import diffusers
+    from ciebench.baselines.diffusers_editors import DiffusersEditor
+
+    diffusers_editor_hub(SD_IMG2IMG)
+    calls: list[tuple] = []
+    load = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained.__func__
+
+    def from_pretrained(cls, *args, quantization_config=None, **kwargs):
+        calls.append(("load", quantization_config))
+        pipe = load(cls, *args, **kwargs)
+        pipe.to = lambda device: calls.append(("to", device))
+        pipe.enable_model_cpu_offload = lambda device: calls.append(("model offload", device))
+        pipe.enable_sequential_cpu_offload = lambda device: calls.append(("sequential offload", device))
+        return pipe
+
+    monkeypatch.setattr(diffusers.StableDiffusionImg2ImgPipeline, "from_pretrained", classmethod(from_pretrained))
+    monkeypatch.setattr(DiffusersEditor, "_quantization",
+                        lambda self, dtype: None if self.config.quantization == "none" else f"marker {self.config.quantization}")
+    ed = DiffusersEditor(pipeline="StableDiffusionImg2ImgPipeline", model_id=SD_IMG2IMG, quantization=quantization,
+                         offload=offload)
+    ed.device = "cuda"  # what `--device cuda` sets before the first edit loads the pipeline
+    ed._pipeline()
+    ed.to("cuda:1")  # a later move follows the same rule
+    marker = None if quantization == "none" else f"marker {quantization}"
+    placed = [("to", "cuda"), ("to", "cuda:1")] if offload == "none" else [(f"{offload} offload", "cuda")]
+    assert calls == [("load", marker), *placed]
+
+
 def test_editors_command_lists_licence_download_and_memory_per_preset():
     result = runner.invoke(app, ["editors"])
     assert result.exit_code == 0, result.output
