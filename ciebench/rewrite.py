@@ -8,7 +8,8 @@ and an LLM configuration (the judge layer's `LLMConfig`: any OpenAI-compatible s
 transformers model), given the source image and the instruction; it answers JSON `{"instruction": ...}`.
 The wrapped editor's options are accepted as they are; the rewriter's are the `rewriter_*` options. The
 template's hash is part of the editor version, and the options are part of the config, so both decide
-the config hash. Replies are cached under `cache_root()/llm` (a rerun asks nothing). The trace holds the
+the config hash; so does the inner editor's resolved config (`describe()["inner"]`, see
+`ciebench.spec.editor_config`), which the wrapper's own config holds only as given. Replies are cached under `cache_root()/llm` (a rerun asks nothing). The trace holds the
 original and the rewritten instruction, the rewriter's identity and the inner editor's trace.
 
 The wrapper takes the cases the wrapped editor takes: its `supports` and `handles_turns` are the inner

@@ -53,6 +53,20 @@ def _normal(value: Any) -> Any:
     return value if value is _ABSENT else json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+# Fields of an editor's description that decide its outputs: hashed into `editor_config_hash`.
+EDITOR_CONFIG_FIELDS = ("class", "version", "config")
+
+
+def editor_config(editor: dict[str, Any]) -> dict[str, Any]:
+    """What decides an editor's outputs, from its `describe()`. A wrapper (`rewrite:EDITOR`) describes
+    the editor it wraps under "inner": that editor's resolved settings (a diffusers editor's table
+    values) count too, since the wrapper's own config holds the options as given (None: from the table)."""
+    decided = {k: editor.get(k) for k in EDITOR_CONFIG_FIELDS}
+    if isinstance(editor.get("inner"), dict):
+        decided["inner"] = editor_config(editor["inner"])
+    return decided
+
+
 def legacy_release_revision(dataset: dict[str, Any]) -> str | None:
     """The revision ciebench 0.x recorded for the official release before it recorded content
     revisions: "release-<manifest revision>[-unverified]"; None for any other dataset. Run folders
@@ -83,7 +97,16 @@ class RunSpec:
 
     @property
     def editor_config_hash(self) -> str:
-        return stable_hash({k: (self.editor or {}).get(k) for k in ("class", "version", "config")})
+        return stable_hash(editor_config(self.editor or {}))
+
+    @property
+    def legacy_editor_config_hash(self) -> str | None:
+        """The editor_config_hash an older ciebench recorded for a wrapper, from the wrapper's own fields
+        only (it missed the wrapped editor's resolved settings); None for an editor without "inner".
+        `verify` accepts it, so run folders recorded before keep verifying."""
+        if not isinstance((self.editor or {}).get("inner"), dict):
+            return None
+        return stable_hash({k: v for k, v in editor_config(self.editor).items() if k != "inner"})
 
     @property
     def spec_hash(self) -> str:

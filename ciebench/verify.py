@@ -225,7 +225,7 @@ def check_spec(spec: dict[str, Any], summary: dict[str, Any]) -> Check:
         return Check("spec", FAIL, f"spec.json is not a run spec: {exc}", (str(exc),))
     if rebuilt.spec_hash != spec["spec_hash"]:
         problems.append(f"spec.json's content hashes to {rebuilt.spec_hash}, its recorded spec_hash is {spec['spec_hash']}")
-    if spec.get("editor_config_hash") not in (None, rebuilt.editor_config_hash):
+    if spec.get("editor_config_hash") not in (None, rebuilt.editor_config_hash, rebuilt.legacy_editor_config_hash):
         problems.append(f"editor config hashes to {rebuilt.editor_config_hash}, recorded {spec['editor_config_hash']}")
     run_header = summary.get("run") if isinstance(summary.get("run"), dict) else {}
     if run_header.get("spec_hash") and run_header["spec_hash"] != spec["spec_hash"]:

@@ -81,12 +81,15 @@ def test_rewrite_instructpix2pix_edits_with_the_rewritten_instruction():
     assert failed.status == "error" and "sample b: the rewriter failed" in failed.error and failed.image is None
 
 
-def test_the_rewriter_is_part_of_the_config_hash():
+def _spec(editor) -> "RunSpec":
     from ciebench.spec import RunSpec
 
+    return RunSpec(editor=editor.describe(), dataset={}, seeds=(0,), protocol={}, metrics=(), judge=None)
+
+
+def test_the_rewriter_is_part_of_the_config_hash():
     def config_hash(*args: str) -> str:
-        editor = build_editor("rewrite:identity", list(args))
-        return RunSpec(editor=editor.describe(), dataset={}, seeds=(0,), protocol={}, metrics=(), judge=None).editor_config_hash
+        return _spec(build_editor("rewrite:identity", list(args))).editor_config_hash
 
     assert config_hash("rewriter_model=a") == config_hash("rewriter_model=a")
     assert config_hash("rewriter_model=a") != config_hash("rewriter_model=b")
@@ -182,3 +185,38 @@ def test_rewrite_of_an_editor_that_handles_turns_rewrites_every_turn():
     assert given.instruction == "EXPLICIT: first" and given.images == [source, other]
     assert outcome.final.status == "ok" and outcome.final.image is other
     assert [t["rewritten_instruction"] for t in outcome.final.trace["turns"]] == given.turns
+
+
+def test_the_wrapped_editors_resolved_settings_are_part_of_the_config_hash(monkeypatch):
+    """README: a diffusers setting changed by --editor-arg or in the settings table changes the config
+    hash. The wrapper's own config holds the inner options as given (steps=None: from the table), so a
+    table edit must reach the hash through the inner editor's resolved config."""
+    import copy
+
+    from ciebench.baselines import diffusers_editors
+    from ciebench.io import stable_hash
+    from ciebench.verify import FAIL, PASS, check_spec
+
+    llm = ["rewriter_api_key_env=none", "rewriter_model=m", "rewriter_base_url=http://127.0.0.1:9/v1"]
+
+    def config_hash() -> str:
+        return _spec(build_editor("rewrite:qwen-image-edit", llm)).editor_config_hash
+
+    at_table = config_hash()
+    assert at_table == config_hash()
+    table = copy.deepcopy(diffusers_editors.settings_table())
+    assert table["qwen-image-edit-2511"]["settings"]["steps"]["value"] != 50
+    table["qwen-image-edit-2511"]["settings"]["steps"]["value"] = 50
+    monkeypatch.setattr(diffusers_editors, "settings_table", lambda: table)
+    edited = build_editor("rewrite:qwen-image-edit", llm)
+    assert edited.inner.config.steps == 50 and edited.config.steps is None
+    assert config_hash() != at_table and config_hash() == config_hash()
+
+    # a run folder recorded before (hash of the wrapper's own class, version and config) still verifies;
+    # any other recorded hash does not
+    spec = _spec(edited).to_dict()
+    assert check_spec(spec, {}).verdict == PASS
+    old = stable_hash({k: spec["editor"][k] for k in ("class", "version", "config")})
+    assert old != spec["editor_config_hash"]
+    assert check_spec({**spec, "editor_config_hash": old}, {}).verdict == PASS
+    assert check_spec({**spec, "editor_config_hash": "0" * 64}, {}).verdict == FAIL
