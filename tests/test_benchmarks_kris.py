@@ -221,3 +221,40 @@ def test_kris_run_smaller_than_the_release_is_marked_incomplete(tmp_path, monkey
     assert lb.exit_code == 0, lb.output
     assert "partial: the run's headline covers fewer cases" in (board / "benchmarks.md").read_text()
     assert "True" in (board / "benchmark__kris.csv").read_text().splitlines()[1]
+
+
+def test_kris_replies_are_read_by_the_parser_of_their_familys_script(tmp_path):
+    """mercurystraw/Kris_Bench@2114fec: metrics_common.py reads "consistency score 4" (colon optional) before
+    the lone-digit fallback; metrics_temporal_prediction.py and metrics_multi_element.py call the same
+    extractor without that pattern; metrics_knowledge.py needs the colon, stops at a JSON null, and reads the
+    dual reply's scores only from its JSON object or from "instruction score: n" / "knowledge score: n".
+    Expected values are what those scripts return for each reply."""
+    make_kris(tmp_path)
+    bench = get_benchmark("kris")
+    cases = {case.category: case for case in bench.cases(tmp_path / "KRIS_Bench")}
+
+    def read(task, dimension, reply):
+        calls = [c for c in bench.judge_calls(cases[task], tmp_path / "out.png") if c.dimension == dimension]
+        return bench.parse_reply(calls[0], reply)
+
+    multi = "Reference Image 1 and Reference Image 2 are both represented.\nConsistency score: 4"
+    assert read("multi-element_composition", "consistency_score", multi) == {"consistency_score": 1}
+    assert read("count_change", "consistency_score", multi) == {"consistency_score": 4}
+    temporal = "Frame 3 continues the motion correctly. Instruction score: 5"
+    assert read("temporal_prediction", "instruction_score", temporal) == {"instruction_score": 3}
+    assert read("temporal_prediction", "quality_score", "Looks 2 good. quality score: 5") == {"quality_score": 2}
+    knowledge = [c for c in cases if c in ("abstract_reasoning", "mathematics", "practical_knowledge", "medicine",
+                                           "rule-based_reasoning", "biology", "geography", "chemistry",
+                                           "humanities", "physics")][0]
+    no_colon = "Consistency score 3 - most of the scene is kept (about 4/5 of the objects)."
+    assert read(knowledge, "consistency_score", no_colon) == {"consistency_score": 4}
+    assert read("count_change", "consistency_score", no_colon) == {"consistency_score": 3}
+    null = '{"consistency_score": null, "reasoning": "n/a"} consistency_score: 2'
+    assert read(knowledge, "consistency_score", null) == {"consistency_score": None}
+    assert read("count_change", "consistency_score", null) == {"consistency_score": 2}
+    # the dual reply: an object that does not parse is passed over for the colon patterns, and nothing else
+    dual = '{"instruction_score": 4, "knowledge_score": 3,} Instruction score: 5, Knowledge score: 2'
+    assert read(knowledge, "dual", dual) == {"instruction_score": 5, "knowledge_score": 2}
+    assert read(knowledge, "dual", '{"instruction_score": 4, "knowledge_score": null}') == \
+        {"instruction_score": 4, "knowledge_score": None}
+    assert read(knowledge, "dual", "instruction 4/5, knowledge 3/5") == {"instruction_score": None, "knowledge_score": None}

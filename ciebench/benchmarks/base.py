@@ -80,6 +80,7 @@ class JudgeCall:
     images: tuple[Path, ...]
     role: str = "main"  # which judge model: "main", or "quality" (RISEBench++ uses a second model for VP)
     text_first: bool = False  # the prompt text before the images, as some official scripts send it
+    reply_rule: str = ""  # which of the official scripts' parsers reads the reply ("": the benchmark's one)
 
 
 class Benchmark:
@@ -174,6 +175,11 @@ class Benchmark:
     def parse_many(self, dimension: str, reply: str) -> dict[str, float | None]:
         """Every score one reply carries (most prompts ask one dimension)."""
         return {dimension: self.parse(dimension, reply)}
+
+    def parse_reply(self, call: JudgeCall, reply: str) -> dict[str, float | None]:
+        """The scores of the reply to `call`: by `parse_many`, unless the benchmark's scripts read
+        replies differently per call (`JudgeCall.reply_rule`)."""
+        return self.parse_many(call.dimension, reply)
 
     def map_scores(self, case: Case, raw: dict[str, float | None]) -> dict[str, float | None]:
         """Parsed answers -> the scale the aggregation uses (identity unless a benchmark maps them)."""

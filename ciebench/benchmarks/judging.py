@@ -76,7 +76,7 @@ class BenchJudge:
             replies[call.dimension] = text
             where = f"{self.benchmark.name} case {case.id} ({call.dimension})"
             try:
-                scores = self.benchmark.parse_many(call.dimension, text) if text is not None else {call.dimension: None}
+                scores = self.benchmark.parse_reply(call, text) if text is not None else {call.dimension: None}
             except ValueError as exc:  # a parser that can tell what is wrong with the reply
                 scores, error = {call.dimension: None}, f"{where}: {exc}"
             if not error and text is not None and any(v is None for v in scores.values()):

@@ -43,6 +43,13 @@ KNOWLEDGE_TYPE = {
 _FRAME = re.compile(r"(\d+)-(\d+)")
 
 
+def reply_rule(task: str) -> str:
+    """The parser of the official script that scores `task` (see `extract_score`)."""
+    if task in (TEMPORAL, MULTI_ELEMENT):
+        return BARE_RULE
+    return KNOWLEDGE_RULE if task in KNOWLEDGE else COMMON_RULE
+
+
 def dimensions_for(task: str) -> tuple[str, ...]:
     return (VC, IF, VQ, KP) if task in KNOWLEDGE else (VC, IF, VQ)
 
@@ -68,25 +75,53 @@ def target_frame(names: list[str]) -> int:
     return missing.pop() if len(missing) == 1 else (max(frames) + 1 if frames else 1)
 
 
-def _score_in_json(reply: str, key: str) -> int | None:
+# How each official script reads a one-score reply. metrics_common.py (common tasks; view change imports
+# it): a JSON object holding the key (null or not an integer: read on), then "key score[:] n", "n/5",
+# "n out of 5", the first lone 1-5. metrics_temporal_prediction.py and metrics_multi_element.py call the
+# same extractor without the "key score" pattern. metrics_knowledge.py (consistency and quality of the
+# knowledge tasks): a JSON object that parses decides (null: no score), "key score: n" needs its colon.
+COMMON_RULE, BARE_RULE, KNOWLEDGE_RULE = "common", "bare", "knowledge"
+_DEFAULT_PATTERNS = (r"([1-5])\s*/\s*5", r"([1-5])\s+out\s+of\s+5", r"\b([1-5])\b")
+_NOT_READ = object()
+
+
+def _json_object(reply: str, key: str) -> dict[str, Any] | None:
+    """The first {...} holding `key`, parsed; None when there is none or it does not parse."""
     match = re.search(r"\{[^{}]*" + re.escape(key) + r"[^{}]*\}", reply, re.DOTALL)
     if not match:
         return None
     try:
-        value = json.loads(match.group(0)).get(key)
-        return None if value is None else int(value)
-    except (ValueError, TypeError, AttributeError):
+        data = json.loads(match.group(0))
+    except ValueError:
         return None
+    return data if isinstance(data, dict) else None
 
 
-def extract_score(reply: str, key: str) -> int | None:
-    """The scripts' order: a JSON object holding `key`, then "key: n", "n/5", "n out of 5", a lone 1-5."""
-    value = _score_in_json(reply or "", key)
-    if value is not None:
+def _json_score(reply: str, key: str) -> Any:
+    """The integer under `key` in the reply's JSON object, None where it says null, else `_NOT_READ`."""
+    data = _json_object(reply, key)
+    if data is None:
+        return _NOT_READ
+    value = data.get(key)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (ValueError, TypeError):
+        return _NOT_READ
+
+
+def extract_score(reply: str, key: str, rule: str = COMMON_RULE) -> int | None:
+    """A one-score reply read as the official script of its task family reads it (`rule`, above)."""
+    reply = reply or ""
+    value = _json_score(reply, key)
+    if isinstance(value, int) or (value is None and rule == KNOWLEDGE_RULE):
         return value
     stem = key.split("_")[0]
-    for pattern in (stem + r"[_\s]*score\s*[:：]?\s*([1-5])", r"([1-5])\s*/\s*5", r"([1-5])\s+out\s+of\s+5", r"\b([1-5])\b"):
-        m = re.search(pattern, reply or "", re.IGNORECASE | re.DOTALL)
+    keyed = {COMMON_RULE: (stem + r"[_\s]*score\s*[:：]?\s*([1-5])",),
+             KNOWLEDGE_RULE: (stem + r"[_\s]*score\s*[:：]\s*([1-5])",), BARE_RULE: ()}[rule]
+    for pattern in keyed + _DEFAULT_PATTERNS:
+        m = re.search(pattern, reply, re.IGNORECASE | re.DOTALL)
         if m:
             return int(m.group(1))
     return None
@@ -154,16 +189,18 @@ class KrisBench(Benchmark):
     def judge_calls(self, case: Case, output: Path) -> list[JudgeCall]:
         task, v = case.category, {"instruct": case.instruction}
         source = case.images[0]
-        quality = JudgeCall(VQ, "prompt_quality", None, (output,))
+        rule = reply_rule(task)
+        quality = JudgeCall(VQ, "prompt_quality", None, (output,), reply_rule=rule)
         if task == TEMPORAL:
             ordered = tuple(output if p is None else p for _, p in temporal_frames(case))
             vt = {"N": str(target_frame([p.name for p in case.images])), **v}
-            return [JudgeCall(VC, "prompt_consist_temporal", vt, ordered),
-                    JudgeCall(IF, "prompt_instruction_temporal", vt, ordered), quality]
+            return [JudgeCall(VC, "prompt_consist_temporal", vt, ordered, reply_rule=rule),
+                    JudgeCall(IF, "prompt_instruction_temporal", vt, ordered, reply_rule=rule), quality]
         if task == MULTI_ELEMENT:
             refs = (*case.images, output)
-            return [JudgeCall(VC, "prompt_consist_multi", v, refs), JudgeCall(IF, "prompt_instruction_multi", v, refs), quality]
-        calls = [JudgeCall(VC, "prompt_consist", v, (source, output))]
+            return [JudgeCall(VC, "prompt_consist_multi", v, refs, reply_rule=rule),
+                    JudgeCall(IF, "prompt_instruction_multi", v, refs, reply_rule=rule), quality]
+        calls = [JudgeCall(VC, "prompt_consist", v, (source, output), reply_rule=rule)]
         if task in KNOWLEDGE:
             calls.append(JudgeCall("dual", "prompt_dual_evaluation", {**v, "explanation": case.explanation or ""},
                                    (source, output)))
@@ -185,6 +222,12 @@ class KrisBench(Benchmark):
 
     def parse(self, dimension: str, reply: str) -> float | None:
         return extract_score(reply, dimension)
+
+    def parse_reply(self, call: JudgeCall, reply: str) -> dict[str, float | None]:
+        """Each family's script reads its replies its own way (`reply_rule`, `extract_dual`)."""
+        if call.dimension == "dual":
+            return {IF: extract_dual(reply, IF), KP: extract_dual(reply, KP)}
+        return {call.dimension: extract_score(reply, call.dimension, call.reply_rule or COMMON_RULE)}
 
     def judge_images(self, case: Case, call: JudgeCall) -> list[Any]:
         """The script's message after the prompt text: each image after its label, in order. Labels per
@@ -217,12 +260,6 @@ class KrisBench(Benchmark):
             return [f"Reference Image {k}:" for k in range(1, len(case.images) + 1)] + ["Predicted Image:"]
         return ["This is the original image:", "This is the edited image:", "This is the ground truth image:"][:len(call.images)]
 
-    def parse_many(self, dimension: str, reply: str) -> dict[str, float | None]:
-        """Scores a reply carries: the dual prompt answers instruction and knowledge together."""
-        if dimension == "dual":
-            return {IF: extract_dual(reply, IF), KP: extract_dual(reply, KP)}
-        return {dimension: self.parse(dimension, reply)}
-
     def missing_verdict(self, case: Case) -> dict[str, float | None]:
         """The scripts skip a case without output (no metrics entry): no scores, counted as missing."""
         return {}
@@ -232,10 +269,16 @@ class KrisBench(Benchmark):
 
 
 def extract_dual(reply: str, key: str) -> int | None:
-    """The knowledge scripts' dual reply: JSON holding instruction_score / knowledge_score, else "key: n"."""
-    value = _score_in_json(reply or "", IF)
-    if value is not None or re.search(r"\{[^{}]*instruction_score[^{}]*\}", reply or "", re.DOTALL):
-        return _score_in_json(reply or "", key)
+    """The knowledge scripts' dual reply: the JSON object holding instruction_score decides both scores
+    when it parses and both are integers or null; else "instruction score: n" / "knowledge score: n"
+    (colon required), and nothing else."""
+    data = _json_object(reply or "", IF)
+    if data is not None:
+        try:
+            values = {k: None if data.get(k) is None else int(data.get(k)) for k in (IF, KP)}
+            return values[key]
+        except (ValueError, TypeError):
+            pass
     m = re.search(key.split("_")[0] + r"[_\s]*score\s*[:：]\s*([1-5])", reply or "", re.IGNORECASE)
     return int(m.group(1)) if m else None
 
