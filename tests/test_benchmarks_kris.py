@@ -258,3 +258,26 @@ def test_kris_replies_are_read_by_the_parser_of_their_familys_script(tmp_path):
     assert read(knowledge, "dual", '{"instruction_score": 4, "knowledge_score": null}') == \
         {"instruction_score": 4, "knowledge_score": None}
     assert read(knowledge, "dual", "instruction 4/5, knowledge 3/5") == {"instruction_score": None, "knowledge_score": None}
+
+
+def test_verdicts_an_older_ciebench_parsed_are_read_again_from_their_replies():
+    """A verdicts.jsonl row written before each family got its script's parser (no `reply_parsing`) holds
+    metrics_common's reading; aggregation (resume, `score --verdicts`) reads its stored replies again, so one
+    run never mixes two readings. One multi-element case: VC 1 (the script's lone-digit fallback), IF 4,
+    VQ 4 -> Overall ((1-1) + (4-1) + (4-1)) * 25 / 3 = 50.0, not the 75.0 its old dims give."""
+    from ciebench.benchmarks.run import aggregate
+
+    bench = get_benchmark("kris")
+    task = "multi-element_composition"
+    old = {"id": "1", "category": task, "categories": [task], "output_folder": task, "subtask": None,
+           "task_type": None, "language": None, "flags": [], "status": "ok", "error": None,
+           "dims": {"consistency_score": 4, "instruction_score": 4, "quality_score": 4},
+           "replies": {"consistency_score": "Reference Image 1 and Reference Image 2 are both represented.\n"
+                                            "Consistency score: 4",
+                       "instruction_score": "Instruction score: 4", "quality_score": "quality score: 4"}}
+    assert aggregate(bench, [old])["headline"]["value"] == 50.0
+    # a row of today's parsers is taken as it is (its dims are what they read)
+    assert aggregate(bench, [{**old, "reply_parsing": bench.reply_parsing}])["headline"]["value"] == 75.0
+    # a reply that now yields no score makes the case a judge error, left out as the scripts leave it
+    unreadable = {**old, "replies": {**old["replies"], "consistency_score": "Looks consistent."}}
+    assert aggregate(bench, [unreadable])["headline"]["value"] is None

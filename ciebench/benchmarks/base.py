@@ -89,6 +89,8 @@ class Benchmark:
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
     size: ClassVar[int] = 0
+    # the version of `parse`/`parse_reply`: raised when they read a reply differently (see `reread`)
+    reply_parsing: ClassVar[str] = "1"
     # How many cases `cases()` yields for the whole official release (None: `size`; a benchmark with one
     # case per instruction language says so). A run with fewer has an incomplete headline.
     release_cases: ClassVar[int | None] = None
@@ -227,17 +229,26 @@ class Benchmark:
 
         if row.get("status") not in (Status.OK, Status.JUDGE_ERROR):
             return row
+        row = self.reread(row)
         problems = self.off_scale(row.get("dims") or {})
         if not problems:
             return row
         error = "; ".join(e for e in (row.get("error"), *problems.values()) if e)
         return {**row, "dims": {**row["dims"], **dict.fromkeys(problems)}, "status": Status.JUDGE_ERROR, "error": error}
 
+    def reread(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A judged row as today's reply parsers read its stored replies, for a row an older ciebench
+        parsed differently (its `reply_parsing` is not this benchmark's): resumed and re-aggregated runs
+        then use one reading for every case, without asking the judge again. Default: the row as it is."""
+        return row
+
     def verdict_row(self, case: Case, status: str, dims: dict[str, float | None], **extra: Any) -> dict[str, Any]:
-        """The per-case record the aggregation reads (one line of verdicts.jsonl)."""
+        """The per-case record the aggregation reads (one line of verdicts.jsonl), naming the version of
+        the reply parsers that made `dims` (`reply_parsing`, see `reread`)."""
         return {"id": case.id, "category": case.category, "categories": list(case.categories or (case.category,)),
                 "output_folder": case.output_folder, "subtask": case.subtask, "task_type": case.task_type,
-                "language": case.language, "flags": sorted(case.flags), "status": status, "dims": dims, **extra}
+                "language": case.language, "flags": sorted(case.flags), "status": status, "dims": dims,
+                "reply_parsing": self.reply_parsing, **extra}
 
 
 class Aggregator:

@@ -131,6 +131,7 @@ class KrisBench(Benchmark):
     name = "kris"
     title = "KRIS-Bench"
     size = 1267
+    reply_parsing = "2"  # 2: each family's own script's parser (1 read every reply with metrics_common's)
     categories = TASKS
     licence = "not stated"
     needs = ("judge: OpenAI-compatible VLM (published: gpt-4o)", "prompt file via --judge-prompts (not pinned)",
@@ -228,6 +229,27 @@ class KrisBench(Benchmark):
         if call.dimension == "dual":
             return {IF: extract_dual(reply, IF), KP: extract_dual(reply, KP)}
         return {call.dimension: extract_score(reply, call.dimension, call.reply_rule or COMMON_RULE)}
+
+    def reread(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A row parsed before reply_parsing 2, read again from its stored replies by its family's parser."""
+        replies = row.get("replies")
+        if row.get("reply_parsing") == self.reply_parsing or not isinstance(replies, dict) or not replies:
+            return row
+        rule = reply_rule(row.get("category", ""))
+        dims: dict[str, float | None] = {}
+        for dimension, text in replies.items():
+            if text is None:  # the call failed: no score, as when it was judged
+                dims.update({IF: None, KP: None} if dimension == "dual" else {dimension: None})
+            else:
+                dims.update(self.parse_reply(JudgeCall(dimension, "", None, (), reply_rule=rule), text))
+        missing = [d for d, v in dims.items() if v is None]
+        status = Status.JUDGE_ERROR if missing else Status.OK
+        errors = [row["error"]] if row.get("error") and None in replies.values() else []  # a failed call's own
+        if missing:
+            errors.append(f"kris case {row.get('id')}: no score for {', '.join(missing)} in the judge's replies "
+                          f"(read again by reply parsing {self.reply_parsing})")
+        error = "; ".join(errors) or None
+        return {**row, "dims": dims, "status": status, "error": error, "reply_parsing": self.reply_parsing}
 
     def judge_images(self, case: Case, call: JudgeCall) -> list[Any]:
         """The script's message after the prompt text: each image after its label, in order. Labels per
