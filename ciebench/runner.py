@@ -122,10 +122,15 @@ def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
         if not isinstance(existing, dict):
             existing = {}
         if existing.get("spec_hash") == spec.spec_hash:
+            if existing.get("editor_config_hash") != spec.editor_config_hash:
+                # the same run; the config hash is now computed over more (a wrapped editor's resolved
+                # settings): record it as now, so one configuration never shows two config hashes
+                atomic_write_json(spec_path, spec.to_dict())
             return
         if _recorded_as_before(existing, spec):
             log.info("%s: the recorded spec is this one as an earlier ciebench wrote it (a --limit past the dataset's "
-                     "size, or metrics in the order asked); resuming, and recording it as now", out)
+                     "size, metrics in the order asked, or an editor option as YAML typed it); resuming, and "
+                     "recording it as now", out)
             atomic_write_json(spec_path, spec.to_dict())
             return
         if existing.get("spec_hash") and existing.get("spec_hash") == spec.legacy_spec_hash:
@@ -140,7 +145,8 @@ def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
             changed = spec_differences(decided_fields(existing), decided_fields(spec.to_dict())) if existing else []
             raise OutputConflict(
                 f"{out} holds a run with a different spec (spec_hash {existing.get('spec_hash')} != {spec.spec_hash}); "
-                f"recorded -> now: " + ("; ".join(changed) if changed else "spec.json is unreadable"),
+                f"recorded -> now: " + ("; ".join(changed) if changed else
+                                        "spec.json is unreadable" if not existing else "no setting differs as JSON"),
                 hint="rerun with the recorded options (and the recorded ciebench_version) to resume it; to score its "
                      f"images differently without editing again, `ciebench score --predictions {out}/images --out NEW`; "
                      "or use another --out; --overwrite discards that run, its images included")
@@ -151,16 +157,31 @@ def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
 
 def _recorded_as_before(existing: dict[str, Any], spec: RunSpec) -> bool:
     """Whether a recorded spec is `spec` as an earlier ciebench wrote it: it recorded a --limit at or past
-    the dataset's size (now none) and metrics in the order they were asked (now the catalogue's)."""
+    the dataset's size (now none), metrics in the order they were asked (now the catalogue's), and an
+    editor option as YAML typed it (`2` for a float option, now `2.0`)."""
     if not existing.get("spec_hash") or not isinstance(existing.get("metrics"), list):
         return False
     recorded = dict(existing)
+    if isinstance(recorded.get("editor"), dict) and spec.editor is not None:
+        recorded["editor"] = _as_typed_now(recorded["editor"], spec.editor)
     limit = recorded.get("limit")
     if spec.limit is None and isinstance(limit, int) and limit >= spec.dataset["n"]:
         recorded["limit"] = None
     if set(recorded["metrics"]) == set(spec.metrics):
         recorded["metrics"] = list(spec.metrics)
-    return recorded != existing and stable_hash(decided_fields(recorded)) == spec.spec_hash
+    return stable_hash(decided_fields(recorded)) == spec.spec_hash
+
+
+def _as_typed_now(recorded: Any, now: Any) -> Any:
+    """`recorded` with each integer that `now` holds as the equal float (an option YAML typed as an int
+    before ciebench typed it by its field), walking dicts and lists alike; everything else as recorded."""
+    if isinstance(recorded, dict) and isinstance(now, dict):
+        return {k: _as_typed_now(v, now.get(k)) for k, v in recorded.items()}
+    if isinstance(recorded, list) and isinstance(now, (list, tuple)) and len(recorded) == len(now):
+        return [_as_typed_now(a, b) for a, b in zip(recorded, now)]
+    if type(recorded) is int and type(now) is float and recorded == now:
+        return now
+    return recorded
 
 
 def is_done(out: Path, stem: str, retry_failed: bool) -> bool:

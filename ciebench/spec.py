@@ -49,8 +49,8 @@ _ABSENT = object()
 
 
 def _normal(value: Any) -> Any:
-    """Tuples and lists alike, as JSON makes them."""
-    return value if value is _ABSENT else json.loads(json.dumps(value, sort_keys=True, default=str))
+    """The JSON text the hash reads: tuples and lists alike, but 1 and 1.0 (or true and 1) apart."""
+    return value if value is _ABSENT else json.dumps(value, sort_keys=True, default=str)
 
 
 # Fields of an editor's description that decide its outputs: hashed into `editor_config_hash`.

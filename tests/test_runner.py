@@ -400,3 +400,38 @@ def test_an_editor_that_breaks_the_return_contract_is_told_so_per_sample(tmp_pat
         result = ciebench.evaluate(editor, "mini", tmp_path / editor.name, limit=2, progress=False, metrics=["psnr"])
         errors = [row["error"] for row in result.rows]
         assert len(errors) == 2 and all("must return" in e and words in e for e in errors), errors
+
+
+def test_a_run_whose_yaml_option_an_earlier_ciebench_kept_as_an_int_still_resumes(tmp_path: Path):
+    # before options from YAML were typed by their field, `delay: 0` for a float field was recorded as 0
+    import yaml
+
+    from ciebench.io import stable_hash
+    from ciebench.spec import decided_fields, spec_differences
+
+    counting = "tests.support.editors_for_tests:CountingEditor"
+    (tmp_path / "opts.yaml").write_text(yaml.safe_dump({"delay": 0}))
+    run = tmp_path / "run"
+    args = ["--editor", counting, "--editor-config", str(tmp_path / "opts.yaml"), "--dataset", "mini", "--limit", "2",
+            "--out", str(run), *FAST]
+    _evaluate(*args)
+    spec = json.loads((run / "spec.json").read_text())
+    assert spec["editor"]["config"]["delay"] == 0.0 and isinstance(spec["editor"]["config"]["delay"], float)
+    old = json.loads(json.dumps(spec))
+    old["editor"]["config"]["delay"] = 0
+    old["spec_hash"] = stable_hash(decided_fields(old))
+    assert old["spec_hash"] != spec["spec_hash"]  # 0 and 0.0 hash apart: the old folder needs the allowance
+    (run / "spec.json").write_text(json.dumps(old))
+    assert "generated 0, resumed 2" in _evaluate(*args).output
+    assert json.loads((run / "spec.json").read_text())["spec_hash"] == spec["spec_hash"]
+    # a refusal names a value that differs only in its JSON type, never "unreadable"
+    assert spec_differences({"config": {"delay": 1}}, {"config": {"delay": 1.0}}) == ["config.delay: 1 -> 1.0"]
+
+
+def test_a_resumed_run_records_the_config_hash_as_now(tmp_path: Path):
+    run = tmp_path / "run"
+    _evaluate("--editor", "identity", "--dataset", "mini", "--out", str(run), "--limit", "2", *FAST)
+    spec = json.loads((run / "spec.json").read_text())
+    (run / "spec.json").write_text(json.dumps({**spec, "editor_config_hash": "0123456789abcdef"}))  # an older formula's
+    _evaluate("--editor", "identity", "--dataset", "mini", "--out", str(run), "--limit", "2", *FAST)
+    assert json.loads((run / "spec.json").read_text())["editor_config_hash"] == spec["editor_config_hash"]
