@@ -534,12 +534,18 @@ class IDCSJudge:
                     self.score_template.render(**variables)))
         return report
 
-    def model_ids(self) -> dict[str, str]:
-        ids = {"vlm": self.vlm.model_id, "llm": self.llm.model_id}
+    def model_ids(self) -> dict[str, Any]:
+        """The configured models and, per stage, the models the provider says answered this judging:
+        `<stage>_served` names them (comma-separated), `<stage>_served_counts` counts the calls each
+        answered over every pass, cache hits included (by the model recorded with the cached answer)."""
+        ids: dict[str, Any] = {"vlm": self.vlm.model_id, "llm": self.llm.model_id}
         for part, idx in (("vlm", 0), ("llm", 1)):
-            served = sorted({m for pair in self.clients for m in pair[idx].served_models})
-            if served:
-                ids[f"{part}_served"] = ",".join(served)
+            counts: Counter[str] = Counter()
+            for pair in self.clients:
+                counts.update(pair[idx].served_counts)
+            if counts:
+                ids[f"{part}_served"] = ",".join(sorted(counts))
+                ids[f"{part}_served_counts"] = dict(sorted(counts.items()))
         return ids
 
     @property

@@ -72,7 +72,8 @@ def test_scripted_verdicts_give_the_expected_mean_and_a_second_run_is_free(serve
     assert SENTENCE in llm_req.text and llm_req.model == "llm-test"
     assert llm_req.response_format["type"] == "json_schema"
     assert judge.model_ids() == {"vlm": f"openai:vlm-test@{server.base_url}", "llm": f"openai:llm-test@{server.base_url}",
-                                 "vlm_served": "vlm-test", "llm_served": "llm-test"}
+                                 "vlm_served": "vlm-test", "llm_served": "llm-test",
+                                 "vlm_served_counts": {"vlm-test": 6}, "llm_served_counts": {"llm-test": 6}}
     assert judge.stats["total"]["requests"] == 12 and judge.stats["ok"] == 6
 
     rerun = IDCSJudge(cfg, cache_dir=tmp_path)  # re-scoring: same verdicts, zero requests
@@ -221,3 +222,55 @@ def test_config_files_json_and_yaml_with_extends(tmp_path):
         get_judge_config(bad)
     with pytest.raises(FileNotFoundError):
         get_judge_config(tmp_path / "missing.yaml")
+
+
+def test_summary_names_every_served_snapshot_with_counts_cache_hits_included(tmp_path, monkeypatch):
+    # Before: only live requests were counted, so a run answered mostly from a cache recorded under
+    # snapshot A named only B (the one live call), and a fully cached re-score named none at all.
+    import yaml
+    from typer.testing import CliRunner
+
+    from ciebench.cli import app
+    from ciebench.export import _judge_provenance
+    from tests.support.predictions import identity_predictions
+
+    monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
+    pred = tmp_path / "pred"
+    identity_predictions(pred, 4)
+    runner = CliRunner()
+    with serve_llm() as server:
+        cfg = tmp_path / "judge.yaml"
+        cfg.write_text(yaml.safe_dump({"name": "t", "vlm": {"model": "gpt-4o", "base_url": server.base_url},
+                                       "llm": {"model": "gpt-4o-mini", "base_url": server.base_url}}))
+
+        def models(out: str, limit: int) -> dict:
+            result = runner.invoke(app, ["score", "--dataset", "mini", "--predictions", str(pred), "--out",
+                                         str(tmp_path / out), "--limit", str(limit), "--metrics", "idcs", "--judge",
+                                         str(cfg), "--judge-canaries", "off"])
+            assert result.exit_code == 0, result.output
+            return json.loads((tmp_path / out / "summary.json").read_text())["models"]
+
+        server.on(has_images=True, then=reply("The cup was removed.", model="gpt-4o-2024-08-06"))
+        server.on(then=json_reply({"score": 4}, model="gpt-4o-mini-2024-07-18"))
+        first = models("o1", 3)  # day 1: the aliases are served by snapshots A
+        assert first["vlm_served"] == "gpt-4o-2024-08-06"
+        assert first["vlm_served_counts"] == {"gpt-4o-2024-08-06": 3}
+        assert first["llm_served_counts"] == {"gpt-4o-mini-2024-07-18": 3}
+
+        server.reset(rules=True)  # day 2: the aliases now point at snapshots B; 3 of 4 answers are cached
+        server.on(has_images=True, then=reply("The cup was removed.", model="gpt-4o-2024-11-20"))
+        server.on(then=json_reply({"score": 2}, model="gpt-4o-mini-2025-01-01"))
+        second = models("o2", 4)
+        assert server.count == 2  # one describe and one score call were live
+        assert second["vlm_served"] == "gpt-4o-2024-08-06,gpt-4o-2024-11-20"
+        assert second["vlm_served_counts"] == {"gpt-4o-2024-08-06": 3, "gpt-4o-2024-11-20": 1}
+        assert second["llm_served_counts"] == {"gpt-4o-mini-2024-07-18": 3, "gpt-4o-mini-2025-01-01": 1}
+
+        server.reset()
+        third = models("o3", 4)  # a re-score entirely from the cache still names who answered
+        assert server.count == 0
+        assert {k: third[k] for k in ("vlm_served", "vlm_served_counts", "llm_served", "llm_served_counts")} == \
+            {k: second[k] for k in ("vlm_served", "vlm_served_counts", "llm_served", "llm_served_counts")}
+    # an exported card carries the counts too
+    card = _judge_provenance({"judge": {"name": "t"}, "models": third})["served_models"]
+    assert card["vlm_served_counts"] == {"gpt-4o-2024-08-06": 3, "gpt-4o-2024-11-20": 1}

@@ -37,6 +37,7 @@ import random
 import re
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +123,8 @@ class LLMClient:
         self._lock = threading.Lock()
         self._rng = random.Random()
         self._validators: dict[str, Any] = {}
-        self._served: set[str] = set()
+        # per served model name, the calls it answered (live or from the cache): see `served_counts`
+        self._served: Counter[str] = Counter()
         # Set when the provider rejected response_format once: later calls ask for JSON in the prompt.
         self.format_fallback = False
         self._warned_plain_http = False
@@ -144,9 +146,18 @@ class LLMClient:
 
     @property
     def served_models(self) -> list[str]:
-        """Model names the server reported in its replies (or the local revision)."""
+        """Model names that answered this client's calls (`served_counts`' keys, sorted)."""
         with self._lock:
             return sorted(self._served)
+
+    @property
+    def served_counts(self) -> dict[str, int]:
+        """Per model name the server reported (or the local revision), how many of this client's calls
+        it answered: the model named by each reply `complete` returned. A cache hit counts for the model
+        recorded with the cached answer, so a re-score from the cache still names who gave its answers
+        (and a run half from an older cache names both snapshots)."""
+        with self._lock:
+            return dict(sorted(self._served.items()))
 
     def complete(self, template: PromptTemplate, variables: dict[str, Any] | None = None,
                  images: Sequence[Image.Image | str] = (), schema: dict | None = None,
@@ -168,6 +179,7 @@ class LLMClient:
         if hit is not None:
             with self._lock:
                 self._stats["cache_hits"] += 1
+            self._note_served(hit.model)
             return hit
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
         attempts = 0
@@ -207,6 +219,7 @@ class LLMClient:
             if problem is None:
                 self._cache.put(key, template, request, image_shas, outcome, parsed, usage, served,
                                 attempts, temperature, seed)
+                self._note_served(served)
                 return LLMReply(text=outcome.text, parsed=parsed, status="ok", attempts=attempts, usage=usage,
                                 latency_s=time.monotonic() - t0, key=key, model=served,
                                 **self._reply_facts(outcome, temperature, seed))
@@ -220,6 +233,7 @@ class LLMClient:
                 seed = self.config.seed + attempt + 1
         with self._lock:
             self._stats["failures"] += 1
+        self._note_served(served)
         error = f"{last_error} [after {attempts} attempt{'s' if attempts != 1 else ''}]"
         log.warning("%s: call failed: %s", self.config.model_id, error)
         facts = self._reply_facts(last, temperature, seed) if last is not None else {}
@@ -367,8 +381,13 @@ class LLMClient:
                 self._stats["timeouts"] += 1
             elif outcome.kind == "malformed":
                 self._stats["invalid_replies"] += 1
-            if outcome.served_model:
-                self._served.add(outcome.served_model)
+
+    def _note_served(self, model: str | None) -> None:
+        """Count one returned reply for the model that gave it (per call, not per attempt, so the counts
+        match the served models the callers' records name)."""
+        if model:
+            with self._lock:
+                self._served[model] += 1
 
     def _backoff(self, retry: int, retry_after: float | None) -> float:
         c = self.config
