@@ -32,7 +32,8 @@ def script(server, unchanged_score=1, changed_score=5):
 
     server.on(has_images=True, where=same, then=reply("Nothing was added, removed or replaced."))
     server.on(has_images=True, then=reply("The object was removed."))
-    server.on("Nothing was added", then=json_reply({"score": unchanged_score}))
+    server.on("Nothing was added", then=json_reply({"score": unchanged_score}) if isinstance(unchanged_score, int)
+              else unchanged_score)  # or a scripted answer
     server.on(then=json_reply({"score": changed_score}))
 
 
@@ -71,6 +72,27 @@ def test_calibrate_then_detect_a_server_that_changed_its_answers(tmp_path):
         C.check(factory, key, canaries, mode="run")
         assert server.count > n
         assert C.check(factory, "never-calibrated", canaries) is None
+
+
+def test_canaries_that_fail_today_count_as_disagreements_and_warn(tmp_path):
+    # Before: agreement kept only canaries scored both times, so a judge whose answers no longer parsed
+    # for most canaries reported agreement 1.0 over the few left, without a warning.
+    canaries = C.CanarySet("mini-part", C.mini_canaries().items[:6])
+    n_unchanged = sum(c.id.endswith("/unchanged") for c in canaries.items)
+    assert 0 < n_unchanged < len(canaries.items)
+    with serve_llm() as server:
+        script(server)
+        cfg = judge_config(server, timeout_s=20)
+        key = C.judge_hash_of(cfg, IDCSJudge(cfg, cache_dir=None).protocol.hash)
+        assert C.calibrate(IDCSJudge(cfg, cache_dir=None, concurrency=4), key, canaries)["scored"] == 6
+        server.reset(rules=True)  # today the scorer's answers to "nothing changed" no longer parse
+        script(server, unchanged_score=reply("I would rate this a one."))
+        checked = C.check(lambda slot: IDCSJudge(cfg, cache_dir=slot, concurrency=4), key, canaries, mode="run")
+    n_filled = len(canaries.items) - n_unchanged  # the only canaries scored today, each as stored
+    assert checked["agreement"] == pytest.approx(n_filled / 6)
+    assert "judge drift" in checked["warning"] and f"{n_unchanged} failed to score" in checked["warning"]
+    assert checked["n"] == 6 and checked["scored"] == n_filled and checked["reference_scored"] == 6
+    assert checked["compared"] == n_filled and checked["failed_today"] == n_unchanged
 
 
 @pytest.mark.heavy

@@ -126,7 +126,8 @@ def calibrate_cmd(
     else:
         value = result["agreement"]
         typer.echo(f"agreement with the reference of {result['reference_date']}: "
-                   f"{'n/a' if value is None else f'{value:.1%}'} of {result['compared']} canaries")
+                   f"{'n/a' if value is None else f'{value:.1%}'} of the {result['reference_scored']} canaries it "
+                   f"scored ({result['failed_today']} failed to score today)")
         if result.get("warning"):
             typer.echo(f"warning: {result['warning']}", err=True)
             raise typer.Exit(int(ExitCode.INCOMPLETE))

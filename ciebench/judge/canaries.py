@@ -10,8 +10,9 @@ again, so a provider that silently changed its model shows up as disagreement wi
 `calibrate(judge, canaries)` judges a set and stores the verdicts under
 ``$CIEBENCH_CACHE/canaries/<judge config hash>/<set hash>.json`` (the first calibration is the
 reference; later ones are compared with it). `check(...)` re-judges the set bypassing the answer
-cache (a fresh cache slot per day or per run) and reports agreement = the share of canaries whose score
-equals the reference's (both scored); below the threshold it warns. Scoring runs do this automatically
+cache (a fresh cache slot per day or per run) and reports agreement = the share of the canaries the
+reference scored that got the same score again (a canary that fails today counts as a disagreement: see
+`agreement`); below the threshold it warns. Scoring runs do this automatically
 for a judge that has a reference (`JudgeRunOptions.canaries`).
 """
 from __future__ import annotations
@@ -162,12 +163,19 @@ def judge_canaries(judge: Any, canaries: CanarySet) -> dict[str, int | None]:
     return {v.sample_id: (v.score if v.ok else None) for v in verdicts}
 
 
-def agreement(reference: dict[str, Any], scores: dict[str, Any]) -> tuple[float | None, int]:
-    """Share of canaries scored in both whose scores are equal, and how many were compared."""
-    both = [k for k in reference if reference[k] is not None and scores.get(k) is not None]
-    if not both:
-        return None, 0
-    return sum(float(reference[k]) == float(scores[k]) for k in both) / len(both), len(both)
+def agreement(reference: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
+    """Today's `scores` against the `reference` verdicts. The denominator is every canary the reference
+    scored: one that fails today (no score) disagrees, as one scored differently does; a judge whose
+    answers turned unusable has stopped agreeing too, and leaving those canaries out let 6 of 18 scored
+    canaries report agreement 1.0. Canaries the reference did not score have nothing to be compared with.
+
+    Returns `agreement` (None when the reference scored none), `reference_scored`, `compared` (scored
+    both times), `same` and `failed_today` (scored by the reference, not today)."""
+    ref = [k for k in reference if reference[k] is not None]
+    both = [k for k in ref if scores.get(k) is not None]
+    same = sum(float(reference[k]) == float(scores[k]) for k in both)
+    return {"agreement": same / len(ref) if ref else None, "reference_scored": len(ref), "compared": len(both),
+            "same": same, "failed_today": len(ref) - len(both)}
 
 
 def calibrate(judge: Any, judge_hash: str, canaries: CanarySet, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
@@ -182,10 +190,9 @@ def calibrate(judge: Any, judge_hash: str, canaries: CanarySet, threshold: float
                   "reference": scores, "history": []}
         result = {"reference_created": True, "agreement": None, "compared": 0}
     else:
-        value, n = agreement(record["reference"], scores)
-        record["history"].append({"date": now, "agreement": value, "compared": n})
-        result = {"reference_created": False, "agreement": value, "compared": n,
-                  "warning": _warning(value, threshold, record["created"])}
+        compared = agreement(record["reference"], scores)
+        record["history"].append({"date": now, **compared})
+        result = {"reference_created": False, **compared, "warning": _warning(compared, threshold, record["created"])}
     atomic_write_json(path, record)
     scored = sum(v is not None for v in scores.values())
     return {**result, "set": canaries.name, "set_hash": canaries.hash, "n": len(scores), "scored": scored,
@@ -208,18 +215,23 @@ def check(judge_factory: Any, judge_hash: str, canaries: CanarySet, mode: str = 
     else:
         slot = cache_root() / "canaries" / judge_hash / "answers" / f"run-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"
     scores = judge_canaries(judge_factory(slot), canaries)
-    value, n = agreement(record["reference"], scores)
-    return {"set": canaries.name, "set_hash": canaries.hash, "agreement": value, "compared": n,
+    compared = agreement(record["reference"], scores)
+    return {"set": canaries.name, "set_hash": canaries.hash, "n": len(scores),
+            "scored": sum(v is not None for v in scores.values()), **compared,
             "reference_date": record["created"], "threshold": threshold, "mode": mode,
-            "warning": _warning(value, threshold, record["created"])}
+            "warning": _warning(compared, threshold, record["created"])}
 
 
-def _warning(value: float | None, threshold: float, created: str) -> str | None:
+def _warning(compared: dict[str, Any], threshold: float, created: str) -> str | None:
+    value = compared["agreement"]
     if value is None:
-        return "no canary could be compared (every verdict failed)"
+        return f"the reference of {created} scored no canary: nothing to compare with (calibrate again)"
     if value < threshold:
-        return (f"judge drift: only {value:.0%} of the canaries got the score stored on {created} "
-                f"(threshold {threshold:.0%}); the provider may have changed the model behind its name")
+        ref, failed = compared["reference_scored"], compared["failed_today"]
+        differ = compared["compared"] - compared["same"]
+        return (f"judge drift: only {value:.0%} of the {ref} canaries scored on {created} got the same score "
+                f"today ({differ} scored differently, {failed} failed to score; threshold {threshold:.0%}); "
+                f"the provider may have changed the model behind its name, or its answers no longer parse")
     return None
 
 
