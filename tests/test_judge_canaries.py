@@ -25,16 +25,16 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CIEBENCH_CACHE", str(tmp_path / "cache"))
 
 
-def script(server, unchanged_score=1, changed_score=5):
+def script(server, unchanged_score=1, changed_score=5, describe_usage=None, score_usage=None):
     def same(r):
         a, b = r.images()
         return np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
 
-    server.on(has_images=True, where=same, then=reply("Nothing was added, removed or replaced."))
-    server.on(has_images=True, then=reply("The object was removed."))
-    server.on("Nothing was added", then=json_reply({"score": unchanged_score}) if isinstance(unchanged_score, int)
-              else unchanged_score)  # or a scripted answer
-    server.on(then=json_reply({"score": changed_score}))
+    server.on(has_images=True, where=same, then=reply("Nothing was added, removed or replaced.", usage=describe_usage))
+    server.on(has_images=True, then=reply("The object was removed.", usage=describe_usage))
+    server.on("Nothing was added", then=json_reply({"score": unchanged_score}, usage=score_usage)
+              if isinstance(unchanged_score, int) else unchanged_score)  # or a scripted answer
+    server.on(then=json_reply({"score": changed_score}, usage=score_usage))
 
 
 def test_the_mini_canary_set_is_deterministic():
@@ -115,6 +115,67 @@ def test_scoring_reports_canary_drift_in_the_summary(tmp_path):
         assert summary["judge_canaries"]["agreement"] < 0.9 and "judge drift" in summary["judge_canaries"]["warning"]
         result = runner.invoke(app, ["judge", "calibrate", "--judge", str(cfg)])
         assert result.exit_code == 1 and "judge drift" in result.output
+
+
+def test_canary_calls_are_paid_from_the_max_cost_budget_and_reported(tmp_path):
+    # Before: the canary judge had no budget, so `--max-cost 0` still sent the 36 canary calls, and their
+    # spend appeared neither in judge_budget nor in the judge stats.
+    pred = tmp_path / "pred"
+    identity_predictions(pred, 2)
+    describe_cost = (1000 + 10) / 1000 * 0.01  # the scripted usage below at $0.01 per 1k tokens in and out
+    score_cost = (100 + 5) / 1000 * 0.01
+    with serve_llm() as server:
+        common = {"base_url": server.base_url, "max_retries": 0, "price_per_1k_input": 0.01,
+                  "price_per_1k_output": 0.01}
+        cfg = tmp_path / "judge.yaml"
+        cfg.write_text(yaml.safe_dump({"name": "t", "vlm": {"model": "v", **common}, "llm": {"model": "l", **common}}))
+        # every canary call distinct (an unchanged and a filled canary share their instruction: with one
+        # description for both, one score call could be answered by the other's from the check's cache)
+        script(server, describe_usage={"prompt_tokens": 1000, "completion_tokens": 10},
+               score_usage={"prompt_tokens": 100, "completion_tokens": 5})
+        assert runner.invoke(app, ["judge", "calibrate", "--judge", str(cfg)]).exit_code == 0
+        n_canaries = len(C.mini_canaries().items)
+        assert server.count == 2 * n_canaries
+
+        def score(out: str, max_cost: str, limit: int) -> dict:
+            server.reset()
+            result = runner.invoke(app, ["score", "--dataset", "mini", "--predictions", str(pred), "--out",
+                                         str(tmp_path / out), "--limit", str(limit), "--metrics", "idcs", "--judge", str(cfg),
+                                         "--judge-canaries", "run", "--max-cost", max_cost])
+            assert result.exit_code == 0, result.output
+            return json.loads((tmp_path / out / "summary.json").read_text())
+
+        # a budget for both: the prediction and the check are judged; the check's calls are paid from the
+        # budget and reported in its spend and in the judge stats
+        full = score("full", "5", limit=1)
+        assert full["judge_canaries"]["agreement"] == 1.0 and "skipped" not in full["judge_canaries"]
+        # what the server received: the prediction's 2 calls, then the check's (unchanged canaries of one
+        # source image are the same describe call, which the check's own cache may answer: 31..36 requests)
+        describes, scores = server.count_where(has_images=True), server.count_where(has_images=False)
+        assert scores == 1 + n_canaries and 1 + 13 <= describes <= 1 + n_canaries
+        canary_cost = (describes - 1) * describe_cost + (scores - 1) * score_cost
+        stats = full["judge"]["stats"]
+        assert stats["total"]["requests"] == 2 and stats["canaries"]["total"]["requests"] == server.count - 2
+        assert stats["canaries"]["total"]["cost"] == pytest.approx(canary_cost)
+        assert stats["total_with_canaries"]["requests"] == server.count
+        total = describe_cost + score_cost + canary_cost
+        assert stats["total_with_canaries"]["cost"] == pytest.approx(total)
+        assert full["judge_budget"]["spent_usd"] == pytest.approx(total)
+        assert full["judge_budget"]["canary_spent_usd"] == pytest.approx(canary_cost)
+
+        # a budget too small for the canary check (its upper bound is far above $0.1) but enough for the
+        # new prediction (the first is cached; the second has the same source image, so its describe call
+        # is cached too): both are scored, the check is skipped with a note and sends nothing
+        small = score("small", "0.1", limit=2)
+        assert server.count_where(has_images=False) == 1 and server.count_where(has_images=True) == 0
+        assert small["metrics"]["idcs"]["n"] == 2
+        assert small["judge_canaries"]["agreement"] is None and "not checked" in small["judge_canaries"]["skipped"]
+        assert small["judge_budget"]["spent_usd"] == pytest.approx(score_cost)
+        assert small["judge_budget"]["canary_spent_usd"] == 0
+        assert small["judge"]["stats"]["total_with_canaries"]["requests"] == 1
+        # a zero budget sends nothing at all (the audit's run sent the 31 canary calls)
+        zero = score("zero", "0", limit=2)
+        assert server.count == 0 and "not checked" in zero["judge_canaries"]["skipped"]
 
 
 def test_freeze_a_run_as_a_canary_set(tmp_path):

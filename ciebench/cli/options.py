@@ -65,7 +65,7 @@ MaxCostOpt = Annotated[Optional[float], typer.Option(
                        "the rest is reported as not judged and a rerun continues.")]
 JudgeCanariesOpt = Annotated[str, typer.Option(
     "--judge-canaries", help="Re-judge the canaries of a calibrated judge (`ciebench judge calibrate`): day (once a "
-                             "UTC day), run (every run) or off.")]
+                             "UTC day), run (every run) or off; paid from --max-cost, skipped with a note when it cannot be.")]
 JudgeBatchOpt = Annotated[bool, typer.Option(
     "--judge-batch", help="Send judge calls through the provider's OpenAI-compatible Batch API (cheaper, slower); "
                           "a rerun after a crash resumes the pending batch.")]

@@ -32,7 +32,7 @@ from ciebench.cache import cache_root
 from ciebench.errors import DataError, UsageError
 from ciebench.io import atomic_write_bytes, atomic_write_json, png_bytes, sha256_bytes, stable_hash
 from ciebench.results import RunFolderError
-from ciebench.status import Status
+from ciebench.status import Status, VerdictStatus
 
 DEFAULT_THRESHOLD = 0.9
 CANARY_MODES = ("day", "run", "off")
@@ -156,11 +156,18 @@ def store_path(judge_hash: str, set_hash: str) -> Path:
     return cache_root() / "canaries" / judge_hash / f"{set_hash}.json"
 
 
-def judge_canaries(judge: Any, canaries: CanarySet) -> dict[str, int | None]:
+def _items(canaries: CanarySet) -> list[Any]:
     from ciebench.metrics.idcs import JudgeItem
 
-    verdicts = judge.judge([JudgeItem(c.id, c.source, c.edited, c.instruction) for c in canaries.items])
+    return [JudgeItem(c.id, c.source, c.edited, c.instruction) for c in canaries.items]
+
+
+def _scores(verdicts: list[Any]) -> dict[str, int | None]:
     return {v.sample_id: (v.score if v.ok else None) for v in verdicts}
+
+
+def judge_canaries(judge: Any, canaries: CanarySet) -> dict[str, int | None]:
+    return _scores(judge.judge(_items(canaries)))
 
 
 def agreement(reference: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +210,9 @@ def check(judge_factory: Any, judge_hash: str, canaries: CanarySet, mode: str = 
           threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any] | None:
     """Re-judge `canaries` when a reference exists; None when there is none or `mode` is "off".
     `judge_factory(cache_dir)` builds the judge with the given cache slot: one per UTC day ("day": the
-    day's later runs reuse it, so the check is paid once a day) or a fresh one ("run")."""
+    day's later runs reuse it, so the check is paid once a day) or a fresh one ("run"). A judge with a
+    `budget` (--max-cost) runs the check only when the budget can pay its upper-bound cost; otherwise
+    the result says why it was `skipped` and has no agreement."""
     if mode not in CANARY_MODES:
         raise UsageError(f"canary mode must be one of {CANARY_MODES}, got {mode!r}")
     path = store_path(judge_hash, canaries.hash)
@@ -214,11 +223,28 @@ def check(judge_factory: Any, judge_hash: str, canaries: CanarySet, mode: str = 
         slot = cache_root() / "canaries" / judge_hash / "answers" / datetime.now(timezone.utc).strftime("%Y-%m-%d")
     else:
         slot = cache_root() / "canaries" / judge_hash / "answers" / f"run-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"
-    scores = judge_canaries(judge_factory(slot), canaries)
+    judge = judge_factory(slot)
+    head = {"set": canaries.name, "set_hash": canaries.hash, "n": len(canaries.items),
+            "reference_date": record["created"], "threshold": threshold, "mode": mode}
+    items = _items(canaries)
+    budget = getattr(judge, "budget", None)
+    if budget is not None:
+        # The check draws on the run's --max-cost budget. Only a check that can be paid whole is sent:
+        # canaries left unjudged would read as failures (disagreements) and fake a drift warning.
+        need = judge.estimate(items).cost_max
+        if not budget.affords(need):
+            return {**head, "agreement": None, "warning": None,
+                    "skipped": f"not checked: its calls could cost up to ${need:.4f} and the --max-cost budget "
+                               f"has ${budget.left:.4f} left (nothing was sent; rerun with a larger budget)"}
+    verdicts = judge.judge(items)
+    unpaid = sum(v.status == VerdictStatus.NOT_JUDGED for v in verdicts)
+    if unpaid:  # the estimate fell short (a longer description, a retry): what was sent is paid and counted
+        return {**head, "agreement": None, "warning": None,
+                "skipped": f"not checked: the --max-cost budget ran out during the check ({unpaid} of "
+                           f"{len(verdicts)} canaries not judged); rerun with a larger budget"}
+    scores = _scores(verdicts)
     compared = agreement(record["reference"], scores)
-    return {"set": canaries.name, "set_hash": canaries.hash, "n": len(scores),
-            "scored": sum(v is not None for v in scores.values()), **compared,
-            "reference_date": record["created"], "threshold": threshold, "mode": mode,
+    return {**head, "scored": sum(v is not None for v in scores.values()), **compared,
             "warning": _warning(compared, threshold, record["created"])}
 
 

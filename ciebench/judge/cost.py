@@ -160,11 +160,25 @@ class Budget:
 
     def reserve(self, amount: float) -> bool:
         with self._lock:
-            if self.spent + self.reserved + amount > self.max_usd + 1e-12:
+            if not self._fits(amount):
                 self.refused += 1
                 return False
             self.reserved += amount
             return True
+
+    def affords(self, amount: float) -> bool:
+        """Whether `amount` could be reserved now; reserves and counts nothing (to decide whether a
+        whole group of calls, e.g. the canary check, can be paid before sending any of them)."""
+        with self._lock:
+            return self._fits(amount)
+
+    @property
+    def left(self) -> float:
+        with self._lock:
+            return max(0.0, self.max_usd - self.spent - self.reserved)
+
+    def _fits(self, amount: float) -> bool:
+        return self.spent + self.reserved + amount <= self.max_usd + 1e-12
 
     def settle(self, reserved: float, actual: float) -> None:
         with self._lock:

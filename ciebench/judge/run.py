@@ -67,6 +67,7 @@ class JudgeSession:
         self.verdicts: list[Any] = []
         self.n_missing = 0
         self.canary: dict[str, Any] | None = None
+        self.canary_judge: Any = None  # the judge of the canary check, for its spend in `info`
 
     @classmethod
     def open(cls, options: Any) -> "JudgeSession":
@@ -99,12 +100,16 @@ class JudgeSession:
             return None
 
         def factory(slot: Path) -> Any:
-            return IDCSJudge(self.config, cache_dir=slot, prompts_dir=jopts.prompts_dir,
-                             allow_unverified_prompts=jopts.allow_unverified_prompts)
+            # the run's budget: canary calls are paid from the same --max-cost as the verdicts
+            self.canary_judge = IDCSJudge(self.config, cache_dir=slot, prompts_dir=jopts.prompts_dir,
+                                          budget=self.judge.budget,
+                                          allow_unverified_prompts=jopts.allow_unverified_prompts)
+            return self.canary_judge
 
         self.canary = canaries.check(factory, judge_hash, canary_set, jopts.canaries, jopts.canary_threshold)
-        if self.canary and self.canary.get("warning"):
-            log.warning("%s", self.canary["warning"])
+        for note in ("warning", "skipped"):
+            if self.canary and self.canary.get(note):
+                log.warning("judge canaries: %s", self.canary[note])
         return self.canary
 
     def items(self, keys: list, loaded: Any, index: dict, paths: dict) -> list:
@@ -165,7 +170,18 @@ class JudgeSession:
         resolved = self.judge.protocol
         return {**self.config.to_dict(), "hash": self.config.hash, "protocol": resolved.name,
                 "protocol_hash": resolved.hash, "protocol_spec": resolved.to_dict(), "passes": self.judge.passes,
-                "stats": self.judge.stats}
+                "stats": self.stats()}
+
+    def stats(self) -> dict[str, Any]:
+        """The judge's stats (`total`: the verdicts' calls) and, when the canary check ran, its own
+        (`canaries`) and everything this run sent and spent (`total_with_canaries`)."""
+        stats = self.judge.stats
+        if self.canary_judge is not None:
+            canary = {k: v for k, v in self.canary_judge.stats.items() if k != "budget"}  # shared: once, above
+            stats["canaries"] = canary
+            stats["total_with_canaries"] = {k: stats["total"][k] + canary["total"][k] for k in stats["total"]}
+            stats["total_with_canaries"]["cost"] = round(stats["total_with_canaries"]["cost"], 8)
+        return stats
 
     def annotate(self, summary: dict[str, Any]) -> None:
         """Protocol, failure classes, passes and judge noise beside the IDCS mean in `summary` (the keys
@@ -191,9 +207,11 @@ class JudgeSession:
         summary["judge_protocol"] = {"name": self.judge.protocol.name, "hash": self.judge.protocol.hash}
         if self.canary is not None:
             summary["judge_canaries"] = self.canary
-        if self.judge.budget is not None:
+        if self.judge.budget is not None:  # spent_usd includes the canary check's calls (one budget)
             summary["judge_budget"] = {**self.judge.budget.to_dict(),
                                        "not_judged": judged["failures_by_class"]["not_judged"]}
+            if self.canary_judge is not None:
+                summary["judge_budget"]["canary_spent_usd"] = self.canary_judge.stats["total"]["cost"]
 
 
 # What `JudgeSession.annotate` adds to summary.json's metrics.idcs beside the aggregation of samples.csv:
