@@ -88,6 +88,23 @@ def test_passes_ask_with_distinct_seeds_and_the_sample_score_is_their_median(tmp
         assert server.count == n and [v.score for v in again] == [4.0, 2.0, 1.0]  # every pass cached
 
 
+def test_retries_never_resend_another_passs_seed(tmp_path):
+    # Before: pass k's retry after an invalid reply sent seed base + k + 1, pass k+1's own request (at
+    # temperature >= retry_temperature the very same draw), so two passes could be one verdict: seeds
+    # sent were [0, 1, 1, 2] for three passes with one retry.
+    passes, attempts = 4, 3  # max_retries 2: every score call is tried three times, all invalid
+    with serve_llm() as server:
+        server.on(has_images=True, then=reply(SENTENCE))
+        server.on(then=reply("four"))
+        cfg = judge_config(server, temperature=0.7, max_retries=attempts - 1)
+        verdict = IDCSJudge(cfg, cache_dir=tmp_path, passes=passes, concurrency=1).judge(items(1))[0]
+        seeds = [r.body["seed"] for r in server.requests if not r.has_images]
+    assert verdict.pass_scores == [None] * passes
+    assert len(seeds) == passes * attempts and len(set(seeds)) == len(seeds)  # no two requests share a seed
+    firsts = seeds[::attempts]  # concurrency 1: each pass's attempts in a row
+    assert firsts == [0, 1, 2, 3]  # first attempts keep the pass seeds, so cached first answers stay valid
+
+
 def _predictions(tmp_path: Path, n: int) -> tuple[Path, list[dict]]:
     pred = tmp_path / "pred"
     rows = identity_predictions(pred, n)

@@ -122,9 +122,9 @@ def test_schema_sent_validated_and_invalid_replies_retried(server, tmp_path):
     assert r.ok and r.parsed == {"score": 4} and r.attempts == 3
     rf = server.requests[0].response_format
     assert rf == {"type": "json_schema", "json_schema": {"name": "ask", "schema": SCHEMA, "strict": True}}
-    # an invalid reply is resampled: retry_temperature and a bumped seed (deterministic sequence)
+    # an invalid reply is resampled: retry_temperature and a seed n million above (deterministic sequence)
     assert [q.body["temperature"] for q in server.requests] == [0.0, 0.7, 0.7]
-    assert [q.body["seed"] for q in server.requests] == [0, 1, 2]
+    assert [q.body["seed"] for q in server.requests] == [0, 1_000_000, 2_000_000]
     s = client.stats
     assert s["invalid_replies"] == 2 and s["retries"] == 2 and s["failures"] == 0
 

@@ -113,13 +113,13 @@ def test_seed_null_sends_no_seed_on_retries(server, tmp_path):
     server.on(then=[reply("no"), reply("still no"), json_reply({"score": 2})])
     r = make_client(cfg(server, seed=None), tmp_path).complete(ASK, {"q": "a"}, schema=SCHEMA)
     assert r.ok and server.count == 3 and all("seed" not in q.body for q in server.requests)
-    # with a seed, retries resample with seed + attempt at the retry temperature
+    # with a seed, the n-th retry resamples with seed + n million at the retry temperature
     server.reset(rules=True)
     server.on(then=[reply("no"), json_reply({"score": 2})])
     r = make_client(cfg(server, seed=7, retry_temperature=0.5), tmp_path).complete(ASK, {"q": "b"}, schema=SCHEMA)
-    assert [q.body["seed"] for q in server.requests] == [7, 8]
+    assert [q.body["seed"] for q in server.requests] == [7, 1_000_007]
     assert [q.body["temperature"] for q in server.requests] == [0.0, 0.5]
-    assert r.seed == 8 and r.temperature == 0.5
+    assert r.seed == 1_000_007 and r.temperature == 0.5
 
 
 @pytest.mark.parametrize("field,value", [("temperature", 2.5), ("temperature", -0.1), ("temperature", True),

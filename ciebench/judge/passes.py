@@ -19,13 +19,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ciebench.llm import RETRY_SEED_STRIDE
+
 NOISE_REPLICATES = 2000
 NOISE_SEED = 0
 
 
 def pass_seed(base: int | None, pass_index: int) -> int | None:
     """Pass k asks with seed base + k (pass 0 keeps the config's seed, so a one-pass run is unchanged);
-    without a base seed no seed is sent and the passes differ only by their cache slot."""
+    without a base seed no seed is sent and the passes differ only by their cache slot. A retry inside a
+    pass resamples with seed + n * RETRY_SEED_STRIDE (`ciebench.llm.client`), never another pass's seed,
+    as long as there are fewer passes than the stride."""
+    if not 0 <= pass_index < RETRY_SEED_STRIDE:
+        raise ValueError(f"pass index {pass_index} outside 0..{RETRY_SEED_STRIDE - 1}: its seed could equal "
+                         "a retry seed of another pass")
     return None if base is None else base + pass_index
 
 

@@ -57,6 +57,12 @@ from .transport import is_loopback, redact_secret
 
 log = logging.getLogger("ciebench.llm")
 
+# A retry after an invalid reply resamples with seed + n * RETRY_SEED_STRIDE (n-th retry). Callers give
+# several clients consecutive seeds (judge pass k: base + k; editor seeds 0, 1, 2): with seed + n, pass
+# k's retry sent exactly pass k+1's request, so two "independent" passes were one draw. With the stride,
+# retry seeds never equal any first-attempt seed base + k for k < RETRY_SEED_STRIDE, nor each other.
+RETRY_SEED_STRIDE = 1_000_000
+
 
 @dataclass
 class LLMReply:
@@ -229,8 +235,8 @@ class LLMClient:
             log.info("%s: attempt %d gave an invalid reply (%s)", self.config.model_id, attempts, last_error)
             if self.config.retry_temperature is not None and self.config.temperature is not None:
                 temperature = max(self.config.temperature, self.config.retry_temperature)
-            if self.config.seed is not None:
-                seed = self.config.seed + attempt + 1
+            if self.config.seed is not None:  # the first attempt keeps config.seed (cache keys unchanged)
+                seed = self.config.seed + (attempt + 1) * RETRY_SEED_STRIDE
         with self._lock:
             self._stats["failures"] += 1
         self._note_served(served)
@@ -519,4 +525,4 @@ def _image_sha256(image: Image.Image) -> str:
 
 
 __all__ = ["LLMConfig", "LLMReply", "LLMCall", "LLMClient", "make_client", "parse_json_reply",
-           "release_local_models", "BACKENDS", "DEFAULT_LOCAL_MODEL", "FAILURE_CLASSES", "PROVIDER_KEY_ENVS"]
+           "release_local_models", "RETRY_SEED_STRIDE", "BACKENDS", "DEFAULT_LOCAL_MODEL", "FAILURE_CLASSES", "PROVIDER_KEY_ENVS"]

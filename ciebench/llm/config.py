@@ -76,7 +76,8 @@ class LLMConfig:
     # How a JSON schema is sent: "json_schema" (structured outputs, strict), "json_object"
     # (JSON mode; for servers without json_schema) or "none". Replies are validated locally always.
     response_format: str = "json_schema"
-    # Retries after an *invalid* reply resample with this temperature (0-2) and seed + attempt, since a
+    # Retries after an *invalid* reply resample with this temperature (0-2) and seed + n * 1,000,000 for
+    # the n-th retry (RETRY_SEED_STRIDE: never a neighbouring pass's or editor seed's own), since a
     # greedy retry would repeat the same answer. None, or temperature None: retry with the original
     # decoding parameters.
     retry_temperature: float | None = 0.7
