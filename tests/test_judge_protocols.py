@@ -158,6 +158,30 @@ def test_idcs_paper_end_to_end_asks_as_the_authors_did_and_never_scores_a_failur
     assert by["0"].passes[0].provenance["describe"]["text_first"] is True
 
 
+def test_the_summary_records_the_max_tokens_the_calls_were_sent_with(files, server, tmp_path):
+    # Before: summary.json judge.vlm / judge.llm showed the config's max_tokens (512) while idcs-paper sent
+    # the authors' limits (321 and 17 in the stand-in source).
+    from ciebench.judge.run import JudgeRunOptions, JudgeSession
+
+    server.on(has_images=True, then=reply(SENTENCE))
+    server.on(then=reply("4"))
+    config = judge_config(server, "idcs-paper")
+    assert (config.vlm.max_tokens, config.llm.max_tokens) == (512, 512)
+    judge = IDCSJudge(config, cache_dir=tmp_path / "llm", protocol_asset=standin_asset(files.url("metrics_evaluation.py")))
+    assert judge.judge(items(1))[0].score == 4
+    sent = (next(r for r in server.requests if r.has_images).body["max_tokens"],
+            next(r for r in server.requests if not r.has_images).body["max_tokens"])
+    assert sent == (321, 17)
+    info = JudgeSession(judge, config, JudgeRunOptions(canaries="off")).info()
+    assert (info["vlm"]["max_tokens"], info["llm"]["max_tokens"]) == sent
+    assert info["config_overrides"] == {"vlm.max_tokens": {"config": 512, "sent": 321},
+                                        "llm.max_tokens": {"config": 512, "sent": 17}}
+    assert info["hash"] == config.hash  # the config as given, as spec.json records it
+    plain = judge_config(server)  # idcs-v1 sends the config's own limits: nothing to report
+    plain_info = JudgeSession(IDCSJudge(plain, cache_dir=None), plain, JudgeRunOptions(canaries="off")).info()
+    assert plain_info["config_overrides"] == {} and plain_info["vlm"]["max_tokens"] == 512
+
+
 def test_every_failure_class_is_counted_apart_and_never_scored(server, tmp_path):
     refusal = json.dumps({"id": "x", "object": "chat.completion", "model": "llm-test", "choices": [
         {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": None,

@@ -167,10 +167,18 @@ class JudgeSession:
         return self.info(), self.judge.model_ids()
 
     def info(self) -> dict[str, Any]:
+        """summary.json's `judge`: the judge config, except that `vlm` / `llm` are the settings the calls
+        were sent with (a protocol's max_tokens, e.g. idcs-paper's, replace the config's: recording the
+        config's value there named a limit no call used); `config_overrides` lists each field where the
+        two differ. `hash` stays the hash of the config as given (spec.json's)."""
         resolved = self.judge.protocol
-        return {**self.config.to_dict(), "hash": self.config.hash, "protocol": resolved.name,
-                "protocol_hash": resolved.hash, "protocol_spec": resolved.to_dict(), "passes": self.judge.passes,
-                "stats": self.stats()}
+        config = self.config.to_dict()
+        sent = {"vlm": self.judge.vlm.config.to_dict(), "llm": self.judge.llm.config.to_dict()}
+        overrides = {f"{part}.{k}": {"config": config[part][k], "sent": v} for part in sent
+                     for k, v in sent[part].items() if config[part].get(k) != v}
+        return {**config, **sent, "config_overrides": overrides, "hash": self.config.hash,
+                "protocol": resolved.name, "protocol_hash": resolved.hash, "protocol_spec": resolved.to_dict(),
+                "passes": self.judge.passes, "stats": self.stats()}
 
     def stats(self) -> dict[str, Any]:
         """The judge's stats (`total`: the verdicts' calls) and, when the canary check ran, its own
