@@ -162,6 +162,11 @@ class RegionScorer:
         self._clip_future: Future | None = None
         self._preprocessor_future: Future | None = None
         if "clip" in self.metrics:
+            # torchvision is imported here, before the loader thread: transformers' image utilities import
+            # torchvision.transforms on that thread while LPIPS imports torchvision.models on this one, and
+            # two threads importing one package at once can see it half initialised (ImportError)
+            import torchvision  # noqa: F401
+
             loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ciebench-load")
             self._preprocessor_future = loader.submit(self._load_preprocessor)
             self._clip_future = loader.submit(self._load_clip)

@@ -340,3 +340,36 @@ def test_a_device_this_machine_lacks_fails_before_any_model_loads(monkeypatch):
         RegionScorer("cielr", metrics=["lpips"], device="gpu")
     with pytest.raises(UsageError):
         RegionScorer("cielr", metrics=["lpips"], device="cpu:1")
+
+
+def test_scoring_models_load_with_torchvision_imported_before_the_loader_thread():
+    """CLIP's processor loads on a thread (transformers' image utilities import torchvision.transforms)
+    while LPIPS loads on the caller's (torchvision.models): in a process that imported transformers but not
+    torchvision, the two imports raced and one failed half initialised (ImportError, 3 runs in 6). So
+    torchvision must be whole before that thread starts: checked in a fresh process, at the thread's start."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import json, sys, concurrent.futures as cf
+import transformers
+assert "torchvision" not in sys.modules
+seen = []
+real = cf.ThreadPoolExecutor.submit
+def submit(self, fn, *args, **kwargs):
+    seen.append(all(m in sys.modules for m in ("torchvision.transforms", "torchvision.models")))
+    return real(self, fn, *args, **kwargs)
+cf.ThreadPoolExecutor.submit = submit
+from ciebench.metrics.region import RegionScorer
+RegionScorer("cielr", metrics=["psnr", "lpips", "clip"], device="cpu").model_ids()
+print(json.dumps(seen))
+"""
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen and all(seen), seen
