@@ -392,7 +392,10 @@ class ReasoningChain:
                 "rejected": problem, "feedback_round": attempt, "reply": reply.text, "parsed": reply.parsed,
                 "attempts": reply.attempts, "cached": reply.cached, "usage": reply.usage,
                 "latency_s": round(reply.latency_s, 4), "wall_s": round(time.perf_counter() - t0, 4),
-                "model": reply.model})
+                # what the kept answer was sampled with: a retry after an invalid reply goes out warmer,
+                # with another seed
+                "model": reply.model, "temperature": reply.temperature, "seed": reply.seed,
+                "response_format": reply.response_format, "finish_reason": reply.finish_reason})
             if reply.status != "ok":
                 raise ChainFailure(stage, reply.error or "the model call failed")
             if problem is None:

@@ -238,6 +238,11 @@ def test_injected_code_is_data_not_instructions(server, editor, tmp_path):
     assert trace["steps"][0]["prompt"] == act["new_object"]  # the text only ever reaches the text encoder
     by_stage = {e["stage"]: e for e in trace["exchanges"]}
     assert by_stage["spatial"]["attempts"] == 2 and by_stage["action"]["attempts"] == 2
+    # the trace says what the kept answer was sampled with: the retry's decoding, as the server received it
+    sent = [q.body for q in server.requests if stage_of(q.text) == "action" and "MARK-INJ" in q.text]
+    assert len(sent) == 2 and sent[0]["seed"] != sent[1]["seed"]
+    assert (by_stage["action"]["temperature"], by_stage["action"]["seed"]) == (sent[1]["temperature"], sent[1]["seed"])
+    assert by_stage["action"]["finish_reason"] == "stop" and by_stage["action"]["response_format"]
     k = trace["steps"][0]["region_ids"][0]
     assert not (changed(res, src) & ~dilate(region_mask(trace, arts, 2, k), DILATION)).any()
 
