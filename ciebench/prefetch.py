@@ -41,9 +41,11 @@ class Configuration:
     benchmark: str | None = None  # a registered benchmark (instead of, or giving, the dataset)
     judge_prompts: str | None = None  # local copies of pinned or a benchmark's unpinned prompt files (--judge-prompts)
     judge_protocol: str | None = None  # overrides the judge config's protocol (--judge-protocol)
+    editor_config: str | None = None  # a YAML file of editor options (--editor-config)
 
     def to_dict(self) -> dict[str, Any]:
         return {"editors": list(self.editors), "preset": self.preset, "editor_args": list(self.editor_args),
+                **({"editor_config": self.editor_config} if self.editor_config else {}),
                 "dataset": self.dataset, "protocol": self.protocol,
                 "metrics": list(self.metrics) if self.metrics is not None else None, "judge": self.judge,
                 "score": self.score, "benchmark": self.benchmark, "judge_prompts": self.judge_prompts,
@@ -92,7 +94,7 @@ def configuration_requirements(config: Configuration) -> tuple[list[Requirement]
     for name in config.editors:
         try:
             cls_preset = config.preset if config.preset and config.preset in _editor_presets(name) else None
-            editor = build_editor(name, list(config.editor_args), None, cls_preset)
+            editor = build_editor(name, list(config.editor_args), config.editor_config, cls_preset)
         except (RegistryError, EditorConfigError, ValueError) as exc:
             text, prefix = str(exc), f"editor {name!r}"  # a rejected Config value names its editor already
             raise UsageError(text if text.startswith(prefix) else f"{prefix}: {text}",

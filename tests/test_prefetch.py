@@ -111,6 +111,17 @@ def test_a_table_diffusers_editor_runs_offline_from_its_bundle_and_records_its_c
     assert invocation["editor_models"] == {f"{FLUX_KONTEXT}@main": snapshot.name}
 
 
+def test_a_bundle_made_for_another_editor_is_refused_before_any_work(bundle: Path, tmp_path: Path):
+    """The identity bundle holds no InstructPix2Pix: every sample failed offline with a network error that
+    never named the bundle; now the command stops first (exit 4), naming the missing model and what the
+    bundle was made for, and writes nothing."""
+    proc = _evaluate_with_only_the_bundle(bundle, tmp_path / "run", tmp_path, "--editor", "instructpix2pix")
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert "does not hold" in message and "timbrooks/instruct-pix2pix" in message and '"identity"' in message
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_missing_bundle_file_is_named(bundle: Path, tmp_path: Path):
     import shutil
 

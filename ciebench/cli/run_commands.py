@@ -167,6 +167,15 @@ def evaluate_cmd(
 
     _coverage(min_coverage)
     bench = _bench.resolve(benchmark) if benchmark else None
+    from ciebench.prefetch import Configuration
+
+    from .travel import refuse_what_the_bundle_lacks
+
+    refuse_what_the_bundle_lacks(Configuration(
+        editors=(editor,), preset=preset, editor_args=tuple(editor_arg), dataset=None if benchmark else dataset,
+        protocol=protocol, metrics=split_names(metrics), judge=judge, benchmark=benchmark,
+        judge_prompts=str(judge_prompts) if judge_prompts else None, judge_protocol=judge_protocol,
+        editor_config=str(editor_config) if editor_config else None))
     run = functools.partial(
         api.evaluate, editor, dataset, out, seeds=_seeds(seeds), limit=limit, protocol=protocol,
         metrics=split_names(metrics), judge=judge, judge_protocol=judge_protocol, judge_passes=judge_passes,
@@ -264,6 +273,14 @@ def score_cmd(
         for line in api.estimate_judging(dataset, predictions, **options):
             typer.echo(line)
         return
+    from ciebench.prefetch import Configuration
+
+    from .travel import refuse_what_the_bundle_lacks
+
+    refuse_what_the_bundle_lacks(Configuration(
+        dataset=None if benchmark else dataset, protocol=protocol, metrics=split_names(metrics), judge=judge,
+        benchmark=benchmark, judge_prompts=str(judge_prompts) if judge_prompts else None,
+        judge_protocol=judge_protocol))
     try:
         # summary.json's timing covers the command's whole process: its stage `startup` holds the
         # interpreter, the imports, reading the dataset and finding the predictions

@@ -76,6 +76,32 @@ def use_bundle(folder: str, verify: bool = True) -> None:
         fail(exc)
 
 
+def refuse_what_the_bundle_lacks(config) -> None:
+    """With a bundle in use (`--bundle`, CIEBENCH_BUNDLE), a command whose models or files the bundle does
+    not hold is refused before any work, naming them and what the bundle was made for; otherwise every
+    sample would fail offline with a network error that never names the bundle."""
+    import json
+    import os
+
+    from ciebench.bundle import BUNDLE_ENV, read_manifest
+    from ciebench.errors import EnvironmentProblem
+    from ciebench.prefetch import plan
+
+    folder = os.environ.get(BUNDLE_ENV)
+    if not folder:
+        return
+    missing = plan(config, offline=True).missing
+    if not missing:
+        return
+    made_for = (read_manifest(folder) or {}).get("configuration")
+    shown = "; ".join(missing[:5]) + (f"; ... {len(missing) - 5} more" if len(missing) > 5 else "")
+    raise EnvironmentProblem(
+        f"bundle {folder} does not hold what this command loads: {shown}",
+        hint=f"the bundle was made for {json.dumps(made_for, sort_keys=True)}; make one for this command with "
+             "`ciebench prefetch ... --bundle DIR` (the same --editor, --preset, --editor-arg, --dataset, "
+             "--protocol, --metrics and --judge) on a machine with network")
+
+
 @app.command("prefetch")
 def prefetch_cmd(
     editor: EditorsOpt = [],
