@@ -85,15 +85,8 @@ def conform(value: Any, hint: Any, key: str) -> Any:
     if isinstance(value, str):
         return coerce(value, hint, key)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return conform(value, arg, key)
-            except EditorConfigError:
-                continue
-        raise EditorConfigError(f"option {key}: cannot read {value!r} as {hint}")
+    if _is_union(origin):
+        return _first_member(value, hint, key, conform, value is None)
     if origin in (tuple, list) and isinstance(value, (list, tuple)):
         if origin is tuple and args and args[-1] is not Ellipsis:  # a fixed-length tuple: one type per place
             if len(args) != len(value):
@@ -115,15 +108,8 @@ def conform(value: Any, hint: Any, key: str) -> Any:
 def coerce(text: str, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if text.lower() in ("none", "null") and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return coerce(text, arg, key)
-            except EditorConfigError:
-                continue
-        raise EditorConfigError(f"option {key}: cannot read {text!r} as {hint}")
+    if _is_union(origin):
+        return _first_member(text, hint, key, coerce, text.lower() in ("none", "null"))
     if origin in (tuple, list):
         inner = args[0] if args else str
         parts = [coerce(p.strip(), inner, key) for p in text.split(",") if p.strip()]
@@ -140,3 +126,21 @@ def coerce(text: str, hint: Any, key: str) -> Any:
     except ValueError as exc:
         raise EditorConfigError(f"option {key}: cannot read {text!r} as {hint.__name__}") from exc
     return yaml.safe_load(text)
+
+
+def _is_union(origin: Any) -> bool:
+    return origin in (typing.Union, getattr(__import__("types"), "UnionType", None))
+
+
+def _first_member(value: Any, hint: Any, key: str, read: Any, means_none: bool) -> Any:
+    """`value` read as the first member of the union `hint` that takes it (`read`: `coerce` for text,
+    `conform` for a typed value); None when it says none and the union allows it."""
+    args = typing.get_args(hint)
+    if means_none and type(None) in args:
+        return None
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return read(value, arg, key)
+        except EditorConfigError:
+            continue
+    raise EditorConfigError(f"option {key}: cannot read {value!r} as {hint}")

@@ -33,8 +33,8 @@ from .backend import Backend, LocalBackend
 from .editor import Editor, EditRequest, EditResult
 from .errors import DataError, OutputConflict, UsageError
 from .images import check_image
-from .io import (atomic_write_bytes, atomic_write_json, json_safe, json_text, png_bytes, sha256_bytes, sha256_file,
-                 stable_hash)
+from .io import (atomic_write_bytes, atomic_write_json, json_safe, json_text, png_bytes, read_json_object,
+                 sha256_bytes, sha256_file, stable_hash)
 from .isolate import run_isolated
 from .results import file_stem
 from .schema import EditSample
@@ -116,11 +116,9 @@ def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
     spec_path = out / "spec.json"
     if spec_path.exists():
         try:
-            existing = json.loads(spec_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            existing = {}
-        if not isinstance(existing, dict):
-            existing = {}
+            existing = read_json_object(spec_path)  # {} for another JSON value
+        except ValueError:
+            existing = {}  # unreadable: said so in the refusal
         if existing.get("spec_hash") == spec.spec_hash:
             if existing.get("editor_config_hash") != spec.editor_config_hash:
                 # the same run; the config hash is now computed over more (a wrapped editor's resolved

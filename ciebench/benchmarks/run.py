@@ -29,6 +29,7 @@ from ciebench.io import (
     atomic_write_json,
     atomic_write_text,
     png_bytes,
+    read_json_object,
     sha256_bytes,
     sha256_file,
     stable_hash,
@@ -66,11 +67,9 @@ def prepare_run(out: Path, spec: dict[str, Any], overwrite: bool) -> None:
     path = out / "spec.json"
     if path.exists():
         try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = {}
-        if not isinstance(old, dict):
-            old = {}
+            old = read_json_object(path)  # {} for another JSON value
+        except ValueError:
+            old = {}  # unreadable: said so in the refusal
         if old.get("spec_hash") == spec["spec_hash"]:
             return
         if not overwrite:
