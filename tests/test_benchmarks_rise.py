@@ -21,7 +21,7 @@ from ciebench.editor import EditResult
 from ciebench.registry import RegistryError
 from ciebench.status import Status
 from tests.support.fixtures_benchmarks import (PLUS_PROMPT_NAMES, V1_PROMPT_NAMES, ScriptedJudge, StampEditor, make_rise_plus, make_rise_v1, write_prompt_file)
-from tests.support.llm_server import respond, serve_llm
+from tests.support.llm_server import reply, respond, serve_llm
 
 runner = CliRunner()
 AC, IR, VP = "ApprConsistency", "Reasoning", "VisualPlausibility"
@@ -252,6 +252,46 @@ def test_retry_failed_judges_the_regenerated_output(tmp_path, v1_prompts, monkey
     lines = _verdict_lines(out, "spatial_reasoning_2")
     assert [(v["status"], v["image_sha256"]) for v in lines] == [
         ("missing", None), ("ok", hashlib.sha256(image.read_bytes()).hexdigest())]
+
+
+def test_a_judge_error_is_asked_again_not_answered_from_the_cache(tmp_path, v1_prompts):
+    """A reply no parser can read is a judge error; the LLM cache keeps it like any decodable reply. The
+    rerun that judges the case again sends its calls to the judge (the cache would repeat the same text),
+    the fresh answer replaces the cached one, and the case is scored as if the judge had answered well."""
+    root = tmp_path / "rise"
+    items, colours = make_rise_v1(root)
+    judge = ScriptedJudge(V1_RAW, colours)
+    out = tmp_path / "run"
+    with serve_llm() as server:
+        # the first request about spatial_reasoning_2 (whatever its dimension) gets an unusable reply, once
+        server.on(where=lambda req: colours.case_of(req.images()[-1]) == "spatial_reasoning_2",
+                  then=reply("I cannot score this."), repeat=False)
+        server.on(then=respond(judge))
+        args = ["evaluate", "--benchmark", "risebench", "--benchmark-root", str(root), "--editor", "identity",
+                "--out", str(out), "--judge", str(judge_file(tmp_path, server))]
+        assert runner.invoke(app, args).exit_code == 0
+        first = json.loads((out / "summary.json").read_text())
+        assert first["ours"]["status_counts"] == {"judge_error": 1, "ok": 7}
+        sent = server.count
+        judge.seen.clear()
+        result = runner.invoke(app, args)  # a plain resume retries judge errors (docs/benchmarks.md)
+        assert result.exit_code == 0, result.output
+        # its three questions (AC, IR, VP: no consistency flag) reach the judge again, and nothing else
+        assert server.count - sent == 3 and {c for c, *_ in judge.seen} == {"spatial_reasoning_2"}
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["run"]["judging"] == {"resumed": 7, "ok": 1}
+        assert summary["ours"]["status_counts"] == {"ok": 8}
+        expected = v1_expected(items)  # as if the judge had answered well the first time
+        assert summary["headline"]["value"] == pytest.approx(expected["Overall"][1])
+        for label, (score, acc) in expected.items():
+            r = row(summary["official"], label)
+            assert (r["Score-Origin"], r["Accuracy"]) == pytest.approx((score, acc)), label
+        # a case judged for the first time still takes the cache, which now holds the good answer
+        (out / "verdicts.jsonl").unlink()
+        sent = server.count
+        assert runner.invoke(app, args).exit_code == 0
+        assert server.count == sent
+        assert json.loads((out / "summary.json").read_text())["ours"]["status_counts"] == {"ok": 8}
 
 
 def test_rescoring_judges_an_added_or_replaced_prediction(tmp_path, v1_prompts):

@@ -29,7 +29,7 @@ class ScriptedJudge(BenchJudge):
     def __init__(self, benchmark, replies: dict[str, str]):
         self.benchmark, self.replies = benchmark, replies
 
-    def _ask(self, case, call):
+    def _ask(self, case, call, refresh=False):
         return self.replies[call.dimension], None
 
 

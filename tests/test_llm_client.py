@@ -232,6 +232,19 @@ def test_cache_second_identical_call_makes_zero_requests(server, tmp_path):
     json.loads(files[0].read_text())
 
 
+def test_refresh_sends_a_cached_call_again_and_replaces_the_entry(server, tmp_path):
+    """`refresh=True`: the call is sent although the cache holds a reply for it, and the new answer is what
+    later calls get from the cache (a caller that could not use the cached text asks again)."""
+    server.script(reply("I cannot score this."), reply("Final Score: 4"))
+    client = make_client(http_config(server), tmp_path / "cache")
+    assert client.complete(ASK, {"i": 1, "q": "a"}).text == "I cannot score this."
+    assert client.complete(ASK, {"i": 1, "q": "a"}).cached and server.count == 1
+    fresh = client.complete(ASK, {"i": 1, "q": "a"}, refresh=True)
+    assert (fresh.text, fresh.cached, fresh.attempts, server.count) == ("Final Score: 4", False, 1, 2)
+    later = make_client(http_config(server), tmp_path / "cache").complete(ASK, {"i": 1, "q": "a"})
+    assert (later.text, later.cached, server.count) == ("Final Score: 4", True, 2)
+
+
 def test_api_key_never_leaks(server, tmp_path, monkeypatch, caplog):
     secret = "sk-test-9f8e7d6c5b4a-SECRET"
     monkeypatch.setenv("CIEBENCH_TEST_KEY", secret)

@@ -67,12 +67,16 @@ class BenchJudge:
     def client(self, role: str) -> LLMClient:
         return self.clients.get(role) or self.clients["main"]
 
-    def judge(self, case: Case, output: Path) -> CaseJudgement:
+    def judge(self, case: Case, output: Path, refresh: bool = False) -> CaseJudgement:
+        """The case's scores, one judge call per official question. `refresh`: every call goes to the judge
+        even when the LLM cache holds its reply; for a case whose last verdict was a judge error, whose
+        cached replies (the cache keeps any reply that decodes, e.g. "I cannot score this") would give the
+        same error again. The official scripts make no retry within a call, so none is added here."""
         raw: dict[str, float | None] = {}
         replies: dict[str, str | None] = {}
         errors: dict[str, str] = {}
         for call in self.benchmark.judge_calls(case, output):
-            text, error = self._ask(case, call)
+            text, error = self._ask(case, call, refresh)
             replies[call.dimension] = text
             where = f"{self.benchmark.name} case {case.id} ({call.dimension})"
             try:
@@ -90,7 +94,7 @@ class BenchJudge:
             errors.setdefault(dim, f"case {case.id}: {why}")
         return CaseJudgement(dims=dims, replies=replies, errors=errors)
 
-    def _ask(self, case: Case, call: JudgeCall) -> tuple[str | None, str | None]:
+    def _ask(self, case: Case, call: JudgeCall, refresh: bool = False) -> tuple[str | None, str | None]:
         what = f"{self.benchmark.name} case {case.id} ({call.dimension}, {call.prompt})"
         text = self.benchmark.render_prompt(self.prompts, call, what)
         # The official text goes in as one variable: the shared template engine inserts it verbatim
@@ -102,7 +106,8 @@ class BenchJudge:
         except OSError as exc:
             return None, f"{what}: cannot read judge image: {exc}"
         reply = self.client(call.role).complete(template, {"official_prompt": text}, images=images,
-                                                text_first=call.text_first or self.benchmark.text_first)
+                                                text_first=call.text_first or self.benchmark.text_first,
+                                                refresh=refresh)
         if reply.status != "ok":
             return None, f"{what}: {reply.error}"
         return reply.text, None

@@ -221,6 +221,9 @@ def judge_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, 
     images = predictions_root(predictions)
     verdicts = out / "verdicts.jsonl"
     final = final_outputs(verdicts, DONE_STATUSES)
+    # cases whose last verdict is a judge error: judged again with the LLM cache bypassed, since it holds
+    # the very replies that made the error (any decodable text is cached) and would answer them again
+    failed = final_outputs(verdicts, (Status.JUDGE_ERROR,))
     counts: dict[str, int] = {"resumed": 0}
     bar = tqdm(total=total, desc=f"judging {benchmark.name}", unit="case", disable=not progress)
     with open(verdicts, "a", encoding="utf-8") as sink:
@@ -232,10 +235,11 @@ def judge_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, 
             # the editor could not take the case (or never got it): whatever file lies there is not its output
             output = None if taken is not None else find_output(images / case.output_folder, case.id)
             digest = sha256_file(output) if output is not None else None
-            if final.get(f"{case.output_folder}/{case.id}", UNRECORDED) == digest:
+            key = f"{case.output_folder}/{case.id}"
+            if final.get(key, UNRECORDED) == digest:
                 counts["resumed"] += 1
                 continue
-            row = _verdict(benchmark, case, images, output, judge, taken)
+            row = _verdict(benchmark, case, images, output, judge, taken, refresh=key in failed)
             row["image_sha256"] = digest
             counts[row["status"]] = counts.get(row["status"], 0) + 1
             sink.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
@@ -264,7 +268,7 @@ def _record_verdict(records: Path | None, case: Case) -> dict[str, Any] | None:
 
 
 def _verdict(benchmark: Benchmark, case: Case, images: Path, output: Path | None, judge: Any,
-             record: dict[str, Any] | None) -> dict[str, Any]:
+             record: dict[str, Any] | None, refresh: bool = False) -> dict[str, Any]:
     if record is not None and record["status"] == Status.INPUT_ERROR:
         # the benchmark's data failed, not the editor: no score at all (never the missing-output minimum)
         return benchmark.verdict_row(case, Status.INPUT_ERROR, {}, error=record.get("error"))
@@ -277,7 +281,7 @@ def _verdict(benchmark: Benchmark, case: Case, images: Path, output: Path | None
     if judge is None:
         return benchmark.verdict_row(case, Status.JUDGE_ERROR, {}, error="no judge configured")
     try:
-        judged = judge.judge(case, output)
+        judged = judge.judge(case, output, refresh=refresh)
     except (ValueError, OSError) as exc:  # a malformed case or unreadable file: this case only
         return benchmark.verdict_row(case, Status.JUDGE_ERROR, {}, error=f"case {case.id}: {exc}")
     status = Status.JUDGE_ERROR if judged.errors else Status.OK

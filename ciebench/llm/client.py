@@ -9,8 +9,8 @@
         record_failure(reply.error)   # complete() never raises for a failed or invalid reply
 
 Every call is keyed by a content hash (see `LLMClient.cache_key`); successful replies are stored as
-one JSON file per key under `cache_dir`, so a second identical call sends no request. Transport
-failures (timeouts, connection errors, HTTP 429 / 5xx) and invalid replies (unparsable, not matching
+one JSON file per key under `cache_dir`, so a second identical call sends no request (unless it asks
+`refresh`). Transport failures (timeouts, connection errors, HTTP 429 / 5xx) and invalid replies (unparsable, not matching
 the JSON schema, rejected by the `validate` callback) are retried with exponential backoff and
 jitter; after `max_retries` retries the reply comes back with status "error" and the reason.
 
@@ -168,20 +168,23 @@ class LLMClient:
     def complete(self, template: PromptTemplate, variables: dict[str, Any] | None = None,
                  images: Sequence[Image.Image | str] = (), schema: dict | None = None,
                  validate: Callable[[Any], str | None] | None = None, text_first: bool = False,
-                 may_retry: Callable[[], bool] | None = None) -> LLMReply:
+                 may_retry: Callable[[], bool] | None = None, refresh: bool = False) -> LLMReply:
         """Render `template` with `variables`, send it with `images` (in order, before the text unless
         `text_first`; a `str` among them is a text part in that place, for protocols that label their
         images) and return the reply. With `schema`, the reply must be JSON matching it;
         `validate(parsed)` may return a reason to reject an answer (None accepts it). `may_retry()` is
         asked before every retry (a cost cap reserves the attempt there); False ends the call with the
-        last failure. Never raises for a failed call; template errors (missing or unexpected variables)
+        last failure. `refresh` sends the call even when the cache holds a reply for it, and the fresh
+        valid reply replaces the cached one: for a caller that found the cached answer unusable (a judge
+        reply its parser could not read), since the cache accepts any reply `validate` lets through.
+        Never raises for a failed call; template errors (missing or unexpected variables)
         and invalid schemas raise, as they are caller bugs."""
         t0 = time.monotonic()
         call = self.prepare(template, variables, images, schema, text_first)
         request, image_shas, key = call.request, list(call.image_shas), call.key
         with self._lock:
             self._stats["calls"] += 1
-        hit = self._cached_reply(key, schema, validate, t0)
+        hit = None if refresh else self._cached_reply(key, schema, validate, t0)
         if hit is not None:
             with self._lock:
                 self._stats["cache_hits"] += 1
