@@ -218,6 +218,28 @@ def test_an_added_or_replaced_prediction_is_measured_again(tmp_path, unired):
     assert rows["real_world_a/1"]["status"] == "ok" and rows["real_world_a/1"]["mse"] == 0
 
 
+def test_a_limit_score_into_a_full_scores_folder_summarises_only_its_cases(tmp_path, unired):
+    """The region summary of `score --limit 2` into a full score's --out covers those two cases only (the
+    other rows stay in region_metrics.jsonl), as a fresh `--limit 2` score's does."""
+    first_two = [f"{c.output_folder}/{c.id}" for c in list(UniREditBench().cases(tmp_path / "UniREditBench"))[:2]]
+    out = tmp_path / "scored"
+    with serve_llm() as server:
+        server.on(then=respond(lambda req: "**Final Score**: 5"))
+        assert score(tmp_path, server, out).exit_code == 0
+        assert json.loads((out / "summary.json").read_text())["ours"]["region"]["cases"] == 5
+        assert score(tmp_path, server, out, "--limit", "2").exit_code == 0
+        assert score(tmp_path, server, tmp_path / "fresh", "--limit", "2").exit_code == 0
+    region = json.loads((out / "summary.json").read_text())["ours"]["region"]
+    assert region == json.loads((tmp_path / "fresh" / "summary.json").read_text())["ours"]["region"]
+    rows = rows_of(out)
+    assert len(rows) == 5 and region["cases"] == 2
+    assert region["status_counts"] == {s: sum(rows[k]["status"] == s for k in first_two)
+                                       for s in {rows[k]["status"] for k in first_two}}
+    scored = [rows[k]["mse"] for k in first_two if rows[k]["status"] == "ok"]
+    assert region["overall"]["mse"]["n"] == len(scored)
+    assert region["overall"]["mse"]["mean"] == pytest.approx(sum(scored) / len(scored) if scored else None)
+
+
 def test_evaluate_scores_the_run_images(tmp_path, unired):
     # the identity editor returns the source: nothing outside (or inside) the region changed
     out = tmp_path / "run"

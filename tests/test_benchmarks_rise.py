@@ -203,6 +203,44 @@ def test_risebench_score_predictions_missing_output_and_verdicts(tmp_path, v1_pr
     assert set(json.loads((again / "summary.json").read_text())["timing"]["stages"]) == {"read", "summary"}
 
 
+def test_a_limit_score_into_a_full_scores_folder_counts_only_its_own_cases(tmp_path, v1_prompts):
+    """`score --limit 3` into the --out of a full score: the verdicts of the other five cases stay in the
+    folder, but the summary, labelled "(--limit 3)", covers exactly the three cases, as a fresh
+    `--limit 3` score does."""
+    root = tmp_path / "rise"
+    items, colours = make_rise_v1(root)
+    model = tmp_path / "outputs" / "model-x"
+    for it in items:
+        dest = model / "images" / it["category"] / f"{it['index']}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(root / it["image"]).convert("RGB").save(dest)
+    out = tmp_path / "scored"
+    with serve_llm() as server:
+        server.on(then=respond(ScriptedJudge(V1_RAW, colours)))
+
+        def score(folder, *extra):
+            result = runner.invoke(app, ["score", "--benchmark", "risebench", "--benchmark-root", str(root),
+                                         "--predictions", str(model), "--out", str(folder),
+                                         "--judge", str(judge_file(tmp_path, server)), *extra])
+            assert result.exit_code == 0, result.output
+            return json.loads((folder / "summary.json").read_text())
+
+        assert score(out)["ours"]["cases"] == 8
+        limited = score(out, "--limit", "3")
+        fresh = score(tmp_path / "fresh", "--limit", "3")
+    assert limited["run"]["judging"] == {"resumed": 3}  # nothing judged again: the three verdicts are final
+    assert limited["ours"]["cases"] == 3 and limited["ours"]["status_counts"] == {"ok": 3}
+    assert "over 3 of the 360" in limited["headline"]["incomplete"] and "(--limit 3)" in limited["headline"]["incomplete"]
+    expected = v1_expected(items[:3])  # the reference formula over the first three cases alone
+    assert limited["headline"]["value"] == pytest.approx(expected["Overall"][1])
+    for label, (score_, acc) in expected.items():
+        r = row(limited["official"], label)
+        assert (r["Score-Origin"], r["Accuracy"]) == pytest.approx((score_, acc)), label
+    for key in ("headline", "official", "supported_only"):
+        assert limited[key] == fresh[key], key
+    assert limited["ours"] == fresh["ours"]
+
+
 class FlakyEditor(StampEditor):
     """Fails one case while `failing` names it (a transient error, e.g. out of GPU memory)."""
 

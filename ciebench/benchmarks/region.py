@@ -18,7 +18,7 @@ import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Container, Iterable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -170,7 +170,7 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
     from ciebench.images import open_image_file, to_rgb8
     from ciebench.metrics.region import RegionScorer, ScoreItem
 
-    from .run import UNRECORDED, _ends_with_newline, final_outputs, predictions_root
+    from .run import UNRECORDED, _ends_with_newline, case_key, final_outputs, predictions_root
 
     timer = timer if timer is not None else StageTimer()
 
@@ -200,7 +200,7 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
 
         def items() -> Iterator[ScoreItem]:
             for case in cases:
-                key = f"{case.output_folder}/{case.id}"
+                key = case_key(case)
                 truth = case.ground_truth_image
                 if truth is None:
                     not_applicable = "the case has no ground-truth image or mask"
@@ -258,10 +258,11 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
     return counts
 
 
-def latest_rows(path: Path) -> Iterator[dict[str, Any]]:
+def latest_rows(path: Path, keys: Container[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Each case's last row (only the cases `keys` names, as `latest_verdicts`)."""
     from .run import latest_verdicts
 
-    return latest_verdicts(path)
+    return latest_verdicts(path, keys)
 
 
 def summarize(rows: Iterable[dict[str, Any]], options: RegionOptions, columns: list[str]) -> dict[str, Any]:
@@ -310,9 +311,10 @@ def region_columns(options: RegionOptions) -> list[str]:
 
 
 def run_region(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, out: Path, options: RegionOptions,
-               *, progress: bool = True, total: int | None = None, timer: StageTimer | None = None
-               ) -> tuple[dict[str, int], dict[str, Any]]:
-    """Score the cases not yet done, then summarise every row in the folder: (counts, summary block)."""
+               *, progress: bool = True, total: int | None = None, timer: StageTimer | None = None,
+               keys: Container[str] | None = None) -> tuple[dict[str, int], dict[str, Any]]:
+    """Score the cases not yet done, then summarise the rows of the cases `keys` names (None: every row in
+    the folder): (counts, summary block)."""
     check_identity(out, options)
     counts = region_cases(benchmark, cases, predictions, out, options, progress=progress, total=total, timer=timer)
-    return counts, summarize(latest_rows(out / ROWS_FILE), options, region_columns(options))
+    return counts, summarize(latest_rows(out / ROWS_FILE, keys), options, region_columns(options))

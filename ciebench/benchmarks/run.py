@@ -16,7 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Container, Iterable, Iterator
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -235,7 +235,7 @@ def judge_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, 
             # the editor could not take the case (or never got it): whatever file lies there is not its output
             output = None if taken is not None else find_output(images / case.output_folder, case.id)
             digest = sha256_file(output) if output is not None else None
-            key = f"{case.output_folder}/{case.id}"
+            key = case_key(case)
             if final.get(key, UNRECORDED) == digest:
                 counts["resumed"] += 1
                 continue
@@ -325,11 +325,21 @@ def iter_verdicts(path: Path) -> Iterator[dict[str, Any]]:
                 continue
 
 
-def latest_verdicts(path: Path) -> Iterator[dict[str, Any]]:
-    """Each case's last verdict, in file order. Holds only a key -> line number map, not the rows."""
+def case_key(case: Case) -> str:
+    """The key a case's rows are found by in verdicts.jsonl / region_metrics.jsonl (`output_folder/id`)."""
+    return f"{case.output_folder}/{case.id}"
+
+
+def latest_verdicts(path: Path, keys: Container[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Each case's last verdict, in file order. Holds only a key -> line number map, not the rows.
+    `keys` (`case_key`s): only those cases' rows. A folder scored again with another case selection (a
+    different --limit or copy of the benchmark) keeps the other cases' rows, which must not be counted
+    in numbers labelled with this call's selection; None: every case in the file (`--verdicts`)."""
     last: dict[str, int] = {}
     for n, row in enumerate(iter_verdicts(path)):
-        last[f"{row['output_folder']}/{row['id']}"] = n
+        key = f"{row['output_folder']}/{row['id']}"
+        if keys is None or key in keys:
+            last[key] = n
     wanted = set(last.values())
     for n, row in enumerate(iter_verdicts(path)):
         if n in wanted:

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ciebench import outdir
 from ciebench.editor import Editor
@@ -15,11 +15,12 @@ from ciebench.io import atomic_write_json
 from ciebench.llm.client import LLMConfig
 from ciebench.metrics.timing import StageTimer
 
-from .base import Benchmark, require_data
+from .base import Benchmark, Case, require_data
 from .judging import BenchJudge
 from .prompts import PromptSet, load_prompts, load_unpinned
 from .region import RegionOptions, run_region
-from .run import aggregate, generate, judge_cases, latest_verdicts, mark_completeness, prepare_run, write_summary
+from .run import (aggregate, case_key, generate, judge_cases, latest_verdicts, mark_completeness, prepare_run,
+                  write_summary)
 
 
 @dataclass
@@ -84,11 +85,20 @@ def prompt_set(benchmark: Benchmark, local_dir: str | None) -> PromptSet:
                          f"{benchmark.name}/{benchmark.prompt_file}")
 
 
-def _cases(benchmark: Benchmark, options: BenchOptions):
+def _cases(benchmark: Benchmark, options: BenchOptions, keys: set[str] | None = None):
+    """The cases this call covers (--benchmark-root, --limit); each one's `case_key` is added to `keys`
+    as it is read, so the summary can count exactly these cases (see `_finish`)."""
     cases = benchmark.cases(options.root)
     if options.limit is not None:
         cases = (c for n, c in zip(range(options.limit), cases))
-    return require_data(benchmark.name, cases)
+    cases = require_data(benchmark.name, cases)
+    return cases if keys is None else _noting(cases, keys)
+
+
+def _noting(cases: Iterator[Case], keys: set[str]) -> Iterator[Case]:
+    for case in cases:
+        keys.add(case_key(case))
+        yield case
 
 
 def _count(benchmark: Benchmark, options: BenchOptions) -> int:
@@ -147,20 +157,23 @@ def _evaluate(benchmark: Benchmark, editor: Editor, out: Path, options: BenchOpt
     stats = generate(benchmark, editor, _cases(benchmark, options), out, retry_failed=options.retry_failed,
                      progress=options.progress, total=total)
     timer = StageTimer(options.timing_since)  # scoring only, as a dataset run's (each edit's time is in its record)
+    keys: set[str] = set()
     with timer.stage("judge"):
-        counts = judge_cases(benchmark, _cases(benchmark, options), out, out, judge, records=out,
+        counts = judge_cases(benchmark, _cases(benchmark, options, keys), out, out, judge, records=out,
                              progress=options.progress, total=total)
     header = {"run": {"editor": editor.describe(), "generation": stats.__dict__, "judging": counts},
               "judge": judge.provenance()}
-    return _finish(benchmark, options, out, out, header, total, timer)
+    return _finish(benchmark, options, out, out, header, total, timer, keys)
 
 
 def _finish(benchmark: Benchmark, options: BenchOptions, predictions: Path, out: Path, header: dict[str, Any],
-            total: int, timer: StageTimer) -> dict[str, Any]:
+            total: int, timer: StageTimer, keys: set[str]) -> dict[str, Any]:
     """The official aggregation, plus ciebench's region metrics under `ours.region` (never in the official
-    table or headline), then summary.json with the run's per-stage `timing`."""
+    table or headline), then summary.json with the run's per-stage `timing`. Both count only the cases of
+    this call (`keys`): rows an earlier call left in --out for other cases (a full score, then `--limit 3`
+    into the same folder) stay in the files but would otherwise be counted under this call's label."""
     with timer.stage("summary"):
-        result = mark_completeness(benchmark, aggregate(benchmark, latest_verdicts(out / "verdicts.jsonl")),
+        result = mark_completeness(benchmark, aggregate(benchmark, latest_verdicts(out / "verdicts.jsonl", keys)),
                                    options.limit)
     if options.region is not None and not benchmark.ground_truth:
         result["ours"] = {**(result.get("ours") or {}), "region": {
@@ -168,7 +181,7 @@ def _finish(benchmark: Benchmark, options: BenchOptions, predictions: Path, out:
     elif options.region is not None:
         try:
             counts, block = run_region(benchmark, _cases(benchmark, options), predictions, out, options.region,
-                                       progress=options.progress, total=total, timer=timer)
+                                       progress=options.progress, total=total, timer=timer, keys=keys)
             header["run"]["region_metrics"] = counts
         except (OSError, RuntimeError) as exc:  # e.g. LPIPS weights not available offline: the official numbers stay
             block = {"status": "error", "reason": f"region metrics did not run: {type(exc).__name__}: {exc}; rows "
@@ -187,12 +200,13 @@ def score(benchmark: Benchmark, predictions: Path, out: Path, options: BenchOpti
         with timer.stage("load"):  # the judge: its configuration and official prompts
             judge = _judge(benchmark, options, out)
             check_judge(out, judge)
+        keys: set[str] = set()
         with timer.stage("judge"):
-            counts = judge_cases(benchmark, _cases(benchmark, options), Path(predictions), out, judge,
+            counts = judge_cases(benchmark, _cases(benchmark, options, keys), Path(predictions), out, judge,
                                  progress=options.progress, total=total)
         header = {"predictions": str(Path(predictions).resolve()), "run": {"judging": counts},
                   "judge": judge.provenance()}
-        return _finish(benchmark, options, Path(predictions), out, header, total, timer)
+        return _finish(benchmark, options, Path(predictions), out, header, total, timer, keys)
 
 
 def reaggregate(benchmark: Benchmark, verdicts: Path, out: Path, timing_since: float | None = None) -> dict[str, Any]:
