@@ -549,6 +549,45 @@ def test_risebench_plus_multi_image_multi_turn(tmp_path, monkeypatch):
     assert not any(c == "spatial_reasoning_1" and p.endswith("_cons") for c, p, _, _ in judge.seen)
 
 
+def test_verdicts_of_another_benchmark_are_refused_not_published_under_its_name(tmp_path, monkeypatch, caplog):
+    """`score --benchmark B --verdicts FILE` with RISEBench++ verdicts: refused for risebench and kris, naming
+    both benchmarks, with nothing written; rows an older ciebench wrote (no benchmark name) are refused by
+    their categories and folders (v1 has no counterfactual_reasoning, nor hybrid_reasoning/, where a
+    multi-turn case listing only v1 categories lies). The right benchmark still gets the run's numbers."""
+    from ciebench.benchmarks.unireditbench import UniREditBench
+    from ciebench.benchmarks.verdicts import read_verdict_file
+
+    _, _, out, summary = _plus_run(tmp_path, "tests.support.fixtures_benchmarks:StampEditor", monkeypatch)
+    named = out / "verdicts.jsonl"
+    rows = [json.loads(line) for line in named.read_text().splitlines()]
+    assert {r["benchmark"] for r in rows} == {"risebench-plus"}
+    unnamed, hybrid = tmp_path / "older.jsonl", tmp_path / "hybrid.jsonl"
+    unnamed.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "benchmark"}) + "\n" for r in rows))
+    hybrid.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "benchmark"}) + "\n"
+                              for r in rows if r["output_folder"] == "hybrid_reasoning"))
+
+    def reaggregate(bench, path, name):
+        return runner.invoke(app, ["score", "--benchmark", bench, "--verdicts", str(path), "--out", str(tmp_path / name)])
+
+    for n, (bench, path, says) in enumerate([
+            ("risebench", named, "made for benchmark 'risebench-plus'"), ("kris", named, "made for benchmark 'risebench-plus'"),
+            ("risebench", unnamed, "is not a case of risebench"), ("kris", unnamed, "is not a case of kris"),
+            ("risebench", hybrid, "folder 'hybrid_reasoning') is not a case of risebench")]):
+        result = reaggregate(bench, path, f"refused{n}")
+        assert result.exit_code != 0, (bench, path, result.output)
+        assert says in " ".join(result.output.split()) and bench in result.output, result.output
+        assert not (tmp_path / f"refused{n}" / "summary.json").exists()
+    for n, path in enumerate((named, unnamed)):
+        result = reaggregate("risebench-plus", path, f"again{n}")
+        assert result.exit_code == 0, result.output
+        again = json.loads((tmp_path / f"again{n}" / "summary.json").read_text())
+        assert (again["headline"], again["official"]) == (summary["headline"], summary["official"])
+    # a benchmark whose categories come from its data cannot tell: it warns, with the number of rows
+    with caplog.at_level("WARNING", logger="ciebench.benchmarks"):
+        list(read_verdict_file(UniREditBench(), unnamed))
+    assert f"{len(rows)} row(s) name no benchmark" in caplog.text
+
+
 def test_risebench_plus_unsupported_cases(tmp_path, monkeypatch):
     items, judge, out, summary = _plus_run(tmp_path, "tests.support.fixtures_benchmarks:SingleEditor", monkeypatch)
     unsupported = {"causal_reasoning_1", "hybrid_reasoning_1", "hybrid_reasoning_2"}

@@ -242,10 +242,19 @@ class Benchmark:
         then use one reading for every case, without asking the judge again. Default: the row as it is."""
         return row
 
+    def owns_verdict(self, row: dict[str, Any]) -> bool | None:
+        """Whether a verdict row that names no benchmark (written before rows did, or read from an official
+        table) can be one of this benchmark's: its category and every listed category are among
+        `categories`. None: the benchmark cannot tell (its categories are read from the data)."""
+        if not self.categories:
+            return None
+        return {row.get("category"), *(row.get("categories") or ())} <= set(self.categories)
+
     def verdict_row(self, case: Case, status: str, dims: dict[str, float | None], **extra: Any) -> dict[str, Any]:
-        """The per-case record the aggregation reads (one line of verdicts.jsonl), naming the version of
-        the reply parsers that made `dims` (`reply_parsing`, see `reread`)."""
-        return {"id": case.id, "category": case.category, "categories": list(case.categories or (case.category,)),
+        """The per-case record the aggregation reads (one line of verdicts.jsonl), naming the benchmark
+        (`score --verdicts` refuses another's file) and the version of the reply parsers that made `dims`
+        (`reply_parsing`, see `reread`)."""
+        return {"benchmark": self.name, "id": case.id, "category": case.category, "categories": list(case.categories or (case.category,)),
                 "output_folder": case.output_folder, "subtask": case.subtask, "task_type": case.task_type,
                 "language": case.language, "flags": sorted(case.flags), "status": status, "dims": dims,
                 "reply_parsing": self.reply_parsing, **extra}

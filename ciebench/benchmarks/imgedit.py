@@ -155,6 +155,9 @@ class ImgEditUGE(_ImgEdit):
     headline = "UGE average"
     edits = UGE_EDITS
     annotation_name = "UGE_edit.json"
+
+    def owns_verdict(self, row: dict[str, Any]) -> bool | None:
+        return None  # a case's category is its annotation's edit_type when it has one ("uge" otherwise)
     tar_images = "Benchmark/hard"
     prompts = UGE_PROMPTS
 

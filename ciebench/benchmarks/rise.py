@@ -134,6 +134,10 @@ class _Rise(Benchmark):
     def _root(self, root: str | Path | None) -> Path:
         return Path(root) if root is not None else self.hub_folder()
 
+    def owns_verdict(self, row: dict[str, Any]) -> bool | None:
+        # a RISEBench++ multi-turn case lists v1 categories but lies in hybrid_reasoning/, a folder v1 lacks
+        return bool(super().owns_verdict(row)) and row.get("output_folder") in self.categories
+
     def cases(self, root: str | Path | None = None) -> Iterator[Case]:
         path, base = self._annotation(self._root(root))
         items = read_annotations(path, self.name, list)

@@ -5,6 +5,7 @@ consistency_free, multi_turn, subtask / subcategory, task_type)."""
 from __future__ import annotations
 
 import ast
+import logging
 import math
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,16 +16,49 @@ from .base import Benchmark
 from .rise import AC, HYBRID, IR, VP, plus_flags
 from .run import latest_verdicts
 
+log = logging.getLogger("ciebench.benchmarks")
+
 
 def read_verdict_file(benchmark: Benchmark, path: Path) -> Iterator[dict[str, Any]]:
+    """The verdict rows of `path`, after a first pass that refuses a file made for another benchmark
+    (`check_owner`): its numbers would be published under `benchmark`'s name."""
     if not path.is_file():
         raise FileNotFoundError(f"--verdicts {path} does not exist")
     if path.suffix == ".jsonl":
-        return latest_verdicts(path)
-    if path.suffix in (".csv", ".xlsx"):
+        rows = lambda: latest_verdicts(path)  # noqa: E731
+    elif path.suffix in (".csv", ".xlsx"):
         own = getattr(benchmark, "official_verdicts", None)
-        return own(path) if own is not None else _official_table(path)
-    raise ValueError(f"--verdicts {path}: expected .jsonl (ciebench) or .xlsx/.csv (the official judge table)")
+        rows = lambda: own(path) if own is not None else _official_table(path)  # noqa: E731
+    else:
+        raise ValueError(f"--verdicts {path}: expected .jsonl (ciebench) or .xlsx/.csv (the official judge table)")
+    check_owner(benchmark, path, rows())
+    return rows()
+
+
+def check_owner(benchmark: Benchmark, path: Path, rows: Iterator[dict[str, Any]]) -> None:
+    """Refuse rows made for another benchmark: one naming another (`verdict_row` records the name), or,
+    for rows naming none (an older ciebench's, an official table's), one whose category is not this
+    benchmark's (`Benchmark.owns_verdict`). Rows the benchmark cannot tell apart are counted in a warning."""
+    unsure = 0
+    for row in rows:
+        name = row.get("benchmark")
+        where = f"case {row.get('output_folder')}/{row.get('id')}"
+        if name is not None and name != benchmark.name:
+            raise ValueError(f"--verdicts {path} was made for benchmark {name!r} ({where}), not {benchmark.name!r}: "
+                             f"re-aggregate it with --benchmark {name}")
+        if name is not None:
+            continue
+        owns = benchmark.owns_verdict(row)
+        if owns is False:
+            listed = sorted({row.get("category"), *(row.get("categories") or ())} - {None}, key=str)
+            raise ValueError(f"--verdicts {path}: {where} (category {', '.join(map(str, listed))}, folder "
+                             f"{row.get('output_folder')!r}) is not a case of {benchmark.name} (categories: "
+                             f"{', '.join(benchmark.categories)}): a verdict file of another benchmark?")
+        if owns is None:
+            unsure += 1
+    if unsure:
+        log.warning("--verdicts %s: %d row(s) name no benchmark and %s cannot tell its cases from another "
+                    "benchmark's; make sure the file was made for %s", path, unsure, benchmark.name, benchmark.name)
 
 
 def _official_table(path: Path) -> Iterator[dict[str, Any]]:
