@@ -241,6 +241,37 @@ def test_a_limit_score_into_a_full_scores_folder_counts_only_its_own_cases(tmp_p
     assert limited["ours"] == fresh["ours"]
 
 
+def test_an_output_saved_under_another_suffix_is_missing_but_named(tmp_path, v1_prompts, caplog):
+    """Outputs saved as `.PNG` or `.webp` are not read (the official scripts read .png/.jpg/.jpeg only), so
+    their cases stay `missing` at the minimum; but each verdict names the file and the suffixes read, and
+    the command warns once with the number of such cases."""
+    root = tmp_path / "rise"
+    items, colours = make_rise_v1(root)
+    model = tmp_path / "outputs" / "model-x"
+    odd = {"spatial_reasoning_2": "PNG", "logical_reasoning_3": "webp"}
+    for it in items:
+        dest = model / "images" / it["category"] / f"{it['index']}.{odd.get(it['index'], 'png')}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(root / it["image"]).convert("RGB").save(dest, format="WEBP" if dest.suffix == ".webp" else "PNG")
+    out = tmp_path / "scored"
+    with serve_llm() as server, caplog.at_level("WARNING", logger="ciebench.benchmarks"):
+        server.on(then=respond(ScriptedJudge(V1_RAW, colours)))
+        result = runner.invoke(app, ["score", "--benchmark", "risebench", "--benchmark-root", str(root),
+                                     "--predictions", str(model), "--out", str(out),
+                                     "--judge", str(judge_file(tmp_path, server))])
+        assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ours"]["status_counts"] == {"missing": 2, "ok": 6}
+    assert row(summary["official"], "Overall")["Score-Origin"] == pytest.approx(
+        v1_expected(items, missing=set(odd))["Overall"][0])
+    for case_id, suffix in odd.items():
+        (verdict,) = _verdict_lines(out, case_id)
+        assert verdict["status"] == "missing"
+        assert f"{case_id}.{suffix} is there" in verdict["error"] and ".png, .jpg, .jpeg" in verdict["error"]
+    warnings = [r.getMessage() for r in caplog.records if "suffix that is not read" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("2 case(s)")
+
+
 class FlakyEditor(StampEditor):
     """Fails one case while `failing` names it (a transient error, e.g. out of GPU memory)."""
 

@@ -8,6 +8,7 @@ number of cases.
 """
 from __future__ import annotations
 
+import glob
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,6 +348,17 @@ def read_annotations(path: Path, benchmark: str, kind: type) -> Any:
 def percent(score: float | None) -> float | None:
     """The official percentage form of a 1-5 score: 25 (s - 1)."""
     return None if score is None else 25.0 * (score - 1.0)
+
+
+def misnamed_output(folder: Path, stem: str) -> Path | None:
+    """A file `<stem>.<suffix>` in `folder` whose suffix `find_output` does not read (`.PNG`, `.webp`): the
+    official scripts would not read it either, so it stays unscored, but the missing verdict names it."""
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.glob(f"{glob.escape(stem)}.*")):
+        if path.stem == stem and path.suffix[1:] not in OUTPUT_SUFFIXES and path.is_file():
+            return path
+    return None
 
 
 def find_output(folder: Path, stem: str) -> Path | None:

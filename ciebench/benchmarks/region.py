@@ -29,7 +29,7 @@ from ciebench.metrics.timing import StageTimer
 from ciebench.stats import from_json_number
 from ciebench.status import Status
 
-from .base import Benchmark, Case, RunningMean, find_output
+from .base import Benchmark, Case, RunningMean, find_output, misnamed_output
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -170,7 +170,7 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
     from ciebench.images import open_image_file, to_rgb8
     from ciebench.metrics.region import RegionScorer, ScoreItem
 
-    from .run import UNRECORDED, _ends_with_newline, case_key, final_outputs, predictions_root
+    from .run import UNRECORDED, _ends_with_newline, case_key, final_outputs, missing_output_error, predictions_root
 
     timer = timer if timer is not None else StageTimer()
 
@@ -221,7 +221,8 @@ def region_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path,
                     write(case, Status.NOT_APPLICABLE, {}, not_applicable)
                     continue
                 if output is None:
-                    write(case, Status.MISSING, {}, f"no output {key}.(png|jpg|jpeg) in {images}")
+                    write(case, Status.MISSING, {}, missing_output_error(
+                        images, case, misnamed_output(images / case.output_folder, case.id)))
                     continue
                 try:
                     with timer.stage("decode"):

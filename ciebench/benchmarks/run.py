@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -38,10 +39,12 @@ from ciebench.spec import derive_seed, spec_differences
 from ciebench.status import Status
 from ciebench.turns import drive_turns, unsupported_reason
 
-from .base import Benchmark, Case, find_output
+from .base import OUTPUT_SUFFIXES, Benchmark, Case, find_output, misnamed_output
 
 if TYPE_CHECKING:  # the runner loads the scoring stack: imported when generation runs
     from ciebench.runner import RunStats
+
+log = logging.getLogger("ciebench.benchmarks")
 
 # A verdict with one of these is final for the output it was made for (its `image_sha256`; None: no
 # output); judge errors are retried. An output regenerated (--retry-failed) or added later is judged again.
@@ -225,6 +228,7 @@ def judge_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, 
     # the very replies that made the error (any decodable text is cached) and would answer them again
     failed = final_outputs(verdicts, (Status.JUDGE_ERROR,))
     counts: dict[str, int] = {"resumed": 0}
+    misnamed: list[str] = []  # outputs saved under a suffix that is not read (see `_verdict`)
     bar = tqdm(total=total, desc=f"judging {benchmark.name}", unit="case", disable=not progress)
     with open(verdicts, "a", encoding="utf-8") as sink:
         if verdicts.stat().st_size and not _ends_with_newline(verdicts):
@@ -240,12 +244,18 @@ def judge_cases(benchmark: Benchmark, cases: Iterable[Case], predictions: Path, 
                 counts["resumed"] += 1
                 continue
             row = _verdict(benchmark, case, images, output, judge, taken, refresh=key in failed)
+            if row["status"] == Status.MISSING and row.get("misnamed_output"):
+                misnamed.append(row["misnamed_output"])
             row["image_sha256"] = digest
             counts[row["status"]] = counts.get(row["status"], 0) + 1
             sink.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
             sink.flush()
             os.fsync(sink.fileno())
     bar.close()
+    if misnamed:
+        log.warning("%d case(s) scored as missing have a file under a suffix that is not read (e.g. %s); only "
+                    ".%s (lower case) are read, as the official scripts read them: save those outputs as PNG and "
+                    "score again", len(misnamed), misnamed[0], ", .".join(OUTPUT_SUFFIXES))
     return counts
 
 
@@ -276,8 +286,12 @@ def _verdict(benchmark: Benchmark, case: Case, images: Path, output: Path | None
         return benchmark.verdict_row(case, Status.UNSUPPORTED, benchmark.missing_verdict(case),
                                      error=record.get("error"))
     if output is None:
+        # a file under a suffix that is not read (.PNG, .webp) stays missing, as for the official scripts,
+        # but the row names it (and judge_cases warns) rather than leave the minimum unexplained
+        other = misnamed_output(images / case.output_folder, case.id)
         return benchmark.verdict_row(case, Status.MISSING, benchmark.missing_verdict(case),
-                                     error=f"no output {case.output_folder}/{case.id}.(png|jpg|jpeg) in {images}")
+                                     error=missing_output_error(images, case, other),
+                                     **({"misnamed_output": str(other)} if other is not None else {}))
     if judge is None:
         return benchmark.verdict_row(case, Status.JUDGE_ERROR, {}, error="no judge configured")
     try:
@@ -287,6 +301,16 @@ def _verdict(benchmark: Benchmark, case: Case, images: Path, output: Path | None
     status = Status.JUDGE_ERROR if judged.errors else Status.OK
     return benchmark.verdict_row(case, status, judged.dims, replies=judged.replies,
                                  error="; ".join(judged.errors.values()) or None)
+
+
+def missing_output_error(images: Path, case: Case, other: Path | None = None) -> str:
+    """Why a case has no output, naming `other`, a file saved under a suffix that is not read
+    (`misnamed_output`)."""
+    error = f"no output {case_key(case)}.({'|'.join(OUTPUT_SUFFIXES)}) in {images}"
+    if other is not None:
+        error += (f"; {other.name} is there, but only .{', .'.join(OUTPUT_SUFFIXES)} (lower case) are read, as the "
+                  "official scripts read them: save it as PNG")
+    return error
 
 
 # Stands for the output of a row that names none (written before rows recorded it): never equal to a
