@@ -42,10 +42,12 @@ class Configuration:
     judge_prompts: str | None = None  # local copies of pinned or a benchmark's unpinned prompt files (--judge-prompts)
     judge_protocol: str | None = None  # overrides the judge config's protocol (--judge-protocol)
     editor_config: str | None = None  # a YAML file of editor options (--editor-config)
+    benchmark_root: str | None = None  # a local copy of the benchmark's data (--benchmark-root): nothing to fetch
 
     def to_dict(self) -> dict[str, Any]:
         return {"editors": list(self.editors), "preset": self.preset, "editor_args": list(self.editor_args),
                 **({"editor_config": self.editor_config} if self.editor_config else {}),
+                **({"benchmark_root": self.benchmark_root} if self.benchmark_root else {}),
                 "dataset": self.dataset, "protocol": self.protocol,
                 "metrics": list(self.metrics) if self.metrics is not None else None, "judge": self.judge,
                 "score": self.score, "benchmark": self.benchmark, "judge_prompts": self.judge_prompts,
@@ -167,11 +169,11 @@ def benchmark_requirements(config: Configuration) -> tuple[list[Requirement], st
     used_by = f"benchmark {bench.name}"
     if bench.pipeline == "dataset":
         try:
-            return [], bench.dataset_for(None)
+            return [], bench.dataset_for(config.benchmark_root)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
     reqs: list[Requirement] = []
-    if bench.hub_id:
+    if bench.hub_id and not config.benchmark_root:  # a local copy is read instead of the hub's
         reqs.append(hub_repo(bench.hub_id, used_by=used_by, revision=bench.hub_revision, repo_type="dataset",
                              layout="files", files=bench.hub_files))
     reqs += [pinned_asset(a, used_by=used_by) for a in bench.pinned_assets()]

@@ -53,13 +53,14 @@ def test_manifest_lists_every_file_with_its_sha256(bundle: Path):
     assert (ref.parent.parent / "snapshots" / ref.read_text()).is_dir()
 
 
-def _evaluate_with_only_the_bundle(bundle: Path, out: Path, tmp: Path, *editor: str) -> subprocess.CompletedProcess:
+def _evaluate_with_only_the_bundle(bundle: Path, out: Path, tmp: Path, *editor: str,
+                                   data: tuple[str, ...] = ("--dataset", "mini")) -> subprocess.CompletedProcess:
     empty = tmp / "empty"
     env = dict(os.environ, CIEBENCH_BUNDLE=str(bundle), HF_HUB_OFFLINE="1",
                HF_HUB_CACHE=str(empty / "hub"), HF_HOME=str(empty / "hf"), TORCH_HOME=str(empty / "torch"),
                CIEBENCH_CACHE=str(empty / "cache"), PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "ciebench", "evaluate", *(editor or ("--editor", "identity")),
-                           "--dataset", "mini", "--limit", "1", *METRICS, "--out", str(out)],
+                           *data, "--limit", "1", *METRICS, "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -120,6 +121,19 @@ def test_a_bundle_made_for_another_editor_is_refused_before_any_work(bundle: Pat
     message = " ".join(proc.stderr.split())
     assert "does not hold" in message and "timbrooks/instruct-pix2pix" in message and '"identity"' in message
     assert not (tmp_path / "run").exists()
+    # a benchmark read from a local copy (--benchmark-root) needs nothing of the hub: still runs from the bundle
+    proc = _evaluate_with_only_the_bundle(bundle, tmp_path / "bench", tmp_path,
+                                          data=("--benchmark", "ciebench", "--benchmark-root", "mini"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_an_editor_config_file_decides_what_is_fetched(tmp_path: Path):
+    from ciebench.prefetch import Configuration, configuration_requirements
+
+    (tmp_path / "opts.yaml").write_text("model_id: someone/another-instruct-pix2pix\n")
+    requirements, _ = configuration_requirements(Configuration(
+        editors=("instructpix2pix",), editor_config=str(tmp_path / "opts.yaml"), score=False))
+    assert [r.ref for r in requirements] == ["someone/another-instruct-pix2pix"]
 
 
 def test_a_missing_bundle_file_is_named(bundle: Path, tmp_path: Path):

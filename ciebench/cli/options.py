@@ -21,6 +21,7 @@ EditorsOpt = Annotated[list[str], typer.Option("--editor", "-e", help="Editor of
                                                                        "registered name or package.module:Class.")]
 EditorArgOpt = Annotated[list[str], typer.Option("--editor-arg", help="Editor option key=value (repeatable), typed by "
                                                                        "the editor's config.")]
+EditorConfigOpt = Annotated[Optional[Path], typer.Option("--editor-config", help="YAML file of editor options.")]
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Named editor preset (e.g. lite; see `ciebench "
                                                                     "editors`).")]
 SeedsOpt = Annotated[str, typer.Option("--seeds", help="Comma-separated run seeds, e.g. 0,1,2.")]

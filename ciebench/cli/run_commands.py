@@ -21,6 +21,7 @@ from .options import (
     DeviceOpt,
     DryRunOpt,
     EditorArgOpt,
+    EditorConfigOpt,
     EditorOpt,
     GpusPerWorkerOpt,
     IgnoreChecksumsOpt,
@@ -147,7 +148,7 @@ def evaluate_cmd(
     device: DeviceOpt = "cpu",
     batch_size: int = typer.Option(1, "--batch-size", "-b", help="Editor batch size (scoring batches separately)."),
     editor_arg: EditorArgOpt = [],
-    editor_config: Optional[Path] = typer.Option(None, "--editor-config", help="YAML file of editor options."),
+    editor_config: EditorConfigOpt = None,
     preset: PresetOpt = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an existing run with a different spec in --out (only its own files)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo samples that failed in an earlier attempt."),
@@ -175,7 +176,8 @@ def evaluate_cmd(
         editors=(editor,), preset=preset, editor_args=tuple(editor_arg), dataset=None if benchmark else dataset,
         protocol=protocol, metrics=split_names(metrics), judge=judge, benchmark=benchmark,
         judge_prompts=str(judge_prompts) if judge_prompts else None, judge_protocol=judge_protocol,
-        editor_config=str(editor_config) if editor_config else None))
+        editor_config=str(editor_config) if editor_config else None,
+        benchmark_root=str(benchmark_root) if benchmark_root else None))
     run = functools.partial(
         api.evaluate, editor, dataset, out, seeds=_seeds(seeds), limit=limit, protocol=protocol,
         metrics=split_names(metrics), judge=judge, judge_protocol=judge_protocol, judge_passes=judge_passes,
@@ -280,7 +282,7 @@ def score_cmd(
     refuse_what_the_bundle_lacks(Configuration(
         dataset=None if benchmark else dataset, protocol=protocol, metrics=split_names(metrics), judge=judge,
         benchmark=benchmark, judge_prompts=str(judge_prompts) if judge_prompts else None,
-        judge_protocol=judge_protocol))
+        judge_protocol=judge_protocol, benchmark_root=str(benchmark_root) if benchmark_root else None))
     try:
         # summary.json's timing covers the command's whole process: its stage `startup` holds the
         # interpreter, the imports, reading the dataset and finding the predictions

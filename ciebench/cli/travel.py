@@ -15,6 +15,7 @@ from .options import (
     DatasetOpt,
     DeviceOpt,
     EditorArgOpt,
+    EditorConfigOpt,
     EditorsOpt,
     JudgeOpt,
     JudgePromptsOpt,
@@ -98,8 +99,8 @@ def refuse_what_the_bundle_lacks(config) -> None:
     raise EnvironmentProblem(
         f"bundle {folder} does not hold what this command loads: {shown}",
         hint=f"the bundle was made for {json.dumps(made_for, sort_keys=True)}; make one for this command with "
-             "`ciebench prefetch ... --bundle DIR` (the same --editor, --preset, --editor-arg, --dataset, "
-             "--protocol, --metrics and --judge) on a machine with network")
+             "`ciebench prefetch ... --bundle DIR` (the same --editor, --preset, --editor-arg, --editor-config, "
+             "--dataset, --protocol, --metrics and --judge) on a machine with network")
 
 
 @app.command("prefetch")
@@ -107,6 +108,7 @@ def prefetch_cmd(
     editor: EditorsOpt = [],
     preset: PresetOpt = None,
     editor_arg: EditorArgOpt = [],
+    editor_config: EditorConfigOpt = None,
     dataset: DatasetOpt = None,
     protocol: ProtocolOpt = None,
     metrics: MetricsOpt = None,
@@ -126,7 +128,8 @@ def prefetch_cmd(
     metric_names = split_names(metrics)
     config = Configuration(editors=tuple(editor), preset=preset, editor_args=tuple(editor_arg), dataset=dataset,
                            protocol=protocol, metrics=metric_names, judge=judge, score=not no_score,
-                           benchmark=benchmark, judge_prompts=judge_prompts, judge_protocol=judge_protocol)
+                           benchmark=benchmark, judge_prompts=judge_prompts, judge_protocol=judge_protocol,
+                           editor_config=str(editor_config) if editor_config else None)
     result = plan(config)
     by_req: dict = {}
     for f in result.files:
@@ -159,6 +162,7 @@ def doctor_cmd(
     editor: EditorsOpt = [],
     preset: PresetOpt = None,
     editor_arg: EditorArgOpt = [],
+    editor_config: EditorConfigOpt = None,
     dataset: DatasetOpt = "mini",
     protocol: ProtocolOpt = None,
     metrics: MetricsOpt = None,
@@ -181,8 +185,8 @@ def doctor_cmd(
     metric_names = split_names(metrics)
     config = Configuration(editors=tuple(editor), preset=preset, editor_args=tuple(editor_arg),
                            dataset=None if benchmark else dataset, protocol=protocol, metrics=metric_names,
-                           judge=judge, benchmark=benchmark,
-                           judge_prompts=judge_prompts, judge_protocol=judge_protocol)
+                           judge=judge, benchmark=benchmark, judge_prompts=judge_prompts,
+                           judge_protocol=judge_protocol, editor_config=str(editor_config) if editor_config else None)
     if offline and bundle is not None:
         use_bundle(str(bundle), verify=False)  # its first check lists every problem of the bundle
     checks = run_doctor(DoctorOptions(config, device=device, out=out, seeds=len([s for s in seeds.split(",") if s.strip()]),
