@@ -191,3 +191,39 @@ def test_freeze_a_run_as_a_canary_set(tmp_path):
     victim.write_bytes(victim.read_bytes()[:-8])
     with pytest.raises(DataError, match="sha256"):
         C.load_canaries(out)
+
+
+def test_the_dry_run_estimates_the_canary_check_that_max_cost_pays(tmp_path):
+    """`score --dry-run` sizes --max-cost; the drift check is paid from that budget, so it is estimated too:
+    each canary needs a describe and a score call until today's check has answered it (then they are free),
+    and nothing when canaries are off."""
+    pred = tmp_path / "pred"
+    identity_predictions(pred, 1)
+    n = len(C.mini_canaries().items)
+    with serve_llm() as server:
+        script(server)
+        cfg = tmp_path / "judge.yaml"
+        cfg.write_text(yaml.safe_dump({"name": "t", "vlm": {"model": "v", "base_url": server.base_url, "timeout_s": 30},
+                                       "llm": {"model": "l", "base_url": server.base_url}}))
+        assert runner.invoke(app, ["judge", "calibrate", "--judge", str(cfg)]).exit_code == 0
+        base = ["score", "--dataset", "mini", "--predictions", str(pred), "--limit", "1", "--metrics", "idcs",
+                "--judge", str(cfg)]
+
+        def dry(*extra: str) -> list[str]:
+            server.reset()
+            result = runner.invoke(app, [*base, "--out", str(tmp_path / "dry"), "--dry-run", *extra])
+            assert result.exit_code == 0 and server.count == 0, result.output  # nothing is sent
+            lines = result.output.splitlines()
+            head = [i for i, line in enumerate(lines) if line.startswith("drift-canary check")]
+            return lines[head[0] + 1:] if head else []
+
+        canary = dry()
+        assert canary[0].strip().startswith(f"judge calls to send: {2 * n} (describe {n}, score {n})"), canary
+        assert canary[0].strip().endswith("answered by the cache: 0")
+        assert any(line.startswith("estimated cost with the canary check") for line in canary)
+        assert dry("--judge-canaries", "off") == []
+        # today's check answers the canaries: a later dry run that day counts them as free
+        result = runner.invoke(app, [*base, "--out", str(tmp_path / "real")])
+        assert result.exit_code == 0, result.output
+        canary = dry()
+        assert canary[0].strip().startswith("judge calls to send: 0") and f"answered by the cache: {2 * n}" in canary[0]

@@ -219,11 +219,7 @@ def check(judge_factory: Any, judge_hash: str, canaries: CanarySet, mode: str = 
     if mode == "off" or not path.is_file():
         return None
     record = json.loads(path.read_text(encoding="utf-8"))
-    if mode == "day":
-        slot = cache_root() / "canaries" / judge_hash / "answers" / datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    else:
-        slot = cache_root() / "canaries" / judge_hash / "answers" / f"run-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"
-    judge = judge_factory(slot)
+    judge = judge_factory(_slot(judge_hash, mode))
     head = {"set": canaries.name, "set_hash": canaries.hash, "n": len(canaries.items),
             "reference_date": record["created"], "threshold": threshold, "mode": mode}
     items = _items(canaries)
@@ -248,6 +244,24 @@ def check(judge_factory: Any, judge_hash: str, canaries: CanarySet, mode: str = 
             "warning": _warning(compared, threshold, record["created"])}
 
 
+def estimate(judge_factory: Any, judge_hash: str, canaries: CanarySet, mode: str = "day") -> Any:
+    """What `check` would send now (a `CostReport`; answers already in today's slot are free), for
+    `score --dry-run`; None when it would not run (mode "off", or no reference)."""
+    if mode not in CANARY_MODES:
+        raise UsageError(f"canary mode must be one of {CANARY_MODES}, got {mode!r}")
+    if mode == "off" or not store_path(judge_hash, canaries.hash).is_file():
+        return None
+    return judge_factory(_slot(judge_hash, mode)).estimate(_items(canaries))
+
+
+def _slot(judge_hash: str, mode: str) -> Path:
+    """The cache of the check's answers: one per UTC day ("day": later runs that day reuse it) or a
+    fresh one ("run")."""
+    now = datetime.now(timezone.utc)
+    name = now.strftime("%Y-%m-%d") if mode == "day" else f"run-{now:%Y%m%dT%H%M%S%f}"
+    return cache_root() / "canaries" / judge_hash / "answers" / name
+
+
 def _warning(compared: dict[str, Any], threshold: float, created: str) -> str | None:
     value = compared["agreement"]
     if value is None:
@@ -266,5 +280,5 @@ def judge_hash_of(config: Any, protocol_hash: str, passes: int = 1) -> str:
     return stable_hash({"config": config.hash, "protocol": protocol_hash, "passes": passes})
 
 
-__all__ = ["Canary", "CanarySet", "mini_canaries", "freeze_run", "load_canaries", "calibrate", "check",
+__all__ = ["Canary", "CanarySet", "mini_canaries", "freeze_run", "load_canaries", "calibrate", "check", "estimate",
            "agreement", "judge_hash_of", "DEFAULT_THRESHOLD", "CANARY_MODES"]

@@ -85,28 +85,39 @@ class JudgeSession:
                           budget=budget, allow_unverified_prompts=jopts.allow_unverified_prompts)
         return cls(judge, config, jopts, cache)
 
-    def check_canaries(self) -> dict[str, Any] | None:
-        """Re-judge the canaries when this judge was calibrated (see `ciebench.judge.canaries`)."""
+    def _canary_judge(self, slot: Path) -> Any:
+        """The judge of the canary check, answering from `slot`; paid from the run's --max-cost budget."""
         from ciebench.metrics.idcs import IDCSJudge
 
+        jopts = self.options
+        self.canary_judge = IDCSJudge(self.config, cache_dir=slot, prompts_dir=jopts.prompts_dir,
+                                      budget=self.judge.budget, allow_unverified_prompts=jopts.allow_unverified_prompts)
+        return self.canary_judge
+
+    def _canary_set(self) -> tuple[str, Any] | None:
+        """(judge hash, canary set) of this judge's check, or None when canaries are off."""
         from . import canaries
 
         if self.options.canaries == "off":
             return None
-        judge_hash = canaries.judge_hash_of(self.config, self.judge.protocol.hash)
-        jopts = self.options
-        canary_set = canaries.load_canaries(jopts.canary_set)
-        if not canaries.store_path(judge_hash, canary_set.hash).is_file():
+        return canaries.judge_hash_of(self.config, self.judge.protocol.hash), canaries.load_canaries(self.options.canary_set)
+
+    def estimate_canaries(self) -> Any:
+        """What the canary check would send now (a `CostReport`), or None when it would not run."""
+        from . import canaries
+
+        found = self._canary_set()
+        return None if found is None else canaries.estimate(self._canary_judge, *found, self.options.canaries)
+
+    def check_canaries(self) -> dict[str, Any] | None:
+        """Re-judge the canaries when this judge was calibrated (see `ciebench.judge.canaries`)."""
+        from . import canaries
+
+        found = self._canary_set()
+        if found is None:
             return None
-
-        def factory(slot: Path) -> Any:
-            # the run's budget: canary calls are paid from the same --max-cost as the verdicts
-            self.canary_judge = IDCSJudge(self.config, cache_dir=slot, prompts_dir=jopts.prompts_dir,
-                                          budget=self.judge.budget,
-                                          allow_unverified_prompts=jopts.allow_unverified_prompts)
-            return self.canary_judge
-
-        self.canary = canaries.check(factory, judge_hash, canary_set, jopts.canaries, jopts.canary_threshold)
+        jopts = self.options
+        self.canary = canaries.check(self._canary_judge, *found, jopts.canaries, jopts.canary_threshold)
         for note in ("warning", "skipped"):
             if self.canary and self.canary.get(note):
                 log.warning("judge canaries: %s", self.canary[note])
@@ -296,4 +307,12 @@ def dry_run_report(loaded: Any, predictions: list, options: Any) -> list[str]:
             f"{len(items)} prediction(s) to judge, {unusable} missing or unreadable",
             f"prices (USD per 1k tokens in/out): describe {cfg.vlm.price_per_1k_input}/{cfg.vlm.price_per_1k_output}, "
             f"score {cfg.llm.price_per_1k_input}/{cfg.llm.price_per_1k_output} (judge config fields)"]
-    return head + report.lines()
+    canary = session.estimate_canaries()
+    if canary is None:
+        return head + report.lines()
+    # the drift check is paid from the same --max-cost: a budget sized without it skips the check
+    total, total_max = report.cost + canary.cost, report.cost_max + canary.cost_max
+    return (head + report.lines()
+            + [f"drift-canary check (--judge-canaries {session.options.canaries}, paid from the same --max-cost):"]
+            + ["  " + line for line in canary.lines()]
+            + [f"estimated cost with the canary check: ${total:.4f} (at most ${total_max:.4f})"])
