@@ -39,7 +39,7 @@ from .isolate import run_isolated
 from .results import file_stem
 from .schema import EditSample
 from .scoring import Prediction, ScoreOptions, ScoreResult, resolve_metrics, score
-from .spec import RunSpec, decided_fields, derive_seed, spec_differences
+from .spec import RunSpec, decided_fields, derive_seed, legacy_release_revision, spec_differences
 from .stats import from_json_number
 from .status import Status
 from .versions import package_versions
@@ -125,18 +125,12 @@ def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
                 # settings): record it as now, so one configuration never shows two config hashes
                 atomic_write_json(spec_path, spec.to_dict())
             return
-        if _recorded_as_before(existing, spec):
-            log.info("%s: the recorded spec is this one as an earlier ciebench wrote it (a --limit past the dataset's "
-                     "size, metrics in the order asked, or an editor option as YAML typed it); resuming, and "
-                     "recording it as now", out)
-            atomic_write_json(spec_path, spec.to_dict())
-            return
-        if existing.get("spec_hash") and existing.get("spec_hash") == spec.legacy_spec_hash:
-            # the same run, recorded by a ciebench that named the release by its manifest revision: it
-            # resumes, and spec.json (summary.json once rescored) now records the content revision
-            log.warning("%s: recorded dataset revision %s; recording the content revision %s instead (the "
-                        "release %s, the same data)", out, (existing.get("dataset") or {}).get("revision"),
-                        spec.dataset["revision"], spec.dataset.get("release"))
+        recorded_as = _recorded_as_before(existing, spec)
+        if recorded_as:
+            # the same run as an earlier ciebench recorded it: it resumes, and spec.json (summary.json once
+            # rescored) records it as now
+            log.warning("%s: the recorded spec is this run as an earlier ciebench wrote it (%s); resuming, and "
+                        "recording it as now", out, "; ".join(recorded_as))
             atomic_write_json(spec_path, spec.to_dict())
             return
         if not overwrite:
@@ -153,21 +147,31 @@ def prepare_run_dir(out: Path, spec: RunSpec, overwrite: bool) -> None:
     atomic_write_json(spec_path, spec.to_dict())
 
 
-def _recorded_as_before(existing: dict[str, Any], spec: RunSpec) -> bool:
-    """Whether a recorded spec is `spec` as an earlier ciebench wrote it: it recorded a --limit at or past
-    the dataset's size (now none), metrics in the order they were asked (now the catalogue's), and an
-    editor option as YAML typed it (`2` for a float option, now `2.0`)."""
+def _recorded_as_before(existing: dict[str, Any], spec: RunSpec) -> list[str]:
+    """How a recorded spec is `spec` as an earlier ciebench wrote it (empty: it is not): the official
+    release named by its manifest revision (`legacy_release_revision`, now the content revision), a
+    --limit at or past the dataset's size (now none), metrics in the order they were asked (now the
+    catalogue's), an editor option as YAML typed it (`2` for a float option, now `2.0`)."""
     if not existing.get("spec_hash") or not isinstance(existing.get("metrics"), list):
-        return False
-    recorded = dict(existing)
+        return []
+    recorded, how = dict(existing), []
+    dataset = recorded.get("dataset") if isinstance(recorded.get("dataset"), dict) else {}
+    legacy = legacy_release_revision(spec.dataset)
+    if legacy is not None and dataset.get("revision") == legacy:
+        recorded["dataset"] = {**dataset, "revision": spec.dataset["revision"]}
+        how.append(f"dataset revision {legacy}, the release {spec.dataset.get('release')}: now its content "
+                   f"revision {spec.dataset['revision']}")
     if isinstance(recorded.get("editor"), dict) and spec.editor is not None:
         recorded["editor"] = _as_typed_now(recorded["editor"], spec.editor)
+        how.append("editor options as typed now")
     limit = recorded.get("limit")
     if spec.limit is None and isinstance(limit, int) and limit >= spec.dataset["n"]:
         recorded["limit"] = None
+        how.append(f"--limit {limit} past the dataset's {spec.dataset['n']} samples: no limit")
     if set(recorded["metrics"]) == set(spec.metrics):
         recorded["metrics"] = list(spec.metrics)
-    return stable_hash(decided_fields(recorded)) == spec.spec_hash
+        how.append("metrics in the catalogue's order")
+    return how if stable_hash(decided_fields(recorded)) == spec.spec_hash else []
 
 
 def _as_typed_now(recorded: Any, now: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .io import stable_hash
@@ -70,7 +70,7 @@ def editor_config(editor: dict[str, Any]) -> dict[str, Any]:
 def legacy_release_revision(dataset: dict[str, Any]) -> str | None:
     """The revision ciebench 0.x recorded for the official release before it recorded content
     revisions: "release-<manifest revision>[-unverified]"; None for any other dataset. Run folders
-    holding it still resume (`RunSpec.legacy_spec_hash`), verify and load in the leaderboard."""
+    holding it still resume (`ciebench.runner`), verify and load in the leaderboard."""
     release = dataset.get("release")
     return f"release-{release}" if release else None
 
@@ -113,16 +113,6 @@ class RunSpec:
         """Hash of what decides the results. The dataset enters by its kind, content revision and size,
         not by how its path was spelled, so `ds`, `./ds` and `/abs/ds/` resume the same run."""
         return stable_hash(decided_fields(asdict(self)))
-
-    @property
-    def legacy_spec_hash(self) -> str | None:
-        """The spec_hash an older ciebench gave this spec, where it differs: a run on the official
-        release recorded `legacy_release_revision` instead of the content revision. None otherwise."""
-        legacy = legacy_release_revision(self.dataset)
-        if legacy is None:
-            return None
-        dataset = {k: v for k, v in self.dataset.items() if k != "release"}
-        return replace(self, dataset={**dataset, "revision": legacy}).spec_hash
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
